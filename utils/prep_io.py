@@ -118,22 +118,84 @@ def open_array(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> np.mem
 
 
 def shrink_array(path: str | os.PathLike, n_rows: int, chunk: int = 256) -> None:
-    """Keep only the first ``n_rows`` rows of a ``.npy`` file, copying in chunks so memory stays flat.
+    """Keep only the first ``n_rows`` rows of a ``.npy`` file.
 
-    Prep scripts allocate the upper bound of rows (every candidate record) and fill in only the records that
-    were not skipped; this trims the unused tail.
+    In place when possible: the header is rewritten with the new shape (padded to its old length, which the
+    format allows) and the file truncated, so no data moves. Otherwise the rows are copied chunk by chunk,
+    re-mapping per chunk so resident memory stays at one chunk.
     """
     path = Path(path)
-    src = np.load(path, mmap_mode="r", allow_pickle=False)
-    if src.shape[0] == n_rows:
-        return
+    with open(path, "r+b") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        data_offset = f.tell()
+        if shape[0] == n_rows:
+            return
+        if n_rows > shape[0]:
+            raise ValueError(f"{path}: cannot grow {shape[0]} rows to {n_rows}")
+        new_shape = (n_rows,) + tuple(shape[1:])
+        len_bytes = 2 if major == 1 else 4
+        header = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran, "shape": new_shape})
+        room = data_offset - (8 + len_bytes) - 1  # header text bytes available before the final newline
+        if not fortran and len(header) <= room:
+            f.seek(8 + len_bytes)
+            f.write((header.ljust(room) + "\n").encode("latin1"))
+            f.truncate(data_offset + int(np.prod(new_shape, dtype=np.int64)) * dtype.itemsize)
+            return
     tmp = path.with_name(path.name + ".shrink")
-    dst = open_array(tmp, (n_rows,) + src.shape[1:], src.dtype)
+    open_array(tmp, new_shape, dtype).flush()
     for i in range(0, n_rows, chunk):
-        dst[i:i + chunk] = src[i:i + chunk]
-    dst.flush()
-    del dst, src
+        j = min(i + chunk, n_rows)
+        src = np.load(path, mmap_mode="r", allow_pickle=False)
+        dst = np.load(tmp, mmap_mode="r+", allow_pickle=False)
+        dst[i:j] = src[i:j]
+        dst.flush()
+        del src, dst
     os.replace(tmp, path)
+
+
+class RowWriter:
+    """Fill a preallocated ``.npy`` file row by row; ``close()`` trims the rows never written.
+
+    Why not one memmap held open: every page written so far would count in the process's resident memory, so
+    peak memory would grow with the dataset. Mapping the file only while one block of rows is written keeps it
+    at one block, whatever the dataset size.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype, block: int = 128):
+        self.path, self.block, self.pending, self.rows = Path(path), block, [], 0
+        self.capacity = shape[0]
+        open_array(self.path, shape, dtype).flush()  # sparse file with its .npy header
+
+    def append(self, row: np.ndarray) -> None:
+        if self.rows + len(self.pending) >= self.capacity:
+            raise IndexError(f"{self.path}: more than {self.capacity} rows appended")
+        self.pending.append(row)
+        if len(self.pending) == self.block:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            arr = np.load(self.path, mmap_mode="r+", allow_pickle=False)
+            arr[self.rows:self.rows + len(self.pending)] = np.stack(self.pending)
+            arr.flush()
+            del arr
+            self.rows += len(self.pending)
+            self.pending.clear()
+
+    def close(self) -> int:
+        """Write what is pending, trim the file to the rows written, and return their count."""
+        self.flush()
+        shrink_array(self.path, self.rows)
+        return self.rows
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
