@@ -47,7 +47,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
             return np.asarray(im, dtype=np.uint8).copy()
     except FileNotFoundError as e:
         raise ImageReadError(f"{path}: image file not found") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"{path}: cannot decode image ({e})") from e
 
 
@@ -57,6 +57,7 @@ def resize_rgb(arr: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     Aspect ratio is not kept, matching published Emotic code which squashes each crop to a square.
     """
     wh = (size, size) if isinstance(size, int) else tuple(size)
+    arr = np.ascontiguousarray(arr)  # PIL copies a strided view (a crop) several times slower
     return np.asarray(Image.fromarray(arr).resize(wh, Image.BILINEAR), dtype=np.uint8)
 
 
