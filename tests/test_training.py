@@ -1,0 +1,212 @@
+"""The training loop: seeded determinism, early stopping, checkpoints, prediction, and the inference helper."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from utils.labels import CATEGORIES
+from utils.metrics import emotic_metrics
+from utils.models import EmoticBaseline, EmoticJoint, FlickrBaseline, FlickrJoint
+from utils.prep_io import resize_rgb
+from utils.training import (FeatureDataset, emotic_eval, evaluate_loss, fit, flickr_eval, flickr_pairs,
+                            load_checkpoint, predict, seed_everything, top_emotions)
+
+DIMS = {"body": 24, "context": 20, "image": 24, "text": 16}
+SMALL = dict(dims=DIMS, hidden=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy 2-core machine OpenMP threads spin-wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def emotic_data(n=240, seed=0):
+    """Labels that the body features (and, more weakly, the text) really predict."""
+    rng = np.random.default_rng(seed)
+    cat = (rng.random((n, 26)) < 0.1).astype(np.float32)
+    cat[np.arange(n), rng.integers(0, 26, n)] = 1
+    body = 2 * cat @ rng.normal(size=(26, 24)) + 0.5 * rng.normal(size=(n, 24))
+    text = cat @ rng.normal(size=(26, 16)) + 3 * rng.normal(size=(n, 16))
+    cont = np.clip(5 + cat[:, :3] * 3 + rng.normal(size=(n, 3)), 1, 10)
+    data = {"body": body, "context": rng.normal(size=(n, 20)), "text": text / np.linalg.norm(text, axis=1, keepdims=True),
+            "cat": cat, "cont": cont}
+    data = {k: v.astype(np.float32) for k, v in data.items()}
+    return {k: v[:160] for k, v in data.items()}, {k: v[160:] for k, v in data.items()}
+
+
+def run(seed, tmp_path=None, epochs=3, model_cls=EmoticJoint, lr=3e-3, batch_size=32):
+    train, val = emotic_data()
+    seed_everything(seed)
+    model = model_cls(**SMALL)
+    res = fit(model, train, val, metric_fn=emotic_eval, monitor="mAP", epochs=epochs, lr=lr, batch_size=batch_size,
+              patience=None, seed=seed, progress=False,
+              checkpoint_path=None if tmp_path is None else tmp_path / "best.pt")
+    return model, res, val
+
+
+def test_two_seeded_runs_are_identical():
+    m1, r1, _ = run(0)
+    m2, r2, _ = run(0)
+    for k, v in m1.state_dict().items():
+        torch.testing.assert_close(v, m2.state_dict()[k], rtol=0, atol=0)
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(r1.history) == strip(r2.history)
+    _, r3, _ = run(1)
+    assert strip(r3.history) != strip(r1.history)              # the seed matters
+
+
+def test_training_learns_and_checkpoint_round_trips(tmp_path):
+    model, res, val = run(0, tmp_path, epochs=10, model_cls=EmoticBaseline, lr=1e-2, batch_size=16)
+    assert res.best_score > 100 * val["cat"].mean() + 15      # chance mAP = prevalence
+    assert res.best_score == max(row["val_mAP"] for row in res.history)
+    assert res.history[res.best_epoch - 1]["val_mAP"] == res.best_score
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    fresh = load_checkpoint(EmoticBaseline(**SMALL), tmp_path / "best.pt")
+    a, b = predict(model, val), predict(fresh, val)
+    np.testing.assert_array_equal(a["scores"], b["scores"])   # the model ends with the best (saved) weights
+    assert emotic_metrics(b["scores"], val["cat"])["mAP"] == pytest.approx(res.best_score)
+    assert {"train_loss", "train_cat_loss", "train_vad_loss", "val_mAP", "val_loss", "val_vad_mae_mean"} <= set(
+        res.frame().columns)
+
+
+def test_early_stopping_triggers_and_restores_the_best_epoch(tmp_path):
+    train, val = emotic_data()
+    seed_everything(0)
+    model = EmoticBaseline(**SMALL)
+    fake = iter([0.5, 0.9, 0.7, 0.6, 0.8, 0.95, 0.99])         # best at epoch 2, then three worse epochs
+    snapshots = []
+
+    def metric(m, data):
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"score": next(fake)}
+
+    res = fit(model, train, val, metric_fn=metric, monitor="score", epochs=7, patience=3, progress=False,
+              checkpoint_path=tmp_path / "ckpt.pt")
+    assert res.stopped_early and len(res.history) == 5
+    assert (res.best_epoch, res.best_score) == (2, 0.9)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, snapshots[1][k], rtol=0, atol=0)
+        torch.testing.assert_close(torch.load(tmp_path / "ckpt.pt", weights_only=True)[k], snapshots[1][k])
+
+
+def test_default_monitor_is_validation_loss_minimised():
+    train, val = emotic_data()
+    seed_everything(0)
+    model = EmoticBaseline(("body",), **SMALL)
+    res = fit(model, train, val, epochs=4, patience=None, progress=False)
+    assert res.monitor == "loss" and res.mode == "min"
+    assert res.best_score == min(row["val_loss"] for row in res.history)
+    assert evaluate_loss(model, val)["loss"] == pytest.approx(res.best_score, rel=1e-5)
+
+
+def test_fit_reports_bad_configuration():
+    train, val = emotic_data()
+    with pytest.raises(ValueError, match="monitor"):
+        fit(EmoticBaseline(**SMALL), train, val, metric_fn=emotic_eval, epochs=1, progress=False)
+    with pytest.raises(KeyError, match="R@1"):
+        fit(EmoticBaseline(**SMALL), train, val, metric_fn=emotic_eval, monitor="R@1", epochs=1, progress=False)
+    with pytest.raises(ValueError, match="differ in length"):
+        FeatureDataset({"a": np.zeros(3), "b": np.zeros(4)})
+
+
+def test_predict_is_batch_size_independent():
+    model, _, val = run(0, epochs=1)
+    a, b = predict(model, val, batch_size=7), predict(model, val, batch_size=1000, keys=("scores",))
+    assert set(b) == {"scores"} and a["scores"].shape == (80, 26) and a["vad"].shape == (80, 3)
+    np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-6, atol=1e-7)
+
+
+def test_flickr_models_train_and_evaluate_through_the_same_loop():
+    rng = np.random.default_rng(0)
+    m = 60
+    latent = rng.normal(size=(m, 8))
+    img = (latent @ rng.normal(size=(8, 24)) + 0.1 * rng.normal(size=(m, 24))).astype(np.float32)
+    cap = np.repeat(np.arange(m), 5)
+    txt = (latent[cap] @ rng.normal(size=(8, 16)) + 0.3 * rng.normal(size=(5 * m, 16))).astype(np.float32)
+    tr, va = slice(0, 40), slice(40, 60)
+    train = flickr_pairs(img[tr], txt[:200], cap[:200])
+    val = {"image": img[va], "text": txt[200:], "caption_image": cap[200:] - 40}
+    seed_everything(0)
+    model = FlickrJoint(dims={"image": 24, "text": 16}, shared_dim=8, hidden=32, hard_negative_weight=0.2)
+    res = fit(model, train, val, metric_fn=flickr_eval, monitor="mean_R@1", epochs=15, lr=3e-3, batch_size=32,
+              patience=None, progress=False)
+    assert res.best_score > 25                               # chance R@1 is 5 % for 20 images
+    base = FlickrBaseline("both", alpha=1.0).fit(img[tr], txt[:200], cap[:200])
+    assert flickr_eval(base, val)["mean_R@1"] > 25
+
+
+# --------------------------------------------------------------------------------------------- inference
+class FakeImageEncoder(torch.nn.Module):
+    """Stands in for utils.encoders.ImageEncoder: colour statistics of an (N, 3, H, W) batch, 24-d."""
+    name, dim, fingerprint = "fake", 24, "fake"
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(6, 24)
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, x):
+        return self.proj(torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1))
+
+
+class FakeTextEncoder:
+    name, dim, fingerprint = "fake-text", 16, "fake-text"
+
+    def encode(self, texts, batch_size=64, desc=None):
+        out = np.stack([np.random.default_rng(len(t)).normal(size=16) for t in texts]).astype(np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_top_emotions_matches_the_feature_pipeline():
+    from utils import encoders
+    torch.manual_seed(0)
+    model = EmoticJoint(dims={"body": 24, "context": 24, "text": 16}, hidden=32, shared_dim=8).eval()
+    img_enc, txt_enc = FakeImageEncoder().eval(), FakeTextEncoder()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (90, 150, 3), dtype=np.uint8)
+    box = (-10.4, 20.2, 60.5, 200)                         # reaches outside the image: clipped like mat2py
+    top = top_emotions(image, "a person smiling", model=model, image_encoder=img_enc, text_encoder=txt_enc,
+                       box=box, k=4)
+    body = resize_rgb(image[20:90, 0:61], 128)[None]
+    ctx = resize_rgb(image, 224)[None]
+    feats = {"body": encoders.image_features(img_enc, body, cache=False),
+             "context": encoders.image_features(img_enc, ctx, cache=False),
+             "text": txt_enc.encode(["a person smiling"])}
+    scores = predict(model, feats)["scores"][0]
+    assert [c for c, _ in top] == [CATEGORIES[i] for i in np.argsort(-scores)[:4]]
+    np.testing.assert_allclose([s for _, s in top], np.sort(scores)[::-1][:4], rtol=1e-6)
+    with pytest.raises(ValueError, match="description"):
+        top_emotions(image, None, model=model, image_encoder=img_enc, text_encoder=txt_enc)
+    with pytest.raises(ValueError, match="no area"):
+        top_emotions(image, "x", model=model, image_encoder=img_enc, text_encoder=txt_enc, box=(200, 0, 300, 10))
+    # An image-only model needs no description and no text encoder.
+    image_only = EmoticBaseline(("body", "context"), dims={"body": 24, "context": 24}, hidden=32).eval()
+    top, vad = top_emotions(image, model=image_only, image_encoder=img_enc, k=3, with_vad=True)
+    assert len(top) == 3 and set(vad) == {"Valence", "Arousal", "Dominance"}
+
+
+def test_top_emotions_with_the_offline_encoders(tmp_path):
+    from utils import encoders
+    try:
+        img_enc, txt_enc = encoders.load_image_encoder(), encoders.load_text_encoder()
+    except Exception as e:  # the packaged weights are part of `make`; without them there is nothing to test
+        pytest.skip(f"offline encoders unavailable: {e}")
+    torch.manual_seed(0)
+    model = EmoticJoint(dims={"body": img_enc.dim, "context": img_enc.dim, "text": txt_enc.dim}).eval()
+    image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    path = tmp_path / "person.png"
+    from PIL import Image
+    Image.fromarray(image).save(path)
+    top = top_emotions(path, "a child running on a beach", model=model, image_encoder=img_enc,
+                       text_encoder=txt_enc, box=(10, 5, 50, 60), k=26)
+    assert sorted(c for c, _ in top) == sorted(CATEGORIES)
+    assert all(0 < s < 1 for _, s in top) and [s for _, s in top] == sorted((s for _, s in top), reverse=True)

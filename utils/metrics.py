@@ -1,0 +1,257 @@
+"""Evaluation metrics for Emotic (multi-label emotion recognition) and Flickr8k (image-caption retrieval).
+
+Conventions, stated once so every notebook and table agrees:
+
+- **Percent.** mAP, per-category AP, dominant-emotion accuracy and Recall@k are reported in percent (0-100),
+  as papers do. VAD errors stay on the annotation scale (1..10); median ranks are 1-based ranks.
+- **mAP** is the mean over categories of ``sklearn.metrics.average_precision_score`` (step-wise area under the
+  precision-recall curve). A category with no positive example in the evaluated split has no defined AP: it is
+  reported as NaN in ``ap_per_category``, left out of the mean, and ``n_categories_scored`` says how many
+  categories the mean covers. On the real Emotic test split all 26 have positives; tiny fixture splits may not.
+- **Dominant accuracy**: a person counts as correct when the single highest-scored category is one of their true
+  categories (ties between scores go to the first category in canonical order, as ``np.argmax`` does).
+- **Retrieval ranks** are pessimistic on ties: a query's rank is 1 + the number of *wrong* items scored at least
+  as high as its best right item. Constant similarities therefore give the worst rank, never a lucky hit.
+  Image->text: an image is a hit at k when ANY of its captions is within the top k. Text->image: a caption is a
+  hit at k when its own image is within the top k.
+
+The ``*_payload`` helpers and ``save_predictions`` / ``save_metrics`` write what a notebook reports, so that
+every number can be recomputed from disk with independent code (keys are listed in each docstring).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+from .labels import CATEGORIES, CONTINUOUS
+
+__all__ = [
+    "emotic_metrics", "retrieval_metrics", "retrieval_ranks", "emotic_payload", "flickr_payload",
+    "save_predictions", "load_predictions", "save_metrics",
+]
+
+
+# ----------------------------------------------------------------------------------------------------- Emotic
+def _as_2d(name: str, arr, n_cols: int | None = None) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or (n_cols is not None and arr.shape[1] != n_cols):
+        want = f"(N, {n_cols})" if n_cols is not None else "(N, K)"
+        raise ValueError(f"{name}: expected an array of shape {want}, got {arr.shape}")
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return arr
+
+
+def emotic_metrics(scores, labels, vad_pred=None, vad_true=None,
+                   categories: Sequence[str] | None = None) -> dict:
+    """Emotic test metrics (DESIGN section 7) from category scores and multi-hot labels.
+
+    ``scores`` (N, K) are any monotone confidences (logits or probabilities give the same AP); ``labels`` (N, K)
+    are 0/1. ``vad_pred`` / ``vad_true`` (N, 3) are valence/arousal/dominance on the 1..10 scale.
+    ``categories`` defaults to the 26 canonical Emotic names when K == 26.
+
+    Returns a JSON-friendly dict:
+    ``mAP`` (percent, mean over categories with at least one positive), ``ap_per_category`` (name -> percent or
+    NaN), ``n_categories_scored``, ``dominant_accuracy`` (percent), ``n`` (persons), and when VAD is given
+    ``vad_mae`` (``{"Valence", "Arousal", "Dominance", "mean"}`` on the 1..10 scale).
+    """
+    scores = _as_2d("scores", scores)
+    labels = _as_2d("labels", labels, scores.shape[1])
+    if labels.shape[0] != scores.shape[0]:
+        raise ValueError(f"scores has {scores.shape[0]} rows but labels has {labels.shape[0]}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels: expected a 0/1 multi-hot array")
+    if scores.shape[0] == 0:
+        raise ValueError("scores: no rows to evaluate")
+    n, k = scores.shape
+    if categories is None:
+        categories = CATEGORIES if k == len(CATEGORIES) else tuple(f"category_{j}" for j in range(k))
+    if len(categories) != k:
+        raise ValueError(f"categories: {len(categories)} names for {k} score columns")
+
+    labels = labels.astype(np.int64)
+    ap = np.full(k, np.nan)
+    for j in range(k):
+        if labels[:, j].any():  # AP is undefined without a positive (sklearn warns and returns a meaningless 0)
+            ap[j] = 100.0 * average_precision_score(labels[:, j], scores[:, j])
+    scored = ~np.isnan(ap)
+    top = scores.argmax(axis=1)
+    out = {
+        "mAP": float(ap[scored].mean()) if scored.any() else float("nan"),
+        "ap_per_category": {name: float(v) for name, v in zip(categories, ap)},
+        "n_categories_scored": int(scored.sum()),
+        "dominant_accuracy": float(100.0 * labels[np.arange(n), top].mean()),
+        "n": int(n),
+    }
+    if (vad_pred is None) != (vad_true is None):
+        raise ValueError("vad_pred and vad_true must be given together")
+    if vad_pred is not None:
+        vad_pred = _as_2d("vad_pred", vad_pred, len(CONTINUOUS))
+        vad_true = _as_2d("vad_true", vad_true, len(CONTINUOUS))
+        if not (vad_pred.shape[0] == vad_true.shape[0] == n):
+            raise ValueError(f"vad_pred/vad_true must have {n} rows like scores, got "
+                             f"{vad_pred.shape[0]} and {vad_true.shape[0]}")
+        mae = np.abs(vad_pred.astype(np.float64) - vad_true.astype(np.float64)).mean(axis=0)
+        out["vad_mae"] = {**{name: float(v) for name, v in zip(CONTINUOUS, mae)}, "mean": float(mae.mean())}
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- Flickr8k
+def _check_retrieval(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
+    sim = _as_2d("similarity", sim)
+    caption_image = np.asarray(caption_image)
+    m, c = sim.shape
+    if caption_image.shape != (c,):
+        raise ValueError(f"caption_image: expected shape ({c},) (one image row per caption column of the "
+                         f"similarity matrix), got {caption_image.shape}")
+    if caption_image.dtype.kind not in "iu":
+        raise ValueError(f"caption_image: expected integer image rows, got dtype {caption_image.dtype}")
+    if c and (caption_image.min() < 0 or caption_image.max() >= m):
+        raise ValueError(f"caption_image: values must lie in [0, {m}) (rows of the similarity matrix)")
+    orphans = np.setdiff1d(np.arange(m), caption_image)
+    if orphans.size:
+        raise ValueError(f"caption_image: image row {orphans[0]} has no caption ({orphans.size} such images); "
+                         "image->text recall is undefined for it")
+    return sim.astype(np.float64), caption_image.astype(np.int64)
+
+
+def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks of the right answer for every query, pessimistic on ties (see module docstring).
+
+    ``sim`` is (M images, C captions), higher = more similar; ``caption_image[c]`` is the image row of caption c.
+    Returns ``(i2t, t2i)``: i2t (M,) the rank of each image's best-placed own caption among all captions;
+    t2i (C,) the rank of each caption's image among all images.
+    """
+    sim, caption_image = _check_retrieval(sim, caption_image)
+    m, c = sim.shape
+    own = caption_image[None, :] == np.arange(m)[:, None]          # (M, C) True where caption c belongs to image m
+    best_own = np.where(own, sim, -np.inf).max(axis=1)              # each image's best own-caption score
+    i2t = 1 + ((sim >= best_own[:, None]) & ~own).sum(axis=1)
+    pos = sim[caption_image, np.arange(c)]                          # each caption's score with its own image
+    t2i = (sim >= pos[None, :]).sum(axis=0)                         # counts its own image once: 1 + wrong ones
+    return i2t.astype(np.int64), t2i.astype(np.int64)
+
+
+def retrieval_metrics(sim, caption_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Flickr8k retrieval metrics (DESIGN section 7) from an (M images x C captions) similarity matrix.
+
+    Returns ``i2t_R@k`` / ``t2i_R@k`` (percent) for each k, ``i2t_median_rank`` / ``t2i_median_rank`` (1-based;
+    ``np.median``, so a half rank is possible with an even number of queries), ``mean_R@1`` (mean of the two R@1,
+    the main metric of the notebooks), ``rsum`` (sum of all recalls) and ``n_images`` / ``n_captions``.
+    """
+    i2t, t2i = retrieval_ranks(sim, caption_image)
+    out: dict = {}
+    for k in ks:
+        out[f"i2t_R@{k}"] = float(100.0 * (i2t <= k).mean())
+    for k in ks:
+        out[f"t2i_R@{k}"] = float(100.0 * (t2i <= k).mean())
+    out["i2t_median_rank"] = float(np.median(i2t))
+    out["t2i_median_rank"] = float(np.median(t2i))
+    if 1 in ks:
+        out["mean_R@1"] = (out["i2t_R@1"] + out["t2i_R@1"]) / 2
+    out["rsum"] = float(sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks))
+    out["n_images"], out["n_captions"] = int(i2t.size), int(t2i.size)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- saving to disk
+def emotic_payload(scores, labels, vad_pred, vad_true, index=None) -> dict[str, np.ndarray]:
+    """Arrays a notebook saves for its Emotic test predictions.
+
+    Keys: ``scores`` (N, 26) float32 category probabilities; ``labels`` (N, 26) uint8 multi-hot ground truth;
+    ``vad_pred`` and ``vad_true`` (N, 3) float32 valence/arousal/dominance on 1..10; ``categories`` (26,) and
+    ``continuous`` (3,) column names; ``index`` (N,) int64, the row of each person in ``test.csv``
+    (defaults to 0..N-1). ``emotic_metrics(p["scores"], p["labels"], p["vad_pred"], p["vad_true"])``
+    reproduces the reported numbers.
+    """
+    scores = _as_2d("scores", scores, len(CATEGORIES)).astype(np.float32)
+    labels = _as_2d("labels", labels, len(CATEGORIES))
+    n = scores.shape[0]
+    payload = {
+        "scores": scores,
+        "labels": labels.astype(np.uint8),
+        "vad_pred": _as_2d("vad_pred", vad_pred, 3).astype(np.float32),
+        "vad_true": _as_2d("vad_true", vad_true, 3).astype(np.float32),
+        "categories": np.array(CATEGORIES),
+        "continuous": np.array(CONTINUOUS),
+        "index": np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64),
+    }
+    for key in ("labels", "vad_pred", "vad_true", "index"):
+        if payload[key].shape[0] != n:
+            raise ValueError(f"{key}: {payload[key].shape[0]} rows, expected {n} like scores")
+    return payload
+
+
+def flickr_payload(similarity, caption_image, image_names=None, captions=None) -> dict[str, np.ndarray]:
+    """Arrays a notebook saves for its Flickr8k test predictions.
+
+    Keys: ``similarity`` (M, C) float32 image-by-caption scores; ``caption_image`` (C,) int64 image row of every
+    caption; optional ``image_names`` (M,) file names and ``captions`` (C,) texts.
+    ``retrieval_metrics(p["similarity"], p["caption_image"])`` reproduces the reported numbers.
+    """
+    sim, cap = _check_retrieval(similarity, caption_image)
+    payload = {"similarity": np.asarray(similarity, dtype=np.float32), "caption_image": cap}
+    if image_names is not None:
+        payload["image_names"] = np.asarray(list(image_names), dtype=str)
+        if payload["image_names"].shape != (sim.shape[0],):
+            raise ValueError(f"image_names: expected {sim.shape[0]} names, got {payload['image_names'].shape}")
+    if captions is not None:
+        payload["captions"] = np.asarray(list(captions), dtype=str)
+        if payload["captions"].shape != (sim.shape[1],):
+            raise ValueError(f"captions: expected {sim.shape[1]} texts, got {payload['captions'].shape}")
+    return payload
+
+
+def save_predictions(path, payload: Mapping[str, np.ndarray]) -> Path:
+    """Write a payload to a compressed ``.npz`` readable with ``np.load(path, allow_pickle=False)``."""
+    path = Path(path)
+    arrays = {k: np.asarray(v) for k, v in payload.items()}
+    for k, v in arrays.items():
+        if v.dtype == object:
+            raise ValueError(f"{path}: array {k!r} has dtype object, which would need pickle to load")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_predictions(path) -> dict[str, np.ndarray]:
+    """Read a predictions ``.npz`` back into a dict of arrays (no pickle)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN; null marks "undefined" (e.g. AP of a category without positives)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_metrics(path, metrics: Mapping, **meta) -> Path:
+    """Write metrics as strict JSON; the metric keys stay at the top level, any ``meta`` (profile, encoder
+    fingerprints, seed, ...) goes under ``"meta"``.
+
+    NaN values (undefined metrics) become ``null``; numpy scalars and arrays become plain numbers and lists.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = dict(metrics)
+    if meta:
+        doc["meta"] = meta
+    doc = _jsonable(doc)
+    path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    return path
