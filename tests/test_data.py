@@ -162,21 +162,3 @@ def test_flickr_missing_and_bad_index(tmp_path, monkeypatch):
     write_flickr(tmp_path, captions=CAPTIONS + [(3, "w.jpg", 0, "out of range")])
     with pytest.raises(D.ArtefactError, match=r"test_captions\.csv: line 7 has image_index 3, not a row"):
         D.load_flickr("test", root=tmp_path)
-
-
-# ------------------------------------------------------------------------------------------------ FeatureDataset
-
-
-def test_feature_dataset():
-    feats = {"image": np.arange(12, dtype=np.float64).reshape(4, 3), "text": np.ones((4, 2), np.float32)}
-    ds = D.FeatureDataset(feats, {"cat": np.eye(4, dtype=np.float32), "label": np.arange(4)})
-    assert len(ds) == 4
-    row = ds[1]
-    assert row["image"].dtype == torch.float32 and row["label"].dtype == torch.int64
-    assert row["image"].tolist() == [3, 4, 5] and row["cat"].tolist() == [0, 1, 0, 0]
-    batch = next(iter(DataLoader(ds, batch_size=4)))
-    assert batch["text"].shape == (4, 2)
-    with pytest.raises(ValueError, match="row counts differ"):
-        D.FeatureDataset({"image": np.ones((4, 3))}, {"cat": np.ones((3, 26))})
-    with pytest.raises(ValueError, match="both as feature and target"):
-        D.FeatureDataset({"x": np.ones(2)}, {"x": np.ones(2)})

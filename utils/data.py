@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -192,38 +191,3 @@ class EmoticImageDataset(Dataset):
         s = self.split
         return {"context": _chw(s.context[i]), "body": _chw(s.body[i]), "cat": torch.from_numpy(np.array(s.cat[i])),
                 "cont": torch.from_numpy(np.array(s.cont[i])), "description": self._descriptions[i]}
-
-
-class FeatureDataset(Dataset):
-    """Aligned arrays (cached features and targets) served row by row as a dict of tensors.
-
-    ``FeatureDataset({"context": f_ctx, "text": f_txt}, {"cat": split.cat, "cont": split.cont})``; every array must
-    have the same number of rows. Floating arrays become float32 tensors, integer arrays int64.
-    """
-
-    def __init__(self, features: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray] | None = None):
-        arrays = {**features, **(targets or {})}
-        overlap = set(features) & set(targets or {})
-        if overlap:
-            raise ValueError(f"names used both as feature and target: {sorted(overlap)}")
-        if not arrays:
-            raise ValueError("FeatureDataset needs at least one array")
-        lengths = {k: len(v) for k, v in arrays.items()}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"arrays are not aligned, row counts differ: {lengths}")
-        self.arrays = {k: torch.from_numpy(_as_tensor_dtype(np.asarray(v))) for k, v in arrays.items()}
-        self._n = next(iter(lengths.values()))
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, i) -> dict:
-        return {k: v[i] for k, v in self.arrays.items()}
-
-
-def _as_tensor_dtype(a: np.ndarray) -> np.ndarray:
-    if np.issubdtype(a.dtype, np.floating):
-        return np.ascontiguousarray(a, dtype=np.float32)
-    if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
-        return np.ascontiguousarray(a, dtype=np.int64)
-    raise TypeError(f"FeatureDataset takes numeric arrays, got dtype {a.dtype}")
