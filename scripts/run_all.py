@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-FIXTURE_VERSION = "1"  # bump when utils/fixtures.py changes what it writes, so stale raw data is rebuilt
+FIXTURE_VERSION = "2"  # bump when utils/fixtures.py changes what it writes, so stale raw data is rebuilt
 
 
 def _run(cmd: list[str], env: dict | None = None) -> None:

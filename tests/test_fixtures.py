@@ -1,0 +1,305 @@
+"""The synthetic datasets: real raw formats, deterministic by seed, planted bad records, learnable labels.
+
+Expectations are checked against independent readers (scipy's loadmat in both modes, PIL, the csv module),
+not against the generator's own helpers.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from utils import fixtures
+from utils.labels import CATEGORIES
+
+SPLITS = ("train", "val", "test")
+TRAIN_PERSON_FIELDS = ("body_bbox", "annotations_categories", "annotations_continuous", "gender", "age")
+EVAL_PERSON_FIELDS = ("body_bbox", "annotations_categories", "combined_categories", "annotations_continuous",
+                      "combined_continuous", "gender", "age")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke dataset written twice with seed 0: once by the command line (as CI does), once by the API."""
+    cli = tmp_path_factory.mktemp("cli")
+    assert fixtures.main(["--size", "smoke", "--seed", "0", "--out", str(cli)]) == 0
+    api = tmp_path_factory.mktemp("api")
+    return api, fixtures.make_all(api, "smoke", 0), cli
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _mat(path, **kw):
+    return scipy.io.loadmat(path, **kw)
+
+
+def _squeezed_persons(rec):
+    return list(np.atleast_1d(rec.person))
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+def test_same_seed_gives_identical_files(smoke):
+    api, _, cli = smoke
+    digest = _tree_digest(api)
+    assert digest == _tree_digest(cli), "same seed must give byte-identical .mat, images and text files"
+    assert sum(k.endswith(".jpg") for k in digest) > 100
+    # and identical decoded .mat contents, record by record
+    a = _mat(api / "emotic/Annotations/Annotations.mat")
+    b = _mat(cli / "emotic/Annotations/Annotations.mat")
+    for split in SPLITS:
+        assert a[split].shape == b[split].shape
+        for ra, rb in zip(a[split][0], b[split][0]):
+            assert str(ra["filename"][0]) == str(rb["filename"][0])
+            for pa, pb in zip(ra["person"][0], rb["person"][0]):
+                np.testing.assert_array_equal(pa["body_bbox"], pb["body_bbox"])
+
+
+def test_other_seed_differs(smoke, tmp_path):
+    api, _, _ = smoke
+    fixtures.make_emotic(tmp_path / "emotic", "smoke", seed=1)
+    fixtures.make_flickr8k(tmp_path / "flickr", "smoke", seed=1, layout="kaggle")
+    assert (tmp_path / "emotic/Annotations/Annotations.mat").read_bytes() != \
+        (api / "emotic/Annotations/Annotations.mat").read_bytes()
+    assert (tmp_path / "emotic/descriptions.csv").read_text() != (api / "emotic/descriptions.csv").read_text()
+    assert (tmp_path / "flickr/captions.txt").read_text() != (api / "flickr8k_kaggle/captions.txt").read_text()
+    assert not set(_tree_digest(tmp_path / "flickr/Images").values()) & \
+        set(_tree_digest(api / "flickr8k_kaggle/Images").values())
+
+
+# ---------------------------------------------------------------------------------------------- .mat format
+def test_mat_has_real_nesting_with_default_loadmat(smoke):
+    out, _, _ = smoke
+    mat = _mat(out / "emotic/Annotations/Annotations.mat")
+    assert {"train", "val", "test"} <= set(mat)
+    for split in SPLITS:
+        recs = mat[split]
+        assert recs.shape[0] == 1 and recs.shape[1] > 1, "1xN struct array"
+        assert recs.dtype.names == ("filename", "folder", "image_size", "original_database", "person")
+        rec = recs[0, 0]
+        assert rec["image_size"].shape == (1, 1) and set(rec["image_size"].dtype.names) == {"n_col", "n_row"}
+        assert set(rec["original_database"].dtype.names) == {"name", "info"}
+        persons = rec["person"]
+        assert persons.shape[0] == 1
+        want = TRAIN_PERSON_FIELDS if split == "train" else EVAL_PERSON_FIELDS
+        assert persons.dtype.names == want
+        p = persons[0, 0]
+        assert p["body_bbox"].shape == (1, 4) and p["body_bbox"].dtype == np.float64
+        ann = p["annotations_categories"]
+        assert ann.dtype.names == ("categories",)
+        if split == "train":
+            assert ann.shape == (1, 1)
+            assert p["annotations_continuous"].shape == (1, 1)
+        else:
+            assert ann.shape[0] == 1 and ann.shape[1] >= 2, "one struct per annotator"
+            assert p["annotations_continuous"].shape == ann.shape
+            assert p["combined_continuous"].shape == (1, 1)
+            assert p["combined_categories"].dtype == object and p["combined_categories"].shape[0] == 1
+        cats = ann[0, 0]["categories"]
+        assert cats.dtype == object and cats.shape[0] == 1, "a 1xK cell"
+        assert set(p["annotations_continuous"].dtype.names) == {"valence", "arousal", "dominance"}
+
+
+def test_mat_squeezed_fields_by_name(smoke):
+    out, written, _ = smoke
+    mat = _mat(out / "emotic/Annotations/Annotations.mat", squeeze_me=True, struct_as_record=False)
+    truth = {(t["split"], t["record"], t["person"]): t for t in written["emotic"]["persons"]}
+    n = 0
+    for split in SPLITS:
+        for ri, rec in enumerate(np.atleast_1d(mat[split])):
+            assert rec.folder in fixtures.EMOTIC_FOLDERS and rec.filename.endswith(".jpg")
+            for pi, p in enumerate(_squeezed_persons(rec)):
+                t = truth[(split, ri, pi)]
+                cats = p.annotations_categories.categories if split == "train" else p.combined_categories
+                assert [str(c) for c in np.atleast_1d(cats)] == t["categories"]
+                assert all(c in CATEGORIES for c in t["categories"]) and len(t["categories"]) <= 4
+                cont = p.annotations_continuous if split == "train" else p.combined_continuous
+                np.testing.assert_array_equal([cont.valence, cont.arousal, cont.dominance], t["vad"])
+                assert p.gender in ("Male", "Female") and p.age in ("Adult", "Teenager", "Kid")
+                if split != "train" and t["categories"]:  # annotators' union is the combined set
+                    union = {str(c) for a in np.atleast_1d(p.annotations_categories)
+                             for c in np.atleast_1d(a.categories)}
+                    assert union == set(t["categories"])
+                n += 1
+    assert n == sum(s["persons"] for s in written["emotic"]["splits"].values())
+    assert 60 <= n <= 90
+
+
+def test_descriptions_csv_matches_mat_boxes(smoke):
+    out, _, _ = smoke
+    mat = _mat(out / "emotic/Annotations/Annotations.mat", squeeze_me=True, struct_as_record=False)
+    boxes = [(r.folder, r.filename, *map(float, p.body_bbox))
+             for s in SPLITS for r in np.atleast_1d(mat[s]) for p in _squeezed_persons(r)]
+    with open(out / "emotic/descriptions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["folder", "filename", "x1", "y1", "x2", "y2", "description"]
+    assert [(r["folder"], r["filename"], *(float(r[k]) for k in ("x1", "y1", "x2", "y2"))) for r in rows] == boxes
+    assert all(r["description"].strip() for r in rows)
+
+
+def test_descriptions_never_list_category_names(smoke):
+    out, _, _ = smoke
+    names = [re.compile(rf"\b{re.escape(part)}\b", re.I) for c in CATEGORIES for part in c.split("/")]
+    with open(out / "emotic/descriptions.csv", newline="", encoding="utf-8") as f:
+        texts = [r["description"] for r in csv.DictReader(f)]
+    counts = [sum(bool(n.search(t)) for n in names) for t in texts]
+    assert max(counts) < 3
+    assert len(set(texts)) > 0.8 * len(texts), "descriptions should vary"
+
+
+# ---------------------------------------------------------------------------------------------- images
+def test_image_modes_are_real(smoke):
+    out, written, _ = smoke
+    modes = written["emotic"]["image_modes"]
+    want = {"RGB": ("JPEG", "RGB"), "L": ("JPEG", "L"), "CMYK": ("JPEG", "CMYK"), "PNG": ("PNG", "RGB")}
+    for mode, files in modes.items():
+        assert files, f"no {mode} image written"
+        for rel in files:
+            path = out / "emotic/emotic" / rel
+            assert path.suffix == ".jpg"
+            with Image.open(path) as im:
+                assert (im.format, im.mode) == want[mode], rel
+    sizes = set()
+    mat = _mat(out / "emotic/Annotations/Annotations.mat", squeeze_me=True, struct_as_record=False)
+    for s in SPLITS:
+        for r in np.atleast_1d(mat[s]):
+            path = out / "emotic/emotic" / r.folder / r.filename
+            if path.exists():
+                with Image.open(path) as im:
+                    assert im.size == (r.image_size.n_col, r.image_size.n_row)
+                    sizes.add(im.size)
+            assert 1 <= len(_squeezed_persons(r)) <= 3
+    assert len(sizes) >= 3 and any(w != h for w, h in sizes)
+
+
+# ---------------------------------------------------------------------------------------------- planted
+def test_planted_emotic_records_exist(smoke):
+    out, written, _ = smoke
+    mat = _mat(out / "emotic/Annotations/Annotations.mat", squeeze_me=True, struct_as_record=False)
+    reasons = {p["reason"] for p in written["emotic"]["planted"]}
+    assert reasons == {"nan_continuous", "no_category", "empty_box", "missing_image", "box_partly_outside"}
+    for p in written["emotic"]["planted"]:
+        rec = np.atleast_1d(mat[p["split"]])[p["record"]]
+        person = _squeezed_persons(rec)[p["person"]]
+        w, h = rec.image_size.n_col, rec.image_size.n_row
+        x1, y1, x2, y2 = person.body_bbox
+        cont = person.annotations_continuous if p["split"] == "train" else person.combined_continuous
+        cats = person.annotations_categories.categories if p["split"] == "train" else person.combined_categories
+        if p["reason"] == "nan_continuous":
+            assert np.isnan(cont.valence)
+        elif p["reason"] == "no_category":
+            assert np.size(cats) == 0
+        elif p["reason"] == "empty_box":
+            assert min(x2, w) - max(x1, 0) <= 0 or min(y2, h) - max(y1, 0) <= 0
+        elif p["reason"] == "missing_image":
+            assert not (out / "emotic/emotic" / rec.folder / rec.filename).exists()
+        else:  # partly outside: reaches out but keeps area after clipping
+            assert (x1 < 0 or y1 < 0 or x2 > w or y2 > h)
+            assert min(x2, w) > max(x1, 0) and min(y2, h) > max(y1, 0)
+    counts = written["emotic"]["splits"]
+    n_skipped = sum(p["skipped"] for p in written["emotic"]["planted"])
+    assert sum(sum(s["skipped"].values()) for s in counts.values()) == n_skipped
+
+
+def test_flickr_layouts_hold_the_same_captions_and_images(smoke):
+    out, written, _ = smoke
+    with open(out / "flickr8k_kaggle/captions.txt", newline="", encoding="utf-8") as f:
+        kaggle = [(r["image"], r["caption"]) for r in csv.DictReader(f)]
+    token = out / "flickr8k_original/Flickr8k_text/Flickr8k.token.txt"
+    original = []
+    for line in token.read_text(encoding="utf-8").split("\n")[:-1]:
+        key, cap = line.split("\t", 1)
+        name, num = key.rsplit("#", 1)
+        original.append((name, cap))
+        assert re.fullmatch(r"\d{9,10}_[0-9a-f]{10}\.jpg", name)
+    assert kaggle == original and len(kaggle) == 5 * len(written["flickr8k_kaggle"]["images"])
+    caps = [c for _, c in kaggle]
+    assert any("," in c for c in caps) and any('"' in c for c in caps) and any(not c.isascii() for c in caps)
+    assert _tree_digest(out / "flickr8k_kaggle/Images") == _tree_digest(out / "flickr8k_original/Flickr8k_Dataset")
+    lists = {s: (out / f"flickr8k_original/Flickr8k_text/Flickr_8k.{s}Images.txt").read_text().split()
+             for s in ("train", "dev", "test")}
+    assert sorted(sum(lists.values(), [])) == sorted(written["flickr8k_kaggle"]["images"])
+    assert len(lists["train"]) == 6 * len(lists["test"]) == 6 * len(lists["dev"])
+    assert 30 <= len(written["flickr8k_kaggle"]["images"]) <= 50
+
+
+def test_flickr_planted_problems(smoke):
+    out, written, _ = smoke
+    planted = {p["reason"]: p for p in written["flickr8k_kaggle"]["planted"]}
+    with open(out / "flickr8k_kaggle/captions.txt", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    empty = [r for r in rows if r["caption"] == ""]
+    assert [r["image"] for r in empty] == [planted["empty_caption"]["image"]]
+    missing = planted["missing_image"]["image"]
+    assert any(r["image"] == missing for r in rows)
+    assert not (out / "flickr8k_kaggle/Images" / missing).exists()
+    assert not (out / "flickr8k_original/Flickr8k_Dataset" / missing).exists()
+
+
+def test_person_count_override(tmp_path):
+    written = fixtures.make_emotic(tmp_path, "smoke", 0, n_persons=40)
+    assert sum(s["persons"] for s in written["splits"].values()) == 40
+    mat = _mat(tmp_path / "Annotations/Annotations.mat", squeeze_me=True, struct_as_record=False)
+    assert sum(len(_squeezed_persons(r)) for s in SPLITS for r in np.atleast_1d(mat[s])) == 40
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="size"):
+        fixtures.make_emotic(tmp_path, "huge")
+    with pytest.raises(ValueError, match="layout"):
+        fixtures.make_flickr8k(tmp_path, "smoke", 0, "zip")
+    with pytest.raises(ValueError, match="n_persons"):
+        fixtures.make_emotic(tmp_path, "smoke", 0, n_persons=10)
+
+
+# ---------------------------------------------------------------------------------------------- learnability
+def test_modalities_carry_partly_different_information():
+    """Cheap stand-ins for the frozen encoders: pixels of the drawn figure vs. words of the description.
+
+    Body-drawn categories must be better predicted from the body crop's colours than from the words, and
+    text-only categories the other way round (the full check with MobileNetV2 / MiniLM is ``--check``).
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    splits = fixtures._sample_emotic_records(rng, 320)
+    persons, hist, texts = [], [], []
+    for rec in splits["train"] + splits["val"] + splits["test"]:
+        img = np.asarray(fixtures._render_emotic(rec, rng))
+        for p in rec.persons:
+            x1, y1, x2, y2 = (int(v) for v in p.box)
+            crop = img[y1:y2, x1:x2] // 64                       # 4 levels per channel -> 64 colour bins
+            hist.append(np.bincount((crop[..., 0] * 16 + crop[..., 1] * 4 + crop[..., 2]).ravel(),
+                                    minlength=64) / crop[..., 0].size)
+            texts.append(fixtures._describe(p, rec, rng))
+            persons.append(p)
+    y = np.array([[c in p.categories for c in CATEGORIES] for p in persons])
+    x_img = np.array(hist)
+    x_txt = TfidfVectorizer().fit_transform(texts)
+    n = int(0.7 * len(y))
+
+    def ap(x, cats):
+        out = []
+        for c in cats:
+            j = CATEGORIES.index(c)
+            if y[:n, j].any() and y[n:, j].any():
+                s = LogisticRegression(C=10, solver="liblinear").fit(x[:n], y[:n, j]).decision_function(x[n:])
+                out.append(average_precision_score(y[n:, j], s))
+        return float(np.mean(out))
+
+    body = [c for c, q in fixtures.CUES.items() if q.channel == "body" and q.prevalence >= 0.06]
+    text_only = [c for c, q in fixtures.CUES.items() if q.channel is None and q.prevalence >= 0.07]
+    assert ap(x_img, body) > ap(x_txt, body) + 0.1
+    assert ap(x_txt, text_only) > ap(x_img, text_only) + 0.15
+    chance = float(y[n:].mean())
+    assert ap(x_txt, text_only) > 2 * chance
