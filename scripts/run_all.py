@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ def prepare_synthetic(profile: str, seed: int = 0) -> dict[str, Path]:
     stamp = raw / ".complete"
     if not (stamp.is_file() and stamp.read_text().strip() == f"{FIXTURE_VERSION}:{seed}"):
         print(f"[data] generating synthetic {profile} datasets in {raw}", flush=True)
+        shutil.rmtree(raw, ignore_errors=True)  # no stale files from an older generator
         fixtures.make_all(raw, size=profile, seed=seed)
         stamp.write_text(f"{FIXTURE_VERSION}:{seed}\n")
     out = {"emotic": REPO / "data" / profile / "emotic", "flickr8k": REPO / "data" / profile / "flickr8k"}
