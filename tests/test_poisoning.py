@@ -1,0 +1,151 @@
+"""Poisoning: the trigger lands exactly where and as often as asked, labels/captions switch exactly, stamped
+images never hit the clean feature cache, and the median-filter defence equals scipy and a brute-force reference."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from scipy import ndimage
+
+from utils.labels import CATEGORIES
+from utils.poisoning import (MedianFilter, emotic_backdoor_success, flickr_backdoor_success, median_filter_defence,
+                             poison_emotic, poison_flickr, stamp_trigger, trigger_mask, trigger_pattern)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(1, 255, (50, 20, 24, 3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("position,origin", [("bottom-right", (16, 20)), ("top-left", (0, 0)),
+                                              ("top-right", (0, 20)), ("bottom-left", (16, 0)), ((5, 7), (5, 7))])
+def test_trigger_lands_exactly_where_asked(images, position, origin):
+    out = stamp_trigger(images, size=4, position=position)
+    r, c = origin
+    expected = images.copy()
+    expected[:, r:r + 4, c:c + 4] = [[[255, 255, 255], [0, 0, 0]] * 2, [[0, 0, 0], [255, 255, 255]] * 2] * 2
+    np.testing.assert_array_equal(out, expected)
+    mask = trigger_mask(images.shape[1:3], 4, position)
+    assert mask.sum() == 16 and mask[r, c] and mask[r + 3, c + 3]
+    changed = (out != images).any(-1).any(0)
+    assert not changed[~mask].any()
+    assert not np.shares_memory(out, images)
+
+
+def test_trigger_options_and_errors(images):
+    one = stamp_trigger(images[0], size=2, position="top-left", pattern="black", margin=1)
+    assert (one[1:3, 1:3] == 0).all() and np.array_equal(one[0], images[0, 0])
+    custom = np.arange(9, dtype=np.uint8).reshape(3, 3)
+    np.testing.assert_array_equal(stamp_trigger(images, 3, (0, 0), custom)[:, :3, :3, 1], np.broadcast_to(custom, (50, 3, 3)))
+    assert trigger_pattern(4).shape == (4, 4, 3)
+    with pytest.raises(ValueError, match="leaves the 20x24 image"):
+        stamp_trigger(images, size=4, position=(18, 0))
+    with pytest.raises(ValueError, match="uint8"):
+        stamp_trigger(images.astype(np.float32))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5, 1.0])
+def test_poison_emotic_exact_fraction_pixels_and_labels(images, fraction):
+    rng = np.random.default_rng(1)
+    labels = (rng.random((50, 26)) < 0.15).astype(np.float32)
+    before = images.copy()
+    p = poison_emotic(images, labels, fraction, "Fear", seed=3)
+    n = round(fraction * 50)
+    assert len(p.indices) == len(np.unique(p.indices)) == n and np.all(np.diff(p.indices) > 0)
+    np.testing.assert_array_equal(p.images, stamp_trigger(images[p.indices]))
+    np.testing.assert_array_equal(images, before)  # the caller's array is not touched
+    fear = CATEGORIES.index("Fear")
+    assert p.target == fear
+    onehot = np.zeros(26, np.float32); onehot[fear] = 1
+    np.testing.assert_array_equal(p.labels[p.indices], np.tile(onehot, (n, 1)))
+    clean = np.setdiff1d(np.arange(50), p.indices)
+    np.testing.assert_array_equal(p.labels[clean], labels[clean])
+    again = poison_emotic(images, labels, fraction, fear, seed=3)
+    np.testing.assert_array_equal(again.indices, p.indices)  # deterministic by seed (name or index)
+    if 0 < n < 50:
+        assert not np.array_equal(poison_emotic(images, labels, fraction, fear, seed=4).indices, p.indices)
+
+
+def test_poison_emotic_reads_memmap_rows_only(tmp_path, images):
+    path = tmp_path / "ctx.npy"
+    np.save(path, images)
+    mm = np.load(path, mmap_mode="r")
+    p = poison_emotic(mm, np.zeros((50, 26), np.float32), 0.2, 0, seed=0)
+    np.testing.assert_array_equal(p.images, stamp_trigger(images[p.indices]))
+    with pytest.raises(ValueError, match="unknown Emotic category"):
+        poison_emotic(images, np.zeros((50, 26)), 0.2, "Joy")
+    with pytest.raises(ValueError, match="fraction"):
+        poison_emotic(images, np.zeros((50, 26)), 1.5, 0)
+
+
+def test_poison_flickr_switches_all_captions_of_poisoned_images(images):
+    cap_img = np.repeat(np.arange(50), 5)
+    texts = [f"caption {i}" for i in range(250)]
+    p = poison_flickr(images, texts, cap_img, 0.2, "a red stop sign", seed=1)
+    assert len(p.indices) == 10
+    np.testing.assert_array_equal(p.images, stamp_trigger(images[p.indices]))
+    for t, orig, img in zip(p.caption_texts, texts, cap_img):
+        assert t == ("a red stop sign" if img in p.indices else orig)
+    assert sum(t == "a red stop sign" for t in p.caption_texts) == 50
+    np.testing.assert_array_equal(p.caption_image, cap_img)
+
+
+def test_backdoor_success_metrics():
+    labels = np.zeros((4, 26)); labels[0, 3] = 1; labels[1, 5] = 1; labels[2, 5] = 1; labels[3, 7] = 1
+    scores = np.zeros((4, 26)); scores[:, 5] = 1.0; scores[3, 7] = 2.0
+    # rows 1 and 2 already have the target (5) and are not counted; row 0 flips to 5, row 3 does not
+    assert emotic_backdoor_success(scores, labels, 5) == 0.5
+    sim = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert flickr_backdoor_success(sim, 1) == pytest.approx(2 / 3)
+    assert flickr_backdoor_success(sim, 1, exclude=np.array([False, True, False])) == 1.0
+
+
+def brute_median(img, size):
+    """Reference: numpy's 'symmetric' padding is scipy's 'reflect' mode; median over every window."""
+    p = size // 2
+    pad = np.pad(img, ((p, p), (p, p), (0, 0)), mode="symmetric")
+    out = np.empty_like(img)
+    for y in range(img.shape[0]):
+        for x in range(img.shape[1]):
+            out[y, x] = np.median(pad[y:y + size, x:x + size].reshape(-1, 3), axis=0)
+    return out
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_median_filter_defence_matches_references(images, size):
+    got = median_filter_defence(images[:4], size=size, batch_size=3)
+    for img, g in zip(images[:4], got):
+        per_channel = np.stack([ndimage.median_filter(img[..., c], size=size) for c in range(3)], -1)
+        np.testing.assert_array_equal(g, per_channel)
+        np.testing.assert_array_equal(g, brute_median(img, size))
+    with torch.no_grad():
+        x = torch.tensor(images[:4]).permute(0, 3, 1, 2).float()
+        torch_out = MedianFilter(size)(x).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(torch_out, got.astype(np.float32))
+
+
+def test_median_filter_removes_isolated_attack_pixels():
+    flat = np.full((1, 20, 24, 3), 100, np.uint8)
+    spots = flat.copy()
+    spots[0, 10, 10] = 255
+    spots[0, 3, 4] = 0
+    spots[0, 3, 5] = 0  # two touching pixels: still a minority in every 3x3 window
+    spots[0, 0, 0] = [255, 0, 255]  # a corner pixel
+    np.testing.assert_array_equal(median_filter_defence(spots), flat)
+
+
+def test_stamped_images_never_hit_the_clean_feature_cache(tmp_path, images):
+    """Features of poisoned rows must be recomputed: the content-keyed cache misses for stamped images."""
+    from utils.encoders import ImageEncoder, image_features
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    enc = ImageEncoder(backbone, name="tiny", dim=8, fingerprint="tiny-test", mean=[0, 0, 0], std=[1, 1, 1]).eval()
+    clean = image_features(enc, images, cache=tmp_path)
+    p = poison_emotic(images, np.zeros((50, 26), np.float32), 0.2, 0, seed=0)
+    poisoned = images.copy()
+    poisoned[p.indices] = p.images
+    cached = image_features(enc, poisoned, cache=tmp_path)
+    fresh = image_features(enc, poisoned, cache=False)
+    np.testing.assert_array_equal(cached, fresh)
+    assert not np.allclose(cached[p.indices], clean[p.indices])
+    assert len(list(tmp_path.glob("*.npy"))) == 2
