@@ -16,6 +16,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_prep.py
+	$(PY) benchmarks/bench_cache.py
+	$(PY) benchmarks/bench_attack.py
+	$(PY) benchmarks/bench_notebooks.py
 
 venv: $(STAMP)
 
