@@ -1,6 +1,7 @@
 """Every metric against an independent reference: brute-force loops written from the definitions, and sklearn."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -9,8 +10,8 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from utils.labels import CATEGORIES
-from utils.metrics import (emotic_metrics, emotic_payload, flickr_payload, load_predictions, retrieval_metrics,
-                           retrieval_ranks, save_metrics, save_predictions)
+from utils.metrics import (emotic_metrics, emotic_payload, flickr_payload, load_predictions, retrieval_chance,
+                           retrieval_metrics, retrieval_ranks, save_metrics, save_predictions)
 
 
 # ------------------------------------------------------------------------------------------- references
@@ -170,6 +171,25 @@ def test_retrieval_rejects_bad_input():
 
 
 # ---------------------------------------------------------------------------------------------- saving
+def test_retrieval_chance_matches_enumeration_and_random_scores():
+    """Exact reference: every ordering of 6 captions (images own 1, 2, 3 of them) is equally likely."""
+    cap = np.array([0, 1, 1, 2, 2, 2])
+    got = retrieval_chance(cap, ks=(1, 2, 5))
+    orders = list(itertools.permutations(range(len(cap))))
+    for k in (1, 2, 5):
+        i2t = np.mean([np.mean([any(cap[c] == i for c in order[:k]) for order in orders]) for i in range(3)])
+        assert got[f"i2t_R@{k}"] == pytest.approx(100 * i2t)
+        assert got[f"t2i_R@{k}"] == pytest.approx(100 * min(k, 3) / 3)
+    assert got["mean_R@1"] == pytest.approx((got["i2t_R@1"] + got["t2i_R@1"]) / 2)
+    # and what retrieval_metrics gives random scores averages to it (3,000 draws: standard error < 1 point)
+    rng = np.random.default_rng(0)
+    runs = [retrieval_metrics(rng.random((3, 6)), cap) for _ in range(3000)]
+    for key in ("i2t_R@1", "t2i_R@1"):
+        assert np.mean([r[key] for r in runs]) == pytest.approx(got[key], abs=2.5)
+    with pytest.raises(ValueError, match="no caption"):
+        retrieval_chance(np.array([0, 2]))
+
+
 def test_payloads_round_trip_and_reproduce_metrics(tmp_path):
     rng = np.random.default_rng(4)
     scores, labels = random_emotic(rng, n=40)

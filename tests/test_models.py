@@ -261,6 +261,11 @@ def test_flickr_baseline_both_is_the_mean_of_the_two_maps():
     i2t = FlickrBaseline("image_to_text", alpha=1.0).fit(img, txt, cap).similarity(img, txt)
     t2i = FlickrBaseline("text_to_image", alpha=1.0).fit(img, txt, cap).similarity(img, txt)
     np.testing.assert_allclose(both, (i2t + t2i) / 2, atol=1e-6)
+    # each map can keep its own penalty: alpha for image->text, alpha_t2i for text->image
+    mixed = FlickrBaseline("both", alpha=1.0, alpha_t2i=1e4).fit(img, txt, cap).similarity(img, txt)
+    t2i_strong = FlickrBaseline("text_to_image", alpha=1e4).fit(img, txt, cap).similarity(img, txt)
+    np.testing.assert_allclose(mixed, (i2t + t2i_strong) / 2, atol=1e-6)
+    assert not np.allclose(t2i_strong, t2i, atol=1e-3)
     with pytest.raises(RuntimeError, match="fit"):
         FlickrBaseline().similarity(img, txt)
 

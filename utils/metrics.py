@@ -31,7 +31,7 @@ from sklearn.metrics import average_precision_score
 from .labels import CATEGORIES, CONTINUOUS
 
 __all__ = [
-    "emotic_metrics", "retrieval_metrics", "retrieval_ranks", "emotic_payload", "flickr_payload",
+    "emotic_metrics", "retrieval_metrics", "retrieval_ranks", "retrieval_chance", "emotic_payload", "flickr_payload",
     "save_predictions", "load_predictions", "save_metrics",
 ]
 
@@ -156,6 +156,32 @@ def retrieval_metrics(sim, caption_image, ks: Sequence[int] = (1, 5, 10)) -> dic
         out["mean_R@1"] = (out["i2t_R@1"] + out["t2i_R@1"]) / 2
     out["rsum"] = float(sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks))
     out["n_images"], out["n_captions"] = int(i2t.size), int(t2i.size)
+    return out
+
+
+def retrieval_chance(caption_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Expected Recall@k (percent) of a uniformly random ranking: the floor a retrieval model must clear.
+
+    Image->text: an image owning ``n`` of the ``C`` captions has none of them in a random top k with the
+    hypergeometric probability ``C(C-n, k) / C(C, k)``; the recall is one minus that, averaged over images.
+    Text->image: ``min(k, M) / M``. Keys as in ``retrieval_metrics``: ``i2t_R@k``, ``t2i_R@k``, ``mean_R@1``.
+    """
+    from scipy.stats import hypergeom
+
+    cap = np.asarray(caption_image)
+    if cap.ndim != 1 or cap.size == 0 or cap.dtype.kind not in "iu" or cap.min() < 0:
+        raise ValueError(f"caption_image: expected a non-empty 1-D array of image rows, got {cap.shape} {cap.dtype}")
+    n_per_image = np.bincount(cap)
+    if (n_per_image == 0).any():
+        raise ValueError(f"caption_image: image row {np.flatnonzero(n_per_image == 0)[0]} has no caption")
+    m, c = len(n_per_image), len(cap)
+    out: dict = {}
+    for k in ks:
+        out[f"i2t_R@{k}"] = float(100.0 * np.mean(1.0 - hypergeom.pmf(0, c, n_per_image, min(k, c))))
+    for k in ks:
+        out[f"t2i_R@{k}"] = float(100.0 * min(k, m) / m)
+    if 1 in ks:
+        out["mean_R@1"] = (out["i2t_R@1"] + out["t2i_R@1"]) / 2
     return out
 
 

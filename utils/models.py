@@ -379,10 +379,14 @@ class FlickrBaseline:
 
     METHODS = ("image_to_text", "text_to_image", "both", "cca")
 
-    def __init__(self, method: str = "both", alpha: float = 100.0, n_components: int = 64, reg: float = 0.1):
+    def __init__(self, method: str = "both", alpha: float = 100.0, n_components: int = 64, reg: float = 0.1,
+                 alpha_t2i: float | None = None):
         if method not in self.METHODS:
             raise ValueError(f"FlickrBaseline: method must be one of {self.METHODS}, got {method!r}")
         self.method, self.alpha, self.n_components, self.reg = method, alpha, n_components, reg
+        # The text->image map's own penalty (default ``alpha``): the two maps regress different targets, and
+        # ``both`` works best when each keeps the penalty chosen for it alone on validation.
+        self.alpha_t2i = alpha if alpha_t2i is None else alpha_t2i
         self.fitted = False
 
     def fit(self, image_features, text_features, caption_image) -> "FlickrBaseline":
@@ -397,7 +401,7 @@ class FlickrBaseline:
         if self.method in ("image_to_text", "both"):
             self.i2t = Ridge(alpha=self.alpha).fit(x, y)
         if self.method in ("text_to_image", "both"):
-            self.t2i = Ridge(alpha=self.alpha).fit(y, x)
+            self.t2i = Ridge(alpha=self.alpha_t2i).fit(y, x)
         if self.method == "cca":
             self.cca = CanonicalCorrelation(self.n_components, self.reg).fit(x, y)
         self.fitted = True
