@@ -102,22 +102,28 @@ def execute_notebooks(profile: str, artefacts: dict[str, Path], only: list[str] 
 
 
 def summary_table(profile: str) -> str:
-    """One table of the headline numbers every notebook saved in outputs/<profile>/metrics/*.json ('summary' key)."""
-    rows = []
+    """The headline numbers every notebook saved in outputs/<profile>/metrics/*.json ('summary' key), one table per
+    dataset (notebooks are grouped by the dataset named in their file name, so columns stay few and readable)."""
+    groups: dict[str, list] = {}
     for path in sorted((REPO / "outputs" / profile / "metrics").glob("*.json")):
         summary = json.loads(path.read_text()).get("summary", {})
-        for model, values in summary.items():
-            rows.append((path.stem, model, values))
-    if not rows:
+        dataset = "Emotic" if "emotic" in path.stem else "Flickr8k" if "flickr" in path.stem else "other"
+        groups.setdefault(dataset, []).extend((path.stem, model, values) for model, values in summary.items())
+    if not groups:
         return "(no metrics written yet)"
-    metrics = sorted({k for _, _, v in rows for k in v})
-    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
-    head = f"{'notebook':<{w0}}  {'model':<{w1}}  " + "  ".join(f"{m:>12}" for m in metrics)
-    lines = [head, "-" * len(head)]
-    for nb, model, values in rows:
-        cells = "  ".join(f"{values[m]:>12.3f}" if isinstance(values.get(m), (int, float)) else f"{'':>12}" for m in metrics)
-        lines.append(f"{nb:<{w0}}  {model:<{w1}}  {cells}")
-    return "\n".join(lines)
+    tables = []
+    for dataset, rows in groups.items():
+        metrics = list(dict.fromkeys(k for _, _, v in rows for k in v))  # first-seen order
+        w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+        wm = [max(len(m), 8) for m in metrics]
+        head = f"{'notebook':<{w0}}  {'model':<{w1}}  " + "  ".join(f"{m:>{w}}" for m, w in zip(metrics, wm))
+        lines = [dataset, head, "-" * len(head)]
+        for nb, model, values in rows:
+            cells = "  ".join(f"{values[m]:>{w}.2f}" if isinstance(values.get(m), (int, float)) else " " * w
+                              for m, w in zip(metrics, wm))
+            lines.append(f"{nb:<{w0}}  {model:<{w1}}  {cells}")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         return 0
     execute_notebooks(args.profile, artefacts, args.notebooks, args.timeout)
-    print("\n" + summary_table(args.profile))
+    table = summary_table(args.profile)
+    (REPO / "outputs" / args.profile / "summary.txt").write_text(table + "\n", encoding="utf-8")
+    print("\n" + table)
     print(f"\nall done in {time.perf_counter() - t0:.0f} s; executed notebooks and figures in outputs/{args.profile}/")
     return 0
 
