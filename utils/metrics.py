@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -241,7 +242,10 @@ def save_predictions(path, payload: Mapping[str, np.ndarray]) -> Path:
         if v.dtype == object:
             raise ValueError(f"{path}: array {k!r} has dtype object, which would need pickle to load")
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temporary name
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
     return path
 
 
@@ -279,5 +283,8 @@ def save_metrics(path, metrics: Mapping, **meta) -> Path:
     if meta:
         doc["meta"] = meta
     doc = _jsonable(doc)
-    path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"  # serialise first: a failure leaves no partial file
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # atomic: a reader (the main job's summary) never sees half a file
     return path
