@@ -354,7 +354,8 @@ class TextEncoder(nn.Module):
         order = np.argsort([-len(t) for t in texts], kind="stable")
         starts = range(0, len(texts), batch_size)
         with torch.inference_mode():
-            for i in tqdm(starts, desc=desc or f"encode {self.name}", unit="batch", leave=False, disable=None):
+            for i in tqdm(starts, desc=desc or f"encode {self.name}", unit="batch", leave=False,
+                          disable=True if len(starts) <= 1 else None):  # no bar for a single batch
                 idx = order[i:i + batch_size]
                 batch = self.tokenize([texts[j] for j in idx])
                 emb = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
@@ -502,7 +503,7 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 
     dev = encoder.device
     with torch.inference_mode():
         for i in tqdm(range(0, len(images), batch_size), desc=desc or f"features {encoder.name}", unit="batch",
-                      leave=False, disable=None):
+                      leave=False, disable=True if len(images) <= batch_size else None):  # no bar for one batch
             out[i:i + batch_size] = encoder(to_tensor(images[i:i + batch_size]).to(dev)).cpu().numpy()
     if path is not None:
         _save_atomic(path, out)
