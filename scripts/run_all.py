@@ -103,11 +103,12 @@ def execute_notebooks(profile: str, artefacts: dict[str, Path], only: list[str] 
 
 def summary_table(profile: str) -> str:
     """The headline numbers every notebook saved in outputs/<profile>/metrics/*.json ('summary' key), one table per
-    dataset (notebooks are grouped by the dataset named in their file name, so columns stay few and readable)."""
+    dataset and part (grouped by the file name, so that each table has few, readable columns)."""
     groups: dict[str, list] = {}
     for path in sorted((REPO / "outputs" / profile / "metrics").glob("*.json")):
         summary = json.loads(path.read_text()).get("summary", {})
         dataset = "Emotic" if "emotic" in path.stem else "Flickr8k" if "flickr" in path.stem else "other"
+        dataset += ", robustness" if "robustness" in path.stem else ""
         groups.setdefault(dataset, []).extend((path.stem, model, values) for model, values in summary.items())
     if not groups:
         return "(no metrics written yet)"
