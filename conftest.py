@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent
 
 
@@ -29,3 +31,14 @@ def pytest_collection_finish(session):
     if any(str(item.fspath).endswith(".ipynb") for item in session.items) and os.environ["MMER_PROFILE"] != "full":
         subprocess.run([sys.executable, str(REPO / "scripts" / "run_all.py"), "--profile", os.environ["MMER_PROFILE"],
                         "--prepare-only"], cwd=REPO, check=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy 2-core machine OpenMP threads spin-wait."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

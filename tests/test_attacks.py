@@ -15,13 +15,7 @@ from utils.attacks import (ClassifierPixelPipeline, EmoticPixelPipeline, FlickrP
 BUDGET = dict(popsize=40, generations=10, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread (and leave the other core to the rest of the suite)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 def tiny_net(seed=0, out=3):

@@ -16,13 +16,7 @@ DIMS = {"body": 24, "context": 20, "image": 24, "text": 16}
 SMALL = dict(dims=DIMS, hidden=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy 2-core machine OpenMP threads spin-wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 def emotic_data(n=240, seed=0):
