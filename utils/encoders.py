@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import paths
+from .prep_io import sha256_prefix
 
 # Bump when to_tensor(), the normalisation or the pooling changes: old cache entries then stop matching.
 PREPROCESS_VERSION = "1"
@@ -77,14 +78,6 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     if not arr.flags.writeable:  # read-only memmap rows: torch wants writable memory (a small uint8 copy)
         arr = arr.copy()
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _state_digest(module: nn.Module) -> str:
@@ -170,7 +163,7 @@ def _load_state_dict(path: Path, arch: str) -> tuple[dict, str]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
-    digest = _sha256(path)
+    digest = sha256_prefix(path, 64)  # the whole hex digest
     expected = _expected_prefix(path, arch)
     if expected and not digest.startswith(expected):
         raise WeightsError(f"{path}: sha256 starts with {digest[:len(expected)]}, expected {expected}. The file is "
