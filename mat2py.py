@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils import emotic, prep_io
-from utils.emotic import DESCRIPTION_SOURCES, SKIP_REASONS, SPLITS, Person, Record
+from utils.prep import emotic, io as prep_io
+from utils.prep.emotic import DESCRIPTION_SOURCES, SKIP_REASONS, SPLITS, Person, Record
 from utils.labels import CATEGORIES
-from utils.prep_io import PrepError
+from utils.prep.io import PrepError
 
 __version__ = "1.0.0"
 CONTEXT_SIZE, BODY_SIZE = 224, 128

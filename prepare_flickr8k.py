@@ -4,7 +4,7 @@
     python prepare_flickr8k.py --data-dir ROOT --out DIR [--seed 0] [--workers N] [--image-size 224]
 
 ROOT is either layout of the download (Kaggle ``captions.txt`` + ``Images/``, or the original
-``Flickr8k_text/`` + ``Flickr8k_Dataset/``; see ``utils/flickr.py``). DIR receives, per split (train, val, test):
+``Flickr8k_text/`` + ``Flickr8k_Dataset/``; see ``utils/prep/flickr.py``). DIR receives, per split (train, val, test):
 
 - ``{split}_images.npy``: (M, S, S, 3) uint8 RGB, each photo squashed to S x S (no aspect keeping), one row per image;
 - ``{split}_captions.csv``: ``image_index, image, caption_number, caption``, where ``image_index`` is the row in
@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from utils import __version__
-from utils.flickr import SPLITS, STANDARD_SIZES, ImageItem, Plan, find_source, plan_splits
-from utils.prep_io import (ImageReadError, PrepError, RowWriter, load_rgb, parallel_map, resize_rgb, sha256_prefix,
+from utils.prep.flickr import SPLITS, STANDARD_SIZES, ImageItem, Plan, find_source, plan_splits
+from utils.prep.io import (ImageReadError, PrepError, RowWriter, load_rgb, parallel_map, resize_rgb, sha256_prefix,
                            staged_output, write_json)
 
 TOOL = "prepare_flickr8k"

@@ -29,7 +29,7 @@ WRAPPER = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).
 
 def dataset(root: Path, n_persons: int) -> Path:
     """A synthetic Emotic of ``n_persons`` in the real raw layout, generated once per size."""
-    from utils.fixtures import make_emotic
+    from utils.synthetic.generator import make_emotic
 
     folder = root / f"emotic_{n_persons}"
     stamp = folder / ".complete"

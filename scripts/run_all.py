@@ -4,7 +4,7 @@
     python scripts/run_all.py --profile smoke  # the tiny CI data
     EMOTIC_ROOT=~/data/emotic FLICKR8K_ROOT=~/data/flickr8k python scripts/run_all.py --profile full
 
-Synthetic profiles (smoke, demo) generate the raw datasets with ``utils.fixtures`` in the real formats and run the
+Synthetic profiles (smoke, demo) generate the raw datasets with ``utils.synthetic`` in the real formats and run the
 two prep scripts on them exactly as a user would on the downloads. The ``full`` profile runs the prep scripts on
 ``EMOTIC_ROOT`` / ``FLICKR8K_ROOT`` (or uses ``EMOTIC_ARTEFACTS`` / ``FLICKR8K_ARTEFACTS`` if already prepared).
 Every step is skipped when its outputs are already there, so a second run only re-executes the notebooks.
@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-FIXTURE_VERSION = "2"  # bump when utils/fixtures.py changes what it writes, so stale raw data is rebuilt
+FIXTURE_VERSION = "2"  # bump when utils/synthetic/ changes what it writes, so stale raw data is rebuilt
 
 
 def _run(cmd: list[str], env: dict | None = None) -> None:
@@ -40,7 +40,7 @@ def _fresh(stamp: Path, *inputs: Path) -> bool:
 
 def prepare_synthetic(profile: str, seed: int = 0) -> dict[str, Path]:
     """Generate the raw synthetic datasets for ``profile`` (once) and prepare artefacts from them (once)."""
-    from utils import fixtures
+    from utils.synthetic import generator as fixtures
 
     raw = REPO / "data" / "raw" / profile
     stamp = raw / ".complete"

@@ -22,7 +22,7 @@ for p in (REPO, Path(__file__).resolve().parent):
 
 import mat2py  # noqa: E402
 from test_mat2py import build_dataset  # noqa: E402  (the independent Emotic .mat builder)
-from utils import emotic  # noqa: E402
+from utils.prep import emotic  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from utils import fixtures
+from utils.synthetic import generator as fixtures
 from utils.labels import CATEGORIES
 
 SPLITS = ("train", "val", "test")

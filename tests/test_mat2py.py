@@ -1,4 +1,4 @@
-"""mat2py.py on a small Emotic dataset built here, independently of utils/fixtures.py, in the real PAMI nesting.
+"""mat2py.py on a small Emotic dataset built here, independently of utils/synthetic.py, in the real PAMI nesting.
 
 Expected values are computed from the format description (DESIGN.md section 3-4) with plain PIL, never with the
 code under test: counts, skip reasons, multi-hot labels, VAD, context and body pixels, CSV fields.
@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:  # mat2py.py lives at the repository root
     sys.path.insert(0, str(REPO))
 
 import mat2py  # noqa: E402
-from utils import prep_io  # noqa: E402
+from utils.prep import io as prep_io  # noqa: E402
 from utils.labels import CATEGORIES  # noqa: E402
 
 NAN = float("nan")
@@ -403,7 +403,7 @@ def test_failure_midway_leaves_previous_output(dataset, prepared, tmp_path, monk
 
 def test_project_fixtures_round_trip(tmp_path):
     """The bundled generator's dataset (and its descriptions.csv) goes through with the counts it promises."""
-    from utils.fixtures import make_emotic
+    from utils.synthetic.generator import make_emotic
 
     written = make_emotic(tmp_path / "raw", size="smoke", seed=0)
     out = tmp_path / "out"

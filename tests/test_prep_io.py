@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import prep_io
+from utils.prep import io as prep_io
 
 
 @pytest.mark.parametrize("capacity,kept,shape", [(1000, 998, (8, 8, 3)), (100_000, 99, (3,)), (10, 0, (2,)), (5, 5, (4,))])

@@ -1,4 +1,4 @@
-"""prepare_flickr8k.py and utils/flickr.py on small Flickr8k downloads built here, independently of utils/fixtures.
+"""prepare_flickr8k.py and utils/prep/flickr.py on small Flickr8k downloads built here, independently of utils/synthetic.
 
 Each dataset is written by hand in the real raw formats (Kaggle ``captions.txt`` + ``Images/``; original
 ``Flickr8k.token.txt`` + split lists + ``Flicker8k_Dataset/``) with awkward captions and broken images, and the
@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 import prepare_flickr8k as prep
-from utils import flickr
+from utils.prep import flickr
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 224

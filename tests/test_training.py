@@ -8,7 +8,7 @@ import torch
 from utils.labels import CATEGORIES
 from utils.metrics import emotic_metrics
 from utils.models import EmoticBaseline, EmoticJoint, FlickrBaseline, FlickrJoint
-from utils.prep_io import resize_rgb
+from utils.prep.io import resize_rgb
 from utils.training import (FeatureDataset, emotic_eval, evaluate_loss, fit, flickr_eval, flickr_pairs,
                             load_checkpoint, predict, seed_everything, top_emotions)
 

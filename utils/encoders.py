@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import paths
-from .prep_io import sha256_prefix
+from .prep.io import sha256_prefix
 
 # Bump when to_tensor(), the normalisation or the pooling changes: old cache entries then stop matching.
 PREPROCESS_VERSION = "1"

@@ -304,8 +304,8 @@ def flickr_eval(model, data) -> dict:
 # ------------------------------------------------------------------------------------------ single-image use
 def _crop_body(image: np.ndarray, box) -> np.ndarray:
     """The person crop exactly as ``mat2py.py`` makes it: box clipped and outer-rounded, squashed to 128 x 128."""
-    from .emotic import pixel_box
-    from .prep_io import resize_rgb
+    from .prep.emotic import pixel_box
+    from .prep.io import resize_rgb
     if box is None:
         return resize_rgb(image, 128)
     h, w = image.shape[:2]
@@ -329,7 +329,7 @@ def top_emotions(image, description: str | None = None, *, model: nn.Module, ima
     """
     from . import encoders
     from .labels import CONTINUOUS
-    from .prep_io import load_rgb, resize_rgb
+    from .prep.io import load_rgb, resize_rgb
 
     if isinstance(image, (str, os.PathLike)):
         image = load_rgb(image)

@@ -14,8 +14,8 @@ the two together know more than either. No description is built from the label n
 
 Command line::
 
-    python -m utils.fixtures --size {smoke,demo} --seed 0 --out DIR
-    python -m utils.fixtures --check DIR       # learnability report with frozen MobileNetV2 / MiniLM features
+    python -m utils.synthetic --size {smoke,demo} --seed 0 --out DIR
+    python -m utils.synthetic --check DIR       # learnability report with frozen MobileNetV2 / MiniLM features
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ EMOTIC_FOLDERS = {  # folder -> (original_database name, file name pattern)
     "emodb_small/images": ("emodb_small", "{:06d}.jpg"),
 }
 IMAGE_SIZES = [(640, 480), (480, 640), (500, 375), (600, 400), (427, 640), (640, 427), (512, 384), (400, 300)]
-MAT_HEADER = b"MATLAB 5.0 MAT-file, synthetic Emotic fixture written by utils.fixtures"
+MAT_HEADER = b"MATLAB 5.0 MAT-file, synthetic Emotic fixture written by utils.synthetic"
 SKIP_REASONS = ("nan_continuous", "no_category", "empty_box", "missing_image")
 
 COLOURS = {
@@ -922,7 +922,7 @@ def make_flickr8k(root, size: str = "smoke", seed: int = 0, layout: str = "kaggl
 
 
 def make_all(out, size: str = "smoke", seed: int = 0) -> dict:
-    """Emotic plus both Flickr8k layouts under ``out`` (the layout ``python -m utils.fixtures`` writes)."""
+    """Emotic plus both Flickr8k layouts under ``out`` (the layout ``python -m utils.synthetic`` writes)."""
     out = Path(out)
     flickr = _flickr_content(size, seed)
     return {"emotic": make_emotic(out / "emotic", size, seed),
@@ -979,7 +979,7 @@ def _load_emotic_for_check(root: Path) -> dict:
 
     A small reader of its own, so the check does not depend on the prep script it is meant to feed.
     """
-    from utils.prep_io import load_rgb, resize_rgb
+    from utils.prep.io import load_rgb, resize_rgb
 
     mat = scipy.io.loadmat(root / "Annotations" / "Annotations.mat", squeeze_me=True, struct_as_record=False)
     with open(root / "descriptions.csv", newline="", encoding="utf-8") as f:
@@ -1063,7 +1063,7 @@ def emotic_learnability(root, c: float = 4.0) -> dict:
 def flickr_learnability(root, alpha: float = 10.0) -> dict:
     """Image->text retrieval on the test list through a ridge map from image features to caption embeddings."""
     from sklearn.linear_model import Ridge
-    from utils.prep_io import load_rgb, resize_rgb
+    from utils.prep.io import load_rgb, resize_rgb
 
     root = Path(root)
     text_dir = root / "Flickr8k_text"
@@ -1105,7 +1105,7 @@ def learnability_report(out) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m utils.fixtures", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m utils.synthetic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=list(SIZES), default="smoke")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="folder to write emotic/, flickr8k_kaggle/, flickr8k_original/ into")

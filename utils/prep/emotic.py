@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from utils.labels import CATEGORIES, CATEGORY_INDEX
-from utils.prep_io import PrepError, sha256_prefix
+from utils.prep.io import PrepError, sha256_prefix
 
 SPLITS = ("train", "val", "test")
 

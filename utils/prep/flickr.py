@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.prep_io import PrepError
+from utils.prep.io import PrepError
 
 SPLITS = ("train", "val", "test")
 #: The standard split of Flickr8k (Hodosh et al. 2013); a seeded split keeps these proportions.
