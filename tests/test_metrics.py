@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from utils.labels import CATEGORIES
-from utils.metrics import (emotic_metrics, emotic_payload, flickr_payload, load_predictions, retrieval_chance,
-                           retrieval_metrics, retrieval_ranks, save_metrics, save_predictions)
+from utils.metrics import emotic_metrics, retrieval_chance, retrieval_metrics, retrieval_ranks
+from utils.results import emotic_payload, flickr_payload, load_predictions, save_predictions, write_json
 
 
 # ------------------------------------------------------------------------------------------- references
@@ -215,7 +215,7 @@ def test_save_metrics_writes_strict_json(tmp_path):
     scores, labels = random_emotic(np.random.default_rng(5), n=20)
     labels[:, 0] = 0
     m = emotic_metrics(scores, labels)
-    path = save_metrics(tmp_path / "m.json", m, profile="smoke", seed=np.int64(0))
+    path = write_json(tmp_path / "m.json", {**m, "meta": {"profile": "smoke", "seed": np.int64(0)}})
     doc = json.loads(path.read_text())          # strict parser would fail on NaN
     assert doc["ap_per_category"][CATEGORIES[0]] is None
     assert doc["mAP"] == pytest.approx(m["mAP"]) and doc["meta"] == {"profile": "smoke", "seed": 0}

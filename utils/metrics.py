@@ -15,16 +15,11 @@ Conventions, stated once so every notebook and table agrees:
   Image->text: an image is a hit at k when ANY of its captions is within the top k. Text->image: a caption is a
   hit at k when its own image is within the top k.
 
-The ``*_payload`` helpers and ``save_predictions`` / ``save_metrics`` write what a notebook reports, so that
-every number can be recomputed from disk with independent code (keys are listed in each docstring).
+Saving what a notebook reports lives in ``utils.results``.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import average_precision_score
@@ -32,8 +27,7 @@ from sklearn.metrics import average_precision_score
 from .labels import CATEGORIES, CONTINUOUS
 
 __all__ = [
-    "emotic_metrics", "retrieval_metrics", "retrieval_ranks", "retrieval_chance", "emotic_payload", "flickr_payload",
-    "save_predictions", "load_predictions", "save_metrics",
+    "emotic_metrics", "retrieval_metrics", "retrieval_ranks", "retrieval_chance",
 ]
 
 
@@ -184,107 +178,3 @@ def retrieval_chance(caption_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
     if 1 in ks:
         out["mean_R@1"] = (out["i2t_R@1"] + out["t2i_R@1"]) / 2
     return out
-
-
-# ---------------------------------------------------------------------------------------- saving to disk
-def emotic_payload(scores, labels, vad_pred, vad_true, index=None) -> dict[str, np.ndarray]:
-    """Arrays a notebook saves for its Emotic test predictions.
-
-    Keys: ``scores`` (N, 26) float32 category probabilities; ``labels`` (N, 26) uint8 multi-hot ground truth;
-    ``vad_pred`` and ``vad_true`` (N, 3) float32 valence/arousal/dominance on 1..10; ``categories`` (26,) and
-    ``continuous`` (3,) column names; ``index`` (N,) int64, the row of each person in ``test.csv``
-    (defaults to 0..N-1). ``emotic_metrics(p["scores"], p["labels"], p["vad_pred"], p["vad_true"])``
-    reproduces the reported numbers.
-    """
-    scores = _as_2d("scores", scores, len(CATEGORIES)).astype(np.float32)
-    labels = _as_2d("labels", labels, len(CATEGORIES))
-    n = scores.shape[0]
-    payload = {
-        "scores": scores,
-        "labels": labels.astype(np.uint8),
-        "vad_pred": _as_2d("vad_pred", vad_pred, 3).astype(np.float32),
-        "vad_true": _as_2d("vad_true", vad_true, 3).astype(np.float32),
-        "categories": np.array(CATEGORIES),
-        "continuous": np.array(CONTINUOUS),
-        "index": np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64),
-    }
-    for key in ("labels", "vad_pred", "vad_true", "index"):
-        if payload[key].shape[0] != n:
-            raise ValueError(f"{key}: {payload[key].shape[0]} rows, expected {n} like scores")
-    return payload
-
-
-def flickr_payload(similarity, caption_image, image_names=None, captions=None) -> dict[str, np.ndarray]:
-    """Arrays a notebook saves for its Flickr8k test predictions.
-
-    Keys: ``similarity`` (M, C) float32 image-by-caption scores; ``caption_image`` (C,) int64 image row of every
-    caption; optional ``image_names`` (M,) file names and ``captions`` (C,) texts.
-    ``retrieval_metrics(p["similarity"], p["caption_image"])`` reproduces the reported numbers.
-    """
-    sim, cap = _check_retrieval(similarity, caption_image)
-    payload = {"similarity": np.asarray(similarity, dtype=np.float32), "caption_image": cap}
-    if image_names is not None:
-        payload["image_names"] = np.asarray(list(image_names), dtype=str)
-        if payload["image_names"].shape != (sim.shape[0],):
-            raise ValueError(f"image_names: expected {sim.shape[0]} names, got {payload['image_names'].shape}")
-    if captions is not None:
-        payload["captions"] = np.asarray(list(captions), dtype=str)
-        if payload["captions"].shape != (sim.shape[1],):
-            raise ValueError(f"captions: expected {sim.shape[1]} texts, got {payload['captions'].shape}")
-    return payload
-
-
-def save_predictions(path, payload: Mapping[str, np.ndarray]) -> Path:
-    """Write a payload to a compressed ``.npz`` readable with ``np.load(path, allow_pickle=False)``."""
-    path = Path(path)
-    arrays = {k: np.asarray(v) for k, v in payload.items()}
-    for k, v in arrays.items():
-        if v.dtype == object:
-            raise ValueError(f"{path}: array {k!r} has dtype object, which would need pickle to load")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temporary name
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
-    return path
-
-
-def load_predictions(path) -> dict[str, np.ndarray]:
-    """Read a predictions ``.npz`` back into a dict of arrays (no pickle)."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # JSON has no NaN; null marks "undefined" (e.g. AP of a category without positives)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def save_metrics(path, metrics: Mapping, **meta) -> Path:
-    """Write metrics as strict JSON; the metric keys stay at the top level, any ``meta`` (profile, encoder
-    fingerprints, seed, ...) goes under ``"meta"``.
-
-    NaN values (undefined metrics) become ``null``; numpy scalars and arrays become plain numbers and lists.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = dict(metrics)
-    if meta:
-        doc["meta"] = meta
-    doc = _jsonable(doc)
-    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"  # serialise first: a failure leaves no partial file
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # atomic: a reader (the main job's summary) never sees half a file
-    return path

@@ -307,7 +307,9 @@ def comparison_bars(table, metric: str | Sequence[str] | None = None, title: str
     """Bars comparing models or ablations on one or more metrics, values printed on the bars.
 
     ``table``: a mapping ``{name: value}`` or ``{name: {metric: value}}``, or a DataFrame with one row per model
-    (index = model name). ``chance`` draws a horizontal reference line.
+    (index = model name). ``chance`` draws a horizontal reference line. When the DataFrame also has columns
+    ``"<metric> low"`` and ``"<metric> high"`` (a 95 % interval, as ``utils.experiments`` tables do), they are drawn
+    as error bars.
     """
     import pandas as pd
     if isinstance(table, pd.DataFrame):
@@ -317,14 +319,20 @@ def comparison_bars(table, metric: str | Sequence[str] | None = None, title: str
         df = (pd.DataFrame(table).T if isinstance(first, Mapping)
               else pd.DataFrame({metric if isinstance(metric, str) else "value": table}))
     cols = [metric] if isinstance(metric, str) else list(metric or df.columns)
+    bounds = {c: df[[f"{c} low", f"{c} high"]].astype(float).to_numpy().T for c in cols
+              if f"{c} low" in df.columns and f"{c} high" in df.columns}
     df = df[cols].astype(float)
     fig = Figure(figsize=(min(14, max(5, 1.1 * len(df) * len(cols) + 1.5)), 3.8), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(cols)
     x = np.arange(len(df))
     for j, col in enumerate(cols):
-        bars = ax.bar(x + (j - (len(cols) - 1) / 2) * width, df[col], width, label=col)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        err = None
+        if col in bounds:  # asymmetric error bars from the interval; NaN bounds (no interval) draw nothing
+            err = np.abs(bounds[col] - df[col].to_numpy()[None, :])
+        bars = ax.bar(x + (j - (len(cols) - 1) / 2) * width, df[col], width, label=col, yerr=err, capsize=3,
+                      error_kw={"lw": 1})
+        ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
     ax.set_xticks(x, df.index, rotation=20, ha="right")
     if chance is not None:
         ax.axhline(chance, ls="--", color="0.4", lw=1, label="chance")
@@ -333,6 +341,14 @@ def comparison_bars(table, metric: str | Sequence[str] | None = None, title: str
     ax.set(ylabel=cols[0] if len(cols) == 1 else "", title=title or "")
     ax.margins(y=0.15)
     return _finish(fig, path)
+
+
+def shared_space(z_image, z_text, method: str = "pca", seed: int = 0, title: str | None = None, path=None) -> Figure:
+    """Image and text embeddings of the same items in one 2-D projection, coloured by modality: a well-aligned
+    space mixes the two colours, a poorly aligned one shows two clouds."""
+    z = np.concatenate([np.asarray(z_image), np.asarray(z_text)])
+    return embedding_projection(z, np.repeat(["image", "text"], [len(z_image), len(z_text)]), method=method,
+                                seed=seed, title=title, path=path)
 
 
 def metric_curves(histories: Mapping[str, Sequence[Mapping]], key: str = "val_mAP", title: str | None = None,
