@@ -316,7 +316,7 @@ def emotic_predictions(models: dict, data: Data, split: str = "test") -> dict:
     return {label: predict(m.model if isinstance(m, Trained) else m, data.features[split]) for label, m in models.items()}
 
 
-EMOTIC_COLUMNS = {"mAP": "mAP", "VAD MAE": "VAD MAE", "dominant acc": "dominant accuracy"}
+EMOTIC_COLUMNS = {"mAP": "mAP", "VAD MAE": "vad_mae", "dominant acc": "dominant_accuracy"}  # column -> stats key
 FLICKR_COLUMNS = ("i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "mean R@1",
                   "i2t median rank", "t2i median rank")
 
@@ -347,10 +347,9 @@ def flickr_table(sims: dict, data: Data, cfg: dict) -> pd.DataFrame:
         ci = stats.retrieval_intervals(sim, test["caption_image"], n_resamples=cfg["bootstrap"], seed=cfg["seed"])
         rows[label] = {}
         for column in FLICKR_COLUMNS:
-            _with_interval(rows[label], column, ci[column])
+            _with_interval(rows[label], column, ci[column.replace(" ", "_")])
     chance = retrieval_chance(test["caption_image"])
-    rows["chance"] = {c: chance.get(c.replace(" ", "_").replace("median_rank", "median_rank"), np.nan)
-                      for c in FLICKR_COLUMNS}
+    rows["chance"] = {c: chance.get(c.replace(" ", "_"), np.nan) for c in FLICKR_COLUMNS}
     return pd.DataFrame(rows).T
 
 
