@@ -7,7 +7,9 @@
 
 Per split it writes ``{split}_context_arr.npy`` (N,224,224,3 uint8, whole image squashed), ``{split}_body_arr.npy``
 (N,128,128,3 uint8, box crop), ``{split}_cat_arr.npy`` (N,26 float32), ``{split}_cont_arr.npy`` (N,3 float32),
-``{split}.csv`` (row i describes array row i) and one ``manifest.json`` with counts and skip reasons.
+``{split}.csv`` (row i describes array row i; it also carries the columns Tandon-A/emotic's ``Emotic_CSVDataset``
+reads, so one file serves both) and one ``manifest.json`` with counts and skip reasons. ``--keep-unlabelled`` keeps
+persons without a category as all-zero label rows, as that code's own preparation does.
 
 How it stays fast and flat: images are decoded on a thread pool, each once however many persons it holds; rows are
 streamed into memory-mapped ``.npy`` files whose written pages are handed back to the OS as we go, so peak memory does
@@ -35,7 +37,8 @@ from utils.prep.io import PrepError
 __version__ = "1.0.0"
 CONTEXT_SIZE, BODY_SIZE = 224, 128
 CSV_COLUMNS = ("index", "record", "person", "folder", "filename", "image_width", "image_height", "x1", "y1", "x2",
-               "y2", "categories", "valence", "arousal", "dominance", "gender", "age", "description")
+               "y2", "categories", "valence", "arousal", "dominance", "gender", "age", "description",
+               *emotic.PUBLISHED_CSV_COLUMNS)  # the same person again, as Tandon-A/emotic's Emotic_CSVDataset reads it
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,13 +129,13 @@ class SplitWriter:
 # ---------------------------------------------------------------------------------------------------------------
 
 def prepare_split(split: str, records: list[Record], images: Path, stage: Path, workers: int,
-                  describer: "Describer") -> dict:
+                  describer: "Describer", keep_unlabelled: bool = False) -> dict:
     skipped = Counter({r: 0 for r in SKIP_REASONS})
     jobs, capacity = [], 0
     for rec in records:
         keep = []
         for p in rec.persons:
-            reason = p.label_skip_reason()
+            reason = p.label_skip_reason(keep_unlabelled)
             if reason:
                 skipped[reason] += 1
             else:
@@ -142,7 +145,7 @@ def prepare_split(split: str, records: list[Record], images: Path, stage: Path, 
             capacity += len(keep)
 
     writer = SplitWriter(stage, split, capacity)
-    rows, used_images, size_mismatch = [], 0, 0
+    rows, used_images, size_mismatch, unlabelled_kept = [], 0, 0, 0
     for dec in prep_io.parallel_map(decode_record, jobs, workers=workers, desc=f"{split} images", total=len(jobs)):
         if dec.error:
             skipped[dec.error] += len(dec.persons)
@@ -156,11 +159,13 @@ def prepare_split(split: str, records: list[Record], images: Path, stage: Path, 
                 continue
             index = writer.add(dec.context, body, p)
             kept_here += 1
+            unlabelled_kept += not p.categories
             row = {"index": index, "record": rec.index, "person": p.person, "folder": rec.folder,
                    "filename": rec.filename, "image_width": w, "image_height": h,
                    "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3],
                    "categories": ";".join(p.categories), "valence": p.vad[0], "arousal": p.vad[1],
-                   "dominance": p.vad[2], "gender": p.gender, "age": p.age, "description": None}
+                   "dominance": p.vad[2], "gender": p.gender, "age": p.age, "description": None,
+                   **emotic.published_csv_fields(index, rec, p, box, w, h)}
             rows.append(row)
             describer.add(split, row, rec, p, box, (w, h), crop, dec.file_hash)
         used_images += kept_here > 0
@@ -170,7 +175,7 @@ def prepare_split(split: str, records: list[Record], images: Path, stage: Path, 
     n_people = sum(len(r.persons) for r in records)
     assert len(rows) + sum(skipped.values()) == n_people  # every annotated person is kept or counted once
     return {"persons": len(rows), "images": used_images, "records": len(records), "persons_annotated": n_people,
-            "skipped": dict(skipped), "annotated_size_mismatch": size_mismatch}
+            "skipped": dict(skipped), "unlabelled_kept": unlabelled_kept, "annotated_size_mismatch": size_mismatch}
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -281,6 +286,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--captioner", default="Salesforce/blip-image-captioning-base",
                     help="transformers image-to-text model: hub name or local folder")
     ap.add_argument("--caption-cache", type=Path, help="SQLite caption cache (default $MMER_CACHE/captions.sqlite)")
+    ap.add_argument("--keep-unlabelled", "--keep_unlabelled", dest="keep_unlabelled", action="store_true",
+                    help="keep persons without any category as all-zero rows of {split}_cat_arr.npy (as the "
+                         "Tandon-A/emotic preparation does) instead of skipping them under no_category")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding threads")
     args = ap.parse_args(argv)
     if args.data_dir is None and (args.annotations is None or args.images is None):
@@ -312,11 +320,12 @@ def prepare(args: argparse.Namespace) -> dict:
                            "annotations_sha256": prep_io.sha256_prefix(args.annotations, 16),
                            "images": str(args.images.resolve())},
                 "image_size": {"context": CONTEXT_SIZE, "body": BODY_SIZE},
-                "categories": list(CATEGORIES), "skip_reasons_order": list(SKIP_REASONS), "splits": {}}
+                "categories": list(CATEGORIES), "skip_reasons_order": list(SKIP_REASONS),
+                "keep_unlabelled": args.keep_unlabelled, "splits": {}}
     with prep_io.staged_output(args.out) as stage:
         for split in args.splits:
             manifest["splits"][split] = prepare_split(split, annotations[split], args.images, stage,
-                                                      max(1, args.workers), describer)
+                                                      max(1, args.workers), describer, args.keep_unlabelled)
         candidates = sum(s["persons"] + s["skipped"]["missing_image"] + s["skipped"]["unreadable_image"]
                          for s in manifest["splits"].values())
         if candidates and not any(s["images"] for s in manifest["splits"].values()):
@@ -335,7 +344,8 @@ def main(argv=None) -> int:
         return 2
     for split, s in manifest["splits"].items():
         skips = ", ".join(f"{k} {v}" for k, v in s["skipped"].items() if v) or "none"
-        print(f"{split}: {s['persons']} persons from {s['images']} images (skipped: {skips})")
+        kept = f"; {s['unlabelled_kept']} without a category kept as all-zero rows" if s["unlabelled_kept"] else ""
+        print(f"{split}: {s['persons']} persons from {s['images']} images (skipped: {skips}){kept}")
     print(f"wrote {args.out}")
     return 0
 

@@ -60,11 +60,15 @@ class Person:
     gender: str
     age: str
 
-    def label_skip_reason(self) -> str | None:
-        """The reason to drop this person that can be decided from the labels alone, or None to keep it."""
+    def label_skip_reason(self, keep_unlabelled: bool = False) -> str | None:
+        """The reason to drop this person that can be decided from the labels alone, or None to keep it.
+
+        ``keep_unlabelled`` keeps a person without any category (its multi-hot row is all zeros), as the published
+        Tandon-A/emotic preparation does; a NaN continuous value is dropped either way.
+        """
         if any(math.isnan(v) for v in self.vad):
             return "nan_continuous"
-        if not self.categories:
+        if not self.categories and not keep_unlabelled:
             return "no_category"
         return None
 
@@ -221,6 +225,40 @@ def _parse_record(mat: Path, split: str, i: int, rec) -> Record:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The split CSV as published Emotic code reads it
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Columns of the per-split CSV read by Tandon-A/emotic's ``Emotic_CSVDataset`` (and written by its own prep script).
+#: They sit next to our own columns in ``{split}.csv``, so one file serves both readers: pandas column names are
+#: case-sensitive, so ``Folder`` and ``folder`` never clash. List cells are Python literals for ``ast.literal_eval``.
+PUBLISHED_CSV_COLUMNS = ("Index", "Folder", "Filename", "Image Size", "BBox", "Categorical_Labels",
+                         "Continuous_Labels", "Gender", "Age")
+
+
+def _literal(values) -> str:
+    """A list as Python source, e.g. ``[10, 5, 50, 55]`` or ``['Happiness', 'Peace']`` (numpy scalars converted first,
+    since numpy 2 would print ``np.float64(6.0)``, which ``ast.literal_eval`` rejects)."""
+    return repr([v if isinstance(v, str) else v.item() if hasattr(v, "item") else v for v in values])
+
+
+def published_csv_fields(index: int, record: Record, person: Person, box: Sequence[int], width: int,
+                         height: int) -> dict:
+    """One person's cells in the published columns.
+
+    ``Image Size`` is ``[width, height]`` of the decoded image and ``BBox`` the clipped integer box ``[x1, y1, x2,
+    y2]`` (the same box our ``x1..y2`` hold, so ``image.crop(BBox)`` is the body crop); ``Categorical_Labels`` lists
+    category names in the canonical order (``[]`` for a person kept with ``--keep-unlabelled``);
+    ``Continuous_Labels`` is ``[valence, arousal, dominance]`` on the 1..10 scale. The image path is
+    ``<image root>/Folder/Filename``, as for our ``folder``/``filename``.
+    """
+    return {"Index": int(index), "Folder": record.folder, "Filename": record.filename,
+            "Image Size": _literal([int(width), int(height)]), "BBox": _literal([int(v) for v in box]),
+            "Categorical_Labels": _literal(person.categories),
+            "Continuous_Labels": _literal([float(v) for v in person.vad]),
+            "Gender": person.gender, "Age": person.age}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Boxes
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -298,6 +336,8 @@ class DescriptionFile:
         except Exception as e:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError...
             raise PrepError(f"{self.path}: cannot read as CSV ({e})") from e
         df.columns = [c.strip().lower() for c in df.columns]
+        # A prepared {split}.csv also holds the published columns (Index, Folder, ...): same values, so keep the first.
+        df = df.loc[:, ~df.columns.duplicated()]
         by_index, by_box = {"split", "index"}, {"folder", "filename", "x1", "y1", "x2", "y2"}
         if "description" not in df.columns or not (by_index <= set(df.columns) or by_box <= set(df.columns)):
             raise PrepError(f"{self.path}: needs a 'description' column and key columns 'split,index' or "
