@@ -321,6 +321,19 @@ FLICKR_COLUMNS = ("i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R
                   "i2t median rank", "t2i median rank")
 
 
+def with_intervals(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """A table for reading: each metric as ``"41.6 [39.2, 44.0]"`` (estimate and 95 % interval) in one cell."""
+    metrics = [c for c in table.columns if not c.endswith((" low", " high"))]
+    out = pd.DataFrame(index=table.index)
+    for c in metrics:
+        if f"{c} low" in table.columns:
+            out[c] = [stats.format_interval({"estimate": e, "low": lo, "high": hi}, digits) if np.isfinite(lo)
+                      else f"{e:.{digits}f}" for e, lo, hi in zip(table[c], table[f"{c} low"], table[f"{c} high"])]
+        else:
+            out[c] = table[c].map(lambda v: f"{v:.{digits}f}")
+    return out
+
+
 def _with_interval(row: dict, name: str, interval: dict) -> None:
     row[name], row[f"{name} low"], row[f"{name} high"] = interval["estimate"], interval["low"], interval["high"]
 
