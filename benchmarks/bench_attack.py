@@ -58,7 +58,7 @@ import torchattacks  # noqa: E402
 import torchvision  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from utils.attacks import ClassifierPixelPipeline, few_pixel_attack  # noqa: E402
+from utils.attack import ClassifierPixelPipeline, few_pixel_attack  # noqa: E402
 from utils.encoders import load_image_encoder, packaged_mobilenet_file  # noqa: E402
 
 
