@@ -1,16 +1,23 @@
-"""Benchmark (not a test): our batched few-pixel attack against ``torchattacks.OnePixel`` on the same model.
+"""Benchmark (not a test): our few-pixel searches against torchattacks.OnePixel and ART's PixelAttack.
 
-Model: pretrained MobileNetV2 (offline weights, DESIGN section 6) with its own ImageNet classifier, so the attack is
-the paper's setting (untargeted, label = the model's clean prediction). Both libraries get the same weights, the
-same images and the same budget (population and generations). torchattacks gets the model as a user writes it
-(torchvision default layout); ours runs through ``utils.attacks`` (channels_last, batched across images).
+Model: the offline pretrained MobileNetV2 with its own ImageNet classifier (``utils.encoders``), untargeted, label
+= the model's clean prediction. Photos: ones the project never uses, scikit-learn's two sample photos and
+scikit-image's bundled colour photos, cut into 224x224 crops; the least confident crops of that pool are attacked.
 
-torchattacks is installed in its own environment, ``.cache/bench-venv`` (created here if missing: a venv that sees
-the project's packages through a .pth file, plus ``pip install --no-deps torchattacks==3.5.1``); the script
-re-runs itself there. Prints wall time, queries and success rate for each, the speed ratio, and the model's best
-batched inference rate measured in the same run. Usage::
+Part 1, one pixel, the same budget for everyone (population P, G generations, at most P (G + 1) queries per image),
+at the paper's population 400 and at a small one: our DE, our sparse search at the same query budget,
+torchattacks.OnePixel, ART's PixelAttack(es=1). Every library's output is rounded to uint8 and re-checked with a
+plain forward pass; wall time, queries, successes and ratios are printed.
+Part 2, our sparse search against our DE at equal query budgets per image, for several k.
 
-    .venv/bin/python benchmarks/bench_attack.py [--images 4] [--popsize 60] [--generations 5] [--pixels 1]
+The peers live in their own venv, ``.cache/venv-peers`` (never in requirements.txt), created here when missing:
+``python -m venv --system-site-packages`` plus a .pth file that shows it the project's packages, then
+``pip install --no-deps torchattacks==3.5.1`` and ``pip install adversarial-robustness-toolbox==1.20.1
+scikit-image``. The script re-runs itself there. Usage::
+
+    .venv/bin/python benchmarks/bench_attack.py                 # the full run (long on a 2-core CPU)
+    .venv/bin/python benchmarks/bench_attack.py --quick         # 2 images, pop 400 and 40 for 2 generations, ...
+    .venv/bin/python benchmarks/bench_attack.py --help
 """
 from __future__ import annotations
 
@@ -23,47 +30,60 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH_VENV = REPO / ".cache" / "bench-venv"
-TORCHATTACKS = "torchattacks==3.5.1"
+PEERS_VENV = REPO / ".cache" / "venv-peers"
+PEERS = (["--no-deps", "torchattacks==3.5.1"], ["adversarial-robustness-toolbox==1.20.1", "scikit-image"])
 
 
-def ensure_bench_venv() -> Path:
+def ensure_peers_venv() -> Path:
     """Create the benchmark's own venv (idempotent) and return its python."""
-    py = BENCH_VENV / "bin" / "python"
-    if py.exists() and subprocess.run([py, "-c", "import torchattacks, torch"], capture_output=True).returncode == 0:
+    py = PEERS_VENV / "bin" / "python"
+    check = "import torchattacks, art, skimage, torch"
+    if py.exists() and subprocess.run([py, "-c", check], capture_output=True).returncode == 0:
         return py
-    print(f"creating {BENCH_VENV} with {TORCHATTACKS} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", BENCH_VENV], check=True)
+    print(f"creating {PEERS_VENV} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", PEERS_VENV], check=True)
     purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    # the project's venv (torch, torchvision, scipy) becomes visible without installing anything into it
+    # the project's venv (torch, torchvision, scipy, scikit-learn) becomes visible without installing into it
     Path(purelib, "_project_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([py, "-m", "pip", "install", "--quiet", "--no-deps", TORCHATTACKS], check=True)
+    for args in PEERS:
+        subprocess.run([py, "-m", "pip", "install", "--quiet", *args], check=True)
     return py
 
 
 try:
+    import art  # noqa: F401
+    import skimage  # noqa: F401
     import torchattacks  # noqa: F401
 except ImportError:
     if os.environ.get("_BENCH_ATTACK_REEXEC"):
         raise
-    python = ensure_bench_venv()
+    python = ensure_peers_venv()
     os.environ["_BENCH_ATTACK_REEXEC"] = "1"
     os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
 
+import art  # noqa: E402
+import art.attacks.evasion.pixel_threshold as art_pixel  # noqa: E402
 import numpy as np  # noqa: E402
+import skimage  # noqa: E402
+import skimage.data  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torchattacks  # noqa: E402
 import torchvision  # noqa: E402
+from art.estimators.classification import PyTorchClassifier  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.datasets import load_sample_images  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from utils.attacks import ClassifierPixelPipeline, few_pixel_attack  # noqa: E402
+from utils.attack import ClassifierPixelPipeline, differential_evolution, sparse_rs  # noqa: E402
 from utils.encoders import load_image_encoder, packaged_mobilenet_file  # noqa: E402
+
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
 class Counted(nn.Module):
-    """Counts the images that go through the wrapped model (torchattacks' queries)."""
+    """Counts the images that go through the wrapped model (a peer's queries)."""
 
     def __init__(self, model):
         super().__init__()
@@ -75,149 +95,206 @@ class Counted(nn.Module):
 
 
 def default_layout_model() -> nn.Module:
-    """MobileNetV2 + ImageNet classifier as a torchattacks user builds it: [0,1] input, default (NCHW) layout."""
+    """MobileNetV2 + ImageNet classifier as a peer's user builds it: [0,1] NCHW input, default layout."""
     net = torchvision.models.mobilenet_v2()
     net.load_state_dict(torch.load(packaged_mobilenet_file(), map_location="cpu", weights_only=True))
     norm = torchvision.transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     return nn.Sequential(norm, net).eval()
 
 
-def inference_rate(model, batch: int, channels_last: bool, reps: int = 2) -> float:
-    """Best images/s of plain batched forward passes (fp32, inference_mode)."""
-    x = torch.rand(batch, 3, 224, 224)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    best = float("inf")
+def photo_pool() -> tuple[np.ndarray, list[str]]:
+    """224x224 uint8 crops: the centre square and four corner squares (60 % of the short side) of each photo."""
+    photos = dict(zip(("sklearn china", "sklearn flower"), load_sample_images().images))
+    photos.update({f"skimage {n}": getattr(skimage.data, n)() for n in SKIMAGE_PHOTOS})
+    crops, names = [], []
+    for name, img in photos.items():
+        img = np.asarray(img)[..., :3]
+        h, w = img.shape[:2]
+        s, t = min(h, w), int(0.6 * min(h, w))
+        boxes = [((w - s) // 2, (h - s) // 2, s), (0, 0, t), (w - t, 0, t), (0, h - t, t), (w - t, h - t, t)]
+        for j, (x, y, size) in enumerate(boxes):
+            crop = Image.fromarray(img[y:y + size, x:x + size]).resize((224, 224), Image.BICUBIC)
+            crops.append(np.asarray(crop, np.uint8))
+            names.append(f"{name} crop {j}")
+    return np.stack(crops), names
+
+
+def predict(model, images_uint8: np.ndarray) -> np.ndarray:
+    """Plain forward pass on uint8 images: the independent re-check of every library's successes."""
     with torch.inference_mode():
-        model(x[:8])  # warm-up
-        for _ in range(reps):
-            t = time.perf_counter()
-            model(x)
-            best = min(best, time.perf_counter() - t)
-    return batch / best
+        return model(torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div(255)).argmax(1).numpy()
 
 
-def load_images(n_pool: int) -> tuple[np.ndarray, str]:
-    """Prepared fixture images if the main job has written any, else smooth random images."""
-    for prof in ("demo", "smoke"):
-        f = REPO / "data" / prof / "flickr8k" / "test_images.npy"
-        if f.is_file():
-            arr = np.load(f, mmap_mode="r")
-            return np.array(arr[:n_pool]), str(f.relative_to(REPO))
-    from scipy.ndimage import gaussian_filter
-    noise = np.random.default_rng(0).random((n_pool, 224, 224, 3))
-    smooth = gaussian_filter(noise, sigma=(0, 6, 6, 0))
-    smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
-    return (smooth * 255).astype(np.uint8), "smooth random images"
+def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A peer's float NCHW output in [0,1] -> the uint8 NHWC image a user would save."""
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def recheck(name, model, clean, adv, labels, k):
+    """Successes on the uint8 images, after checking at most k pixels changed."""
+    changed = (adv != clean).any(-1).sum((1, 2))
+    if (changed > k).any():
+        raise AssertionError(f"{name}: changed {changed.max()} pixels, more than {k}")
+    return predict(model, adv) != labels
+
+
+def run_ours(fn, pipe, images, labels, model, k, **kw):
+    t = time.perf_counter()
+    rep = fn(pipe, images, pixels=k, progress=False, **kw)
+    wall = time.perf_counter() - t
+    tab = rep.table()
+    ok = recheck("ours", model, images, rep.adversarial, labels, k)
+    if not (ok == tab.success.to_numpy()).all():
+        raise AssertionError("a reported success of ours did not re-check (or a success went unreported)")
+    return dict(wall=wall, queries=int(tab.queries.sum()), success=int(ok.sum()), per_image=tab.queries.to_numpy(),
+                won=tab.success.to_numpy())
+
+
+def run_torchattacks(model, images, labels, pop, gens, batch, seed):
+    counted = Counted(model)
+    attack = torchattacks.OnePixel(counted, pixels=1, steps=gens, popsize=pop, inf_batch=batch)
+    np.random.seed(seed)  # its DE draws from numpy's global RNG
+    xs = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
+    t = time.perf_counter()
+    adv = attack(xs, torch.from_numpy(labels))
+    wall = time.perf_counter() - t
+    ok = recheck("torchattacks", model, images, to_uint8(adv), labels, 1)
+    return dict(wall=wall, queries=counted.count, success=int(ok.sum()))
+
+
+def run_art(model, images, labels, pop, gens, batch, seed):
+    counted = Counted(model)
+    clf = PyTorchClassifier(model=counted, loss=nn.CrossEntropyLoss(), input_shape=(3, 224, 224), nb_classes=1000,
+                            clip_values=(0.0, 1.0), channels_first=True, device_type="cpu")
+    original = art_pixel.differential_evolution
+    if pop != 400:  # ART fixes popsize = 400 // (5 pixels); for a smaller population, override that one argument
+        def smaller(*a, **kw):
+            return original(*a, **{**kw, "popsize": max(1, pop // 5)})
+        art_pixel.differential_evolution = smaller
+    try:
+        attack = art_pixel.PixelAttack(clf, th=1, es=1, max_iter=gens, targeted=False, verbose=False)
+        np.random.seed(seed)
+        xs = images.transpose(0, 3, 1, 2).astype(np.float32) / 255
+        t = time.perf_counter()
+        adv = attack.generate(xs, labels)
+        wall = time.perf_counter() - t
+    finally:
+        art_pixel.differential_evolution = original
+    ok = recheck("ART", model, images, to_uint8(adv), labels, 1)
+    return dict(wall=wall, queries=counted.count, success=int(ok.sum()))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=int, default=4, help="images attacked (the least confident of a pool)")
-    ap.add_argument("--pool", type=int, default=16, help="candidate images scored once to pick the attacked ones")
-    ap.add_argument("--pixels", type=int, default=1)
-    ap.add_argument("--popsize", type=int, default=50, help="population per image (paper: 400)")
-    ap.add_argument("--generations", type=int, default=4, help="DE generations (paper: 100)")
+    ap.add_argument("--images", type=int, default=8, help="images attacked (the least confident crops of the pool)")
+    ap.add_argument("--populations", type=int, nargs="+", default=[400, 40], help="part 1 populations (paper 400)")
+    ap.add_argument("--generations", type=int, default=4, help="part 1 DE generations (paper: up to 100)")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[500, 2000, 10000], help="part 2 queries per image")
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16], help="part 2 pixel counts")
+    ap.add_argument("--de-popsize", type=int, default=100, help="part 2 DE population (capped at budget / 2)")
+    ap.add_argument("--candidates", type=int, default=4, help="sparse search: proposals per image and step")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                    help="also run our search through torch.compile: cheaper queries for a one-off compilation "
-                         "(minutes here), which pays only for long runs; timed and reported separately")
+    ap.add_argument("--skip-peers", action="store_true", help="part 1 without torchattacks and ART")
+    ap.add_argument("--skip-part1", action="store_true")
+    ap.add_argument("--skip-part2", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 images; part 1: populations 400 and 40, 2 generations; part 2: budgets 500 and 2000")
     args = ap.parse_args()
+    if args.quick:
+        args.images, args.generations, args.budgets = 2, 2, [500, 2000]
     torch.manual_seed(args.seed)
-    print(f"torch {torch.__version__}, torchattacks {torchattacks.__version__}, threads {torch.get_num_threads()}")
+    load = os.getloadavg()
+    print(f"torch {torch.__version__}, torchattacks {torchattacks.__version__}, ART {art.__version__}, "
+          f"scikit-image {skimage.__version__}, threads {torch.get_num_threads()}, cores {os.cpu_count()}, "
+          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (a shared machine: wall times vary with it)")
 
-    # --- the same weights, two layouts -----------------------------------------------------------------------
     enc = load_image_encoder("mobilenet_v2", device="cpu")
     ours_model = nn.Sequential(enc, enc.head).eval()  # utils.encoders: channels_last on CPU
-    ta_model = default_layout_model()
-    pool, source = load_images(args.pool)
-    x_pool = torch.from_numpy(pool).permute(0, 3, 1, 2).float().div(255)
+    peer_model = default_layout_model()
+    pool, names = photo_pool()
     with torch.inference_mode():
-        lo_ours, lo_ta = ours_model(x_pool), ta_model(x_pool.contiguous())
-    print(f"same model: max |logit difference| between the two layouts = {(lo_ours - lo_ta).abs().max():.2e}")
-    probs = lo_ta.softmax(1)
+        probs = peer_model(torch.from_numpy(pool).permute(0, 3, 1, 2).float().div(255)).softmax(1)
     top2 = probs.topk(2).values
     pick = torch.argsort(top2[:, 0] - top2[:, 1])[:args.images].sort().values.numpy()
-    images, labels = pool[pick], lo_ta.argmax(1).numpy()[pick]
-    print(f"images: {args.images} least-confident of {args.pool} from {source}; labels = clean predictions")
-
-    # --- the model's own batched inference rate --------------------------------------------------------------
-    rates = {}
-    for layout, model, cl in (("default layout", ta_model, False), ("channels_last", ours_model, True)):
-        for b in (64, args.batch_size):
-            rates[(layout, b)] = inference_rate(model, b, cl)
-            print(f"inference rate, fp32 {layout:14s} batch {b:4d}: {rates[(layout, b)]:7.1f} img/s", flush=True)
+    images, labels = pool[pick], probs.argmax(1).numpy()[pick]
+    print(f"images: the {args.images} least confident of {len(pool)} crops: {[names[i] for i in pick]}")
     pipe = ClassifierPixelPipeline(ours_model, labels, n_classes=1000)
-    compile_s = 0.0
-    if args.compile:  # one-off: compile + freeze for the search batch shape, then measure it like the others
-        t = time.perf_counter()
-        with pipe.compiled(args.batch_size), torch.inference_mode():
-            pipe.model(torch.rand(args.batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last))
-        compile_s = time.perf_counter() - t
-        print(f"torch.compile (freezing, static batch {args.batch_size}): {compile_s:.1f} s one-off", flush=True)
-        with pipe.compiled(args.batch_size):
-            rates[("channels_last compiled", args.batch_size)] = inference_rate(pipe.model, args.batch_size, True)
-        print(f"inference rate, fp32 channels_last compiled batch {args.batch_size:4d}: "
-              f"{rates[('channels_last compiled', args.batch_size)]:7.1f} img/s", flush=True)
-    best_key = max(rates, key=rates.get)
-    best_rate = rates[best_key]
 
-    # --- settings --------------------------------------------------------------------------------------------
-    d = 5 * args.pixels
-    ta_popsize = args.popsize  # torchattacks: scipy-style multiplier popsize // (5 * pixels), times 5 * pixels
-    ta_total = max(5, (ta_popsize // d) * d)
-    print("\nsettings")
-    print(f"  ours        : pixels={args.pixels} popsize={args.popsize} generations={args.generations} F=0.5 "
-          f"DE/rand/1 no crossover, batch_size={args.batch_size}, fp32, channels_last, "
-          f"compile={args.compile}, early stop per image")
-    print(f"  torchattacks: OnePixel(pixels={args.pixels}, steps={args.generations}, popsize={ta_popsize}, "
-          f"inf_batch={args.batch_size}) -> its scipy-style DE: population = (popsize // {d}) * {d} = {ta_total}, "
-          f"maxiter={args.generations}, strategy best1bin, mutation dithered in (0.5, 1), recombination 1, "
-          f"init random, early stop when the best member succeeds (checked once per generation)")
+    # ---------------------------------------------------------------------------------------------- part 1
+    print("\nPART 1: one pixel, same population and generations for every library")
+    for pop in [] if args.skip_part1 else args.populations:
+        gens, budget = args.generations, pop * (args.generations + 1)
+        print(f"\n population {pop}, {gens} generations: at most {budget} queries per image")
+        print(f"  ours DE      : differential_evolution(pixels=1, popsize={pop}, generations={gens}, F=0.5, "
+              f"DE/rand/1 no crossover, batch_size={args.batch_size}, fp32, channels_last, early stop per image, "
+              f"seed={args.seed})")
+        print(f"  ours sparse  : sparse_rs(pixels=1, queries={budget}, candidates={args.candidates}, p_init=0.3, "
+              f"L0 schedule rescaled, corner colours, batch_size={args.batch_size}, fp32, seed={args.seed})")
+        d = 5
+        print(f"  torchattacks : OnePixel(pixels=1, steps={gens}, popsize={pop}, inf_batch={args.batch_size}) -> "
+              f"scipy-style DE, population (popsize // {d}) * {d} = {max(1, pop // d) * d}, best1bin, mutation "
+              f"dithered in (0.5, 1), recombination 1, init random, colours continuous in [0,1], early stop when "
+              f"the best member succeeds; one image at a time")
+        print(f"  ART          : PixelAttack(th=1, es=1, max_iter={gens}, targeted=False) -> its DE, popsize "
+              f"{'400 // 5 (fixed by ART)' if pop == 400 else f'{pop // 5} (ART fixes 400 // 5; overridden)'} x 5 "
+              f"= {max(1, pop // 5) * 5}, best1bin, mutation (0.5, 1), recombination 1, latin hypercube init, "
+              f"early stop via callback; one image at a time; PyTorchClassifier batch 128")
+        rows = {"ours DE": run_ours(differential_evolution, pipe, images, labels, peer_model, 1, popsize=pop,
+                                    generations=gens, batch_size=args.batch_size, seed=args.seed)}
+        print(f"  ... ours DE done in {rows['ours DE']['wall']:.1f} s", flush=True)
+        rows["ours sparse"] = run_ours(sparse_rs, pipe, images, labels, peer_model, 1, queries=budget,
+                                       candidates=args.candidates, batch_size=args.batch_size, seed=args.seed)
+        print(f"  ... ours sparse done in {rows['ours sparse']['wall']:.1f} s", flush=True)
+        if not args.skip_peers:
+            rows["torchattacks"] = run_torchattacks(peer_model, images, labels, pop, gens, args.batch_size,
+                                                    args.seed)
+            print(f"  ... torchattacks done in {rows['torchattacks']['wall']:.1f} s", flush=True)
+            rows["ART"] = run_art(peer_model, images, labels, pop, gens, args.batch_size, args.seed)
+            print(f"  ... ART done in {rows['ART']['wall']:.1f} s", flush=True)
+        n = len(images)
+        print(f"  {'':13s} {'wall s':>8s} {'queries':>8s} {'queries/s':>10s} {'success (uint8 re-check)':>25s}")
+        for name, r in rows.items():
+            print(f"  {name:13s} {r['wall']:8.1f} {r['queries']:8d} {r['queries'] / r['wall']:10.1f} "
+                  f"{r['success']:20d}/{n}")
+        peers = [(name, r) for name, r in rows.items() if not name.startswith("ours")]
+        if peers:
+            ours = [(name, r) for name, r in rows.items() if name.startswith("ours")]
+            best_peer = max(r["success"] for _, r in peers)
+            fast_peer = min(r["wall"] for _, r in peers if r["success"] == best_peer)
+            reaching = [(r["wall"], name) for name, r in ours if r["success"] >= best_peer]
+            if reaching:
+                wall, name = min(reaching)
+                print(f"  -> {name} reaches the peers' best success ({best_peer}/{n}) {fast_peer / wall:.1f}x "
+                      f"sooner in wall time than the fastest peer with that success (target >= 3x at pop 400)")
+            else:
+                print(f"  -> none of ours reaches the peers' best success ({best_peer}/{n}) at this budget")
+            for name, r in peers:
+                print(f"     ours DE vs {name}: {r['wall'] / rows['ours DE']['wall']:.2f}x wall, "
+                      f"{(r['wall'] / max(r['queries'], 1)) / (rows['ours DE']['wall'] / rows['ours DE']['queries']):.2f}x "
+                      f"cost per query")
 
-    # --- ours ------------------------------------------------------------------------------------------------
-    t = time.perf_counter()
-    rep = few_pixel_attack(pipe, images, pixels=args.pixels, popsize=args.popsize, generations=args.generations,
-                           batch_size=args.batch_size, seed=args.seed, compile=args.compile, progress=False)
-    ours_time = time.perf_counter() - t
-    tab = rep.table()
-    with torch.inference_mode():  # independent re-check of every reported success, default-layout model
-        adv_pred = ta_model(torch.from_numpy(rep.adversarial).permute(0, 3, 1, 2).float().div(255)).argmax(1).numpy()
-    assert (tab.success.to_numpy() == (adv_pred != labels)).all(), "a reported success did not re-check"
-    ours_q = int(tab.queries.sum())
-
-    # --- torchattacks ----------------------------------------------------------------------------------------
-    counted = Counted(ta_model)
-    attack = torchattacks.OnePixel(counted, pixels=args.pixels, steps=args.generations, popsize=ta_popsize,
-                                   inf_batch=args.batch_size)
-    np.random.seed(args.seed)  # its DE draws from numpy's global RNG
-    xs = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
-    t = time.perf_counter()
-    adv = attack(xs, torch.from_numpy(labels))
-    ta_time = time.perf_counter() - t
-    ta_q = counted.count
-    with torch.inference_mode():
-        ta_success = (ta_model(adv).argmax(1).numpy() != labels)
-
-    # --- report ----------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------------- part 2
+    if args.skip_part2:
+        return
+    print("\nPART 2: our sparse search vs our DE at equal query budgets per image "
+          f"(sparse: candidates={args.candidates}, p_init=0.3; DE: popsize=min({args.de_popsize}, budget // 2), "
+          f"generations = budget // popsize - 1, F=0.5)")
+    print(f"  {'k':>3s} {'budget':>7s} {'DE pop':>6s} {'DE succ':>8s} {'DE med q':>9s} {'DE s':>7s} "
+          f"{'RS succ':>8s} {'RS med q':>9s} {'RS s':>7s} {'RS succ within budget/4':>24s}")
     n = len(images)
-    print("\nresults")
-    print(f"  {'':13s} {'wall s':>8s} {'queries':>8s} {'queries/s':>10s} {'success':>8s}")
-    print(f"  {'ours':13s} {ours_time:8.1f} {ours_q:8d} {rep.model_queries / rep.search_seconds:10.1f} "
-          f"{tab.success.sum():4d}/{n}")
-    print(f"  {'torchattacks':13s} {ta_time:8.1f} {ta_q:8d} {ta_q / ta_time:10.1f} {ta_success.sum():4d}/{n}")
-    print(f"\nspeed ratio (torchattacks wall / ours wall): {ta_time / ours_time:.2f}x "
-          f"(target >= 3x at equal or higher success)")
-    if args.compile:
-        print(f"  counting the one-off compilation ({compile_s:.1f} s) too: {ta_time / (ours_time + compile_s):.2f}x")
-    print(f"ours per query vs torchattacks per query: {(ta_time / ta_q) / (ours_time / ours_q):.2f}x cheaper")
-    print(f"model's best batched inference rate: {best_rate:.1f} img/s ({best_key[0]}, batch {best_key[1]}); "
-          f"ours searched at {rep.model_queries / rep.search_seconds:.1f} queries/s = "
-          f"{rep.model_queries / rep.search_seconds / best_rate:.0%} of it (target >= 90%)")
-    print(f"share of our search time inside the model's forward pass: {rep.model_seconds / rep.search_seconds:.1%} "
-          f"(the rest: writing pixels, fitness, DE bookkeeping; load-independent view of the same target)")
-    print(f"ours per image: {tab[['row', 'success', 'queries', 'generations']].to_dict('records')}")
+    for k in args.ks:
+        for budget in args.budgets:
+            pop = min(args.de_popsize, budget // 2)
+            de = run_ours(differential_evolution, pipe, images, labels, peer_model, k, popsize=pop,
+                          generations=budget // pop - 1, batch_size=args.batch_size, seed=args.seed)
+            rs = run_ours(sparse_rs, pipe, images, labels, peer_model, k, queries=budget,
+                          candidates=args.candidates, batch_size=args.batch_size, seed=args.seed)
+            med = lambda r: float(np.median(r["per_image"][r["won"]])) if r["won"].any() else float("nan")  # noqa: E731
+            quarter = int((rs["won"] & (rs["per_image"] <= budget // 4)).sum())
+            print(f"  {k:3d} {budget:7d} {pop:6d} {de['success']:5d}/{n:<2d} {med(de):9.0f} {de['wall']:7.1f} "
+                  f"{rs['success']:5d}/{n:<2d} {med(rs):9.0f} {rs['wall']:7.1f} {quarter:21d}/{n:<2d}", flush=True)
 
 
 if __name__ == "__main__":
