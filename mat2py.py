@@ -95,16 +95,22 @@ def decode_record(job: tuple[Record, list[Person], Path, int]) -> Decoded:
 # Streaming arrays
 # ---------------------------------------------------------------------------------------------------------------
 
+# Per array of a split: the shape of one row and its dtype.
+ROW_FORMATS = {"context": ((CONTEXT_SIZE, CONTEXT_SIZE, 3), np.uint8), "body": ((BODY_SIZE, BODY_SIZE, 3), np.uint8),
+               "cat": ((len(CATEGORIES),), np.float32), "cont": ((3,), np.float32)}
+
+
+def arrays_bytes(n_rows: int) -> int:
+    """Disk bytes of one split's four arrays holding ``n_rows`` persons."""
+    return sum(prep_io.npy_bytes((n_rows,) + shape, dtype) for shape, dtype in ROW_FORMATS.values())
+
+
 class SplitWriter:
     """The four arrays of one split, streamed row by row (``prep_io.RowWriter`` keeps memory flat)."""
 
     def __init__(self, stage: Path, split: str, capacity: int):
-        shapes = {"context": ((capacity, CONTEXT_SIZE, CONTEXT_SIZE, 3), np.uint8),
-                  "body": ((capacity, BODY_SIZE, BODY_SIZE, 3), np.uint8),
-                  "cat": ((capacity, len(CATEGORIES)), np.float32),
-                  "cont": ((capacity, 3), np.float32)}
-        self.writers = {k: prep_io.RowWriter(stage / f"{split}_{k}_arr.npy", shape, dtype)
-                        for k, (shape, dtype) in shapes.items()}
+        self.writers = {k: prep_io.RowWriter(stage / f"{split}_{k}_arr.npy", (capacity,) + shape, dtype)
+                        for k, (shape, dtype) in ROW_FORMATS.items()}
         self.n = 0
 
     def add(self, context: np.ndarray, body: np.ndarray, person: Person) -> int:
@@ -313,7 +319,9 @@ def prepare(args: argparse.Namespace) -> dict:
                            "images": str(args.images.resolve())},
                 "image_size": {"context": CONTEXT_SIZE, "body": BODY_SIZE},
                 "categories": list(CATEGORIES), "skip_reasons_order": list(SKIP_REASONS), "splits": {}}
-    with prep_io.staged_output(args.out) as stage:
+    # Upper bound known before the first image: every annotated person gets a row.
+    need = sum(arrays_bytes(sum(len(rec.persons) for rec in annotations[split])) for split in args.splits)
+    with prep_io.staged_output(args.out, need_bytes=need) as stage:
         for split in args.splits:
             manifest["splits"][split] = prepare_split(split, annotations[split], args.images, stage,
                                                       max(1, args.workers), describer)
