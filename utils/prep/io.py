@@ -168,27 +168,33 @@ def allocate(f, offset: int, length: int) -> None:
 
     ``os.posix_fallocate`` reserves the blocks without writing them. Where it is missing (not Linux) or the
     filesystem refuses it (EOPNOTSUPP, EINVAL), the range is written with zeros instead: slower, same guarantee on
-    ordinary filesystems. A space error carries the file's name.
+    ordinary filesystems.
     """
     if length <= 0:
         return
     fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(f.fileno(), offset, length)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS):
+                raise
+    zeros = bytes(1 << 20)
+    f.seek(offset)
+    for start in range(0, length, len(zeros)):
+        f.write(zeros[:min(len(zeros), length - start)])
+    f.flush()
+
+
+@contextmanager
+def _naming(path: Path):
+    """Give an OSError raised without a file name (ftruncate, posix_fallocate, write) the name of ``path``."""
     try:
-        if fallocate is not None:
-            try:
-                fallocate(f.fileno(), offset, length)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS):
-                    raise
-        zeros = bytes(1 << 20)
-        f.seek(offset)
-        for start in range(0, length, len(zeros)):
-            f.write(zeros[:min(len(zeros), length - start)])
-        f.flush()
+        yield
     except OSError as e:
-        if e.errno in SPACE_ERRNOS and not e.filename:
-            raise OSError(e.errno, e.strerror, getattr(f, "name", None)) from None
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -197,7 +203,7 @@ def create_array(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> int:
     path, dtype = Path(path), np.dtype(dtype)
     header = _npy_header(tuple(shape), dtype)
     length = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    with open(path, "wb") as f:
+    with _naming(path), open(path, "wb") as f:
         f.write(header)
         f.truncate(len(header) + length)
         allocate(f, len(header), length)
@@ -212,14 +218,9 @@ def write_rows(path: str | os.PathLike, offset: int, rows: np.ndarray) -> None:
     and no clean-up. ``write`` reports the same condition as an OSError that can be turned into a clear error.
     """
     rows = np.ascontiguousarray(rows)
-    try:
-        with open(path, "r+b") as f:
-            f.seek(offset)
-            f.write(memoryview(rows).cast("B"))
-    except OSError as e:
-        if not e.filename:
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
+    with _naming(path), open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(memoryview(rows).cast("B"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
