@@ -10,7 +10,7 @@ Per split it writes ``{split}_context_arr.npy`` (N,224,224,3 uint8, whole image 
 ``{split}.csv`` (row i describes array row i) and one ``manifest.json`` with counts and skip reasons.
 
 How it stays fast and flat: images are decoded on a thread pool, each once however many persons it holds; rows are
-streamed into memory-mapped ``.npy`` files whose written pages are handed back to the OS as we go, so peak memory does
+streamed into ``.npy`` files one block at a time (space reserved up front, ordinary writes), so peak memory does
 not grow with the dataset. Everything is written in a staging folder and moved into place only when the whole run
 succeeds: a failing run leaves a previous output untouched, and a rerun gives the same bytes.
 """

@@ -13,9 +13,10 @@ ROOT is either layout of the download (Kaggle ``captions.txt`` + ``Images/``, or
 and ``manifest.json`` with counts, every skipped record and why, the split source and the source paths.
 The standard split lists are used when present, otherwise a seeded split by image in the same proportions.
 
-Images are decoded in parallel and streamed into memory-mapped files, so memory stays flat. Everything is written
-to a staging folder and moved into DIR only when the whole run succeeded: a failed run leaves a previous output
-untouched, and re-running gives byte-identical files. Bad input stops with ``error: <file>: <reason>``, exit code 2.
+Images are decoded in parallel and streamed to disk one block of rows at a time, so memory stays flat. Everything
+is written to a staging folder and moved into DIR only when the whole run succeeded: a failed run leaves a previous
+output untouched, and re-running gives byte-identical files. Bad input, and a disk too small for the arrays, stop
+with ``error: <file>: <reason>``, exit code 2.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Input and output shared by the two prep scripts.
 
 Why a module of its own: both scripts must decode awkward images the same way (grayscale, CMYK, a PNG behind
-a ``.jpg`` name), stream arrays to disk so that memory stays flat whatever the dataset size, and never leave a
-half-written file under a final name. Everything here is small and dataset-agnostic.
+a ``.jpg`` name), stream arrays to disk so that memory stays flat whatever the dataset size, never leave a
+half-written file under a final name, and meet a full disk or a killed earlier run with a clear message rather than a
+crash or a leftover folder. Everything here is small and dataset-agnostic.
 """
 from __future__ import annotations
 
