@@ -12,7 +12,7 @@ reads, so one file serves both) and one ``manifest.json`` with counts and skip r
 persons without a category as all-zero label rows, as that code's own preparation does.
 
 How it stays fast and flat: images are decoded on a thread pool, each once however many persons it holds; rows are
-streamed into memory-mapped ``.npy`` files whose written pages are handed back to the OS as we go, so peak memory does
+streamed into ``.npy`` files one block at a time (space reserved up front, ordinary writes), so peak memory does
 not grow with the dataset. Everything is written in a staging folder and moved into place only when the whole run
 succeeds: a failing run leaves a previous output untouched, and a rerun gives the same bytes.
 """
@@ -98,16 +98,22 @@ def decode_record(job: tuple[Record, list[Person], Path, int]) -> Decoded:
 # Streaming arrays
 # ---------------------------------------------------------------------------------------------------------------
 
+# Per array of a split: the shape of one row and its dtype.
+ROW_FORMATS = {"context": ((CONTEXT_SIZE, CONTEXT_SIZE, 3), np.uint8), "body": ((BODY_SIZE, BODY_SIZE, 3), np.uint8),
+               "cat": ((len(CATEGORIES),), np.float32), "cont": ((3,), np.float32)}
+
+
+def arrays_bytes(n_rows: int) -> int:
+    """Disk bytes of one split's four arrays holding ``n_rows`` persons."""
+    return sum(prep_io.npy_bytes((n_rows,) + shape, dtype) for shape, dtype in ROW_FORMATS.values())
+
+
 class SplitWriter:
     """The four arrays of one split, streamed row by row (``prep_io.RowWriter`` keeps memory flat)."""
 
     def __init__(self, stage: Path, split: str, capacity: int):
-        shapes = {"context": ((capacity, CONTEXT_SIZE, CONTEXT_SIZE, 3), np.uint8),
-                  "body": ((capacity, BODY_SIZE, BODY_SIZE, 3), np.uint8),
-                  "cat": ((capacity, len(CATEGORIES)), np.float32),
-                  "cont": ((capacity, 3), np.float32)}
-        self.writers = {k: prep_io.RowWriter(stage / f"{split}_{k}_arr.npy", shape, dtype)
-                        for k, (shape, dtype) in shapes.items()}
+        self.writers = {k: prep_io.RowWriter(stage / f"{split}_{k}_arr.npy", (capacity,) + shape, dtype)
+                        for k, (shape, dtype) in ROW_FORMATS.items()}
         self.n = 0
 
     def add(self, context: np.ndarray, body: np.ndarray, person: Person) -> int:
@@ -322,7 +328,9 @@ def prepare(args: argparse.Namespace) -> dict:
                 "image_size": {"context": CONTEXT_SIZE, "body": BODY_SIZE},
                 "categories": list(CATEGORIES), "skip_reasons_order": list(SKIP_REASONS),
                 "keep_unlabelled": args.keep_unlabelled, "splits": {}}
-    with prep_io.staged_output(args.out) as stage:
+    # Upper bound known before the first image: every annotated person gets a row.
+    need = sum(arrays_bytes(sum(len(rec.persons) for rec in annotations[split])) for split in args.splits)
+    with prep_io.staged_output(args.out, need_bytes=need) as stage:
         for split in args.splits:
             manifest["splits"][split] = prepare_split(split, annotations[split], args.images, stage,
                                                       max(1, args.workers), describer, args.keep_unlabelled)

@@ -13,9 +13,10 @@ ROOT is either layout of the download (Kaggle ``captions.txt`` + ``Images/``, or
 and ``manifest.json`` with counts, every skipped record and why, the split source and the source paths.
 The standard split lists are used when present, otherwise a seeded split by image in the same proportions.
 
-Images are decoded in parallel and streamed into memory-mapped files, so memory stays flat. Everything is written
-to a staging folder and moved into DIR only when the whole run succeeded: a failed run leaves a previous output
-untouched, and re-running gives byte-identical files. Bad input stops with ``error: <file>: <reason>``, exit code 2.
+Images are decoded in parallel and streamed to disk one block of rows at a time, so memory stays flat. Everything
+is written to a staging folder and moved into DIR only when the whole run succeeded: a failed run leaves a previous
+output untouched, and re-running gives byte-identical files. Bad input, and a disk too small for the arrays, stop
+with ``error: <file>: <reason>``, exit code 2.
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ from PIL import Image
 
 from utils import __version__
 from utils.prep.flickr import SPLITS, STANDARD_SIZES, ImageItem, Plan, find_source, plan_splits
-from utils.prep.io import (ImageReadError, PrepError, RowWriter, load_rgb, parallel_map, resize_rgb, sha256_prefix,
-                           staged_output, write_json)
+from utils.prep.io import (ImageReadError, PrepError, RowWriter, load_rgb, npy_bytes, parallel_map, resize_rgb,
+                           sha256_prefix, staged_output, write_json)
 
 TOOL = "prepare_flickr8k"
 MISSING_IMAGE = "image file missing"
@@ -79,7 +80,8 @@ def prepare(data_dir: str | Path, out: str | Path, seed: int = 0, workers: int |
     source = find_source(data_dir, layout)
     plan = plan_splits(source, seed)
     workers = workers or min(8, os.cpu_count() or 1)
-    with staged_output(out) as stage:
+    need = sum(npy_bytes((len(plan.splits[split]), image_size, image_size, 3), np.uint8) for split in SPLITS)
+    with staged_output(out, need_bytes=need) as stage:
         splits = {split: write_split(plan, split, stage, image_size, workers) for split in SPLITS}
         manifest = {                    # no timestamp, so that a re-run writes byte-identical files
             "tool": TOOL,
