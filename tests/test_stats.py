@@ -1,0 +1,378 @@
+"""utils.stats against independent references: scipy.stats (bootstrap, permutation_test, binomtest), sklearn's
+average precision, closed-form formulas and brute-force loops written from the definitions."""
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import average_precision_score
+
+from utils import stats as S
+from utils.metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
+
+
+# ------------------------------------------------------------------------------------------- references
+def random_emotic(rng, n=40, k=6, ties=True):
+    labels = (rng.random((n, k)) < 0.25).astype(np.float32)
+    scores = rng.random((n, k)) + 0.4 * labels
+    if ties:
+        scores = np.round(scores * 4) / 4                   # few distinct values: many ties
+    return scores, labels
+
+
+def sklearn_ap(labels, scores):
+    """sklearn per column, NaN where a column has no positive (the repository's convention)."""
+    return np.array([average_precision_score(labels[:, j], scores[:, j]) if labels[:, j].any() else np.nan
+                     for j in range(labels.shape[1])])
+
+
+def wilson_by_formula(k, n, z):
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def uneven_captions(rng, m=12):
+    """Images with 3 to 6 captions (shuffled), similarities with ties."""
+    caption_image = np.repeat(np.arange(m), rng.integers(3, 7, m))
+    rng.shuffle(caption_image)
+    sim = np.round(rng.normal(size=(m, len(caption_image))) * 2) / 2
+    sim[caption_image, np.arange(len(caption_image))] += 1.0
+    return sim, caption_image
+
+
+def retrieval_rows(sim, caption_image):
+    """Per-image rows [image rank, its captions' ranks padded with NaN], ranks from the full gallery."""
+    i2t, t2i = retrieval_ranks(sim, caption_image)
+    width = np.bincount(caption_image).max()
+    rows = np.full((len(i2t), 1 + width), np.nan)
+    rows[:, 0] = i2t
+    for img in range(len(i2t)):
+        own = t2i[caption_image == img]
+        rows[img, 1:1 + len(own)] = own
+    return rows
+
+
+def metric_from_rows(rows, key):
+    """A retrieval metric from per-image rows, written from the definitions (no utils.stats code)."""
+    i2t = rows[:, 0]
+    t2i = rows[:, 1:][~np.isnan(rows[:, 1:])]
+    if key == "i2t_median_rank":
+        return float(np.median(i2t))
+    if key == "t2i_median_rank":
+        return float(np.median(t2i))
+    direction, k = key.split("_R@")
+    r_i2t, r_t2i = 100 * np.mean(i2t <= int(k)), 100 * np.mean(t2i <= int(k))
+    return {"i2t": r_i2t, "t2i": r_t2i, "mean": (r_i2t + r_t2i) / 2}[direction]
+
+
+# ------------------------------------------------------------------------------------------ success rates
+@pytest.mark.parametrize("k,n", [(0, 12), (3, 12), (12, 12), (17, 40), (1, 1)])
+@pytest.mark.parametrize("confidence", [0.95, 0.9])
+def test_wilson_matches_closed_form(k, n, confidence):
+    z = sps.norm.ppf(1 - (1 - confidence) / 2)
+    low, high = S.wilson_interval(k, n, confidence)
+    ref = wilson_by_formula(k, n, z)
+    assert (low, high) == pytest.approx(ref, abs=1e-12)
+    assert 0 <= low <= k / n <= high <= 1
+    rate = S.success_rate_interval(k, n, confidence)
+    assert rate == pytest.approx({"estimate": 100 * k / n, "low": 100 * ref[0], "high": 100 * ref[1]}, abs=1e-9)
+
+
+def test_wilson_empty_and_bad_input():
+    assert all(math.isnan(x) for x in S.wilson_interval(0, 0))
+    assert math.isnan(S.success_rate_interval(0, 0)["estimate"])
+    with pytest.raises(ValueError, match="successes <= n"):
+        S.wilson_interval(5, 4)
+    with pytest.raises(ValueError, match="confidence"):
+        S.wilson_interval(1, 4, confidence=95)
+
+
+# --------------------------------------------------------------------------------------- bootstrap
+@pytest.mark.parametrize("confidence", [0.95, 0.8])
+def test_bootstrap_interval_equals_scipy_percentile_bootstrap(confidence):
+    x = np.random.default_rng(0).exponential(size=57)
+    got = S.bootstrap_interval(lambda i: x[i].mean(), len(x), n_resamples=999, confidence=confidence, seed=3)
+    ref = sps.bootstrap((x,), np.mean, method="percentile", n_resamples=999, confidence_level=confidence,
+                        rng=np.random.default_rng(3))
+    assert got["estimate"] == x.mean()
+    assert got["low"] == pytest.approx(ref.confidence_interval.low, abs=1e-12)
+    assert got["high"] == pytest.approx(ref.confidence_interval.high, abs=1e-12)
+
+
+def test_bootstrap_is_seeded():
+    x = np.random.default_rng(1).normal(size=30)
+    stat = lambda i: float(np.median(x[i]))  # noqa: E731
+    assert S.bootstrap_interval(stat, 30, seed=5) == S.bootstrap_interval(stat, 30, seed=5)
+    assert S.bootstrap_interval(stat, 30, seed=5) != S.bootstrap_interval(stat, 30, seed=6)
+    with pytest.raises(ValueError, match="n_items"):
+        S.bootstrap_interval(stat, 0)
+
+
+# ------------------------------------------------------------------------------------------- AP
+@pytest.mark.parametrize("ties", [False, True])
+def test_vectorised_ap_equals_sklearn(ties):
+    rng = np.random.default_rng(2)
+    scores, labels = random_emotic(rng, n=80, k=8, ties=ties)
+    labels[:, 2] = 0                                     # a column without positives
+    labels[:, 3] = 1                                     # a column of positives only
+    got = S.average_precision(labels, scores)
+    np.testing.assert_allclose(got, sklearn_ap(labels, scores), rtol=0, atol=1e-12)
+    assert np.isnan(got[2])
+    with pytest.warns(UserWarning):                      # sklearn has no AP either: it warns and returns a number
+        average_precision_score(labels[:, 2], scores[:, 2])
+    # a 1-D call and single items
+    assert S.average_precision(labels[:, 0], scores[:, 0]) == pytest.approx(got[0], abs=1e-15)
+    assert S.average_precision(np.array([1]), np.array([0.3])) == average_precision_score([1], [0.3]) == 1.0
+    assert np.isnan(S.average_precision(np.array([0]), np.array([0.3])))
+
+
+def test_weighted_ap_equals_sklearn_on_repeated_items():
+    """A bootstrap resample is the items repeated counts[b] times: sklearn on the repeated items is the reference."""
+    rng = np.random.default_rng(3)
+    scores, labels = random_emotic(rng, n=25, k=5)
+    idx = rng.integers(0, 25, (30, 25))
+    counts = np.stack([np.bincount(i, minlength=25) for i in idx])
+    got = S.average_precision(labels, scores, counts)
+    ref = np.stack([sklearn_ap(labels[i], scores[i]) for i in idx])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+    assert np.isnan(ref).any()                           # some resample lost all positives of a category
+
+
+def test_ap_reference_catches_wrong_tie_handling():
+    """The sklearn comparison is sensitive: crediting each tied item at its own position (ranking ties
+    arbitrarily instead of as one threshold) is caught on tied data."""
+    scores, labels = random_emotic(np.random.default_rng(2), n=80, k=8, ties=True)
+    plan = S._APPlan(labels, scores)
+    broken = []
+    for pos_items, order, pos_ends, last in plan.columns:   # pretend every position ends its own group
+        y = np.isin(order, pos_items)
+        where = np.flatnonzero(y)
+        broken.append((pos_items, order, where, np.arange(len(where))))
+    plan.columns = broken
+    wrong = plan.ap(np.ones((1, 80), np.int64))[0]
+    assert not np.allclose(wrong, sklearn_ap(labels, scores), atol=1e-6)
+
+
+def test_average_precision_rejects_bad_input():
+    with pytest.raises(ValueError, match="0/1"):
+        S.average_precision(np.array([[2.0]]), np.array([[0.1]]))
+    with pytest.raises(ValueError, match="counts"):
+        S.average_precision(np.ones((3, 2)), np.ones((3, 2)), counts=np.ones((2, 4), int))
+
+
+# ------------------------------------------------------------------------------------------ Emotic
+def test_emotic_intervals_equal_slow_bootstrap_with_emotic_metrics():
+    rng = np.random.default_rng(4)
+    scores, labels = random_emotic(rng, n=40, k=10)
+    labels[:, 5] = 0
+    labels[7, 5] = 1                                      # one positive: many resamples have no positive there
+    vad_true = rng.uniform(1, 10, (40, 3))
+    vad_pred = vad_true + rng.normal(size=(40, 3))
+    got = S.emotic_intervals(scores, labels, vad_pred, vad_true, n_resamples=100, seed=7)
+    m = emotic_metrics(scores, labels, vad_pred, vad_true)
+    assert got["mAP"]["estimate"] == m["mAP"]
+    assert got["dominant_accuracy"]["estimate"] == m["dominant_accuracy"]
+    assert got["vad_mae"]["estimate"] == m["vad_mae"]["mean"]
+    slow = {
+        "mAP": lambda i: emotic_metrics(scores[i], labels[i])["mAP"],
+        "dominant_accuracy": lambda i: emotic_metrics(scores[i], labels[i])["dominant_accuracy"],
+        "vad_mae": lambda i: emotic_metrics(scores[i], labels[i], vad_pred[i], vad_true[i])["vad_mae"]["mean"],
+    }
+    for key, stat in slow.items():
+        ref = S.bootstrap_interval(stat, 40, n_resamples=100, seed=7)
+        assert got[key] == pytest.approx(ref, abs=1e-9), key
+        assert got[key]["low"] < got[key]["estimate"] < got[key]["high"]
+    assert "vad_mae" not in S.emotic_intervals(scores, labels, n_resamples=10)
+
+
+# ---------------------------------------------------------------------------------------- Flickr8k
+def test_retrieval_intervals_follow_the_resampling_rule():
+    sim, cap = uneven_captions(np.random.default_rng(5))
+    got = S.retrieval_intervals(sim, cap, ks=(1, 5), n_resamples=200, seed=2)
+    m = retrieval_metrics(sim, cap, ks=(1, 5))
+    for key in ("i2t_R@1", "t2i_R@5", "i2t_median_rank", "t2i_median_rank", "mean_R@1", "rsum"):
+        assert got[key]["estimate"] == m[key]
+    assert got["mean_R@5"]["estimate"] == pytest.approx((m["i2t_R@5"] + m["t2i_R@5"]) / 2)
+    rows = retrieval_rows(sim, cap)                      # ranks once on the full gallery, rows resampled by image
+    for key in ("i2t_R@1", "t2i_R@1", "t2i_R@5", "mean_R@5", "i2t_median_rank", "t2i_median_rank"):
+        ref = S.bootstrap_interval(lambda i: metric_from_rows(rows[i], key), len(rows), n_resamples=200, seed=2)
+        assert got[key] == pytest.approx(ref, abs=1e-9), key
+
+
+def test_weighted_median_equals_numpy_median():
+    rng = np.random.default_rng(6)
+    values = np.sort(rng.integers(1, 9, 15)).astype(float)
+    counts = rng.integers(0, 4, (50, 15))
+    counts[:, 0] += 1                                    # no empty resample
+    got = S._weighted_median(values, counts)
+    ref = [np.median(np.repeat(values, c)) for c in counts]
+    np.testing.assert_array_equal(got, ref)
+
+
+# ---------------------------------------------------------------------------------- paired comparisons
+def test_paired_bootstrap_equals_scipy_paired_bootstrap():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=45)
+    y = x + rng.normal(0.3, 0.5, size=45)
+    got = S.paired_bootstrap(lambda i: y[i].mean(), lambda i: x[i].mean(), 45, n_resamples=500, seed=11)
+    ref = sps.bootstrap((y, x), lambda a, b, axis: a.mean(axis) - b.mean(axis), paired=True, vectorized=True,
+                        method="percentile", n_resamples=500, rng=np.random.default_rng(11))
+    assert got["difference"] == pytest.approx(y.mean() - x.mean(), abs=1e-15)
+    assert got["low"] == pytest.approx(ref.confidence_interval.low, abs=1e-12)
+    assert got["high"] == pytest.approx(ref.confidence_interval.high, abs=1e-12)
+    share = np.mean(ref.bootstrap_distribution <= 0), np.mean(ref.bootstrap_distribution >= 0)
+    assert got["p_value"] == pytest.approx(min(1, 2 * min(share)))
+
+
+def _exact_p(a, b, metric):
+    """Enumerate every swap pattern by hand."""
+    observed = abs(metric(a) - metric(b))
+    reach = 0
+    for pattern in itertools.product([False, True], repeat=len(a)):
+        s = np.array(pattern).reshape((-1,) + (1,) * (a.ndim - 1))
+        d = metric(np.where(s, b, a)) - metric(np.where(s, a, b))
+        reach += abs(d) >= observed - 1e-9
+    return reach / 2 ** len(a)
+
+
+def test_permutation_test_exact_on_non_additive_metric():
+    rng = np.random.default_rng(9)
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0], [0, 1], [0, 0], [1, 0]], float)
+    a = labels + rng.normal(0, 0.4, labels.shape)
+    b = rng.random(labels.shape)
+    mean_ap = lambda s: emotic_metrics(s, labels)["mAP"]  # noqa: E731
+    got = S.paired_permutation_test(a, b, mean_ap)
+    assert got["exact"] and got["n_permutations"] == 2 ** 8
+    assert got["p_value"] == _exact_p(a, b, mean_ap)
+    assert got["difference"] == pytest.approx(mean_ap(a) - mean_ap(b))
+
+
+def test_permutation_test_random_draws_approach_exact_and_scipy():
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=10)
+    y = x + rng.normal(0.5, 1.0, size=10)
+    mean = lambda v: float(v.mean())  # noqa: E731
+    exact = _exact_p(y, x, mean)
+    ref = sps.permutation_test((y, x), lambda a, b: a.mean() - b.mean(), permutation_type="samples",
+                               n_resamples=np.inf)
+    assert S.paired_permutation_test(y, x, mean)["p_value"] == pytest.approx(exact) == pytest.approx(ref.pvalue)
+    drawn = S.paired_permutation_test(y, x, mean, n_permutations=800, seed=1)
+    assert not drawn["exact"] and drawn["n_permutations"] == 800
+    se = math.sqrt(exact * (1 - exact) / 800)
+    assert abs(drawn["p_value"] - exact) < 4 * se + 2 / 800
+    with pytest.raises(ValueError, match="same shape"):
+        S.paired_permutation_test(y, x[:5], mean)
+
+
+def test_compare_emotic_equals_generic_paired_functions():
+    rng = np.random.default_rng(12)
+    scores_a, labels = random_emotic(rng, n=30, k=7)
+    scores_b = np.round((scores_a + rng.normal(0, 0.3, scores_a.shape)) * 4) / 4
+    vad_true = rng.uniform(1, 10, (30, 3))
+    vad_a, vad_b = vad_true + rng.normal(size=(30, 3)), vad_true + rng.normal(size=(30, 3))
+    kw = dict(n_resamples=80, seed=4)
+    for metric in ("mAP", "dominant_accuracy", "vad_mae"):
+        got = S.compare_emotic(scores_a, scores_b, labels, metric, vad_a, vad_b, vad_true, n_permutations=150, **kw)
+        if metric == "vad_mae":
+            stat = lambda s, v, i: emotic_metrics(s[i], labels[i], v[i], vad_true[i])["vad_mae"]["mean"]  # noqa
+            rows_a, rows_b = vad_a, vad_b
+            perm_metric = lambda v: emotic_metrics(scores_a, labels, v, vad_true)["vad_mae"]["mean"]  # noqa
+        else:
+            stat = lambda s, v, i: emotic_metrics(s[i], labels[i])[metric]  # noqa: E731
+            rows_a, rows_b = scores_a, scores_b
+            perm_metric = lambda s: emotic_metrics(s, labels)[metric]  # noqa: E731
+        boot = S.paired_bootstrap(lambda i: stat(scores_a, vad_a, i), lambda i: stat(scores_b, vad_b, i), 30, **kw)
+        perm = S.paired_permutation_test(rows_a, rows_b, perm_metric, n_permutations=150, seed=4)
+        assert got["difference"] == pytest.approx(boot["difference"], abs=1e-12) == perm["difference"]
+        assert (got["low"], got["high"]) == pytest.approx((boot["low"], boot["high"]), abs=1e-9), metric
+        assert got["p_value"] == perm["p_value"], metric
+    with pytest.raises(ValueError, match="vad_pred_a"):
+        S.compare_emotic(scores_a, scores_b, labels, "vad_mae")
+    with pytest.raises(ValueError, match="metric"):
+        S.compare_emotic(scores_a, scores_b, labels, "accuracy")
+
+
+def test_compare_retrieval_equals_generic_paired_functions():
+    rng = np.random.default_rng(13)
+    sim_a, cap = uneven_captions(rng, m=11)
+    sim_b = sim_a + np.round(rng.normal(0, 1.0, sim_a.shape))
+    rows_a, rows_b = retrieval_rows(sim_a, cap), retrieval_rows(sim_b, cap)
+    for metric in ("mean R@1", "t2i_R@5", "i2t_median_rank", "t2i_median_rank"):
+        key = metric.replace(" ", "_")
+        got = S.compare_retrieval(sim_a, sim_b, cap, metric, n_resamples=150, n_permutations=2 ** 11, seed=3)
+        boot = S.paired_bootstrap(lambda i: metric_from_rows(rows_a[i], key),
+                                  lambda i: metric_from_rows(rows_b[i], key), 11, n_resamples=150, seed=3)
+        perm = S.paired_permutation_test(rows_a, rows_b, lambda r: metric_from_rows(r, key),
+                                         n_permutations=2 ** 11, seed=3)
+        assert got["exact"] and perm["exact"]
+        assert got["difference"] == pytest.approx(boot["difference"], abs=1e-12)
+        assert (got["low"], got["high"]) == pytest.approx((boot["low"], boot["high"]), abs=1e-9), metric
+        assert got["p_value"] == perm["p_value"], metric
+    with pytest.raises(ValueError, match="metric"):
+        S.compare_retrieval(sim_a, sim_b, cap, "mAP")
+
+
+def test_identical_models_show_no_difference():
+    scores, labels = random_emotic(np.random.default_rng(14), n=30)
+    got = S.compare_emotic(scores, scores.copy(), labels, n_resamples=50, n_permutations=50)
+    assert got["difference"] == got["low"] == got["high"] == 0 and got["p_value"] == 1.0
+    assert S.difference_wording(got, "A", "B", "mAP").startswith("no detectable difference")
+
+
+# ------------------------------------------------------------------------------------------ McNemar
+def brute_mcnemar(b, c):
+    n = b + c
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+@pytest.mark.parametrize("b,c", [(0, 0), (5, 0), (3, 9), (7, 7), (1, 12), (20, 11)])
+def test_mcnemar_matches_binomial_sum(b, c):
+    a_ok = np.r_[np.ones(b), np.zeros(c), np.ones(4), np.zeros(6)].astype(bool)   # 4 both right, 6 both wrong
+    b_ok = np.r_[np.zeros(b), np.ones(c), np.ones(4), np.zeros(6)].astype(bool)
+    got = S.mcnemar_exact(a_ok, b_ok)
+    assert (got["b"], got["c"]) == (b, c)
+    assert got["p_value"] == pytest.approx(brute_mcnemar(b, c), abs=1e-12)
+    with pytest.raises(ValueError, match="equal length"):
+        S.mcnemar_exact(a_ok, b_ok[:-1])
+    with pytest.raises(ValueError, match="0/1"):
+        S.mcnemar_exact(a_ok * 2, b_ok)
+
+
+# ------------------------------------------------------------------------------------ wording, tables
+def test_difference_wording_branches():
+    higher = {"difference": 2.34, "low": 0.51, "high": 4.02, "p_value": 0.012, "confidence": 0.95}
+    assert S.difference_wording(higher, "joint", "baseline", "mAP") == \
+        "joint is higher than baseline in mAP by 2.3 points (95 % CI 0.5 to 4.0, p = 0.012)"
+    lower = {"difference": -2.34, "low": -4.02, "high": -0.51, "p_value": 0.0002}
+    assert S.difference_wording(lower, "joint", "baseline", "mAP") == \
+        "baseline is higher than joint in mAP by 2.3 points (95 % CI 0.5 to 4.0, p < 0.001)"
+    covers = {"difference": 0.8, "low": -0.6, "high": 2.1, "p_value": 0.31}
+    assert S.difference_wording(covers, "joint", "baseline", "mean R@1") == \
+        "no detectable difference in mean R@1 between joint and baseline (joint - baseline = +0.8 points, " \
+        "95 % CI -0.6 to 2.1, p = 0.31)"
+    no_p = {"difference": 1.0, "low": 0.2, "high": 1.5}
+    assert S.difference_wording(no_p, "A", "B", "rank", unit="", digits=2) == \
+        "A is higher than B in rank by 1.00 (95 % CI 0.20 to 1.50)"
+
+
+def test_seed_summary_and_format_interval():
+    values = [41.2, 43.9, 40.1, 42.0]
+    got = S.seed_summary(values)
+    assert got == {"mean": pytest.approx(statistics.mean(values)), "sd": pytest.approx(statistics.stdev(values)),
+                   "n": 4}
+    one = S.seed_summary([3.0])
+    assert one["mean"] == 3.0 and math.isnan(one["sd"]) and one["n"] == 1
+    with pytest.raises(ValueError, match="no values"):
+        S.seed_summary([])
+    with pytest.raises(ValueError, match="NaN"):
+        S.seed_summary([1.0, float("nan")])
+    assert S.format_interval({"estimate": 41.63, "low": 39.2, "high": 44.04}) == "41.6 [39.2, 44.0]"
+    assert S.format_interval({"difference": 1.234, "low": -0.5, "high": 2.0}, digits=2) == "1.23 [-0.50, 2.00]"
