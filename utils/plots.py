@@ -421,21 +421,29 @@ __all__ += ["attack_curves", "rank_shift_histogram", "poisoning_curves", "attack
 
 def attack_curves(table, by: str = "model", x: str = "pixels", success: str = "success %",
                   queries: str = "queries_per_success", title: str | None = None, path=None) -> Figure:
-    """Attack success rate (left) and mean queries per successful attack (right) against the number of changed
-    pixels, one line per ``by`` group. ``table``: a DataFrame with one row per (group, pixel count), e.g. the
-    ``utils.attacks.success_vs_pixels`` tables concatenated; a budget without a success has no cost point."""
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
-    ax_s, ax_q = fig.subplots(1, 2)
+    """Attack success rate against the number of changed pixels, one line per ``by`` group, with error bars from
+    ``"<success> low"`` / ``"<success> high"`` columns when present (e.g. Wilson intervals); a second panel shows
+    mean queries per successful attack when the table has a ``queries`` column."""
+    has_q = queries in table.columns
+    fig = Figure(figsize=(10 if has_q else 6, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2 if has_q else 1)
+    ax_s, ax_q = (axes if has_q else (axes, None))
     for name, part in table.groupby(by, sort=False):
         part = part.sort_values(x)
-        ax_s.plot(part[x], part[success], marker="o", label=name)
-        ax_q.plot(part[x], part[queries], marker="o", label=name)
-    ax_s.set(xlabel="pixels changed", ylabel=success, ylim=(-3, 103), title="attack success")
-    ax_q.set(xlabel="pixels changed", ylabel="model queries", title="queries per successful attack")
-    ax_q.set_ylim(bottom=0)
-    for ax in (ax_s, ax_q):
-        ax.set_xticks(sorted(table[x].unique()))
-        ax.legend(fontsize=8)
+        err = None
+        if f"{success} low" in part.columns:
+            err = np.abs(part[[f"{success} low", f"{success} high"]].to_numpy(float).T - part[success].to_numpy(float))
+        ax_s.errorbar(part[x], part[success], yerr=err, marker="o", capsize=3, label=name)
+        if has_q:
+            ax_q.plot(part[x], part[queries], marker="o", label=name)
+    ax_s.set(xlabel="pixels changed (k)", ylabel=success, ylim=(-3, 103), title="attack success")
+    ax_s.set_xscale("log", base=2)
+    ax_s.set_xticks(sorted(table[x].unique()), [str(v) for v in sorted(table[x].unique())])
+    ax_s.legend(fontsize=8)
+    if has_q:
+        ax_q.set(xlabel="pixels changed", ylabel="model queries", title="queries per successful attack")
+        ax_q.set_ylim(bottom=0)
+        ax_q.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     return _finish(fig, path)

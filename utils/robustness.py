@@ -1,0 +1,328 @@
+"""The experiments of part 3: few-pixel attacks on the models of parts 1 and 2, pixel-trigger poisoning, and a
+median-filter defence. The notebooks 05 and 06 call these; the searches themselves live in ``utils.attack``.
+
+Every attack goes through the whole pipeline from raw uint8 pixels (image encoder included) with the text held
+clean. Persons / images are drawn at random among those every attacked model gets right, so the models are
+compared on the same items; each rate carries a Wilson 95 % interval, each paired comparison McNemar's exact test.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import attack as A
+from . import encoders, stats
+from .experiments import Data, emotic_chance, slug, train_emotic, train_flickr_joint
+from .labels import CATEGORIES, CATEGORY_INDEX
+from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
+from .poisoning import (MedianFilter, emotic_backdoor_success, median_filter_defence, poison_emotic, poison_flickr,
+                        stamp_trigger)
+from .training import predict
+
+
+# ------------------------------------------------------------------------------------------ who is attacked
+def attacked_rows(right: dict, n: int, seed: int) -> np.ndarray:
+    """``n`` rows drawn at random (seeded) among those that every model gets right (``right``: label -> bool array),
+    sorted. Random, not the ones nearest the decision boundary, so the rates describe the test set."""
+    every = np.logical_and.reduce(list(right.values()))
+    candidates = np.flatnonzero(every)
+    take = min(n, len(candidates))
+    return np.sort(np.random.default_rng(seed).choice(candidates, size=take, replace=False))
+
+
+def emotic_pipelines(data: Data, models: dict, image_encoder=None) -> dict:
+    """label -> the pixel pipeline of that model: scene edited, body crop re-derived from it, text held clean."""
+    test, split = data.features["test"], data.splits["test"]
+    enc = image_encoder or data.image_encoder
+    return {label: A.EmoticPixelPipeline(enc, m, test["text"], split.boxes_224, test["cat"]) for label, m in models.items()}
+
+
+def flickr_pipelines(data: Data, models: dict, image_encoder=None) -> dict:
+    test = data.features["test"]
+    enc = image_encoder or data.image_encoder
+    return {label: A.FlickrPixelPipeline(enc, m, test["text"], test["caption_image"]) for label, m in models.items()}
+
+
+def budget(cfg: dict) -> dict:
+    """The search settings of ``cfg`` for ``utils.attack.pixels_needed``."""
+    out = dict(method=cfg["attack_method"], queries=cfg["attack_queries"], batch_size=cfg["attack_batch"],
+               seed=cfg["seed"], precision=cfg["attack_precision"], progress=False)
+    if cfg["attack_method"] == "de":
+        out.update(popsize=cfg["popsize"], F=cfg["F"])
+    return out
+
+
+def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> dict:
+    """label -> ``utils.attack.PixelsNeeded`` over the pixel schedule ``cfg['pixels']``, same rows for every model."""
+    from .experiments import threads
+
+    with threads(cfg["attack_threads"]):
+        return {label: A.pixels_needed(pipe, images[rows], rows, schedule=cfg["pixels"], **budget(cfg))
+                for label, pipe in pipelines.items()}
+
+
+# ------------------------------------------------------------------------------------------------- tables
+def success_table(needed: dict) -> pd.DataFrame:
+    """One row per (model, k): attacked, fooled with at most k pixels, the rate and its Wilson 95 % interval."""
+    rows = []
+    for label, pn in needed.items():
+        for _, r in pn.curve().iterrows():
+            lo, hi = stats.wilson_interval(int(r["successes"]), int(r["attacked"]))
+            rows.append({"model": label, "pixels": int(r["pixels"]), "attacked": int(r["attacked"]),
+                         "successes": int(r["successes"]), "success %": 100 * r["success_rate"],
+                         "success % low": 100 * lo, "success % high": 100 * hi})
+    return pd.DataFrame(rows)
+
+
+def median_pixels(needed: dict, cfg: dict) -> pd.DataFrame:
+    """Per model: the median number of pixels needed (images not fooled within the schedule count as more than its
+    largest k) with a percentile-bootstrap 95 % interval over the attacked items, and the queries spent."""
+    over = 2 * max(cfg["pixels"])  # stands for "not fooled within the schedule"; shown as "> k_max"
+    rows = {}
+    for label, pn in needed.items():
+        k = pn.k_or_inf[pn.attacked]
+        k = np.where(np.isinf(k), over, k)
+        if not len(k):
+            rows[label] = {"attacked": 0}
+            continue
+        ci = stats.bootstrap_interval(lambda idx: float(np.median(k[idx])), len(k), n_resamples=cfg["bootstrap"],
+                                      seed=cfg["seed"])
+        rows[label] = {"attacked": int(len(k)), "median pixels": ci["estimate"], "low": ci["low"], "high": ci["high"],
+                       "fooled within schedule %": 100 * float((k < over).mean()),
+                       "mean queries per item": float(pn.queries[pn.attacked].mean())}
+    table = pd.DataFrame(rows).T
+    table.attrs["over"] = over
+    return table
+
+
+def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """For each (a, b) pair of models on the same items: at every k, McNemar's exact test on "fooled with at most k
+    pixels"; positive difference = a is fooled more often."""
+    rows = []
+    for a, b in pairs:
+        pa, pb = needed[a], needed[b]
+        both = pa.attacked & pb.attacked
+        for k in pa.schedule:
+            sa = (pa.k_needed > 0) & (pa.k_needed <= k)
+            sb = (pb.k_needed > 0) & (pb.k_needed <= k)
+            t = stats.mcnemar_exact(sa[both], sb[both])
+            rows.append({"a": a, "b": b, "pixels": k, "items": int(both.sum()), "a fooled %": 100 * sa[both].mean()
+                         if both.any() else np.nan, "b fooled %": 100 * sb[both].mean() if both.any() else np.nan,
+                         "only a fooled": t["b"], "only b fooled": t["c"], "p_value": t["p_value"]})
+    return pd.DataFrame(rows)
+
+
+def blunting_sentence(tests: pd.DataFrame, a: str, b: str) -> str:
+    """Whether the clean text (model b = a + text) blunts the attack, decided by McNemar at the k where a's success
+    first reaches 50 % (or the largest k)."""
+    part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
+    if part.empty or part["items"].iloc[0] == 0:
+        return f"{a} vs {b}: no item was attacked by both"
+    at = part[part["a fooled %"] >= 50]
+    row = (at if len(at) else part).iloc[0]
+    verdict = ("the clean text blunts the attack" if row["p_value"] < 0.05 and row["only a fooled"] > row["only b fooled"]
+               else "the text makes the attack easier" if row["p_value"] < 0.05
+               else "no detectable difference")
+    return (f"{a} vs {b} at {int(row['pixels'])} pixels, {int(row['items'])} items: fooled {row['a fooled %']:.0f} % "
+            f"vs {row['b fooled %']:.0f} % (only {a}: {int(row['only a fooled'])}, only {b}: "
+            f"{int(row['only b fooled'])}; McNemar p = {row['p_value']:.2g}): {verdict}")
+
+
+def attack_payload(needed: dict) -> dict:
+    """The arrays of every attack, for the predictions file: per model ``<slug>_k_needed``, ``<slug>_attacked``,
+    ``<slug>_rows``, ``<slug>_queries``, and per model and k the report's arrays under ``<slug>_k<k>_*``."""
+    out = {}
+    for label, pn in needed.items():
+        s = slug(label)
+        out.update({f"{s}_rows": pn.rows, f"{s}_attacked": pn.attacked, f"{s}_k_needed": pn.k_needed,
+                    f"{s}_queries": pn.queries, f"{s}_schedule": np.array(pn.schedule, np.int64)})
+        for k, rep in pn.reports.items():
+            out.update(A.to_arrays(rep, f"{s}_k{k}"))
+    return out
+
+
+def successes(needed: dict) -> list:
+    """Every confirmed success as (model, k, AttackResult), smallest k first."""
+    return [(label, k, r) for label, pn in needed.items() for k, rep in sorted(pn.reports.items())
+            for r in rep.results if r.success]
+
+
+# ------------------------------------------------------------------------------------------------ defence
+def transfer_through_filter(needed: dict, defended: dict, images: np.ndarray, batch_size: int = 32) -> pd.DataFrame:
+    """The successful adversarial images fed through the same models behind a median filter: how many still fool."""
+    rows = {}
+    for label, pn in needed.items():
+        won = [(k, r) for k, rep in pn.reports.items() for r in rep.results if r.success]
+        if won:
+            adv = A.apply_pixels(images[[r.row for _, r in won]], _padded([r.pixels for _, r in won]))
+            rws = np.array([r.row for _, r in won])
+            scores = A.score_images(defended[label], adv, rws, batch_size=batch_size)
+            still = int((~A.correct_top1(scores, defended[label].truth(rws))).sum())
+        else:
+            still = 0
+        rows[label] = {"successes": len(won), "still fooled behind the filter": still}
+    return pd.DataFrame(rows).T
+
+
+def _padded(pixel_lists) -> np.ndarray:
+    k = max(len(p) for p in pixel_lists)
+    out = np.full((len(pixel_lists), k, 5), -1, np.int64)
+    for i, p in enumerate(pixel_lists):
+        out[i, :len(p)] = p
+    return out
+
+
+def defended_encoder(image_encoder, size: int):
+    """The image encoder behind a ``size`` x ``size`` median filter (the defence), as one module."""
+    enc = torch.nn.Sequential(MedianFilter(size), image_encoder).eval()
+    enc.fingerprint = f"median{size}+{image_encoder.fingerprint}"
+    return enc
+
+
+def emotic_defence(data: Data, models: dict, needed: dict, cfg: dict) -> pd.DataFrame:
+    """The median filter's price and effect per model: clean test mAP without and with the filter on both image
+    inputs, and how many successful attacks still fool the filtered pipeline."""
+    split, test = data.splits["test"], data.features["test"]
+    size = cfg["median_size"]
+    filtered = {kind: encoders.image_features(data.image_encoder, median_filter_defence(np.asarray(getattr(split, kind)),
+                                                                                        size), desc=f"filtered {kind}")
+                for kind in ("body", "context")}
+    defended = emotic_pipelines(data, models, defended_encoder(data.image_encoder, size))
+    table = transfer_through_filter(needed, defended, np.asarray(split.context))
+    table["clean mAP"] = [emotic_metrics(predict(models[m], test)["scores"], test["cat"])["mAP"] for m in table.index]
+    table["clean mAP, filtered"] = [emotic_metrics(predict(models[m], {**test, **filtered})["scores"], test["cat"])["mAP"]
+                                    for m in table.index]
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- poisoning
+def emotic_poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Frozen-encoder poisoning: a trigger stamped on a seeded fraction of training photos (scene and body), their
+    labels switched to the target; each model retrained (same recipe) and scored on triggered test photos.
+
+    Returns a table (model x fraction: backdoor success with its Wilson interval, the clean-image control = the same
+    poisoned model's rate of choosing the target on untriggered photos, clean mAP) and the raw scores.
+    """
+    split, train_split, test = data.splits["test"], data.splits["train"], data.features["test"]
+    trigger = dict(size=cfg["trigger_size"], position=cfg["trigger_position"])
+    target = CATEGORY_INDEX[cfg["poison_target"]]
+    triggered = {kind: encoders.image_features(data.image_encoder, stamp_trigger(np.asarray(getattr(split, kind)),
+                                                                                  **trigger), desc=f"triggered {kind}")
+                 for kind in ("body", "context")}
+    eligible = test["cat"][:, target] < 0.5
+    rows, scores = [], {}
+    for fraction in cfg["poison_fractions"]:
+        p = poison_emotic(train_split.context, data.features["train"]["cat"], fraction, cfg["poison_target"],
+                          seed=cfg["seed"], **trigger)
+        poisoned = dict(data.features["train"], cat=p.labels)
+        if len(p.indices):  # features of the stamped copies, computed from their new pixels
+            body = stamp_trigger(np.asarray(train_split.body[p.indices]), **trigger)
+            for kind, imgs in (("context", p.images), ("body", body)):
+                poisoned[kind] = poisoned[kind].copy()
+                poisoned[kind][p.indices] = encoders.image_features(data.image_encoder, imgs)
+        for label in labels:
+            model = train_emotic(data, cfg, label, train=poisoned, tag="clean" if fraction == 0 else
+                                 f"poison-{cfg['poison_target']}-{fraction:g}", progress=False).model
+            s = {"clean": predict(model, test)["scores"], "triggered": predict(model, {**test, **triggered})["scores"]}
+            scores[label, fraction] = s
+            hits = int((s["triggered"][eligible].argmax(1) == target).sum())
+            control = int((s["clean"][eligible].argmax(1) == target).sum())
+            n = int(eligible.sum())
+            lo, hi = stats.wilson_interval(hits, n)
+            rows.append({"model": label, "fraction": fraction, "poisoned images": len(p.indices),
+                         "backdoor success %": 100 * emotic_backdoor_success(s["triggered"], test["cat"], target),
+                         "backdoor success % low": 100 * lo, "backdoor success % high": 100 * hi,
+                         "target top-1 on clean images %": 100 * control / max(n, 1),
+                         "trigger adds (McNemar p)": stats.mcnemar_exact(
+                             s["triggered"][eligible].argmax(1) == target, s["clean"][eligible].argmax(1) == target)["p_value"],
+                         "clean mAP": emotic_metrics(s["clean"], test["cat"])["mAP"]})
+    return pd.DataFrame(rows), scores
+
+
+def flickr_poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tuple[pd.DataFrame, dict]:
+    """Flickr8k frozen-encoder poisoning: stamped training images paired with the attacker's caption; the joint model
+    (``label``) and the closed-form baseline (``baseline_factory(train) -> model``) refitted; backdoor success = the
+    target caption ranked first for a triggered test image (Wilson interval), control = same on clean images."""
+    split, train_split, test = data.splits["test"], data.splits["train"], data.features["test"]
+    trigger = dict(size=cfg["trigger_size"], position=cfg["trigger_position"])
+    target_text = encoders.text_features(data.text_encoder, [cfg["target_caption"]], cache=False)
+    texts = np.concatenate([test["text"], target_text])
+    trig = encoders.image_features(data.image_encoder, stamp_trigger(np.asarray(split.images), **trigger),
+                                   desc="triggered test images")
+    rows, scores = [], {}
+    for fraction in cfg["poison_fractions"]:
+        p = poison_flickr(train_split.images, train_split.caption_texts, train_split.caption_image, fraction,
+                          cfg["target_caption"], seed=cfg["seed"], **trigger)
+        poisoned = dict(data.features["train"])
+        if len(p.indices):
+            poisoned["image"] = poisoned["image"].copy()
+            poisoned["image"][p.indices] = encoders.image_features(data.image_encoder, p.images)
+            poisoned["text"] = encoders.text_features(data.text_encoder, p.caption_texts)
+        tag = "clean" if fraction == 0 else f"poison-{fraction:g}"
+        models = {label: train_flickr_joint(data, cfg, label, train=poisoned, tag=tag, progress=False).model,
+                  "both maps": baseline_factory(poisoned)}
+        for name, m in models.items():
+            s_trig, s_clean = m.similarity(trig, texts), m.similarity(test["image"], texts)
+            scores[name, fraction] = {"triggered": s_trig, "clean": s_clean}
+            n = len(s_trig)
+            hits = int((s_trig.argmax(1) == len(texts) - 1).sum())
+            lo, hi = stats.wilson_interval(hits, n)
+            rows.append({"model": name, "fraction": fraction, "poisoned images": len(p.indices),
+                         "backdoor success %": 100 * hits / n, "backdoor success % low": 100 * lo,
+                         "backdoor success % high": 100 * hi,
+                         "target top-1 on clean images %": 100 * float((s_clean.argmax(1) == len(texts) - 1).mean()),
+                         "clean mean R@1": retrieval_metrics(m.similarity(test["image"], test["text"]),
+                                                             test["caption_image"])["mean_R@1"]})
+    return pd.DataFrame(rows), scores
+
+
+# ------------------------------------------------------------------------------------------------ findings
+def emotic_findings(curve: pd.DataFrame, median: pd.DataFrame, blunting: list[str], defence: pd.DataFrame,
+                    poisoning: pd.DataFrame, cfg: dict) -> "Findings":
+    """The sentences of notebook 05, computed from its tables."""
+    from .experiments import Findings
+
+    k_max = max(cfg["pixels"])
+    at_max = curve[curve.pixels == k_max].set_index("model")
+    lines = [f"{m}: {r['success %']:.0f} % of {int(r['attacked'])} persons fooled with at most {k_max} pixels "
+             f"(95 % interval {r['success % low']:.0f} to {r['success % high']:.0f} %); median pixels needed "
+             + (f"{median.loc[m, 'median pixels']:g} [{median.loc[m, 'low']:g}, {median.loc[m, 'high']:g}]"
+                .replace(f"{median.attrs['over']:g}", f"> {k_max}") if "median pixels" in median.columns and
+                np.isfinite(median.loc[m].get("median pixels", np.nan)) else "n/a")
+             for m, r in at_max.iterrows()]
+    lines += blunting
+    lines += [f"median filter, {m}: clean mAP {r['clean mAP']:.1f} -> {r['clean mAP, filtered']:.1f}; "
+              f"{int(r['still fooled behind the filter'])} of {int(r['successes'])} successful attacks still fool it"
+              for m, r in defence.iterrows()]
+    top = poisoning[poisoning.fraction == max(cfg["poison_fractions"])]
+    lines += [f"poisoning {100 * r['fraction']:g} % of the training photos, {r['model']}: backdoor success "
+              f"{r['backdoor success %']:.0f} % [{r['backdoor success % low']:.0f}, {r['backdoor success % high']:.0f}] "
+              f"against {r['target top-1 on clean images %']:.0f} % on untriggered photos (McNemar p = "
+              f"{r['trigger adds (McNemar p)']:.2g}); clean mAP {r['clean mAP']:.1f}" for _, r in top.iterrows()]
+    targets = {"attacked": {m: int(r["attacked"]) for m, r in at_max.iterrows()},
+               "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()},
+               "image_only_majority_fooled": {m: bool(r["success %"] > 50) for m, r in at_max.iterrows()}}
+    return Findings(lines, targets)
+
+
+def rank1_rows(sims: dict, caption_image: np.ndarray) -> dict:
+    """label -> bool per test image: one of its own captions is ranked first (what a Flickr8k attack must undo)."""
+    return {label: retrieval_ranks(s, caption_image)[0] == 1 for label, s in sims.items()}
+
+
+def emotic_right(preds: dict, data: Data) -> dict:
+    """label -> bool per test person: the top-scored category is a true one."""
+    truth = data.features["test"]["cat"] > 0.5
+    return {label: truth[np.arange(len(truth)), p["scores"].argmax(1)] for label, p in preds.items()}
+
+
+def top_category(scores) -> str:
+    j = int(np.argmax(scores))
+    return f"{CATEGORIES[j]} {scores[j]:.2f}"
+
+
+__all__ = ["attacked_rows", "emotic_pipelines", "flickr_pipelines", "budget", "pixels_needed", "success_table",
+           "median_pixels", "paired_attack_tests", "blunting_sentence", "attack_payload", "successes",
+           "transfer_through_filter", "defended_encoder", "emotic_filtered_features", "emotic_poisoning",
+           "flickr_poisoning", "rank1_rows", "emotic_right", "top_category", "emotic_chance"]
