@@ -15,7 +15,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from utils.synthetic import generator as fixtures
+import utils.synthetic as synthetic
 from utils.labels import CATEGORIES
 
 SPLITS = ("train", "val", "test")
@@ -28,9 +28,9 @@ EVAL_PERSON_FIELDS = ("body_bbox", "annotations_categories", "combined_categorie
 def smoke(tmp_path_factory):
     """The smoke dataset written twice with seed 0: once by the command line (as CI does), once by the API."""
     cli = tmp_path_factory.mktemp("cli")
-    assert fixtures.main(["--size", "smoke", "--seed", "0", "--out", str(cli)]) == 0
+    assert synthetic.main(["--size", "smoke", "--seed", "0", "--out", str(cli)]) == 0
     api = tmp_path_factory.mktemp("api")
-    return api, fixtures.make_all(api, "smoke", 0), cli
+    return api, synthetic.make_all(api, "smoke", 0), cli
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -65,8 +65,8 @@ def test_same_seed_gives_identical_files(smoke):
 
 def test_other_seed_differs(smoke, tmp_path):
     api, _, _ = smoke
-    fixtures.make_emotic(tmp_path / "emotic", "smoke", seed=1)
-    fixtures.make_flickr8k(tmp_path / "flickr", "smoke", seed=1, layout="kaggle")
+    synthetic.make_emotic(tmp_path / "emotic", "smoke", seed=1)
+    synthetic.make_flickr8k(tmp_path / "flickr", "smoke", seed=1, layout="kaggle")
     assert (tmp_path / "emotic/Annotations/Annotations.mat").read_bytes() != \
         (api / "emotic/Annotations/Annotations.mat").read_bytes()
     assert (tmp_path / "emotic/descriptions.csv").read_text() != (api / "emotic/descriptions.csv").read_text()
@@ -115,7 +115,7 @@ def test_mat_squeezed_fields_by_name(smoke):
     n = 0
     for split in SPLITS:
         for ri, rec in enumerate(np.atleast_1d(mat[split])):
-            assert rec.folder in fixtures.EMOTIC_FOLDERS and rec.filename.endswith(".jpg")
+            assert rec.folder in synthetic.EMOTIC_FOLDERS and rec.filename.endswith(".jpg")
             for pi, p in enumerate(_squeezed_persons(rec)):
                 t = truth[(split, ri, pi)]
                 cats = p.annotations_categories.categories if split == "train" else p.combined_categories
@@ -245,7 +245,7 @@ def test_flickr_planted_problems(smoke):
 
 
 def test_person_count_override(tmp_path):
-    written = fixtures.make_emotic(tmp_path, "smoke", 0, n_persons=40)
+    written = synthetic.make_emotic(tmp_path, "smoke", 0, n_persons=40)
     assert sum(s["persons"] for s in written["splits"].values()) == 40
     mat = _mat(tmp_path / "Annotations/Annotations.mat", squeeze_me=True, struct_as_record=False)
     assert sum(len(_squeezed_persons(r)) for s in SPLITS for r in np.atleast_1d(mat[s])) == 40
@@ -253,11 +253,11 @@ def test_person_count_override(tmp_path):
 
 def test_bad_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="size"):
-        fixtures.make_emotic(tmp_path, "huge")
+        synthetic.make_emotic(tmp_path, "huge")
     with pytest.raises(ValueError, match="layout"):
-        fixtures.make_flickr8k(tmp_path, "smoke", 0, "zip")
+        synthetic.make_flickr8k(tmp_path, "smoke", 0, "zip")
     with pytest.raises(ValueError, match="n_persons"):
-        fixtures.make_emotic(tmp_path, "smoke", 0, n_persons=10)
+        synthetic.make_emotic(tmp_path, "smoke", 0, n_persons=10)
 
 
 # ---------------------------------------------------------------------------------------------- learnability
@@ -271,17 +271,20 @@ def test_modalities_carry_partly_different_information():
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score
 
+    from utils.synthetic.emotic import describe
+    from utils.synthetic.scenes import render, sample_records
+
     rng = np.random.default_rng(0)
-    splits = fixtures._sample_emotic_records(rng, 320)
+    splits = sample_records(rng, 320)
     persons, hist, texts = [], [], []
     for rec in splits["train"] + splits["val"] + splits["test"]:
-        img = np.asarray(fixtures._render_emotic(rec, rng))
+        img = np.asarray(render(rec, rng))
         for p in rec.persons:
             x1, y1, x2, y2 = (int(v) for v in p.box)
             crop = img[y1:y2, x1:x2] // 64                       # 4 levels per channel -> 64 colour bins
             hist.append(np.bincount((crop[..., 0] * 16 + crop[..., 1] * 4 + crop[..., 2]).ravel(),
                                     minlength=64) / crop[..., 0].size)
-            texts.append(fixtures._describe(p, rec, rng))
+            texts.append(describe(p, rec, rng))
             persons.append(p)
     y = np.array([[c in p.categories for c in CATEGORIES] for p in persons])
     x_img = np.array(hist)
@@ -297,8 +300,8 @@ def test_modalities_carry_partly_different_information():
                 out.append(average_precision_score(y[n:, j], s))
         return float(np.mean(out))
 
-    body = [c for c, q in fixtures.CUES.items() if q.channel == "body" and q.prevalence >= 0.06]
-    text_only = [c for c, q in fixtures.CUES.items() if q.channel is None and q.prevalence >= 0.07]
+    body = [c for c, q in synthetic.CUES.items() if q.channel == "body" and q.prevalence >= 0.06]
+    text_only = [c for c, q in synthetic.CUES.items() if q.channel is None and q.prevalence >= 0.07]
     assert ap(x_img, body) > ap(x_txt, body) + 0.1
     assert ap(x_txt, text_only) > ap(x_img, text_only) + 0.15
     chance = float(y[n:].mean())
