@@ -15,7 +15,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-import utils.synthetic as synthetic
+from utils import synthetic
 from utils.labels import CATEGORIES
 
 SPLITS = ("train", "val", "test")

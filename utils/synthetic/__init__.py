@@ -25,4 +25,4 @@ from .flickr import make_flickr8k
 from .scenes import EMOTIC_FOLDERS
 from .sizes import SIZES
 
-__all__ = ["make_all", "make_emotic", "make_flickr8k", "main", "CUES", "EMOTIC_FOLDERS", "SIZES"]
+__all__ = ["CUES", "EMOTIC_FOLDERS", "SIZES", "main", "make_all", "make_emotic", "make_flickr8k"]

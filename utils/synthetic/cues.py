@@ -18,10 +18,14 @@ from utils.labels import CATEGORIES
 class Cue:
     """How one emotion category shows in a synthetic scene.
 
+    ``prevalence`` is the base chance that a person has the category (raised around the image's mood, see
+    ``MOODS``); ``vad`` shifts valence, arousal and dominance from the middle of the 1..10 scale.
     ``channel`` says where the renderer draws it ("body": the figure's clothing/posture/face, "scene": the
-    background, None: not drawn). ``p_img`` / ``p_txt`` are the chances that a person with this category gets
-    the visual cue / a sentence fragment about it; ``phrases`` are activity fragments a captioner could write,
-    ``seen`` are fragments describing the visual cue itself.
+    background, None: not drawn). ``motif`` is what is drawn: for the body (fabric pattern, colour, second colour,
+    posture or None, face tint or None), for the scene the name of the drawn element (the renderer keys on the
+    category). ``p_img`` / ``p_txt`` are the chances that a person with this category gets the visual cue / a
+    sentence fragment about it; ``phrases`` are activity fragments a captioner could write, ``seen`` are fragments
+    describing the visual cue itself.
     """
     prevalence: float
     vad: tuple[float, float, float]
@@ -118,6 +122,7 @@ MOODS = {  # a shared mood per image makes categories co-occur as in real photos
 MOOD_WEIGHTS = np.array([0.3, 0.2, 0.3, 0.1, 0.1])
 P_SEEN = 0.25  # chance that the captioner mentions a drawn cue
 
+# Words and colours that carry no label: places, plain clothes and the subject of a description.
 NEUTRAL_SCENES = ("in a room", "outside", "on a street", "in an office", "in a park", "at home", "")
 NEUTRAL_CLOTHES = ("blue", "green", "teal", "beige", "black", "white", "khaki")
 SUBJECTS = {

@@ -21,13 +21,12 @@ from .scenes import EMOTIC_FOLDERS, Person, Record, encode_image, plant_bad_reco
 from .sizes import check_size
 
 MAT_HEADER = b"MATLAB 5.0 MAT-file, synthetic Emotic fixture written by utils.synthetic"
-SKIP_REASONS = ("nan_continuous", "no_category", "empty_box", "missing_image")
+SKIP_REASONS = ("nan_continuous", "no_category", "empty_box", "missing_image")  # what the planted records break
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The stand-in captioner
 # ----------------------------------------------------------------------------------------------------------
-
 def describe(person: Person, rec: Record, rng: np.random.Generator) -> str:
     """A captioner-like sentence about the scene, never naming the emotion categories.
 
