@@ -6,7 +6,7 @@
 Each run is a fresh child process started through a tiny wrapper that reports the child's peak RSS as the kernel
 counts it (``getrusage(RUSAGE_CHILDREN).ru_maxrss``), so file pages of the memory-mapped outputs are included.
 Target (issue 2): peak at 5,000 within 1.3x of the peak at 1,000, i.e. memory does not grow with the dataset.
-The synthetic datasets (``utils.fixtures.make_emotic``) are generated once and kept in ``--keep`` between runs.
+The synthetic datasets (``utils.synthetic.make_emotic``) are generated once and kept in ``--keep`` between runs.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ WRAPPER = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).
 
 def dataset(root: Path, n_persons: int) -> Path:
     """A synthetic Emotic of ``n_persons`` in the real raw layout, generated once per size."""
-    from utils.synthetic.generator import make_emotic
+    from utils.synthetic import make_emotic
 
     folder = root / f"emotic_{n_persons}"
     stamp = folder / ".complete"

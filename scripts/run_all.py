@@ -40,7 +40,7 @@ def _fresh(stamp: Path, *inputs: Path) -> bool:
 
 def prepare_synthetic(profile: str, seed: int = 0) -> dict[str, Path]:
     """Generate the raw synthetic datasets for ``profile`` (once) and prepare artefacts from them (once)."""
-    from utils.synthetic import generator as fixtures
+    import utils.synthetic as fixtures
 
     raw = REPO / "data" / "raw" / profile
     stamp = raw / ".complete"

@@ -403,7 +403,7 @@ def test_failure_midway_leaves_previous_output(dataset, prepared, tmp_path, monk
 
 def test_project_fixtures_round_trip(tmp_path):
     """The bundled generator's dataset (and its descriptions.csv) goes through with the counts it promises."""
-    from utils.synthetic.generator import make_emotic
+    from utils.synthetic import make_emotic
 
     written = make_emotic(tmp_path / "raw", size="smoke", seed=0)
     out = tmp_path / "out"

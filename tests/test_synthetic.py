@@ -15,7 +15,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from utils.synthetic import generator as fixtures
+from utils import synthetic
 from utils.labels import CATEGORIES
 
 SPLITS = ("train", "val", "test")
@@ -28,9 +28,9 @@ EVAL_PERSON_FIELDS = ("body_bbox", "annotations_categories", "combined_categorie
 def smoke(tmp_path_factory):
     """The smoke dataset written twice with seed 0: once by the command line (as CI does), once by the API."""
     cli = tmp_path_factory.mktemp("cli")
-    assert fixtures.main(["--size", "smoke", "--seed", "0", "--out", str(cli)]) == 0
+    assert synthetic.main(["--size", "smoke", "--seed", "0", "--out", str(cli)]) == 0
     api = tmp_path_factory.mktemp("api")
-    return api, fixtures.make_all(api, "smoke", 0), cli
+    return api, synthetic.make_all(api, "smoke", 0), cli
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -65,8 +65,8 @@ def test_same_seed_gives_identical_files(smoke):
 
 def test_other_seed_differs(smoke, tmp_path):
     api, _, _ = smoke
-    fixtures.make_emotic(tmp_path / "emotic", "smoke", seed=1)
-    fixtures.make_flickr8k(tmp_path / "flickr", "smoke", seed=1, layout="kaggle")
+    synthetic.make_emotic(tmp_path / "emotic", "smoke", seed=1)
+    synthetic.make_flickr8k(tmp_path / "flickr", "smoke", seed=1, layout="kaggle")
     assert (tmp_path / "emotic/Annotations/Annotations.mat").read_bytes() != \
         (api / "emotic/Annotations/Annotations.mat").read_bytes()
     assert (tmp_path / "emotic/descriptions.csv").read_text() != (api / "emotic/descriptions.csv").read_text()
@@ -115,7 +115,7 @@ def test_mat_squeezed_fields_by_name(smoke):
     n = 0
     for split in SPLITS:
         for ri, rec in enumerate(np.atleast_1d(mat[split])):
-            assert rec.folder in fixtures.EMOTIC_FOLDERS and rec.filename.endswith(".jpg")
+            assert rec.folder in synthetic.EMOTIC_FOLDERS and rec.filename.endswith(".jpg")
             for pi, p in enumerate(_squeezed_persons(rec)):
                 t = truth[(split, ri, pi)]
                 cats = p.annotations_categories.categories if split == "train" else p.combined_categories
@@ -245,7 +245,7 @@ def test_flickr_planted_problems(smoke):
 
 
 def test_person_count_override(tmp_path):
-    written = fixtures.make_emotic(tmp_path, "smoke", 0, n_persons=40)
+    written = synthetic.make_emotic(tmp_path, "smoke", 0, n_persons=40)
     assert sum(s["persons"] for s in written["splits"].values()) == 40
     mat = _mat(tmp_path / "Annotations/Annotations.mat", squeeze_me=True, struct_as_record=False)
     assert sum(len(_squeezed_persons(r)) for s in SPLITS for r in np.atleast_1d(mat[s])) == 40
@@ -253,11 +253,11 @@ def test_person_count_override(tmp_path):
 
 def test_bad_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="size"):
-        fixtures.make_emotic(tmp_path, "huge")
+        synthetic.make_emotic(tmp_path, "huge")
     with pytest.raises(ValueError, match="layout"):
-        fixtures.make_flickr8k(tmp_path, "smoke", 0, "zip")
+        synthetic.make_flickr8k(tmp_path, "smoke", 0, "zip")
     with pytest.raises(ValueError, match="n_persons"):
-        fixtures.make_emotic(tmp_path, "smoke", 0, n_persons=10)
+        synthetic.make_emotic(tmp_path, "smoke", 0, n_persons=10)
 
 
 # ---------------------------------------------------------------------------------------------- learnability
@@ -271,17 +271,20 @@ def test_modalities_carry_partly_different_information():
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score
 
+    from utils.synthetic.emotic import describe
+    from utils.synthetic.scenes import render, sample_records
+
     rng = np.random.default_rng(0)
-    splits = fixtures._sample_emotic_records(rng, 320)
+    splits = sample_records(rng, 320)
     persons, hist, texts = [], [], []
     for rec in splits["train"] + splits["val"] + splits["test"]:
-        img = np.asarray(fixtures._render_emotic(rec, rng))
+        img = np.asarray(render(rec, rng))
         for p in rec.persons:
             x1, y1, x2, y2 = (int(v) for v in p.box)
             crop = img[y1:y2, x1:x2] // 64                       # 4 levels per channel -> 64 colour bins
             hist.append(np.bincount((crop[..., 0] * 16 + crop[..., 1] * 4 + crop[..., 2]).ravel(),
                                     minlength=64) / crop[..., 0].size)
-            texts.append(fixtures._describe(p, rec, rng))
+            texts.append(describe(p, rec, rng))
             persons.append(p)
     y = np.array([[c in p.categories for c in CATEGORIES] for p in persons])
     x_img = np.array(hist)
@@ -297,9 +300,127 @@ def test_modalities_carry_partly_different_information():
                 out.append(average_precision_score(y[n:, j], s))
         return float(np.mean(out))
 
-    body = [c for c, q in fixtures.CUES.items() if q.channel == "body" and q.prevalence >= 0.06]
-    text_only = [c for c, q in fixtures.CUES.items() if q.channel is None and q.prevalence >= 0.07]
+    body = [c for c, q in synthetic.CUES.items() if q.channel == "body" and q.prevalence >= 0.06]
+    text_only = [c for c, q in synthetic.CUES.items() if q.channel is None and q.prevalence >= 0.07]
     assert ap(x_img, body) > ap(x_txt, body) + 0.1
     assert ap(x_txt, text_only) > ap(x_img, text_only) + 0.15
     chance = float(y[n:].mean())
     assert ap(x_txt, text_only) > 2 * chance
+
+
+# ---------------------------------------------------------------------------------------------- --check report
+def _colour_histograms(images: np.ndarray) -> np.ndarray:
+    """(N, 64) share of pixels in each of 4x4x4 RGB bins: a cheap stand-in for the frozen image encoder."""
+    q = images.astype(np.int64) // 64
+    bins = (q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]).reshape(len(images), -1)
+    return np.stack([np.bincount(b, minlength=64) / b.size for b in bins])
+
+
+def _average_precision_by_definition(y: np.ndarray, s: np.ndarray) -> float:
+    """Mean over the positives of the precision among all items scored at least as high as that positive."""
+    return float(np.mean([y[s >= s[i]].sum() / (s >= s[i]).sum() for i in np.flatnonzero(y)]))
+
+
+def _recall_at_5_by_loop(sim: np.ndarray, owner: np.ndarray) -> tuple[float, float]:
+    i2t = [i in owner[np.argsort(-sim[i], kind="stable")[:5]] for i in range(sim.shape[0])]
+    t2i = [owner[c] in np.argsort(-sim[:, c], kind="stable")[:5] for c in range(sim.shape[1])]
+    return 100 * float(np.mean(i2t)), 100 * float(np.mean(t2i))
+
+
+def test_emotic_check_reads_the_kept_persons_and_scores_them_by_definition(smoke):
+    """The check's reader keeps exactly the persons the generator promises; its mAP, chance and fusion gain equal
+    the definitions applied here to the very scores it computed (cheap features instead of the frozen encoders)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from utils.synthetic.learnability import MODALITIES, emotic_report, emotic_scores, load_emotic_persons
+
+    out, written, _ = smoke
+    persons = load_emotic_persons(out / "emotic")
+    kept = [p for p in written["emotic"]["persons"] if p["kept"]]
+    assert persons.split == [p["split"] for p in kept]
+    assert persons.text == [p["description"] for p in kept]
+    labels = np.stack(persons.labels)
+    np.testing.assert_array_equal(labels, [[c in p["categories"] for c in CATEGORIES] for p in kept])
+    assert all(crop.shape == (128, 128, 3) and crop.dtype == np.uint8 for crop in persons.body)
+
+    features = {"body": _colour_histograms(np.stack(persons.body)),
+                "context": _colour_histograms(np.stack(persons.context))[persons.context_index],
+                "text": CountVectorizer().fit_transform(persons.text).toarray().astype(float)}
+    is_test = np.array(persons.split) == "test"
+    scores = emotic_scores(features, labels, is_test)
+    y = labels[is_test]
+    report = emotic_report(scores, y, int((~is_test).sum()))
+
+    present = [j for j in range(len(CATEGORIES)) if y[:, j].any()]
+    assert report["persons"] == {"train+val": sum(p["split"] != "test" for p in kept),
+                                 "test": sum(p["split"] == "test" for p in kept)}
+    assert report["categories_in_test"] == len(present) < len(CATEGORIES)
+    assert report["chance"] == pytest.approx(100 * np.mean([y[:, j].mean() for j in present]))
+    for name in MODALITIES:
+        assert scores[name].shape == y.shape
+        want = 100 * np.mean([_average_precision_by_definition(y[:, j], scores[name][:, j]) for j in present])
+        assert report[name] == pytest.approx(want), name
+    assert report["fusion_gain"] == pytest.approx(report["all"] - max(report["image"], report["text"]))
+
+    # each modality's scores come from its own feature blocks only: replacing one block moves exactly those
+    uses = {"body": {"body", "image", "all"}, "context": {"context", "image", "all"}, "text": {"text", "all"}}
+    rng = np.random.default_rng(0)
+    for block, want in uses.items():
+        noisy = dict(features, **{block: rng.normal(size=features[block].shape)})
+        moved = {name for name, s in emotic_scores(noisy, labels, is_test).items() if not np.allclose(s, scores[name])}
+        assert moved == want, block
+
+
+def test_flickr_check_reads_the_test_list_and_scores_recall_by_definition(smoke):
+    """The reader returns the listed images found on disk with their non-empty captions; Recall@5 and its chance
+    level equal a plain loop and the hypergeometric count, on the real test split and on a larger random matrix."""
+    from math import comb
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from utils.synthetic.learnability import flickr_report, flickr_similarity, load_flickr_split
+
+    out, written, _ = smoke
+    root = out / "flickr8k_original"
+    flickr = written["flickr8k_original"]
+    missing = {p["image"] for p in flickr["planted"] if p["reason"] == "missing_image"}
+    loaded = {}
+    for split in ("train", "test"):
+        paths, captions, owner = load_flickr_split(root, split)
+        names = [n for n in flickr["splits"][split] if n not in missing]
+        assert [p.name for p in paths] == names
+        assert captions == [c for n in names for c in flickr["captions"][n] if c]
+        np.testing.assert_array_equal(owner, [i for i, n in enumerate(names) for c in flickr["captions"][n] if c])
+        images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((64, 64))) for p in paths])
+        loaded[split] = (_colour_histograms(images), captions, owner)
+    words = TfidfVectorizer().fit(loaded["train"][1] + loaded["test"][1])
+    sim = flickr_similarity(loaded["train"][0], words.transform(loaded["train"][1]).toarray(), loaded["train"][2],
+                            loaded["test"][0], words.transform(loaded["test"][1]).toarray())
+
+    rng = np.random.default_rng(0)
+    owner_random = np.repeat(np.arange(12), rng.integers(1, 7, 12))   # 12 images with 1-6 captions each
+    cases = {"test split": (sim, loaded["test"][2]), "random": (rng.normal(size=(12, len(owner_random))), owner_random)}
+    for case, (s, owner) in cases.items():
+        report = flickr_report(s, owner, n_train=7)
+        m, c = s.shape
+        assert report["images"] == {"train": 7, "test": m} and report["captions_test"] == c
+        i2t, t2i = _recall_at_5_by_loop(s, owner)
+        assert (report["i2t_R@5"], report["t2i_R@5"]) == pytest.approx((i2t, t2i)), case
+        chance = np.mean([1 - comb(c - n, 5) / comb(c, 5) for n in np.bincount(owner)])
+        assert report["chance_i2t_R@5"] == pytest.approx(100 * chance), case
+        assert report["chance_t2i_R@5"] == pytest.approx(100 * min(5, m) / m), case
+    assert 0 < _recall_at_5_by_loop(*cases["random"][:2])[1] < 100   # the random case is not trivially 0 or 100
+
+
+def test_check_command_finds_the_smoke_data_learnable(smoke, capsys):
+    """``--check`` end to end with the frozen MobileNetV2 / MiniLM: every modality beats chance on Emotic, and
+    image->text retrieval beats a random ranking on Flickr8k."""
+    import json
+
+    _, _, cli = smoke
+    assert synthetic.main(["--check", str(cli)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    emotic = report["emotic"]
+    for name in ("body", "context", "image", "text", "all"):
+        assert emotic["chance"] < emotic[name] <= 100, name
+    assert report["flickr8k"]["chance_i2t_R@5"] < report["flickr8k"]["i2t_R@5"]
