@@ -519,12 +519,16 @@ def load_encoders(name_or_folder: str, device: str | torch.device | None = None
     their features is CLIP's own zero-shot retrieval score. The image side resizes to the model's input size and
     applies CLIP's mean / std; the text side uses the model's tokenizer, truncated to its context length.
     """
-    from transformers import AutoTokenizer, CLIPModel
+    from transformers import AutoConfig, AutoTokenizer, CLIPModel
 
     dev = devices.resolve(device)
     name = _strip_clip(name_or_folder)
     src, kw = _hf_source(name)
     try:
+        kind = AutoConfig.from_pretrained(src, **kw).model_type
+        if kind != "clip":
+            raise WeightsError(f"{name}: a {kind!r} model, not a full CLIP model with both towers; load its one "
+                               "side with load_image_encoder / load_text_encoder")
         model = CLIPModel.from_pretrained(src, **kw)
         tokenizer = AutoTokenizer.from_pretrained(src, **kw)
     except (OSError, ValueError) as e:
