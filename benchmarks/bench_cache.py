@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils import encoders as E  # noqa: E402
+from utils.device import device  # noqa: E402
 
 WORDS = ("a man woman child dog smiles runs sits near the beach park street with red blue ball happy "
          "sad crowd looks at camera while holding small big old young two three people on grass").split()
@@ -55,7 +56,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     # The figures scale with how busy the machine is: print the load so a reader can judge them.
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {E.device()}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device()}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     enc = E.load_image_encoder("mobilenet_v2")

@@ -217,7 +217,7 @@ def test_clip_vision_from_local_folder(tmp_path):
         ours = enc(x)
         pix = TF.normalize(torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear"), OPENAI_CLIP_MEAN,
                            OPENAI_CLIP_STD)
-        ref = reference(pixel_values=pix).image_embeds
+        ref = torch.nn.functional.normalize(reference(pixel_values=pix).image_embeds, dim=-1)  # CLIP: unit norm
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -387,3 +387,151 @@ def test_text_cache_hit_and_misses(minilm, cache):
 def test_cache_can_be_disabled(mobilenet, cache):
     E.image_features(mobilenet, images(1, 32), cache=False)
     assert not cache.exists() or not any(cache.iterdir())
+
+
+# --------------------------------------------------------------------------------------------------------- CLIP
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from utils.tiny_models import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip", seed=0)
+
+
+CAPTIONS = ["the dog runs", "a cat and the dog", "", "Ünïcödé text, \"quotes\" and NA"]
+
+
+def clip_reference(folder, x, texts):
+    """CLIP's own embeddings computed directly with transformers' CLIPModel: resize to the model's size, OpenAI
+    normalisation, get_image_features / get_text_features, L2 norm. Also returns the model's logit scale."""
+    from transformers import AutoTokenizer, CLIPModel
+    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    model = CLIPModel.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    size = model.config.vision_config.image_size
+    pix = TF.normalize(torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear"), OPENAI_CLIP_MEAN,
+                       OPENAI_CLIP_STD)
+    batch = tok(texts, padding=True, truncation=True, return_tensors="pt")  # at the 24-token context length
+    with torch.no_grad():
+        img = model.get_image_features(pixel_values=pix).pooler_output
+        txt = model.get_text_features(**batch).pooler_output
+        logits = model(pixel_values=pix, **batch).logits_per_image / model.logit_scale.exp()
+    norm = torch.nn.functional.normalize
+    return norm(img, dim=-1).numpy(), norm(txt, dim=-1).numpy(), logits.numpy()
+
+
+def test_clip_towers_of_one_model_match_transformers(tiny_clip):
+    img_enc, txt_enc = E.load_encoders(str(tiny_clip), device="cpu")
+    assert (img_enc.dim, txt_enc.dim, txt_enc.pooling, img_enc.input_size) == (16, 16, "clip", 32)
+    arr = images(3, 48)
+    img = E.image_features(img_enc, arr, cache=False)
+    txt = E.text_features(txt_enc, CAPTIONS, cache=False)
+    assert img.shape == (3, 16) and txt.shape == (4, 16) and img.dtype == txt.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1, atol=1e-5)
+    ref_img, ref_txt, ref_logits = clip_reference(tiny_clip, E.to_tensor(arr), CAPTIONS)
+    np.testing.assert_allclose(img, ref_img, atol=1e-5)
+    np.testing.assert_allclose(txt, ref_txt, atol=1e-5)
+    # deterministic, and independent of the batch size up to summation order
+    np.testing.assert_array_equal(E.image_features(img_enc, arr, cache=False), img)
+    np.testing.assert_allclose(E.text_features(txt_enc, CAPTIONS, batch_size=1, cache=False), txt, atol=1e-6)
+
+    sim = E.clip_zero_shot_similarity(img, txt)
+    by_hand = np.array([[float(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b)) for b in ref_txt] for a in ref_img])
+    np.testing.assert_allclose(sim, by_hand, atol=1e-5)
+    np.testing.assert_allclose(sim, ref_logits, atol=1e-5)  # CLIP's own logits, without the temperature
+    with pytest.raises(ValueError, match="same CLIP model"):
+        E.clip_zero_shot_similarity(img, np.zeros((2, 384), np.float32))
+
+
+def test_clip_one_model_or_one_tower_gives_one_fingerprint_and_cache_key(tiny_clip, tmp_path, cache):
+    from utils.tiny_models import make_tiny_clip
+
+    img_enc, txt_enc = E.load_encoders("clip:" + str(tiny_clip), device="cpu")
+    alone_img = E.load_image_encoder("clip:" + str(tiny_clip), device="cpu")
+    alone_txt = E.load_text_encoder(str(tiny_clip), device="cpu")
+    assert img_enc.fingerprint == alone_img.fingerprint and img_enc.fingerprint.startswith("clip-vision:")
+    assert txt_enc.fingerprint == alone_txt.fingerprint and txt_enc.fingerprint.startswith("clip:24:")
+    other_img, other_txt = E.load_encoders(make_tiny_clip(tmp_path / "other", seed=1), device="cpu")
+    assert other_img.fingerprint != img_enc.fingerprint and other_txt.fingerprint != txt_enc.fingerprint
+    digest = E._images_digest(images(2, 32))
+    assert E.cache_path(img_enc, digest) == E.cache_path(alone_img, digest) != E.cache_path(other_img, digest)
+    assert E.cache_path(img_enc, digest) != E.cache_path(img_enc, digest, precision="bfloat16")
+
+    arr = images(2, 32)
+    first = E.image_features(img_enc, arr)
+    counter = ForwardCounter(alone_img)
+    try:
+        np.testing.assert_array_equal(E.image_features(alone_img, arr), first)
+        assert counter.calls == 0, "the same tower read from one file must hit the other's cache entry"
+    finally:
+        counter.handle.remove()
+
+
+def test_load_encoders_rejects_a_model_that_is_not_clip(tmp_path):
+    with pytest.raises(E.WeightsError, match=r"'bert' model, not a full CLIP model"):
+        E.load_encoders(str(E.packaged_minilm_dir()), device="cpu")
+    with pytest.raises(E.WeightsError, match="no-such-folder"):
+        E.load_encoders(str(tmp_path / "no-such-folder"), device="cpu")
+
+
+def test_last_blocks_name_the_final_layers(tiny_clip, mobilenet):
+    img_enc, _ = E.load_encoders(str(tiny_clip), device="cpu")
+    assert img_enc.last_blocks()[-1] is img_enc.backbone.visual_projection
+    assert [b for b in mobilenet.last_blocks()] == [mobilenet.backbone.features[17], mobilenet.backbone.features[18]]
+
+
+# ------------------------------------------------------------------------------------------------- devices
+
+
+class OnFakeDevice(torch.nn.Module):
+    """Stands in for a model on a GPU: lives on the 'meta' device, rejects inputs that were not moved there, and
+    returns 'meta' tensors that only a proper device-to-host copy can turn into numbers."""
+
+    def __init__(self, dim=5):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1, device="meta"))
+        self.dim, self.name, self.fingerprint, self.seen = dim, "fake", "fake", []
+
+    @property
+    def device(self):
+        return self.p.device
+
+    def forward(self, x=None, input_ids=None, attention_mask=None):
+        x = x if x is not None else input_ids
+        assert attention_mask is None or attention_mask.device.type == "meta"
+        self.seen.append(x.device.type)
+        assert x.device.type == "meta", f"input left on {x.device}"
+        return torch.ones(len(x), self.dim, device="meta")
+
+
+@pytest.fixture
+def host_copies(monkeypatch):
+    """Replace utils.device.to_numpy by a recorder: 'meta' tensors have no data to copy."""
+    from utils import device as D
+
+    calls = []
+
+    def fake(t):
+        calls.append(t.device.type)
+        return np.zeros(tuple(t.shape), np.float32)
+
+    monkeypatch.setattr(D, "to_numpy", fake)
+    return calls
+
+
+def test_feature_extraction_moves_inputs_to_the_encoder_and_results_back(host_copies):
+    enc = OnFakeDevice()
+    out = E.image_features(enc, images(5, 16), batch_size=2, cache=False)
+    assert out.shape == (5, 5) and enc.seen == ["meta"] * 3 and host_copies == ["meta"] * 3
+
+    class Tok:
+        def __call__(self, texts, **kw):
+            return {"input_ids": torch.ones(len(texts), 3, dtype=torch.long),
+                    "attention_mask": torch.ones(len(texts), 3, dtype=torch.long)}
+
+    text = E.TextEncoder(OnFakeDevice(), Tok(), name="fake", dim=5, fingerprint="f", pooling="clip", max_length=8)
+    assert text.encode(["a", "b", "c"], batch_size=2).shape == (3, 5)
+    assert text.model.seen == ["meta"] * 2 and host_copies[3:] == ["meta"] * 2

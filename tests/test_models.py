@@ -349,3 +349,93 @@ def test_with_encoders_reaches_the_backbone_only_when_finetuning(finetune):
     assert (enc.conv.weight.grad is not None) is finetune
     assert model.model.embed["body"][0][1].weight.grad is not None
     assert model(body=b["body"], text=b["text"])["logits"].shape == (4, 26)
+
+
+# ------------------------------------------------------------------------------ feature sizes from the features
+def odd_features(n=32, image=512, text=256, seed=0):
+    """Features of another encoder than the defaults (e.g. ResNet-18's 512-d image features, a 256-d text model)."""
+    g = np.random.default_rng(seed)
+    cat = (g.random((n, 26)) < 0.2).astype(np.float32)
+    cat[np.arange(n), g.integers(0, 26, n)] = 1
+    return {"body": g.normal(size=(n, image)).astype(np.float32), "context": g.normal(size=(n, image)).astype(np.float32),
+            "image": g.normal(size=(n, image)).astype(np.float32), "text": g.normal(size=(n, text)).astype(np.float32),
+            "cat": cat, "cont": (1 + 9 * g.random((n, 3))).astype(np.float32), "image_id": np.arange(n)}
+
+
+def test_feature_dims_reads_sizes_and_rejects_bad_shapes():
+    from utils.models import feature_dims
+
+    f = odd_features(image=77, text=33)
+    assert feature_dims(f) == {"body": 77, "context": 77, "image": 77, "text": 33}   # labels and ids ignored
+    assert feature_dims({"text": torch.zeros(4, 9)}) == {"text": 9}
+    with pytest.raises(ValueError, match=r"'body' features must be 2-D.*\(4, 3, 8\)"):
+        feature_dims({"body": np.zeros((4, 3, 8))})
+    with pytest.raises(ValueError, match="none of"):
+        feature_dims({"cat": np.zeros((4, 26))})
+
+
+ALL_MODELS = {
+    "EmoticBaseline": lambda f: EmoticBaseline.for_features(f, hidden=32),
+    "EmoticBaseline-learned": lambda f: EmoticBaseline.for_features(f, ("body", "text"), hidden=32, fusion="learned"),
+    "EmoticJoint": lambda f: EmoticJoint.for_features(f, hidden=32, shared_dim=8),
+    "EmoticJoint-image": lambda f: EmoticJoint.for_features(f, ("image",), hidden=32, shared_dim=8),
+    "FlickrJoint-cross": lambda f: FlickrJoint.for_features(f),
+    "FlickrJoint-shared": lambda f: FlickrJoint.for_features(f, space="shared", shared_dim=8),
+    "FlickrJoint-text": lambda f: FlickrJoint.for_features(f, towers=("text",)),
+}
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_builds_for_any_feature_size_and_trains(name):
+    from utils.training import fit, seed_everything
+
+    f = odd_features()
+    seed_everything(0)
+    model = ALL_MODELS[name](f)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = fit(model, f, epochs=1, batch_size=16, patience=None, progress=False, device="cpu")
+    assert np.isfinite(res.history[0]["train_loss"])
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    if name.startswith("Flickr"):
+        assert model.similarity(f["image"][:3], f["text"][:5]).shape == (3, 5)
+    else:
+        with torch.no_grad():
+            out = model(**{k: torch.from_numpy(f[k][:3]) for k in model.inputs})
+        assert out["logits"].shape == (3, 26)
+
+
+def test_features_of_another_size_are_named_not_a_matmul_error():
+    f = odd_features()
+    with pytest.raises(ValueError, match=r"EmoticBaseline: 'body' features are 512-d but the model was built for "
+                                         r"1280-d.*for_features"):
+        EmoticBaseline().loss({k: torch.from_numpy(v) for k, v in f.items()})
+    with pytest.raises(ValueError, match=r"FlickrJoint: 'text' features are 256-d .* 384-d"):
+        FlickrJoint(dims={"image": 512}).similarity(f["image"], f["text"])
+    with pytest.raises(TypeError, match="dims come from the features"):
+        EmoticJoint.for_features(f, dims={"text": 3})
+
+
+# ------------------------------------------------------------------------------------ fine-tuning the last blocks
+def test_finetune_last_trains_only_the_final_blocks_and_keeps_batchnorm_statistics():
+    from utils.encoders import ImageEncoder
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(8, 24, 3), torch.nn.BatchNorm2d(24),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    enc = ImageEncoder(backbone, name="tiny", dim=24, fingerprint="t", mean=[0.5] * 3, std=[0.25] * 3,
+                       head=torch.nn.Linear(24, 10), last=("3", "4"))
+    with pytest.raises(ValueError, match="finetune"):
+        WithEncoders(EmoticBaseline(("body",), **SMALL), {"body": enc}, finetune="all")
+    model = WithEncoders(EmoticBaseline(("body", "context"), dims={"body": enc.dim, "context": enc.dim}, hidden=32),
+                         {"body": enc, "context": enc}, finetune="last")
+    trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
+    assert trainable == {"backbone.3.weight", "backbone.3.bias", "backbone.4.weight", "backbone.4.bias"}
+    model.train()
+    assert enc.training and not backbone[1].training and not backbone[4].training   # BN in eval mode
+    stats = {k: v.clone() for k, v in enc.state_dict().items() if "running" in k}
+    b = emotic_batch(n=6)
+    b["body"], b["context"] = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16)
+    model.loss(b)["loss"].backward()
+    assert backbone[0].weight.grad is None and backbone[3].weight.grad is not None
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in stats.items())

@@ -1,6 +1,8 @@
 """The training loop: seeded determinism, early stopping, checkpoints, prediction, and the inference helper."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -204,3 +206,119 @@ def test_top_emotions_with_the_offline_encoders(tmp_path):
                        text_encoder=txt_enc, box=(10, 5, 50, 60), k=26)
     assert sorted(c for c, _ in top) == sorted(CATEGORIES)
     assert all(0 < s < 1 for _, s in top) and [s for _, s in top] == sorted((s for _, s in top), reverse=True)
+
+
+# ------------------------------------------------------------------------------- item datasets, fine-tuning
+def tiny_emotic_split(n=36, size=64, seed=0):
+    """An in-memory Emotic split of n 64 x 64 persons whose colour gives the category (0 reddish, 1 bluish)."""
+    import pandas as pd
+
+    from utils.data import EmoticSplit
+
+    rng = np.random.default_rng(seed)
+    label = np.arange(n) % 2
+    base = np.where(label[:, None] == 0, [200, 40, 40], [40, 40, 200])
+    img = np.clip(base[:, None, None, :] + rng.normal(0, 30, (n, size, size, 3)), 0, 255).astype(np.uint8)
+    cat = np.zeros((n, 26), np.float32)
+    cat[np.arange(n), label] = 1
+    cont = np.full((n, 3), 5.0, np.float32)
+    table = pd.DataFrame({"description": [f"person {i}" for i in range(n)]})
+    return EmoticSplit("train", Path("memory"), img, img[:, 8:56, 8:56], cat, cont, table)
+
+
+def test_batches_reads_item_datasets_one_index_at_a_time():
+    from torch.utils.data import Dataset
+
+    from utils.training import batches
+
+    class Items(Dataset):  # __getitem__ takes one int, as EmoticImageDataset's does
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            assert isinstance(i, int)
+            return {"x": torch.tensor([float(i)]), "name": f"item {i}"}
+
+    order = [b["x"][:, 0].long().tolist() for b in batches(Items(), 4, shuffle=True, seed=3)]
+    assert [len(o) for o in order] == [4, 4, 2] and sorted(sum(order, [])) == list(range(10))
+    assert order == [b["x"][:, 0].long().tolist() for b in batches(Items(), 4, shuffle=True, seed=3)]
+    assert order != [b["x"][:, 0].long().tolist() for b in batches(Items(), 4, shuffle=True, seed=4)]
+    first = next(iter(batches(Items(), 3)))
+    assert first["name"] == ["item 0", "item 1", "item 2"]
+    feats = next(iter(batches({"a": np.arange(5.0)}, 2)))            # dict of arrays: sliced a batch at a time
+    assert feats["a"].tolist() == [0.0, 1.0]
+
+
+def test_finetuning_mobilenet_end_to_end_on_images(tmp_path):
+    """EmoticImageDataset -> WithEncoders(MobileNetV2, finetune=True) -> fit / predict / checkpoint: the loss falls,
+    the backbone's weights move, its BatchNorm running statistics do not."""
+    from utils.data import EmoticImageDataset
+    from utils.encoders import load_image_encoder
+    from utils.models import WithEncoders
+
+    try:
+        enc = load_image_encoder("mobilenet_v2", device="cpu")
+    except Exception as e:  # the packaged weights are part of `make`
+        pytest.skip(f"offline MobileNetV2 unavailable: {e}")
+    split = tiny_emotic_split()
+    text = np.random.default_rng(1).normal(size=(len(split), 16)).astype(np.float32)
+    data = EmoticImageDataset(split, text_features=text)
+    seed_everything(0)
+    head = EmoticBaseline(("body", "context", "text"), dims={"body": enc.dim, "context": enc.dim, "text": 16},
+                          hidden=32).init_prior(split.cat, split.cont)
+    model = WithEncoders(head, {"body": enc, "context": enc}, finetune=True)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    res = fit(model, data, epochs=4, lr=1e-3, batch_size=12, patience=None, progress=False, device="cpu",
+              checkpoint_path=tmp_path / "ft.pt")
+    losses = [row["train_loss"] for row in res.history]
+    assert losses[-1] < 0.8 * losses[0], losses
+    after = enc.state_dict()
+    assert not torch.equal(before["backbone.features.0.0.weight"], after["backbone.features.0.0.weight"])
+    assert not torch.equal(before["backbone.features.18.0.weight"], after["backbone.features.18.0.weight"])
+    stats = [k for k in before if "running_" in k or "num_batches_tracked" in k]
+    assert len(stats) > 100 and all(torch.equal(before[k], after[k]) for k in stats)
+
+    out = predict(model, data, batch_size=10, carry=("cat",))
+    assert out["scores"].shape == (36, 26) and out["scores"].dtype == np.float32
+    np.testing.assert_array_equal(out["cat"], split.cat)
+    assert emotic_eval(model, data)["mAP"] > 0
+    state = torch.load(tmp_path / "ft.pt", weights_only=True)
+    assert any(k.startswith("encoders.body.backbone.") for k in state)
+    fresh = WithEncoders(EmoticBaseline(("body", "context", "text"), dims=head.dims, hidden=32),
+                         {"body": load_image_encoder("mobilenet_v2", device="cpu")}, finetune=True)
+    fresh.encoders["context"] = fresh.encoders["body"]
+    load_checkpoint(fresh, tmp_path / "ft.pt")
+    np.testing.assert_array_equal(predict(fresh, data, batch_size=10)["scores"], out["scores"])
+
+
+def test_predict_moves_batches_to_the_model_and_copies_results_back(monkeypatch):
+    """The model lives on the 'meta' device (standing in for a GPU): predict must move every input there and
+    bring every output back through utils.device.to_numpy."""
+    from utils import device as D
+
+    class OnMeta(torch.nn.Module):
+        inputs = ("body",)
+
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1, device="meta"))
+
+        def forward(self, body):
+            assert body.device.type == "meta", f"input left on {body.device}"
+            return {"scores": torch.zeros(len(body), 26, device="meta")}
+
+    copies = []
+    monkeypatch.setattr(D, "to_numpy", lambda t: copies.append(t.device.type) or np.zeros(tuple(t.shape), np.float32))
+    out = predict(OnMeta(), {"body": np.zeros((5, 4), np.float32)}, batch_size=2)
+    assert out["scores"].shape == (5, 26) and copies == ["meta"] * 3
+
+
+def test_fit_uses_the_configured_device(monkeypatch):
+    train, _ = emotic_data()
+    monkeypatch.setenv("MMER_DEVICE", "cpu")
+    model = EmoticBaseline(("body",), **SMALL)
+    fit(model, train, epochs=1, progress=False)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    monkeypatch.setenv("MMER_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="MMER_DEVICE"):
+        fit(model, train, epochs=1, progress=False)

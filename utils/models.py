@@ -2,6 +2,9 @@
 
 Every model takes *feature tensors* (see ``utils.encoders``: 1280-d MobileNetV2 pooled image features, 384-d
 L2-normalised MiniLM text features by default), so training is seconds on a CPU and the backbones run once.
+Feature sizes come from the features themselves: ``Model.for_features(features, ...)`` (or
+``dims=feature_dims(features)``) builds a model for any encoder (ResNet-50's 2048-d, CLIP's 512-d, ...); a model
+given features of another size says so by name instead of failing inside a matrix product.
 
 Emotic (26 categories + valence/arousal/dominance), both models' ``forward(body=, context=, text=)`` return a dict:
 ``logits`` (N, 26), ``scores`` (sigmoid of the logits), ``vad`` (N, 3, on the 1..10 scale) and ``embedding``
@@ -24,8 +27,9 @@ needed, so the ablation is which side is mapped: ``FlickrBaseline("image_to_text
 ``FlickrJoint(towers=("image",) | ("text",) | ("image", "text"))``.
 
 Fine-tuning the backbone (users with a GPU): wrap a model with ``WithEncoders(model, {"body": enc, "context": enc},
-finetune=True)``; it runs the image encoder inside ``forward`` so gradients reach it, and feeds raw image tensors
-instead of cached features. Everything else (``fit``, ``predict``) is unchanged.
+finetune=True)`` (or ``finetune="last"`` for the backbone's final blocks only); it runs the image encoder inside
+``forward`` so gradients reach it, and feeds raw image tensors (``utils.data.EmoticImageDataset``) instead of cached
+features. ``fit`` and ``predict`` take such item datasets unchanged.
 """
 from __future__ import annotations
 
@@ -39,15 +43,19 @@ from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from . import device as devices
+from .encoders import last_child_with_parameters
 from .labels import CATEGORIES
 
 __all__ = [
-    "FEATURE_DIMS", "mlp", "LogitScale", "info_nce", "max_violation", "dynamic_weights", "EmoticLoss",
+    "FEATURE_DIMS", "FEATURE_KEYS", "feature_dims", "mlp", "LogitScale", "info_nce", "max_violation", "dynamic_weights", "EmoticLoss",
     "EmoticBaseline", "EmoticJoint", "CanonicalCorrelation", "FlickrBaseline", "FlickrJoint", "WithEncoders",
 ]
 
 #: Feature sizes of the offline default encoders; pass ``dims=`` to the models for other encoders.
 FEATURE_DIMS = {"body": 1280, "context": 1280, "image": 1280, "text": 384}
+#: The input names models read features under.
+FEATURE_KEYS = ("body", "context", "image", "text")
 N_CAT = len(CATEGORIES)
 #: VAD lives on 1..10; heads predict in units of the half-range around the centre, so a zero output means 5.5.
 VAD_CENTRE, VAD_HALF = 5.5, 4.5
@@ -66,10 +74,45 @@ def mlp(in_dim: int, hidden: int | None, out_dim: int, dropout: float = 0.0) -> 
                          nn.Linear(hidden, out_dim))
 
 
-def _require(inputs: Mapping[str, torch.Tensor | None], names: Sequence[str], model: str) -> None:
+def feature_dims(features: Mapping[str, object]) -> dict[str, int]:
+    """Feature sizes by input name, read from the arrays: ``{"body": 512, "context": 512, "text": 256}``.
+
+    ``features`` is a dict of ``(N, D)`` arrays or tensors (a training dict, ``flickr_pairs(...)``); entries that
+    are not features (labels, ids) are ignored. Pass the result as ``dims=`` or use ``Model.for_features``.
+    """
+    dims = {}
+    for key in FEATURE_KEYS:
+        if key not in features:
+            continue
+        shape = tuple(getattr(features[key], "shape", np.shape(features[key])))
+        if len(shape) != 2:
+            raise ValueError(f"feature_dims: {key!r} features must be 2-D (rows, size), got shape {shape}")
+        dims[key] = int(shape[1])
+    if not dims:
+        raise ValueError(f"feature_dims: none of {list(FEATURE_KEYS)} among the keys {sorted(features)}")
+    return dims
+
+
+def _require(inputs: Mapping[str, torch.Tensor | None], names: Sequence[str], model: str,
+             dims: Mapping[str, int] | None = None) -> None:
     missing = [n for n in names if inputs.get(n) is None]
     if missing:
         raise ValueError(f"{model}: missing input feature(s) {missing}; this model was built for {list(names)}")
+    for n in names if dims else ():
+        got = inputs[n].shape[-1]
+        if got != dims[n]:
+            raise ValueError(f"{model}: {n!r} features are {got}-d but the model was built for {dims[n]}-d; build it "
+                             f"for your encoder with {model}.for_features(features, ...) or dims=feature_dims(features)")
+
+
+class _FromFeatures:
+    """``Model.for_features(features, **kwargs)``: the model with ``dims`` read from the feature arrays."""
+
+    @classmethod
+    def for_features(cls, features: Mapping[str, object], *args, **kwargs):
+        if "dims" in kwargs:
+            raise TypeError(f"{cls.__name__}.for_features: dims come from the features; do not pass dims=")
+        return cls(*args, dims=feature_dims(features), **kwargs)
 
 
 # ----------------------------------------------------------------------------------------- contrastive parts
@@ -190,7 +233,7 @@ def _heads_out(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------- Emotic models
-class EmoticBaseline(nn.Module):
+class EmoticBaseline(_FromFeatures, nn.Module):
     """Separate embeddings, late fusion.
 
     Each modality in ``modalities`` (any non-empty subset of body, context, text) has its own MLP embedding and
@@ -213,6 +256,7 @@ class EmoticBaseline(nn.Module):
         if fusion not in ("mean", "learned"):
             raise ValueError(f"EmoticBaseline: fusion must be 'mean' or 'learned', got {fusion!r}")
         self.inputs = self.modalities
+        self.dims = {m: int(dims[m]) for m in self.modalities}
         self.fusion, self.branch_weight = fusion, float(branch_weight)
         self.embed = nn.ModuleDict({m: nn.Sequential(mlp(dims[m], hidden, hidden, dropout), nn.GELU())
                                     for m in self.modalities})
@@ -233,7 +277,7 @@ class EmoticBaseline(nn.Module):
 
     def forward(self, body=None, context=None, text=None) -> dict[str, torch.Tensor]:
         feats = {"body": body, "context": context, "text": text}
-        _require(feats, self.modalities, type(self).__name__)
+        _require(feats, self.modalities, type(self).__name__, self.dims)
         embs = {m: self.embed[m](feats[m]) for m in self.modalities}
         raws = torch.stack([self.heads[m](embs[m]) for m in self.modalities])      # (M, N, 29)
         fused = (self.fusion_weights()[:, None, :] * raws).sum(dim=0)
@@ -255,7 +299,7 @@ class EmoticBaseline(nn.Module):
         return parts
 
 
-class EmoticJoint(nn.Module):
+class EmoticJoint(_FromFeatures, nn.Module):
     """Joint embedding: image and text in one shared space, aligned contrastively, fused for prediction.
 
     ``modalities`` is ``("image", "text")`` (default), ``("image",)`` or ``("text",)``; the image side reads the
@@ -281,6 +325,7 @@ class EmoticJoint(nn.Module):
             raise ValueError(f"EmoticJoint: fusion must be 'concat' or 'mean', got {fusion!r}")
         self.image_inputs = tuple(image_inputs) if "image" in self.modalities else ()
         self.inputs = self.image_inputs + (("text",) if "text" in self.modalities else ())
+        self.dims = {k: int(dims[k]) for k in self.inputs}
         self.fusion, self.align_weight = fusion, float(align_weight)
         self.towers = nn.ModuleDict()
         if "image" in self.modalities:
@@ -300,7 +345,7 @@ class EmoticJoint(nn.Module):
 
     def forward(self, body=None, context=None, text=None) -> dict[str, torch.Tensor]:
         feats = {"body": body, "context": context, "text": text}
-        _require(feats, self.inputs, type(self).__name__)
+        _require(feats, self.inputs, type(self).__name__, self.dims)
         z = {}
         if "image" in self.towers:
             z["image"] = F.normalize(self.towers["image"](torch.cat([feats[k] for k in self.image_inputs], 1)), dim=1)
@@ -451,7 +496,7 @@ class FlickrBaseline:
         return sim
 
 
-class FlickrJoint(nn.Module):
+class FlickrJoint(_FromFeatures, nn.Module):
     """Two towers into one L2-normalised space, trained with symmetric InfoNCE over in-batch negatives.
 
     ``towers`` says which side learns a map:
@@ -486,6 +531,7 @@ class FlickrJoint(nn.Module):
             raise ValueError(f"FlickrJoint: space must be 'cross' or 'shared', got {space!r}")
         self.space = space if len(self.towers_used) == 2 else "cross"
         self.inputs = ("image", "text")
+        self.dims = {k: int(dims[k]) for k in self.inputs}
         if self.space == "cross":  # each tower maps into the other modality's feature space
             out = {"image": dims["text"], "text": dims["image"]}
         else:
@@ -500,6 +546,7 @@ class FlickrJoint(nn.Module):
         self.hard_negative_weight, self.margin = float(hard_negative_weight), margin
 
     def _embed(self, side: str, x: torch.Tensor) -> torch.Tensor:
+        _require({side: x}, (side,), type(self).__name__, self.dims)
         if side not in self.towers:                     # frozen side of a single-tower model
             return F.normalize(x, dim=1)
         y = self.towers[side](x)
@@ -546,8 +593,10 @@ class FlickrJoint(nn.Module):
 
         def run(fn, arr):
             arr = torch.as_tensor(np.asarray(arr), dtype=torch.float32)
-            return torch.cat([fn(arr[i:i + batch_size].to(dev)).cpu() for i in range(0, len(arr), batch_size)]
-                             ).numpy() if len(arr) else np.zeros((0, 1), np.float32)
+            if not len(arr):
+                return np.zeros((0, 1), np.float32)
+            return np.concatenate([devices.to_numpy(fn(devices.to_device(arr[i:i + batch_size], dev)))
+                                   for i in range(0, len(arr), batch_size)])
         try:
             return run(self.encode_image, image_features), run(self.encode_text, text_features)
         finally:
@@ -561,30 +610,54 @@ class FlickrJoint(nn.Module):
 
 # ------------------------------------------------------------------------------------------ end-to-end option
 class WithEncoders(nn.Module):
-    """Run image encoders in front of a feature model, for end-to-end fine-tuning on a GPU.
+    """Run image encoders in front of a feature model, for end-to-end fine-tuning (a GPU job at real sizes).
 
     ``encoders`` maps an input name (``"body"``, ``"context"``, ``"image"``) to a module turning the raw batch
-    tensor (e.g. float (N, 3, H, W) in [0, 1], see ``utils.encoders.to_tensor``) into features; one encoder may
-    serve several inputs. With ``finetune=False`` the encoders stay frozen (and in eval mode), which reproduces
-    the cached-feature pipeline. Other inputs (text features, labels) pass through unchanged.
+    tensor (float (N, 3, H, W) in [0, 1], as ``utils.data.EmoticImageDataset`` yields) into features; one encoder
+    may serve several inputs. Build the wrapped model for the encoder's width, e.g.
+    ``EmoticBaseline(dims={"body": enc.dim, "context": enc.dim, "text": text_dim})``.
+
+    ``finetune``: ``False`` keeps the encoders frozen and in eval mode, which reproduces the cached-feature
+    pipeline; ``True`` trains every encoder weight; ``"last"`` trains only each encoder's final blocks
+    (``ImageEncoder.last_blocks()``: MobileNetV2's last two blocks, ResNet's ``layer4``, CLIP's last transformer
+    layer and projection), which suits small training sets. Whatever is trained, BatchNorm layers stay in eval
+    mode: their running statistics are the ImageNet ones the features were designed around, and a batch of a few
+    dozen crops would only make them noisy (their affine weights still train where the block is trainable).
+    Other inputs (text features, labels) pass through unchanged.
     """
 
-    def __init__(self, model: nn.Module, encoders: Mapping[str, nn.Module], finetune: bool = False):
+    FINETUNE = (False, True, "last")
+
+    def __init__(self, model: nn.Module, encoders: Mapping[str, nn.Module], finetune: bool | str = False):
         super().__init__()
+        if finetune not in self.FINETUNE:
+            raise ValueError(f"WithEncoders: finetune must be False, True or 'last', got {finetune!r}")
         self.model, self.encoders, self.finetune = model, nn.ModuleDict(dict(encoders)), finetune
         self.inputs = getattr(model, "inputs", tuple(encoders))
-        for p in self.encoders.parameters():
-            p.requires_grad_(finetune)
+        self.encoders.requires_grad_(finetune is True)
+        if finetune == "last":
+            for enc in {id(e): e for e in self.encoders.values()}.values():
+                blocks = enc.last_blocks() if hasattr(enc, "last_blocks") else last_child_with_parameters(enc)
+                for block in blocks:
+                    block.requires_grad_(True)
+        for enc in self.encoders.values():
+            head = getattr(enc, "head", None)  # an ImageNet classifier kept for checks: never part of training
+            if isinstance(head, nn.Module):
+                head.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
         if not self.finetune:
             self.encoders.eval()  # frozen BatchNorm statistics, as when the features were cached
+        else:
+            for m in self.encoders.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()  # running statistics stay as loaded; see the class docstring
         return self
 
     def _encode(self, batch: Mapping[str, torch.Tensor]) -> dict:
         out = dict(batch)
-        with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(bool(self.finetune) and torch.is_grad_enabled()):
             for k, enc in self.encoders.items():
                 if out.get(k) is not None:
                     out[k] = enc(out[k])
@@ -595,3 +668,4 @@ class WithEncoders(nn.Module):
 
     def loss(self, batch):
         return self.model.loss(self._encode(batch))
+

@@ -2,8 +2,14 @@
 
 Data are plain dicts of equal-length arrays (features and targets), e.g. for Emotic
 ``{"body": (N,1280), "context": (N,1280), "text": (N,384), "cat": (N,26), "cont": (N,3)}`` and for Flickr8k
-training pairs ``flickr_pairs(image_features, caption_features, caption_image)``. Models say which keys they read
-(``model.inputs``) and compute their own loss (``model.loss(batch)``), so ``fit`` knows nothing about datasets.
+training pairs ``flickr_pairs(image_features, caption_features, caption_image)``, or any torch ``Dataset`` whose
+``__getitem__(i)`` returns one sample as a dict (``utils.data.EmoticImageDataset``, for end-to-end fine-tuning
+with ``models.WithEncoders``). Models say which keys they read (``model.inputs``) and compute their own loss
+(``model.loss(batch)``), so ``fit`` knows nothing about datasets.
+
+Devices: the default is ``utils.device.device()`` (``$MMER_DEVICE``, else CUDA when present). Batches move with
+non-blocking copies from pinned memory on a GPU, the forward pass runs under bf16 autocast there (``amp``), and
+results come back through ``utils.device.to_numpy``.
 
 Reproducibility: ``fit`` seeds Python, NumPy and torch, shuffles with its own seeded generator, and on CPU turns
 on ``torch.use_deterministic_algorithms`` for its duration; build the model after ``seed_everything(seed)`` so the
@@ -26,11 +32,12 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
+from . import device as devices
 from .labels import CATEGORIES
 from .metrics import emotic_metrics, retrieval_metrics
 
 __all__ = [
-    "seed_everything", "default_device", "FeatureDataset", "batches", "flickr_pairs", "FitResult", "fit",
+    "seed_everything", "FeatureDataset", "batches", "flickr_pairs", "FitResult", "fit",
     "evaluate_loss", "predict", "emotic_eval", "flickr_eval", "load_checkpoint", "top_emotions",
 ]
 
@@ -40,10 +47,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -78,12 +81,24 @@ class FeatureDataset(Dataset):
         return {k: t[idx] for k, t in self.tensors.items()}
 
 
-def batches(data, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """A DataLoader over ``data`` (dict of arrays or Dataset) yielding dict batches; shuffled with a seeded
-    generator, so the order depends on ``seed`` only."""
+def batches(data, batch_size: int, shuffle: bool = False, seed: int = 0, device=None,
+            num_workers: int = 0) -> DataLoader:
+    """A DataLoader over ``data`` yielding dict batches; shuffled with a seeded generator, so the order depends on
+    ``seed`` only.
+
+    A dict of arrays or a ``FeatureDataset`` is sliced a whole batch at a time (a ``BatchSampler`` hands it lists
+    of rows); any other Dataset is read one item at a time and collated by torch's default collate (tensors
+    stacked, strings listed), optionally in ``num_workers`` processes. Batches are pinned when ``device`` is a GPU.
+    """
     ds = data if isinstance(data, Dataset) else FeatureDataset(data)
-    sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(ds)
-    return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None)
+    generator = torch.Generator().manual_seed(seed)
+    pin = device is not None and torch.device(device).type == "cuda"
+    if isinstance(ds, FeatureDataset):
+        sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
+        return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
+                          pin_memory=pin)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator if shuffle else None,
+                      num_workers=num_workers, pin_memory=pin, persistent_workers=False)
 
 
 def flickr_pairs(image_features, text_features, caption_image) -> dict[str, np.ndarray]:
@@ -94,8 +109,17 @@ def flickr_pairs(image_features, text_features, caption_image) -> dict[str, np.n
     return {"image": np.asarray(image_features)[cap], "text": np.asarray(text_features), "image_id": cap}
 
 
-def _to(batch: Mapping[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to(batch: Mapping[str, object], device) -> dict[str, object]:
+    """Tensors of a batch onto ``device`` (non-blocking from pinned memory); strings and lists stay as they are."""
+    return {k: devices.to_device(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _batch_size(batch: Mapping[str, object]) -> int:
+    return len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -131,19 +155,26 @@ def _loss_parts(loss_fn, model, batch) -> dict[str, torch.Tensor]:
     return out if isinstance(out, Mapping) else {"loss": out}
 
 
+def _amp(amp: bool | None, device: torch.device) -> bool:
+    return device.type == "cuda" if amp is None else bool(amp)
+
+
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, data, batch_size: int = 512, loss_fn=None, device=None) -> dict[str, float]:
+def evaluate_loss(model: nn.Module, data, batch_size: int = 512, loss_fn=None, device=None,
+                  amp: bool | None = None) -> dict[str, float]:
     """Mean of each loss part over ``data`` in eval mode (batches weighted by size)."""
-    device = device or next(model.parameters()).device
+    device = torch.device(device) if device is not None else _model_device(model)
     model.eval()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     n = 0
-    for batch in batches(data, batch_size):
-        size = len(next(iter(batch.values())))
-        for k, v in _loss_parts(loss_fn, model, _to(batch, device)).items():
-            sums[k] = sums.get(k, 0.0) + float(v) * size
+    for batch in batches(data, batch_size, device=device):
+        size = _batch_size(batch)
+        with devices.autocast(device, enabled=_amp(amp, device)):
+            parts = _loss_parts(loss_fn, model, _to(batch, device))
+        for k, v in parts.items():  # summed on the device: one transfer at the end, not one per batch
+            sums[k] = sums.get(k, 0.0) + v.detach().float() * size
         n += size
-    return {k: v / n for k, v in sums.items()}
+    return {k: float(devices.to_numpy(v)) / n for k, v in sums.items()}
 
 
 def _save_state(model: nn.Module, path: Path) -> None:
@@ -165,10 +196,12 @@ def fit(model: nn.Module, train_data, val_data=None, *, loss_fn: Callable | None
         metric_fn: Callable | None = None, monitor: str | None = None, mode: str | None = None,
         epochs: int = 30, lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 64,
         patience: int | None = 5, min_delta: float = 0.0, grad_clip: float | None = None, seed: int = 0,
-        checkpoint_path=None, device=None, progress: bool = True, desc: str | None = None) -> FitResult:
+        checkpoint_path=None, device=None, amp: bool | None = None, num_workers: int = 0,
+        progress: bool = True, desc: str | None = None) -> FitResult:
     """Train ``model`` with AdamW, validate every epoch, stop early, keep the best weights.
 
-    - ``train_data``: dict of arrays (or a Dataset returning dict batches); shuffled each epoch.
+    - ``train_data``: dict of arrays, a ``FeatureDataset``, or any Dataset of dict items (e.g.
+      ``EmoticImageDataset`` with a ``WithEncoders`` model); shuffled each epoch.
     - ``loss_fn(model, batch)`` -> tensor or dict with ``"loss"``; default ``model.loss(batch)``.
     - ``metric_fn(model, val_data)`` -> dict of metrics (e.g. ``emotic_eval``, ``flickr_eval``); default: the
       validation loss on ``val_data`` (a dict of arrays like ``train_data``).
@@ -176,11 +209,14 @@ def fit(model: nn.Module, train_data, val_data=None, *, loss_fn: Callable | None
       ``mode`` ``"max"``/``"min"`` (default: ``"min"`` for losses, errors and ranks, else ``"max"``).
     - ``patience``: stop after this many epochs without an improvement larger than ``min_delta`` (None: never).
     - ``checkpoint_path``: where the best state_dict is saved (optional). The model ends with the best weights.
+    - ``device``: default ``utils.device.device()``; ``amp``: bf16 autocast (default: on CUDA where supported,
+      never on CPU); ``num_workers``: loader processes for item datasets.
 
     Returns a ``FitResult``; its ``history`` rows hold ``epoch``, ``train_loss`` (and the other loss parts as
     ``train_<part>``), every scalar validation metric as ``val_<key>``, ``lr`` and ``seconds``.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = devices.resolve(device)
+    use_amp = _amp(amp, device)
     if val_data is None and metric_fn is not None:
         raise ValueError("fit: metric_fn given without val_data")
     if val_data is None:
@@ -212,18 +248,20 @@ def fit(model: nn.Module, train_data, val_data=None, *, loss_fn: Callable | None
             start = time.perf_counter()
             model.train()
             sums, n = {}, 0
-            for batch in batches(train_ds, batch_size, shuffle=True, seed=seed + epoch):
-                parts = _loss_parts(loss_fn, model, _to(batch, device))
+            for batch in batches(train_ds, batch_size, shuffle=True, seed=seed + epoch, device=device,
+                                 num_workers=num_workers):
+                with devices.autocast(device, enabled=use_amp):
+                    parts = _loss_parts(loss_fn, model, _to(batch, device))
                 opt.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 if grad_clip:
                     nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
-                size = len(next(iter(batch.values())))
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * size
+                size = _batch_size(batch)
+                for k, v in parts.items():  # kept on the device: no host sync per batch
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() * size
                 n += size
-            row = {"epoch": epoch, **{f"train_{k}": v / n for k, v in sums.items()}}
+            row = {"epoch": epoch, **{f"train_{k}": float(devices.to_numpy(v)) / n for k, v in sums.items()}}
             if not all(math.isfinite(v) for v in row.values()):
                 raise FloatingPointError(f"fit: non-finite training loss at epoch {epoch}: {row}")
             if val_data is not None:
@@ -231,7 +269,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, loss_fn: Callable | None
                 with torch.no_grad():
                     metrics = (metric_fn(model, val_data) if metric_fn is not None
                                else evaluate_loss(model, val_data, batch_size=max(batch_size, 512), loss_fn=loss_fn,
-                                                  device=device))
+                                                  device=device, amp=use_amp))
                 row.update(_scalars(metrics, "val_"))
                 if monitor not in metrics:
                     raise KeyError(f"fit: monitor {monitor!r} not among the validation metrics {sorted(metrics)}")
@@ -265,31 +303,39 @@ def fit(model: nn.Module, train_data, val_data=None, *, loss_fn: Callable | None
 # ----------------------------------------------------------------------------------------------- prediction
 @torch.no_grad()
 def predict(model: nn.Module, data, batch_size: int = 512, keys: Sequence[str] | None = None,
-            device=None) -> dict[str, np.ndarray]:
-    """Run ``model`` in eval mode over ``data`` (dict of arrays) and concatenate its outputs as numpy arrays.
+            device=None, amp: bool | None = None, carry: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Run ``model`` in eval mode over ``data`` (dict of arrays or a Dataset of dict items) and concatenate its
+    outputs as float32 / int numpy arrays.
 
     Only the keys the model reads (``model.inputs``) are passed to it; ``keys`` selects which outputs to keep
-    (default all), e.g. ``("scores", "vad")`` for Emotic. Flickr models score images against captions (different
-    row counts): use their ``similarity`` / ``embed`` methods instead.
+    (default all), e.g. ``("scores", "vad")`` for Emotic. ``carry`` copies batch entries into the result as well
+    (e.g. ``("cat", "cont")`` to get the labels of an item dataset in the same order). Flickr models score images
+    against captions (different row counts): use their ``similarity`` / ``embed`` methods instead.
     """
-    device = device or next(model.parameters()).device
+    device = torch.device(device) if device is not None else _model_device(model)
     inputs = getattr(model, "inputs", None)
     model.eval()
     chunks: dict[str, list] = {}
-    for batch in batches(data, batch_size):
-        feed = {k: v for k, v in _to(batch, device).items() if inputs is None or k in inputs}
-        out = model(**feed)
+    for batch in batches(data, batch_size, device=device):
+        batch = _to(batch, device)
+        feed = {k: v for k, v in batch.items() if inputs is None or k in inputs}
+        with devices.autocast(device, enabled=_amp(amp, device)):
+            out = model(**feed)
         for k, v in out.items():
             if keys is None or k in keys:
-                chunks.setdefault(k, []).append(v.detach().cpu().numpy())
+                chunks.setdefault(k, []).append(devices.to_numpy(v.float() if v.is_floating_point() else v))
+        for k in carry:
+            chunks.setdefault(k, []).append(devices.to_numpy(batch[k]))
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
 def emotic_eval(model: nn.Module, data, batch_size: int = 512) -> dict:
-    """Emotic validation metrics of ``model`` on ``data`` (dict with the feature keys, ``cat`` and ``cont``):
-    everything ``emotic_metrics`` reports, plus the loss and a flat ``vad_mae_mean`` for history tables."""
-    out = predict(model, data, batch_size, keys=("scores", "vad"))
-    metrics = emotic_metrics(out["scores"], data["cat"], out["vad"], data["cont"])
+    """Emotic validation metrics of ``model`` on ``data`` (dict with the feature keys, ``cat`` and ``cont``, or a
+    Dataset of such items): everything ``emotic_metrics`` reports, plus the loss and a flat ``vad_mae_mean``."""
+    labelled = isinstance(data, Mapping)
+    out = predict(model, data, batch_size, keys=("scores", "vad"), carry=() if labelled else ("cat", "cont"))
+    cat, cont = (data["cat"], data["cont"]) if labelled else (out["cat"], out["cont"])
+    metrics = emotic_metrics(out["scores"], cat, out["vad"], cont)
     metrics["vad_mae_mean"] = metrics["vad_mae"]["mean"]
     if hasattr(model, "loss"):
         metrics["loss"] = evaluate_loss(model, data, batch_size)["loss"]
