@@ -267,6 +267,9 @@ def test_permutation_test_random_draws_approach_exact_and_scipy():
     assert not drawn["exact"] and drawn["n_permutations"] == 800
     se = math.sqrt(exact * (1 - exact) / 800)
     assert abs(drawn["p_value"] - exact) < 4 * se + 2 / 800
+    # far apart: no random pattern reaches the observed difference, p is 1 / (draws + 1), never 0
+    far = S.paired_permutation_test(np.arange(20.0) + 100, np.arange(20.0), mean, n_permutations=199)
+    assert far["p_value"] == 1 / 200
     with pytest.raises(ValueError, match="same shape"):
         S.paired_permutation_test(y, x[:5], mean)
 
@@ -358,6 +361,9 @@ def test_difference_wording_branches():
     assert S.difference_wording(covers, "joint", "baseline", "mean R@1") == \
         "no detectable difference in mean R@1 between joint and baseline (joint - baseline = +0.8 points, " \
         "95 % CI -0.6 to 2.1, p = 0.31)"
+    # the interval decides, not the p-value (the two can disagree at the margin)
+    assert S.difference_wording({**higher, "p_value": 0.07}, "A", "B", "mAP").startswith("A is higher than B")
+    assert S.difference_wording({**covers, "p_value": 0.01}, "A", "B", "mAP").startswith("no detectable")
     no_p = {"difference": 1.0, "low": 0.2, "high": 1.5}
     assert S.difference_wording(no_p, "A", "B", "rank", unit="", digits=2) == \
         "A is higher than B in rank by 1.00 (95 % CI 0.20 to 1.50)"
