@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils import stats as S  # noqa: E402
+from utils import stats as S
 
 
 def timed(fn):

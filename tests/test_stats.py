@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-import warnings
 
 import numpy as np
 import pytest
@@ -108,7 +107,7 @@ def test_bootstrap_interval_equals_scipy_percentile_bootstrap(confidence):
 
 def test_bootstrap_is_seeded():
     x = np.random.default_rng(1).normal(size=30)
-    stat = lambda i: float(np.median(x[i]))  # noqa: E731
+    stat = lambda i: float(np.median(x[i]))
     assert S.bootstrap_interval(stat, 30, seed=5) == S.bootstrap_interval(stat, 30, seed=5)
     assert S.bootstrap_interval(stat, 30, seed=5) != S.bootstrap_interval(stat, 30, seed=6)
     with pytest.raises(ValueError, match="n_items"):
@@ -247,7 +246,7 @@ def test_permutation_test_exact_on_non_additive_metric():
     labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0], [0, 1], [0, 0], [1, 0]], float)
     a = labels + rng.normal(0, 0.4, labels.shape)
     b = rng.random(labels.shape)
-    mean_ap = lambda s: emotic_metrics(s, labels)["mAP"]  # noqa: E731
+    mean_ap = lambda s: emotic_metrics(s, labels)["mAP"]
     got = S.paired_permutation_test(a, b, mean_ap)
     assert got["exact"] and got["n_permutations"] == 2 ** 8
     assert got["p_value"] == _exact_p(a, b, mean_ap)
@@ -258,7 +257,7 @@ def test_permutation_test_random_draws_approach_exact_and_scipy():
     rng = np.random.default_rng(10)
     x = rng.normal(size=10)
     y = x + rng.normal(0.5, 1.0, size=10)
-    mean = lambda v: float(v.mean())  # noqa: E731
+    mean = lambda v: float(v.mean())
     exact = _exact_p(y, x, mean)
     ref = sps.permutation_test((y, x), lambda a, b: a.mean() - b.mean(), permutation_type="samples",
                                n_resamples=np.inf)
@@ -267,6 +266,9 @@ def test_permutation_test_random_draws_approach_exact_and_scipy():
     assert not drawn["exact"] and drawn["n_permutations"] == 800
     se = math.sqrt(exact * (1 - exact) / 800)
     assert abs(drawn["p_value"] - exact) < 4 * se + 2 / 800
+    # far apart: no random pattern reaches the observed difference, p is 1 / (draws + 1), never 0
+    far = S.paired_permutation_test(np.arange(20.0) + 100, np.arange(20.0), mean, n_permutations=199)
+    assert far["p_value"] == 1 / 200
     with pytest.raises(ValueError, match="same shape"):
         S.paired_permutation_test(y, x[:5], mean)
 
@@ -277,17 +279,17 @@ def test_compare_emotic_equals_generic_paired_functions():
     scores_b = np.round((scores_a + rng.normal(0, 0.3, scores_a.shape)) * 4) / 4
     vad_true = rng.uniform(1, 10, (30, 3))
     vad_a, vad_b = vad_true + rng.normal(size=(30, 3)), vad_true + rng.normal(size=(30, 3))
-    kw = dict(n_resamples=80, seed=4)
+    kw = {"n_resamples": 80, "seed": 4}
     for metric in ("mAP", "dominant_accuracy", "vad_mae"):
         got = S.compare_emotic(scores_a, scores_b, labels, metric, vad_a, vad_b, vad_true, n_permutations=150, **kw)
         if metric == "vad_mae":
-            stat = lambda s, v, i: emotic_metrics(s[i], labels[i], v[i], vad_true[i])["vad_mae"]["mean"]  # noqa
+            stat = lambda s, v, i: emotic_metrics(s[i], labels[i], v[i], vad_true[i])["vad_mae"]["mean"]
             rows_a, rows_b = vad_a, vad_b
-            perm_metric = lambda v: emotic_metrics(scores_a, labels, v, vad_true)["vad_mae"]["mean"]  # noqa
+            perm_metric = lambda v: emotic_metrics(scores_a, labels, v, vad_true)["vad_mae"]["mean"]
         else:
-            stat = lambda s, v, i: emotic_metrics(s[i], labels[i])[metric]  # noqa: E731
+            stat = lambda s, v, i: emotic_metrics(s[i], labels[i])[metric]
             rows_a, rows_b = scores_a, scores_b
-            perm_metric = lambda s: emotic_metrics(s, labels)[metric]  # noqa: E731
+            perm_metric = lambda s: emotic_metrics(s, labels)[metric]
         boot = S.paired_bootstrap(lambda i: stat(scores_a, vad_a, i), lambda i: stat(scores_b, vad_b, i), 30, **kw)
         perm = S.paired_permutation_test(rows_a, rows_b, perm_metric, n_permutations=150, seed=4)
         assert got["difference"] == pytest.approx(boot["difference"], abs=1e-12) == perm["difference"]
@@ -358,6 +360,9 @@ def test_difference_wording_branches():
     assert S.difference_wording(covers, "joint", "baseline", "mean R@1") == \
         "no detectable difference in mean R@1 between joint and baseline (joint - baseline = +0.8 points, " \
         "95 % CI -0.6 to 2.1, p = 0.31)"
+    # the interval decides, not the p-value (the two can disagree at the margin)
+    assert S.difference_wording({**higher, "p_value": 0.07}, "A", "B", "mAP").startswith("A is higher than B")
+    assert S.difference_wording({**covers, "p_value": 0.01}, "A", "B", "mAP").startswith("no detectable")
     no_p = {"difference": 1.0, "low": 0.2, "high": 1.5}
     assert S.difference_wording(no_p, "A", "B", "rank", unit="", digits=2) == \
         "A is higher than B in rank by 1.00 (95 % CI 0.20 to 1.50)"

@@ -19,7 +19,7 @@ draws ``scipy.stats.bootstrap(..., rng=np.random.default_rng(seed))`` makes, so 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import binomtest
@@ -27,9 +27,20 @@ from scipy.stats import binomtest
 from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
 
 __all__ = [
-    "wilson_interval", "success_rate_interval", "bootstrap_interval", "average_precision", "emotic_intervals",
-    "retrieval_intervals", "paired_bootstrap", "paired_permutation_test", "compare_emotic", "compare_retrieval",
-    "mcnemar_exact", "difference_wording", "seed_summary", "format_interval",
+    "average_precision",
+    "bootstrap_interval",
+    "compare_emotic",
+    "compare_retrieval",
+    "difference_wording",
+    "emotic_intervals",
+    "format_interval",
+    "mcnemar_exact",
+    "paired_bootstrap",
+    "paired_permutation_test",
+    "retrieval_intervals",
+    "seed_summary",
+    "success_rate_interval",
+    "wilson_interval",
 ]
 
 EMOTIC_METRICS = ("mAP", "dominant_accuracy", "vad_mae")
@@ -409,7 +420,7 @@ def _paired(boot: Callable[[np.ndarray], np.ndarray], perm: Callable[[np.ndarray
     null = np.concatenate([perm(masks) for masks in chunks])
     return {"difference": float(observed), "low": low, "high": high,
             "p_value": _permutation_p(observed, null, exact), "confidence": confidence,
-            "n_items": int(n), "n_resamples": int(n_resamples), "n_permutations": int(len(null)), "exact": exact}
+            "n_items": int(n), "n_resamples": int(n_resamples), "n_permutations": len(null), "exact": exact}
 
 
 def _stack_masks(masks: np.ndarray) -> np.ndarray:
