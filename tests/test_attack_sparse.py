@@ -116,3 +116,27 @@ def test_chooser_runs_both_searches_with_one_budget(near_boundary):
         sparse_rs(pipe, imgs.astype(np.float32))
     with pytest.raises(ValueError, match="pixels must be between 1 and 144"):
         sparse_rs(pipe, imgs, pixels=145)
+
+
+def test_a_step_keeps_the_best_proposal_only_when_not_worse():
+    """Sparse-RS's acceptance: the margin of an image's current pixels never gets worse."""
+    from test_attack_pixels import WhiteCounter, toy_images
+    from utils.attack.pipelines import Scorer, prepare_attack
+    from utils.attack.sparse import SparseImage, _step
+
+    imgs = toy_images(np.array([4]))
+    pipe = ClassifierPixelPipeline(WhiteCounter(), [0], 2)
+    scorer = Scorer(pipe, prepare_attack(pipe, imgs, None, None, 2, 8, "test"), 8)
+    free = np.argwhere((imgs[0, :, :4] != 255).any(-1))[:2]  # (y, x) of two non-white left-half cells
+    white = lambda j: [free[j, 1], free[j, 0], 255, 255, 255]  # noqa: E731
+    right = [[6, 0, 0, 0, 0], [7, 1, 0, 0, 0]]  # black pixels in the right half: count nothing
+    one, two, none = np.array([white(0), right[0]]), np.array([white(0), white(1)]), np.array(right)
+    st = SparseImage(index=0, rng=np.random.default_rng(0), pixels=one)
+    _step(scorer, [st], [one[None]])
+    m_one = st.margin
+    _step(scorer, [st], [np.stack([none, none])])  # only worse proposals: nothing changes
+    np.testing.assert_array_equal(st.pixels, one)
+    assert st.margin == m_one
+    _step(scorer, [st], [np.stack([none, two, none])])  # the better one is kept
+    np.testing.assert_array_equal(st.pixels, two)
+    assert st.margin < m_one and st.queries == 6 and st.active
