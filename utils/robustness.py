@@ -13,7 +13,7 @@ import torch
 
 from . import attack as A
 from . import encoders, stats
-from .experiments import Data, emotic_chance, slug, train_emotic, train_flickr_joint
+from .experiments import Data, Findings, emotic_chance, slug, train_emotic, train_flickr_joint
 from .labels import CATEGORIES, CATEGORY_INDEX
 from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
 from .poisoning import (MedianFilter, emotic_backdoor_success, median_filter_defence, poison_emotic, poison_flickr,
@@ -113,16 +113,17 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def blunting_sentence(tests: pd.DataFrame, a: str, b: str) -> str:
-    """Whether the clean text (model b = a + text) blunts the attack, decided by McNemar at the k where a's success
-    first reaches 50 % (or the largest k)."""
+def paired_sentence(tests: pd.DataFrame, a: str, b: str) -> str:
+    """Which of two models on the same items is fooled less often, decided by McNemar's exact test (5 % level) at
+    the smallest k where ``a`` is fooled on half its items (or the largest k). For ``b`` = ``a`` + the clean text,
+    "b is fooled less often" means the text blunts the attack."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return f"{a} vs {b}: no item was attacked by both"
     at = part[part["a fooled %"] >= 50]
     row = (at if len(at) else part).iloc[0]
-    verdict = ("the clean text blunts the attack" if row["p_value"] < 0.05 and row["only a fooled"] > row["only b fooled"]
-               else "the text makes the attack easier" if row["p_value"] < 0.05
+    verdict = (f"{b} is fooled less often" if row["p_value"] < 0.05 and row["only a fooled"] > row["only b fooled"]
+               else f"{a} is fooled less often" if row["p_value"] < 0.05
                else "no detectable difference")
     return (f"{a} vs {b} at {int(row['pixels'])} pixels, {int(row['items'])} items: fooled {row['a fooled %']:.0f} % "
             f"vs {row['b fooled %']:.0f} % (only {a}: {int(row['only a fooled'])}, only {b}: "
@@ -193,6 +194,22 @@ def emotic_defence(data: Data, models: dict, needed: dict, cfg: dict) -> pd.Data
     table["clean mAP"] = [emotic_metrics(predict(models[m], test)["scores"], test["cat"])["mAP"] for m in table.index]
     table["clean mAP, filtered"] = [emotic_metrics(predict(models[m], {**test, **filtered})["scores"], test["cat"])["mAP"]
                                     for m in table.index]
+    return table
+
+
+def flickr_defence(data: Data, models: dict, needed: dict, cfg: dict) -> pd.DataFrame:
+    """As :func:`emotic_defence` for Flickr8k: clean test mean R@1 without and with the median filter on the test
+    images, and how many successful attacks still fool the filtered pipeline."""
+    split, test = data.splits["test"], data.features["test"]
+    images = np.asarray(split.images)
+    filtered = encoders.image_features(data.image_encoder, median_filter_defence(images, cfg["median_size"]),
+                                       desc="filtered test images")
+    defended = flickr_pipelines(data, models, defended_encoder(data.image_encoder, cfg["median_size"]))
+    table = transfer_through_filter(needed, defended, images)
+    table["clean mean R@1"] = [retrieval_metrics(models[m].similarity(test["image"], test["text"]),
+                                                 test["caption_image"])["mean_R@1"] for m in table.index]
+    table["clean mean R@1, filtered"] = [retrieval_metrics(models[m].similarity(filtered, test["text"]),
+                                                           test["caption_image"])["mean_R@1"] for m in table.index]
     return table
 
 
@@ -278,20 +295,29 @@ def flickr_poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tup
 
 
 # ------------------------------------------------------------------------------------------------ findings
-def emotic_findings(curve: pd.DataFrame, median: pd.DataFrame, blunting: list[str], defence: pd.DataFrame,
-                    poisoning: pd.DataFrame, cfg: dict) -> "Findings":
-    """The sentences of notebook 05, computed from its tables."""
-    from .experiments import Findings
-
+def attack_lines(curve: pd.DataFrame, median: pd.DataFrame, cfg: dict, items: str) -> list[str]:
+    """One sentence per model: share fooled with at most the largest k (Wilson interval) and the median k needed."""
     k_max = max(cfg["pixels"])
-    at_max = curve[curve.pixels == k_max].set_index("model")
-    lines = [f"{m}: {r['success %']:.0f} % of {int(r['attacked'])} persons fooled with at most {k_max} pixels "
-             f"(95 % interval {r['success % low']:.0f} to {r['success % high']:.0f} %); median pixels needed "
-             + (f"{median.loc[m, 'median pixels']:g} [{median.loc[m, 'low']:g}, {median.loc[m, 'high']:g}]"
-                .replace(f"{median.attrs['over']:g}", f"> {k_max}") if "median pixels" in median.columns and
-                np.isfinite(median.loc[m].get("median pixels", np.nan)) else "n/a")
-             for m, r in at_max.iterrows()]
-    lines += blunting
+    over = median.attrs.get("over")
+    lines = []
+    for m, r in curve[curve.pixels == k_max].set_index("model").iterrows():
+        med = median.loc[m] if m in median.index else {}
+        if "median pixels" in med and np.isfinite(med["median pixels"]):
+            show = lambda v: f"> {k_max}" if v == over else f"{v:g}"  # noqa: E731
+            needed = f"median pixels needed {show(med['median pixels'])} [{show(med['low'])}, {show(med['high'])}]"
+        else:
+            needed = "no item attacked"
+        lines.append(f"{m}: {r['success %']:.0f} % of {int(r['attacked'])} {items} fooled with at most {k_max} "
+                     f"pixels (95 % interval {r['success % low']:.0f} to {r['success % high']:.0f} %); {needed}")
+    return lines
+
+
+def emotic_findings(curve: pd.DataFrame, median: pd.DataFrame, blunting: list[str], defence: pd.DataFrame,
+                    poisoning: pd.DataFrame, cfg: dict) -> Findings:
+    """The sentences of notebook 05, computed from its tables."""
+
+    at_max = curve[curve.pixels == max(cfg["pixels"])].set_index("model")
+    lines = attack_lines(curve, median, cfg, "persons") + blunting
     lines += [f"median filter, {m}: clean mAP {r['clean mAP']:.1f} -> {r['clean mAP, filtered']:.1f}; "
               f"{int(r['still fooled behind the filter'])} of {int(r['successes'])} successful attacks still fool it"
               for m, r in defence.iterrows()]
@@ -303,6 +329,25 @@ def emotic_findings(curve: pd.DataFrame, median: pd.DataFrame, blunting: list[st
     targets = {"attacked": {m: int(r["attacked"]) for m, r in at_max.iterrows()},
                "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()},
                "image_only_majority_fooled": {m: bool(r["success %"] > 50) for m, r in at_max.iterrows()}}
+    return Findings(lines, targets)
+
+
+def flickr_findings(curve: pd.DataFrame, median: pd.DataFrame, paired: list[str], defence: pd.DataFrame,
+                    poisoning: pd.DataFrame, cfg: dict) -> Findings:
+    """The sentences of notebook 06, computed from its tables."""
+    at_max = curve[curve.pixels == max(cfg["pixels"])].set_index("model")
+    lines = attack_lines(curve, median, cfg, "images") + paired
+    lines += [f"median filter, {m}: clean mean R@1 {r['clean mean R@1']:.1f} -> {r['clean mean R@1, filtered']:.1f}; "
+              f"{int(r['still fooled behind the filter'])} of {int(r['successes'])} successful attacks still fool it"
+              for m, r in defence.iterrows()]
+    top = poisoning[poisoning.fraction == max(cfg["poison_fractions"])]
+    lines += [f"poisoning {100 * r['fraction']:g} % of the training images, {r['model']}: the attacker's caption ranked "
+              f"first for {r['backdoor success %']:.0f} % [{r['backdoor success % low']:.0f}, "
+              f"{r['backdoor success % high']:.0f}] of triggered test images against "
+              f"{r['target top-1 on clean images %']:.0f} % of clean ones; clean mean R@1 {r['clean mean R@1']:.1f}"
+              for _, r in top.iterrows()]
+    targets = {"attacked": {m: int(r["attacked"]) for m, r in at_max.iterrows()},
+               "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()}}
     return Findings(lines, targets)
 
 
@@ -323,6 +368,6 @@ def top_category(scores) -> str:
 
 
 __all__ = ["attacked_rows", "emotic_pipelines", "flickr_pipelines", "budget", "pixels_needed", "success_table",
-           "median_pixels", "paired_attack_tests", "blunting_sentence", "attack_payload", "successes",
-           "transfer_through_filter", "defended_encoder", "emotic_filtered_features", "emotic_poisoning",
-           "flickr_poisoning", "rank1_rows", "emotic_right", "top_category", "emotic_chance"]
+           "median_pixels", "paired_attack_tests", "paired_sentence", "attack_payload", "successes",
+           "transfer_through_filter", "defended_encoder", "emotic_defence", "emotic_poisoning",
+           "flickr_poisoning", "flickr_defence", "flickr_findings", "attack_lines", "rank1_rows", "emotic_right", "top_category", "emotic_chance"]
