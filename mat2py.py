@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Emotic (PAMI) -> arrays + CSV, the artefacts published Emotic code reads (DESIGN.md section 4).
+"""Emotic (PAMI) -> arrays + CSV, the artefacts published Emotic code reads.
 
     python mat2py.py --data-dir /data/emotic --out data/full/emotic
     python mat2py.py --data-dir /data/emotic --out OUT --descriptions file --descriptions-file descriptions.csv
@@ -33,6 +33,7 @@ from utils.prep import emotic, io as prep_io
 from utils.prep.emotic import DESCRIPTION_SOURCES, SKIP_REASONS, SPLITS, Person, Record
 from utils.labels import CATEGORIES
 from utils.prep.io import PrepError
+from utils.results import write_json
 
 __version__ = "1.0.0"
 CONTEXT_SIZE, BODY_SIZE = 224, 128
@@ -195,7 +196,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 class Describer:
-    """Fills each row's ``description`` from the chosen source (DESIGN.md section 5)."""
+    """Fills each row's ``description`` from the chosen source (README, 'Real data')."""
 
     def __init__(self, source: str, file: Path | None = None, captioner: str | None = None,
                  caption_cache: Path | None = None, missing: str = "error"):
@@ -339,7 +340,7 @@ def prepare(args: argparse.Namespace) -> dict:
         if candidates and not any(s["images"] for s in manifest["splits"].values()):
             raise PrepError(f"{args.images}: not one annotated image could be read there; is --images right?")
         manifest["descriptions"] = describer.manifest()
-        prep_io.write_json(stage / "manifest.json", manifest)
+        write_json(stage / "manifest.json", manifest)
     return manifest
 
 

@@ -32,7 +32,8 @@ from PIL import Image
 from utils import __version__
 from utils.prep.flickr import SPLITS, STANDARD_SIZES, ImageItem, Plan, find_source, plan_splits
 from utils.prep.io import (ImageReadError, PrepError, RowWriter, load_rgb, npy_bytes, parallel_map, resize_rgb,
-                           sha256_prefix, staged_output, write_json)
+                           sha256_prefix, staged_output)
+from utils.results import write_json
 
 TOOL = "prepare_flickr8k"
 MISSING_IMAGE = "image file missing"

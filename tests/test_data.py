@@ -1,4 +1,4 @@
-"""Loading prepared artefacts: tiny folders written by hand here, in the format of DESIGN.md section 4."""
+"""Loading prepared artefacts: tiny folders written by hand here, in the artefact format the README documents."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""The three Emotic text sources (DESIGN.md section 5): metadata sentence, user CSV, captioner with its cache.
+"""The three Emotic text sources (README, section 'Real data'): metadata sentence, user CSV, captioner with its cache.
 
 The captioner is exercised with a tiny randomly initialised BLIP built and saved here, so the test runs offline.
 """

@@ -1,6 +1,6 @@
 """mat2py.py on a small Emotic dataset built here, independently of utils/synthetic.py, in the real PAMI nesting.
 
-Expected values are computed from the format description (DESIGN.md section 3-4) with plain PIL, never with the
+Expected values are computed from the format description (README, 'What the prep scripts write') with plain PIL, never with the
 code under test: counts, skip reasons, multi-hot labels, VAD, context and body pixels, CSV fields.
 """
 from __future__ import annotations

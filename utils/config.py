@@ -29,7 +29,9 @@ from . import paths
 #: MMER_* variables that are not knobs: where things live and what runs where (see ``utils.paths``)
 RESERVED = {"MMER_PROFILE", "MMER_OUTPUT", "MMER_CACHE", "MMER_DEVICE", "MMER_SLOW_TESTS"}
 
-_ENCODERS = dict(image_encoder="mobilenet_v2", text_encoder="all-MiniLM-L6-v2")
+# ``encoders``: one CLIP hub name or local folder for both sides (its image and text towers); when set it replaces
+# ``image_encoder`` and ``text_encoder``, and the Flickr8k notebooks add a "CLIP zero-shot" row.
+_ENCODERS = dict(image_encoder="mobilenet_v2", text_encoder="all-MiniLM-L6-v2", encoders=None)
 
 #: the base values of each experiment; each profile below changes only what it must
 BASE = {
@@ -74,7 +76,8 @@ PROFILES = {
                       joint_lr=3e-3, bootstrap=200, projection="pca", pr_categories=3, n_examples=2,
                       attack_persons=2, pixels=[1, 2], attack_queries=12, popsize=6, generations=1,
                       poison_fractions=[0.0, 0.3], gallery=2),
-        "demo": dict(seeds=3),
+        # demo: k from 4 up to 256, a small budget per k, so that 4 models x 24 persons fit in minutes on a CPU
+        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24),
         "full": dict(seeds=3, epochs=40, patience=6, batch_size=256, baseline_hidden=512, baseline_lr=1e-3,
                      align_sweep=[0.0, 0.3, 1.0], train_threads=None, pr_categories=6, n_examples=6,
                      attack_persons=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
@@ -85,7 +88,7 @@ PROFILES = {
                       patience=2, bootstrap=200, n_examples=2, n_linked=3, top_k=4,
                       attack_images=2, pixels=[1, 2], attack_queries=12, popsize=6, generations=1,
                       poison_fractions=[0.0, 0.2], gallery=2),
-        "demo": dict(seeds=3),
+        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=40),
         "full": dict(seeds=3, cca_components=128, epochs=40, batch_size=256, train_threads=None, n_linked=8,
                      attack_images=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
                      attack_batch=512, attack_threads=None, poison_fractions=[0.0, 0.01, 0.02, 0.05, 0.1], gallery=6),

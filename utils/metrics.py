@@ -44,7 +44,7 @@ def _as_2d(name: str, arr, n_cols: int | None = None) -> np.ndarray:
 
 def emotic_metrics(scores, labels, vad_pred=None, vad_true=None,
                    categories: Sequence[str] | None = None) -> dict:
-    """Emotic test metrics (DESIGN section 7) from category scores and multi-hot labels.
+    """Emotic test metrics from category scores and multi-hot labels.
 
     ``scores`` (N, K) are any monotone confidences (logits or probabilities give the same AP); ``labels`` (N, K)
     are 0/1. ``vad_pred`` / ``vad_true`` (N, 3) are valence/arousal/dominance on the 1..10 scale.
@@ -133,7 +133,7 @@ def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def retrieval_metrics(sim, caption_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """Flickr8k retrieval metrics (DESIGN section 7) from an (M images x C captions) similarity matrix.
+    """Flickr8k retrieval metrics from an (M images x C captions) similarity matrix.
 
     Returns ``i2t_R@k`` / ``t2i_R@k`` (percent) for each k, ``i2t_median_rank`` / ``t2i_median_rank`` (1-based;
     ``np.median``, so a half rank is possible with an even number of queries), ``mean_R@1`` (mean of the two R@1,

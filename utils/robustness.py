@@ -76,8 +76,9 @@ def success_table(needed: dict) -> pd.DataFrame:
 
 
 def median_pixels(needed: dict, cfg: dict) -> pd.DataFrame:
-    """Per model: the median number of pixels needed (images not fooled within the schedule count as more than its
-    largest k) with a percentile-bootstrap 95 % interval over the attacked items, and the queries spent."""
+    """Per model: the median number of pixels needed with a percentile-bootstrap 95 % interval over the attacked
+    items, and the queries spent. Items not fooled within the schedule count as more than its largest k; a median
+    or bound among them is shown as inf ("more than the largest k")."""
     over = 2 * max(cfg["pixels"])  # stands for "not fooled within the schedule"; shown as "> k_max"
     rows = {}
     for label, pn in needed.items():
@@ -88,12 +89,12 @@ def median_pixels(needed: dict, cfg: dict) -> pd.DataFrame:
             continue
         ci = stats.bootstrap_interval(lambda idx: float(np.median(k[idx])), len(k), n_resamples=cfg["bootstrap"],
                                       seed=cfg["seed"])
-        rows[label] = {"attacked": int(len(k)), "median pixels": ci["estimate"], "low": ci["low"], "high": ci["high"],
+        shown = {key: np.inf if ci[key] >= over else ci[key] for key in ("estimate", "low", "high")}  # inf: > k_max
+        rows[label] = {"attacked": int(len(k)), "median pixels": shown["estimate"], "low": shown["low"],
+                       "high": shown["high"],
                        "fooled within schedule %": 100 * float((k < over).mean()),
                        "mean queries per item": float(pn.queries[pn.attacked].mean())}
-    table = pd.DataFrame(rows).T
-    table.attrs["over"] = over
-    return table
+    return pd.DataFrame(rows).T
 
 
 def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFrame:
@@ -298,12 +299,11 @@ def flickr_poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tup
 def attack_lines(curve: pd.DataFrame, median: pd.DataFrame, cfg: dict, items: str) -> list[str]:
     """One sentence per model: share fooled with at most the largest k (Wilson interval) and the median k needed."""
     k_max = max(cfg["pixels"])
-    over = median.attrs.get("over")
     lines = []
     for m, r in curve[curve.pixels == k_max].set_index("model").iterrows():
         med = median.loc[m] if m in median.index else {}
-        if "median pixels" in med and np.isfinite(med["median pixels"]):
-            show = lambda v: f"> {k_max}" if v == over else f"{v:g}"  # noqa: E731
+        if "median pixels" in med and not np.isnan(med["median pixels"]):
+            show = lambda v: f"> {k_max}" if np.isinf(v) else f"{v:g}"  # noqa: E731
             needed = f"median pixels needed {show(med['median pixels'])} [{show(med['low'])}, {show(med['high'])}]"
         else:
             needed = "no item attacked"

@@ -3,13 +3,13 @@
 Why a module of its own: ``mat2py.py`` only orchestrates (streaming, staging, the command line); everything
 that knows the Emotic format lives here, where tests can reach it without writing any arrays.
 
-The format (DESIGN.md section 3): ``train``/``val``/``test`` are 1xN struct arrays of image records; each record holds
+The format: ``train``/``val``/``test`` are 1xN struct arrays of image records; each record holds
 a 1xP struct array ``person``. Train persons carry one annotation (``annotations_categories.categories``,
 ``annotations_continuous``); val/test persons carry per-annotator struct arrays plus the ``combined_categories`` and
 ``combined_continuous`` fields that published code uses as their labels. Fields are read by name, and every
 "struct array of length 1" or "cell of one string" that ``squeeze_me=True`` collapses to a scalar is accepted.
 
-Text sources (DESIGN.md section 5), none of which may look at the labels:
+Text sources, none of which may look at the labels:
 
 - :func:`metadata_description` builds a sentence from gender, age, the box's size and place in the frame and the
   source collection;

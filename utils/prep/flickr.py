@@ -1,6 +1,6 @@
 """Reading Flickr8k as downloaded: layout detection, caption parsing and the split by image.
 
-Flickr8k circulates in two layouts (DESIGN.md section 3), and both must give the same artefacts:
+Flickr8k circulates in two layouts, and both must give the same artefacts:
 
 - **Kaggle**: ``captions.txt``, a CSV with header ``image,caption`` (captions quoted when they hold commas or
   quotes), and the photos in ``Images/``.

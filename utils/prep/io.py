@@ -496,14 +496,6 @@ class RowWriter:
             self.close()
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def sha256_prefix(path: str | os.PathLike, n: int = 12) -> str:
     """Hex sha256 of a file, first ``n`` characters (used to record and check source and weight files)."""
     import hashlib
