@@ -55,7 +55,7 @@ class PixelPipeline:
         for m in self.modules:
             m.eval()
         if channels_last and modules and isinstance(modules[0], torch.nn.Module):
-            # nn.Module.to is in place; the image encoder's convolutions are what benefit (DESIGN section 6)
+            # nn.Module.to is in place; the image encoder's convolutions are what benefit
             modules[0].to(memory_format=torch.channels_last)
 
     @property
