@@ -1,0 +1,161 @@
+"""Notebooks 05 and 06 on smoke: every reported attack success re-fed through a plainly written pipeline, every
+reported rate recomputed from the saved arrays, every interval against scipy.
+
+The pipeline here is written out by hand, without ``utils.attack``: the clean image is read again from the artefact
+file, the saved pixels (x, y, r, g, b) are written into it, the image (and for Emotic the person's box cropped from
+it with ``roi_align``, 128 x 128) goes through the image encoder, then through the model loaded from the checkpoint
+the notebook names. A reported success must not have a true category (Emotic) / an own caption (Flickr8k) on top,
+and the re-fed scores must match the saved ones.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binomtest
+from torchvision.ops import roi_align
+
+pytestmark = pytest.mark.notebook
+
+
+def _saved(out: Path, name: str) -> tuple[dict, dict]:
+    doc = json.loads((out / "metrics" / f"{name}.json").read_text())
+    with np.load(out / "predictions" / doc["predictions"], allow_pickle=False) as z:
+        return doc, {k: z[k] for k in z.files}
+
+
+def _with_pixels(image: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    px = pixels[pixels[:, 0] >= 0]
+    adv = image.copy()
+    adv[px[:, 1], px[:, 0]] = px[:, 2:].astype(np.uint8)
+    assert (adv != image).any(-1).sum() <= len(px), "two saved pixels at one position"
+    return adv
+
+
+def _as_input(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+
+
+def _check_rates(doc: dict, p: dict, slugs: dict) -> int:
+    """The success table recomputed from the saved per-item k_needed; Wilson bounds from scipy. Returns successes."""
+    for row in doc["attack"]:
+        s = slugs[row["model"]]
+        k_needed, attacked = p[f"{s}_k_needed"], p[f"{s}_attacked"]
+        won = int(((k_needed > 0) & (k_needed <= row["pixels"]) & attacked).sum())
+        n = int(attacked.sum())
+        assert (row["successes"], row["attacked"]) == (won, n), (row, won, n)
+        if n:
+            ci = binomtest(won, n).proportion_ci(method="wilson")
+            assert row["success % low"] == pytest.approx(100 * ci.low) and row["success % high"] == pytest.approx(100 * ci.high)
+    return sum(int((p[f"{s}_k_needed"] > 0).sum()) for s in slugs.values())
+
+
+def _attack_runs(p: dict, slug: str):
+    """(k, arrays of that k's report) for every k the model was attacked at."""
+    for k in p[f"{slug}_schedule"]:
+        prefix = f"{slug}_k{k}_"
+        if prefix + "rows" in p:
+            yield int(k), {f: p[prefix + f] for f in ("rows", "attacked", "success", "pixels", "scores_after")}
+
+
+def refeed_emotic(out: Path, doc: dict, p: dict) -> int:
+    """Re-feed every success (and one failure per run) of notebook 05's saved arrays; returns successes confirmed."""
+    from utils import config, data, encoders, experiments, paths
+
+    cfg = config.load("emotic", doc["profile"])
+    test = data.load_emotic("test")
+    scenes = np.load(paths.artefact_dir("emotic") / "test_context_arr.npy", mmap_mode="r", allow_pickle=False)
+    labels = p["labels"].astype(bool)
+    encoder = encoders.load_image_encoder(cfg["image_encoder"]).eval()
+    text = encoders.text_features(encoders.load_text_encoder(cfg["text_encoder"]), test.descriptions, cache=False)
+    boxes = torch.from_numpy(np.asarray(test.boxes_224, np.float32))
+    dims = {"body": encoder.dim, "context": encoder.dim, "text": text.shape[1]}
+    slugs = {label: experiments.slug(label) for label in doc["checkpoints"]}
+    successes = _check_rates(doc, p, slugs)
+    refed = confirmed = 0
+    for label, ckpt in doc["checkpoints"].items():
+        model = experiments.emotic_model(label, cfg, dims)
+        model.load_state_dict(torch.load(out / "checkpoints" / ckpt, weights_only=True))
+        model.eval()
+        for k, run in _attack_runs(p, slugs[label]):
+            assert not (run["success"] & ~run["attacked"]).any(), f"{label}, k={k}: a success on an item not attacked"
+            for i in [*np.flatnonzero(run["success"]), *np.flatnonzero(run["attacked"] & ~run["success"])[:1]]:
+                row = int(run["rows"][i])
+                assert (run["pixels"][i][:, 0] >= 0).sum() <= k
+                x = _as_input(_with_pixels(np.array(scenes[row]), run["pixels"][i]))
+                with torch.no_grad():
+                    feats = {"context": encoder(x), "text": torch.from_numpy(text[row:row + 1])}
+                    feats["body"] = encoder(roi_align(x, torch.cat([torch.zeros(1, 1), boxes[row:row + 1]], 1),
+                                                      output_size=128, aligned=True))
+                    scores = model(**{m: feats[m] for m in model.inputs})["scores"][0].numpy()
+                fooled = not labels[row, scores.argmax()]
+                assert fooled == bool(run["success"][i]), (label, k, row, "re-fed top category disagrees")
+                assert np.allclose(scores, run["scores_after"][i], atol=1e-3), (label, k, row)
+                confirmed += int(fooled)
+                refed += 1
+    assert confirmed == successes, (confirmed, successes)
+    assert refed >= len(doc["checkpoints"]), "nothing was re-fed: no person attacked?"
+    return confirmed
+
+
+def refeed_flickr(out: Path, doc: dict, p: dict) -> int:
+    """Re-feed every success (and one failure per run) of notebook 06's saved arrays; returns successes confirmed."""
+    from utils import config, experiments, paths
+    from utils.models import FlickrJoint
+
+    cfg = config.load("flickr8k", doc["profile"])
+    ds = experiments.flickr_data(cfg)
+    images = np.load(paths.artefact_dir("flickr8k") / "test_images.npy", mmap_mode="r", allow_pickle=False)
+    owner = ds.features["test"]["caption_image"]
+    joint = FlickrJoint(dims=ds.dims, space=cfg["joint_space"], hidden=cfg["joint_hidden"],
+                        dropout=cfg["joint_dropout"], init_temperature=cfg["init_temperature"], margin=cfg["margin"],
+                        towers=("image", "text"))
+    (label, ckpt), = doc["checkpoints"].items()
+    joint.load_state_dict(torch.load(out / "checkpoints" / ckpt, weights_only=True))
+    models = {label: joint.eval(), "both maps": experiments.fit_flickr_baselines(ds, cfg)[0]["both maps"]}
+    captions, encoder = ds.features["test"]["text"], ds.image_encoder.eval()
+    slugs = {m: experiments.slug(m) for m in models}
+    successes = _check_rates(doc, p, slugs)
+    confirmed = 0
+    for name, model in models.items():
+        for k, run in _attack_runs(p, slugs[name]):
+            for i in [*np.flatnonzero(run["success"]), *np.flatnonzero(run["attacked"] & ~run["success"])[:1]]:
+                row = int(run["rows"][i])
+                with torch.no_grad():
+                    feats = encoder(_as_input(_with_pixels(np.array(images[row]), run["pixels"][i]))).numpy()
+                sim = np.asarray(model.similarity(feats, captions))[0]
+                fooled = owner[sim.argmax()] != row
+                assert fooled == bool(run["success"][i]), (name, k, row, "re-fed first caption disagrees")
+                assert np.allclose(sim, run["scores_after"][i], atol=1e-3), (name, k, row)
+                confirmed += int(fooled)
+    assert confirmed == successes, (confirmed, successes)
+    return confirmed
+
+
+def test_05_every_success_refed_through_a_plain_pipeline(notebook_runner):
+    out = notebook_runner.run("05_emotic_robustness")
+    refeed_emotic(out, *_saved(out, "05_emotic_robustness"))
+
+
+def test_06_every_success_refed_through_a_plain_pipeline(notebook_runner):
+    out = notebook_runner.run("06_flickr8k_robustness")
+    refeed_flickr(out, *_saved(out, "06_flickr8k_robustness"))
+
+
+@pytest.mark.parametrize("name, refeed", [("05_emotic_robustness", refeed_emotic), ("06_flickr8k_robustness", refeed_flickr)])
+def test_an_invented_success_fails_the_refeed(name, refeed, notebook_runner):
+    """Turning one failed attack into a "success" in the saved arrays must make the re-feed fail."""
+    out = notebook_runner.run(name)
+    doc, p = _saved(out, name)
+    for key in [k for k in p if k.endswith("_success") and "_k" in k]:
+        failed = np.flatnonzero(p[key.replace("_success", "_attacked")] & ~p[key])
+        if len(failed):
+            p[key] = p[key].copy()
+            p[key][failed[0]] = True
+            with pytest.raises(AssertionError):
+                refeed(out, doc, p)
+            return
+    pytest.skip("every attacked item was fooled: no failure to turn into an invented success")
