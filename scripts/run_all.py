@@ -78,18 +78,18 @@ def prepare_synthetic(profile: str, seed: int = 0) -> dict[str, Path]:
     from utils.synthetic import generator as fixtures
 
     raw = REPO / "data" / "raw" / profile
+    out = artefact_dirs(profile)
+    for name, folder in out.items():  # checked first: nothing is generated for a run that cannot proceed
+        manifest = folder / "manifest.json"
+        if manifest.is_file() and str(raw.resolve()) not in json.dumps(json.loads(manifest.read_text()).get("source")):
+            sys.exit(f"error: {manifest}: these {name} artefacts were not prepared from the synthetic {profile} data "
+                     f"in {raw}; refusing to overwrite them. Unset {name.upper()}_ARTEFACTS or use --profile full.")
     stamp = raw / ".complete"
     if not (stamp.is_file() and stamp.read_text().strip() == f"{FIXTURE_VERSION}:{seed}"):
         print(f"[data] generating synthetic {profile} datasets in {raw}", flush=True)
         shutil.rmtree(raw, ignore_errors=True)  # no stale files from an older generator
         fixtures.make_all(raw, size=profile, seed=seed)
         stamp.write_text(f"{FIXTURE_VERSION}:{seed}\n")
-    out = artefact_dirs(profile)
-    for name, folder in out.items():
-        manifest = folder / "manifest.json"
-        if manifest.is_file() and str(raw.resolve()) not in json.dumps(json.loads(manifest.read_text()).get("source")):
-            sys.exit(f"error: {manifest}: these {name} artefacts were not prepared from the synthetic {profile} data "
-                     f"in {raw}; refusing to overwrite them. Unset {name.upper()}_ARTEFACTS or use --profile full.")
     if not _fresh(out["emotic"] / "manifest.json", stamp):
         _run([sys.executable, "mat2py.py", "--data-dir", raw / "emotic", "--out", out["emotic"],
               "--descriptions", "file", "--descriptions-file", raw / "emotic" / "descriptions.csv"])
