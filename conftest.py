@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import run_all  # noqa: E402
 
 CELL_TIMEOUT = 600  # seconds allowed per notebook cell; --notebook-cell-timeout changes it
+KERNEL_ENV: dict[str, str] = {}  # filled by pytest_configure
 
 
 def pytest_addoption(parser):
@@ -40,6 +41,9 @@ def pytest_configure(config):
     # Always the throw-away folder (never a user's MMER_OUTPUT): the notebook tests empty it.
     os.environ["MMER_OUTPUT"] = str(REPO / "outputs" / f"test-{profile}")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # The kernels get the environment as it is now: a unit test that leaks a variable cannot reach them.
+    KERNEL_ENV.clear()
+    KERNEL_ENV.update(os.environ)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -76,7 +80,7 @@ class NotebookRunner:
 
         target = self.output / "notebooks" / f"{name}.ipynb"
         try:
-            run_all.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", target, self.timeout)
+            run_all.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", target, self.timeout, env=KERNEL_ENV)
         except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
             return f"{name}.ipynb{self._failing_cell(target)} failed (executed copy: {target}):\n" + _ANSI.sub("", str(err))
         return None
@@ -99,11 +103,11 @@ class NotebookRunner:
 @pytest.fixture(scope="session")
 def notebook_runner(request) -> NotebookRunner:
     """Prepare the data once (not for ``full``: its artefacts must already exist) and empty the output folder."""
-    profile = os.environ["MMER_PROFILE"]
+    profile = KERNEL_ENV["MMER_PROFILE"]
     if profile != "full":
         subprocess.run([sys.executable, str(REPO / "scripts" / "run_all.py"), "--profile", profile, "--prepare-only"],
-                       cwd=REPO, check=True)
-    output = Path(os.environ["MMER_OUTPUT"])
+                       cwd=REPO, check=True, env=KERNEL_ENV)
+    output = Path(KERNEL_ENV["MMER_OUTPUT"])
     shutil.rmtree(output, ignore_errors=True)  # checkpoints of an earlier session would hide a training failure
     output.mkdir(parents=True)
     return NotebookRunner(output, request.config.getoption("--notebook-cell-timeout"))

@@ -155,10 +155,11 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
             if not only or any(p.name.startswith(o) for o in only)]
 
 
-def execute_notebook(nb_path: Path, target: Path, timeout: int) -> None:
+def execute_notebook(nb_path: Path, target: Path, timeout: int, env: dict | None = None) -> None:
     """Execute one notebook (working directory: its folder) and write the executed copy to ``target``, also when a
-    cell fails, so the copy shows the error. Raises nbclient's ``CellExecutionError`` (its message holds the
-    failing cell and traceback) or ``CellTimeoutError`` when a cell runs longer than ``timeout`` seconds."""
+    cell fails, so the copy shows the error. ``env``: the kernel's whole environment (default: this process's).
+    Raises nbclient's ``CellExecutionError`` (its message holds the failing cell and traceback) or
+    ``CellTimeoutError`` when a cell runs longer than ``timeout`` seconds."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -166,7 +167,7 @@ def execute_notebook(nb_path: Path, target: Path, timeout: int) -> None:
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(nb_path.parent)}})
     try:
-        client.execute()
+        client.execute(**({} if env is None else {"env": dict(env)}))
     finally:
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target)

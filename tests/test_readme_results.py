@@ -158,9 +158,11 @@ def test_output_and_artefact_folders_come_from_the_environment(tmp_path, monkeyp
 
 def test_execute_notebooks_keeps_the_output_folder_it_is_given(tmp_path, monkeypatch):
     """The kernels get MMER_OUTPUT = the folder of this run (before, the job overwrote it with outputs/<profile>)."""
+    for var in ("MMER_PROFILE", "EMOTIC_ARTEFACTS", "FLICKR8K_ARTEFACTS"):  # set by the job: restored afterwards
+        monkeypatch.setenv(var, "")
     monkeypatch.setenv("MMER_OUTPUT", str(tmp_path / "mine"))
     seen = []
-    monkeypatch.setattr(run_all, "execute_notebook", lambda nb, target, timeout: seen.append(
+    monkeypatch.setattr(run_all, "execute_notebook", lambda nb, target, timeout, env=None: seen.append(
         (nb.name, target, run_all.os.environ["MMER_OUTPUT"])))
     done = run_all.execute_notebooks("demo", {"emotic": tmp_path, "flickr8k": tmp_path}, ["01"], 10)
     assert seen == [("01_emotic_baseline.ipynb", tmp_path / "mine" / "notebooks" / "01_emotic_baseline.ipynb",
