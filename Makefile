@@ -1,6 +1,8 @@
 # Two entry points; each creates the virtual environment on first use (idempotent: a second run skips it).
-#   make run    prepare data (bundled synthetic data unless real data is configured) and execute all notebooks
-#   make test   unit tests + every notebook executed under nbval on the smoke fixtures
+#   make run    prepare data (bundled synthetic data unless real data is configured) and execute all notebooks;
+#               the demo profile also rewrites the results block of README.md from the saved outputs
+#   make test   unit tests, then every notebook executed on the smoke fixtures and its saved numbers recomputed
+#               (unit tests alone: .venv/bin/python -m pytest -m "not notebook")
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

@@ -20,6 +20,7 @@ Overrides, strongest last:
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -134,7 +135,8 @@ def load(experiment: str, profile: str | None = None, environ=None, **overrides)
         raise KeyError(f"{experiment}: unknown settings {sorted(unknown)}")
     cfg = {**BASE[experiment], **PROFILES[experiment][profile],
            **_environment_overrides(experiment, os.environ if environ is None else environ), **overrides}
-    return {"experiment": experiment, "profile": profile, **cfg}
+    # a deep copy: a caller that edits a list (e.g. appends a pixel budget) must not change the defaults
+    return copy.deepcopy({"experiment": experiment, "profile": profile, **cfg})
 
 
 def main(argv=None) -> int:
