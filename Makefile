@@ -3,12 +3,14 @@
 #               the demo profile also rewrites the results block of README.md from the saved outputs
 #   make test   unit tests, then every notebook executed on the smoke fixtures and its saved numbers recomputed
 #               (unit tests alone: .venv/bin/python -m pytest -m "not notebook")
+#   make gpu-check  on a CUDA machine: the tests and the demo notebooks on the GPU, with their times
+#   make bench      the benchmark scripts (they print figures; none is a test)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench venv clean
+.PHONY: run test bench gpu-check venv clean
 
 run: $(STAMP)
 	$(PY) scripts/run_all.py
@@ -20,7 +22,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_prep.py
 	$(PY) benchmarks/bench_cache.py
 	$(PY) benchmarks/bench_attack.py
+	$(PY) benchmarks/bench_stats.py
 	$(PY) benchmarks/bench_notebooks.py
+
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py
 
 venv: $(STAMP)
 
