@@ -605,7 +605,10 @@ def flickr_payload(sims: dict, data: Data, main: str) -> dict:
     return payload
 
 
-def _jsonable_table(table: pd.DataFrame) -> dict:
+def _jsonable_table(table: pd.DataFrame) -> dict | list:
+    """Rows keyed by their label, or a list of rows when the index is just a row number."""
+    if isinstance(table.index, pd.RangeIndex):
+        return [{str(c): v for c, v in row.items()} for row in table.to_dict("records")]
     return {str(k): {str(c): v for c, v in row.items()} for k, row in table.to_dict("index").items()}
 
 

@@ -116,13 +116,13 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
 
 def paired_sentence(tests: pd.DataFrame, a: str, b: str) -> str:
     """Which of two models on the same items is fooled less often, decided by McNemar's exact test (5 % level) at
-    the smallest k where ``a`` is fooled on half its items (or the largest k). For ``b`` = ``a`` + the clean text,
+    the smallest k where ``a`` is fooled on half its items, else at the largest k. For ``b`` = ``a`` + the clean text,
     "b is fooled less often" means the text blunts the attack."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return f"{a} vs {b}: no item was attacked by both"
     at = part[part["a fooled %"] >= 50]
-    row = (at if len(at) else part).iloc[0]
+    row = at.iloc[0] if len(at) else part.iloc[-1]
     verdict = (f"{b} is fooled less often" if row["p_value"] < 0.05 and row["only a fooled"] > row["only b fooled"]
                else f"{a} is fooled less often" if row["p_value"] < 0.05
                else "no detectable difference")
@@ -276,7 +276,10 @@ def flickr_poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tup
         if len(p.indices):
             poisoned["image"] = poisoned["image"].copy()
             poisoned["image"][p.indices] = encoders.image_features(data.image_encoder, p.images)
-            poisoned["text"] = encoders.text_features(data.text_encoder, p.caption_texts)
+            # every caption of a poisoned image became the target caption: its features, not a re-encoding of all
+            replaced = np.isin(p.caption_image, p.indices)
+            poisoned["text"] = poisoned["text"].copy()
+            poisoned["text"][replaced] = target_text[0]
         tag = "clean" if fraction == 0 else f"poison-{fraction:g}"
         models = {label: train_flickr_joint(data, cfg, label, train=poisoned, tag=tag, progress=False).model,
                   "both maps": baseline_factory(poisoned)}
