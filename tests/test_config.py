@@ -26,7 +26,7 @@ def test_every_profile_resolves_to_base_then_profile_values(experiment, profile)
 
 def test_profiles_differ_where_they_should():
     smoke, demo, full = (config.load("emotic", p, environ={}) for p in ("smoke", "demo", "full"))
-    assert (smoke["epochs"], smoke["bootstrap"], smoke["pixels"]) == (3, 200, [1, 2])
+    assert (smoke["epochs"], smoke["bootstrap"], smoke["pixels"]) == (3, 200, [4, 256])
     assert demo["epochs"] == config.BASE["emotic"]["epochs"] and demo["seeds"] == 3
     assert full["seeds"] == 3 and full["attack_queries"] == 10000
 

@@ -75,7 +75,7 @@ PROFILES = {
     "emotic": {
         "smoke": dict(epochs=3, patience=None, baseline_hidden=64, joint_hidden=64, joint_shared_dim=32,
                       joint_lr=3e-3, bootstrap=200, projection="pca", pr_categories=3, n_examples=2,
-                      attack_persons=2, pixels=[1, 2], attack_queries=12, popsize=6, generations=1,
+                      attack_persons=3, pixels=[4, 256], attack_queries=12, popsize=6, generations=1,
                       poison_fractions=[0.0, 0.3], gallery=2),
         # demo: k from 4 up to 256, a small budget per k, so that 4 models x 24 persons fit in minutes on a CPU
         "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=12),
@@ -87,7 +87,7 @@ PROFILES = {
     "flickr8k": {
         "smoke": dict(ridge_alphas=[10.0, 1000.0], cca_regs=[0.1], cca_components=8, epochs=3, batch_size=32,
                       patience=2, bootstrap=200, n_examples=2, n_linked=3, top_k=4,
-                      attack_images=2, pixels=[1, 2], attack_queries=12, popsize=6, generations=1,
+                      attack_images=3, pixels=[4, 256], attack_queries=12, popsize=6, generations=1,
                       poison_fractions=[0.0, 0.2], gallery=2),
         "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24),
         "full": dict(seeds=3, cca_components=128, epochs=40, batch_size=256, train_threads=None, n_linked=8,
