@@ -193,7 +193,9 @@ def _ranks(world: int):
 def test_shards_of_any_rank_count_merge_to_the_same_arrays(tmp_path, monkeypatch):
     monkeypatch.setenv("MMER_OUTPUT", str(tmp_path))
     job = _toy_job()
-    whole = R.attack_arrays(R.attack_items(job.pipelines, job.images, job.rows, job.cfg, chunk=3), job.key, job.rows)
+    # reference: one search over all ten rows, no sharding or merging code involved
+    one = R.A.pixels_needed(job.pipelines["toy"], job.images, job.rows, schedule=job.cfg["pixels"], **R.budget(job.cfg))
+    whole = R.attack_arrays({"toy": one}, job.key, job.rows)
     assert (whole["toy_k_needed"] > 0).any()
     for world in (1, 3):
         shutil.rmtree(tmp_path / "attacks", ignore_errors=True)
