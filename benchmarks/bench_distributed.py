@@ -39,7 +39,7 @@ def _env(profile: str, output: Path, cache: Path, threads: int, args) -> dict:
 
 def _run(cmd: list[str], env: dict) -> tuple[float, float, str]:
     t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if proc.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
@@ -66,8 +66,9 @@ def main(argv=None) -> int:
     subprocess.run([sys.executable, SCRIPT, "flickr8k", "--features-only"], env=_env(args.profile, warm, cache, 2,
                                                                                     args), cwd=REPO, check=True,
                    capture_output=True)
-    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.');"
-                    "from utils import config, robustness as R; R.attack_job(config.load('flickr8k'))"],
+    warm_models = "import sys; sys.path.insert(0, '.'); from utils import config, robustness as R; " \
+                  "R.attack_job(config.load('flickr8k'))"
+    subprocess.run([sys.executable, "-c", warm_models],
                    env=_env(args.profile, warm, cache, 2, args), cwd=REPO, check=True, capture_output=True)
 
     runs = {
@@ -91,8 +92,8 @@ def main(argv=None) -> int:
     ref_name = "2 processes x 1 thread"
     ref_wall, ref_attack = results[ref_name]
     ref = merged[ref_name]
-    print(f"\n{args.profile} Flickr8k, {args.limit} images x 2 models, pixels {args.pixels}, {args.queries} queries per k; "
-          f"{os.cpu_count()} CPUs (shared machine: compare runs made together)")
+    print(f"\n{args.profile} Flickr8k, {args.limit} images x 2 models, pixels {args.pixels}, {args.queries} queries "
+          f"per k; {os.cpu_count()} CPUs (shared machine: compare runs made together)")
     for name, (wall, attack) in results.items():
         got = merged[name]
         decisions = all(np.array_equal(got[k], ref[k]) for k in ref if k.endswith(("_k_needed", "_attacked",

@@ -24,9 +24,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from torch.distributed.elastic.multiprocessing.errors import record  # noqa: E402
+from torch.distributed.elastic.multiprocessing.errors import record
 
-from utils import config, distributed as D, robustness as R  # noqa: E402
+from utils import config
+from utils import distributed as D
+from utils import robustness as R
+
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="scripts/robustness.py", description=__doc__.split("\n\n")[0])
@@ -58,7 +61,9 @@ def _threads(cfg: dict) -> dict:
 
 def features_only(run: D.Launch, cfg: dict, shard_size: int) -> None:
     """Every split's frozen features, each rank extracting its shards; rank 0 assembles each whole input."""
-    from utils import data as data_module, experiments as X, paths
+    from utils import data as data_module
+    from utils import experiments as X
+    from utils import paths
 
     if cfg["experiment"] == "emotic":
         root = paths.require_artefacts("emotic", [f for s in X.SPLITS for f in data_module.emotic_files(s)])

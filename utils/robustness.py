@@ -575,9 +575,8 @@ def merge_needed(parts: list[dict]) -> dict:
                                             model_queries=sum(r.model_queries for r in reps),
                                             search_seconds=sum(r.search_seconds for r in reps),
                                             model_seconds=sum(r.model_seconds for r in reps))
-        cat = lambda f: np.concatenate([getattr(p, f) for p in ps])  # noqa: E731
-        merged[label] = A.PixelsNeeded(rows=cat("rows"), attacked=cat("attacked"), k_needed=cat("k_needed"),
-                                       queries=cat("queries"), schedule=schedule, reports=reports)
+        cat = {f: np.concatenate([getattr(p, f) for p in ps]) for f in ("rows", "attacked", "k_needed", "queries")}
+        merged[label] = A.PixelsNeeded(**cat, schedule=schedule, reports=reports)
     return merged
 
 
@@ -633,8 +632,7 @@ def attack_job(cfg: dict, rows: str = "notebook", limit: int | None = None) -> A
     same trained (or loaded) models and pipelines. ``rows``: ``notebook`` (the notebook's seeded draw among the
     items every model gets right), ``correct`` (all of those), ``all`` (every test row; items a model gets wrong
     are recorded as not attacked), or an explicit list (``"3,17,42"`` or ``@file``); ``limit`` keeps the first."""
-    from .experiments import (emotic_data, emotic_predictions, fit_flickr_baselines, flickr_data,
-                              flickr_similarities)
+    from .experiments import emotic_data, emotic_predictions, fit_flickr_baselines, flickr_data, flickr_similarities
 
     if cfg["experiment"] == "emotic":
         data = emotic_data(cfg)
