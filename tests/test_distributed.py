@@ -1,0 +1,269 @@
+"""The robustness attacks sharded over processes (scripts/robustness.py under torchrun) against the single-process
+result, value by value: two gloo processes give the very arrays one process gives; a killed run resumes without
+redoing its finished shards; a failing shard, a missing or corrupt shard file stop with their names; the sharded
+feature extraction fills the cache with the numbers a single extraction gives.
+
+The torchrun tests run on the smoke Flickr8k data (prepared once, as for the notebooks) with a budget that fools
+some images, 2 CPU processes with one thread each; the others use a toy classifier in-process.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from utils import config, encoders
+from utils import distributed as D
+from utils import robustness as R
+from utils.attack import ClassifierPixelPipeline
+from utils.results import save_predictions
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = str(REPO / "scripts" / "robustness.py")
+#: a small attack that fools some of the smoke test images: 2 then 16 pixels, 30 queries per k; one thread, as
+#: in each torchrun process (on a CPU the thread count can change the last bits of the scores)
+SMALL = {"MMER_PIXELS": "[2, 16]", "MMER_ATTACK_QUERIES": "30", "MMER_ATTACK_THREADS": "1"}
+ARGS = ["flickr8k", "--rows", "correct", "--shard-size", "1"]
+
+
+def _env(output: Path, cache: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMER_")}
+    env.update(MMER_PROFILE="smoke", MMER_OUTPUT=str(output), MMER_CACHE=str(cache), MMER_DEVICE="cpu",
+               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **SMALL, **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Smoke data prepared, features cached and models trained once; the single-process reference attack."""
+    root = tmp_path_factory.mktemp("distributed")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "run_all.py"), "--profile", "smoke", "--prepare-only"],
+                   cwd=REPO, check=True, capture_output=True)
+    env = _env(root / "warm", root / "cache")
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("MMER_")})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = config.load("flickr8k")
+        job = R.attack_job(cfg, rows="correct")
+        reference = R.attack_arrays(R.attack_items(job.pipelines, job.images, job.rows, cfg, chunk=1), job.key,
+                                    job.rows)
+        yield {"root": root, "cfg": cfg, "job": job, "reference": reference}
+    finally:
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _output_with_models(smoke, name: str) -> Path:
+    """A fresh output folder holding the warm run's checkpoints (so no test trains again)."""
+    out = smoke["root"] / name
+    shutil.copytree(smoke["root"] / "warm" / "checkpoints", out / "checkpoints")
+    return out
+
+
+def _same_arrays(got: dict, want: dict) -> None:
+    """Every array byte for byte, except the wall-clock seconds inside each report's ``cost`` (its model-query
+    count, ``cost[1]``, must match)."""
+    assert sorted(got) == sorted(want)
+    for k, value in want.items():
+        a, b = np.asarray(got[k]), np.asarray(value)
+        if k.endswith("_cost"):
+            assert a[1] == b[1], k
+            continue
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), k
+        assert a.tobytes() == b.tobytes(), k
+
+
+def _merged(smoke, out: Path) -> dict:
+    path = out / "attacks" / f"flickr8k_{smoke['job'].key}.npz"
+    return D.read_npz(path)
+
+
+def test_two_gloo_processes_give_the_single_process_arrays(smoke):
+    ref = smoke["reference"]
+    assert any((ref[f"{s}_k_needed"] > 0).any() for s in ("both_maps", "joint_both_towers"))  # some were fooled
+    out = _output_with_models(smoke, "two")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SCRIPT, *ARGS],
+                          env=_env(out, smoke["root"] / "cache"), cwd=REPO, capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[rank 1/2] computed shards [1, 3]" in proc.stdout  # both ranks worked: shard i on rank i % 2
+    _same_arrays(_merged(smoke, out), ref)
+
+    # the notebook's call finds the merged file for its configuration and returns the same objects
+    saved = dict(os.environ)
+    os.environ["MMER_OUTPUT"] = str(out)
+    try:
+        job = smoke["job"]
+        got = R.pixels_needed(job.pipelines, job.images, job.rows, smoke["cfg"])
+        assert list(got) == ["both maps", "joint (both towers)"]
+        _same_arrays(R.attack_arrays(got, job.key, job.rows), ref)
+        k_first = got["both maps"].schedule[0]
+        r = got["both maps"].reports[k_first].results[0]
+        assert np.array_equal(r.adversarial, R.A.apply_pixels(job.images[[r.row]], r.pixels[None])[0])
+        # another configuration (one more query) has no merged file: it is attacked afresh, not loaded
+        other = dict(smoke["cfg"], attack_queries=31)
+        assert R.attack_key(job.pipelines, job.images, job.rows, other) != job.key
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_killed_run_resumes_without_redoing_finished_shards(smoke):
+    out = _output_with_models(smoke, "killed")
+    env = _env(out, smoke["root"] / "cache")
+    shards = out / "attacks" / f"flickr8k_{smoke['job'].key}.shards-1"
+    first = subprocess.Popen([sys.executable, SCRIPT, *ARGS], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(shards.glob("shard-*.npz")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.npz")}
+    assert 1 <= len(written) < 4, f"the run was not stopped midway: {sorted(written)}"
+    assert not (out / "attacks" / f"flickr8k_{smoke['job'].key}.npz").exists()  # no merged file from a dead run
+    for name in written:  # whatever has a final name is complete
+        D.read_npz(shards / name)
+
+    second = subprocess.run([sys.executable, SCRIPT, *ARGS], env=env, cwd=REPO, capture_output=True, text=True,
+                            check=False, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    skipped = sorted(int(n[6:11]) for n in written)
+    assert f"skipped (already written) {skipped}" in second.stdout
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.npz")
+            if p.name in written} == written  # not rewritten
+    _same_arrays(_merged(smoke, out), smoke["reference"])
+
+
+def test_sharded_features_match_one_extraction(smoke):
+    """Two ranks extract alternate shards of every split into a fresh cache; rank 0's assembled entry is what one
+    extraction computes, and the data loader reads it."""
+    cache = smoke["root"] / "feature-cache"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SCRIPT, "emotic",
+                           "--features-only", "--feature-shard-size", "32"],
+                          env=_env(smoke["root"] / "features", cache), cwd=REPO, capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    from utils import data as data_module
+
+    split = data_module.load_emotic("train", Path(os.environ.get("EMOTIC_ARTEFACTS", REPO / "data/smoke/emotic")))
+    assert len(split) > 32  # two shards, one per rank
+    encoder = encoders.load_image_encoder(config.load("emotic", "smoke")["image_encoder"], device="cpu")
+    direct = encoders.image_features(encoder, split.context, cache=False)
+    path = encoders.cache_path(encoder, encoders._images_digest(split.context), cache)
+    cached = np.load(path, allow_pickle=False)
+    assert cached.tobytes() == direct.tobytes()
+    assert encoders.image_features(encoder, split.context, cache=cache).tobytes() == direct.tobytes()
+    first_shard = encoders.cache_path(encoder, encoders._images_digest(split.context[:32]), cache)
+    assert first_shard.is_file()  # each rank's slice is a cache entry of its own: a rerun resumes from it
+
+
+# ------------------------------------------------------------------------------- in-process, on a toy model
+class Brightness(nn.Module):
+    """Class 1 once the image's mean brightness passes 0.37, so a few bright pixels can flip a dark image."""
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3))
+        return torch.stack([torch.zeros_like(m), 200 * (m - 0.37)], 1)
+
+
+def _toy_job() -> R.AttackJob:
+    """Ten 8x8 photos of a toy classifier, all of class 0, some a pixel or two from the boundary."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(70, 110, (10, 8, 8, 3)).astype(np.uint8)
+    cfg = config.load("flickr8k", "smoke", environ={}, pixels=[1, 2, 8], attack_queries=40, attack_threads=1)
+    return R.AttackJob(cfg, {"toy": ClassifierPixelPipeline(Brightness(), np.zeros(10, np.int64), 2)}, images,
+                       np.arange(10))
+
+
+def _ranks(world: int):
+    return [D.Launch(r, world, r, torch.device("cpu"), None) for r in range(world)]
+
+
+def test_shards_of_any_rank_count_merge_to_the_same_arrays(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMER_OUTPUT", str(tmp_path))
+    job = _toy_job()
+    # reference: one search over all ten rows, no sharding or merging code involved
+    one = R.A.pixels_needed(job.pipelines["toy"], job.images, job.rows, schedule=job.cfg["pixels"], **R.budget(job.cfg))
+    whole = R.attack_arrays({"toy": one}, job.key, job.rows)
+    assert (whole["toy_k_needed"] > 0).any()
+    # no merged file yet: the notebook's call attacks in-process (chunks of attack_batch / 4 items) to the same arrays
+    assert not R.attack_results_path(job.cfg, job.key).exists()
+    _same_arrays(R.attack_arrays(R.pixels_needed(job.pipelines, job.images, job.rows, job.cfg), job.key, job.rows),
+                 whole)
+    for world in (1, 3):
+        shutil.rmtree(tmp_path / "attacks", ignore_errors=True)
+        for run in _ranks(world):  # the ranks one after the other: what torchrun runs side by side
+            done = R.attack_shards(job, run, 3)
+            assert done["computed"] == list(range(run.rank, 4, world))
+        _same_arrays(D.read_npz(R.merge_attack_shards(job, 3)), whole)
+    assert R.attack_shards(job, _ranks(1)[0], 3) == {"computed": [], "skipped": [0, 1, 2, 3]}
+
+
+def test_merge_names_a_missing_or_corrupt_shard_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMER_OUTPUT", str(tmp_path))
+    job = _toy_job()
+    R.attack_shards(job, _ranks(1)[0], 4)
+    folder = R.attack_shard_dir(job.cfg, job.key, 4)
+    final = R.attack_results_path(job.cfg, job.key)
+    second = folder / "shard-00001-of-00003.npz"
+    good = second.read_bytes()
+
+    second.unlink()
+    with pytest.raises(D.ShardError, match="1 of 3 shard.*missing.*shard-00001-of-00003"):
+        R.merge_attack_shards(job, 4)
+    second.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(D.ShardError, match="shard 1 of 3 .*shard-00001-of-00003.npz is unreadable"):
+        R.merge_attack_shards(job, 4)
+    arrays = D.read_npz(folder / "shard-00002-of-00003.npz")
+    save_predictions(second, {**arrays, "attack_key": np.array("0123456789abcdef")})  # another configuration's
+    with pytest.raises(D.ShardError, match="shard 1 of 3 .*its key is 0123456789abcdef"):
+        R.merge_attack_shards(job, 4)
+    save_predictions(second, {k: v for k, v in D.read_npz(folder / "shard-00000-of-00003.npz").items()})
+    with pytest.raises(D.ShardError, match="shard 1 of 3 .*its rows are not rows 4..7"):
+        R.merge_attack_shards(job, 4)
+    assert not final.exists() and not list(final.parent.glob("*.partial"))
+
+    second.write_bytes(good)
+    assert R.merge_attack_shards(job, 4) == final and final.is_file()
+
+
+def test_a_failing_shard_is_named_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMER_OUTPUT", str(tmp_path))
+    job = _toy_job()
+    real = job.pipelines["toy"].scores
+
+    def scores(x, rows, changed_xy=None):
+        if 5 in rows.tolist():
+            raise RuntimeError("out of memory")
+        return real(x, rows, changed_xy)
+
+    job.pipelines["toy"].scores = scores
+    with pytest.raises(D.ShardError, match=r"rank 0: shard 1 of 4 \(test rows \[3, 4, 5\]\) failed.*out of memory"):
+        R.attack_shards(job, _ranks(1)[0], 3)
+    folder = R.attack_shard_dir(job.cfg, job.key, 3)
+    assert sorted(p.name for p in folder.iterdir()) == ["shard-00000-of-00004.npz"]
+
+
+def test_rows_spec_errors_name_the_rows():
+    right = {"a": np.array([True, False, True]), "b": np.array([True, True, True])}
+    cfg = {"experiment": "flickr8k", "attack_images": 5, "seed": 0}
+    assert R._rows_from_spec("correct", right, 3, cfg).tolist() == [0, 2]
+    assert R._rows_from_spec("all", right, 3, cfg).tolist() == [0, 1, 2]
+    assert R._rows_from_spec("2,0", right, 3, cfg).tolist() == [2, 0]
+    with pytest.raises(ValueError, match=r"\[3\] outside the 3 test rows"):
+        R._rows_from_spec("0,3", right, 3, cfg)
+    with pytest.raises(ValueError, match="listed twice"):
+        R._rows_from_spec("1,1", right, 3, cfg)
