@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_cache.py
 	$(PY) benchmarks/bench_attack.py
 	$(PY) benchmarks/bench_stats.py
+	$(PY) benchmarks/bench_distributed.py
 	$(PY) benchmarks/bench_notebooks.py
 
 gpu-check: $(STAMP)
