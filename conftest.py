@@ -61,8 +61,9 @@ class NotebookRunner:
     returns the output folder, or fails the calling test with the failing cell's number, source and error.
     """
 
-    def __init__(self, output: Path, timeout: int):
+    def __init__(self, output: Path, timeout: int, env: dict | None = None):
         self.output, self.timeout = output, timeout
+        self.env = KERNEL_ENV if env is None else env  # the kernels' whole environment
         self.errors: dict[str, str | None] = {}
 
     def run(self, name: str) -> Path:
@@ -80,7 +81,7 @@ class NotebookRunner:
 
         target = self.output / "notebooks" / f"{name}.ipynb"
         try:
-            run_all.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", target, self.timeout, env=KERNEL_ENV)
+            run_all.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", target, self.timeout, env=self.env)
         except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
             return f"{name}.ipynb{self._failing_cell(target)} failed (executed copy: {target}):\n" + _ANSI.sub("", str(err))
         return None

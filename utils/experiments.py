@@ -276,6 +276,11 @@ def chosen_penalties(models: dict) -> dict:
             for label, m in models.items()}
 
 
+def validation_table(grid: dict) -> pd.DataFrame:
+    """Validation mean R@1 of each closed-form baseline (rows) per penalty it tried (columns)."""
+    return pd.DataFrame(grid).T
+
+
 # ------------------------------------------------------------------------------------------ evaluation
 def flickr_similarities(models: dict, data: Data, split: str = "test") -> dict:
     """label -> (images x captions) similarity on ``split``, for any model with a ``similarity`` method."""
@@ -302,12 +307,15 @@ def retrieval_queries(data: Data, cfg: dict) -> dict:
             "linked": rng.choice(len(split), min(cfg["n_linked"], len(split)), replace=False)}
 
 
-def retrieval_figures(name: str, data: Data, sims: dict, model, queries: dict, cfg: dict, main: str) -> None:
-    """The retrieval figures of notebooks 02 and 04: examples both ways, the main model's mapped space, ranks."""
+def retrieval_figures(name: str, data: Data, sims: dict, table: pd.DataFrame, model, cfg: dict, main: str,
+                      title: str) -> None:
+    """The retrieval figures of notebooks 02 and 04: seeded example queries both ways, the main model's mapped space,
+    the rank histograms, and every model's mean R@1 with its interval (``title``)."""
     from . import plots
     from .metrics import retrieval_ranks
 
     split, test = data.splits["test"], data.features["test"]
+    queries = retrieval_queries(data, cfg)
     plots.retrieval_examples(split.images, split.caption_texts, sims[main], test["caption_image"], queries["images"],
                              k=cfg["top_k"], title=f"image -> text, {main}", path=figure(name, "i2t_examples"))
     plots.text_to_image_examples(split.images, split.caption_texts, sims[main], test["caption_image"],
@@ -320,6 +328,9 @@ def retrieval_figures(name: str, data: Data, sims: dict, model, queries: dict, c
     ranks = {label: retrieval_ranks(s, test["caption_image"]) for label, s in sims.items()}
     plots.rank_histogram({k: r[0] for k, r in ranks.items()}, {k: r[1] for k, r in ranks.items()},
                          title="rank of the first right answer (test)", path=figure(name, "ranks"))
+    plots.comparison_bars(table.drop(index="chance"), "mean R@1", chance=table.loc["chance", "mean R@1"],
+                          title=title, path=figure(name, "comparison"))
+
 
 def emotic_chance(data: Data) -> dict:
     """A model that ignores its input: training prevalence as scores (AP = prevalence, a random scorer's expected
@@ -552,8 +563,11 @@ def joint_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.Dat
     return Findings(lines, targets)
 
 
-def retrieval_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame, main: str) -> Findings:
-    """Findings of a Flickr8k notebook: each stated comparison worded from its paired interval."""
+def retrieval_findings(table: pd.DataFrame, comparisons: pd.DataFrame, main: str,
+                       seeds: pd.DataFrame | None = None) -> Findings:
+    """Findings of a Flickr8k notebook: each stated comparison worded from its paired interval (``seeds``: None for
+    models without a training seed, e.g. the closed-form maps)."""
+    seeds = pd.DataFrame() if seeds is None else seeds
     chance = table.loc["chance", "mean R@1"]
     lines = [f"{main}: mean R@1 {table.loc[main, 'mean R@1']:.1f} [{table.loc[main, 'mean R@1 low']:.1f}, "
              f"{table.loc[main, 'mean R@1 high']:.1f}], i2t R@5 {table.loc[main, 'i2t R@5']:.1f}, t2i R@5 "

@@ -101,6 +101,31 @@ def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dic
     return merge_needed(parts)
 
 
+@dataclass
+class AttackRun:
+    """Everything the few-pixel section of a robustness notebook shows: the per-model searches (``needed``), success
+    against k with Wilson intervals (``curve``), the median pixels needed (``median``), McNemar's test between paired
+    models at every k (``paired``) and the sentence that sums up each pair (``sentences``)."""
+    needed: dict
+    curve: pd.DataFrame
+    median: pd.DataFrame
+    paired: pd.DataFrame
+    sentences: list
+
+
+def attack_models(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, pairs: list, title: str,
+                  path=None) -> AttackRun:
+    """The few-pixel experiment of notebooks 05 / 06: every model attacked on the same ``rows`` over the pixel
+    schedule, the tables built from it, and the success-against-k figure (``title``, saved to ``path``)."""
+    from .plots import attack_curves
+
+    needed = pixels_needed(pipelines, images, rows, cfg)
+    curve = success_table(needed)
+    paired = paired_attack_tests(needed, pairs)
+    attack_curves(curve, title=title, path=path)
+    return AttackRun(needed, curve, median_pixels(needed, cfg), paired, [paired_sentence(paired, a, b) for a, b in pairs])
+
+
 # ------------------------------------------------------------------------------------------------- tables
 def success_table(needed: dict) -> pd.DataFrame:
     """One row per (model, k): attacked, fooled with at most k pixels, the rate and its Wilson 95 % interval."""
@@ -354,12 +379,10 @@ def attack_lines(curve: pd.DataFrame, median: pd.DataFrame, cfg: dict, items: st
     return lines
 
 
-def emotic_findings(curve: pd.DataFrame, median: pd.DataFrame, blunting: list[str], defence: pd.DataFrame,
-                    poisoning: pd.DataFrame, cfg: dict) -> Findings:
+def emotic_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd.DataFrame, cfg: dict) -> Findings:
     """The sentences of notebook 05, computed from its tables."""
-
-    at_max = curve[curve.pixels == max(cfg["pixels"])].set_index("model")
-    lines = attack_lines(curve, median, cfg, "persons") + blunting
+    at_max = attacks.curve[attacks.curve.pixels == max(cfg["pixels"])].set_index("model")
+    lines = attack_lines(attacks.curve, attacks.median, cfg, "persons") + attacks.sentences
     lines += [f"median filter, {m}: clean mAP {r['clean mAP']:.1f} -> {r['clean mAP, filtered']:.1f}; "
               f"{int(r['still fooled behind the filter'])} of {int(r['successes'])} successful attacks still fool it"
               for m, r in defence.iterrows()]
@@ -374,11 +397,10 @@ def emotic_findings(curve: pd.DataFrame, median: pd.DataFrame, blunting: list[st
     return Findings(lines, targets)
 
 
-def flickr_findings(curve: pd.DataFrame, median: pd.DataFrame, paired: list[str], defence: pd.DataFrame,
-                    poisoning: pd.DataFrame, cfg: dict) -> Findings:
+def flickr_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd.DataFrame, cfg: dict) -> Findings:
     """The sentences of notebook 06, computed from its tables."""
-    at_max = curve[curve.pixels == max(cfg["pixels"])].set_index("model")
-    lines = attack_lines(curve, median, cfg, "images") + paired
+    at_max = attacks.curve[attacks.curve.pixels == max(cfg["pixels"])].set_index("model")
+    lines = attack_lines(attacks.curve, attacks.median, cfg, "images") + attacks.sentences
     lines += [f"median filter, {m}: clean mean R@1 {r['clean mean R@1']:.1f} -> {r['clean mean R@1, filtered']:.1f}; "
               f"{int(r['still fooled behind the filter'])} of {int(r['successes'])} successful attacks still fool it"
               for m, r in defence.iterrows()]
@@ -407,6 +429,40 @@ def emotic_right(preds: dict, data: Data) -> dict:
 def top_category(scores) -> str:
     j = int(np.argmax(scores))
     return f"{CATEGORIES[j]} {scores[j]:.2f}"
+
+
+def emotic_gallery(data: Data, needed: dict, n: int, path=None):
+    """The first ``n`` successful attacks: scene before and after, the changed pixels, top category before and after."""
+    from .plots import attack_gallery
+
+    scenes, wins = data.splits["test"].context, successes(needed)[:n]
+    if not wins:
+        return None
+    return attack_gallery([scenes[r.row] for _, _, r in wins],
+                          [A.apply_pixels(scenes[[r.row]], r.pixels[None])[0] for _, _, r in wins],
+                          [r.pixels for _, _, r in wins], [top_category(r.scores_before) for _, _, r in wins],
+                          [top_category(r.scores_after) for _, _, r in wins],
+                          labels=[f"{label}, {k} px, person {r.row}" for label, k, r in wins],
+                          title="few-pixel attacks: before and after", path=path)
+
+
+def flickr_gallery(data: Data, needed: dict, n: int, path=None):
+    """The first ``n`` successful attacks: image before and after, the changed pixels, first caption before and after."""
+    from .plots import attack_gallery
+
+    split, wins = data.splits["test"], successes(needed)[:n]
+    if not wins:
+        return None
+    images, captions, owner = split.images, split.caption_texts, data.features["test"]["caption_image"]
+    first = lambda scores: int(np.argmax(scores))  # noqa: E731
+    return attack_gallery([images[r.row] for _, _, r in wins],
+                          [A.apply_pixels(images[[r.row]], r.pixels[None])[0] for _, _, r in wins],
+                          [r.pixels for _, _, r in wins], [captions[first(r.scores_before)] for _, _, r in wins],
+                          [captions[first(r.scores_after)] for _, _, r in wins],
+                          own_before=[owner[first(r.scores_before)] == r.row for _, _, r in wins],
+                          own_after=[owner[first(r.scores_after)] == r.row for _, _, r in wins],
+                          labels=[f"{label}, {k} px, image {r.row}" for label, k, r in wins],
+                          title="few-pixel attacks: first-ranked caption before and after", path=path)
 
 
 # ------------------------------------------------------------------- precomputed attacks (scripts/robustness.py)
@@ -728,10 +784,10 @@ def merge_attack_shards(job: AttackJob, shard_size: int, key: str | None = None)
     return save_predictions(attack_results_path(job.cfg, key), attack_arrays(merge_needed(parts), key, job.rows))
 
 
-__all__ = ["attacked_rows", "emotic_pipelines", "flickr_pipelines", "budget", "pixels_needed", "attack_items", "attack_chunk",
+__all__ = ["AttackRun", "attack_models", "attacked_rows", "emotic_pipelines", "flickr_pipelines", "budget", "pixels_needed", "attack_items", "attack_chunk",
            "EMOTIC_ATTACKED", "FLICKR_ATTACKED", "pipeline_fingerprint", "attack_settings", "attack_key",
            "attack_results_path", "attack_shard_dir", "attack_arrays", "needed_from_arrays", "merge_needed",
            "load_attack_results", "AttackJob", "attack_job", "attack_shards", "merge_attack_shards", "success_table",
            "median_pixels", "paired_attack_tests", "paired_sentence", "attack_payload", "successes",
            "transfer_through_filter", "defended_encoder", "emotic_defence", "emotic_poisoning",
-           "flickr_poisoning", "flickr_defence", "flickr_findings", "attack_lines", "rank1_rows", "emotic_right", "top_category", "emotic_chance"]
+           "flickr_poisoning", "flickr_defence", "flickr_findings", "attack_lines", "emotic_gallery", "flickr_gallery", "rank1_rows", "emotic_right", "top_category", "emotic_chance"]
