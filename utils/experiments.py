@@ -30,6 +30,8 @@ from .training import (emotic_eval, fit, flickr_eval, flickr_pairs, load_checkpo
                        top_emotions)
 
 SPLITS = ("train", "val", "test")
+#: part of every checkpoint's fingerprint: bump it when a recipe changes in a way its settings do not show
+RECIPE_VERSION = 2
 
 #: Emotic models: row label -> (family, inputs). Baselines keep one embedding and head per input (late fusion);
 #: joint models project image (body + scene) and text into one shared space.
@@ -215,9 +217,10 @@ def train_emotic(data: Data, cfg: dict, label: str, *, seed: int | None = None, 
     family = EMOTIC_MODELS[label][0]
     train = data.features["train"] if train is None else train
     seed = cfg["seed"] if seed is None else seed
+    seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
     model = emotic_model(label, cfg, data.dims, align_weight).init_prior(train["cat"], train["cont"])
     lr, prefix = cfg[f"{family}_lr"], f"{family}_"
-    key = {"experiment": "emotic", "label": label, "seed": seed, "tag": tag, "encoders": data.encoders,
+    key = {"experiment": "emotic", "recipe": RECIPE_VERSION, "label": label, "seed": seed, "tag": tag, "encoders": data.encoders,
            "train": data.digest["train"] if tag == "clean" else fingerprint(*(train[k] for k in sorted(train))),
            "val": data.digest["val"], "align_weight": align_weight,
            **{k: cfg[k] for k in _EMOTIC_RECIPE}, **{k: v for k, v in cfg.items() if k.startswith(prefix)}}
@@ -238,10 +241,11 @@ def train_flickr_joint(data: Data, cfg: dict, label: str, *, seed: int | None = 
         kwargs["hard_negative_weight"] = cfg["hard_negative_weight"]
     train = data.features["train"] if train is None else train
     seed = cfg["seed"] if seed is None else seed
+    seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
     model = FlickrJoint(dims=data.dims, space=cfg["joint_space"], hidden=cfg["joint_hidden"],
                         dropout=cfg["joint_dropout"], init_temperature=cfg["init_temperature"], margin=cfg["margin"],
                         **kwargs)
-    key = {"experiment": "flickr8k", "label": label, "seed": seed, "tag": tag, "encoders": data.encoders,
+    key = {"experiment": "flickr8k", "recipe": RECIPE_VERSION, "label": label, "seed": seed, "tag": tag, "encoders": data.encoders,
            "train": data.digest["train"] if tag == "clean" else fingerprint(*(train[k] for k in sorted(train))),
            "val": data.digest["val"], "model": {k: str(v) for k, v in kwargs.items()},
            **{k: cfg[k] for k in _FLICKR_RECIPE}}
