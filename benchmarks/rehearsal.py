@@ -140,10 +140,18 @@ def child_notebook(prefix: str, out: Path, timeout: int) -> dict:
 
     path = next((REPO / "notebooks").glob(f"{prefix}_*.ipynb"))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, out / "notebooks" / path.name)
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    except Exception:
+        done = [c for c in nb.cells if c.cell_type == "code" and c.get("execution_count")]
+        first = done[-1].source.splitlines()[0] if done and done[-1].source else "(none)"
+        print(f"{path.name}: failed in or after code cell {len(done)} ({first!r}); partial notebook in "
+              f"{out / 'notebooks' / path.name}", file=sys.stderr)
+        raise
+    finally:
+        nbformat.write(nb, out / "notebooks" / path.name)
     data = "emotic" if prefix in ("01", "03") else "flickr8k"
     art = Path(os.environ["EMOTIC_ARTEFACTS" if data == "emotic" else "FLICKR8K_ARTEFACTS"])
     splits = json.loads((art / "manifest.json").read_text())["splits"]
@@ -316,8 +324,10 @@ def report(results: list[dict], total: float, scale: float) -> None:
         if not r["ok"]:
             print(f"\n{r['stage']} FAILED:\n      {r.get('error', '')}")
     peak = max((r["peak_rss_gb"] for r in results), default=0.0)
-    print(f"\ntotal {total / 60:.1f} min at scale {scale:g} (target at scale 1: <= {LIMIT_S / 60:.0f} min); highest "
-          f"stage peak {peak:.2f} GB (target < {LIMIT_GB:.0f} GB); load average {os.getloadavg()[0]:.1f}")
+    run = sum(r["wall_s"] for r in results if not r["stage"].startswith("generate"))
+    print(f"\ntotal {total / 60:.1f} min at scale {scale:g} (target at scale 1: <= {LIMIT_S / 60:.0f} min), of which "
+          f"the researcher's run (prep, features, notebooks; no generation) {run / 60:.1f} min; highest stage peak "
+          f"{peak:.2f} GB (target < {LIMIT_GB:.0f} GB); load average {os.getloadavg()[0]:.1f}")
     if scale < 1:
         print(f"naive linear extrapolation to scale 1: {total / scale / 60:.0f} min; pessimistic, as it scales the "
               "fixed costs too (imports, encoder loading, kernel starts); run two scales and extrapolate the "
