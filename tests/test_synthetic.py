@@ -260,6 +260,51 @@ def test_bad_arguments_are_rejected(tmp_path):
         synthetic.make_emotic(tmp_path, "smoke", 0, n_persons=10)
 
 
+def test_exact_persons_per_split(tmp_path):
+    """The rehearsal's real split sizes: each split of the .mat (read by scipy) holds exactly the persons asked."""
+    want = {"train": 47, "val": 9, "test": 20}
+    written = synthetic.make_emotic(tmp_path, "smoke", 0, split_persons=want)
+    mat = _mat(tmp_path / "Annotations/Annotations.mat", squeeze_me=True, struct_as_record=False)
+    assert {s: sum(len(_squeezed_persons(r)) for r in np.atleast_1d(mat[s])) for s in SPLITS} == want
+    with open(tmp_path / "descriptions.csv", newline="", encoding="utf-8") as f:
+        assert sum(1 for _ in csv.DictReader(f)) == sum(want.values())
+    # every planted bad record is still there, in the split it belongs to
+    assert {(p["split"], p["reason"]) for p in written["planted"]} >= {
+        ("train", "nan_continuous"), ("train", "missing_image"), ("val", "nan_continuous"), ("test", "no_category")}
+
+
+def test_exact_split_lists_leave_the_rest_unlisted(tmp_path):
+    """Like the real download: lists of exactly the asked sizes, disjoint, and the remaining images in none."""
+    # seed 7 shuffles the missing image past the lists: the generator must move it into one
+    written = synthetic.make_flickr8k(tmp_path, "smoke", 7, "original", n_images=40,
+                                      split_images={"train": 24, "dev": 4, "test": 5})
+    text = tmp_path / "Flickr8k_text"
+    lists = {k: (text / f"Flickr_8k.{k}Images.txt").read_text(encoding="utf-8").split()
+             for k in ("train", "dev", "test")}
+    assert {k: len(v) for k, v in lists.items()} == {"train": 24, "dev": 4, "test": 5}
+    listed = set().union(*lists.values())
+    assert len(listed) == 33, "the lists are disjoint"
+    with open(text / "Flickr8k.token.txt", encoding="utf-8") as f:
+        captioned = {line.split("#", 1)[0] for line in f}
+    assert len(captioned) == 40 and listed < captioned
+    missing = next(p["image"] for p in written["planted"] if p["reason"] == "missing_image")
+    assert missing in listed and not (tmp_path / "Flickr8k_Dataset" / missing).exists()
+
+
+def test_bad_split_sizes_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="split_persons"):
+        synthetic.make_emotic(tmp_path, "smoke", 0, split_persons={"train": 40, "val": 10})
+    with pytest.raises(ValueError, match="split_persons"):
+        synthetic.make_emotic(tmp_path, "smoke", 0, split_persons={"train": 40, "val": 2, "test": 10})
+    with pytest.raises(ValueError, match="n_persons"):
+        synthetic.make_emotic(tmp_path, "smoke", 0, n_persons=60, split_persons={"train": 40, "val": 5, "test": 10})
+    with pytest.raises(ValueError, match="more than the 40"):
+        synthetic.make_flickr8k(tmp_path, "smoke", 0, "original", n_images=40,
+                                split_images={"train": 30, "dev": 6, "test": 6})
+    with pytest.raises(ValueError, match="split_images"):
+        synthetic.make_flickr8k(tmp_path, "smoke", 0, "original", split_images={"train": 30, "val": 5, "test": 5})
+
+
 # ---------------------------------------------------------------------------------------------- learnability
 def test_modalities_carry_partly_different_information():
     """Cheap stand-ins for the frozen encoders: pixels of the drawn figure vs. words of the description.

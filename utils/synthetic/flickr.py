@@ -22,6 +22,7 @@ from .drawing import COLOURS, add_grain
 from .sizes import check_size
 
 LAYOUTS = ("kaggle", "original")
+SPLIT_LISTS = ("train", "dev", "test")  # the original layout's Flickr_8k.<list>Images.txt
 IMAGE_SIZES = [(500, 375), (375, 500), (500, 333), (333, 500), (500, 400), (500, 281)]
 SCENES = {  # name -> (sky, ground, horizon, caption fragments)
     "beach": ((135, 195, 235), (225, 200, 140), 0.45, ("on the beach", "on a sandy beach", "by the sea")),
@@ -215,16 +216,42 @@ class FlickrContent:
     planted: list[dict]
 
 
-def build_content(size: str, seed: int, n_images: int | None = None) -> FlickrContent:
-    """Everything both layouts hold, made once; ``n_images`` overrides the size's image count."""
+def _check_split_images(split_images: dict[str, int], n: int) -> dict[str, int]:
+    if set(split_images) != set(SPLIT_LISTS) or min(split_images.values()) < 1:
+        raise ValueError(f"split_images={split_images!r}: expected a count of at least 1 for each of "
+                         f"{', '.join(SPLIT_LISTS)}")
+    if sum(split_images.values()) > n:
+        raise ValueError(f"split_images={split_images!r}: the lists hold {sum(split_images.values())} images, "
+                         f"more than the {n} written")
+    return {k: int(v) for k, v in split_images.items()}
+
+
+def build_content(size: str, seed: int, n_images: int | None = None,
+                  split_images: dict[str, int] | None = None) -> FlickrContent:
+    """Everything both layouts hold, made once; ``n_images`` overrides the size's image count.
+
+    ``split_images`` (``{"train": .., "dev": .., "test": ..}``) fixes how many images each split list names; the
+    rest are in no list, as in the real download (8,091 images, lists of 6,000 / 1,000 / 1,000). The image the
+    captions name but the disk lacks is then kept in a list, so the prep script still meets it.
+    """
     counts = check_size(size)
-    images, planted = _sample_images(int(n_images or counts["flickr_images"]), seed)
+    n = int(n_images or counts["flickr_images"])
+    wanted = None if split_images is None else _check_split_images(split_images, n)
+    images, planted = _sample_images(n, seed)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     jpeg = {img.name: _render(img, rng) for img in images}
     # the standard split holds images in proportions 6:1:1 (6000 / 1000 / 1000)
     order = np.random.default_rng(np.random.SeedSequence([seed, 4])).permutation(len(images))
-    n_dev = n_test = max(1, round(len(images) / 8))
-    split_of = {"train": order[n_test + n_dev:], "dev": order[n_test:n_test + n_dev], "test": order[:n_test]}
+    if wanted is None:
+        n_dev = n_test = max(1, round(len(images) / 8))
+        split_of = {"train": order[n_test + n_dev:], "dev": order[n_test:n_test + n_dev], "test": order[:n_test]}
+    else:
+        n_test, n_dev, n_listed = wanted["test"], wanted["dev"], sum(wanted.values())
+        where = int(np.flatnonzero(order == len(images) - 1)[0])  # the planted missing image
+        if where >= n_listed:
+            order[[0, where]] = order[[where, 0]]
+        split_of = {"train": order[n_test + n_dev:n_listed], "dev": order[n_test:n_test + n_dev],
+                    "test": order[:n_test]}
     splits = {k: sorted(images[i].name for i in v) for k, v in split_of.items()}
     return FlickrContent(size, seed, images, jpeg, splits, planted)
 
@@ -260,13 +287,14 @@ def write_layout(root, layout: str, content: FlickrContent) -> dict:
 
 
 def make_flickr8k(root, size: str = "smoke", seed: int = 0, layout: str = "kaggle",
-                  n_images: int | None = None) -> dict:
+                  n_images: int | None = None, split_images: dict[str, int] | None = None) -> dict:
     """Write a synthetic Flickr8k under ``root`` in the ``kaggle`` or ``original`` layout.
 
     Both layouts hold the same images (same bytes) and captions for the same size and seed; the split lists
-    (original layout) follow the standard 6:1:1 proportions. The returned dict lists the images, every caption,
-    the split lists' content and the planted problems: one empty caption and one image listed in the captions
-    (and a split list) but missing on disk.
+    (original layout) follow the standard 6:1:1 proportions, or hold exactly ``split_images`` images per list
+    (see :func:`build_content`). The returned dict lists the images, every caption, the split lists' content and
+    the planted problems: one empty caption and one image listed in the captions (and a split list) but missing
+    on disk.
     """
     _check_layout(layout)
-    return write_layout(root, layout, build_content(size, seed, n_images))
+    return write_layout(root, layout, build_content(size, seed, n_images, split_images))

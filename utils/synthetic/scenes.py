@@ -19,6 +19,9 @@ from .cues import CUES, MOOD_WEIGHTS, MOODS, NEUTRAL_CLOTHES
 from .drawing import COLOURS, add_grain, texture
 
 EMOTIC_SPLITS = {"train": 0.60, "val": 0.15, "test": 0.25}  # shares of the persons
+# fewest persons per split that still give the records plant_bad_records breaks: train records 1-5, val 1,
+# test 1-2 (three persons at most per record, so e.g. 16 persons make at least six records)
+MIN_SPLIT_PERSONS = {"train": 16, "val": 4, "test": 7}
 EMOTIC_FOLDERS = {  # folder -> (original_database name, file name pattern)
     "mscoco/images": ("mscoco", "COCO_train2014_{:012d}.jpg"),
     "framesdb/images": ("framesdb", "frame_{:08x}.jpg"),
@@ -86,17 +89,37 @@ def _place_boxes(rng: np.random.Generator, n: int, w: int, h: int) -> list[list[
     return boxes
 
 
-def sample_records(rng: np.random.Generator, n_persons: int) -> dict[str, list[Record]]:
+def split_budget(n_persons: int, split_persons: dict[str, int] | None = None) -> dict[str, int]:
+    """Persons per split: ``split_persons`` as given (checked), else ``n_persons`` shared 60/15/25 %.
+
+    Exact counts let a rehearsal match the real split sizes (23,266 / 3,315 / 7,203). Each split needs enough
+    persons to hold the records :func:`plant_bad_records` breaks (at most three persons share a record).
+    """
+    if split_persons is None:
+        budget = {"train": round(n_persons * EMOTIC_SPLITS["train"]),
+                  "val": round(n_persons * EMOTIC_SPLITS["val"])}
+        budget["test"] = n_persons - budget["train"] - budget["val"]
+        return budget
+    if set(split_persons) != set(EMOTIC_SPLITS):
+        raise ValueError(f"split_persons={split_persons!r}: expected exactly the keys {', '.join(EMOTIC_SPLITS)}")
+    short = {s: MIN_SPLIT_PERSONS[s] for s, n in split_persons.items() if int(n) < MIN_SPLIT_PERSONS[s]}
+    if short:
+        raise ValueError(f"split_persons={split_persons!r}: need at least {short} to hold the planted bad records")
+    return {s: int(split_persons[s]) for s in EMOTIC_SPLITS}
+
+
+def sample_records(rng: np.random.Generator, n_persons: int,
+                   split_persons: dict[str, int] | None = None) -> dict[str, list[Record]]:
     """Latent scenes for every split; :func:`plant_bad_records` breaks a few of them afterwards.
 
     Cues fire with each category's ``p_img``, and one person in eight (one image in seven) gets a distractor cue
     for a category it does not have. Records 6, 7 and 8 of every ten are stored as grayscale, CMYK and PNG.
+    ``split_persons`` fixes the persons per split (see :func:`split_budget`); ``n_persons`` is then ignored.
     """
     splits: dict[str, list[Record]] = {}
     folders = list(EMOTIC_FOLDERS)
     used_ids: set[int] = set()
-    budget = {"train": round(n_persons * EMOTIC_SPLITS["train"]), "val": round(n_persons * EMOTIC_SPLITS["val"])}
-    budget["test"] = n_persons - budget["train"] - budget["val"]
+    budget = split_budget(n_persons, split_persons)
     for split, n_split in budget.items():
         records: list[Record] = []
         left = n_split
