@@ -78,7 +78,7 @@ PROFILES = {
                       attack_persons=3, pixels=[4, 256], attack_queries=12, popsize=6, generations=1,
                       poison_fractions=[0.0, 0.3], gallery=2),
         # demo: k from 4 up to 256, a small budget per k, so that 4 models x 24 persons fit in minutes on a CPU
-        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=12),
+        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24),
         "full": dict(seeds=3, epochs=40, patience=6, batch_size=256, baseline_hidden=512, baseline_lr=1e-3,
                      align_sweep=[0.0, 0.3, 1.0], train_threads=None, pr_categories=6, n_examples=6,
                      attack_persons=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
