@@ -353,10 +353,12 @@ def flickr_poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tup
             n = len(s_trig)
             hits = int((s_trig.argmax(1) == len(texts) - 1).sum())
             lo, hi = stats.wilson_interval(hits, n)
+            target_first, control_first = s_trig.argmax(1) == len(texts) - 1, s_clean.argmax(1) == len(texts) - 1
             rows.append({"model": name, "fraction": fraction, "poisoned images": len(p.indices),
                          "backdoor success %": 100 * hits / n, "backdoor success % low": 100 * lo,
                          "backdoor success % high": 100 * hi,
-                         "target top-1 on clean images %": 100 * float((s_clean.argmax(1) == len(texts) - 1).mean()),
+                         "target top-1 on clean images %": 100 * float(control_first.mean()),
+                         "trigger adds (McNemar p)": stats.mcnemar_exact(target_first, control_first)["p_value"],
                          "clean mean R@1": retrieval_metrics(m.similarity(test["image"], test["text"]),
                                                              test["caption_image"])["mean_R@1"]})
     return pd.DataFrame(rows), scores
@@ -379,39 +381,25 @@ def attack_lines(curve: pd.DataFrame, median: pd.DataFrame, cfg: dict, items: st
     return lines
 
 
-def emotic_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd.DataFrame, cfg: dict) -> Findings:
-    """The sentences of notebook 05, computed from its tables."""
+def robustness_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd.DataFrame, cfg: dict) -> Findings:
+    """The sentences of notebooks 05 and 06, computed from their tables (the clean metric is mAP for Emotic, mean
+    R@1 for Flickr8k)."""
+    metric = "mAP" if "clean mAP" in defence.columns else "mean R@1"
+    items = "persons" if metric == "mAP" else "images"
     at_max = attacks.curve[attacks.curve.pixels == max(cfg["pixels"])].set_index("model")
-    lines = attack_lines(attacks.curve, attacks.median, cfg, "persons") + attacks.sentences
-    lines += [f"median filter, {m}: clean mAP {r['clean mAP']:.1f} -> {r['clean mAP, filtered']:.1f}; "
+    lines = attack_lines(attacks.curve, attacks.median, cfg, items) + attacks.sentences
+    lines += [f"median filter, {m}: clean {metric} {r[f'clean {metric}']:.1f} -> {r[f'clean {metric}, filtered']:.1f}; "
               f"{int(r['still fooled behind the filter'])} of {int(r['successes'])} successful attacks still fool it"
               for m, r in defence.iterrows()]
     top = poisoning[poisoning.fraction == max(cfg["poison_fractions"])]
-    lines += [f"poisoning {100 * r['fraction']:g} % of the training photos, {r['model']}: backdoor success "
+    lines += [f"poisoning {100 * r['fraction']:g} % of the training images, {r['model']}: backdoor success "
               f"{r['backdoor success %']:.0f} % [{r['backdoor success % low']:.0f}, {r['backdoor success % high']:.0f}] "
-              f"against {r['target top-1 on clean images %']:.0f} % on untriggered photos (McNemar p = "
-              f"{r['trigger adds (McNemar p)']:.2g}); clean mAP {r['clean mAP']:.1f}" for _, r in top.iterrows()]
-    targets = {"attacked": {m: int(r["attacked"]) for m, r in at_max.iterrows()},
-               "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()},
-               "image_only_majority_fooled": {m: bool(r["success %"] > 50) for m, r in at_max.iterrows()}}
-    return Findings(lines, targets)
-
-
-def flickr_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd.DataFrame, cfg: dict) -> Findings:
-    """The sentences of notebook 06, computed from its tables."""
-    at_max = attacks.curve[attacks.curve.pixels == max(cfg["pixels"])].set_index("model")
-    lines = attack_lines(attacks.curve, attacks.median, cfg, "images") + attacks.sentences
-    lines += [f"median filter, {m}: clean mean R@1 {r['clean mean R@1']:.1f} -> {r['clean mean R@1, filtered']:.1f}; "
-              f"{int(r['still fooled behind the filter'])} of {int(r['successes'])} successful attacks still fool it"
-              for m, r in defence.iterrows()]
-    top = poisoning[poisoning.fraction == max(cfg["poison_fractions"])]
-    lines += [f"poisoning {100 * r['fraction']:g} % of the training images, {r['model']}: the attacker's caption ranked "
-              f"first for {r['backdoor success %']:.0f} % [{r['backdoor success % low']:.0f}, "
-              f"{r['backdoor success % high']:.0f}] of triggered test images against "
-              f"{r['target top-1 on clean images %']:.0f} % of clean ones; clean mean R@1 {r['clean mean R@1']:.1f}"
+              f"of triggered test {items} against {r['target top-1 on clean images %']:.0f} % without the trigger "
+              f"(McNemar p = {r['trigger adds (McNemar p)']:.2g}); clean {metric} {r[f'clean {metric}']:.1f}"
               for _, r in top.iterrows()]
     targets = {"attacked": {m: int(r["attacked"]) for m, r in at_max.iterrows()},
-               "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()}}
+               "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()},
+               "majority_fooled": {m: bool(r["success %"] > 50) for m, r in at_max.iterrows()}}
     return Findings(lines, targets)
 
 
@@ -790,4 +778,4 @@ __all__ = ["AttackRun", "attack_models", "attacked_rows", "emotic_pipelines", "f
            "load_attack_results", "AttackJob", "attack_job", "attack_shards", "merge_attack_shards", "success_table",
            "median_pixels", "paired_attack_tests", "paired_sentence", "attack_payload", "successes",
            "transfer_through_filter", "defended_encoder", "emotic_defence", "emotic_poisoning",
-           "flickr_poisoning", "flickr_defence", "flickr_findings", "attack_lines", "emotic_gallery", "flickr_gallery", "rank1_rows", "emotic_right", "top_category", "emotic_chance"]
+           "flickr_poisoning", "flickr_defence", "robustness_findings", "attack_lines", "emotic_gallery", "flickr_gallery", "rank1_rows", "emotic_right", "top_category", "emotic_chance"]
