@@ -17,7 +17,6 @@ exits 0, so it is safe in any CI.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import subprocess
 import sys
@@ -29,15 +28,11 @@ sys.path.insert(0, str(REPO))
 
 
 def attack_api():
-    """The attack module's entry points, looked up in this one place: (classifier pipeline class, score_images,
-    the attack). The package has been laid out as ``utils.attack`` and as ``utils.attacks``; either works."""
-    for name in ("utils.attack", "utils.attacks"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        return mod.ClassifierPixelPipeline, mod.score_images, mod.few_pixel_attack
-    raise ImportError("gpu_check: neither utils.attack nor utils.attacks can be imported")
+    """The attack's entry points, looked up in this one place: (classifier pipeline class, score_images, the
+    differential evolution)."""
+    from utils import attack
+
+    return attack.ClassifierPixelPipeline, attack.score_images, attack.few_pixel_attack
 
 
 def _sync(dev) -> None:
