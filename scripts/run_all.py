@@ -232,10 +232,11 @@ def _cell(values: dict, column: str) -> str:
     value = values.get(column)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return "" if value is None else str(value)
+    digits = 2 if abs(value) < 5 else 1  # VAD errors (about 1 on the 1..10 scale) need their second digit
     low, high = values.get(f"{column} low"), values.get(f"{column} high")
     if isinstance(low, (int, float)) and isinstance(high, (int, float)):
-        return f"{value:.1f} [{low:.1f}, {high:.1f}]"
-    return f"{value:.1f}"
+        return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{value:.{digits}f}"
 
 
 def _git_commit() -> str:

@@ -44,11 +44,11 @@ def test_results_block_is_generated_value_by_value_from_the_outputs(tmp_path):
         assert value in head
     assert "**01_emotic_baseline**" in lines and "**02_flickr8k_baseline**" in lines
     assert "| model | mAP | VAD MAE |" in lines
-    assert "| fusion (all) | 39.7 [35.2, 44.0] | 1.0 [0.9, 1.0] |" in lines  # estimate [low, high], one digit
-    assert "| chance | 11.7 [10.0, 13.3] | 0.9 |" in lines                   # no interval: the estimate alone
+    assert "| fusion (all) | 39.7 [35.2, 44.0] | 0.95 [0.88, 1.02] |" in lines  # estimate [low, high]; 2 digits below 5
+    assert "| chance | 11.7 [10.0, 13.3] | 0.95 |" in lines                  # no interval: the estimate alone
     assert "- fusion (all) is higher than body only in mAP by 13.2 points" in lines
     assert "| model | mean R@1 | i2t median rank |" in lines
-    assert "| both maps | 48.1 [40.0, 56.2] | 2.0 |" in lines and "| chance | 1.6 |  |" in lines
+    assert "| both maps | 48.1 [40.0, 56.2] | 2.00 |" in lines and "| chance | 1.60 |  |" in lines
     assert lines.index("**01_emotic_baseline**") < lines.index("**02_flickr8k_baseline**")
 
 
