@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from utils import config, encoders
@@ -54,10 +55,13 @@ def smoke(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = config.load("flickr8k")
-        job = R.attack_job(cfg, rows="correct")
-        reference = R.attack_arrays(R.attack_items(job.pipelines, job.images, job.rows, cfg, chunk=1), job.key,
-                                    job.rows)
+        # one BLAS thread too, as OMP_NUM_THREADS=1 gives each torchrun process: the ridge baseline's solves (numpy)
+        # round differently with another thread count, and its fitted arrays are part of the attack's key
+        with threadpool_limits(1):
+            cfg = config.load("flickr8k")
+            job = R.attack_job(cfg, rows="correct")
+            reference = R.attack_arrays(R.attack_items(job.pipelines, job.images, job.rows, cfg, chunk=1), job.key,
+                                        job.rows)
         yield {"root": root, "cfg": cfg, "job": job, "reference": reference}
     finally:
         torch.set_num_threads(threads)
@@ -129,6 +133,8 @@ def test_killed_run_resumes_without_redoing_finished_shards(smoke):
     deadline = time.monotonic() + 120
     while not list(shards.glob("shard-*.npz")) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert first.poll() is None, ("the run ended before its first shard appeared under the expected key:\n"
+                                  + first.stdout.read().decode(errors="replace"))
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.npz")}
