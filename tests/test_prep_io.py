@@ -139,6 +139,10 @@ def test_space_errors_name_the_file_and_become_prep_errors(tmp_path, monkeypatch
         with prep_io.staged_output(out):
             raise OSError(errno.EACCES, "permission denied")
     assert sorted(os.listdir(out)) == ["old.txt"]
+    with pytest.raises(prep_io.PrepError):  # a first run that fails leaves no empty output folder
+        with prep_io.staged_output(tmp_path / "fresh") as stage:
+            prep_io.RowWriter(stage / "big.npy", (10, 4), np.uint8)
+    assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
 def test_free_space_check_boundary_and_message(tmp_path, monkeypatch):

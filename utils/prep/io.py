@@ -19,7 +19,7 @@ import stat
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -395,6 +395,7 @@ def staged_output(out_dir: str | os.PathLike, need_bytes: int = 0, report: Calla
             report(folder.message())
         if need_bytes:
             check_free_space(out, need_bytes)
+        created = not out.is_dir()
         out.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     except OSError as e:
@@ -407,12 +408,16 @@ def staged_output(out_dir: str | os.PathLike, need_bytes: int = 0, report: Calla
         for f in sorted(stage.iterdir()):
             if f.name != OWNER_FILE:
                 os.replace(f, out / f.name)
+        created = False
     except OSError as e:
         if e.errno in SPACE_ERRNOS:
             raise space_error(out, e) from e
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if created:  # a failed first run leaves no empty output folder behind
+            with suppress(OSError):
+                out.rmdir()
 
 
 def shrink_array(path: str | os.PathLike, n_rows: int, chunk: int = 256) -> None:
