@@ -7,6 +7,8 @@ Timing claims (cache hit >= 20x faster) live in benchmarks/bench_cache.py; here 
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import shutil
 import urllib.error
 
@@ -15,6 +17,7 @@ import pytest
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
+from torch import nn
 
 from utils import encoders as E
 
@@ -535,3 +538,64 @@ def test_feature_extraction_moves_inputs_to_the_encoder_and_results_back(host_co
     text = E.TextEncoder(OnFakeDevice(), Tok(), name="fake", dim=5, fingerprint="f", pooling="clip", max_length=8)
     assert text.encode(["a", "b", "c"], batch_size=2).shape == (3, 5)
     assert text.model.seen == ["meta"] * 2 and host_copies[3:] == ["meta"] * 2
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet18"])
+def test_split_prefix_then_suffix_is_the_encoder(tmp_path, arch, mobilenet):
+    """The cut that end-to-end poisoning trains on: prefix maps + trainable suffix give the encoder's features
+    exactly (BatchNorm in eval mode), and the suffix is a copy (training it leaves the encoder untouched)."""
+    if arch == "mobilenet_v2":
+        enc = mobilenet
+    else:
+        torch.manual_seed(0)
+        path = tmp_path / "resnet18-random.pth"
+        torch.save(torchvision.models.resnet18().state_dict(), path)
+        enc = E.load_image_encoder("resnet18", weights=str(path), device="cpu")
+    prefix, suffix = enc.split()
+    x = torch.rand(2, 3, 160, 160, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        maps = prefix(x)
+        # the maps before the final blocks: stride 32 in MobileNetV2, 16 in ResNet (layer4 halves them again)
+        assert maps.ndim == 4 and maps.shape[-1] == {"mobilenet_v2": 5, "resnet18": 10}[arch]
+        torch.testing.assert_close(suffix.eval()(maps), enc(x), rtol=1e-5, atol=1e-5)
+    assert not any(p.requires_grad for p in prefix.parameters())
+    assert all(p.requires_grad for p in suffix.parameters())
+    first = next(suffix.parameters())
+    with torch.no_grad():
+        first.add_(1.0)
+    assert not any(p.data_ptr() == first.data_ptr() for p in enc.parameters())
+
+
+def test_split_names_the_encoders_it_supports():
+    enc = E.ImageEncoder(nn.Identity(), name="clip-something", dim=4, fingerprint="x", mean=[0, 0, 0], std=[1, 1, 1],
+                         normalize=True)
+    with pytest.raises(NotImplementedError, match="clip-something.*mobilenet_v2.*WithEncoders"):
+        enc.split()
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise accounting is Linux's")
+def test_hashing_a_memmap_does_not_keep_its_pages_resident(tmp_path):
+    """Reading 96 MB of images through a memory map for the cache key leaves the process's RSS about where it was;
+    the same pass without releasing the rows keeps them all resident (the reference)."""
+    path = tmp_path / "images.npy"
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(640, 224, 224, 3))
+    arr[:] = 7
+    arr.flush()
+    del arr
+    mm = np.load(path, mmap_mode="r")
+    before = _resident_bytes()
+    digest = E._images_digest(mm, chunk_bytes=8 << 20)
+    released = _resident_bytes() - before
+    assert digest == E._images_digest(np.load(path), chunk_bytes=8 << 20)  # same bytes hashed
+    reference = np.load(path, mmap_mode="r")
+    before = _resident_bytes()
+    for i in range(0, len(reference), 64):
+        np.ascontiguousarray(reference[i:i + 64]).sum()
+    kept = _resident_bytes() - before
+    assert kept > 80e6, f"reference pass kept only {kept / 1e6:.0f} MB resident: the measurement does not work here"
+    assert released < 20e6, f"{released / 1e6:.0f} MB of the memmap stayed resident after hashing"
