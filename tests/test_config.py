@@ -147,3 +147,12 @@ def test_cli_prints_one_experiment_for_a_given_profile():
 def test_cli_fails_naming_an_unknown_variable():
     result = _cli(MMER_EPOCS="2")
     assert result.returncode != 0 and "MMER_EPOCS" in result.stderr
+
+
+def test_every_setting_is_documented():
+    """docs/configuration.md names every knob of both experiments (a new knob without a line there fails)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    missing = sorted(k for e in config.EXPERIMENTS for k in config.BASE[e] if f"`{k}`" not in doc)
+    assert not missing, f"settings missing from docs/configuration.md: {missing}"

@@ -439,3 +439,23 @@ def test_finetune_last_trains_only_the_final_blocks_and_keeps_batchnorm_statisti
     model.loss(b)["loss"].backward()
     assert backbone[0].weight.grad is None and backbone[3].weight.grad is not None
     assert all(torch.equal(v, enc.state_dict()[k]) for k, v in stats.items())
+
+
+def test_encoder_weights_train_at_their_own_learning_rate_in_fit():
+    """``encoder_lr`` reaches the optimiser: at 0 the encoder stays as loaded while the heads move."""
+    from utils.training import fit
+
+    torch.manual_seed(0)
+    enc = torch.nn.Linear(24, 24)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    model = WithEncoders(EmoticBaseline(("body",), **SMALL), {"body": enc}, finetune=True, encoder_lr=0.0)
+    groups = model.param_groups(1e-3)
+    assert [g["lr"] for g in groups] == [1e-3, 0.0]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in enc.parameters()}
+    head = {k: v.clone() for k, v in model.model.state_dict().items()}
+    data = {k: v.numpy() for k, v in emotic_batch(n=32).items() if k in ("body", "cat", "cont")}
+    fit(model, data, epochs=2, batch_size=8, patience=None, progress=False, device="cpu")
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(v, model.model.state_dict()[k]) for k, v in head.items())
+    model.encoder_lr = None                               # default: one learning rate for everything
+    assert [g["lr"] for g in model.param_groups(1e-3)] == [1e-3, 1e-3]

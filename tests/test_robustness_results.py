@@ -159,3 +159,68 @@ def test_an_invented_success_fails_the_refeed(name, refeed, notebook_runner):
                 refeed(out, doc, p)
             return
     pytest.skip("every attacked item was fooled: no failure to turn into an invented success")
+
+
+def _checkerboard_stamped(images: np.ndarray, size: int) -> np.ndarray:
+    """The trigger written by hand: a size x size checkerboard, white at its top-left, in the bottom-right corner."""
+    cells = (np.add.outer(np.arange(size), np.arange(size)) % 2 == 0)[..., None] * np.full(3, 255)
+    out = np.array(images)
+    out[:, -size:, -size:] = cells.astype(np.uint8)
+    return out
+
+
+def test_05_poisoning_rates_refed_through_a_plain_mobilenet(notebook_runner):
+    """Every poisoning row of 05 at the largest fraction, frozen and end to end: the model rebuilt from its
+    checkpoint (``weights_only=True``) on a plain torchvision MobileNetV2 (for the end-to-end rows with the
+    checkpoint's final blocks written into it), fed hand-stamped test photos; backdoor success, the clean-image
+    control and their Wilson bounds recomputed (scipy)."""
+    import torchvision
+
+    from utils import config, data, encoders, experiments, paths
+
+    out = notebook_runner.run("05_emotic_robustness")
+    doc, p = _saved(out, "05_emotic_robustness")
+    cfg = config.load("emotic", doc["profile"])
+    assert cfg["image_encoder"] == "mobilenet_v2" and cfg["trigger_position"] == "bottom-right"
+    rows = [r for r in doc["poisoning"] if r["fraction"] == max(cfg["poison_fractions"])]
+    assert {r["encoder"] for r in rows} == {"frozen", experiments.FINETUNED}, "smoke runs both poisoning variants"
+    test = data.load_emotic("test")
+    art = paths.artefact_dir("emotic")
+    photos = {kind: np.load(art / f"test_{kind}_arr.npy", allow_pickle=False) for kind in ("body", "context")}
+    text = torch.from_numpy(encoders.text_features(encoders.load_text_encoder(cfg["text_encoder"]), test.descriptions,
+                                                   cache=False))
+    target = experiments.CATEGORIES.index(cfg["poison_target"])
+    eligible = np.load(art / "test_cat_arr.npy")[:, target] < 0.5
+    pretrained = torch.load(encoders.packaged_mobilenet_file(), map_location="cpu", weights_only=True)
+    norm = torchvision.transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    for row in rows:
+        state = torch.load(out / "checkpoints" / row["checkpoint"], map_location="cpu", weights_only=True)
+        net = torchvision.models.mobilenet_v2()
+        net.load_state_dict(pretrained)
+        if row["encoder"] != "frozen":  # the suffix is Sequential(Sequential(features.17, features.18), pool, flatten)
+            tuned = {k.replace("encoders.body.0.0.", "features.17.").replace("encoders.body.0.1.", "features.18."): v
+                     for k, v in state.items() if k.startswith("encoders.body.0.")}
+            assert tuned and any(not torch.equal(v, pretrained[k]) for k, v in tuned.items()), "blocks never trained"
+            net.load_state_dict({**pretrained, **tuned})
+            state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        label = row["model"].removesuffix(f", {experiments.FINETUNED}")
+        head = experiments.emotic_model(label, cfg, {"body": 1280, "context": 1280, "text": text.shape[1]})
+        head.load_state_dict(state)
+        net.eval(), head.eval()
+        rates = {}
+        for name, stamp in (("triggered", True), ("clean", False)):
+            with torch.no_grad():
+                feats = {"text": text}
+                for kind, imgs in photos.items():
+                    imgs = _checkerboard_stamped(imgs, cfg["trigger_size"]) if stamp else imgs
+                    x = norm(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255)
+                    feats[kind] = net.features(x).mean((2, 3))
+                scores = head(**{m: feats[m] for m in head.inputs})["scores"].numpy()
+            saved = p[f"poison_{experiments.slug(row['model'])}_f{100 * row['fraction']:g}_{name}"]
+            np.testing.assert_allclose(scores, saved, atol=1e-3, err_msg=f"{row['model']}, {name} photos")
+            rates[name] = int((scores[eligible].argmax(1) == target).sum())
+        n = int(eligible.sum())
+        for col, hits in (("backdoor success %", rates["triggered"]), ("target top-1 on clean images %", rates["clean"])):
+            assert row[col] == pytest.approx(100 * hits / n), (row["model"], col)
+            ci = binomtest(hits, n).proportion_ci(method="wilson")
+            assert (row[f"{col} low"], row[f"{col} high"]) == (pytest.approx(100 * ci.low), pytest.approx(100 * ci.high))

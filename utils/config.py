@@ -54,6 +54,9 @@ BASE = {
         popsize=400, generations=100, F=0.5,  # DE: the paper's settings
         attack_batch=128, attack_precision="float32", attack_threads=2,
         poison_target="Fear", trigger_size=16, trigger_position="bottom-right", poison_fractions=[0.0, 0.1, 0.25],
+        # end-to-end poisoning: "last" also retrains the image encoder's final blocks on the poisoned photos (off by
+        # default: on a CPU it costs minutes even at the demo size; on in smoke and full), at its own learning rate
+        poison_finetune=None, finetune_lr=1e-4, finetune_epochs=10,
         median_size=3, gallery=4,
     ),
     "flickr8k": dict(
@@ -76,13 +79,14 @@ PROFILES = {
         "smoke": dict(epochs=3, patience=None, baseline_hidden=64, joint_hidden=64, joint_shared_dim=32,
                       joint_lr=3e-3, bootstrap=200, projection="pca", pr_categories=3, n_examples=2,
                       attack_persons=3, pixels=[4, 256], attack_queries=12, popsize=6, generations=1,
-                      poison_fractions=[0.0, 0.3], gallery=2),
+                      poison_fractions=[0.0, 0.3], poison_finetune="last", finetune_epochs=2, gallery=2),
         # demo: k from 4 up to 256, a small budget per k, so that 4 models x 24 persons fit in minutes on a CPU
         "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24),
         "full": dict(seeds=3, epochs=40, patience=6, batch_size=256, baseline_hidden=512, baseline_lr=1e-3,
                      align_sweep=[0.0, 0.3, 1.0], train_threads=None, pr_categories=6, n_examples=6,
                      attack_persons=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
-                     attack_batch=512, attack_threads=None, poison_fractions=[0.0, 0.01, 0.05, 0.1], gallery=6),
+                     attack_batch=512, attack_threads=None, poison_fractions=[0.0, 0.01, 0.05, 0.1],
+                     poison_finetune="last", gallery=6),
     },
     "flickr8k": {
         "smoke": dict(ridge_alphas=[10.0, 1000.0], cca_regs=[0.1], cca_components=8, epochs=3, batch_size=32,

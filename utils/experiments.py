@@ -10,6 +10,7 @@ when something differs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from torch import nn
 from . import data as D
 from . import encoders, paths, stats
 from .metrics import emotic_metrics, retrieval_chance, retrieval_metrics
-from .models import EmoticBaseline, EmoticJoint, EmoticLoss, FlickrBaseline, FlickrJoint
+from .models import EmoticBaseline, EmoticJoint, EmoticLoss, FlickrBaseline, FlickrJoint, WithEncoders
 from .results import load_predictions, save_predictions, write_json
 from .labels import CATEGORIES
 from .training import (emotic_eval, fit, flickr_eval, flickr_pairs, load_checkpoint, predict, seed_everything,
@@ -32,6 +33,8 @@ from .training import (emotic_eval, fit, flickr_eval, flickr_pairs, load_checkpo
 SPLITS = ("train", "val", "test")
 #: part of every checkpoint's fingerprint: bump it when a recipe changes in a way its settings do not show
 RECIPE_VERSION = 2
+#: how a model whose image encoder's final blocks were trained with it is named (beside its frozen twin)
+FINETUNED = "last blocks fine-tuned"
 
 #: Emotic models: row label -> (family, inputs). Baselines keep one embedding and head per input (late fusion);
 #: joint models project image (body + scene) and text into one shared space.
@@ -208,11 +211,14 @@ def emotic_model(label: str, cfg: dict, dims: dict, align_weight: float | None =
 
 
 def train_emotic(data: Data, cfg: dict, label: str, *, seed: int | None = None, align_weight: float | None = None,
-                 train: dict | None = None, tag: str = "clean", progress: bool = True) -> Trained:
+                 train: dict | None = None, tag: str = "clean", progress: bool = True,
+                 finetune: nn.Module | None = None, val: dict | None = None) -> Trained:
     """Train (or load) the Emotic model ``label``; best epoch by validation mAP on clean data.
 
     ``train`` replaces the training features (e.g. poisoned ones, with ``tag`` naming them); heads start at the
-    training base rates.
+    training base rates. ``finetune``: the trainable end of the image encoder (``ImageEncoder.split()[1]``);
+    ``train`` and ``val`` then hold the encoder's prefix maps under ``body``/``context`` instead of features,
+    and the blocks train with the heads (``finetune_lr``, ``finetune_epochs``).
     """
     family = EMOTIC_MODELS[label][0]
     train = data.features["train"] if train is None else train
@@ -226,11 +232,19 @@ def train_emotic(data: Data, cfg: dict, label: str, *, seed: int | None = None, 
            **{k: cfg[k] for k in _EMOTIC_RECIPE}, **{k: v for k, v in cfg.items() if k.startswith(prefix)}}
     if family == "joint":
         key["align"] = cfg["align_weight"] if align_weight is None else align_weight
-    with threads(cfg["train_threads"]):
+    fit_kwargs = dict(metric_fn=emotic_eval, monitor="mAP", epochs=cfg["epochs"], patience=cfg["patience"], lr=lr,
+                      weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"])
+    n_threads = cfg["train_threads"]
+    if finetune is not None:
+        finetune = copy.deepcopy(finetune)  # every run starts from the pretrained blocks
+        model = WithEncoders(model, {"body": finetune, "context": finetune}, finetune=True,
+                             encoder_lr=cfg["finetune_lr"])
+        key["finetune"] = {"blocks": str(finetune), "lr": cfg["finetune_lr"], "epochs": cfg["finetune_epochs"]}
+        fit_kwargs["epochs"], n_threads = cfg["finetune_epochs"], None  # convolutions: every core helps
+        label = f"{label}, {FINETUNED}"
+    with threads(n_threads):
         return _train_or_load(model, label if align_weight is None else f"{label}, lambda={align_weight:g}", key,
-                              train, data.features["val"],
-                              dict(metric_fn=emotic_eval, monitor="mAP", epochs=cfg["epochs"], patience=cfg["patience"],
-                                   lr=lr, weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"]), progress)
+                              train, data.features["val"] if val is None else val, fit_kwargs, progress)
 
 
 def train_flickr_joint(data: Data, cfg: dict, label: str, *, seed: int | None = None, train: dict | None = None,

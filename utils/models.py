@@ -623,16 +623,19 @@ class WithEncoders(nn.Module):
     layer and projection), which suits small training sets. Whatever is trained, BatchNorm layers stay in eval
     mode: their running statistics are the ImageNet ones the features were designed around, and a batch of a few
     dozen crops would only make them noisy (their affine weights still train where the block is trainable).
-    Other inputs (text features, labels) pass through unchanged.
+    Other inputs (text features, labels) pass through unchanged. ``encoder_lr`` (optional) is the learning rate of
+    the encoder weights in ``fit`` (pretrained blocks usually want a smaller one than the fresh heads).
     """
 
     FINETUNE = (False, True, "last")
 
-    def __init__(self, model: nn.Module, encoders: Mapping[str, nn.Module], finetune: bool | str = False):
+    def __init__(self, model: nn.Module, encoders: Mapping[str, nn.Module], finetune: bool | str = False,
+                 encoder_lr: float | None = None):
         super().__init__()
         if finetune not in self.FINETUNE:
             raise ValueError(f"WithEncoders: finetune must be False, True or 'last', got {finetune!r}")
         self.model, self.encoders, self.finetune = model, nn.ModuleDict(dict(encoders)), finetune
+        self.encoder_lr = encoder_lr
         self.inputs = getattr(model, "inputs", tuple(encoders))
         self.encoders.requires_grad_(finetune is True)
         if finetune == "last":
@@ -654,6 +657,13 @@ class WithEncoders(nn.Module):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()  # running statistics stay as loaded; see the class docstring
         return self
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The trainable weights for the optimiser: the model's at ``lr``, the encoders' at ``encoder_lr``."""
+        head = [p for p in self.model.parameters() if p.requires_grad]
+        enc = [p for p in self.encoders.parameters() if p.requires_grad]
+        enc_lr = lr if self.encoder_lr is None else self.encoder_lr
+        return [g for g in ({"params": head, "lr": lr}, {"params": enc, "lr": enc_lr}) if g["params"]]
 
     def _encode(self, batch: Mapping[str, torch.Tensor]) -> dict:
         out = dict(batch)

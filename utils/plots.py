@@ -479,8 +479,9 @@ def poisoning_curves(table, by: str = "model", x: str = "fraction",
                                                "target top-1 on clean images %"),
                      clean: str = "clean mean R@1", title: str | None = None, path=None) -> Figure:
     """Backdoor curves against the poisoned fraction: attack-success columns on the left (first solid, then dashed
-    and dotted: e.g. with a defence, and the clean-image control), the clean metric on the right; one colour per
-    ``by`` group. Columns missing from ``table`` are skipped."""
+    and dotted: e.g. with a defence, and the clean-image control; error bars where the table has ``<column> low``
+    and ``<column> high``), the clean metric on the right; one colour per ``by`` group. Columns missing from
+    ``table`` are skipped."""
     import seaborn as sns
 
     fig = Figure(figsize=(11, 3.8), layout="constrained")
@@ -489,7 +490,11 @@ def poisoning_curves(table, by: str = "model", x: str = "fraction",
     for (name, part), colour in zip(groups, sns.color_palette("tab10", len(groups))):
         part = part.sort_values(x)
         for col, style in zip([c for c in success if c in part], ("-", "--", ":", "-.")):
-            ax_s.plot(100 * part[x], part[col], style, marker="o", ms=4, color=colour, label=f"{name}: {col}")
+            # a rate with its interval columns ("<col> low" / "<col> high") gets error bars
+            bars = (np.vstack([part[col] - part[f"{col} low"], part[f"{col} high"] - part[col]])
+                    if f"{col} low" in part and f"{col} high" in part else None)
+            ax_s.errorbar(100 * part[x], part[col], yerr=bars, fmt=style, marker="o", ms=4, capsize=3, color=colour,
+                          label=f"{name}: {col}")
         ax_c.plot(100 * part[x], part[clean], marker="o", ms=4, color=colour, label=name)
     ax_s.set(xlabel="poisoned training images (%)", ylabel="%", ylim=(-3, 103), title="attack success")
     ax_c.set(xlabel="poisoned training images (%)", ylabel=clean, title=f"{clean} (clean test data)")

@@ -15,7 +15,7 @@ import torch
 
 from . import attack as A
 from . import encoders, stats
-from .experiments import Data, Findings, emotic_chance, slug, train_emotic, train_flickr_joint
+from .experiments import FINETUNED, Data, Findings, emotic_chance, slug, train_emotic, train_flickr_joint
 from .labels import CATEGORIES, CATEGORY_INDEX
 from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
 from .poisoning import (MedianFilter, emotic_backdoor_success, median_filter_defence, poison_emotic, poison_flickr,
@@ -279,46 +279,97 @@ def flickr_defence(data: Data, models: dict, needed: dict, cfg: dict) -> pd.Data
 
 
 # ---------------------------------------------------------------------------------------------- poisoning
+def prefix_maps(prefix: torch.nn.Module, images: np.ndarray, batch_size: int = 64, desc: str | None = None
+                ) -> np.ndarray:
+    """The frozen prefix of a split encoder (``ImageEncoder.split``) on uint8 (N,H,W,3) images: float32 NumPy
+    maps (N, C, h, w), computed batch by batch on the prefix's device (a memmap is read a batch at a time)."""
+    from tqdm.auto import tqdm
+
+    from . import device as devices
+
+    dev = prefix.mean.device
+    out = []
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False):
+            x = encoders.images_to_device(np.asarray(images[s:s + batch_size]), dev)
+            out.append(devices.to_numpy(prefix(x).contiguous()))
+            encoders.release_rows(images, s, s + batch_size)
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
 def emotic_poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Frozen-encoder poisoning: a trigger stamped on a seeded fraction of training photos (scene and body), their
+    """Pixel-trigger poisoning: a trigger stamped on a seeded fraction of training photos (scene and body), their
     labels switched to the target; each model retrained (same recipe) and scored on triggered test photos.
 
+    Two attacks on the training pipeline: the *frozen encoder* (only the heads retrain on the stamped photos'
+    features) and, when ``poison_finetune="last"``, *end to end*: the image encoder's final blocks retrain with the
+    heads on the stamped photos (``ImageEncoder.split``: the frozen prefix runs once per photo, the blocks every
+    step), so the encoder itself can learn to see the trigger.
+
     Returns a table (model x fraction: backdoor success with its Wilson interval, the clean-image control = the same
-    poisoned model's rate of choosing the target on untriggered photos, clean mAP) and the raw scores.
+    poisoned model's rate of choosing the target on untriggered photos, with its interval, McNemar's test of the
+    trigger's effect, clean mAP) and the raw scores keyed by (model, fraction).
     """
-    split, train_split, test = data.splits["test"], data.splits["train"], data.features["test"]
+    variants = [False] + ([cfg["poison_finetune"]] if cfg["poison_finetune"] else [])
+    if any(v not in (False, "last") for v in variants):
+        raise ValueError(f"poison_finetune must be null or 'last', got {cfg['poison_finetune']!r}")
+    tables, scores = [], {}
+    for finetune in variants:
+        table, s = _emotic_poisoning(data, cfg, labels, finetune == "last")
+        tables.append(table)
+        scores.update(s)
+    return pd.concat(tables, ignore_index=True), scores
+
+
+def _emotic_poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tuple[pd.DataFrame, dict]:
+    splits = data.splits
     trigger = dict(size=cfg["trigger_size"], position=cfg["trigger_position"])
     target = CATEGORY_INDEX[cfg["poison_target"]]
-    triggered = {kind: encoders.image_features(data.image_encoder, stamp_trigger(np.asarray(getattr(split, kind)),
-                                                                                  **trigger), desc=f"triggered {kind}")
+    if finetune:  # the encoder's prefix maps stand in for features; the final blocks train in train_emotic
+        prefix, blocks = data.image_encoder.split()
+        encode = lambda images, desc=None: prefix_maps(prefix, images, desc=desc)  # noqa: E731
+        clean = {name: {**data.features[name], **{kind: encode(getattr(splits[name], kind), f"{name} {kind} maps")
+                                                  for kind in ("body", "context")}} for name in ("train", "val", "test")}
+    else:
+        blocks = None
+        encode = lambda images, desc=None: encoders.image_features(data.image_encoder, images, desc=desc)  # noqa: E731
+        clean = data.features
+    test = clean["test"]
+    triggered = {kind: encode(stamp_trigger(np.asarray(getattr(splits["test"], kind)), **trigger), f"triggered {kind}")
                  for kind in ("body", "context")}
     eligible = test["cat"][:, target] < 0.5
+    n = int(eligible.sum())
     rows, scores = [], {}
     for fraction in cfg["poison_fractions"]:
-        p = poison_emotic(train_split.context, data.features["train"]["cat"], fraction, cfg["poison_target"],
+        p = poison_emotic(splits["train"].context, clean["train"]["cat"], fraction, cfg["poison_target"],
                           seed=cfg["seed"], **trigger)
-        poisoned = dict(data.features["train"], cat=p.labels)
-        if len(p.indices):  # features of the stamped copies, computed from their new pixels
-            body = stamp_trigger(np.asarray(train_split.body[p.indices]), **trigger)
+        poisoned = dict(clean["train"], cat=p.labels)
+        if len(p.indices):  # the stamped copies' inputs, computed from their new pixels
+            body = stamp_trigger(np.asarray(splits["train"].body[p.indices]), **trigger)
             for kind, imgs in (("context", p.images), ("body", body)):
                 poisoned[kind] = poisoned[kind].copy()
-                poisoned[kind][p.indices] = encoders.image_features(data.image_encoder, imgs)
+                poisoned[kind][p.indices] = encode(imgs)
         for label in labels:
-            model = train_emotic(data, cfg, label, train=poisoned, tag="clean" if fraction == 0 else
-                                 f"poison-{cfg['poison_target']}-{fraction:g}", progress=False).model
+            trained = train_emotic(data, cfg, label, train=poisoned, val=clean["val"], finetune=blocks,
+                                   tag="clean" if fraction == 0 else f"poison-{cfg['poison_target']}-{fraction:g}",
+                                   progress=False)
+            model = trained.model
             s = {"clean": predict(model, test)["scores"], "triggered": predict(model, {**test, **triggered})["scores"]}
-            scores[label, fraction] = s
-            hits = int((s["triggered"][eligible].argmax(1) == target).sum())
-            control = int((s["clean"][eligible].argmax(1) == target).sum())
-            n = int(eligible.sum())
-            lo, hi = stats.wilson_interval(hits, n)
-            rows.append({"model": label, "fraction": fraction, "poisoned images": len(p.indices),
+            name = f"{label}, {FINETUNED}" if finetune else label
+            scores[name, fraction] = s
+            hit = s["triggered"][eligible].argmax(1) == target
+            control = s["clean"][eligible].argmax(1) == target
+            lo, hi = stats.wilson_interval(int(hit.sum()), n)
+            c_lo, c_hi = stats.wilson_interval(int(control.sum()), n)
+            rows.append({"model": name, "encoder": FINETUNED if finetune else "frozen", "fraction": fraction,
+                         "poisoned images": len(p.indices),
                          "backdoor success %": 100 * emotic_backdoor_success(s["triggered"], test["cat"], target),
                          "backdoor success % low": 100 * lo, "backdoor success % high": 100 * hi,
-                         "target top-1 on clean images %": 100 * control / max(n, 1),
-                         "trigger adds (McNemar p)": stats.mcnemar_exact(
-                             s["triggered"][eligible].argmax(1) == target, s["clean"][eligible].argmax(1) == target)["p_value"],
-                         "clean mAP": emotic_metrics(s["clean"], test["cat"])["mAP"]})
+                         "target top-1 on clean images %": 100 * float(control.sum()) / max(n, 1),
+                         "target top-1 on clean images % low": 100 * c_lo,
+                         "target top-1 on clean images % high": 100 * c_hi,
+                         "trigger adds (McNemar p)": stats.mcnemar_exact(hit, control)["p_value"],
+                         "clean mAP": emotic_metrics(s["clean"], test["cat"])["mAP"], "checkpoint": trained.checkpoint.name})
     return pd.DataFrame(rows), scores
 
 
@@ -354,10 +405,13 @@ def flickr_poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tup
             hits = int((s_trig.argmax(1) == len(texts) - 1).sum())
             lo, hi = stats.wilson_interval(hits, n)
             target_first, control_first = s_trig.argmax(1) == len(texts) - 1, s_clean.argmax(1) == len(texts) - 1
-            rows.append({"model": name, "fraction": fraction, "poisoned images": len(p.indices),
+            c_lo, c_hi = stats.wilson_interval(int(control_first.sum()), n)
+            rows.append({"model": name, "encoder": "frozen", "fraction": fraction, "poisoned images": len(p.indices),
                          "backdoor success %": 100 * hits / n, "backdoor success % low": 100 * lo,
                          "backdoor success % high": 100 * hi,
                          "target top-1 on clean images %": 100 * float(control_first.mean()),
+                         "target top-1 on clean images % low": 100 * c_lo,
+                         "target top-1 on clean images % high": 100 * c_hi,
                          "trigger adds (McNemar p)": stats.mcnemar_exact(target_first, control_first)["p_value"],
                          "clean mean R@1": retrieval_metrics(m.similarity(test["image"], test["text"]),
                                                              test["caption_image"])["mean_R@1"]})

@@ -233,7 +233,9 @@ def fit(model: nn.Module, train_data, val_data=None, *, loss_fn: Callable | None
     seed_everything(seed)
     train_ds = train_data if isinstance(train_data, Dataset) else FeatureDataset(train_data)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    # a model may ask for its own learning rates per part (WithEncoders: a smaller one for pretrained blocks)
+    params = model.param_groups(lr) if hasattr(model, "param_groups") else [p for p in model.parameters()
+                                                                            if p.requires_grad]
     # Fused AdamW updates all parameters in one kernel instead of ~10 per tensor: on a CPU it makes the optimiser
     # step about 6x cheaper, which for the small feature-level models here is a third of the training time.
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
