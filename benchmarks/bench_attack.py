@@ -132,11 +132,24 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def recheck(name, model, clean, adv, labels, k):
-    """Successes on the uint8 images, after checking at most k pixels changed."""
+    """Successes on the uint8 images, after checking at most k pixels changed (on the reference model, which no
+    library ever receives, in eval mode)."""
+    if model.training:
+        raise AssertionError(f"{name}: the re-check model was left in train mode")
     changed = (adv != clean).any(-1).sum((1, 2))
     if (changed > k).any():
         raise AssertionError(f"{name}: changed {changed.max()} pixels, more than {k}")
     return predict(model, adv) != labels
+
+
+def margins(model, images_uint8: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Label logit minus the best other logit on the plain model (negative = fooled)."""
+    with torch.inference_mode():
+        z = model(torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div(255)).clone()
+        rows, lab = torch.arange(len(z)), torch.from_numpy(labels)
+        own = z[rows, lab].clone()
+        z[rows, lab] = -torch.inf
+        return (own - z.max(1).values).numpy()
 
 
 def run_ours(fn, pipe, images, labels, model, k, **kw):
@@ -145,26 +158,35 @@ def run_ours(fn, pipe, images, labels, model, k, **kw):
     wall = time.perf_counter() - t
     tab = rep.table()
     ok = recheck("ours", model, images, rep.adversarial, labels, k)
-    if not (ok == tab.success.to_numpy()).all():
-        raise AssertionError("a reported success of ours did not re-check (or a success went unreported)")
+    reported = tab.success.to_numpy()
+    if (ok != reported).any():
+        # Ours confirms with its own fp32 pass (channels_last); the re-check is the peers' default-layout model. On a
+        # margin within float rounding of zero the two can disagree; like every library, ours is counted by the
+        # re-check, and the disagreement is shown rather than hidden.
+        odd = np.flatnonzero(ok != reported)
+        print(f"  note: {len(odd)} of ours' verdicts differ on the plain re-check model (image, reported, re-check "
+              f"margin): {[(int(i), bool(reported[i]), float(f'{m:.2g}')) for i, m in zip(odd, margins(model, rep.adversarial[odd], labels[odd]))]}"
+              "; counted by the re-check", flush=True)
     return dict(wall=wall, queries=int(tab.queries.sum()), success=int(ok.sum()), per_image=tab.queries.to_numpy(),
-                won=tab.success.to_numpy())
+                won=ok)
 
 
-def run_torchattacks(model, images, labels, pop, gens, batch, seed):
-    counted = Counted(model)
+def run_torchattacks(reference, images, labels, pop, gens, batch, seed):
+    # a model of its own: torchattacks restores the wrapper's training flag after attacking, and a model left in
+    # train mode moves its BatchNorm statistics at every forward pass
+    counted = Counted(default_layout_model()).eval()
     attack = torchattacks.OnePixel(counted, pixels=1, steps=gens, popsize=pop, inf_batch=batch)
     np.random.seed(seed)  # its DE draws from numpy's global RNG
     xs = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
     t = time.perf_counter()
     adv = attack(xs, torch.from_numpy(labels))
     wall = time.perf_counter() - t
-    ok = recheck("torchattacks", model, images, to_uint8(adv), labels, 1)
+    ok = recheck("torchattacks", reference, images, to_uint8(adv), labels, 1)
     return dict(wall=wall, queries=counted.count, success=int(ok.sum()))
 
 
-def run_art(model, images, labels, pop, gens, batch, seed):
-    counted = Counted(model)
+def run_art(reference, images, labels, pop, gens, batch, seed):
+    counted = Counted(default_layout_model()).eval()  # a model of its own, as for torchattacks
     clf = PyTorchClassifier(model=counted, loss=nn.CrossEntropyLoss(), input_shape=(3, 224, 224), nb_classes=1000,
                             clip_values=(0.0, 1.0), channels_first=True, device_type="cpu")
     original = art_pixel.differential_evolution
@@ -181,7 +203,7 @@ def run_art(model, images, labels, pop, gens, batch, seed):
         wall = time.perf_counter() - t
     finally:
         art_pixel.differential_evolution = original
-    ok = recheck("ART", model, images, to_uint8(adv), labels, 1)
+    ok = recheck("ART", reference, images, to_uint8(adv), labels, 1)
     return dict(wall=wall, queries=counted.count, success=int(ok.sum()))
 
 
@@ -212,7 +234,7 @@ def main():
 
     enc = load_image_encoder("mobilenet_v2", device="cpu")
     ours_model = nn.Sequential(enc, enc.head).eval()  # utils.encoders: channels_last on CPU
-    peer_model = default_layout_model()
+    peer_model = default_layout_model()  # the re-check reference: no library is ever given this instance
     pool, names = photo_pool()
     with torch.inference_mode():
         probs = peer_model(torch.from_numpy(pool).permute(0, 3, 1, 2).float().div(255)).softmax(1)
