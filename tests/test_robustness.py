@@ -72,3 +72,14 @@ def test_paired_sentence_names_the_model_fooled_less_often():
     assert R.paired_sentence(tests, "a", "b").endswith("b is fooled less often")
     assert R.paired_sentence(R.paired_attack_tests({"a": b, "b": a}, [("a", "b")]), "a", "b").endswith(
         "a is fooled less often")
+
+
+def test_backdoor_columns_rates_and_wilson_bounds_against_scipy():
+    hit = np.array([True, True, False, True, False, False, True, False, False, False])
+    control = np.array([False, True, False, False, False, False, False, False, False, False])
+    cols = R.backdoor_columns(hit, control)
+    for column, won in (("backdoor success %", 4), ("target top-1 on clean images %", 1)):
+        ci = binomtest(won, 10).proportion_ci(method="wilson")
+        assert cols[column] == pytest.approx(10 * won)
+        assert (cols[f"{column} low"], cols[f"{column} high"]) == (pytest.approx(100 * ci.low), pytest.approx(100 * ci.high))
+    assert cols["trigger adds (McNemar p)"] == pytest.approx(binomtest(3, 3, 0.5).pvalue)  # 3 discordant, all one way

@@ -701,6 +701,18 @@ def _cache_folder(cache) -> Path | None:
     return paths.cache_dir() if cache is True else Path(cache)
 
 
+def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, batch_size: int, desc: str | None,
+                    autocast: bool = True):
+    """Yield ``(start, float32 NumPy output)`` of ``module`` on uint8 ``(N, H, W, 3)`` images, a batch at a time on
+    ``dev`` (bf16 autocast on a capable GPU when ``autocast``); a memmap's rows are handed back to the kernel as they
+    are done. ``desc`` labels the progress bar (none for a single batch, or when ``desc`` is None)."""
+    show = None if desc is not None and len(images) > batch_size else True
+    with torch.inference_mode(), devices.autocast(dev, enabled=autocast):
+        for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=show):
+            yield i, devices.to_numpy(module(images_to_device(images[i:i + batch_size], dev)).float())
+            release_rows(images, i, i + batch_size)
+
+
 def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 32, cache=True,
                    desc: str | None = None) -> np.ndarray:
     """Features of uint8 ``(N, H, W, 3)`` images (array or memmap), computed in batches or read from the cache.
@@ -717,11 +729,8 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 
     if path is not None and (hit := _cached(path, len(images), encoder.dim)) is not None:
         return hit
     out = np.zeros((len(images), encoder.dim), dtype=np.float32)
-    with torch.inference_mode(), devices.autocast(dev):
-        for i in tqdm(range(0, len(images), batch_size), desc=desc or f"features {encoder.name}", unit="batch",
-                      leave=False, disable=True if len(images) <= batch_size else None):  # no bar for one batch
-            out[i:i + batch_size] = devices.to_numpy(encoder(images_to_device(images[i:i + batch_size], dev)).float())
-            release_rows(images, i, i + batch_size)
+    for i, feats in batched_outputs(encoder, images, dev, batch_size, desc or f"features {encoder.name}"):
+        out[i:i + batch_size] = feats
     if path is not None:
         _save_atomic(path, out)
     return out

@@ -18,8 +18,7 @@ from . import encoders, stats
 from .experiments import FINETUNED, Data, Findings, emotic_chance, slug, train_emotic, train_flickr_joint
 from .labels import CATEGORIES, CATEGORY_INDEX
 from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
-from .poisoning import (MedianFilter, emotic_backdoor_success, median_filter_defence, poison_emotic, poison_flickr,
-                        stamp_trigger)
+from .poisoning import MedianFilter, median_filter_defence, poison_emotic, poison_flickr, stamp_trigger
 from .training import predict
 
 
@@ -282,19 +281,22 @@ def flickr_defence(data: Data, models: dict, needed: dict, cfg: dict) -> pd.Data
 def prefix_maps(prefix: torch.nn.Module, images: np.ndarray, batch_size: int = 64, desc: str | None = None
                 ) -> np.ndarray:
     """The frozen prefix of a split encoder (``ImageEncoder.split``) on uint8 (N,H,W,3) images: float32 NumPy
-    maps (N, C, h, w), computed batch by batch on the prefix's device (a memmap is read a batch at a time)."""
-    from tqdm.auto import tqdm
-
-    from . import device as devices
-
-    dev = prefix.mean.device
-    out = []
-    with torch.inference_mode():
-        for s in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False):
-            x = encoders.images_to_device(np.asarray(images[s:s + batch_size]), dev)
-            out.append(devices.to_numpy(prefix(x).contiguous()))
-            encoders.release_rows(images, s, s + batch_size)
+    maps (N, C, h, w), computed batch by batch on the prefix's device, in float32 (they are training inputs)."""
+    out = [maps for _, maps in encoders.batched_outputs(prefix, images, prefix.mean.device, batch_size, desc,
+                                                         autocast=False)]
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def backdoor_columns(hit: np.ndarray, control: np.ndarray) -> dict:
+    """A poisoning row's rates from per-item booleans on the same eligible items: the target answered with the
+    trigger (backdoor success) and without it (the control), in percent with Wilson intervals, and McNemar's exact
+    test of what the trigger adds."""
+    out = {}
+    for column, won in (("backdoor success %", hit), ("target top-1 on clean images %", control)):
+        r = stats.success_rate_interval(int(won.sum()), len(won))
+        out.update({column: r["estimate"], f"{column} low": r["low"], f"{column} high": r["high"]})
+    out["trigger adds (McNemar p)"] = stats.mcnemar_exact(hit, control)["p_value"]
+    return out
 
 
 def emotic_poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, dict]:
@@ -310,12 +312,11 @@ def emotic_poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataF
     poisoned model's rate of choosing the target on untriggered photos, with its interval, McNemar's test of the
     trigger's effect, clean mAP) and the raw scores keyed by (model, fraction).
     """
-    variants = [False] + ([cfg["poison_finetune"]] if cfg["poison_finetune"] else [])
-    if any(v not in (False, "last") for v in variants):
-        raise ValueError(f"poison_finetune must be null or 'last', got {cfg['poison_finetune']!r}")
+    if cfg["poison_finetune"] not in (None, False, "last"):
+        raise ValueError(f"poison_finetune must be null (or false) or 'last', got {cfg['poison_finetune']!r}")
     tables, scores = [], {}
-    for finetune in variants:
-        table, s = _emotic_poisoning(data, cfg, labels, finetune == "last")
+    for finetune in (False, True) if cfg["poison_finetune"] else (False,):
+        table, s = _emotic_poisoning(data, cfg, labels, finetune)
         tables.append(table)
         scores.update(s)
     return pd.concat(tables, ignore_index=True), scores
@@ -338,7 +339,6 @@ def _emotic_poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) 
     triggered = {kind: encode(stamp_trigger(np.asarray(getattr(splits["test"], kind)), **trigger), f"triggered {kind}")
                  for kind in ("body", "context")}
     eligible = test["cat"][:, target] < 0.5
-    n = int(eligible.sum())
     rows, scores = [], {}
     for fraction in cfg["poison_fractions"]:
         p = poison_emotic(splits["train"].context, clean["train"]["cat"], fraction, cfg["poison_target"],
@@ -357,18 +357,10 @@ def _emotic_poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) 
             s = {"clean": predict(model, test)["scores"], "triggered": predict(model, {**test, **triggered})["scores"]}
             name = f"{label}, {FINETUNED}" if finetune else label
             scores[name, fraction] = s
-            hit = s["triggered"][eligible].argmax(1) == target
-            control = s["clean"][eligible].argmax(1) == target
-            lo, hi = stats.wilson_interval(int(hit.sum()), n)
-            c_lo, c_hi = stats.wilson_interval(int(control.sum()), n)
             rows.append({"model": name, "encoder": FINETUNED if finetune else "frozen", "fraction": fraction,
                          "poisoned images": len(p.indices),
-                         "backdoor success %": 100 * emotic_backdoor_success(s["triggered"], test["cat"], target),
-                         "backdoor success % low": 100 * lo, "backdoor success % high": 100 * hi,
-                         "target top-1 on clean images %": 100 * float(control.sum()) / max(n, 1),
-                         "target top-1 on clean images % low": 100 * c_lo,
-                         "target top-1 on clean images % high": 100 * c_hi,
-                         "trigger adds (McNemar p)": stats.mcnemar_exact(hit, control)["p_value"],
+                         **backdoor_columns(s["triggered"][eligible].argmax(1) == target,
+                                            s["clean"][eligible].argmax(1) == target),
                          "clean mAP": emotic_metrics(s["clean"], test["cat"])["mAP"], "checkpoint": trained.checkpoint.name})
     return pd.DataFrame(rows), scores
 
@@ -401,18 +393,8 @@ def flickr_poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tup
         for name, m in models.items():
             s_trig, s_clean = m.similarity(trig, texts), m.similarity(test["image"], texts)
             scores[name, fraction] = {"triggered": s_trig, "clean": s_clean}
-            n = len(s_trig)
-            hits = int((s_trig.argmax(1) == len(texts) - 1).sum())
-            lo, hi = stats.wilson_interval(hits, n)
-            target_first, control_first = s_trig.argmax(1) == len(texts) - 1, s_clean.argmax(1) == len(texts) - 1
-            c_lo, c_hi = stats.wilson_interval(int(control_first.sum()), n)
             rows.append({"model": name, "encoder": "frozen", "fraction": fraction, "poisoned images": len(p.indices),
-                         "backdoor success %": 100 * hits / n, "backdoor success % low": 100 * lo,
-                         "backdoor success % high": 100 * hi,
-                         "target top-1 on clean images %": 100 * float(control_first.mean()),
-                         "target top-1 on clean images % low": 100 * c_lo,
-                         "target top-1 on clean images % high": 100 * c_hi,
-                         "trigger adds (McNemar p)": stats.mcnemar_exact(target_first, control_first)["p_value"],
+                         **backdoor_columns(s_trig.argmax(1) == len(texts) - 1, s_clean.argmax(1) == len(texts) - 1),
                          "clean mean R@1": retrieval_metrics(m.similarity(test["image"], test["text"]),
                                                              test["caption_image"])["mean_R@1"]})
     return pd.DataFrame(rows), scores
