@@ -11,7 +11,8 @@ the notebooks. Each rank loads the data and the models (rank 0 first, so a missi
 made once), attacks its shards of the rows (shard i goes to rank i % world) and writes each shard atomically;
 rank 0 then checks and merges them into ``<output>/attacks/<experiment>_<key>.npz``, which the notebook loads
 instead of attacking (``utils.robustness.pixels_needed``). A rerun skips the shards already written; any number
-of processes gives the same result. See docs/distributed.md.
+of processes gives the same result. The key, the files and the shards: ``utils.precomputed_attacks``. See
+docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from utils import config
 from utils import distributed as D
+from utils import precomputed_attacks as P
 from utils import robustness as R
 
 
@@ -76,7 +78,7 @@ def features_only(run: D.Launch, cfg: dict, shard_size: int) -> None:
         splits = {s: data_module.load_flickr(s, root) for s in X.SPLITS}
         inputs = [(s, kind, items) for s, d in splits.items() for kind, items in
                   (("image", d.images), ("text", d.caption_texts))]
-    image_encoder, text_encoder = X._encoders(cfg)
+    image_encoder, text_encoder = X.frozen_encoders(cfg)
     for split, kind, items in inputs:
         t = time.perf_counter()
         D.sharded_features(run, image_encoder if kind == "image" else text_encoder, items, shard_size, kind)
@@ -86,23 +88,23 @@ def features_only(run: D.Launch, cfg: dict, shard_size: int) -> None:
 
 def attack(run: D.Launch, cfg: dict, args) -> Path | None:
     with D.rank_zero_first(run):  # rank 0 fills the feature cache and trains missing models; the others read them
-        job = R.attack_job(cfg, rows=args.rows, limit=args.limit)
+        job = P.attack_job(cfg, rows=args.rows, limit=args.limit)
     key = job.key
     args.shard_size = args.shard_size or R.attack_chunk(cfg)
     D.same_on_every_rank(run, key, "the attack's configuration fingerprint")
-    folder = R.attack_shard_dir(cfg, key, args.shard_size)
+    folder = P.attack_shard_dir(cfg, key, args.shard_size)
     if run.main:
         run.log(f"{cfg['experiment']} ({cfg['profile']}): {len(job.rows)} items x {len(job.pipelines)} models, "
                 f"key {key}, shards of {args.shard_size} in {folder}, {run.world} process(es) on {run.device}")
     if not args.merge_only:
         t = time.perf_counter()
-        done = R.attack_shards(job, run, args.shard_size, key)
+        done = P.attack_shards(job, run, args.shard_size, key)
         run.log(f"computed shards {done['computed']}, skipped (already written) {done['skipped']} "
                 f"in {time.perf_counter() - t:.1f} s")
     D.barrier(run)
     if not run.main:
         return None
-    path = R.merge_attack_shards(job, args.shard_size, key)
+    path = P.merge_attack_shards(job, args.shard_size, key)
     run.log(f"merged into {path}")
     return path
 

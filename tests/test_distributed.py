@@ -24,6 +24,7 @@ from torch import nn
 
 from utils import config, encoders
 from utils import distributed as D
+from utils import precomputed_attacks as P
 from utils import robustness as R
 from utils.attack import ClassifierPixelPipeline
 from utils.results import save_predictions
@@ -59,8 +60,8 @@ def smoke(tmp_path_factory):
         # round differently with another thread count, and its fitted arrays are part of the attack's key
         with threadpool_limits(1):
             cfg = config.load("flickr8k")
-            job = R.attack_job(cfg, rows="correct")
-            reference = R.attack_arrays(R.attack_items(job.pipelines, job.images, job.rows, cfg, chunk=1), job.key,
+            job = P.attack_job(cfg, rows="correct")
+            reference = P.attack_arrays(R.attack_items(job.pipelines, job.images, job.rows, cfg, chunk=1), job.key,
                                         job.rows)
         yield {"root": root, "cfg": cfg, "job": job, "reference": reference}
     finally:
@@ -112,13 +113,13 @@ def test_two_gloo_processes_give_the_single_process_arrays(smoke):
         job = smoke["job"]
         got = R.pixels_needed(job.pipelines, job.images, job.rows, smoke["cfg"])
         assert list(got) == ["both maps", "joint (both towers)"]
-        _same_arrays(R.attack_arrays(got, job.key, job.rows), ref)
+        _same_arrays(P.attack_arrays(got, job.key, job.rows), ref)
         k_first = got["both maps"].schedule[0]
         r = got["both maps"].reports[k_first].results[0]
         assert np.array_equal(r.adversarial, R.A.apply_pixels(job.images[[r.row]], r.pixels[None])[0])
         # another configuration (one more query) has no merged file: it is attacked afresh, not loaded
         other = dict(smoke["cfg"], attack_queries=31)
-        assert R.attack_key(job.pipelines, job.images, job.rows, other) != job.key
+        assert P.attack_key(job.pipelines, job.images, job.rows, other) != job.key
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -185,12 +186,12 @@ class Brightness(nn.Module):
         return torch.stack([torch.zeros_like(m), 200 * (m - 0.37)], 1)
 
 
-def _toy_job() -> R.AttackJob:
+def _toy_job() -> P.AttackJob:
     """Ten 8x8 photos of a toy classifier, all of class 0, some a pixel or two from the boundary."""
     rng = np.random.default_rng(0)
     images = rng.integers(70, 110, (10, 8, 8, 3)).astype(np.uint8)
     cfg = config.load("flickr8k", "smoke", environ={}, pixels=[1, 2, 8], attack_queries=40, attack_threads=1)
-    return R.AttackJob(cfg, {"toy": ClassifierPixelPipeline(Brightness(), np.zeros(10, np.int64), 2)}, images,
+    return P.AttackJob(cfg, {"toy": ClassifierPixelPipeline(Brightness(), np.zeros(10, np.int64), 2)}, images,
                        np.arange(10))
 
 
@@ -203,47 +204,47 @@ def test_shards_of_any_rank_count_merge_to_the_same_arrays(tmp_path, monkeypatch
     job = _toy_job()
     # reference: one search over all ten rows, no sharding or merging code involved
     one = R.A.pixels_needed(job.pipelines["toy"], job.images, job.rows, schedule=job.cfg["pixels"], **R.budget(job.cfg))
-    whole = R.attack_arrays({"toy": one}, job.key, job.rows)
+    whole = P.attack_arrays({"toy": one}, job.key, job.rows)
     assert (whole["toy_k_needed"] > 0).any()
     # no merged file yet: the notebook's call attacks in-process (chunks of attack_batch / 4 items) to the same arrays
-    assert not R.attack_results_path(job.cfg, job.key).exists()
-    _same_arrays(R.attack_arrays(R.pixels_needed(job.pipelines, job.images, job.rows, job.cfg), job.key, job.rows),
+    assert not P.attack_results_path(job.cfg, job.key).exists()
+    _same_arrays(P.attack_arrays(R.pixels_needed(job.pipelines, job.images, job.rows, job.cfg), job.key, job.rows),
                  whole)
     for world in (1, 3):
         shutil.rmtree(tmp_path / "attacks", ignore_errors=True)
         for run in _ranks(world):  # the ranks one after the other: what torchrun runs side by side
-            done = R.attack_shards(job, run, 3)
+            done = P.attack_shards(job, run, 3)
             assert done["computed"] == list(range(run.rank, 4, world))
-        _same_arrays(D.read_npz(R.merge_attack_shards(job, 3)), whole)
-    assert R.attack_shards(job, _ranks(1)[0], 3) == {"computed": [], "skipped": [0, 1, 2, 3]}
+        _same_arrays(D.read_npz(P.merge_attack_shards(job, 3)), whole)
+    assert P.attack_shards(job, _ranks(1)[0], 3) == {"computed": [], "skipped": [0, 1, 2, 3]}
 
 
 def test_merge_names_a_missing_or_corrupt_shard_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("MMER_OUTPUT", str(tmp_path))
     job = _toy_job()
-    R.attack_shards(job, _ranks(1)[0], 4)
-    folder = R.attack_shard_dir(job.cfg, job.key, 4)
-    final = R.attack_results_path(job.cfg, job.key)
+    P.attack_shards(job, _ranks(1)[0], 4)
+    folder = P.attack_shard_dir(job.cfg, job.key, 4)
+    final = P.attack_results_path(job.cfg, job.key)
     second = folder / "shard-00001-of-00003.npz"
     good = second.read_bytes()
 
     second.unlink()
     with pytest.raises(D.ShardError, match="1 of 3 shard.*missing.*shard-00001-of-00003"):
-        R.merge_attack_shards(job, 4)
+        P.merge_attack_shards(job, 4)
     second.write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(D.ShardError, match="shard 1 of 3 .*shard-00001-of-00003.npz is unreadable"):
-        R.merge_attack_shards(job, 4)
+        P.merge_attack_shards(job, 4)
     arrays = D.read_npz(folder / "shard-00002-of-00003.npz")
     save_predictions(second, {**arrays, "attack_key": np.array("0123456789abcdef")})  # another configuration's
     with pytest.raises(D.ShardError, match="shard 1 of 3 .*its key is 0123456789abcdef"):
-        R.merge_attack_shards(job, 4)
+        P.merge_attack_shards(job, 4)
     save_predictions(second, {k: v for k, v in D.read_npz(folder / "shard-00000-of-00003.npz").items()})
     with pytest.raises(D.ShardError, match="shard 1 of 3 .*its rows are not rows 4..7"):
-        R.merge_attack_shards(job, 4)
+        P.merge_attack_shards(job, 4)
     assert not final.exists() and not list(final.parent.glob("*.partial"))
 
     second.write_bytes(good)
-    assert R.merge_attack_shards(job, 4) == final and final.is_file()
+    assert P.merge_attack_shards(job, 4) == final and final.is_file()
 
 
 def test_a_failing_shard_is_named_and_leaves_no_file(tmp_path, monkeypatch):
@@ -258,18 +259,18 @@ def test_a_failing_shard_is_named_and_leaves_no_file(tmp_path, monkeypatch):
 
     job.pipelines["toy"].scores = scores
     with pytest.raises(D.ShardError, match=r"rank 0: shard 1 of 4 \(test rows \[3, 4, 5\]\) failed.*out of memory"):
-        R.attack_shards(job, _ranks(1)[0], 3)
-    folder = R.attack_shard_dir(job.cfg, job.key, 3)
+        P.attack_shards(job, _ranks(1)[0], 3)
+    folder = P.attack_shard_dir(job.cfg, job.key, 3)
     assert sorted(p.name for p in folder.iterdir()) == ["shard-00000-of-00004.npz"]
 
 
 def test_rows_spec_errors_name_the_rows():
     right = {"a": np.array([True, False, True]), "b": np.array([True, True, True])}
     cfg = {"experiment": "flickr8k", "attack_images": 5, "seed": 0}
-    assert R._rows_from_spec("correct", right, 3, cfg).tolist() == [0, 2]
-    assert R._rows_from_spec("all", right, 3, cfg).tolist() == [0, 1, 2]
-    assert R._rows_from_spec("2,0", right, 3, cfg).tolist() == [2, 0]
+    assert P._rows_from_spec("correct", right, 3, cfg).tolist() == [0, 2]
+    assert P._rows_from_spec("all", right, 3, cfg).tolist() == [0, 1, 2]
+    assert P._rows_from_spec("2,0", right, 3, cfg).tolist() == [2, 0]
     with pytest.raises(ValueError, match=r"\[3\] outside the 3 test rows"):
-        R._rows_from_spec("0,3", right, 3, cfg)
+        P._rows_from_spec("0,3", right, 3, cfg)
     with pytest.raises(ValueError, match="listed twice"):
-        R._rows_from_spec("1,1", right, 3, cfg)
+        P._rows_from_spec("1,1", right, 3, cfg)

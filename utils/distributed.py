@@ -168,13 +168,13 @@ def sharded_features(run: Launch, encoder, items, shard_size: int, kind: str = "
     from . import encoders
 
     if kind == "image":
-        extract, batch, digest = encoders.image_features, 32, encoders._images_digest
+        extract, batch = encoders.image_features, 32
     elif kind == "text":
-        extract, batch, digest, items = encoders.text_features, 64, encoders._texts_digest, list(items)
+        extract, batch, items = encoders.text_features, 64, list(items)
     else:
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}")
-    path = encoders.cache_path(encoder, digest(items), None, encoders._precision(encoder))
-    if (whole := encoders._cached(path, len(items), encoder.dim)) is not None:
+    path = encoders.feature_cache_path(encoder, items)
+    if (whole := encoders.read_cached(path, len(items), encoder.dim)) is not None:
         return whole if run.main else None
     size = -(-shard_size // batch) * batch
     bounds = shard_bounds(len(items), size)
@@ -186,6 +186,6 @@ def sharded_features(run: Launch, encoder, items, shard_size: int, kind: str = "
     if run.main:  # every slice is a cache hit now
         whole = np.concatenate([extract(encoder, items[a:b], batch_size=batch) for a, b in bounds]) if bounds \
             else np.zeros((0, encoder.dim), np.float32)
-        encoders._save_atomic(path, whole)
+        encoders.write_cached(path, whole)
     barrier(run)
     return whole

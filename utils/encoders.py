@@ -671,7 +671,15 @@ def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = 
     return Path(folder if folder is not None else paths.cache_dir()) / f"{stem}-{key[:32]}.npy"
 
 
-def _cached(path: Path, n: int, dim: int) -> np.ndarray | None:
+def feature_cache_path(encoder, items, folder: str | os.PathLike | None = None) -> Path:
+    """The cache file of ``encoder``'s features of the whole input ``items`` (uint8 photos for an image encoder,
+    strings for a text encoder) in ``folder`` (default ``paths.cache_dir()``): the entry :func:`image_features` /
+    :func:`text_features` look up. Public so that a sharded extraction (``utils.distributed``) can fill it."""
+    digest = _texts_digest(_check_texts(items)) if isinstance(encoder, TextEncoder) else _images_digest(items)
+    return cache_path(encoder, digest, folder, _precision(encoder))
+
+
+def read_cached(path: Path, n: int, dim: int) -> np.ndarray | None:
     """The cached array if present and well-formed; a truncated or foreign file counts as a miss."""
     if not path.is_file():
         return None
@@ -682,7 +690,7 @@ def _cached(path: Path, n: int, dim: int) -> np.ndarray | None:
     return arr if arr.shape == (n, dim) and arr.dtype == np.float32 else None
 
 
-def _save_atomic(path: Path, arr: np.ndarray) -> None:
+def write_cached(path: Path, arr: np.ndarray) -> None:
     """Write under a temporary name in the same folder, then rename: readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent)
@@ -724,15 +732,14 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 
                          f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
     folder = _cache_folder(cache)
     dev = encoder.device
-    path = (cache_path(encoder, _images_digest(images), folder, _precision(encoder)) if folder is not None
-            else None)
-    if path is not None and (hit := _cached(path, len(images), encoder.dim)) is not None:
+    path = feature_cache_path(encoder, images, folder) if folder is not None else None
+    if path is not None and (hit := read_cached(path, len(images), encoder.dim)) is not None:
         return hit
     out = np.zeros((len(images), encoder.dim), dtype=np.float32)
     for i, feats in batched_outputs(encoder, images, dev, batch_size, desc or f"features {encoder.name}"):
         out[i:i + batch_size] = feats
     if path is not None:
-        _save_atomic(path, out)
+        write_cached(path, out)
     return out
 
 
@@ -741,10 +748,10 @@ def text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 
     """L2-normalised embeddings of ``texts``, computed in batches or read from the cache (``cache`` as above)."""
     texts = _check_texts(texts)
     folder = _cache_folder(cache)
-    path = cache_path(encoder, _texts_digest(texts), folder, _precision(encoder)) if folder is not None else None
-    if path is not None and (hit := _cached(path, len(texts), encoder.dim)) is not None:
+    path = feature_cache_path(encoder, texts, folder) if folder is not None else None
+    if path is not None and (hit := read_cached(path, len(texts), encoder.dim)) is not None:
         return hit
     out = encoder.encode(texts, batch_size=batch_size, desc=desc)
     if path is not None:
-        _save_atomic(path, out)
+        write_cached(path, out)
     return out

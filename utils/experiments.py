@@ -130,7 +130,7 @@ class Data:
         return {k: v.shape[1] for k, v in self.features["train"].items() if k in ("body", "context", "text", "image")}
 
 
-def _encoders(cfg):
+def frozen_encoders(cfg):
     """The frozen encoders of ``cfg``: the two towers of one CLIP model when ``encoders`` names one, else the image
     and text encoders by name."""
     torch.manual_seed(cfg["seed"])
@@ -143,7 +143,7 @@ def emotic_data(cfg: dict) -> Data:
     """Emotic artefacts (a missing file stops with the prep command) and their cached frozen features."""
     root = paths.require_artefacts("emotic", [f for s in SPLITS for f in D.emotic_files(s)])
     splits = {s: D.load_emotic(s, root) for s in SPLITS}
-    image_encoder, text_encoder = _encoders(cfg)
+    image_encoder, text_encoder = frozen_encoders(cfg)
     features = {s: {"body": encoders.image_features(image_encoder, d.body, desc=f"{s} body"),
                     "context": encoders.image_features(image_encoder, d.context, desc=f"{s} context"),
                     "text": encoders.text_features(text_encoder, d.descriptions, desc=f"{s} text"),
@@ -157,7 +157,7 @@ def flickr_data(cfg: dict) -> Data:
     """Flickr8k artefacts and their cached frozen features (one image row per image, one text row per caption)."""
     root = paths.require_artefacts("flickr8k", [f"{s}_{f}" for s in SPLITS for f in ("images.npy", "captions.csv")])
     splits = {s: D.load_flickr(s, root) for s in SPLITS}
-    image_encoder, text_encoder = _encoders(cfg)
+    image_encoder, text_encoder = frozen_encoders(cfg)
     features = {s: {"image": encoders.image_features(image_encoder, d.images, desc=f"{s} images"),
                     "text": encoders.text_features(text_encoder, d.caption_texts, desc=f"{s} captions"),
                     "caption_image": np.asarray(d.caption_image, np.int64)}
