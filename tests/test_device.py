@@ -2,7 +2,9 @@
 torch's availability queries, and the 'meta' device stands in for a device whose memory the host cannot read)."""
 from __future__ import annotations
 
+import ast
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +79,56 @@ def test_host_tensor_shares_memory_and_copies_read_only_rows(tmp_path):
     mm = np.load(tmp_path / "a.npy", mmap_mode="r", allow_pickle=False)
     np.testing.assert_array_equal(D.host_tensor(mm[1:]).numpy(), arr[1:])
     assert D.to_device(t, "meta").device.type == "meta"
+
+
+# ------------------------------------------------------------------ no `.numpy()` on a tensor that may be on a GPU
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _chain_calls(node: ast.AST) -> list[str]:
+    """Method names called along a receiver chain such as ``x.float().cpu().numpy()`` (innermost last)."""
+    names = []
+    while isinstance(node, (ast.Call, ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            names.append(node.func.attr)
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return names
+
+
+def device_unsafe_numpy_calls(source: str) -> list[int]:
+    """Lines that call ``.numpy()`` on something not moved to the host first: no ``.cpu()`` in the receiver chain,
+    and, for a plain variable, no ``.cpu()`` in the statement that assigned it in the same function."""
+    tree = ast.parse(source)
+    on_host: dict[ast.AST, set[str]] = {}
+    for scope in [tree, *[n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]]:
+        on_host[scope] = {t.id for n in ast.walk(scope) if isinstance(n, ast.Assign) and "cpu" in _chain_calls(n.value)
+                          for t in n.targets if isinstance(t, ast.Name)}
+    bad = []
+    for scope in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))] + [tree]:
+        for n in ast.walk(scope):
+            if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "numpy"
+                    and not n.args and "cpu" not in _chain_calls(n.func.value)):
+                base = n.func.value
+                while isinstance(base, (ast.Call, ast.Attribute, ast.Subscript)):
+                    base = base.func if isinstance(base, ast.Call) else base.value
+                if not (isinstance(base, ast.Name) and base.id in on_host[scope]):
+                    bad.append(n.lineno)
+    return sorted(set(bad))
+
+
+def test_the_unsafe_numpy_detector_flags_device_tensors_and_passes_host_copies():
+    src = ("def f(t, s):\n"
+           "    a = t.float().numpy()\n"          # 2: may be on a GPU
+           "    b = t.cpu().numpy()\n"
+           "    h = s.detach().cpu()\n"
+           "    c = h.view(-1).numpy()\n"
+           "    d = s.numpy()\n"                  # 6: s was never moved
+           "    return torch.tensor(a).numpy()\n")  # 7: flagged too (the rule is syntactic; use to_numpy)
+    assert device_unsafe_numpy_calls(src) == [2, 6, 7]
+
+
+@pytest.mark.parametrize("folder", ["utils", "scripts", "mat2py.py", "prepare_flickr8k.py"])
+def test_package_code_never_calls_numpy_on_a_tensor_that_may_be_on_a_gpu(folder):
+    files = [REPO / folder] if folder.endswith(".py") else sorted((REPO / folder).rglob("*.py"))
+    found = {str(f.relative_to(REPO)): lines for f in files if (lines := device_unsafe_numpy_calls(f.read_text()))}
+    assert found == {}, f"`.numpy()` without `.cpu()` first (use utils.device.to_numpy): {found}"
