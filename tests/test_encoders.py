@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import shutil
+import sys
+import time
 import urllib.error
 
 import numpy as np
@@ -577,6 +578,92 @@ def _resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+
+
+def _saved_memmap(path, arr):
+    np.save(path, arr)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _digest_of(arr) -> str:
+    """Independent reference for the cache's content digest: one sha256 over the header and every pixel byte."""
+    return hashlib.sha256(f"images\0|u1\0{arr.shape}\0".encode() + arr.tobytes()).hexdigest()
+
+
+def test_a_memmapped_file_is_remembered_and_a_changed_file_hashed_again(mobilenet, cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "_RACY_SECONDS", 0.0)
+    arr, path = images(5, 32), tmp_path / "imgs.npy"
+    first = E.image_features(mobilenet, _saved_memmap(path, arr))
+    (memo,) = (cache / "digests").glob("*.txt")
+    assert memo.read_text().strip() == _digest_of(arr)
+    counter = ForwardCounter(mobilenet)
+    try:
+        with monkeypatch.context() as m:  # seen before: not one byte is hashed, the features come from the cache
+            m.setattr(E, "_images_digest", lambda *a, **k: pytest.fail("a remembered file was hashed again"))
+            np.testing.assert_array_equal(E.image_features(mobilenet, np.load(path, mmap_mode="r")), first)
+        assert counter.calls == 0
+        changed = arr.copy()
+        changed[2, 3, 4, 0] ^= 1  # the same size, one grey level of one pixel: rewritten, so a new identity
+        time.sleep(0.05)  # past the file system's clock tick
+        new = E.image_features(mobilenet, _saved_memmap(path, changed))
+        assert counter.calls == 1 and not np.array_equal(new[2], first[2])
+        before = E._file_identity(np.load(path, mmap_mode="r"))
+        time.sleep(0.05)
+        writable = np.load(path, mmap_mode="r+")
+        writable[0, 0, 0, 0] ^= 1  # changed in place through a writable map: same inode, new times
+        writable.flush()
+        del writable
+        assert E._file_identity(np.load(path, mmap_mode="r")) not in (None, before)
+    finally:
+        counter.handle.remove()
+    assert E._file_identity(np.load(path, mmap_mode="r+")) is None  # writable maps are never remembered
+    assert E._file_identity(np.load(path, mmap_mode="r")[1:]) is None  # nor slices of a file
+    assert E._file_identity(changed) is None
+
+
+def test_a_file_written_moments_ago_is_hashed_not_remembered(mobilenet, cache, tmp_path):
+    arr = images(3, 32)
+    E.image_features(mobilenet, _saved_memmap(tmp_path / "fresh.npy", arr))
+    assert not (cache / "digests").exists()
+    assert E.cache_path(mobilenet, _digest_of(arr), cache).is_file()  # still cached under its content digest
+
+
+def test_a_large_memmap_is_hashed_while_extracting_and_stops_on_a_hit(mobilenet, cache, tmp_path, monkeypatch):
+    """Over ``_HASH_FIRST_BYTES`` (0 here) the digest is computed on a helper thread during the extraction: the same
+    numbers and cache entry as a plain extraction; a copy of a cached file (same bytes, not seen before) stops the
+    extraction as soon as its digest is known (an encoder slowed to 0.2 s a batch; the digest takes microseconds)."""
+    monkeypatch.setattr(E, "_HASH_FIRST_BYTES", 0)
+    monkeypatch.setattr(E, "_RACY_SECONDS", 0.0)
+    arr = images(24, 32)
+    plain = E.image_features(mobilenet, arr, batch_size=4, cache=False)
+    got = E.image_features(mobilenet, _saved_memmap(tmp_path / "a.npy", arr), batch_size=4)
+    assert got.tobytes() == plain.tobytes()
+    assert np.load(E.cache_path(mobilenet, _digest_of(arr), cache)).tobytes() == plain.tobytes()
+    shutil.copy(tmp_path / "a.npy", tmp_path / "b.npy")
+    counter = ForwardCounter(mobilenet)
+    slow = mobilenet.register_forward_hook(lambda *_: time.sleep(0.2))
+    try:
+        again = E.image_features(mobilenet, np.load(tmp_path / "b.npy", mmap_mode="r"), batch_size=4)
+    finally:
+        slow.remove()
+        counter.handle.remove()
+    assert again.tobytes() == plain.tobytes()
+    assert 1 <= counter.calls <= 2, f"{counter.calls} of 6 batches computed before the cache hit was noticed"
+    assert len(list((cache / "digests").glob("*.txt"))) == 2
+
+
+def test_prefetch_and_release_leave_the_values_alone(tmp_path):
+    arr = images(6, 16)
+    mm = _saved_memmap(tmp_path / "p.npy", arr)
+    for f in (E.prefetch_rows, E.release_rows):
+        f(mm, 1, 4)
+        f(arr, 0, 6)  # in memory: a no-op
+        f(mm, 5, 99)  # clipped at the end
+    np.testing.assert_array_equal(mm, arr)
+    cow = np.load(tmp_path / "p.npy", mmap_mode="c")
+    cow[0] = 0
+    E.release_rows(cow, 0, 6)  # a copy-on-write map keeps its private changes
+    assert (cow[0] == 0).all() and np.array_equal(cow[1:], arr[1:])
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise accounting is Linux's")
 def test_hashing_a_memmap_does_not_keep_its_pages_resident(tmp_path):
