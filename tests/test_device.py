@@ -85,35 +85,30 @@ def test_host_tensor_shares_memory_and_copies_read_only_rows(tmp_path):
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _chain_calls(node: ast.AST) -> list[str]:
-    """Method names called along a receiver chain such as ``x.float().cpu().numpy()`` (innermost last)."""
+def _receiver(node: ast.AST) -> tuple[list[str], ast.AST]:
+    """The method names called along a receiver chain such as ``x.float().cpu()`` and the object it starts from."""
     names = []
     while isinstance(node, (ast.Call, ast.Attribute, ast.Subscript)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             names.append(node.func.attr)
         node = node.func if isinstance(node, ast.Call) else node.value
-    return names
+    return names, node
 
 
 def device_unsafe_numpy_calls(source: str) -> list[int]:
     """Lines that call ``.numpy()`` on something not moved to the host first: no ``.cpu()`` in the receiver chain,
-    and, for a plain variable, no ``.cpu()`` in the statement that assigned it in the same function."""
+    and, for a plain variable, no ``.cpu()`` in a statement that assigned it in the same function (or module)."""
     tree = ast.parse(source)
-    on_host: dict[ast.AST, set[str]] = {}
+    bad = set()
     for scope in [tree, *[n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]]:
-        on_host[scope] = {t.id for n in ast.walk(scope) if isinstance(n, ast.Assign) and "cpu" in _chain_calls(n.value)
-                          for t in n.targets if isinstance(t, ast.Name)}
-    bad = []
-    for scope in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))] + [tree]:
+        on_host = {t.id for n in ast.walk(scope) if isinstance(n, ast.Assign) and "cpu" in _receiver(n.value)[0]
+                   for t in n.targets if isinstance(t, ast.Name)}
         for n in ast.walk(scope):
-            if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "numpy"
-                    and not n.args and "cpu" not in _chain_calls(n.func.value)):
-                base = n.func.value
-                while isinstance(base, (ast.Call, ast.Attribute, ast.Subscript)):
-                    base = base.func if isinstance(base, ast.Call) else base.value
-                if not (isinstance(base, ast.Name) and base.id in on_host[scope]):
-                    bad.append(n.lineno)
-    return sorted(set(bad))
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "numpy" and not n.args:
+                names, base = _receiver(n.func.value)
+                if "cpu" not in names and not (isinstance(base, ast.Name) and base.id in on_host):
+                    bad.add(n.lineno)
+    return sorted(bad)
 
 
 def test_the_unsafe_numpy_detector_flags_device_tensors_and_passes_host_copies():

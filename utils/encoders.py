@@ -704,6 +704,8 @@ def _recalled_digest(folder: Path, identity: str | None) -> str | None:
 
 
 def _remember_digest(folder: Path, identity: str | None, digest: str) -> None:
+    """Store ``digest`` for ``identity`` atomically. Not ``results.write_json``: its temporary name is shared, and
+    every torchrun rank remembers the same file at once (``utils.distributed.sharded_features``)."""
     if identity is None:
         return
     path = _digest_memo(folder, identity)
@@ -713,13 +715,14 @@ def _remember_digest(folder: Path, identity: str | None, digest: str) -> None:
     os.replace(tmp, path)
 
 
-def _content_digest(images: np.ndarray, folder: Path) -> str:
-    """The content digest of ``images``: remembered for a whole-file memmap seen before (no read at all: a notebook
-    that finds its features cached starts at once), else hashed now and, for such a file, remembered."""
-    identity = _file_identity(images)
+def _content_digest(images: np.ndarray, folder: Path, identity: str | None, hash_large: bool = True) -> str | None:
+    """The content digest of ``images`` (``identity``: its :func:`_file_identity`): remembered for a whole-file
+    memmap seen before (no read at all: a notebook that finds its features cached starts at once), else hashed now
+    and, for such a file, remembered. With ``hash_large=False`` a memmap over :data:`_HASH_FIRST_BYTES` that is not
+    remembered gives ``None``: the caller hashes it alongside the extraction."""
     digest = _recalled_digest(folder, identity)
-    if digest is None:
-        digest = _images_digest(images)
+    if digest is None and (hash_large or not (isinstance(images, np.memmap) and images.nbytes > _HASH_FIRST_BYTES)):
+        digest = _images_digest(images)  # in memory (GB/s), or a small file: hashing first costs little
         _remember_digest(folder, identity, digest)
     return digest
 
@@ -755,7 +758,13 @@ def feature_cache_path(encoder, items, folder: str | os.PathLike | None = None) 
     strings for a text encoder) in ``folder`` (default ``paths.cache_dir()``): the entry :func:`image_features` /
     :func:`text_features` look up. Public so that a sharded extraction (``utils.distributed``) can fill it."""
     folder = Path(folder) if folder is not None else paths.cache_dir()
-    digest = _texts_digest(_check_texts(items)) if isinstance(encoder, TextEncoder) else _content_digest(items, folder)
+    if isinstance(encoder, TextEncoder):
+        return _feature_file(encoder, _texts_digest(_check_texts(items)), folder)
+    return _feature_file(encoder, _content_digest(items, folder, _file_identity(items)), folder)
+
+
+def _feature_file(encoder, digest: str, folder: Path) -> Path:
+    """The cache file of ``encoder``'s features of the input with content ``digest``, in its precision here."""
     return cache_path(encoder, digest, folder, _precision(encoder))
 
 
@@ -821,39 +830,32 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 
         raise ValueError(f"image_features expects a uint8 (N, H, W, 3) array, got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
     folder = _cache_folder(cache)
-    identity = _file_identity(images) if folder is not None else None
-    digest = _recalled_digest(folder, identity)
-    if folder is not None and digest is None and not (isinstance(images, np.memmap)
-                                                          and images.nbytes > _HASH_FIRST_BYTES):
-        digest = _images_digest(images)  # in memory (GB/s), or a small file: hashing first costs little
-        _remember_digest(folder, identity, digest)
-    if digest is not None and (hit := _cached_features(encoder, digest, folder, len(images))) is not None:
+    digest = identity = None
+    if folder is not None:
+        identity = _file_identity(images)
+        digest = _content_digest(images, folder, identity, hash_large=False)
+    if digest is not None and (hit := read_cached(_feature_file(encoder, digest, folder), len(images),
+                                                  encoder.dim)) is not None:
         return hit
     pending = None
     if folder is not None and digest is None:
         from concurrent.futures import ThreadPoolExecutor  # hashlib releases the GIL: hashing overlaps the encoder
 
         hashing = ThreadPoolExecutor(1, thread_name_prefix="image-digest")
-        pending = hashing.submit(_images_digest, images)
+        pending = hashing.submit(_content_digest, images, folder, identity)  # hashed and remembered
         hashing.shutdown(wait=False)  # the thread ends with its one task
     out = np.zeros((len(images), encoder.dim), dtype=np.float32)
     for i, feats in batched_outputs(encoder, images, encoder.device, batch_size, desc or f"features {encoder.name}"):
         out[i:i + batch_size] = feats
         if pending is not None and pending.done():
             digest, pending = pending.result(), None
-            _remember_digest(folder, identity, digest)
-            if (hit := _cached_features(encoder, digest, folder, len(images))) is not None:
+            if (hit := read_cached(_feature_file(encoder, digest, folder), len(images), encoder.dim)) is not None:
                 return hit
     if pending is not None:
         digest = pending.result()
-        _remember_digest(folder, identity, digest)
     if folder is not None:
-        write_cached(cache_path(encoder, digest, folder, _precision(encoder)), out)
+        write_cached(_feature_file(encoder, digest, folder), out)
     return out
-
-
-def _cached_features(encoder, digest: str, folder: Path, n: int) -> np.ndarray | None:
-    return read_cached(cache_path(encoder, digest, folder, _precision(encoder)), n, encoder.dim)
 
 
 def text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 64, cache=True,
@@ -861,7 +863,7 @@ def text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 
     """L2-normalised embeddings of ``texts``, computed in batches or read from the cache (``cache`` as above)."""
     texts = _check_texts(texts)
     folder = _cache_folder(cache)
-    path = feature_cache_path(encoder, texts, folder) if folder is not None else None
+    path = _feature_file(encoder, _texts_digest(texts), folder) if folder is not None else None
     if path is not None and (hit := read_cached(path, len(texts), encoder.dim)) is not None:
         return hit
     out = encoder.encode(texts, batch_size=batch_size, desc=desc)
