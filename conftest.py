@@ -1,16 +1,16 @@
 """Session set-up shared by the unit tests and the notebook runs.
 
-Notebook tests (marker ``notebook``, in ``tests/test_notebook_results.py``) execute each notebook once, in reading
-order, on the ``smoke`` profile (``MMER_PROFILE``, default smoke): the synthetic smoke datasets are generated in
-the real raw formats and passed through the two prep scripts once per checkout, exactly as the main job does
-(``scripts/run_all.py --profile smoke --prepare-only``). Their outputs go to the throw-away folder
-``outputs/test-<profile>``, emptied when the first notebook starts. They are collected last, so the unit tests
-report first and never need a notebook to have run; ``pytest -m "not notebook"`` runs the unit tests alone.
+The six notebooks are executed by **nbval** (``pytest --nbval-lax``, set in pyproject.toml), on the ``smoke``
+profile (``MMER_PROFILE``, default smoke): before the first notebook cell runs, the synthetic smoke datasets are
+generated in the real raw formats and passed through the two prep scripts, exactly as the main job does
+(``scripts/run_all.py --profile smoke --prepare-only``), and the throw-away output folder ``outputs/test-<profile>``
+is emptied. Collection order: unit tests, then the notebooks in reading order, then the tests that recompute every
+number the notebooks saved (marker ``notebook``; they read what nbval's run wrote, through the ``notebook_runner``
+fixture). ``pytest -m "not notebook"`` runs the unit tests alone.
 """
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -19,99 +19,96 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO / "scripts"))
-
-import run_all  # noqa: E402
-
-CELL_TIMEOUT = 600  # seconds allowed per notebook cell; --notebook-cell-timeout changes it
-KERNEL_ENV: dict[str, str] = {}  # filled by pytest_configure
+CELL_TIMEOUT = 600  # seconds allowed per notebook cell in the CLIP re-run; nbval's own: --nbval-cell-timeout
+KERNEL_ENV: dict[str, str] = {}  # the environment the notebook kernels get, fixed by pytest_configure
+_NOTEBOOK_FAILURES: dict[str, list[str]] = {}  # notebook name -> failing cells, as nbval reported them
+_PREPARED: list[Path] = []
 
 
 def pytest_addoption(parser):
     parser.addoption("--notebook-cell-timeout", type=int, default=CELL_TIMEOUT,
-                     help=f"seconds a notebook cell may run in the notebook tests (default {CELL_TIMEOUT})")
+                     help=f"seconds a notebook cell may run in the CLIP notebook re-run (default {CELL_TIMEOUT})")
 
 
 def pytest_configure(config):
-    # Set before any kernel starts, so notebook kernels inherit it.
     os.environ.setdefault("MMER_PROFILE", "smoke")
     profile = os.environ["MMER_PROFILE"]
     os.environ.setdefault("EMOTIC_ARTEFACTS", str(REPO / "data" / profile / "emotic"))
     os.environ.setdefault("FLICKR8K_ARTEFACTS", str(REPO / "data" / profile / "flickr8k"))
-    # Always the throw-away folder (never a user's MMER_OUTPUT): the notebook tests empty it.
+    # Always the throw-away folder (never a user's MMER_OUTPUT): the notebook run empties it.
     os.environ["MMER_OUTPUT"] = str(REPO / "outputs" / f"test-{profile}")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    # The kernels get the environment as it is now: a unit test that leaks a variable cannot reach them.
     KERNEL_ENV.clear()
     KERNEL_ENV.update(os.environ)
 
 
+def _is_notebook(item) -> bool:
+    return item.path.suffix == ".ipynb"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the notebooks carry the `notebook` marker too
 def pytest_collection_modifyitems(session, config, items):
-    """Notebook tests last (stable order otherwise): unit tests report first and do not wait for the notebooks."""
-    items.sort(key=lambda item: item.get_closest_marker("notebook") is not None)
+    """Unit tests first, then the notebooks (nbval, reading order), then the tests that read what they wrote."""
+    for item in items:
+        if _is_notebook(item):
+            item.add_marker(pytest.mark.notebook)
+
+    def stage(item) -> int:
+        return 1 if _is_notebook(item) else 2 if item.get_closest_marker("notebook") else 0
+    items.sort(key=stage)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+def prepare_data() -> Path:
+    """Smoke/demo data prepared once per session (a ``full`` profile's artefacts must already exist); the notebooks'
+    output folder emptied, so checkpoints of an earlier session cannot hide a training failure."""
+    if not _PREPARED:
+        profile = KERNEL_ENV["MMER_PROFILE"]
+        if profile != "full":
+            subprocess.run([sys.executable, str(REPO / "scripts" / "run_all.py"), "--profile", profile,
+                            "--prepare-only"], cwd=REPO, check=True, env=KERNEL_ENV)
+        output = Path(KERNEL_ENV["MMER_OUTPUT"])
+        shutil.rmtree(output, ignore_errors=True)
+        output.mkdir(parents=True)
+        _PREPARED.append(output)
+    return _PREPARED[0]
 
 
-class NotebookRunner:
-    """Executes each notebook at most once per session and remembers how it went.
+@pytest.hookimpl(tryfirst=True)  # before nbval starts the notebook's kernel
+def pytest_runtest_setup(item):
+    if _is_notebook(item) and not _PREPARED:
+        prepare_data()
+        # The kernels inherit this process's environment: the one fixed at configure time, whatever a unit test left.
+        os.environ.clear()
+        os.environ.update(KERNEL_ENV)
 
-    ``run(name)`` executes ``notebooks/<name>.ipynb`` (the executed copy goes to ``<output>/notebooks/``) and
-    returns the output folder, or fails the calling test with the failing cell's number, source and error.
-    """
 
-    def __init__(self, output: Path, timeout: int, env: dict | None = None):
-        self.output, self.timeout = output, timeout
-        self.env = KERNEL_ENV if env is None else env  # the kernels' whole environment
-        self.errors: dict[str, str | None] = {}
+def pytest_runtest_logreport(report):
+    path = Path(report.nodeid.split("::")[0])
+    if path.suffix == ".ipynb":
+        failures = _NOTEBOOK_FAILURES.setdefault(path.stem, [])
+        if report.failed:
+            failures.append(f"{report.nodeid} ({report.when}):\n{report.longreprtext[-3000:]}")
+
+
+class ExecutedNotebooks:
+    """The notebooks as nbval executed them in this session. ``run(name)`` returns the output folder they wrote, or
+    fails the calling test when that notebook was not executed (not collected) or one of its cells failed."""
+
+    def __init__(self, output: Path):
+        self.output = output
 
     def run(self, name: str) -> Path:
-        if name not in self.errors:
-            self.errors[name] = self._execute(name)
-        if self.errors[name] is not None:
-            pytest.fail(self.errors[name], pytrace=False)
+        if name not in _NOTEBOOK_FAILURES:
+            pytest.fail(f"notebooks/{name}.ipynb was not executed in this session; collect it with the tests that "
+                        f"read its outputs, e.g. `pytest notebooks tests/test_notebook_results.py`", pytrace=False)
+        if _NOTEBOOK_FAILURES[name]:
+            pytest.fail(f"notebooks/{name}.ipynb failed under nbval:\n{_NOTEBOOK_FAILURES[name][0]}", pytrace=False)
         return self.output
-
-    def ran(self, name: str) -> bool:
-        return self.errors.get(name, "not run") is None
-
-    def _execute(self, name: str) -> str | None:
-        from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-
-        target = self.output / "notebooks" / f"{name}.ipynb"
-        try:
-            run_all.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", target, self.timeout, env=self.env)
-        except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
-            return f"{name}.ipynb{self._failing_cell(target)} failed (executed copy: {target}):\n" + _ANSI.sub("", str(err))
-        return None
-
-    @staticmethod
-    def _failing_cell(executed: Path) -> str:
-        import nbformat
-
-        try:
-            nb = nbformat.read(executed, as_version=4)
-        except (OSError, ValueError):
-            return ""
-        code = [c for c in nb.cells if c.cell_type == "code"]
-        for i, cell in enumerate(code, 1):
-            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
-                return f", code cell {i} of {len(code)},"
-        return ""
 
 
 @pytest.fixture(scope="session")
-def notebook_runner(request) -> NotebookRunner:
-    """Prepare the data once (not for ``full``: its artefacts must already exist) and empty the output folder."""
-    profile = KERNEL_ENV["MMER_PROFILE"]
-    if profile != "full":
-        subprocess.run([sys.executable, str(REPO / "scripts" / "run_all.py"), "--profile", profile, "--prepare-only"],
-                       cwd=REPO, check=True, env=KERNEL_ENV)
-    output = Path(KERNEL_ENV["MMER_OUTPUT"])
-    shutil.rmtree(output, ignore_errors=True)  # checkpoints of an earlier session would hide a training failure
-    output.mkdir(parents=True)
-    return NotebookRunner(output, request.config.getoption("--notebook-cell-timeout"))
+def notebook_runner() -> ExecutedNotebooks:
+    return ExecutedNotebooks(Path(KERNEL_ENV["MMER_OUTPUT"]))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils import encoders as E  # noqa: E402
-from utils.device import device  # noqa: E402
+from utils import encoders as E
+from utils.device import device
 
 WORDS = ("a man woman child dog smiles runs sits near the beach park street with red blue ball happy "
          "sad crowd looks at camera while holding small big old young two three people on grass").split()

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     subprocess.run([sys.executable, SCRIPT, "flickr8k", "--features-only"], env=_env(args.profile, warm, cache, 2,
                                                                                     args), cwd=REPO, check=True,
                    capture_output=True)
-    warm_models = "import sys; sys.path.insert(0, '.'); from utils import config, precomputed_attacks as P; " \
+    warm_models = "from utils import config, precomputed_attacks as P; " \
                   "P.attack_job(config.load('flickr8k'))"
     subprocess.run([sys.executable, "-c", warm_models],
                    env=_env(args.profile, warm, cache, 2, args), cwd=REPO, check=True, capture_output=True)

@@ -11,14 +11,11 @@ split (1,000 images x 5,000 captions):
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils import stats as S
 
 

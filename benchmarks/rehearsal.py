@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 REAL_EMOTIC = {"train": 23266, "val": 3315, "test": 7203}            # persons per split
 REAL_FLICKR = {"images": 8091, "train": 6000, "dev": 1000, "test": 1000}  # images; images per split list

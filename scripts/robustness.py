@@ -22,9 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from utils import config

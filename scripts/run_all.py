@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 FIXTURE_VERSION = "2"  # bump when utils/synthetic/ changes what it writes, so stale raw data is rebuilt
 PROFILES = ("smoke", "demo", "full")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-for p in (REPO, Path(__file__).resolve().parent):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-import mat2py  # noqa: E402
-from test_mat2py import build_dataset  # noqa: E402  (the independent Emotic .mat builder)
-from utils.prep import emotic  # noqa: E402
+import mat2py
+from test_mat2py import build_dataset  # the independent Emotic .mat builder
+from utils.prep import emotic
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,9 @@ import scipy.io
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # mat2py.py lives at the repository root
-    sys.path.insert(0, str(REPO))
-
-import mat2py  # noqa: E402
-from utils.prep import io as prep_io  # noqa: E402
-from utils.labels import CATEGORIES  # noqa: E402
+import mat2py
+from utils.prep import io as prep_io
+from utils.labels import CATEGORIES
 
 NAN = float("nan")
 

@@ -1,7 +1,7 @@
 """Every notebook executed once on the smoke profile, then every number it saved recomputed with independent code.
 
-``test_notebook_runs[<name>]`` executes a notebook (conftest.py's ``notebook_runner``: once per session, reading
-order, throw-away output folder) and fails with the failing cell's error. ``test_notebook_results[<name>]`` reads
+nbval executes each notebook (collected before these tests; conftest.py prepares the data and empties the
+throw-away output folder first). ``test_notebook_results[<name>]`` reads
 ``<output>/metrics/<name>.json`` and ``<output>/predictions/<name>.npz`` and runs ``CHECKS[name]``; a notebook
 without a checker yet (05, 06) has no results test. A checker is a function ``check(output_dir)`` that raises
 AssertionError naming the notebook, the row and the column of the first number that does not match.
@@ -26,12 +26,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-import run_all
 from conftest import KERNEL_ENV
 
 pytestmark = pytest.mark.notebook
 
-NOTEBOOKS = [p.stem for p in run_all.notebooks()]
 ATOL = 1e-6             # point estimates: recomputed from the saved predictions, float32 scores
 BOOT_RESAMPLES = 200    # the independent bootstrap
 BOOT_SEED = 12345       # deliberately not the notebooks' seed
@@ -417,11 +415,6 @@ DEPENDS = {"03_emotic_joint_embedding": ["01_emotic_baseline"], "04_flickr8k_joi
 
 
 # ---------------------------------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs(name, notebook_runner):
-    notebook_runner.run(name)
-
-
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_notebook_results(name, notebook_runner):
     for needed in [*DEPENDS.get(name, []), name]:

@@ -252,8 +252,7 @@ def test_file_size_limit_in_a_child_process(kind, raw, reference, tmp_path):
 # Hard kill and stale staging folders
 
 SLOW_CHILD = """
-import sys, time
-sys.path.insert(0, {repo!r})
+import time
 import mat2py, prepare_flickr8k
 from utils.prep import io
 
@@ -270,10 +269,10 @@ sys.exit({module}.main({argv!r}))
 def start_slow_run(kind: str, raw: dict, out: Path) -> tuple[subprocess.Popen, Path]:
     """A real run that stalls on its first image; returns it once its staging folder holds allocated arrays."""
     stalled = out.parent / f"stalled-{out.name}"
-    code = SLOW_CHILD.format(repo=str(REPO), module=SCRIPTS[kind][0].__name__, argv=argv(kind, raw, out),
+    code = SLOW_CHILD.format(module=SCRIPTS[kind][0].__name__, argv=argv(kind, raw, out),
                              stalled=str(stalled))
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env={**os.environ, "TQDM_DISABLE": "1"})
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,  # -c imports mat2py from its folder
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TQDM_DISABLE": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if stalled.exists():

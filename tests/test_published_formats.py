@@ -23,13 +23,9 @@ import scipy.io
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-for p in (REPO, Path(__file__).resolve().parent):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-import mat2py  # noqa: E402
-from test_mat2py import NAN, build_dataset, eval_person, record, struct_array, train_person  # noqa: E402
-from utils.data import load_emotic  # noqa: E402
+import mat2py
+from test_mat2py import NAN, build_dataset, eval_person, record, struct_array, train_person
+from utils.data import load_emotic
 
 PUBLISHED_ORDER = [
     "Affection", "Anger", "Annoyance", "Anticipation", "Aversion", "Confidence", "Disapproval", "Disconnection",
