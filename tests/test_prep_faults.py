@@ -252,7 +252,7 @@ def test_file_size_limit_in_a_child_process(kind, raw, reference, tmp_path):
 # Hard kill and stale staging folders
 
 SLOW_CHILD = """
-import time
+import sys, time
 import mat2py, prepare_flickr8k
 from utils.prep import io
 
