@@ -167,6 +167,18 @@ def test_average_precision_rejects_bad_input():
 
 
 # ------------------------------------------------------------------------------------------ Emotic
+def slow_replicates(stat, n, n_resamples, seed):
+    """The bootstrap draws of utils.stats, written out: resample b is rng.integers(0, n, n) in order."""
+    rng = np.random.default_rng(seed)
+    return np.array([stat(rng.integers(0, n, n)) for _ in range(n_resamples)])
+
+
+def recentred_by_hand(estimate, reps):
+    """[estimate - (median - q2.5), estimate + (q97.5 - median)] from the replicates."""
+    low, median, high = np.percentile(reps, 2.5), np.percentile(reps, 50), np.percentile(reps, 97.5)
+    return estimate - (median - low), estimate + (high - median)
+
+
 def test_emotic_intervals_equal_slow_bootstrap_with_emotic_metrics():
     rng = np.random.default_rng(4)
     scores, labels = random_emotic(rng, n=40, k=10)
@@ -176,7 +188,11 @@ def test_emotic_intervals_equal_slow_bootstrap_with_emotic_metrics():
     vad_pred = vad_true + rng.normal(size=(40, 3))
     got = S.emotic_intervals(scores, labels, vad_pred, vad_true, n_resamples=100, seed=7)
     m = emotic_metrics(scores, labels, vad_pred, vad_true)
-    assert got["mAP"]["estimate"] == m["mAP"]
+    corrected = S.bias_corrected_map(scores, labels, n_subsamples=100, seed=7)
+    assert got["mAP"]["sample"] == m["mAP"] == corrected["sample"]
+    assert got["mAP"]["estimate"] == pytest.approx(corrected["estimate"], abs=1e-12)
+    assert got["mAP"]["bias"] == pytest.approx(corrected["bias"], abs=1e-12)
+    assert corrected["bias"] > 0                          # small-sample AP leans upwards
     assert got["dominant_accuracy"]["estimate"] == m["dominant_accuracy"]
     assert got["vad_mae"]["estimate"] == m["vad_mae"]["mean"]
     slow = {
@@ -185,10 +201,91 @@ def test_emotic_intervals_equal_slow_bootstrap_with_emotic_metrics():
         "vad_mae": lambda i: emotic_metrics(scores[i], labels[i], vad_pred[i], vad_true[i])["vad_mae"]["mean"],
     }
     for key, stat in slow.items():
-        ref = S.bootstrap_interval(stat, 40, n_resamples=100, seed=7)
-        assert got[key] == pytest.approx(ref, abs=1e-9), key
+        if key == "mAP":                                  # the bootstrap spread re-centred on the corrected estimate
+            ref = recentred_by_hand(corrected["estimate"], slow_replicates(stat, 40, 100, seed=7))
+            assert (got[key]["low"], got[key]["high"]) == pytest.approx(ref, abs=1e-9)
+        else:                                             # a per-person mean: the percentile interval
+            ref = S.bootstrap_interval(stat, 40, n_resamples=100, seed=7)
+            assert got[key] == pytest.approx(ref, abs=1e-9), key
         assert got[key]["low"] < got[key]["estimate"] < got[key]["high"]
     assert "vad_mae" not in S.emotic_intervals(scores, labels, n_resamples=10)
+
+
+def test_bias_correction_equals_hand_computation_over_every_half_sample():
+    """6 persons, 2 categories: all C(6, 3) = 20 half-size subsets are enumerated, so the correction is exact.
+    By hand: AP with sklearn on each subset, averaged over the subsets holding a positive; bias = (that mean - AP)
+    * h / (n - h) with h = 3; corrected mAP = mean over categories of (AP - bias)."""
+    labels = np.array([[1, 0], [0, 1], [1, 0], [0, 0], [1, 1], [0, 0]])
+    scores = np.array([[0.9, 0.2], [0.8, 0.7], [0.3, 0.1], [0.6, 0.4], [0.5, 0.3], [0.1, 0.6]])
+    n, h = 6, 3
+    subsets = list(itertools.combinations(range(n), h))
+    assert len(subsets) == 20
+    expected = []
+    for j in range(2):
+        full = average_precision_score(labels[:, j], scores[:, j])
+        sub = [average_precision_score(labels[list(c), j], scores[list(c), j]) for c in subsets
+               if labels[list(c), j].any()]
+        bias = (np.mean(sub) - full) * h / (n - h)
+        expected.append(full - bias)
+    got = S.bias_corrected_map(scores, labels, n_subsamples=20)
+    assert got["estimate"] == pytest.approx(100 * np.mean(expected), abs=1e-12)
+    assert got["sample"] == pytest.approx(100 * np.mean(sklearn_ap(labels, scores)), abs=1e-12)
+    assert got["bias"] == pytest.approx(got["sample"] - got["estimate"], abs=1e-12)
+    # enumeration makes it independent of the seed; more than 20 allowed draws changes nothing either
+    assert S.bias_corrected_map(scores, labels, n_subsamples=20, seed=3)["estimate"] == got["estimate"]
+    assert S.bias_corrected_map(scores, labels, n_subsamples=500, seed=3)["estimate"] == got["estimate"]
+    # 19 draws: random half-samples instead, a different (seeded) number
+    drawn = S.bias_corrected_map(scores, labels, n_subsamples=19, seed=3)
+    assert drawn["estimate"] != got["estimate"]
+    assert drawn["estimate"] == S.bias_corrected_map(scores, labels, n_subsamples=19, seed=3)["estimate"]
+
+
+def test_random_half_samples_approach_the_enumerated_correction():
+    scores, labels = random_emotic(np.random.default_rng(15), n=16, k=4)
+    exact = S.bias_corrected_map(scores, labels, n_subsamples=math.comb(16, 8))       # 12,870 subsets
+    drawn = S.bias_corrected_map(scores, labels, n_subsamples=3000, seed=1)
+    assert drawn["estimate"] == pytest.approx(exact["estimate"], abs=0.3)
+    assert drawn["estimate"] != exact["estimate"]
+
+
+def test_bias_correction_removes_most_of_the_small_sample_lean():
+    """Random scores: each category's population AP is its prevalence. On 60 persons the sample AP overstates it;
+    averaged over 40 splits the corrected mAP lies much closer to the population value."""
+    rng = np.random.default_rng(16)
+    prevalence = np.array([0.5, 0.2, 0.08, 0.05])
+    sample, corrected = [], []
+    for i in range(40):
+        labels = (rng.random((60, 4)) < prevalence).astype(int)
+        labels[0] = 1                                     # every category scored
+        got = S.bias_corrected_map(rng.random((60, 4)), labels, n_subsamples=200, seed=i)
+        sample.append(got["sample"])
+        corrected.append(got["estimate"])
+    population = 100 * prevalence.mean()
+    assert np.mean(sample) - population > 4               # the lean being corrected
+    assert abs(np.mean(corrected) - population) < 0.5 * (np.mean(sample) - population)
+
+
+def test_the_estimate_lies_inside_its_interval():
+    """On tiny, skewed splits too, for every metric; and the guards themselves."""
+    for seed in range(8):
+        rng = np.random.default_rng(100 + seed)
+        scores, labels = random_emotic(rng, n=12, k=5)
+        vad_true = rng.uniform(1, 10, (12, 3))
+        got = S.emotic_intervals(scores, labels, vad_true + rng.exponential(3, (12, 3)), vad_true, n_resamples=30,
+                                 seed=seed)
+        sim, cap = uneven_captions(rng, m=7)
+        got.update(S.retrieval_intervals(sim, cap, n_resamples=30, seed=seed))
+        for key, ci in got.items():
+            assert ci["low"] <= ci["estimate"] <= ci["high"], (seed, key, ci)
+    # a percentile interval that misses its estimate is widened to reach it
+    assert S._covering(1.0, np.array([2.0, 3.0, 4.0, 5.0]), 0.95) == {
+        "estimate": 1.0, "low": 1.0, "high": pytest.approx(np.percentile([2, 3, 4, 5], 97.5))}
+    # the re-centred interval by hand: median 3, 2.5 % and 97.5 % percentiles of 1..5
+    reps = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    ci = S._recentred(10.0, reps, 0.95)
+    assert (ci["low"], ci["high"]) == pytest.approx((10 - (3 - 1.1), 10 + (4.9 - 3)), abs=1e-12)
+    with pytest.raises(AssertionError, match="outside its interval"):
+        S._inside(5.0, 6.0, 7.0)
 
 
 # ---------------------------------------------------------------------------------------- Flickr8k
@@ -291,9 +388,19 @@ def test_compare_emotic_equals_generic_paired_functions():
             rows_a, rows_b = scores_a, scores_b
             perm_metric = lambda s: emotic_metrics(s, labels)[metric]
         boot = S.paired_bootstrap(lambda i: stat(scores_a, vad_a, i), lambda i: stat(scores_b, vad_b, i), 30, **kw)
+        if metric == "mAP":   # rank fractions are swapped; the reported difference is the bias-corrected one
+            rows_a, rows_b = sps.rankdata(scores_a, axis=0) / 30, sps.rankdata(scores_b, axis=0) / 30
+            corrected = (S.bias_corrected_map(scores_a, labels, n_subsamples=80, seed=4)["estimate"]
+                         - S.bias_corrected_map(scores_b, labels, n_subsamples=80, seed=4)["estimate"])
+            reps = slow_replicates(lambda i: stat(scores_a, vad_a, i) - stat(scores_b, vad_b, i), 30, 80, seed=4)
+            assert got["difference"] == pytest.approx(corrected, abs=1e-12)
+            assert (got["low"], got["high"]) == pytest.approx(recentred_by_hand(corrected, reps), abs=1e-9)
+            assert got["estimate_a"] - got["estimate_b"] == pytest.approx(corrected, abs=1e-12)
+        else:
+            assert got["difference"] == pytest.approx(boot["difference"], abs=1e-12)
+            assert (got["low"], got["high"]) == pytest.approx((boot["low"], boot["high"]), abs=1e-9), metric
         perm = S.paired_permutation_test(rows_a, rows_b, perm_metric, n_permutations=150, seed=4)
-        assert got["difference"] == pytest.approx(boot["difference"], abs=1e-12) == perm["difference"]
-        assert (got["low"], got["high"]) == pytest.approx((boot["low"], boot["high"]), abs=1e-9), metric
+        assert got["sample_difference"] == pytest.approx(boot["difference"], abs=1e-12) == perm["difference"]
         assert got["p_value"] == perm["p_value"], metric
     with pytest.raises(ValueError, match="vad_pred_a"):
         S.compare_emotic(scores_a, scores_b, labels, "vad_mae")
@@ -319,6 +426,46 @@ def test_compare_retrieval_equals_generic_paired_functions():
         assert got["p_value"] == perm["p_value"], metric
     with pytest.raises(ValueError, match="metric"):
         S.compare_retrieval(sim_a, sim_b, cap, "mAP")
+
+
+def test_split_size_note_names_splits_below_the_measured_size():
+    need = S.MIN_ITEMS_FOR_COVERAGE["emotic"]
+    assert S.split_size_note("emotic", need) is None
+    note = S.split_size_note("emotic", need - 1)
+    assert note.startswith(f"this test split ({need - 1} persons) is too small for its intervals to hold")
+    assert "mean R@1" in S.split_size_note("flickr8k", S.MIN_ITEMS_FOR_COVERAGE["flickr8k"] - 1)
+    with pytest.raises(ValueError, match="kind"):
+        S.split_size_note("coco", 10)
+
+
+def test_rank_fractions_keep_ap_and_share_ties():
+    scores = np.array([[0.3, 5.0], [0.9, 5.0], [0.1, -1.0], [0.9, 7.0]])
+    np.testing.assert_array_equal(S.rank_fractions(scores), [[0.5, 0.625], [0.875, 0.625], [0.25, 0.25],
+                                                              [0.875, 1.0]])
+    _, labels = random_emotic(np.random.default_rng(17), n=50, k=6)
+    raw = np.round(np.random.default_rng(18).normal(size=(50, 6)), 1)
+    np.testing.assert_allclose(S.average_precision(labels, S.rank_fractions(raw)), S.average_precision(labels, raw),
+                               rtol=0, atol=1e-12)
+
+
+def test_permutation_p_value_unchanged_by_a_monotone_transform_of_one_model():
+    """Recalibrating model B (a different strictly increasing map per category) changes no AP, so nothing
+    compare_emotic reports may change; swapping raw scores (the generic test on raw rows) does change its p-value."""
+    rng = np.random.default_rng(19)
+    labels = (rng.random((60, 5)) < [0.5, 0.3, 0.2, 0.1, 0.05]).astype(int)
+    labels[0] = 1
+    a = labels * 0.8 + rng.normal(size=labels.shape)
+    b = labels * 0.8 + rng.normal(size=labels.shape)
+    b_recalibrated = np.exp(np.array([0.5, 1.0, 2.0, 3.0, 4.0]) * b) + np.array([-3.0, 0.0, 2.0, 5.0, 9.0])
+    kw = {"n_resamples": 100, "n_permutations": 400, "seed": 2}
+    before = S.compare_emotic(a, b, labels, "mAP", **kw)
+    after = S.compare_emotic(a, b_recalibrated, labels, "mAP", **kw)
+    for key in ("difference", "sample_difference", "low", "high", "p_value"):
+        assert after[key] == pytest.approx(before[key], abs=1e-9), key
+    mean_ap = lambda s: emotic_metrics(s, labels)["mAP"]
+    raw_before = S.paired_permutation_test(a, b, mean_ap, n_permutations=150, seed=2)["p_value"]
+    raw_after = S.paired_permutation_test(a, b_recalibrated, mean_ap, n_permutations=150, seed=2)["p_value"]
+    assert raw_after != raw_before                       # what the rank fractions protect against
 
 
 def test_identical_models_show_no_difference():

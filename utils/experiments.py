@@ -386,7 +386,8 @@ def _with_interval(row: dict, name: str, interval: dict) -> None:
 
 
 def emotic_table(preds: dict, data: Data, cfg: dict) -> pd.DataFrame:
-    """mAP, VAD MAE and dominant accuracy per model with 95 % bootstrap intervals over test persons, plus chance."""
+    """mAP (bias-corrected, see ``stats.emotic_intervals``), VAD MAE and dominant accuracy per model with 95 %
+    bootstrap intervals over test persons, plus chance. ``attrs["test_items"]``: the number of test persons."""
     test = data.features["test"]
     rows = {}
     for label, p in {**preds, "chance": emotic_chance(data)}.items():
@@ -395,7 +396,9 @@ def emotic_table(preds: dict, data: Data, cfg: dict) -> pd.DataFrame:
         rows[label] = {}
         for column, key in EMOTIC_COLUMNS.items():
             _with_interval(rows[label], column, ci[key])
-    return pd.DataFrame(rows).T
+    table = pd.DataFrame(rows).T
+    table.attrs["test_items"] = len(test["cat"])
+    return table
 
 
 def flickr_table(sims: dict, data: Data, cfg: dict) -> pd.DataFrame:
@@ -410,7 +413,9 @@ def flickr_table(sims: dict, data: Data, cfg: dict) -> pd.DataFrame:
             _with_interval(rows[label], column, ci[column.replace(" ", "_")])
     chance = retrieval_chance(test["caption_image"])
     rows["chance"] = {c: chance.get(c.replace(" ", "_"), np.nan) for c in FLICKR_COLUMNS}
-    return pd.DataFrame(rows).T
+    table = pd.DataFrame(rows).T
+    table.attrs["test_items"] = len(np.unique(test["caption_image"]))
+    return table
 
 
 def compare(kind: str, preds: dict, data: Data, cfg: dict, pairs: list[tuple[str, str]], metric: str) -> pd.DataFrame:
@@ -439,8 +444,9 @@ def seed_table(kind: str, data: Data, cfg: dict, labels: list[str], metric: str)
         values = []
         for seed in range(cfg["seed"], cfg["seed"] + cfg["seeds"]):
             if kind == "emotic":
-                m = train_emotic(data, cfg, label, seed=seed, progress=False).model
-                values.append(emotic_metrics(predict(m, test)["scores"], test["cat"])["mAP"])
+                m = train_emotic(data, cfg, label, seed=seed, progress=False).model  # mAP as in emotic_table
+                values.append(stats.bias_corrected_map(predict(m, test)["scores"], test["cat"],
+                                                       n_subsamples=cfg["bootstrap"], seed=cfg["seed"])["estimate"])
             else:
                 m = train_flickr_joint(data, cfg, label, seed=seed, progress=False).model
                 values.append(retrieval_metrics(m.similarity(test["image"], test["text"]),
@@ -525,6 +531,12 @@ class Findings:
     lines: list
     targets: dict
 
+
+def _split_size_lines(kind: str, table: pd.DataFrame) -> list:
+    """The warning line of ``stats.split_size_note`` when the table's test split is too small for its intervals."""
+    note = stats.split_size_note(kind, table.attrs["test_items"]) if "test_items" in table.attrs else None
+    return [f"**caution**: {note}"] if note else []
+
     def _repr_markdown_(self) -> str:
         return "\n".join(f"- {line}" for line in self.lines)
 
@@ -555,7 +567,7 @@ def emotic_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.Da
     lines.append(f"VAD: best MAE {targets['best_VAD_MAE']:.3f} ({best_vad}; 95 % interval up to "
                  f"{table.loc[best_vad, 'VAD MAE high']:.3f}) against {chance['VAD MAE']:.3f} for the training-mean "
                  f"constant: better than the constant beyond noise: **{targets['vad_beats_constant']}**")
-    return Findings(lines, targets)
+    return Findings(lines + _split_size_lines("emotic", table), targets)
 
 
 def joint_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame, alignment: pd.DataFrame,
@@ -578,7 +590,7 @@ def joint_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.Dat
     lines.append(f"alignment (lambda = {alignment.loc[main, 'lambda']:g}): person retrieval mean R@1 "
                  f"{alignment.loc[main, 'mean R@1']:.1f} % against chance {alignment.loc[main, 'chance R@1']:.1f} %, "
                  f"learned temperature {alignment.loc[main, 'temperature']:.3f}")
-    return Findings(lines, targets)
+    return Findings(lines + _split_size_lines("emotic", table), targets)
 
 
 def retrieval_findings(table: pd.DataFrame, comparisons: pd.DataFrame, main: str,
@@ -598,7 +610,7 @@ def retrieval_findings(table: pd.DataFrame, comparisons: pd.DataFrame, main: str
         targets[f"{row['a']} beats {row['b']}"] = bool(row["low"] > 0)
     lines += [f"over {len([c for c in seeds.columns if c.startswith('seed ')])} training seed(s), {label}: mean R@1 "
               f"{row['mean R@1 mean']:.1f} +/- {row['mean R@1 sd']:.1f} (mean +/- sd)" for label, row in seeds.iterrows()]
-    return Findings(lines, targets)
+    return Findings(lines + _split_size_lines("flickr8k", table), targets)
 
 
 # -------------------------------------------------------------------------------------------------- saving
@@ -671,7 +683,9 @@ def check_saved(name: str) -> None:
         row = doc["summary"][str(label)]
         if "labels" in p:
             m = emotic_metrics(p[f"{s}_scores"], p["labels"], p[f"{s}_vad_pred"], p["vad_true"])
-            got = {"mAP": m["mAP"], "VAD MAE": m["vad_mae"]["mean"], "dominant acc": m["dominant_accuracy"]}
+            corrected = stats.bias_corrected_map(p[f"{s}_scores"], p["labels"], seed=doc["config"]["seed"],
+                                                 n_subsamples=doc["config"]["bootstrap"])["estimate"]
+            got = {"mAP": corrected, "VAD MAE": m["vad_mae"]["mean"], "dominant acc": m["dominant_accuracy"]}
         else:
             m = retrieval_metrics(p[f"{s}_similarity"], p["caption_image"])
             got = {c: m[c.replace(" ", "_")] for c in FLICKR_COLUMNS}

@@ -5,29 +5,38 @@ a metric without an interval, or two models a point apart without a test, says l
 arrays, returns plain floats and dicts, and is deterministic for a given ``seed``. docs/statistics.md explains the
 choices in prose; in short:
 
-- **Intervals** are percentile bootstrap intervals over test items: Emotic persons; Flickr8k images, each together
-  with its captions. Ranks are computed once on the full test gallery and the per-item outcomes are resampled.
-  Success rates (attacks) get a Wilson score interval.
+- **Intervals** are bootstrap intervals over test items: Emotic persons; Flickr8k images, each together with its
+  captions. Ranks are computed once on the full test gallery and the per-item outcomes are resampled. Success rates
+  (attacks) get a Wilson score interval.
+- **mAP is bias-corrected.** Sample AP overstates the population AP when a category has few positives, and a
+  percentile bootstrap of that statistic leans the same way again. The mAP estimate is therefore the sample mAP minus
+  a delete-half jackknife estimate of that bias, and its interval is the bootstrap distribution's spread re-centred
+  on the corrected estimate (``_recentred``). benchmarks/bench_coverage.py measures what this buys.
 - **Comparisons** of two models on the same items: a paired bootstrap of the difference (the interval) and a paired
-  permutation test that swaps each item's predictions between the models with probability 1/2 (the p-value).
-  Paired successes/failures: McNemar's exact test.
-- **Point estimates** are always those of ``utils.metrics`` (same function, same numbers); only the resampled
-  replicates use the vectorised code below, which is tested against the slow path.
+  permutation test that swaps each item's predictions between the models with probability 1/2 (the p-value); for
+  mAP the swapped predictions are per-category rank fractions, so two differently calibrated models compete on
+  comparable scores. Paired successes/failures: McNemar's exact test.
+- **Point estimates** are those of ``utils.metrics`` (same function, same numbers) except the bias-corrected mAP;
+  the resampled replicates use the vectorised code below, which is tested against the slow path.
+- **The estimate always lies inside its interval** (asserted in ``_recentred`` and ``_covering``).
 
 Draws: resample ``b`` is ``rng.integers(0, n, n)`` in order from ``np.random.default_rng(seed)``, exactly the
 draws ``scipy.stats.bootstrap(..., rng=np.random.default_rng(seed))`` makes, so a mean's interval equals scipy's.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, rankdata
 
 from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
 
 __all__ = [
     "average_precision",
+    "bias_corrected_map",
     "bootstrap_interval",
     "compare_emotic",
     "compare_retrieval",
@@ -37,13 +46,18 @@ __all__ = [
     "mcnemar_exact",
     "paired_bootstrap",
     "paired_permutation_test",
+    "rank_fractions",
     "retrieval_intervals",
     "seed_summary",
+    "split_size_note",
     "success_rate_interval",
     "wilson_interval",
 ]
 
 EMOTIC_METRICS = ("mAP", "dominant_accuracy", "vad_mae")
+# Smallest test splits on which benchmarks/bench_coverage.py measured the 95 % intervals holding the population value
+# at 90 % or more (Emotic-like persons; Flickr8k-like images with 5 captions each); smaller splits get a warning line.
+MIN_ITEMS_FOR_COVERAGE = {"emotic": 1000, "flickr8k": 63}
 _CHUNK = 128  # resamples (or permutations) evaluated at once: memory stays at _CHUNK x items per array
 
 
@@ -79,6 +93,36 @@ def _percentiles(replicates: np.ndarray, confidence: float) -> tuple[float, floa
 def _summary(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
     low, high = _percentiles(np.asarray(replicates, dtype=np.float64), confidence)
     return {"estimate": float(estimate), "low": low, "high": high}
+
+
+def _inside(estimate: float, low: float, high: float) -> None:
+    assert not (low > estimate or estimate > high), f"estimate {estimate} outside its interval [{low}, {high}]"
+
+
+def _covering(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
+    """Percentile interval, widened to reach the estimate in the rare case it lies outside (a heavily skewed
+    bootstrap distribution of a median rank on a few dozen items): an interval that excludes its own estimate
+    cannot be read. For a mean (accuracy, VAD error, R@k) this is the plain percentile interval."""
+    out = _summary(estimate, replicates, confidence)
+    if np.isfinite(out["estimate"]) and np.isfinite(out["low"]):
+        out["low"], out["high"] = min(out["low"], out["estimate"]), max(out["high"], out["estimate"])
+        _inside(out["estimate"], out["low"], out["high"])
+    return out
+
+
+def _recentred(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
+    """The bootstrap distribution's percentile spread around its median, placed on ``estimate``:
+    ``[estimate - (median - q_low), estimate + (q_high - median)]``. Used where the estimate is bias-corrected
+    (mAP): the replicates are centred near ``sample + bias`` (the resampled statistic leans like the sample one), so
+    their raw percentiles would sit beside the corrected estimate, not around it. Contains the estimate by
+    construction (q_low <= median <= q_high)."""
+    reps = np.asarray(replicates, dtype=np.float64)
+    low, high = _percentiles(reps, confidence)
+    median = float(np.percentile(reps, 50))
+    out = {"estimate": float(estimate), "low": float(estimate - (median - low)), "high": float(estimate + (high - median))}
+    if np.isfinite(out["estimate"]) and np.isfinite(out["low"]):
+        _inside(out["estimate"], out["low"], out["high"])
+    return out
 
 
 # ---------------------------------------------------------------------------------------- success rates
@@ -239,24 +283,115 @@ def _emotic_estimates(m: dict) -> dict:
     return est
 
 
+def _half_masks(n_items: int, n_draws: int, seed) -> Iterator[np.ndarray]:
+    """Chunks of 0/1 masks (rows, n_items) keeping ``n_items // 2`` items drawn without replacement: every such
+    subset when there are no more than ``n_draws`` of them (then the bias estimate is exact), else ``n_draws``
+    random ones from a stream independent of the bootstrap's."""
+    h = n_items // 2
+    if math.comb(n_items, h) <= n_draws:
+        keep = np.array(list(itertools.combinations(range(n_items), h)), dtype=np.int64).reshape(-1, h)
+        masks = np.zeros((len(keep), n_items), np.int32)
+        np.put_along_axis(masks, keep, 1, axis=1)
+        yield from np.array_split(masks, max(1, len(masks) // _CHUNK))
+        return
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    for start in range(0, n_draws, _CHUNK):
+        rows = min(_CHUNK, n_draws - start)
+        keep = np.argpartition(rng.random((rows, n_items)), h - 1, axis=1)[:, :h] if h else np.empty((rows, 0), int)
+        masks = np.zeros((rows, n_items), np.int32)
+        np.put_along_axis(masks, keep, 1, axis=1)
+        yield masks
+
+
+def _ap_bias(plan: "_APPlan", ap: np.ndarray, n_items: int, n_draws: int, seed) -> np.ndarray:
+    """Per-category small-sample bias of AP (0..1), the delete-d jackknife with half the items kept.
+
+    If AP on n items overstates the population value by about c / n, a subsample of h items overstates it by c / h,
+    so (mean AP over subsamples - AP) * h / (n - h) estimates the bias at n. Subsamples hold distinct items only, so
+    they reproduce how sample AP behaves (a bootstrap resample repeats positives and catches about half the bias,
+    benchmarks/bench_coverage.py). A category is averaged over the subsamples that hold one of its positives; 0
+    where none does or the split has fewer than 2 items."""
+    h = n_items // 2
+    if h < 1:
+        return np.zeros_like(ap)
+    total, scored = np.zeros(len(ap)), np.zeros(len(ap))
+    for masks in _half_masks(n_items, n_draws, seed):
+        sub = plan.ap(masks)
+        total += np.nansum(sub, axis=0)
+        scored += (~np.isnan(sub)).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bias = (total / scored - ap) * h / (n_items - h)
+    return np.where(np.isfinite(bias), bias, 0.0)
+
+
+def _map_correction(plan: "_APPlan", m: dict, n_draws: int, seed) -> tuple[float, np.ndarray]:
+    """(bias-corrected mAP in percent, per-category bias 0..1) for the categories the sample mAP averages."""
+    ap = np.array(list(m["ap_per_category"].values()), dtype=np.float64) / 100
+    bias = _ap_bias(plan, ap, m["n"], n_draws, seed)
+    scored = ~np.isnan(ap)
+    corrected = float(100 * np.mean(ap[scored] - bias[scored])) if scored.any() else float("nan")
+    return corrected, bias
+
+
+def bias_corrected_map(scores, labels, *, n_subsamples: int = 1000, seed=0) -> dict:
+    """mAP with its small-sample bias removed: ``{estimate, sample, bias, ap_bias}`` (percent; ``ap_bias`` per
+    category, 0..1, NaN-free). ``sample`` is ``utils.metrics.emotic_metrics``' mAP, ``estimate = sample - bias``.
+    With no more than ``n_subsamples`` half-size subsets (tiny splits) all are enumerated and the result is exact."""
+    m = emotic_metrics(scores, labels)
+    _check_settings(m["n"], n_subsamples, 0.5, "n_subsamples")
+    corrected, ap_bias = _map_correction(_APPlan(np.asarray(labels), np.asarray(scores, dtype=np.float64)), m,
+                                         n_subsamples, seed)
+    return {"estimate": corrected, "sample": m["mAP"], "bias": m["mAP"] - corrected, "ap_bias": ap_bias}
+
+
 def emotic_intervals(scores, labels, vad_pred=None, vad_true=None, *, n_resamples: int = 1000,
                      confidence: float = 0.95, seed=0) -> dict:
     """Bootstrap intervals (resampling persons) for the Emotic headline metrics.
 
-    Returns ``{"mAP": {estimate, low, high}, "dominant_accuracy": {...}, "vad_mae": {...}}`` (``vad_mae``, the mean
-    of the V, A, D errors, only when VAD is given). Estimates are those of ``utils.metrics.emotic_metrics``; in each
+    Returns ``{"mAP": {estimate, low, high, sample, bias}, "dominant_accuracy": {...}, "vad_mae": {...}}``
+    (``vad_mae``, the mean of the V, A, D errors, only when VAD is given). mAP's ``estimate`` is the bias-corrected
+    one (``bias_corrected_map``, ``n_resamples`` half-size subsamples) and its interval the bootstrap spread
+    re-centred on it (``_recentred``); ``sample`` is ``utils.metrics.emotic_metrics``' plain mAP. The other two are
+    per-person means: estimates equal ``emotic_metrics``, intervals are percentile intervals (``_covering``). In each
     resample mAP averages the categories that have at least one positive in that resample, as the estimate does.
     """
+    m, estimates, reps, corrected = _emotic_replicates(scores, labels, vad_pred, vad_true, n_resamples, seed)
+    _check_settings(m["n"], n_resamples, confidence)
+    out = {k: _covering(estimates[k], reps[k], confidence) for k in estimates if k != "mAP"}
+    out["mAP"] = {**_recentred(corrected, reps["mAP"], confidence), "sample": m["mAP"], "bias": m["mAP"] - corrected}
+    return {k: out[k] for k in estimates}
+
+
+def _emotic_replicates(scores, labels, vad_pred, vad_true, n_resamples: int, seed) -> tuple:
+    """(metrics, estimates, {key: bootstrap replicates}, bias-corrected mAP): what ``emotic_intervals`` is built
+    from, also used by benchmarks/bench_coverage.py to put the old percentile interval beside the new one."""
     m = emotic_metrics(scores, labels, vad_pred, vad_true)  # validates the inputs
     n = m["n"]
-    _check_settings(n, n_resamples, confidence)
+    _check_settings(n, n_resamples, 0.5)
     estimates = _emotic_estimates(m)
     items = _EmoticItems(scores, labels, vad_pred, vad_true)
     reps = {k: [] for k in estimates}
     for idx in _resample_chunks(n, n_resamples, seed):
         for k, v in items.replicates(_counts(idx, n), tuple(estimates)).items():
             reps[k].append(v)
-    return {k: _summary(estimates[k], np.concatenate(reps[k]), confidence) for k in estimates}
+    corrected, _ = _map_correction(items.plan, m, n_resamples, seed)
+    return m, estimates, {k: np.concatenate(v) for k, v in reps.items()}, corrected
+
+
+def split_size_note(kind: str, n_items: int) -> str | None:
+    """The sentence a notebook prints when its test split is smaller than the smallest size at which
+    benchmarks/bench_coverage.py measured the 95 % intervals holding the population value at least 90 % of the time
+    (``MIN_ITEMS_FOR_COVERAGE``); None when the split is large enough. ``kind``: ``"emotic"`` (persons) or
+    ``"flickr8k"`` (images)."""
+    if kind not in MIN_ITEMS_FOR_COVERAGE:
+        raise ValueError(f"kind: expected one of {tuple(MIN_ITEMS_FOR_COVERAGE)}, got {kind!r}")
+    need, unit = MIN_ITEMS_FOR_COVERAGE[kind], "persons" if kind == "emotic" else "images"
+    if int(n_items) >= need:
+        return None
+    what = "mAP" if kind == "emotic" else "mean R@1"
+    return (f"this test split ({int(n_items)} {unit}) is too small for its intervals to hold: simulated splits "
+            f"smaller than {need} {unit} held the population {what} in fewer than 90 % of their 95 % intervals "
+            f"(benchmarks/bench_coverage.py), so read the intervals here as rough")
 
 
 # ------------------------------------------------------------------------------------------- Flickr8k
@@ -320,17 +455,22 @@ def retrieval_intervals(similarity, caption_image, ks: Sequence[int] = (1, 5, 10
     ``t2i_R@k``, ``mean_R@k`` (each k), ``i2t_median_rank``, ``t2i_median_rank`` and ``rsum``; estimates equal
     ``utils.metrics.retrieval_metrics``.
     """
-    m = retrieval_metrics(similarity, caption_image, ks)  # validates the inputs
+    _check_settings(1, n_resamples, confidence)
+    estimates = _retrieval_estimates(retrieval_metrics(similarity, caption_image, ks), ks)  # validates the inputs
+    reps = _retrieval_replicates(similarity, caption_image, ks, n_resamples, seed)
+    return {k: _covering(estimates[k], reps[k], confidence) for k in estimates}
+
+
+def _retrieval_replicates(similarity, caption_image, ks: Sequence[int], n_resamples: int, seed) -> dict:
+    """{key: bootstrap replicates} behind ``retrieval_intervals`` (also read by benchmarks/bench_coverage.py)."""
     i2t, t2i = retrieval_ranks(similarity, caption_image)
     n = len(i2t)
-    _check_settings(n, n_resamples, confidence)
     items = _RetrievalItems(i2t, t2i, np.asarray(caption_image, dtype=np.int64), ks)
-    estimates = _retrieval_estimates(m, ks)
-    reps = {k: [] for k in estimates}
+    reps: dict = {}
     for idx in _resample_chunks(n, n_resamples, seed):
         for k, v in items.replicates(_counts(idx, n)).items():
-            reps[k].append(v)
-    return {k: _summary(estimates[k], np.concatenate(reps[k]), confidence) for k in estimates}
+            reps.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in reps.items()}
 
 
 # ---------------------------------------------------------------------------------- paired comparisons
@@ -346,7 +486,8 @@ def paired_bootstrap(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np
 
     Pairing removes the item-to-item variation the two models share (hard persons are hard for both), so the
     interval of a difference is much narrower than two separate intervals suggest. Returns
-    ``{difference, low, high, p_value, confidence}``; ``p_value`` is the bootstrap one of ``_bootstrap_p``
+    ``{difference, low, high, p_value, confidence}``: the percentile interval (widened to reach the difference in
+    the rare case it does not, ``_covering``); ``p_value`` is the bootstrap one of ``_bootstrap_p``
     (``compare_*`` report the permutation test's instead).
     """
     _check_settings(n_items, n_resamples, confidence)
@@ -354,8 +495,8 @@ def paired_bootstrap(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np
     difference = float(stat_a(everything) - stat_b(everything))
     reps = np.array([stat_a(i) - stat_b(i) for chunk in _resample_chunks(n_items, n_resamples, seed)
                      for i in chunk], dtype=np.float64)
-    low, high = _percentiles(reps, confidence)
-    return {"difference": difference, "low": low, "high": high, "p_value": _bootstrap_p(reps),
+    ci = _covering(difference, reps, confidence)
+    return {"difference": difference, "low": ci["low"], "high": ci["high"], "p_value": _bootstrap_p(reps),
             "confidence": confidence}
 
 
@@ -408,19 +549,31 @@ def paired_permutation_test(values_a, values_b, metric: Callable[[np.ndarray], f
 
 
 def _paired(boot: Callable[[np.ndarray], np.ndarray], perm: Callable[[np.ndarray], np.ndarray], n: int,
-            observed: float, *, n_resamples: int, n_permutations: int, confidence: float, seed) -> dict:
+            observed: float, *, n_resamples: int, n_permutations: int, confidence: float, seed,
+            corrected: float | None = None) -> dict:
     """Shared by compare_*: ``boot(counts)`` gives A - B on (B, n) resample counts; ``perm(masks)`` gives A - B
     after swapping the items where the (P, n) boolean mask is set. Draws are those of ``paired_bootstrap`` and
-    ``paired_permutation_test`` with the same seed, so the results equal theirs."""
+    ``paired_permutation_test`` with the same seed, so the results equal theirs. With ``corrected`` (mAP: the
+    difference of the bias-corrected estimates) that is the reported difference and the interval is re-centred on
+    it; the permutation test always tests the plain ``observed`` difference (its null is built from it)."""
     _check_settings(n, n_resamples, confidence)
     _check_settings(n, n_permutations, confidence, "n_permutations")
     diffs = np.concatenate([boot(_counts(idx, n)) for idx in _resample_chunks(n, n_resamples, seed)])
-    low, high = _percentiles(diffs, confidence)
+    ci = _covering(observed, diffs, confidence) if corrected is None else _recentred(corrected, diffs, confidence)
     exact, chunks = _permutation_masks(n, n_permutations, seed)
     null = np.concatenate([perm(masks) for masks in chunks])
-    return {"difference": float(observed), "low": low, "high": high,
+    return {"difference": ci["estimate"], "low": ci["low"], "high": ci["high"], "sample_difference": float(observed),
             "p_value": _permutation_p(observed, null, exact), "confidence": confidence,
             "n_items": int(n), "n_resamples": int(n_resamples), "n_permutations": len(null), "exact": exact}
+
+
+def rank_fractions(scores) -> np.ndarray:
+    """Each column's scores replaced by their rank among the items divided by the number of items (ties share
+    their average rank). AP depends only on the order within a category, so it is unchanged; but two models'
+    rank fractions are on one scale whatever their calibration, which is what a permutation test that swaps items
+    between the models needs (raw scores of a model scoring 0.9 everywhere would swamp one scoring 0.1)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return rankdata(scores, axis=0) / len(scores)
 
 
 def _stack_masks(masks: np.ndarray) -> np.ndarray:
@@ -434,9 +587,14 @@ def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", vad_pred_a=N
     """Model A minus model B on the same Emotic persons, for ``metric`` in ``mAP``, ``dominant_accuracy`` or
     ``vad_mae`` (the last needs ``vad_pred_a``, ``vad_pred_b`` and ``vad_true``).
 
-    Returns ``{difference, low, high, p_value, ...}``: the interval is a paired bootstrap over persons and the
-    p-value a paired permutation test, both computed with the vectorised metric. They equal
-    ``paired_bootstrap`` / ``paired_permutation_test`` called with ``emotic_metrics`` (same seed), only faster.
+    Returns ``{difference, low, high, p_value, sample_difference, ...}``: the interval is a paired bootstrap over
+    persons and the p-value a paired permutation test, both computed with the vectorised metric. They equal
+    ``paired_bootstrap`` / ``paired_permutation_test`` called with ``emotic_metrics`` (same seed), only faster,
+    with two differences for mAP: ``difference`` is that of the bias-corrected estimates (``bias_corrected_map``,
+    the same half-size subsamples for both models) with the bootstrap interval re-centred on it, as
+    ``emotic_intervals`` does; and the permutation test swaps each person's ``rank_fractions`` (not raw scores)
+    between the models, so its null hypothesis is "equal mAP" even when the models are calibrated differently.
+    ``sample_difference`` is the plain difference the permutation test tests.
     """
     if metric not in EMOTIC_METRICS:
         raise ValueError(f"metric: expected one of {EMOTIC_METRICS}, got {metric!r}")
@@ -449,7 +607,8 @@ def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", vad_pred_a=N
     need_ap = metric == "mAP"
     items_a = _EmoticItems(scores_a, labels, vad_pred_a if use_vad else None, vad_true, need_ap)
     items_b = _EmoticItems(scores_b, labels, vad_pred_b if use_vad else None, vad_true, need_ap)
-    stacked = _EmoticItems(np.vstack([scores_a, scores_b]), np.vstack([labels, labels]),
+    swap_a, swap_b = (rank_fractions(scores_a), rank_fractions(scores_b)) if need_ap else (scores_a, scores_b)
+    stacked = _EmoticItems(np.vstack([swap_a, swap_b]), np.vstack([labels, labels]),
                            np.vstack([vad_pred_a, vad_pred_b]) if use_vad else None,
                            np.vstack([vad_true, vad_true]) if use_vad else None, need_ap)
 
@@ -460,10 +619,14 @@ def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", vad_pred_a=N
         a, b = stacked.replicates(_stack_masks(masks), (metric,), complement=True)
         return a[metric] - b[metric]
 
+    estimate_a, estimate_b, corrected = _emotic_estimates(ma)[metric], _emotic_estimates(mb)[metric], None
+    if need_ap:  # the same subsamples (same seed) for both models: a paired correction
+        estimate_a = _map_correction(items_a.plan, ma, n_resamples, seed)[0]
+        estimate_b = _map_correction(items_b.plan, mb, n_resamples, seed)[0]
+        corrected = estimate_a - estimate_b
     out = _paired(boot, perm, ma["n"], observed, n_resamples=n_resamples, n_permutations=n_permutations,
-                  confidence=confidence, seed=seed)
-    return {**out, "metric": metric, "estimate_a": _emotic_estimates(ma)[metric],
-            "estimate_b": _emotic_estimates(mb)[metric]}
+                  confidence=confidence, seed=seed, corrected=corrected)
+    return {**out, "metric": metric, "estimate_a": estimate_a, "estimate_b": estimate_b}
 
 
 def compare_retrieval(sim_a, sim_b, caption_image, metric: str = "mean_R@1", *, n_resamples: int = 1000,
