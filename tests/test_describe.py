@@ -234,3 +234,68 @@ def test_bad_inputs_stop_with_the_file_named(setup, tmp_path):
     assert not (tmp_path / "o.csv").exists()
     proc = _run(["--data-dir", str(tmp_path), "--model", str(setup["model"]), "--out", str(tmp_path / "o.csv")])
     assert proc.returncode == 2 and "Annotations.mat: annotations file not found" in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# another architecture: Qwen2-VL, whose image token count follows the image size (so a batch is padded)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _tiny_qwen2_vl(folder: Path) -> Path:
+    """A random two-layer Qwen2-VL over a byte-level vocabulary, with a Qwen-style chat template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                "<|video_pad|>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        extra_special_tokens=specials[1:], padding_side="right")
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+                "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}"
+                "{% endif %}{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                "{% endif %}")
+    images = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16, patch_size=14, merge_size=2,
+                                   temporal_patch_size=2)
+    Qwen2VLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(),
+                     chat_template=template).save_pretrained(folder)
+    config = Qwen2VLConfig(
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, bos_token_id=0,
+                         eos_token_id=2, pad_token_id=0),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_padded_batch_of_another_architecture_gives_the_one_at_a_time_answers(tmp_path):
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    folder = _tiny_qwen2_vl(tmp_path / "qwen")
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 255, (h, 80, 3), dtype=np.uint8) for h in (60, 100, 140)]  # 3 token counts
+    boxes = [(1, 1, 30, 30), (10, 20, 70, 90), (0, 50, 80, 140)]
+    got = vlm.VLM(str(folder), "cpu", max_new_tokens=8).describe([Image.fromarray(p) for p in pictures], boxes)
+
+    proc = Qwen2VLProcessor.from_pretrained(folder)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(folder).eval()
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                  {"type": "text", "text": vlm.prompt_text()}]}],
+                                    add_generation_prompt=True, tokenize=False)
+    want = []
+    for arr, box in zip(pictures, boxes):
+        inputs = proc(images=[Image.fromarray(_red_box_reference(arr, box))], text=[text], return_tensors="pt")
+        with torch.inference_mode():
+            ids = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        want.append(proc.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    assert got == want
