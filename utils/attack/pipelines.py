@@ -3,7 +3,7 @@
 A :class:`PixelPipeline` maps float images (B,3,H,W) in [0,1] plus their row ids to scores (B,S), with the text
 side held clean; :meth:`PixelPipeline.truth` says which score entries are correct for a row.
 
-- :class:`EmoticPixelPipeline`: scores = the 26 category probabilities. The body input is **re-derived at attack time
+- :class:`EmoticPixelPipeline`: scores = the 26 category logits. The body input is **re-derived at attack time
   from the 224x224 scene** by cropping the person's box (in 224 coordinates) and resizing it to 128 with
   ``torchvision.ops.roi_align``, so a changed pixel inside the box shows in the body crop too. This differs slightly
   from the prepared ``body_arr`` (cropped from the full-resolution photo), so clean scores are computed with the same
@@ -11,9 +11,16 @@ side held clean; :meth:`PixelPipeline.truth` says which score entries are correc
 - :class:`FlickrPixelPipeline`: scores = cosine similarities of the image to every test caption.
 - :class:`ClassifierPixelPipeline`: any single-label classifier (used by the tests and the benchmark).
 
-Success is one rule for all of them: the top-scored entry stops being a true one. Both searches minimise the margin
-``max(true scores) - max(other scores)``, negative exactly on success. The search may run in a cheaper precision
-or through ``torch.compile``; :class:`Scorer` confirms every success by an eager fp32 pass of the final uint8 image.
+Scores are logits (similarities for Flickr8k), never probabilities: a true class whose logit leads by more than
+about 17 has probability 1.0 in float32, and a margin of probabilities would then give the search no signal
+(Sparse-RS uses the margin of the logits too). Every :meth:`PixelPipeline.scores` is differentiable from the float
+pixel tensor to the scores, so a white-box attack can use the same pipelines.
+
+Success is one rule for all of them: the top-scored entry stops being a true one. Every search minimises the margin
+``max(true scores) - max(other scores)`` (single-label: true logit minus the best other; Emotic: best true logit
+minus best other logit; Flickr8k: best own-caption similarity minus the best other), negative exactly on success.
+The search may run in a cheaper precision or through ``torch.compile``; :class:`Scorer` confirms every success by
+an eager fp32 pass of the final uint8 image.
 """
 from __future__ import annotations
 
@@ -117,7 +124,7 @@ class _FixedBatch(torch.nn.Module):
 
 
 class ClassifierPixelPipeline(PixelPipeline):
-    """A single-label classifier ``model(x) -> logits``; scores are softmax probabilities, truth is the label."""
+    """A single-label classifier ``model(x) -> logits``; scores are the logits, truth is the label."""
 
     heavy = ("model",)
 
@@ -127,7 +134,7 @@ class ClassifierPixelPipeline(PixelPipeline):
         self.labels = np.asarray(labels, dtype=np.int64)
 
     def scores(self, x, rows, changed_xy=None):
-        return torch.softmax(self.model(x).float(), dim=1)
+        return self.model(x).float()
 
     def truth(self, rows):
         rows = np.asarray(rows)
@@ -149,7 +156,7 @@ def _category_logits(out) -> torch.Tensor:
 
 
 class EmoticPixelPipeline(PixelPipeline):
-    """Photo (224x224) -> scene and body features -> Emotic head -> 26 category probabilities.
+    """Photo (224x224) -> scene and body features -> Emotic head -> 26 category logits.
 
     ``head_model(body=, context=, text=)`` (the ``utils.models`` Emotic models) may return logits, ``(logits, vad)``
     or a dict with ``logits``; only the 26 category logits are used. Inputs the head does not read (its ``inputs``
@@ -214,7 +221,7 @@ class EmoticPixelPipeline(PixelPipeline):
                 feats["body"] = body
         if "text" in self.reads and self.text is not None:
             feats["text"] = self.text[rows.cpu()].to(x.device)
-        return torch.sigmoid(_category_logits(self.head(**feats)).float())
+        return _category_logits(self.head(**feats)).float()
 
     def truth(self, rows):
         if self.labels is None:
@@ -246,13 +253,12 @@ class FlickrPixelPipeline(PixelPipeline):
         elif hasattr(head_model, "encode_image"):
             image_fn, text_fn = head_model.encode_image, head_model.encode_text
         elif hasattr(head_model, "similarity"):
-            self._similarity = lambda f: torch.as_tensor(
-                head_model.similarity(f.cpu().numpy(), captions), dtype=torch.float32, device=f.device)
+            self._similarity = _baseline_similarity(head_model, captions, self.device)
             return
         else:
             raise TypeError("utils/attack/pipelines.py: head_model needs encode_image/encode_text, similarity(), "
                             "or must be a pair (image_fn, text_fn)")
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the captions take part in the image side's backward pass
             cap = torch.from_numpy(captions).to(self.device)
             cap = F_nn.normalize((cap if text_fn is None else text_fn(cap)).float(), dim=1)
         self._similarity = lambda f: F_nn.normalize(image_fn(f).float(), dim=1) @ cap.T
@@ -262,6 +268,27 @@ class FlickrPixelPipeline(PixelPipeline):
 
     def truth(self, rows):
         return self.caption_image[None, :] == np.asarray(rows)[:, None]
+
+
+def _baseline_similarity(model, captions: np.ndarray, device):
+    """``utils.models.FlickrBaseline.similarity`` in torch (float64, as the model computes it), so that gradients
+    reach the pixels. Each of its terms is the cosine between an affine map of the image features and fixed caption
+    vectors ("both" averages two); each map is read off the model by probing it with zero and the unit vectors."""
+    dim = len(model.img_scaler.mean_)
+    probe = np.vstack([np.zeros(dim), np.eye(dim)])
+    sides = [(lambda f: model.embed(f, captions[:1])[0], model.embed(probe[:1], captions)[1])]
+    if model.method == "both":
+        sides.append((model.img_scaler.transform, model.t2i.predict(model.txt_scaler.transform(captions))))
+    terms = []
+    for image_side, caption_side in sides:
+        out = image_side(probe)  # row 0: the offset; row 1 + i: offset + the map of unit vector i
+        cap = caption_side / np.maximum(np.linalg.norm(caption_side, axis=1, keepdims=True), 1e-12)
+        terms.append([torch.as_tensor(a, dtype=torch.float64, device=device) for a in (out[1:] - out[0], out[0], cap)])
+
+    def similarity(f: torch.Tensor) -> torch.Tensor:
+        f = f.double()
+        return torch.stack([F_nn.normalize(f @ w + c, dim=1, eps=1e-12) @ cap.T for w, c, cap in terms]).mean(0).float()
+    return similarity
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -329,11 +356,22 @@ def score_fp32(pipeline, images, rows, batch_size) -> np.ndarray:
     return np.concatenate([sc for _, sc, _ in score_chunks(pipeline, images, rows, batch_size)])
 
 
-def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_size: int = 128) -> np.ndarray:
-    """fp32 scores of uint8 images through the whole pipeline, e.g. adversarial images after a defence."""
+def best_batch(pipeline: PixelPipeline, size: tuple[int, int], rows) -> int:
+    """The batch size this device runs the pipeline fastest at on (H, W) images (``utils.batching``, cached); the
+    pipeline is left in the layout measured fastest with it."""
+    from .. import batching
+
+    return batching.for_pipeline(pipeline, (3, *size), rows if len(rows) else [0]).batch
+
+
+def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_size: int | None = None) -> np.ndarray:
+    """fp32 scores of uint8 images through the whole pipeline, e.g. adversarial images after a defence
+    (``batch_size=None``: the device's fastest, see :func:`best_batch`)."""
     images = np.asarray(images)
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
-    return score_fp32(pipeline, images, rows, batch_size)
+    if batch_size is None and len(images):
+        batch_size = best_batch(pipeline, images.shape[1:3], rows)
+    return score_fp32(pipeline, images, rows, batch_size or 1)
 
 
 def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -353,24 +391,28 @@ class AttackInputs:
     truth: np.ndarray  # (N,S) bool
     before: np.ndarray  # (N,S) fp32 clean scores
     attacked: np.ndarray  # (N,) bool: correct before the attack
+    batch_size: int  # images per model call: as given, else the device's fastest (utils.batching)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.images.shape[1], self.images.shape[2]
 
 
-def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int,
+def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None,
                    where: str) -> AttackInputs:
-    """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache."""
+    """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache.
+    ``batch_size=None``: the batch size and layout the device runs this pipeline fastest at (a cached probe)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{where}: images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
     n, h, w, _ = images.shape
     if pixels < 1 or pixels > h * w:
         raise ValueError(f"{where}: pixels must be between 1 and {h * w} (the image's size), got {pixels}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"{where}: batch_size must be >= 1, got {batch_size}")
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    if batch_size is None:
+        batch_size = best_batch(pipeline, images.shape[1:3], rows)
     truth = pipeline.truth(rows) if truth is None else np.asarray(truth)
     truth = truth if truth.dtype == bool else truth > 0.5  # multi-hot float labels are accepted too
     if len(rows) != n or len(truth) != n:
@@ -384,7 +426,8 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         for s in range(0, n, batch_size):
             pipeline.prepare(to_input(images[s:s + batch_size], dev, pipeline.channels_last),
                              torch.as_tensor(rows[s:s + batch_size], device=dev))
-    return AttackInputs(images=images, rows=rows, truth=truth, before=before, attacked=attacked)
+    return AttackInputs(images=images, rows=rows, truth=truth, before=before, attacked=attacked,
+                        batch_size=batch_size)
 
 
 @dataclass
