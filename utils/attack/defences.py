@@ -38,6 +38,8 @@ class MedianDefended(PixelPipeline):
     hold (the Emotic body crop is recomputed for every candidate)."""
 
     def __init__(self, pipeline: PixelPipeline, size: int = 3):
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"utils/attack/defences.py: size must be odd and positive, got {size}")
         # no super().__init__: the wrapped pipeline has already set its modules' mode and layout
         self.inner, self.size, self.filter = pipeline, int(size), MedianFilter(int(size))
         self.modules, self.channels_last = pipeline.modules, pipeline.channels_last
