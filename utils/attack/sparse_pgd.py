@@ -169,13 +169,14 @@ def _run(scorer: Scorer, idx: list[int], variant: str, steps: int, k: int, alpha
             soft = torch.sigmoid(mask)
             hard = project_mask(soft.detach(), k)
             x = _Compose.apply(clean, p, soft, hard, variant)
+            truth = truth_all[torch.as_tensor(ids, device=dev)]
             t0 = time.perf_counter()
-            scores, margin, g_p, g_m = _margin_gradients(pipeline, x, rows, truth_all[ids], p, mask)
+            scores, margin, g_p, g_m = _margin_gradients(pipeline, x, rows, truth, p, mask)
             scorer.model_seconds += time.perf_counter() - t0
         scorer.queries += STEP_COST * len(ids)
         with torch.no_grad():
             p, mask = p.detach(), mask.detach()
-            hit = ~truth_all[ids].gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
+            hit = ~truth.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
             cands = _candidates(x, hard, k)
             m_np = margin.detach().cpu().numpy()
             for j, i in enumerate(ids.tolist()):
@@ -202,7 +203,8 @@ def _run(scorer: Scorer, idx: list[int], variant: str, steps: int, k: int, alpha
             still = np.where(same, still + 1, 0)
             for j in np.flatnonzero(still >= patience):
                 if not done[j]:
-                    mask[j] = torch.from_numpy(rngs[int(ids[j])].standard_normal((1, h, w)).astype(np.float32))
+                    fresh = rngs[int(ids[j])].standard_normal((1, h, w)).astype(np.float32)
+                    mask[j] = torch.from_numpy(fresh).to(dev)
                     still[j] = 0
             keep = np.flatnonzero(~done)
             if len(keep) < len(ids):
