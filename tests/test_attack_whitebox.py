@@ -101,6 +101,9 @@ def test_queries_keyword_sets_steps_and_attack_dispatches(spread):
     rep = attack(pipe, imgs[:4], k=1, method="sparse-pgd", queries=60, progress=False)
     assert rep.settings["steps"] == 60 // (STEP_COST * 2) and (rep.table().queries <= 60 + 10).all()
     assert METHODS["sparse-pgd"] is sparse_pgd and METHODS["ensemble"] is ensemble
+    ens = attack(pipe, imgs[:4], k=1, method="ensemble", queries=30, steps=3, progress=False)
+    assert ens.settings["method"] == "ensemble" and ens.settings["queries"] == 30 and "member" in ens.table()
+    assert ens.members["black-box"].settings["queries"] == 30 and ens.members["white-box"].settings["steps"] == 3
 
 
 def test_bad_inputs_raise_clear_errors(spread):
