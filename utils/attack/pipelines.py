@@ -356,11 +356,22 @@ def score_fp32(pipeline, images, rows, batch_size) -> np.ndarray:
     return np.concatenate([sc for _, sc, _ in score_chunks(pipeline, images, rows, batch_size)])
 
 
-def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_size: int = 128) -> np.ndarray:
-    """fp32 scores of uint8 images through the whole pipeline, e.g. adversarial images after a defence."""
+def best_batch(pipeline: PixelPipeline, size: tuple[int, int], rows) -> int:
+    """The batch size this device runs the pipeline fastest at on (H, W) images (``utils.batching``, cached); the
+    pipeline is left in the layout measured fastest with it."""
+    from .. import batching
+
+    return batching.for_pipeline(pipeline, (3, *size), rows if len(rows) else [0]).batch
+
+
+def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_size: int | None = None) -> np.ndarray:
+    """fp32 scores of uint8 images through the whole pipeline, e.g. adversarial images after a defence
+    (``batch_size=None``: the device's fastest, see :func:`best_batch`)."""
     images = np.asarray(images)
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
-    return score_fp32(pipeline, images, rows, batch_size)
+    if batch_size is None and len(images):
+        batch_size = best_batch(pipeline, images.shape[1:3], rows)
+    return score_fp32(pipeline, images, rows, batch_size or 1)
 
 
 def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -380,24 +391,28 @@ class AttackInputs:
     truth: np.ndarray  # (N,S) bool
     before: np.ndarray  # (N,S) fp32 clean scores
     attacked: np.ndarray  # (N,) bool: correct before the attack
+    batch_size: int  # images per model call: as given, else the device's fastest (utils.batching)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.images.shape[1], self.images.shape[2]
 
 
-def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int,
+def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None,
                    where: str) -> AttackInputs:
-    """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache."""
+    """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache.
+    ``batch_size=None``: the batch size and layout the device runs this pipeline fastest at (a cached probe)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{where}: images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
     n, h, w, _ = images.shape
     if pixels < 1 or pixels > h * w:
         raise ValueError(f"{where}: pixels must be between 1 and {h * w} (the image's size), got {pixels}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"{where}: batch_size must be >= 1, got {batch_size}")
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    if batch_size is None:
+        batch_size = best_batch(pipeline, images.shape[1:3], rows)
     truth = pipeline.truth(rows) if truth is None else np.asarray(truth)
     truth = truth if truth.dtype == bool else truth > 0.5  # multi-hot float labels are accepted too
     if len(rows) != n or len(truth) != n:
@@ -411,7 +426,8 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         for s in range(0, n, batch_size):
             pipeline.prepare(to_input(images[s:s + batch_size], dev, pipeline.channels_last),
                              torch.as_tensor(rows[s:s + batch_size], device=dev))
-    return AttackInputs(images=images, rows=rows, truth=truth, before=before, attacked=attacked)
+    return AttackInputs(images=images, rows=rows, truth=truth, before=before, attacked=attacked,
+                        batch_size=batch_size)
 
 
 @dataclass

@@ -155,7 +155,7 @@ def _first_event(event: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np
 
 def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
               pixels: int = 1, queries: int = 1000, candidates: int | None = None, p_init: float = 0.3,
-              batch_size: int = 128, seed: int = 0, precision: str = "float32", compile: bool = False,
+              batch_size: int | None = None, seed: int = 0, precision: str = "float32", compile: bool = False,
               progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
     """Sparse random search changing at most ``pixels`` pixels per image, ``queries`` model queries per image.
 
@@ -169,9 +169,11 @@ def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.
     if queries < 1 or (candidates is not None and candidates < 1) or not 0 < p_init <= 1:
         raise ValueError(f"{WHERE}: need queries >= 1, candidates >= 1 and 0 < p_init <= 1")
     inp = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
+    batch_size = inp.batch_size  # as given, else the device's fastest for this pipeline
     k = pixels
     settings = dict(method="sparse", pixels=k, queries=queries, candidates=candidates or "adaptive", p_init=p_init,
-                    schedule="Sparse-RS L0, rescaled to the budget", batch_size=batch_size, seed=seed,
+                    schedule="Sparse-RS L0, rescaled to the budget", batch_size=batch_size,
+                    channels_last=pipeline.channels_last, seed=seed,
                     precision=precision, compile=compile, colours="RGB cube corners",
                     acceptance="strict: kept only if the margin decreases (Sparse-RS)",
                     proposals="one per active image per call; batch_size // active speculative ones when fewer "
