@@ -121,7 +121,7 @@ def test_finds_an_attack_where_scipy_does(near_boundary):
             v = np.asarray(v).reshape(5, -1)
             adv = apply_pixels(np.repeat(img[None], v.shape[1], 0), np.rint(v.T).astype(np.int64)[:, None, :])
             lo = logits_of(net, adv)
-            return lo[:, label] - np.delete(lo, label, axis=1).max(1)  # same sign as the probability margin
+            return lo[:, label] - np.delete(lo, label, axis=1).max(1)  # the pipeline's margin, on the logits
 
         found = []
 
@@ -180,12 +180,12 @@ def emotic_setup():
 
 
 def emotic_scores_independent(enc, head, scenes, boxes, text, body_size=16):
-    """Recompute the Emotic pipeline by hand: crop every box from the scene, encode both, run the head."""
+    """Recompute the Emotic pipeline by hand: crop every box from the scene, encode both, run the head (logits)."""
     with torch.no_grad():
         x = torch.tensor(scenes, dtype=torch.float32).permute(0, 3, 1, 2) / 255
         crops = roi_align(x, [torch.tensor(b[None]) for b in boxes], body_size, aligned=True)
         logits, _ = head(body=enc(crops), context=enc(x), text=None if text is None else torch.tensor(text))
-        return torch.sigmoid(logits).numpy()
+        return logits.numpy()
 
 
 def test_emotic_body_crop_is_derived_from_scene(emotic_setup):
@@ -314,7 +314,7 @@ def test_pipelines_accept_the_project_models(emotic_setup):
         pipe = EmoticPixelPipeline(enc, head, txt, boxes, body_size=16)
         with torch.no_grad():
             got = pipe.scores(x, torch.arange(6))
-            want = head(body=body, context=ctx, text=None if txt is None else torch.tensor(txt))["scores"]
+            want = head(body=body, context=ctx, text=None if txt is None else torch.tensor(txt))["logits"]
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
     rng = np.random.default_rng(0)
@@ -335,7 +335,7 @@ def test_score_images_and_correct_top1_match_independent_forward(near_boundary):
     pipe = ClassifierPixelPipeline(net, labels, 3)
     lo = logits_of(net, imgs)
     sc = score_images(pipe, imgs, batch_size=3)
-    np.testing.assert_allclose(sc, torch.softmax(torch.tensor(lo), 1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(sc, lo, atol=1e-6)  # logits, not probabilities
     np.testing.assert_array_equal(correct_top1(sc, pipe.truth(np.arange(10))), lo.argmax(1) == labels)
 
 
@@ -348,3 +348,50 @@ def test_mutation_is_rand1_with_three_distinct_others():
     for parent, child in enumerate(children):
         plus, minus = np.flatnonzero(child == 11), np.flatnonzero(child == 9)
         assert len(plus) == 2 and len(minus) == 1 and parent not in set(plus) | set(minus)
+
+
+def test_every_pipeline_is_differentiable_from_the_pixels(emotic_setup):
+    """A white-box attack needs d(margin)/d(pixels): the gradient through each pipeline's scores matches a finite
+    difference of the same scores (float64 would be exact; float32 agrees to a few per cent)."""
+    from utils.attack.pipelines import margin_and_success
+    from utils.models import EmoticJoint, FlickrBaseline, FlickrJoint
+
+    scenes, boxes, text = emotic_setup
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten())  # smooth: FD works
+    x = torch.tensor(scenes).permute(0, 3, 1, 2).float() / 255
+    dims = {"body": 16, "context": 16, "text": 8, "image": 16}
+    with torch.no_grad():
+        ctx = enc(x).numpy()
+    rng = np.random.default_rng(0)
+    caps, cap_img = rng.normal(size=(18, 8)).astype(np.float32), np.repeat(np.arange(6), 3)
+    truth_emotic = np.zeros((6, 26), bool)
+    truth_emotic[:, 3] = True
+    pipes = {
+        "classifier": ClassifierPixelPipeline(nn.Sequential(enc, nn.Linear(16, 4)), np.zeros(6, int), 4),
+        "emotic": EmoticPixelPipeline(enc, EmoticJoint(dims=dims, shared_dim=8, hidden=8).eval(), text, boxes,
+                                      labels=truth_emotic, body_size=16),
+        "flickr joint": FlickrPixelPipeline(enc, FlickrJoint(dims=dims, shared_dim=8, hidden=8).eval(), caps,
+                                            cap_img),
+        "flickr baseline": FlickrPixelPipeline(enc, FlickrBaseline(method="both", alpha=1.0).fit(ctx, caps, cap_img),
+                                               caps, cap_img),
+    }
+    rows = torch.arange(6)
+    direction = torch.randn_like(x)
+    for name, pipe in pipes.items():
+        truth = torch.as_tensor(pipe.truth(np.arange(6)))
+
+        def margin(inp):
+            sc = pipe.scores(inp, rows)
+            return (sc.masked_fill(~truth, -1e9).amax(1) - sc.masked_fill(truth, -1e9).amax(1)).sum()
+
+        xg = x.clone().requires_grad_(True)
+        m = margin(xg)
+        m.backward()
+        assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0, name
+        with torch.no_grad():
+            sc = pipe.scores(x, rows).numpy()
+            np.testing.assert_allclose(m.item(), margin_and_success(sc, truth.numpy())[0].sum(), rtol=1e-5)
+            h = 1e-2
+            fd = (margin(x + h * direction) - margin(x - h * direction)).item() / (2 * h)
+        assert fd == pytest.approx((xg.grad * direction).sum().item(), rel=0.05, abs=1e-3), name

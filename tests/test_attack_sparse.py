@@ -140,3 +140,27 @@ def test_a_step_keeps_the_best_proposal_only_when_not_worse():
     _step(scorer, [st], [np.stack([none, two, none])])  # the better one is kept
     np.testing.assert_array_equal(st.pixels, two)
     assert st.margin < m_one and st.queries == 6 and st.active
+
+
+@pytest.mark.parametrize("method, budget", [("sparse", dict(queries=400)), ("de", dict(queries=2000, popsize=40))])
+def test_a_true_logit_leading_by_30_is_still_attackable(method, budget):
+    """On probabilities a lead of 30 is p = 1.0 exactly in float32 and the search sees no signal; on logits its
+    margin moves pixel by pixel. The toy model needs 8 white pixels in the left half to flip (lead 30 = 4 x 7.5)."""
+    from test_attack_pixels import WhiteCounter, toy_images
+
+    class Confident(WhiteCounter):
+        def forward(self, x):
+            return 4 * super().forward(x)
+
+    imgs = toy_images(np.array([8, 8, 8]))  # no white pixel yet: label 0 leads by 30
+    pipe = ClassifierPixelPipeline(Confident(), np.zeros(3, int), 2)
+    rep = attack(pipe, imgs, None, 8, method=method, progress=False, **budget)
+    lead = lambda x: (lambda z: z[:, 0] - z[:, 1])(logits_of(Confident(), x))  # noqa: E731 (independent pass)
+    np.testing.assert_allclose(lead(imgs), 30.0, rtol=1e-6)
+    after = lead(rep.adversarial)
+    assert rep.table().attacked.all()
+    if method == "sparse":  # corner colours: white is one of them, so the search flips all three
+        assert rep.table().success.all() and (after < 0).all()
+    else:  # DE's continuous colours rarely make a pixel fully white: its margin moved by at least two pixels' worth
+        assert (after <= 30 - 2 * 4).all()
+    np.testing.assert_allclose(rep.table().margin_after, after, atol=1e-5)  # the saved margin is on the logits

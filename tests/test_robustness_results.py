@@ -90,7 +90,7 @@ def refeed_emotic(out: Path, doc: dict, p: dict) -> int:
                     feats = {"context": encoder(x), "text": torch.from_numpy(text[row:row + 1])}
                     feats["body"] = encoder(roi_align(x, torch.cat([torch.zeros(1, 1), boxes[row:row + 1]], 1),
                                                       output_size=128, aligned=True))
-                    scores = model(**{m: feats[m] for m in model.inputs})["scores"][0].numpy()
+                    scores = model(**{m: feats[m] for m in model.inputs})["logits"][0].numpy()  # attack scores: logits
                 fooled = not labels[row, scores.argmax()]
                 assert fooled == bool(run["success"][i]), (label, k, row, "re-fed top category disagrees")
                 assert np.allclose(scores, run["scores_after"][i], atol=1e-3), (label, k, row)

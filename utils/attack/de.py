@@ -50,11 +50,13 @@ class DEImage:
 
 @dataclass
 class Scored:
-    """Margins and successes of one image's candidates, with the scores of its successful ones."""
+    """Margins and successes of one image's candidates, with the scores of its successful ones; ``order`` is each
+    candidate's 1-based position among the queries sent for the image in this call (0: reused, not sent)."""
 
     fit: np.ndarray
     success: np.ndarray
     hits: dict[int, np.ndarray]
+    order: np.ndarray
 
 
 def bounds(h: int, w: int, k: int) -> np.ndarray:
@@ -103,6 +105,7 @@ def score_unique(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray])
     image's population, or twice among its children, is sent once; only the sent ones count as queries."""
     jobs_i, jobs_c, plans = [], [], []
     for st, cand in zip(states, cands):
+        base = len(jobs_i)
         known = dict(zip(st.keys, st.fit)) if st.fit is not None else {}
         keys = [c.tobytes() for c in cand]
         slot: dict[bytes, int] = {}
@@ -112,27 +115,30 @@ def score_unique(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray])
                 jobs_i.append(st.index)
                 jobs_c.append(cand[j])
         st.queries += len(slot)
-        plans.append((keys, known, slot))
+        plans.append((keys, known, slot, base))
     idx = np.array(jobs_i, dtype=np.int64)
     margin, success, hits = scorer.search(idx, np.stack(jobs_c) if jobs_c else np.zeros((0, 1, 5), np.int64))
     out = []
-    for keys, known, slot in plans:
+    for keys, known, slot, base in plans:
         fit = np.array([margin[slot[k]] if k in slot else known[k] for k in keys])
         ok = np.array([bool(success[slot[k]]) if k in slot else False for k in keys])
         sc = {j: hits[slot[k]] for j, k in enumerate(keys) if k in slot and slot[k] in hits}
-        out.append(Scored(fit, ok, sc))
+        order = np.array([slot[k] - base + 1 if k in slot else 0 for k in keys], dtype=np.int64)
+        out.append(Scored(fit, ok, sc, order))
     return out
 
 
 def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], scored: list[Scored]) -> None:
-    """Stop each image whose best successful candidate holds in fp32 (re-checked unless the search was exact fp32);
-    an unconfirmed candidate gets its fp32 margin, so selection sees what really happened."""
+    """Stop each image whose first successful candidate holds in fp32 (re-checked unless the search was exact fp32);
+    an unconfirmed candidate gets its fp32 margin, so selection sees what really happened. A stopped image's
+    ``queries`` become the query that fooled it: the children sent after it in the same call do not count."""
     todo = []
     for st, cand, s in zip(states, cands, scored):
         if s.success.any():
-            j = int(np.flatnonzero(s.success)[np.argmin(s.fit[s.success])])
+            j = int(np.flatnonzero(s.success)[np.argmin(s.order[s.success])])
             if scorer.exact:
                 st.found, st.found_scores = cand[j], s.hits[j]
+                st.queries -= int(s.order.max() - s.order[j])
             else:
                 todo.append((st, j, cand[j], s))
     if not todo:
@@ -142,6 +148,7 @@ def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], score
         st.queries += 1
         if good:
             st.found, st.found_scores = c, scores
+            st.queries -= int(s.order.max() - s.order[j])
         else:
             s.fit[j] = m
 

@@ -3,7 +3,7 @@
 A :class:`PixelPipeline` maps float images (B,3,H,W) in [0,1] plus their row ids to scores (B,S), with the text
 side held clean; :meth:`PixelPipeline.truth` says which score entries are correct for a row.
 
-- :class:`EmoticPixelPipeline`: scores = the 26 category probabilities. The body input is **re-derived at attack time
+- :class:`EmoticPixelPipeline`: scores = the 26 category logits. The body input is **re-derived at attack time
   from the 224x224 scene** by cropping the person's box (in 224 coordinates) and resizing it to 128 with
   ``torchvision.ops.roi_align``, so a changed pixel inside the box shows in the body crop too. This differs slightly
   from the prepared ``body_arr`` (cropped from the full-resolution photo), so clean scores are computed with the same
@@ -11,9 +11,16 @@ side held clean; :meth:`PixelPipeline.truth` says which score entries are correc
 - :class:`FlickrPixelPipeline`: scores = cosine similarities of the image to every test caption.
 - :class:`ClassifierPixelPipeline`: any single-label classifier (used by the tests and the benchmark).
 
-Success is one rule for all of them: the top-scored entry stops being a true one. Both searches minimise the margin
-``max(true scores) - max(other scores)``, negative exactly on success. The search may run in a cheaper precision
-or through ``torch.compile``; :class:`Scorer` confirms every success by an eager fp32 pass of the final uint8 image.
+Scores are logits (similarities for Flickr8k), never probabilities: a true class whose logit leads by more than
+about 17 has probability 1.0 in float32, and a margin of probabilities would then give the search no signal
+(Sparse-RS uses the margin of the logits too). Every :meth:`PixelPipeline.scores` is differentiable from the float
+pixel tensor to the scores, so a white-box attack can use the same pipelines.
+
+Success is one rule for all of them: the top-scored entry stops being a true one. Every search minimises the margin
+``max(true scores) - max(other scores)`` (single-label: true logit minus the best other; Emotic: best true logit
+minus best other logit; Flickr8k: best own-caption similarity minus the best other), negative exactly on success.
+The search may run in a cheaper precision or through ``torch.compile``; :class:`Scorer` confirms every success by
+an eager fp32 pass of the final uint8 image.
 """
 from __future__ import annotations
 
@@ -117,7 +124,7 @@ class _FixedBatch(torch.nn.Module):
 
 
 class ClassifierPixelPipeline(PixelPipeline):
-    """A single-label classifier ``model(x) -> logits``; scores are softmax probabilities, truth is the label."""
+    """A single-label classifier ``model(x) -> logits``; scores are the logits, truth is the label."""
 
     heavy = ("model",)
 
@@ -127,7 +134,7 @@ class ClassifierPixelPipeline(PixelPipeline):
         self.labels = np.asarray(labels, dtype=np.int64)
 
     def scores(self, x, rows, changed_xy=None):
-        return torch.softmax(self.model(x).float(), dim=1)
+        return self.model(x).float()
 
     def truth(self, rows):
         rows = np.asarray(rows)
@@ -149,7 +156,7 @@ def _category_logits(out) -> torch.Tensor:
 
 
 class EmoticPixelPipeline(PixelPipeline):
-    """Photo (224x224) -> scene and body features -> Emotic head -> 26 category probabilities.
+    """Photo (224x224) -> scene and body features -> Emotic head -> 26 category logits.
 
     ``head_model(body=, context=, text=)`` (the ``utils.models`` Emotic models) may return logits, ``(logits, vad)``
     or a dict with ``logits``; only the 26 category logits are used. Inputs the head does not read (its ``inputs``
@@ -214,7 +221,7 @@ class EmoticPixelPipeline(PixelPipeline):
                 feats["body"] = body
         if "text" in self.reads and self.text is not None:
             feats["text"] = self.text[rows.cpu()].to(x.device)
-        return torch.sigmoid(_category_logits(self.head(**feats)).float())
+        return _category_logits(self.head(**feats)).float()
 
     def truth(self, rows):
         if self.labels is None:
@@ -246,13 +253,12 @@ class FlickrPixelPipeline(PixelPipeline):
         elif hasattr(head_model, "encode_image"):
             image_fn, text_fn = head_model.encode_image, head_model.encode_text
         elif hasattr(head_model, "similarity"):
-            self._similarity = lambda f: torch.as_tensor(
-                head_model.similarity(f.cpu().numpy(), captions), dtype=torch.float32, device=f.device)
+            self._similarity = _baseline_similarity(head_model, captions, self.device)
             return
         else:
             raise TypeError("utils/attack/pipelines.py: head_model needs encode_image/encode_text, similarity(), "
                             "or must be a pair (image_fn, text_fn)")
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the captions take part in the image side's backward pass
             cap = torch.from_numpy(captions).to(self.device)
             cap = F_nn.normalize((cap if text_fn is None else text_fn(cap)).float(), dim=1)
         self._similarity = lambda f: F_nn.normalize(image_fn(f).float(), dim=1) @ cap.T
@@ -262,6 +268,27 @@ class FlickrPixelPipeline(PixelPipeline):
 
     def truth(self, rows):
         return self.caption_image[None, :] == np.asarray(rows)[:, None]
+
+
+def _baseline_similarity(model, captions: np.ndarray, device):
+    """``utils.models.FlickrBaseline.similarity`` in torch (float64, as the model computes it), so that gradients
+    reach the pixels. Each of its terms is the cosine between an affine map of the image features and fixed caption
+    vectors ("both" averages two); each map is read off the model by probing it with zero and the unit vectors."""
+    dim = len(model.img_scaler.mean_)
+    probe = np.vstack([np.zeros(dim), np.eye(dim)])
+    sides = [(lambda f: model.embed(f, captions[:1])[0], model.embed(probe[:1], captions)[1])]
+    if model.method == "both":
+        sides.append((model.img_scaler.transform, model.t2i.predict(model.txt_scaler.transform(captions))))
+    terms = []
+    for image_side, caption_side in sides:
+        out = image_side(probe)  # row 0: the offset; row 1 + i: offset + the map of unit vector i
+        cap = caption_side / np.maximum(np.linalg.norm(caption_side, axis=1, keepdims=True), 1e-12)
+        terms.append([torch.as_tensor(a, dtype=torch.float64, device=device) for a in (out[1:] - out[0], out[0], cap)])
+
+    def similarity(f: torch.Tensor) -> torch.Tensor:
+        f = f.double()
+        return torch.stack([F_nn.normalize(f @ w + c, dim=1, eps=1e-12) @ cap.T for w, c, cap in terms]).mean(0).float()
+    return similarity
 
 
 # --------------------------------------------------------------------------------------------------------------

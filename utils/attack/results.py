@@ -1,4 +1,9 @@
-"""Result objects shared by both searches, and their round trip through the flat arrays of a ``.npz`` file."""
+"""Result objects shared by the searches, and their round trip through the flat arrays of a ``.npz`` file.
+
+``scores_before`` / ``scores_after`` are what :meth:`PixelPipeline.scores` returns: logits (Flickr8k:
+similarities), the numbers the margin is computed on. Ranks and the top entry are the same as on probabilities
+(sigmoid and softmax keep the order within a row); ``true_score_drop`` and the margins are in logit units.
+"""
 from __future__ import annotations
 
 import json
@@ -19,7 +24,7 @@ class AttackResult:
     row: int
     attacked: bool  # False when the clean image was already misclassified (not attacked)
     success: bool  # confirmed by an fp32 pass on ``adversarial``
-    queries: int  # model evaluations spent on this image (search + confirmation)
+    queries: int  # model evaluations spent on this image (search + confirmation); a success: the query that fooled it
     generations: int  # search iterations: DE generations (0 = only the initial population) or sparse steps
     pixels: np.ndarray  # (<=k, 5) int64
     scores_before: np.ndarray
@@ -37,8 +42,17 @@ class AttackResult:
 
     @property
     def true_score_drop(self) -> float:
-        """Mean score of the true entries, before minus after (positive = the attack lowered them)."""
+        """Mean score (logit) of the true entries, before minus after (positive = the attack lowered them)."""
         return float(self.scores_before[self.truth].mean() - self.scores_after[self.truth].mean())
+
+    @property
+    def margin_before(self) -> float:
+        """The search's objective on the clean image: best true score minus best other (negative = fooled)."""
+        return float(margin_and_success(self.scores_before[None], self.truth[None])[0][0])
+
+    @property
+    def margin_after(self) -> float:
+        return float(margin_and_success(self.scores_after[None], self.truth[None])[0][0])
 
 
 def _best_true_rank(scores: np.ndarray, truth: np.ndarray) -> int:
@@ -63,10 +77,10 @@ class AttackReport:
             dict(row=r.row, attacked=r.attacked, success=r.success, queries=r.queries, generations=r.generations,
                  n_pixels=len(r.pixels), top_before=int(np.argmax(r.scores_before)),
                  top_after=int(np.argmax(r.scores_after)), rank_before=r.rank_before, rank_after=r.rank_after,
-                 true_score_drop=r.true_score_drop)
+                 true_score_drop=r.true_score_drop, margin_before=r.margin_before, margin_after=r.margin_after)
             for r in self.results],
             columns=["row", "attacked", "success", "queries", "generations", "n_pixels", "top_before", "top_after",
-                     "rank_before", "rank_after", "true_score_drop"])
+                     "rank_before", "rank_after", "true_score_drop", "margin_before", "margin_after"])
 
     def summary(self) -> dict:
         t = self.table()

@@ -132,9 +132,10 @@ def _step(scorer: Scorer, states: list[SparseImage], proposals: list[np.ndarray]
         st.steps += 1
         ok = success[s:s + len(props)]
         if ok.any():
-            j = int(np.flatnonzero(ok)[np.argmin(f[ok])])
+            j = int(np.flatnonzero(ok)[0])  # the first query that fooled it; the ones after it do not count
             if scorer.exact:
                 st.found, st.found_scores = props[j], hits[s + j]
+                st.queries -= len(props) - 1 - j
             else:
                 todo.append((st, props[j], f, j))
     if todo:
@@ -143,6 +144,7 @@ def _step(scorer: Scorer, states: list[SparseImage], proposals: list[np.ndarray]
             st.queries += 1
             if good:
                 st.found, st.found_scores = cand, scores
+                st.queries -= len(f) - 1 - j
             else:  # a success of the cheap precision only: it competes with its fp32 margin
                 f[j] = m
     for st, props, f in zip(states, proposals, fits):
