@@ -14,6 +14,9 @@ from .pipelines import (ClassifierPixelPipeline, EmoticPixelPipeline, FlickrPixe
 from .pixels import PixelsNeeded, compare_pipelines, pixels_needed, success_vs_pixels
 from .results import AttackReport, AttackResult, from_arrays, to_arrays
 from .sparse import sparse_rs
+from .sparse_pgd import sparse_pgd
+from .ensemble import EnsembleReport, ensemble
+from .defences import median_defended
 
 __all__ = [
     "attack", "METHODS", "few_pixel_attack", "differential_evolution", "sparse_rs",
@@ -24,6 +27,8 @@ __all__ = [
 ]
 
 METHODS = {"de": differential_evolution, "sparse": sparse_rs}
+METHODS["sparse-pgd"] = sparse_pgd  # white-box Sparse-PGD (sparse_pgd.py)
+METHODS["ensemble"] = ensemble  # Sparse-PGD, then the sparse search on what it left (ensemble.py)
 
 
 def attack(pipeline: PixelPipeline, images: np.ndarray, rows=None, k: int = 1, method: str = "de",

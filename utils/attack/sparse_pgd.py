@@ -1,0 +1,237 @@
+"""White-box Sparse-PGD (Zhong & Liu 2024, "Sparse-PGD: A Unified Framework for Sparse Adversarial Perturbations
+Generation", arXiv 2405.05075) on the whole pipeline from the photo's pixels to its scores.
+
+The perturbation of an image x (3,H,W in [0,1]) is a magnitude tensor p (3,H,W, x + p kept in [0,1]) times a pixel
+mask m (1,H,W) holding exactly k ones: the projection of a continuous mask sigmoid(m~) onto k pixels (its k
+largest entries). Each step is one forward and one backward pass at the projected candidate and updates both:
+p by a signed step ``alpha`` (clipped to the image's range), m~ by a step ``beta * sqrt(H W)`` along its
+L2-normalised gradient. The two variants differ only in the gradient that reaches p through the mask:
+
+- ``"unprojected"``: through sigmoid(m~), so every pixel's magnitude moves and a pixel entering the mask brings a
+  useful colour with it;
+- ``"projected"``: through the 0/1 mask, so only the k chosen pixels' magnitudes move.
+
+The mask's gradient passes straight through the projection. When an unfooled image's projected mask has not
+changed for ``patience`` steps, m~ is drawn afresh (the paper's random re-initialisation). Restart r runs
+``variants[r % len(variants)]`` from a fresh draw on the images not fooled yet.
+
+What is scored is exactly what is reported: in the forward pass the chosen pixels take the colours
+``round((x + p) * 255)`` clipped to [0, 255] (the rounding passes the gradient straight through), so each step
+scores a uint8 image; a success found that way is confirmed by the same eager fp32 pass as the other searches
+(:class:`utils.attack.pipelines.Scorer`). The loss is the shared margin (max true score - max other score),
+minimised. Cost: a step is counted as 3 forward-equivalent queries (a backward pass costs about two forwards), a
+confirmation as 1. Each image's random numbers come from ``np.random.default_rng([seed, row])`` and every image's
+update uses only its own gradient, so a result does not depend on which images share the batch.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .pipelines import PixelPipeline, Scorer, prepare_attack, to_input
+from .results import AttackReport, assemble_report
+
+__all__ = ["sparse_pgd", "project_mask", "VARIANTS", "STEP_COST"]
+
+WHERE = "utils/attack/sparse_pgd.py"
+VARIANTS = ("unprojected", "projected")
+STEP_COST = 3  # forward-equivalent queries of one forward + backward pass
+
+
+def project_mask(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """0/1 mask (B,1,H,W) with ones at the k largest entries of ``mask`` (B,1,H,W) per image."""
+    flat = mask.flatten(1)
+    out = torch.zeros_like(flat).scatter_(1, flat.topk(k, dim=1).indices, 1.0)
+    return out.view_as(mask)
+
+
+class _Compose(torch.autograd.Function):
+    """Forward: the clean image with the masked pixels set to their rounded colours (exactly a uint8 image).
+    Backward: straight through the rounding; to p through ``p_route`` (the projected or the continuous mask), to
+    the continuous mask through the projection (d/ds = sum over channels of grad * (new colour - clean))."""
+
+    @staticmethod
+    def forward(ctx, clean, p, soft, hard, p_route):
+        colours = torch.round((clean + p) * 255).clamp_(0, 255) / 255
+        ctx.save_for_backward(colours - clean, soft if p_route == "unprojected" else hard)
+        return torch.where(hard > 0, colours, clean)
+
+    @staticmethod
+    def backward(ctx, grad):
+        delta, route = ctx.saved_tensors
+        return None, grad * route, (grad * delta).sum(1, keepdim=True), None, None
+
+
+def _margin(scores: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """max true score - max other score per image, differentiable (negative exactly on success)."""
+    neg = torch.tensor(-torch.inf, device=scores.device, dtype=scores.dtype)
+    return torch.where(truth, scores, neg).amax(1) - torch.where(truth, neg, scores).amax(1)
+
+
+def _draw(rng: np.random.Generator, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A fresh start for one image (H,W,3 uint8): magnitude uniform in [-1, 1] clipped to the image's range, and a
+    standard normal continuous mask (the paper's initialisation)."""
+    x = clean.transpose(2, 0, 1).astype(np.float32) / 255
+    p = np.clip(rng.uniform(-1, 1, x.shape).astype(np.float32), -x, 1 - x)
+    return p, rng.standard_normal((1, *x.shape[1:])).astype(np.float32)
+
+
+def _warm(p: np.ndarray, mask: np.ndarray, clean: np.ndarray, init: np.ndarray) -> None:
+    """Start from given pixels (<=k,5; negative x = padding): their mask entries first, their colours as p."""
+    init = np.asarray(init, np.int64)
+    init = init[init[:, 0] >= 0]
+    x, y = init[:, 0], init[:, 1]
+    mask[0, y, x] = 10.0  # above any standard normal draw the other pixels get
+    p[:, y, x] = (init[:, 2:5].T - clean[y, x].T.astype(np.float32)) / 255
+
+
+def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
+               pixels: int = 1, steps: int = 100, restarts: int = 2, variants: tuple[str, ...] = VARIANTS,
+               alpha: float = 0.25, beta: float = 0.25, patience: int = 3, queries: int | None = None,
+               seed: int = 0, batch_size: int = 16, progress: bool = True,
+               init: np.ndarray | None = None) -> AttackReport:
+    """Sparse-PGD changing at most ``pixels`` pixels per image: ``restarts`` runs of at most ``steps`` steps each.
+
+    Same inputs and result as :func:`utils.attack.sparse_rs`: only the images the pipeline gets right are attacked,
+    every success is confirmed in eager fp32 on its uint8 image, ``queries`` of a result are forward-equivalent
+    evaluations (3 per step, 1 per confirmation) up to and including the confirmed success. ``queries=``, if given,
+    is a budget per image instead of ``steps``: ``steps = queries // (3 restarts)``. ``init`` (N, <=k, 5): pixels
+    to start the first restart from. ``batch_size`` is smaller than the searches' because the backward pass keeps
+    the activations.
+    """
+    t_start = time.perf_counter()
+    if queries is not None:
+        steps = int(queries) // (STEP_COST * max(int(restarts), 1))
+    if steps < 1 or restarts < 1 or patience < 1 or alpha <= 0 or beta <= 0:
+        raise ValueError(f"{WHERE}: need steps >= 1 (queries >= {STEP_COST * max(restarts, 1)}), restarts >= 1, "
+                         f"patience >= 1, alpha > 0 and beta > 0")
+    if not variants or any(v not in VARIANTS for v in variants):
+        raise ValueError(f"{WHERE}: variants must be a non-empty sequence of {VARIANTS}, got {variants!r}")
+    inp = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
+    k, dev = pixels, pipeline.device
+    settings = dict(method="sparse-pgd", pixels=k, steps=steps, restarts=restarts,
+                    variants=[variants[r % len(variants)] for r in range(restarts)], alpha=alpha, beta=beta,
+                    patience=patience, loss="margin of the scores", step_cost=STEP_COST,
+                    queries_counted=f"{STEP_COST} per step (forward + backward), 1 per fp32 confirmation",
+                    colours="rounded to uint8 in every forward pass", batch_size=batch_size, seed=seed,
+                    precision="float32")
+    scorer = Scorer(pipeline, inp, batch_size)
+    todo = np.flatnonzero(inp.attacked)
+    rngs = {int(i): np.random.default_rng([seed, int(inp.rows[i])]) for i in todo}
+    spent = {int(i): 0 for i in todo}
+    taken = {int(i): 0 for i in todo}
+    best_margin = {int(i): np.inf for i in todo}
+    final: dict[int, np.ndarray] = {}
+    found: dict[int, np.ndarray] = {}
+    truth_all = torch.as_tensor(inp.truth, device=dev)
+
+    t_search = time.perf_counter()
+    bar = tqdm(total=restarts * steps, desc=f"{k}-pixel sparse-PGD", disable=not progress, leave=False)
+    for r in range(restarts):
+        left = [int(i) for i in todo if int(i) not in found]
+        for s in range(0, len(left), batch_size):
+            _run(scorer, left[s:s + batch_size], variants[r % len(variants)], steps, k, alpha, beta, patience,
+                 rngs, None if init is None or r else init, spent, taken, best_margin, final, found, truth_all)
+            bar.n = r * steps + steps * min(s + batch_size, len(left)) // max(len(left), 1)
+            bar.set_postfix(fooled=len(found))
+            bar.refresh()
+    bar.close()
+    search_seconds = time.perf_counter() - t_search
+    return assemble_report(scorer, final, found, spent, taken, settings, time.perf_counter() - t_start,
+                           search_seconds)
+
+
+def _run(scorer: Scorer, idx: list[int], variant: str, steps: int, k: int, alpha: float, beta: float,
+         patience: int, rngs, init, spent, taken, best_margin, final, found, truth_all) -> None:
+    """One restart on images ``idx`` (positions in the attacked batch): each leaves when its success holds in fp32."""
+    inp, pipeline = scorer.inputs, scorer.pipeline
+    dev = pipeline.device
+    draws = [_draw(rngs[i], inp.images[i]) for i in idx]
+    if init is not None:
+        for (p, m), i in zip(draws, idx):
+            _warm(p, m, inp.images[i], init[i])
+    clean = to_input(inp.images[idx], dev, pipeline.channels_last)
+    p = torch.stack([torch.from_numpy(d[0]) for d in draws]).to(dev)
+    p = p.contiguous(memory_format=torch.channels_last) if pipeline.channels_last else p  # the clean image's layout
+    mask = torch.stack([torch.from_numpy(d[1]) for d in draws]).to(dev)
+    rows = torch.as_tensor(inp.rows[idx], device=dev)
+    ids = np.array(idx)
+    still = np.zeros(len(ids), np.int64)  # steps for which the projected mask has not changed
+    h, w = inp.shape
+    step_m = beta * np.sqrt(h * w)
+    for _ in range(steps):
+        p.requires_grad_(True)
+        mask.requires_grad_(True)
+        with torch.enable_grad():
+            soft = torch.sigmoid(mask)
+            hard = project_mask(soft.detach(), k)
+            x = _Compose.apply(clean, p, soft, hard, variant)
+            t0 = time.perf_counter()
+            scores = _differentiable_scores(pipeline, x, rows)
+            margin = _margin(scores, truth_all[ids])
+            g_p, g_m = torch.autograd.grad(margin.sum(), (p, mask))
+            scorer.model_seconds += time.perf_counter() - t0
+        scorer.queries += STEP_COST * len(ids)
+        with torch.no_grad():
+            p, mask = p.detach(), mask.detach()
+            hit = ~truth_all[ids].gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
+            cands = _candidates(x, hard, k)
+            m_np = margin.detach().cpu().numpy()
+            for j, i in enumerate(ids.tolist()):
+                spent[i] += STEP_COST
+                taken[i] += 1
+                if m_np[j] < best_margin[i]:
+                    best_margin[i], final[i] = float(m_np[j]), cands[j]
+            done = np.zeros(len(ids), bool)
+            hit_np = hit.cpu().numpy()
+            if hit_np.any():
+                j_hit = np.flatnonzero(hit_np)
+                _, ok, sc = scorer.confirm(ids[j_hit], cands[j_hit])
+                for j, good, scores_j in zip(j_hit, ok, sc):
+                    i = int(ids[j])
+                    spent[i] += 1
+                    if good:
+                        final[i], found[i] = cands[j], scores_j
+                        done[j] = True
+            # descend the margin: signed step for the magnitude, normalised step for the continuous mask
+            p = torch.minimum(torch.maximum(p - alpha * g_p.sign(), -clean), 1 - clean)
+            norm = g_m.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+            mask = mask - step_m * g_m / norm
+            same = (project_mask(mask, k) == hard).flatten(1).all(1).cpu().numpy()
+            still = np.where(same, still + 1, 0)
+            for j in np.flatnonzero(still >= patience):
+                if not done[j]:
+                    mask[j] = torch.from_numpy(rngs[int(ids[j])].standard_normal((1, h, w)).astype(np.float32))
+                    still[j] = 0
+            keep = np.flatnonzero(~done)
+            if len(keep) < len(ids):
+                if not len(keep):
+                    return
+                kt = torch.as_tensor(keep, device=dev)
+                ids, still = ids[keep], still[keep]
+                clean, p, mask, rows = clean[kt], p[kt], mask[kt], rows[kt]
+
+
+def _differentiable_scores(pipeline: PixelPipeline, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The pipeline's scores with their graph back to the pixels, or an error saying that the pipeline breaks it."""
+    why = (f"{WHERE}: {type(pipeline).__name__}.scores is not differentiable from the pixels, so the white-box "
+           "attack cannot run on it (use method='sparse' for this pipeline)")
+    try:
+        scores = pipeline.scores(x, rows).float()
+    except RuntimeError as e:  # e.g. a tensor made under inference_mode, or a detour through numpy
+        raise ValueError(f"{why}: {e}") from e
+    if not scores.requires_grad:
+        raise ValueError(why)
+    return scores
+
+
+def _candidates(x: torch.Tensor, hard: torch.Tensor, k: int) -> np.ndarray:
+    """The (B,k,5) pixels (x, y, r, g, b) of each scored image: the mask's k positions with their uint8 colours."""
+    b, _, h, w = hard.shape
+    pos = hard.flatten(1).topk(k, dim=1).indices  # the k ones
+    colours = torch.round(x.flatten(2) * 255).to(torch.int64).gather(2, pos[:, None, :].expand(b, 3, k))
+    pos = pos.cpu().numpy()
+    return np.concatenate([np.stack([pos % w, pos // w], -1), colours.permute(0, 2, 1).cpu().numpy()], -1)
