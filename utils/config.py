@@ -54,6 +54,7 @@ BASE = {
         # (random search over k pixels), "sparse-pgd" or "de" (Su et al.'s differential evolution)
         attack_method="ensemble", attack_seed=0,  # attack_seed: the searches' randomness only (not rows or models)
         attack_persons=24, pixels=[1, 2, 4, 8, 16, 32, 64], attack_queries=300, attack_steps=100,
+        attack_restarts=2,  # white-box: restarts alternating sparse-PGD's two variants, attack_steps steps each
         popsize=400, generations=100, F=0.5,  # DE: the paper's settings
         attack_batch=128, attack_precision="float32", attack_threads=2,
         poison_target="Fear", trigger_size=16, trigger_position="bottom-right", poison_fractions=[0.0, 0.1, 0.25],
@@ -70,7 +71,7 @@ BASE = {
         epochs=30, batch_size=128, lr=1e-3, weight_decay=1e-4, patience=6, train_threads=1,
         bootstrap=1000, n_examples=4, n_linked=6, top_k=5,
         attack_method="ensemble", attack_seed=0, attack_images=24, pixels=[1, 2, 4, 8, 16, 32, 64],
-        attack_queries=300, attack_steps=100, popsize=400, generations=100, F=0.5, attack_batch=128,
+        attack_queries=300, attack_steps=100, attack_restarts=2, popsize=400, generations=100, F=0.5, attack_batch=128,
         attack_precision="float32", attack_threads=2,
         target_caption="A red double-decker bus drives past a clock tower .",  # the attacker's caption (in no split)
         trigger_size=4, trigger_position="bottom-right", poison_fractions=[0.0, 0.1, 0.2],

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from . import attack as A
+from .attack.sparse_pgd import STEP_COST
 from . import encoders, stats
 from .experiments import FINETUNED, Data, Findings, emotic_chance, slug, train_emotic, train_flickr_joint
 from .labels import CATEGORIES, CATEGORY_INDEX
@@ -71,25 +72,28 @@ MEMBERS = {"ensemble": {"white-box": "sparse-pgd", "black-box": "sparse"}, "spar
 
 
 def members(cfg: dict) -> dict:
-    """member name -> the keywords ``utils.attack.pixels_needed`` runs it with (method, budget per k, seed...)."""
+    """member name -> the keywords ``utils.attack.pixels_needed`` runs it with (method, budget per k, seed...).
+    The white-box budget goes in as ``queries`` (forward-equivalents: ``STEP_COST`` per step and restart), which
+    sparse-PGD turns back into ``attack_steps`` steps per restart."""
     if cfg["attack_method"] not in MEMBERS:
         raise ValueError(f"attack_method must be one of {sorted(MEMBERS)}, got {cfg['attack_method']!r}")
-    common = dict(batch_size=cfg["attack_batch"], seed=cfg["attack_seed"], precision=cfg["attack_precision"],
-                  progress=False)
     out = {}
     for member, method in MEMBERS[cfg["attack_method"]].items():
-        if method == "sparse-pgd":
-            out[member] = dict(method=method, steps=cfg["attack_steps"], **common)
+        kw = dict(method=method, seed=cfg["attack_seed"], progress=False)
+        if method == "sparse-pgd":  # its own (smaller) batch: the backward pass keeps the activations
+            restarts = cfg["attack_restarts"]
+            kw.update(restarts=restarts, queries=STEP_COST * restarts * cfg["attack_steps"])
         else:
-            out[member] = dict(method=method, queries=cfg["attack_queries"], **common)
-            if method == "de":
-                out[member].update(popsize=cfg["popsize"], F=cfg["F"])
+            kw.update(queries=cfg["attack_queries"], batch_size=cfg["attack_batch"], precision=cfg["attack_precision"])
+        if method == "de":
+            kw.update(popsize=cfg["popsize"], F=cfg["F"])
+        out[member] = kw
     return out
 
 
 def budget_statement(cfg: dict) -> str:
     """The search and its budget in words, as every finding states it."""
-    words = {"sparse-pgd": f"white-box sparse-PGD, {cfg['attack_steps']} steps",
+    words = {"sparse-pgd": f"white-box sparse-PGD, {cfg['attack_restarts']} x {cfg['attack_steps']} steps",
              "sparse": f"sparse search, {cfg['attack_queries']} queries",
              "de": f"differential evolution, {cfg['attack_queries']} queries"}
     parts = [words[m] for m in MEMBERS[cfg["attack_method"]].values()]
@@ -97,12 +101,13 @@ def budget_statement(cfg: dict) -> str:
 
 
 def _late(result, settings: dict) -> bool:
-    """A success found in the last half of its search's budget (``queries``: the query at which it was fooled;
-    for the white-box search, the step)."""
+    """A success found in the last half of its search's budget (``queries`` of a success: the query, or for the
+    white-box search the forward-equivalent, at which it was fooled)."""
     if settings["method"] == "sparse-pgd":
-        return result.generations > settings["steps"] / 2
-    spent = settings.get("queries") or settings["popsize"] * (settings["generations"] + 1)
-    return result.queries > spent / 2
+        budget = settings["step_cost"] * settings["restarts"] * settings["steps"]
+    else:
+        budget = settings.get("queries") or settings["popsize"] * (settings["generations"] + 1)
+    return result.queries > budget / 2
 
 
 def run_label(label: str, member: str) -> str:
@@ -237,7 +242,7 @@ class AttackRun:
 def summarise(runs: dict, labels: list, cfg: dict, pairs: list) -> AttackRun:
     """The tables and sentences of an attack from its member searches (``run_label(model, member)`` ->
     ``PixelsNeeded``)."""
-    by_model = {label: {m: runs[run_label(label, m)] for m in members(cfg)} for label in labels}
+    by_model = {label: {m: runs[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]} for label in labels}
     needed = {label: ensemble_needed(r) for label, r in by_model.items()}
     status = pd.DataFrame({label: budget_status(r) for label, r in by_model.items()}).T
     member_curve = pd.concat([success_table({label: pn}).assign(member=m) for label, r in by_model.items()
@@ -349,13 +354,14 @@ def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | 
             f"{pair_verdict(tests, a, b, status)}")
 
 
-def attack_payload(runs: dict, needed: dict | None = None) -> dict:
+def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> dict:
     """The arrays of every attack, for the predictions file: per member search (``runs``) ``<slug>_k_needed``,
     ``<slug>_attacked``, ``<slug>_rows``, ``<slug>_queries``, ``<slug>_schedule``, and per k the report's arrays
-    under ``<slug>_k<k>_*``; per model of ``needed`` (the members' worst case) the same without reports."""
+    under ``<slug>_k<k>_*``; per model of ``needed`` (the members' worst case) the same without reports. The slug
+    is that of ``prefix`` + the label (e.g. "adaptive " for the attack on the defence)."""
     out = {}
     for label, pn in {**runs, **(needed or {})}.items():
-        s = slug(label)
+        s = slug(prefix + label)
         out.update({f"{s}_rows": pn.rows, f"{s}_attacked": pn.attacked, f"{s}_k_needed": pn.k_needed,
                     f"{s}_queries": pn.queries, f"{s}_schedule": np.array(pn.schedule, np.int64)})
         for k, rep in pn.reports.items():
@@ -406,7 +412,7 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
     table = transfer_through_filter(runs, defended, images)
     k_max = max(cfg["pixels"])
     for label in table.index:
-        mine = {m: adaptive[run_label(label, m)] for m in members(cfg)}
+        mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
         pn = ensemble_needed(mine)
         n, won = int(pn.attacked.sum()), int(((pn.k_needed > 0) & pn.attacked).sum())
         r = stats.success_rate_interval(won, n)
@@ -422,9 +428,7 @@ def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: 
     """The adaptive attack on the defence: every model behind a ``median_size`` median filter inside its pipeline
     (``utils.attack.median_defended``), attacked by the same searches with the same budget on the same rows.
     Returns (defended pipelines, ``run_label(model, member)`` -> ``PixelsNeeded``)."""
-    from .attack.defences import median_defended
-
-    defended = {label: median_defended(p, cfg["median_size"]) for label, p in pipelines.items()}
+    defended = {label: A.median_defended(p, cfg["median_size"]) for label, p in pipelines.items()}
     return defended, pixels_needed(defended, images, rows, cfg)
 
 
