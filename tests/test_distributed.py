@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "scripts" / "robustness.py")
 #: a small attack that fools some of the smoke test images: 2 then 16 pixels, 30 queries per k; one thread, as
 #: in each torchrun process (on a CPU the thread count can change the last bits of the scores)
-SMALL = {"MMER_PIXELS": "[2, 16]", "MMER_ATTACK_QUERIES": "30", "MMER_ATTACK_THREADS": "1", "MMER_ATTACK_METHOD": "sparse"}
+SMALL = {"MMER_PIXELS": "[2, 16]", "MMER_ATTACK_QUERIES": "30", "MMER_ATTACK_THREADS": "1",
+         "MMER_ATTACK_METHOD": "sparse"}
 ARGS = ["flickr8k", "--rows", "correct", "--shard-size", "1"]
 
 

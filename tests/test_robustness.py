@@ -244,7 +244,7 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
     monkeypatch.setenv("MMER_OUTPUT", str(tmp_path))
     torch.set_num_threads(1)
     images = np.random.default_rng(0).integers(70, 110, (8, 8, 8, 3)).astype(np.uint8)
-    cfg = config.load("flickr8k", "smoke", environ={}, pixels=[1, 2, 8], attack_queries=40, attack_steps=5,
+    cfg = config.load("flickr8k", "smoke", environ={}, pixels=[1, 2, 8], attack_queries=40, attack_steps=5, attack_restarts=2,
                       attack_threads=1, median_size=3)
     pipes = {"toy": A.ClassifierPixelPipeline(_Brightness(), np.zeros(8, np.int64), 2)}
     rows = np.arange(8)

@@ -22,7 +22,7 @@ import torch
 from . import attack as A
 from .experiments import slug, train_emotic, train_flickr_joint
 from .robustness import (attack_items, attack_payload, attacked_rows, emotic_pipelines, emotic_right,
-                         flickr_pipelines, members, merge_needed, rank1_rows)
+                         flickr_pipelines, members, merge_needed, rank1_rows, run_label)
 
 #: the models each robustness notebook attacks, in its order (05: a baseline and a joint family, each image-only
 #: then with the clean text; 06: the closed-form baseline and the two-tower model)
@@ -314,6 +314,7 @@ def merge_attack_shards(job: AttackJob, shard_size: int, key: str | None = None)
         raise ShardError(f"cannot merge: {len(missing)} of {len(bounds)} shard(s) missing: {', '.join(missing[:5])}"
                          f"{' ...' if len(missing) > 5 else ''} (a rank did not finish, or the output folder is not "
                          f"shared by every machine; rerun to compute them)")
+    searches = [run_label(label, m) for label in job.pipelines for m in members(job.cfg)]
     parts = []
     for i, (a, b) in enumerate(bounds):
         path = _shard_path(folder, i, len(bounds))
@@ -323,8 +324,8 @@ def merge_attack_shards(job: AttackJob, shard_size: int, key: str | None = None)
             problem = f"its key is {arrays.get('attack_key')!s}, not {key}"
         elif not np.array_equal(arrays.get("attack_rows"), job.rows[a:b]):
             problem = f"its rows are not rows {a}..{b - 1} of the job"
-        elif arrays["attack_labels"].tolist() != list(job.pipelines):
-            problem = f"its models {arrays['attack_labels'].tolist()} are not {list(job.pipelines)}"
+        elif arrays["attack_labels"].tolist() != searches:
+            problem = f"its searches {arrays['attack_labels'].tolist()} are not {searches}"
         if problem:
             raise ShardError(f"shard {i} of {len(bounds)} {path}: {problem}; delete it and rerun")
         try:

@@ -223,7 +223,7 @@ class AttackRun:
     """Everything the few-pixel section of a robustness notebook shows: each member search per model (``runs``,
     what is saved and re-fed), the attack per model (``needed``: the members' worst case per item), the budget in
     words and whether it settled (``status``), success against k with Wilson intervals for the attack (``curve``)
-    and for each member (``member_curve``), the median pixels needed (``median``), McNemar's test between paired
+    and for each member with its own budget status (``member_curve``), the median pixels needed (``median``), McNemar's test between paired
     models at every k with Holm-adjusted p-values (``paired``), the ``pairs``, each pair's sentence (``sentences``) and
     its conclusion alone (``verdicts``)."""
     runs: dict
@@ -245,8 +245,8 @@ def summarise(runs: dict, labels: list, cfg: dict, pairs: list) -> AttackRun:
     by_model = {label: {m: runs[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]} for label in labels}
     needed = {label: ensemble_needed(r) for label, r in by_model.items()}
     status = pd.DataFrame({label: budget_status(r) for label, r in by_model.items()}).T
-    member_curve = pd.concat([success_table({label: pn}).assign(member=m) for label, r in by_model.items()
-                              for m, pn in r.items()], ignore_index=True)
+    member_curve = pd.concat([success_table({label: pn}).assign(member=m, settled=budget_status({m: pn})["settled"])
+                              for label, r in by_model.items() for m, pn in r.items()], ignore_index=True)
     paired = paired_attack_tests(needed, pairs)
     sentences = [paired_sentence(paired, a, b, status, budget_statement(cfg)) for a, b in pairs]
     return AttackRun(runs, needed, budget_statement(cfg), status, success_table(needed), member_curve,
@@ -619,7 +619,8 @@ def attack_lines(attacks: AttackRun, cfg: dict, items: str) -> list[str]:
             needed = "no item attacked"
         mine = members_at_max[members_at_max.model == m]
         split = "".join(f"; {row['member']} member{' (the realistic attacker)' if row['member'] == 'black-box' else ''}"
-                        f" {_rate(row)}" for _, row in mine.iterrows()) if len(mine) > 1 else ""
+                        f" {_rate(row)}{'' if row['settled'] else ', a lower bound'}" for _, row in mine.iterrows()
+                        ) if len(mine) > 1 else ""
         st = attacks.status.loc[m]
         settled = (f"settled: no success came in the last half of the budget at {k_max} pixels" if st["settled"] else
                    f"a lower bound: {int(st['fooled late'])} of the {int(st['fooled at largest k'])} {items} first "
