@@ -95,7 +95,8 @@ def main() -> None:
     os.environ["MMER_PROFILE"] = args.profile
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"profile {args.profile}, attack seeds {args.seeds}, threads {args.threads}, {os.cpu_count()} CPUs"
-          + (f", load average {load[0]:.1f} before the first run (a shared machine slows every run alike)" if load else ""))
+          + (f", load average {load[0]:.1f} before the first run (a shared machine slows every run alike)"
+             if load else ""))
     same = {}
     for experiment in [e.strip() for e in args.experiments.split(",") if e.strip()]:
         for pair, verdicts in run_experiment(experiment, args.profile, args.seeds, args.threads, args.adaptive).items():

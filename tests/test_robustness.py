@@ -156,7 +156,7 @@ def test_the_poisoning_headline_is_the_trigger_effect_with_its_paired_interval()
     cols = R.backdoor_columns(hit, control)
     d = paired_rate_difference(hit, control)
     assert cols["trigger effect (points)"] == pytest.approx(100 * (14 - 7) / 40)
-    assert (cols["trigger effect low"], cols["trigger effect high"]) == (pytest.approx(d["low"]), pytest.approx(d["high"]))
+    assert cols["trigger effect low"] == pytest.approx(d["low"]) and cols["trigger effect high"] == pytest.approx(d["high"])
     row = pd.DataFrame([{"model": "m", "fraction": 0.25, **cols, "clean mAP": 30.0}])
     line, = R.poisoning_lines(row, {"poison_fractions": [0.0, 0.25]}, "mAP", "persons")
     assert line.startswith("poisoning 25 % of the training images, m: the trigger's effect +18 points (95 % interval")
@@ -181,7 +181,8 @@ def _run(k_needed, late_rows=(), settings=None, member_queries=24) -> PixelsNeed
     todo = [i for i, k in enumerate(pn.k_needed) if k in (k_max, -1)]
     settings = settings or {"method": "sparse", "pixels": k_max, "queries": member_queries}
     results = [_result(int(pn.rows[i]), pn.k_needed[i] == k_max,
-                       member_queries - 1 if pn.rows[i] in late_rows else 3 if pn.k_needed[i] == k_max else member_queries)
+                       member_queries - 1 if pn.rows[i] in late_rows
+                       else 3 if pn.k_needed[i] == k_max else member_queries)
                for i in todo]
     pn.reports = {k_max: A.AttackReport(results=results, settings=settings, seconds=0.0, model_queries=0)}
     return pn
@@ -244,7 +245,8 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
     monkeypatch.setenv("MMER_OUTPUT", str(tmp_path))
     torch.set_num_threads(1)
     images = np.random.default_rng(0).integers(70, 110, (8, 8, 8, 3)).astype(np.uint8)
-    cfg = config.load("flickr8k", "smoke", environ={}, pixels=[1, 2, 8], attack_queries=40, attack_steps=5, attack_restarts=2,
+    cfg = config.load("flickr8k", "smoke", environ={}, pixels=[1, 2, 8], attack_queries=40, attack_steps=5,
+                      attack_restarts=2,
                       attack_threads=1, median_size=3)
     pipes = {"toy": A.ClassifierPixelPipeline(_Brightness(), np.zeros(8, np.int64), 2)}
     rows = np.arange(8)
@@ -259,7 +261,8 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
     assert compared >= 2
     table = R.defence_table(runs, adaptive, defended, images, cfg)
     row = table.loc["toy"]
-    assert row["budget"] == R.budget_statement(cfg) == "ensemble: white-box sparse-PGD, 2 x 5 steps, then sparse search, 40 queries per k"
+    assert row["budget"] == R.budget_statement(cfg) == ("ensemble: white-box sparse-PGD, 2 x 5 steps, then sparse "
+                                                        "search, 40 queries per k")
     # transfer, recomputed: each successful adversarial image median-filtered by scipy, then the model by hand
     won = [r for pn in runs.values() for rep in pn.reports.values() for r in rep.results if r.success]
     still = {r.row for r in won if ndimage.median_filter(A.apply_pixels(images[[r.row]], r.pixels[None])[0],

@@ -223,8 +223,8 @@ class AttackRun:
     """Everything the few-pixel section of a robustness notebook shows: each member search per model (``runs``,
     what is saved and re-fed), the attack per model (``needed``: the members' worst case per item), the budget in
     words and whether it settled (``status``), success against k with Wilson intervals for the attack (``curve``)
-    and for each member with its own budget status (``member_curve``), the median pixels needed (``median``), McNemar's test between paired
-    models at every k with Holm-adjusted p-values (``paired``), the ``pairs``, each pair's sentence (``sentences``) and
+    and for each member with its own budget status (``member_curve``), the median pixels needed (``median``),
+    McNemar's test between paired models at every k with Holm-adjusted p-values (``paired``), the ``pairs``, each pair's sentence (``sentences``) and
     its conclusion alone (``verdicts``)."""
     runs: dict
     needed: dict
@@ -250,7 +250,8 @@ def summarise(runs: dict, labels: list, cfg: dict, pairs: list) -> AttackRun:
     paired = paired_attack_tests(needed, pairs)
     sentences = [paired_sentence(paired, a, b, status, budget_statement(cfg)) for a, b in pairs]
     return AttackRun(runs, needed, budget_statement(cfg), status, success_table(needed), member_curve,
-                     median_pixels(needed, cfg), paired, list(pairs), sentences, [pair_verdict(paired, a, b, status) for a, b in pairs])
+                     median_pixels(needed, cfg), paired, list(pairs), sentences,
+                     [pair_verdict(paired, a, b, status) for a, b in pairs])
 
 
 def attack_models(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, pairs: list, title: str,
@@ -337,7 +338,7 @@ def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | Non
         return (f"not settled at this budget: success still rising in the last half of the budget for "
                 f"{' and '.join(rising)} (rates are lower bounds), so no model is declared more robust")
     if row["p (Holm)"] < 0.05:
-        return f"{b} is fooled less often" if row["only a fooled"] > row["only b fooled"] else f"{a} is fooled less often"
+        return f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
     return "no detectable difference"
 
 

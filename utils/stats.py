@@ -582,8 +582,8 @@ def holm(pvalues) -> np.ndarray:
 def paired_rate_difference(success_a, success_b, confidence: float = 0.95) -> dict:
     """The difference of two success rates measured on the same items (rate of ``a`` minus rate of ``b``, in
     percent) with Newcombe's square-and-add interval for paired proportions (Stat. Med. 1998, method 10): each
-    rate's Wilson interval, combined with the (continuity-corrected) correlation of the paired outcomes. Unlike a paired bootstrap it does not collapse
-    to one point when no item is discordant, and it stays inside [-100, 100]. No library offers it (statsmodels
+    rate's Wilson interval, combined with the (continuity-corrected) correlation of the paired outcomes. Unlike a
+    paired bootstrap it does not collapse to one point when no item is discordant, and it stays inside [-100, 100]. No library offers it (statsmodels
     only has the Wald interval); the formula is five lines. Returns ``{difference, low, high, a, b, n}``."""
     a, b = np.asarray(success_a), np.asarray(success_b)
     if a.shape != b.shape or a.ndim != 1 or not len(a):
