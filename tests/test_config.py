@@ -18,7 +18,7 @@ REPO = paths.REPO
 def test_every_profile_resolves_to_base_then_profile_values(experiment, profile):
     cfg = config.load(experiment, profile, environ={})
     expected = {"experiment": experiment, "profile": profile, **config.BASE[experiment],
-                **config.PROFILES[experiment][profile]}
+                **config.PROFILES[experiment][profile], **config.device_values(experiment, profile, {})}
     assert cfg == expected
     # a profile may only change knobs that exist: a typo there would add a setting nothing reads
     assert set(config.PROFILES[experiment][profile]) <= set(config.BASE[experiment])
@@ -36,6 +36,20 @@ def test_full_profile_pins_no_threads(experiment):
     """On a GPU machine with many cores, the full runs use torch's default thread count."""
     cfg = config.load(experiment, "full", environ={})
     assert cfg["train_threads"] is None and cfg["attack_threads"] is None
+
+
+@pytest.mark.parametrize("experiment", config.EXPERIMENTS)
+def test_demo_attack_budget_depends_on_the_device(experiment):
+    """On a GPU the demo profile attacks with the paper's 10,000 queries per k; on a CPU with its own small budget;
+    an explicit MMER_ setting wins over both."""
+    cpu = config.load(experiment, "demo", environ={"MMER_DEVICE": "cpu"})
+    gpu = config.load(experiment, "demo", environ={"MMER_DEVICE": "cuda:1"})
+    assert cpu["attack_queries"] == config.PROFILES[experiment]["demo"]["attack_queries"] < 10000
+    assert gpu["attack_queries"] == 10000 and gpu["attack_steps"] > cpu["attack_steps"]
+    assert config.load(experiment, "demo", environ={"MMER_DEVICE": "cuda", "MMER_ATTACK_QUERIES": "7"})[
+        "attack_queries"] == 7
+    smoke = [config.load(experiment, "smoke", environ={"MMER_DEVICE": d}) for d in ("cuda", "cpu")]
+    assert smoke[0] == smoke[1]
 
 
 def test_profile_comes_from_mmer_profile_when_not_given(monkeypatch):

@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "scripts" / "robustness.py")
 #: a small attack that fools some of the smoke test images: 2 then 16 pixels, 30 queries per k; one thread, as
 #: in each torchrun process (on a CPU the thread count can change the last bits of the scores)
-SMALL = {"MMER_PIXELS": "[2, 16]", "MMER_ATTACK_QUERIES": "30", "MMER_ATTACK_THREADS": "1"}
+SMALL = {"MMER_PIXELS": "[2, 16]", "MMER_ATTACK_QUERIES": "30", "MMER_ATTACK_THREADS": "1",
+         "MMER_ATTACK_METHOD": "sparse"}
 ARGS = ["flickr8k", "--rows", "correct", "--shard-size", "1"]
 
 
@@ -97,7 +98,7 @@ def _merged(smoke, out: Path) -> dict:
 
 def test_two_gloo_processes_give_the_single_process_arrays(smoke):
     ref = smoke["reference"]
-    assert any((ref[f"{s}_k_needed"] > 0).any() for s in ("both_maps", "joint_both_towers"))  # some were fooled
+    assert any((ref[f"{s}_black_box_k_needed"] > 0).any() for s in ("both_maps", "joint_both_towers"))  # some fooled
     out = _output_with_models(smoke, "two")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SCRIPT, *ARGS],
                           env=_env(out, smoke["root"] / "cache"), cwd=REPO, capture_output=True, text=True,
@@ -112,10 +113,10 @@ def test_two_gloo_processes_give_the_single_process_arrays(smoke):
     try:
         job = smoke["job"]
         got = R.pixels_needed(job.pipelines, job.images, job.rows, smoke["cfg"])
-        assert list(got) == ["both maps", "joint (both towers)"]
+        assert list(got) == ["both maps [black-box]", "joint (both towers) [black-box]"]
         _same_arrays(P.attack_arrays(got, job.key, job.rows), ref)
-        k_first = got["both maps"].schedule[0]
-        r = got["both maps"].reports[k_first].results[0]
+        k_first = got["both maps [black-box]"].schedule[0]
+        r = got["both maps [black-box]"].reports[k_first].results[0]
         assert np.array_equal(r.adversarial, R.A.apply_pixels(job.images[[r.row]], r.pixels[None])[0])
         # another configuration (one more query) has no merged file: it is attacked afresh, not loaded
         other = dict(smoke["cfg"], attack_queries=31)
@@ -190,7 +191,8 @@ def _toy_job() -> P.AttackJob:
     """Ten 8x8 photos of a toy classifier, all of class 0, some a pixel or two from the boundary."""
     rng = np.random.default_rng(0)
     images = rng.integers(70, 110, (10, 8, 8, 3)).astype(np.uint8)
-    cfg = config.load("flickr8k", "smoke", environ={}, pixels=[1, 2, 8], attack_queries=40, attack_threads=1)
+    cfg = config.load("flickr8k", "smoke", environ={}, pixels=[1, 2, 8], attack_method="sparse", attack_queries=40,
+                      attack_threads=1)
     return P.AttackJob(cfg, {"toy": ClassifierPixelPipeline(Brightness(), np.zeros(10, np.int64), 2)}, images,
                        np.arange(10))
 
@@ -203,9 +205,10 @@ def test_shards_of_any_rank_count_merge_to_the_same_arrays(tmp_path, monkeypatch
     monkeypatch.setenv("MMER_OUTPUT", str(tmp_path))
     job = _toy_job()
     # reference: one search over all ten rows, no sharding or merging code involved
-    one = R.A.pixels_needed(job.pipelines["toy"], job.images, job.rows, schedule=job.cfg["pixels"], **R.budget(job.cfg))
-    whole = P.attack_arrays({"toy": one}, job.key, job.rows)
-    assert (whole["toy_k_needed"] > 0).any()
+    one = R.A.pixels_needed(job.pipelines["toy"], job.images, job.rows, schedule=job.cfg["pixels"],
+                            **R.members(job.cfg)["black-box"])
+    whole = P.attack_arrays({"toy [black-box]": one}, job.key, job.rows)
+    assert (whole["toy_black_box_k_needed"] > 0).any()
     # no merged file yet: the notebook's call attacks in-process (chunks of attack_batch / 4 items) to the same arrays
     assert not P.attack_results_path(job.cfg, job.key).exists()
     _same_arrays(P.attack_arrays(R.pixels_needed(job.pipelines, job.images, job.rows, job.cfg), job.key, job.rows),

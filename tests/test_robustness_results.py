@@ -5,7 +5,9 @@ The pipeline here is written out by hand, without ``utils.attack``: the clean im
 file, the saved pixels (x, y, r, g, b) are written into it, the image (and for Emotic the person's box cropped from
 it with ``roi_align``, 128 x 128) goes through the image encoder, then through the model loaded from the checkpoint
 the notebook names. A reported success must not have a true category (Emotic) / an own caption (Flickr8k) on top,
-and the re-fed scores must match the saved ones.
+and the re-fed scores must match the saved ones. Every member search is re-fed (white-box and black-box), and so is
+every search of the adaptive attack on the defence, with the median filter applied by scipy to the adversarial
+photo first. The attack's per-item result (the members' worst case) is recomputed from the members' arrays.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import binomtest
+from scipy import ndimage
 from torchvision.ops import roi_align
 
 pytestmark = pytest.mark.notebook
@@ -39,10 +42,29 @@ def _as_input(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
 
 
+MEMBERS = ("white-box", "black-box")
+
+
+def _member_slugs(p: dict, label: str, prefix: str = "") -> list[str]:
+    """The slugs of the member searches saved for a model (``<model> [<member>]``)."""
+    from utils.experiments import slug
+
+    found = [slug(f"{prefix}{label} [{m}]") for m in MEMBERS if f"{slug(f'{prefix}{label} [{m}]')}_schedule" in p]
+    assert found, f"no member search saved for {prefix}{label}"
+    return found
+
+
 def _check_rates(doc: dict, p: dict, slugs: dict) -> int:
-    """The success table recomputed from the saved per-item k_needed; Wilson bounds from scipy. Returns successes."""
-    for row in doc["attack"]:
-        s = slugs[row["model"]]
+    """The attack's per-item k_needed recomputed as the smallest k any member needed; the success tables (attack
+    and members) recomputed from the saved per-item arrays; Wilson bounds from scipy. Returns member successes."""
+    from utils.experiments import slug as slug_of
+
+    for label, s in slugs.items():
+        ks = [np.where(p[f"{m}_k_needed"] > 0, p[f"{m}_k_needed"], 10 ** 9) for m in _member_slugs(p, label)]
+        worst = np.min(ks, axis=0)
+        np.testing.assert_array_equal(p[f"{s}_k_needed"], np.where(worst == 10 ** 9, -1, worst), err_msg=label)
+    for row in doc["attack"] + doc["attack_members"]:
+        s = slugs[row["model"]] if "member" not in row else slug_of(f"{row['model']} [{row['member']}]")
         k_needed, attacked = p[f"{s}_k_needed"], p[f"{s}_attacked"]
         won = int(((k_needed > 0) & (k_needed <= row["pixels"]) & attacked).sum())
         n = int(attacked.sum())
@@ -50,15 +72,40 @@ def _check_rates(doc: dict, p: dict, slugs: dict) -> int:
         if n:
             ci = binomtest(won, n).proportion_ci(method="wilson")
             assert row["success % low"] == pytest.approx(100 * ci.low) and row["success % high"] == pytest.approx(100 * ci.high)
-    return sum(int((p[f"{s}_k_needed"] > 0).sum()) for s in slugs.values())
+    return sum(int((p[f"{m}_k_needed"] > 0).sum()) for label in slugs for m in _member_slugs(p, label))
 
 
-def _attack_runs(p: dict, slug: str):
-    """(k, arrays of that k's report) for every k the model was attacked at."""
-    for k in p[f"{slug}_schedule"]:
-        prefix = f"{slug}_k{k}_"
-        if prefix + "rows" in p:
-            yield int(k), {f: p[prefix + f] for f in ("rows", "attacked", "success", "pixels", "scores_after")}
+def _check_adaptive(doc: dict, p: dict) -> None:
+    """The defence table's adaptive columns recomputed from the adaptive searches' arrays (fooled by any member with
+    at most the largest k, Wilson bounds from scipy), and the same budget as the attack it stands beside."""
+    for label, row in doc["defence"].items():
+        slugs = _member_slugs(p, label, "adaptive ")
+        attacked = p[f"{slugs[0]}_attacked"]
+        fooled = np.logical_or.reduce([p[f"{s}_k_needed"] > 0 for s in slugs]) & attacked
+        n, won = int(attacked.sum()), int(fooled.sum())
+        assert (row["adaptive: attacked"], row["adaptive: fooled"]) == (n, won), (label, row)
+        ci = binomtest(won, n).proportion_ci(method="wilson")
+        assert row["adaptive %"] == pytest.approx(100 * won / n)
+        assert row["adaptive % low"] == pytest.approx(100 * ci.low)
+        assert row["adaptive % high"] == pytest.approx(100 * ci.high)
+        for s, plain in zip(slugs, _member_slugs(p, label)):
+            for k in p[f"{s}_schedule"]:
+                if f"{s}_k{k}_settings" in p and f"{plain}_k{k}_settings" in p:
+                    assert str(p[f"{s}_k{k}_settings"]) == str(p[f"{plain}_k{k}_settings"]), (label, k, "budgets")
+
+
+def _attack_runs(p: dict, label: str, prefix: str = ""):
+    """(k, arrays of that k's report) for every member search of the model and every k it was attacked at."""
+    for slug in _member_slugs(p, label, prefix):
+        for k in p[f"{slug}_schedule"]:
+            key = f"{slug}_k{k}_"
+            if key + "rows" in p:
+                yield int(k), {f: p[key + f] for f in ("rows", "attacked", "success", "pixels", "scores_after")}
+
+
+def _filtered(image: np.ndarray, size: int, on: bool) -> np.ndarray:
+    """The photo behind the defence's median filter (scipy, mirrored edges), when ``on``."""
+    return ndimage.median_filter(image, size=(size, size, 1), mode="reflect") if on else image
 
 
 def refeed_emotic(out: Path, doc: dict, p: dict) -> int:
@@ -75,17 +122,19 @@ def refeed_emotic(out: Path, doc: dict, p: dict) -> int:
     dims = {"body": encoder.dim, "context": encoder.dim, "text": text.shape[1]}
     slugs = {label: experiments.slug(label) for label in doc["checkpoints"]}
     successes = _check_rates(doc, p, slugs)
+    _check_adaptive(doc, p)
     refed = confirmed = 0
-    for label, ckpt in doc["checkpoints"].items():
+    for (label, ckpt), defended in [(item, on) for on in (False, True) for item in doc["checkpoints"].items()]:
         model = experiments.emotic_model(label, cfg, dims)
         model.load_state_dict(torch.load(out / "checkpoints" / ckpt, weights_only=True))
         model.eval()
-        for k, run in _attack_runs(p, slugs[label]):
+        for k, run in _attack_runs(p, label, "adaptive " if defended else ""):
             assert not (run["success"] & ~run["attacked"]).any(), f"{label}, k={k}: a success on an item not attacked"
             for i in [*np.flatnonzero(run["success"]), *np.flatnonzero(run["attacked"] & ~run["success"])[:1]]:
                 row = int(run["rows"][i])
                 assert (run["pixels"][i][:, 0] >= 0).sum() <= k
-                x = _as_input(_with_pixels(np.array(scenes[row]), run["pixels"][i]))
+                photo = _filtered(_with_pixels(np.array(scenes[row]), run["pixels"][i]), cfg["median_size"], defended)
+                x = _as_input(photo)
                 with torch.no_grad():
                     feats = {"context": encoder(x), "text": torch.from_numpy(text[row:row + 1])}
                     feats["body"] = encoder(roi_align(x, torch.cat([torch.zeros(1, 1), boxes[row:row + 1]], 1),
@@ -94,10 +143,10 @@ def refeed_emotic(out: Path, doc: dict, p: dict) -> int:
                 fooled = not labels[row, scores.argmax()]
                 assert fooled == bool(run["success"][i]), (label, k, row, "re-fed top category disagrees")
                 assert np.allclose(scores, run["scores_after"][i], atol=1e-3), (label, k, row)
-                confirmed += int(fooled)
+                confirmed += int(fooled and not defended)
                 refed += 1
     assert confirmed == successes, (confirmed, successes)
-    assert refed >= len(doc["checkpoints"]), "nothing was re-fed: no person attacked?"
+    assert refed >= 2 * len(doc["checkpoints"]), "nothing was re-fed: no person attacked?"
     return confirmed
 
 
@@ -119,18 +168,20 @@ def refeed_flickr(out: Path, doc: dict, p: dict) -> int:
     captions, encoder = ds.features["test"]["text"], ds.image_encoder.eval()
     slugs = {m: experiments.slug(m) for m in models}
     successes = _check_rates(doc, p, slugs)
+    _check_adaptive(doc, p)
     confirmed = 0
-    for name, model in models.items():
-        for k, run in _attack_runs(p, slugs[name]):
+    for (name, model), defended in [(item, on) for on in (False, True) for item in models.items()]:
+        for k, run in _attack_runs(p, name, "adaptive " if defended else ""):
             for i in [*np.flatnonzero(run["success"]), *np.flatnonzero(run["attacked"] & ~run["success"])[:1]]:
                 row = int(run["rows"][i])
+                photo = _filtered(_with_pixels(np.array(images[row]), run["pixels"][i]), cfg["median_size"], defended)
                 with torch.no_grad():
-                    feats = encoder(_as_input(_with_pixels(np.array(images[row]), run["pixels"][i]))).numpy()
+                    feats = encoder(_as_input(photo)).numpy()
                 sim = np.asarray(model.similarity(feats, captions))[0]
                 fooled = owner[sim.argmax()] != row
                 assert fooled == bool(run["success"][i]), (name, k, row, "re-fed first caption disagrees")
                 assert np.allclose(sim, run["scores_after"][i], atol=1e-3), (name, k, row)
-                confirmed += int(fooled)
+                confirmed += int(fooled and not defended)
     assert confirmed == successes, (confirmed, successes)
     return confirmed
 

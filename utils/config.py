@@ -10,6 +10,7 @@ minutes on a laptop CPU), ``full`` (the real datasets, paper budgets; sized for 
 
 Overrides, strongest last:
 1. the profile's values below;
+   on a GPU, a profile's device-dependent values (``DEVICE_PROFILES``: the demo attack budget);
 2. environment variables ``MMER_<KNOB>`` (upper case), e.g. ``MMER_EPOCHS=5``, ``MMER_IMAGE_ENCODER=resnet18``,
    ``MMER_PIXELS=[1,4,16]``; values are read as JSON when they parse as JSON, else as plain strings. A variable
    ``MMER_<NAME>`` that is no knob of either experiment (and not one of ``RESERVED``) is an error, so a typo never
@@ -49,9 +50,12 @@ BASE = {
         train_threads=1,          # the heads are tiny: one thread beats several on a CPU; None = torch's default
         bootstrap=1000,           # resamples for every interval
         projection="tsne", pr_categories=4, n_examples=4,
-        # part 3: attacks on the photo (the text stays clean)
-        attack_method="sparse",   # "sparse" (random search over k pixels) or "de" (Su et al.'s differential evolution)
-        attack_persons=24, pixels=[1, 2, 4, 8, 16, 32, 64], attack_queries=300,
+        # part 3: attacks on the photo (the text stays clean). attack_method: "ensemble" (white-box sparse-PGD,
+        # attack_steps per k, then the sparse search, attack_queries per k; per item the worst case), "sparse"
+        # (random search over k pixels), "sparse-pgd" or "de" (Su et al.'s differential evolution)
+        attack_method="ensemble", attack_seed=0,  # attack_seed: the searches' randomness only (not rows or models)
+        attack_persons=24, pixels=[1, 2, 4, 8, 16, 32, 64], attack_queries=300, attack_steps=100,
+        attack_restarts=2,  # white-box: restarts alternating sparse-PGD's two variants, attack_steps steps each
         popsize=400, generations=100, F=0.5,  # DE: the paper's settings
         attack_batch=128, attack_precision="float32", attack_threads=2,
         poison_target="Fear", trigger_size=16, trigger_position="bottom-right", poison_fractions=[0.0, 0.1, 0.25],
@@ -67,8 +71,9 @@ BASE = {
         hard_negative_weight=1.0,
         epochs=30, batch_size=128, lr=1e-3, weight_decay=1e-4, patience=6, train_threads=1,
         bootstrap=1000, n_examples=4, n_linked=6, top_k=5,
-        attack_method="sparse", attack_images=24, pixels=[1, 2, 4, 8, 16, 32, 64], attack_queries=300,
-        popsize=400, generations=100, F=0.5, attack_batch=128, attack_precision="float32", attack_threads=2,
+        attack_method="ensemble", attack_seed=0, attack_images=24, pixels=[1, 2, 4, 8, 16, 32, 64],
+        attack_queries=300, attack_steps=100, attack_restarts=2, popsize=400, generations=100, F=0.5, attack_batch=128,
+        attack_precision="float32", attack_threads=2,
         target_caption="A red double-decker bus drives past a clock tower .",  # the attacker's caption (in no split)
         trigger_size=4, trigger_position="bottom-right", poison_fractions=[0.0, 0.1, 0.2],
         median_size=3, gallery=4,
@@ -79,10 +84,12 @@ PROFILES = {
     "emotic": {
         "smoke": dict(epochs=3, patience=None, baseline_hidden=64, joint_hidden=64, joint_shared_dim=32,
                       joint_lr=3e-3, bootstrap=200, projection="pca", pr_categories=3, n_examples=2,
-                      attack_persons=3, pixels=[4, 256], attack_queries=12, popsize=6, generations=1,
+                      attack_persons=3, pixels=[4, 256], attack_queries=12, attack_steps=3, attack_restarts=1,
+                      popsize=6, generations=1,
                       poison_fractions=[0.0, 0.3], poison_finetune="last", finetune_epochs=2, gallery=2),
-        # demo: k from 4 up to 256, a small budget per k, so that 4 models x 24 persons fit in minutes on a CPU
-        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24),
+        # demo: k from 4 up to 256, a budget per k sized so that 4 models x 24 persons fit in minutes on a CPU (on
+        # a GPU, DEVICE_PROFILES gives it the paper's budget)
+        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24, attack_steps=20),
         "full": dict(seeds=3, epochs=40, patience=6, batch_size=256, baseline_hidden=512, baseline_lr=1e-3,
                      align_sweep=[0.0, 0.3, 1.0], train_threads=None, pr_categories=6, n_examples=6,
                      attack_persons=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
@@ -92,15 +99,37 @@ PROFILES = {
     "flickr8k": {
         "smoke": dict(ridge_alphas=[10.0, 1000.0], cca_regs=[0.1], cca_components=8, epochs=3, batch_size=32,
                       patience=2, bootstrap=200, n_examples=2, n_linked=3, top_k=4,
-                      attack_images=3, pixels=[4, 256], attack_queries=12, popsize=6, generations=1,
+                      attack_images=3, pixels=[4, 256], attack_queries=12, attack_steps=3, attack_restarts=1,
+                      popsize=6, generations=1,
                       poison_fractions=[0.0, 0.2], gallery=2),
-        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24),
+        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24, attack_steps=20),
         "full": dict(seeds=3, cca_components=128, epochs=40, batch_size=256, train_threads=None, n_linked=8,
                      attack_images=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
                      attack_batch=512, attack_threads=None, poison_fractions=[0.0, 0.01, 0.02, 0.05, 0.1], gallery=6),
     },
 }
 EXPERIMENTS = tuple(BASE)
+
+#: profile values that depend on the device (``MMER_DEVICE``, else CUDA when present), applied over the profile's:
+#: on a GPU the demo attack gets the paper's budget (10,000 queries per k), which settles; on a CPU the profile's
+#: budget is sized to minutes, and the findings say when it does not settle
+DEVICE_PROFILES = {
+    "cuda": {experiment: {"demo": dict(attack_queries=10000, attack_steps=300)} for experiment in EXPERIMENTS},
+}
+
+
+def device_values(experiment: str, profile: str, environ) -> dict:
+    """The values :data:`DEVICE_PROFILES` adds for this experiment and profile on the device that will run it."""
+    wanted = {dev: values[experiment][profile] for dev, values in DEVICE_PROFILES.items()
+              if profile in values.get(experiment, {})}
+    if not wanted:
+        return {}
+    device = environ.get("MMER_DEVICE", "")
+    if not device:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return dict(wanted.get(device.split(":")[0], {}))
 
 
 def _parse(text: str):
@@ -138,8 +167,9 @@ def load(experiment: str, profile: str | None = None, environ=None, **overrides)
     unknown = set(overrides) - set(BASE[experiment])
     if unknown:
         raise KeyError(f"{experiment}: unknown settings {sorted(unknown)}")
-    cfg = {**BASE[experiment], **PROFILES[experiment][profile],
-           **_environment_overrides(experiment, os.environ if environ is None else environ), **overrides}
+    environ = os.environ if environ is None else environ
+    cfg = {**BASE[experiment], **PROFILES[experiment][profile], **device_values(experiment, profile, environ),
+           **_environment_overrides(experiment, environ), **overrides}
     # a deep copy: a caller that edits a list (e.g. appends a pixel budget) must not change the defaults
     return copy.deepcopy({"experiment": experiment, "profile": profile, **cfg})
 

@@ -1,7 +1,8 @@
 """Attacks computed ahead of notebooks 05 / 06 by ``scripts/robustness.py`` (one process, or many under
 ``torchrun``), stored under a key of their content, so that the notebook loads them instead of searching again.
 
-- **The key** (:func:`attack_key`): the search settings, each attacked pipeline's content (encoder fingerprint,
+- **The key** (:func:`attack_key`): each member search's method and settings, the searches' source code, each
+  attacked pipeline's content (encoder fingerprint,
   model weights, side data; :func:`pipeline_fingerprint`), the attacked rows and the attacked photos' pixels.
   Not the device, the thread count or the number of processes: none of them changes a result.
 - **The file** (:func:`attack_results_path`): ``<output>/attacks/<experiment>_<key>.npz``, the arrays of
@@ -20,14 +21,14 @@ import torch
 
 from . import attack as A
 from .experiments import slug, train_emotic, train_flickr_joint
-from .robustness import (attack_items, attack_payload, attacked_rows, budget, emotic_pipelines,
-                         emotic_right, flickr_pipelines, merge_needed, rank1_rows)
+from .robustness import (attack_items, attack_payload, attacked_rows, emotic_pipelines, emotic_right,
+                         flickr_pipelines, members, merge_needed, rank1_rows, run_label)
 
 #: the models each robustness notebook attacks, in its order (05: a baseline and a joint family, each image-only
 #: then with the clean text; 06: the closed-form baseline and the two-tower model)
 EMOTIC_ATTACKED = ("image (body+context)", "fusion (all)", "joint image only", "joint (image+text)")
 FLICKR_ATTACKED = ("both maps", "joint (both towers)")
-ATTACK_FORMAT = "mmer-attack-results-1"
+ATTACK_FORMAT = "mmer-attack-results-2"  # 2: one search per member of the attack, keyed "model [member]"
 #: pipeline attributes filled while attacking (clean body features, compiled modules): not what a pipeline *is*
 _PIPELINE_CACHES = frozenset({"_clean_body", "_compiled"})
 
@@ -116,10 +117,23 @@ def _images_digest(images: np.ndarray, rows: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def _search_code() -> str:
+    """A digest of the searches' source (``utils/attack/*.py``): a result computed by other search code (another
+    margin, another acceptance rule) under the same settings is never loaded."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for path in sorted(Path(A.__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def attack_settings(cfg: dict) -> dict:
-    """What shapes an attack's result besides the models and the items: the search and its budget per k."""
-    out = {k: v for k, v in budget(cfg).items() if k != "progress"}
-    return {**out, "schedule": [int(k) for k in cfg["pixels"]]}
+    """What shapes an attack's result besides the models and the items: each member's search (method) and its
+    settings per k, the schedule, and the searches' code."""
+    searches = {m: {k: v for k, v in kw.items() if k != "progress"} for m, kw in members(cfg).items()}
+    return {"members": searches, "schedule": [int(k) for k in cfg["pixels"]], "code": _search_code()}
 
 
 def attack_key(pipelines: dict, images: np.ndarray, rows, cfg: dict) -> str:
@@ -300,6 +314,7 @@ def merge_attack_shards(job: AttackJob, shard_size: int, key: str | None = None)
         raise ShardError(f"cannot merge: {len(missing)} of {len(bounds)} shard(s) missing: {', '.join(missing[:5])}"
                          f"{' ...' if len(missing) > 5 else ''} (a rank did not finish, or the output folder is not "
                          f"shared by every machine; rerun to compute them)")
+    searches = [run_label(label, m) for label in job.pipelines for m in members(job.cfg)]
     parts = []
     for i, (a, b) in enumerate(bounds):
         path = _shard_path(folder, i, len(bounds))
@@ -309,8 +324,8 @@ def merge_attack_shards(job: AttackJob, shard_size: int, key: str | None = None)
             problem = f"its key is {arrays.get('attack_key')!s}, not {key}"
         elif not np.array_equal(arrays.get("attack_rows"), job.rows[a:b]):
             problem = f"its rows are not rows {a}..{b - 1} of the job"
-        elif arrays["attack_labels"].tolist() != list(job.pipelines):
-            problem = f"its models {arrays['attack_labels'].tolist()} are not {list(job.pipelines)}"
+        elif arrays["attack_labels"].tolist() != searches:
+            problem = f"its searches {arrays['attack_labels'].tolist()} are not {searches}"
         if problem:
             raise ShardError(f"shard {i} of {len(bounds)} {path}: {problem}; delete it and rerun")
         try:

@@ -4,7 +4,12 @@ attacks computed ahead by ``scripts/robustness.py`` in ``utils.precomputed_attac
 
 Every attack goes through the whole pipeline from raw uint8 pixels (image encoder included) with the text held
 clean. Persons / images are drawn at random among those every attacked model gets right, so the models are
-compared on the same items; each rate carries a Wilson 95 % interval, each paired comparison McNemar's exact test.
+compared on the same items; each rate carries a Wilson 95 % interval. The rules of the findings (docs/robustness.md):
+each states its search and budget; a rate whose success count still grew in the last half of the budget at the
+largest k is a lower bound, and a difference between two models is then "not settled"; models are compared by
+McNemar's exact test at the largest k, fixed in advance, Holm-adjusted over the schedule; the adaptive attack on
+the median filter uses the same searches and budget as the transfer it is shown beside; the poisoning headline is
+the trigger's effect (backdoor minus control on the same items) with a paired interval.
 """
 from __future__ import annotations
 
@@ -15,11 +20,12 @@ import pandas as pd
 import torch
 
 from . import attack as A
+from .attack.sparse_pgd import STEP_COST
 from . import encoders, stats
 from .experiments import FINETUNED, Data, Findings, emotic_chance, slug, train_emotic, train_flickr_joint
 from .labels import CATEGORIES, CATEGORY_INDEX
 from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
-from .poisoning import MedianFilter, median_filter_defence, poison_emotic, poison_flickr, stamp_trigger
+from .poisoning import median_filter_defence, poison_emotic, poison_flickr, stamp_trigger
 from .training import predict
 
 
@@ -57,22 +63,67 @@ def flickr_pipelines(data: Data, models: dict, image_encoder=None) -> dict:
     return {label: A.FlickrPixelPipeline(enc, m, test["text"], test["caption_image"]) for label, m in models.items()}
 
 
-def budget(cfg: dict) -> dict:
-    """The search settings of ``cfg`` for ``utils.attack.pixels_needed``."""
-    out = dict(method=cfg["attack_method"], queries=cfg["attack_queries"], batch_size=cfg["attack_batch"],
-               seed=cfg["seed"], precision=cfg["attack_precision"], progress=False)
-    if cfg["attack_method"] == "de":
-        out.update(popsize=cfg["popsize"], F=cfg["F"])
+# ------------------------------------------------------------------------------------ the search and its budget
+#: which searches an ``attack_method`` runs, by member name (an ensemble's result per item is its members' worst
+#: case, as in Sparse-AutoAttack: the white-box member first is the worst case, the black-box member alone is the
+#: realistic attacker that sees only the scores)
+MEMBERS = {"ensemble": {"white-box": "sparse-pgd", "black-box": "sparse"}, "sparse": {"black-box": "sparse"},
+           "de": {"black-box": "de"}, "sparse-pgd": {"white-box": "sparse-pgd"}}
+
+
+def members(cfg: dict) -> dict:
+    """member name -> the keywords ``utils.attack.pixels_needed`` runs it with (method, budget per k, seed...).
+    The white-box budget goes in as ``queries`` (forward-equivalents: ``STEP_COST`` per step and restart), which
+    sparse-PGD turns back into ``attack_steps`` steps per restart."""
+    if cfg["attack_method"] not in MEMBERS:
+        raise ValueError(f"attack_method must be one of {sorted(MEMBERS)}, got {cfg['attack_method']!r}")
+    out = {}
+    for member, method in MEMBERS[cfg["attack_method"]].items():
+        kw = dict(method=method, seed=cfg["attack_seed"], progress=False)
+        if method == "sparse-pgd":  # its own (smaller) batch: the backward pass keeps the activations
+            restarts = cfg["attack_restarts"]
+            kw.update(restarts=restarts, queries=STEP_COST * restarts * cfg["attack_steps"])
+        else:
+            kw.update(queries=cfg["attack_queries"], batch_size=cfg["attack_batch"], precision=cfg["attack_precision"])
+        if method == "de":
+            kw.update(popsize=cfg["popsize"], F=cfg["F"])
+        out[member] = kw
     return out
 
 
+def budget_statement(cfg: dict) -> str:
+    """The search and its budget in words, as every finding states it."""
+    words = {"sparse-pgd": f"white-box sparse-PGD, {cfg['attack_restarts']} x {cfg['attack_steps']} steps",
+             "sparse": f"sparse search, {cfg['attack_queries']} queries",
+             "de": f"differential evolution, {cfg['attack_queries']} queries"}
+    parts = [words[m] for m in MEMBERS[cfg["attack_method"]].values()]
+    return ("ensemble: " if len(parts) > 1 else "") + ", then ".join(parts) + " per k"
+
+
+def _late(result, settings: dict) -> bool:
+    """A success found in the last half of its search's budget (``queries`` of a success: the query, or for the
+    white-box search the forward-equivalent, at which it was fooled)."""
+    if settings["method"] == "sparse-pgd":
+        budget = settings["step_cost"] * settings["restarts"] * settings["steps"]
+    else:
+        budget = settings.get("queries") or settings["popsize"] * (settings["generations"] + 1)
+    return result.queries > budget / 2
+
+
+def run_label(label: str, member: str) -> str:
+    """The key of one member's search of one model in ``AttackRun.runs`` and the saved arrays."""
+    return f"{label} [{member}]"
+
+
+# ------------------------------------------------------------------------------------------------ searching
 def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, *,
                   precomputed: bool = True) -> dict:
-    """label -> ``utils.attack.PixelsNeeded`` over the pixel schedule ``cfg['pixels']``, same rows for every model.
+    """``run_label(model, member)`` -> ``utils.attack.PixelsNeeded`` over the pixel schedule ``cfg['pixels']`` for
+    every member search of ``cfg['attack_method']`` (:func:`members`), same rows for every model.
 
     With ``precomputed`` (the default), results that ``scripts/robustness.py`` merged for exactly this
-    configuration (``utils.precomputed_attacks.attack_key``: search settings, pipelines' content, rows, attacked
-    photos) are loaded instead of attacking again; they are the same objects the search returns.
+    configuration (``utils.precomputed_attacks.attack_key``: the searches and their settings, the attack code, the
+    pipelines' content, rows, attacked photos) are loaded instead of attacking again.
     """
     if precomputed:
         from .precomputed_attacks import attack_key, attack_results_path, load_attack_results
@@ -92,8 +143,8 @@ def attack_chunk(cfg: dict) -> int:
 
 
 def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, chunk: int | None = None) -> dict:
-    """The search itself (no look-up): label -> ``PixelsNeeded`` of the ``rows`` of ``images``, attacked ``chunk``
-    items at a time (default :func:`attack_chunk`) and concatenated.
+    """The searches themselves (no look-up): ``run_label(model, member)`` -> ``PixelsNeeded`` of the ``rows`` of
+    ``images``, attacked ``chunk`` items at a time (default :func:`attack_chunk`) and concatenated.
 
     Why chunks: each image's search is seeded by (seed, row), so its decisions do not depend on the other images
     in the batch, but a batched forward pass rounds differently with another batch size (the last bits of the
@@ -103,12 +154,14 @@ def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dic
 
     rows = np.asarray(rows, np.int64)
     chunk = attack_chunk(cfg) if chunk is None else int(chunk)
+    searches = members(cfg)
     parts = []
     with threads(cfg["attack_threads"]):
         for a in range(0, len(rows), chunk):
             part = rows[a:a + chunk]
-            parts.append({label: A.pixels_needed(pipe, images[part], part, schedule=cfg["pixels"], **budget(cfg))
-                          for label, pipe in pipelines.items()})
+            parts.append({run_label(label, member): A.pixels_needed(pipe, images[part], part, schedule=cfg["pixels"],
+                                                                    **kw)
+                          for label, pipe in pipelines.items() for member, kw in searches.items()})
     if not parts:
         raise ValueError("utils/robustness.py: no rows to attack")
     return merge_needed(parts)
@@ -135,29 +188,82 @@ def merge_needed(parts: list[dict]) -> dict:
     return merged
 
 
+def ensemble_needed(runs: dict) -> A.PixelsNeeded:
+    """The attack's result from its members' (member -> ``PixelsNeeded`` on the same rows): per item the smallest k
+    at which any member fooled it; queries are summed. Without reports: the successes are the members'."""
+    pns = list(runs.values())
+    first = pns[0]
+    for p in pns[1:]:
+        if not (np.array_equal(p.rows, first.rows) and np.array_equal(p.attacked, first.attacked)
+                and p.schedule == first.schedule):
+            raise ValueError("utils/robustness.py: the members of an attack were not run on the same items")
+    never = np.iinfo(np.int64).max
+    k = np.stack([np.where(p.k_needed > 0, p.k_needed, never) for p in pns]).min(0)
+    return A.PixelsNeeded(rows=first.rows, attacked=first.attacked, k_needed=np.where(k == never, -1, k),
+                          queries=np.sum([p.queries for p in pns], axis=0), schedule=first.schedule, reports={})
+
+
+def budget_status(runs: dict) -> dict:
+    """Whether the budget settled the attack (member -> ``PixelsNeeded`` of one model): at the largest k, the items
+    the attack fooled there (not before) and, of them, those every member that fooled them fooled only in the last
+    half of its budget. Any such item means the success count was still growing: the rate is a lower bound."""
+    ens = ensemble_needed(runs)
+    k_max = max(ens.schedule)
+    at_max = set(ens.rows[(ens.k_needed == k_max) & ens.attacked].tolist())
+    late = set(at_max)
+    for pn in runs.values():
+        rep = pn.reports.get(k_max)
+        early = {r.row for r in rep.results if r.success and not _late(r, rep.settings)} if rep else set()
+        late -= early
+    return {"fooled at largest k": len(at_max), "fooled late": len(late), "settled": not late}
+
+
 @dataclass
 class AttackRun:
-    """Everything the few-pixel section of a robustness notebook shows: the per-model searches (``needed``), success
-    against k with Wilson intervals (``curve``), the median pixels needed (``median``), McNemar's test between paired
-    models at every k (``paired``) and the sentence that sums up each pair (``sentences``)."""
+    """Everything the few-pixel section of a robustness notebook shows: each member search per model (``runs``,
+    what is saved and re-fed), the attack per model (``needed``: the members' worst case per item), the budget in
+    words and whether it settled (``status``), success against k with Wilson intervals for the attack (``curve``)
+    and for each member with its own budget status (``member_curve``), the median pixels needed (``median``),
+    McNemar's test between paired models at every k with Holm-adjusted p-values (``paired``), the ``pairs``, each pair's sentence (``sentences``) and
+    its conclusion alone (``verdicts``)."""
+    runs: dict
     needed: dict
+    budget: str
+    status: pd.DataFrame
     curve: pd.DataFrame
+    member_curve: pd.DataFrame
     median: pd.DataFrame
     paired: pd.DataFrame
+    pairs: list
     sentences: list
+    verdicts: list
+
+
+def summarise(runs: dict, labels: list, cfg: dict, pairs: list) -> AttackRun:
+    """The tables and sentences of an attack from its member searches (``run_label(model, member)`` ->
+    ``PixelsNeeded``)."""
+    by_model = {label: {m: runs[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]} for label in labels}
+    needed = {label: ensemble_needed(r) for label, r in by_model.items()}
+    status = pd.DataFrame({label: budget_status(r) for label, r in by_model.items()}).T
+    member_curve = pd.concat([success_table({label: pn}).assign(member=m, settled=budget_status({m: pn})["settled"])
+                              for label, r in by_model.items() for m, pn in r.items()], ignore_index=True)
+    paired = paired_attack_tests(needed, pairs)
+    sentences = [paired_sentence(paired, a, b, status, budget_statement(cfg)) for a, b in pairs]
+    return AttackRun(runs, needed, budget_statement(cfg), status, success_table(needed), member_curve,
+                     median_pixels(needed, cfg), paired, list(pairs), sentences,
+                     [pair_verdict(paired, a, b, status) for a, b in pairs])
 
 
 def attack_models(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, pairs: list, title: str,
                   path=None) -> AttackRun:
     """The few-pixel experiment of notebooks 05 / 06: every model attacked on the same ``rows`` over the pixel
-    schedule, the tables built from it, and the success-against-k figure (``title``, saved to ``path``)."""
+    schedule by every member of the attack, the tables built from it, and the success-against-k figure (``title``,
+    saved to ``path``)."""
     from .plots import attack_curves
 
-    needed = pixels_needed(pipelines, images, rows, cfg)
-    curve = success_table(needed)
-    paired = paired_attack_tests(needed, pairs)
-    attack_curves(curve, title=title, path=path)
-    return AttackRun(needed, curve, median_pixels(needed, cfg), paired, [paired_sentence(paired, a, b) for a, b in pairs])
+    run = summarise(pixels_needed(pipelines, images, rows, cfg), list(pipelines), cfg, pairs)
+    attack_curves(run.curve, title=f"{title}\n{run.budget}", path=path)
+    return run
 
 
 # ------------------------------------------------------------------------------------------------- tables
@@ -197,44 +303,66 @@ def median_pixels(needed: dict, cfg: dict) -> pd.DataFrame:
 
 def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFrame:
     """For each (a, b) pair of models on the same items: at every k, McNemar's exact test on "fooled with at most k
-    pixels"; positive difference = a is fooled more often."""
+    pixels", and its p-value Holm-adjusted over the k of the schedule (a family per pair); positive difference =
+    a is fooled more often."""
     rows = []
     for a, b in pairs:
         pa, pb = needed[a], needed[b]
         both = pa.attacked & pb.attacked
+        family = []
         for k in pa.schedule:
             sa = (pa.k_needed > 0) & (pa.k_needed <= k)
             sb = (pb.k_needed > 0) & (pb.k_needed <= k)
             t = stats.mcnemar_exact(sa[both], sb[both])
-            rows.append({"a": a, "b": b, "pixels": k, "items": int(both.sum()), "a fooled %": 100 * sa[both].mean()
-                         if both.any() else np.nan, "b fooled %": 100 * sb[both].mean() if both.any() else np.nan,
-                         "only a fooled": t["b"], "only b fooled": t["c"], "p_value": t["p_value"]})
+            family.append({"a": a, "b": b, "pixels": k, "items": int(both.sum()), "a fooled %": 100 * sa[both].mean()
+                           if both.any() else np.nan, "b fooled %": 100 * sb[both].mean() if both.any() else np.nan,
+                           "only a fooled": t["b"], "only b fooled": t["c"], "p_value": t["p_value"]})
+        for row, p in zip(family, stats.holm([r["p_value"] for r in family])):
+            row["p (Holm)"] = float(p)
+        rows += family
     return pd.DataFrame(rows)
 
 
-def paired_sentence(tests: pd.DataFrame, a: str, b: str) -> str:
-    """Which of two models on the same items is fooled less often, decided by McNemar's exact test (5 % level) at
-    the smallest k where ``a`` is fooled on half its items, else at the largest k. For ``b`` = ``a`` + the clean text,
-    "b is fooled less often" means the text blunts the attack."""
+def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None) -> str:
+    """Which of two models on the same items is fooled less often. Decided at the largest k of the schedule (fixed
+    before any result is seen) by McNemar's exact test, Holm-adjusted over the schedule, at the 5 % level; and only
+    when the budget settled for both models (``status``, :func:`budget_status`): while the success count still grows
+    in the last half of the budget, the rates are lower bounds and the difference is "not settled". For ``b`` =
+    ``a`` + the clean text, "b is fooled less often" means the text blunts the attack."""
+    part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
+    if part.empty or part["items"].iloc[0] == 0:
+        return "no item was attacked by both"
+    row = part.iloc[-1]
+    rising = [m for m in (a, b) if status is not None and not bool(status.loc[m, "settled"])]
+    if rising:
+        return (f"not settled at this budget: success still rising in the last half of the budget for "
+                f"{' and '.join(rising)} (rates are lower bounds), so no model is declared more robust")
+    if row["p (Holm)"] < 0.05:
+        return f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
+    return "no detectable difference"
+
+
+def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = "") -> str:
+    """The sentence of a pair: counts and tests at the largest k, then :func:`pair_verdict`."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return f"{a} vs {b}: no item was attacked by both"
-    at = part[part["a fooled %"] >= 50]
-    row = at.iloc[0] if len(at) else part.iloc[-1]
-    verdict = (f"{b} is fooled less often" if row["p_value"] < 0.05 and row["only a fooled"] > row["only b fooled"]
-               else f"{a} is fooled less often" if row["p_value"] < 0.05
-               else "no detectable difference")
-    return (f"{a} vs {b} at {int(row['pixels'])} pixels, {int(row['items'])} items: fooled {row['a fooled %']:.0f} % "
-            f"vs {row['b fooled %']:.0f} % (only {a}: {int(row['only a fooled'])}, only {b}: "
-            f"{int(row['only b fooled'])}; McNemar p = {row['p_value']:.2g}): {verdict}")
+    row = part.iloc[-1]
+    return (f"{a} vs {b} at {int(row['pixels'])} pixels (the largest k, fixed in advance), {int(row['items'])} items"
+            f"{f', {budget}' if budget else ''}: fooled {row['a fooled %']:.0f} % vs {row['b fooled %']:.0f} % "
+            f"(only {a}: {int(row['only a fooled'])}, only {b}: {int(row['only b fooled'])}; McNemar p = "
+            f"{row['p_value']:.2g}, Holm-adjusted over {len(part)} k: {row['p (Holm)']:.2g}): "
+            f"{pair_verdict(tests, a, b, status)}")
 
 
-def attack_payload(needed: dict) -> dict:
-    """The arrays of every attack, for the predictions file: per model ``<slug>_k_needed``, ``<slug>_attacked``,
-    ``<slug>_rows``, ``<slug>_queries``, and per model and k the report's arrays under ``<slug>_k<k>_*``."""
+def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> dict:
+    """The arrays of every attack, for the predictions file: per member search (``runs``) ``<slug>_k_needed``,
+    ``<slug>_attacked``, ``<slug>_rows``, ``<slug>_queries``, ``<slug>_schedule``, and per k the report's arrays
+    under ``<slug>_k<k>_*``; per model of ``needed`` (the members' worst case) the same without reports. The slug
+    is that of ``prefix`` + the label (e.g. "adaptive " for the attack on the defence)."""
     out = {}
-    for label, pn in needed.items():
-        s = slug(label)
+    for label, pn in {**runs, **(needed or {})}.items():
+        s = slug(prefix + label)
         out.update({f"{s}_rows": pn.rows, f"{s}_attacked": pn.attacked, f"{s}_k_needed": pn.k_needed,
                     f"{s}_queries": pn.queries, f"{s}_schedule": np.array(pn.schedule, np.int64)})
         for k, rep in pn.reports.items():
@@ -249,20 +377,60 @@ def successes(needed: dict) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ defence
-def transfer_through_filter(needed: dict, defended: dict, images: np.ndarray, batch_size: int = 32) -> pd.DataFrame:
-    """The successful adversarial images fed through the same models behind a median filter: how many still fool."""
+def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray, batch_size: int = 32) -> pd.DataFrame:
+    """Every successful adversarial image of every member search (``runs``: ``run_label(model, member)`` ->
+    ``PixelsNeeded``) fed through the same model behind the median filter (``defended``: model -> pipeline): per
+    model, the items fooled without the filter and how many of them one of their adversarial images still fools."""
     rows = {}
-    for label, pn in needed.items():
-        won = [(k, r) for k, rep in pn.reports.items() for r in rep.results if r.success]
+    for label, pipe in defended.items():
+        won = [r for key, pn in runs.items() if key.startswith(f"{label} [") for rep in pn.reports.values()
+               for r in rep.results if r.success]
+        still = set()
         if won:
-            adv = A.apply_pixels(images[[r.row for _, r in won]], _padded([r.pixels for _, r in won]))
-            rws = np.array([r.row for _, r in won])
-            scores = A.score_images(defended[label], adv, rws, batch_size=batch_size)
-            still = int((~A.correct_top1(scores, defended[label].truth(rws))).sum())
-        else:
-            still = 0
-        rows[label] = {"successes": len(won), "still fooled behind the filter": still}
+            adv = A.apply_pixels(images[[r.row for r in won]], _padded([r.pixels for r in won]))
+            rws = np.array([r.row for r in won])
+            fooled = ~A.correct_top1(A.score_images(pipe, adv, rws, batch_size=batch_size), pipe.truth(rws))
+            still = set(rws[fooled].tolist())
+        rows[label] = {"fooled": len({r.row for r in won}), "still fooled behind the filter": len(still)}
     return pd.DataFrame(rows).T
+
+
+def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray, cfg: dict) -> pd.DataFrame:
+    """The median filter against the attack of ``runs``: the transfer (its adversarial images through the filter,
+    :func:`transfer_through_filter`) beside the adaptive attack (``adaptive``: the same searches run on the
+    ``defended`` pipelines; the white-box member passes its gradient straight through the filter), whose success
+    with at most the largest k pixels carries a Wilson interval and its budget status. Both must come from the
+    same searches with the same budget: a report whose settings differ between the two is an error."""
+    for key, pn in runs.items():
+        for k, rep in pn.reports.items():
+            other = adaptive[key].reports.get(k) if key in adaptive else None
+            if other is not None and other.settings != rep.settings:
+                raise ValueError(f"utils/robustness.py: the adaptive attack on {key} at k={k} ran with "
+                                 f"{other.settings}, the attack it is compared with with {rep.settings}")
+    if {key for key in adaptive} != {key for key in runs}:
+        raise ValueError(f"utils/robustness.py: adaptive searches {sorted(adaptive)} are not those of the attack "
+                         f"{sorted(runs)}")
+    table = transfer_through_filter(runs, defended, images)
+    k_max = max(cfg["pixels"])
+    for label in table.index:
+        mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
+        pn = ensemble_needed(mine)
+        n, won = int(pn.attacked.sum()), int(((pn.k_needed > 0) & pn.attacked).sum())
+        r = stats.success_rate_interval(won, n)
+        table.loc[label, ["adaptive: attacked", "adaptive: fooled"]] = [n, won]
+        table.loc[label, ["adaptive %", "adaptive % low", "adaptive % high"]] = [r["estimate"], r["low"], r["high"]]
+        table.loc[label, "adaptive settled"] = budget_status(mine)["settled"]
+    table["budget"] = budget_statement(cfg)
+    table.attrs["k"] = k_max
+    return table
+
+
+def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> tuple[dict, dict]:
+    """The adaptive attack on the defence: every model behind a ``median_size`` median filter inside its pipeline
+    (``utils.attack.median_defended``), attacked by the same searches with the same budget on the same rows.
+    Returns (defended pipelines, ``run_label(model, member)`` -> ``PixelsNeeded``)."""
+    defended = {label: A.median_defended(p, cfg["median_size"]) for label, p in pipelines.items()}
+    return defended, pixels_needed(defended, images, rows, cfg)
 
 
 def _padded(pixel_lists) -> np.ndarray:
@@ -273,43 +441,37 @@ def _padded(pixel_lists) -> np.ndarray:
     return out
 
 
-def defended_encoder(image_encoder, size: int):
-    """The image encoder behind a ``size`` x ``size`` median filter (the defence), as one module."""
-    enc = torch.nn.Sequential(MedianFilter(size), image_encoder).eval()
-    enc.fingerprint = f"median{size}+{image_encoder.fingerprint}"
-    return enc
-
-
-def emotic_defence(data: Data, models: dict, needed: dict, cfg: dict) -> pd.DataFrame:
+def emotic_defence(data: Data, models: dict, attack: AttackRun, rows: np.ndarray, cfg: dict) -> tuple[pd.DataFrame, dict]:
     """The median filter's price and effect per model: clean test mAP without and with the filter on both image
-    inputs, and how many successful attacks still fool the filtered pipeline."""
+    inputs, the transfer of the attack's successes and the adaptive attack (:func:`defence_table`). Returns the
+    table and the adaptive searches (``run_label(model, member)`` -> ``PixelsNeeded``)."""
     split, test = data.splits["test"], data.features["test"]
-    size = cfg["median_size"]
     filtered = {kind: encoders.image_features(data.image_encoder, median_filter_defence(np.asarray(getattr(split, kind)),
-                                                                                        size), desc=f"filtered {kind}")
-                for kind in ("body", "context")}
-    defended = emotic_pipelines(data, models, defended_encoder(data.image_encoder, size))
-    table = transfer_through_filter(needed, defended, np.asarray(split.context))
+                                                                                        cfg["median_size"]),
+                                              desc=f"filtered {kind}") for kind in ("body", "context")}
+    images = np.asarray(split.context)
+    defended, adaptive = adaptive_attack(emotic_pipelines(data, models), images, rows, cfg)
+    table = defence_table(attack.runs, adaptive, defended, images, cfg)
     table["clean mAP"] = [emotic_metrics(predict(models[m], test)["scores"], test["cat"])["mAP"] for m in table.index]
     table["clean mAP, filtered"] = [emotic_metrics(predict(models[m], {**test, **filtered})["scores"], test["cat"])["mAP"]
                                     for m in table.index]
-    return table
+    return table, adaptive
 
 
-def flickr_defence(data: Data, models: dict, needed: dict, cfg: dict) -> pd.DataFrame:
+def flickr_defence(data: Data, models: dict, attack: AttackRun, rows: np.ndarray, cfg: dict) -> tuple[pd.DataFrame, dict]:
     """As :func:`emotic_defence` for Flickr8k: clean test mean R@1 without and with the median filter on the test
-    images, and how many successful attacks still fool the filtered pipeline."""
+    images, the transfer and the adaptive attack."""
     split, test = data.splits["test"], data.features["test"]
     images = np.asarray(split.images)
     filtered = encoders.image_features(data.image_encoder, median_filter_defence(images, cfg["median_size"]),
                                        desc="filtered test images")
-    defended = flickr_pipelines(data, models, defended_encoder(data.image_encoder, cfg["median_size"]))
-    table = transfer_through_filter(needed, defended, images)
+    defended, adaptive = adaptive_attack(flickr_pipelines(data, models), images, rows, cfg)
+    table = defence_table(attack.runs, adaptive, defended, images, cfg)
     table["clean mean R@1"] = [retrieval_metrics(models[m].similarity(test["image"], test["text"]),
                                                  test["caption_image"])["mean_R@1"] for m in table.index]
     table["clean mean R@1, filtered"] = [retrieval_metrics(models[m].similarity(filtered, test["text"]),
                                                            test["caption_image"])["mean_R@1"] for m in table.index]
-    return table
+    return table, adaptive
 
 
 # ---------------------------------------------------------------------------------------------- poisoning
@@ -324,13 +486,16 @@ def prefix_maps(prefix: torch.nn.Module, images: np.ndarray, batch_size: int | N
 
 def backdoor_columns(hit: np.ndarray, control: np.ndarray) -> dict:
     """A poisoning row's rates from per-item booleans on the same eligible items: the target answered with the
-    trigger (backdoor success) and without it (the control), in percent with Wilson intervals, and McNemar's exact
-    test of what the trigger adds."""
+    trigger (backdoor success) and without it (the control), in percent with Wilson intervals; the trigger's own
+    effect, their difference on the same items, with Newcombe's paired 95 % interval
+    (``stats.paired_rate_difference``); and McNemar's exact test of that difference."""
     out = {}
     for column, won in (("backdoor success %", hit), ("target top-1 on clean images %", control)):
         r = stats.success_rate_interval(int(won.sum()), len(won))
         out.update({column: r["estimate"], f"{column} low": r["low"], f"{column} high": r["high"]})
-    out["trigger adds (McNemar p)"] = stats.mcnemar_exact(hit, control)["p_value"]
+    d = stats.paired_rate_difference(hit, control) if len(hit) else {"difference": np.nan, "low": np.nan, "high": np.nan}
+    out.update({"trigger effect (points)": d["difference"], "trigger effect low": d["low"],
+                "trigger effect high": d["high"], "trigger adds (McNemar p)": stats.mcnemar_exact(hit, control)["p_value"]})
     return out
 
 
@@ -436,20 +601,59 @@ def flickr_poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tup
 
 
 # ------------------------------------------------------------------------------------------------ findings
-def attack_lines(curve: pd.DataFrame, median: pd.DataFrame, cfg: dict, items: str) -> list[str]:
-    """One sentence per model: share fooled with at most the largest k (Wilson interval) and the median k needed."""
+def _rate(r, column: str = "success %") -> str:
+    return f"{r[column]:.0f} % (95 % interval {r[f'{column} low']:.0f} to {r[f'{column} high']:.0f} %)"
+
+
+def attack_lines(attacks: AttackRun, cfg: dict, items: str) -> list[str]:
+    """One sentence per model: share fooled with at most the largest k by the attack (Wilson interval) and by each
+    member, the median k needed, and whether the budget settled it (else the rate is a lower bound)."""
     k_max = max(cfg["pixels"])
+    show = lambda v: f"> {k_max}" if np.isinf(v) else f"{v:g}"  # noqa: E731
+    members_at_max = attacks.member_curve[attacks.member_curve.pixels == k_max]
     lines = []
-    for m, r in curve[curve.pixels == k_max].set_index("model").iterrows():
-        med = median.loc[m] if m in median.index else {}
+    for m, r in attacks.curve[attacks.curve.pixels == k_max].set_index("model").iterrows():
+        med = attacks.median.loc[m] if m in attacks.median.index else {}
         if "median pixels" in med and not np.isnan(med["median pixels"]):
-            show = lambda v: f"> {k_max}" if np.isinf(v) else f"{v:g}"  # noqa: E731
             needed = f"median pixels needed {show(med['median pixels'])} [{show(med['low'])}, {show(med['high'])}]"
         else:
             needed = "no item attacked"
-        lines.append(f"{m}: {r['success %']:.0f} % of {int(r['attacked'])} {items} fooled with at most {k_max} "
-                     f"pixels (95 % interval {r['success % low']:.0f} to {r['success % high']:.0f} %); {needed}")
+        mine = members_at_max[members_at_max.model == m]
+        split = "".join(f"; {row['member']} member{' (the realistic attacker)' if row['member'] == 'black-box' else ''}"
+                        f" {_rate(row)}{'' if row['settled'] else ', a lower bound'}" for _, row in mine.iterrows()
+                        ) if len(mine) > 1 else ""
+        st = attacks.status.loc[m]
+        settled = (f"settled: no success came in the last half of the budget at {k_max} pixels" if st["settled"] else
+                   f"a lower bound: {int(st['fooled late'])} of the {int(st['fooled at largest k'])} {items} first "
+                   f"fooled at {k_max} pixels were fooled only in the last half of the budget")
+        lines.append(f"{m} ({attacks.budget}): {_rate(r)} of {int(r['attacked'])} {items} fooled with at most {k_max} "
+                     f"pixels{split}; {needed}; {settled}")
     return lines
+
+
+def defence_lines(defence: pd.DataFrame, metric: str, items: str) -> list[str]:
+    """Per model: the filter's price in clean accuracy, the transfer and the adaptive attack (same budget)."""
+    lines = []
+    for m, r in defence.iterrows():
+        rising = "" if r["adaptive settled"] else "; a lower bound: success still rising in the last half of the budget"
+        lines.append(f"median filter, {m}: clean {metric} {r[f'clean {metric}']:.1f} -> "
+                     f"{r[f'clean {metric}, filtered']:.1f}; transfer: {int(r['still fooled behind the filter'])} of the "
+                     f"{int(r['fooled'])} {items} fooled without the filter are still fooled through it; adaptive attack "
+                     f"({r['budget']}, gradients straight through the filter): {_rate(r, 'adaptive %')} of "
+                     f"{int(r['adaptive: attacked'])} fooled with at most {defence.attrs.get('k', '')} pixels{rising}")
+    return lines
+
+
+def poisoning_lines(poisoning: pd.DataFrame, cfg: dict, metric: str, items: str) -> list[str]:
+    """At the largest poisoned fraction: the trigger's effect (backdoor minus control on the same items, paired
+    interval) first, both rates beside it."""
+    top = poisoning[poisoning.fraction == max(cfg["poison_fractions"])]
+    return [f"poisoning {100 * r['fraction']:g} % of the training images, {r['model']}: the trigger's effect "
+            f"{r['trigger effect (points)']:+.0f} points (95 % interval {r['trigger effect low']:.0f} to "
+            f"{r['trigger effect high']:.0f}, paired on the same {items}; McNemar p = "
+            f"{r['trigger adds (McNemar p)']:.2g}): backdoor success {_rate(r, 'backdoor success %')} of triggered "
+            f"test {items} against {_rate(r, 'target top-1 on clean images %')} without the trigger; clean {metric} "
+            f"{r[f'clean {metric}']:.1f}" for _, r in top.iterrows()]
 
 
 def robustness_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd.DataFrame, cfg: dict) -> Findings:
@@ -458,19 +662,12 @@ def robustness_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd
     metric = "mAP" if "clean mAP" in defence.columns else "mean R@1"
     items = "persons" if metric == "mAP" else "images"
     at_max = attacks.curve[attacks.curve.pixels == max(cfg["pixels"])].set_index("model")
-    lines = attack_lines(attacks.curve, attacks.median, cfg, items) + attacks.sentences
-    lines += [f"median filter, {m}: clean {metric} {r[f'clean {metric}']:.1f} -> {r[f'clean {metric}, filtered']:.1f}; "
-              f"{int(r['still fooled behind the filter'])} of {int(r['successes'])} successful attacks still fool it"
-              for m, r in defence.iterrows()]
-    top = poisoning[poisoning.fraction == max(cfg["poison_fractions"])]
-    lines += [f"poisoning {100 * r['fraction']:g} % of the training images, {r['model']}: backdoor success "
-              f"{r['backdoor success %']:.0f} % [{r['backdoor success % low']:.0f}, {r['backdoor success % high']:.0f}] "
-              f"of triggered test {items} against {r['target top-1 on clean images %']:.0f} % without the trigger "
-              f"(McNemar p = {r['trigger adds (McNemar p)']:.2g}); clean {metric} {r[f'clean {metric}']:.1f}"
-              for _, r in top.iterrows()]
+    lines = (attack_lines(attacks, cfg, items) + attacks.sentences + defence_lines(defence, metric, items)
+             + poisoning_lines(poisoning, cfg, metric, items))
     targets = {"attacked": {m: int(r["attacked"]) for m, r in at_max.iterrows()},
                "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()},
-               "majority_fooled": {m: bool(r["success %"] > 50) for m, r in at_max.iterrows()}}
+               "settled": {m: bool(v) for m, v in attacks.status["settled"].items()},
+               "verdicts": {f"{a} vs {b}": v for (a, b), v in zip(attacks.pairs, attacks.verdicts)}}
     return Findings(lines, targets)
 
 
@@ -514,9 +711,11 @@ def flickr_gallery(data: Data, needed: dict, n: int, path=None):
                           title="few-pixel attacks: first-ranked caption before and after", path=path)
 
 
-__all__ = ["AttackRun", "attack_models", "attacked_rows", "emotic_pipelines", "flickr_pipelines", "budget",
-           "pixels_needed", "attack_items", "attack_chunk", "merge_needed", "success_table", "median_pixels",
-           "paired_attack_tests", "paired_sentence", "attack_payload", "successes", "transfer_through_filter",
-           "defended_encoder", "emotic_defence", "emotic_poisoning", "flickr_poisoning", "flickr_defence",
-           "robustness_findings", "attack_lines", "emotic_gallery", "flickr_gallery", "rank1_rows", "emotic_right",
-           "top_category", "emotic_chance"]
+__all__ = ["AttackRun", "MEMBERS", "attack_models", "attacked_rows", "emotic_pipelines", "flickr_pipelines",
+           "members", "budget_statement", "run_label", "pixels_needed", "attack_items", "attack_chunk", "merge_needed",
+           "ensemble_needed", "budget_status", "summarise", "success_table", "median_pixels", "paired_attack_tests",
+           "pair_verdict", "paired_sentence", "attack_payload", "successes", "transfer_through_filter",
+           "defence_table", "adaptive_attack", "emotic_defence", "emotic_poisoning", "flickr_poisoning",
+           "flickr_defence", "backdoor_columns", "robustness_findings", "attack_lines", "defence_lines",
+           "poisoning_lines", "emotic_gallery", "flickr_gallery", "rank1_rows", "emotic_right", "top_category",
+           "emotic_chance"]
