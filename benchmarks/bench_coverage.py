@@ -16,10 +16,11 @@ Simulated test sets whose population value is known:
 - **Flickr8k-like**: images and their 5 captions embedded around a shared latent point plus noise; similarity =
   dot product. The population value of a metric at gallery size M is its mean over many test sets of M images
   (the metric depends on M); for the median ranks, the median of the pooled ranks.
-- **Permutation test**: ``--pairs`` pairs of models with the same population mAP but different calibration
-  (model B's scores pass through a category-specific monotone map: exp with its own scale and offset); at 5 %,
-  the share of pairs the paired permutation test (old: raw scores swapped; new: ``rank_fractions`` swapped) and the
-  paired bootstrap interval call different. It should be 5 % within binomial error.
+- **Paired tests**: ``--pairs`` pairs of models with the same population mAP but different calibration (model
+  B's scores pass through a category-specific increasing map: exp with its own scale and offset); at 5 %, the
+  share of pairs called different by the old paired permutation test (raw scores swapped), by the same test on
+  per-category rank fractions (tried, not adopted), and by ``compare_emotic`` (p-value and interval of the
+  re-centred paired bootstrap). It should be 5 % within binomial error.
 
 Old method: the percentile bootstrap of the sample statistic (the 2.5 and 97.5 percentiles of the resampled
 statistic), computed from the very replicates the new method uses. Runs single-process; ratios within one run are
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils import stats as S  # noqa: E402
@@ -83,12 +85,14 @@ def bench_emotic(args) -> None:
     for n in args.sizes:
         t = time.perf_counter()
         old, new, est, new_est, inside = ({k: [] for k in pop} for _ in range(5))
+        boot_bias = []  # the bootstrap's own bias estimate of mAP (mean replicate - sample), for comparison
         for i in range(args.sets):
             data = emotic_set(n, rng)
             m, estimates, reps, corrected = S._emotic_replicates(*data, args.resamples, seed=i)
             # what emotic_intervals builds from these very replicates (checked against it on the first set)
             got = {k: S._covering(estimates[k], reps[k], CONFIDENCE) for k in estimates if k != "mAP"}
             got["mAP"] = S._recentred(corrected, reps["mAP"], CONFIDENCE)
+            boot_bias.append(np.nanmean(reps["mAP"]) - estimates["mAP"])
             if i == 0:
                 public = S.emotic_intervals(*data, n_resamples=args.resamples, seed=i)
                 assert all(public[k]["low"] == got[k]["low"] and public[k]["high"] == got[k]["high"] for k in got)
@@ -104,7 +108,8 @@ def bench_emotic(args) -> None:
                          coverage(np.array(new[k]), pop[k]), np.mean(inside[k])))
             if k == "mAP":
                 print(f"  n={n}: sample mAP averages {np.mean(est[k]):.2f}, bias-corrected {np.mean(new_est[k]):.2f},"
-                      f" population {pop[k]:.2f}; sd of the corrected estimate over sets {np.std(new_est[k]):.2f}")
+                      f" population {pop[k]:.2f}; sd of the corrected estimate over sets {np.std(new_est[k]):.2f}; "
+                      f"the bootstrap's own bias estimate averages {np.mean(boot_bias):.2f}")
         print(f"  n={n}: {args.sets} sets in {time.perf_counter() - t:.0f} s")
     se = binomial_se(CONFIDENCE, args.sets)
     report(rows, f"Emotic-like, {args.sets} sets per size, {args.resamples} resamples (and as many half-size "
@@ -169,8 +174,9 @@ def calibrated_differently(x: np.ndarray, rng) -> np.ndarray:
     return np.exp(scale * x) + offset
 
 
-def old_permutation_p(scores_a, scores_b, labels, n_permutations: int, seed) -> float:
-    """The permutation test as it was: raw scores swapped between the models."""
+def permutation_p(scores_a, scores_b, labels, n_permutations: int, seed) -> float:
+    """The paired permutation test on mAP as the notebooks ran it until now: each person's scores swapped between
+    the models with probability 1/2 (pass rank fractions to swap per-category ranks instead)."""
     stacked = S._EmoticItems(np.vstack([scores_a, scores_b]), np.vstack([labels, labels]))
     observed = emotic_metrics(scores_a, labels)["mAP"] - emotic_metrics(scores_b, labels)["mAP"]
     exact, chunks = S._permutation_masks(len(labels), n_permutations, seed)
@@ -181,30 +187,36 @@ def old_permutation_p(scores_a, scores_b, labels, n_permutations: int, seed) -> 
     return S._permutation_p(observed, np.concatenate(null), exact)
 
 
+def rank_fractions(scores: np.ndarray) -> np.ndarray:
+    """Each category's scores replaced by their rank among the persons / number of persons (AP unchanged)."""
+    return rankdata(scores, axis=0) / len(scores)
+
+
 def bench_permutation(args) -> None:
     rng = np.random.default_rng(args.seed + 2)
     n = args.pair_persons
-    rejections = {"old permutation (raw scores)": [], "new permutation (rank fractions)": [],
-                  "paired bootstrap interval excludes 0": []}
+    rejections = {"old: permutation, raw scores swapped": [], "tried: permutation, ranks swapped": [],
+                  "new: compare_emotic p (paired bootstrap)": [], "new: compare_emotic interval excludes 0": []}
     t = time.perf_counter()
     for i in range(args.pairs):
         labels = (rng.random((n, K)) < PREVALENCE).astype(np.int8)
         a = SIGNAL * labels + rng.normal(size=(n, K))
         b = calibrated_differently(SIGNAL * labels + rng.normal(size=(n, K)), rng)  # same population AP
-        r = S.compare_emotic(a, b, labels, "mAP", n_resamples=args.resamples, n_permutations=args.permutations,
-                             seed=i)
-        rejections["new permutation (rank fractions)"].append(r["p_value"] <= 0.05)
-        rejections["paired bootstrap interval excludes 0"].append(r["low"] > 0 or r["high"] < 0)
-        rejections["old permutation (raw scores)"].append(
-            old_permutation_p(a, b, labels, args.permutations, seed=i) <= 0.05)
+        r = S.compare_emotic(a, b, labels, "mAP", n_resamples=args.resamples, seed=i)
+        rejections["new: compare_emotic p (paired bootstrap)"].append(r["p_value"] <= 0.05)
+        rejections["new: compare_emotic interval excludes 0"].append(r["low"] > 0 or r["high"] < 0)
+        rejections["old: permutation, raw scores swapped"].append(
+            permutation_p(a, b, labels, args.permutations, seed=i) <= 0.05)
+        rejections["tried: permutation, ranks swapped"].append(
+            permutation_p(rank_fractions(a), rank_fractions(b), labels, args.permutations, seed=i) <= 0.05)
     se = binomial_se(0.05, args.pairs)
-    print(f"Permutation tests at 5 %: {args.pairs} pairs of models with equal population mAP and different "
+    print(f"Paired tests at 5 %: {args.pairs} pairs of models with equal population mAP and different "
           f"calibration, {n} persons, {args.permutations} permutations, {args.resamples} resamples "
           f"({time.perf_counter() - t:.0f} s); binomial standard error at 5 %: {100 * se:.1f} points")
     for name, hits in rejections.items():
         rate = float(np.mean(hits))
         verdict = "within 2 standard errors of 5 %" if abs(rate - 0.05) <= 2 * se else "NOT within 2 s.e. of 5 %"
-        print(f"  {name:<40} false-positive rate {100 * rate:5.1f} %  ({verdict})")
+        print(f"  {name:<42} false-positive rate {100 * rate:5.1f} %  ({verdict})")
 
 
 def main() -> None:

@@ -388,20 +388,24 @@ def test_compare_emotic_equals_generic_paired_functions():
             rows_a, rows_b = scores_a, scores_b
             perm_metric = lambda s: emotic_metrics(s, labels)[metric]
         boot = S.paired_bootstrap(lambda i: stat(scores_a, vad_a, i), lambda i: stat(scores_b, vad_b, i), 30, **kw)
-        if metric == "mAP":   # rank fractions are swapped; the reported difference is the bias-corrected one
-            rows_a, rows_b = sps.rankdata(scores_a, axis=0) / 30, sps.rankdata(scores_b, axis=0) / 30
+        assert got["sample_difference"] == pytest.approx(boot["difference"], abs=1e-12)
+        if metric == "mAP":   # bias-corrected difference; interval and p-value from the re-centred bootstrap
             corrected = (S.bias_corrected_map(scores_a, labels, n_subsamples=80, seed=4)["estimate"]
                          - S.bias_corrected_map(scores_b, labels, n_subsamples=80, seed=4)["estimate"])
             reps = slow_replicates(lambda i: stat(scores_a, vad_a, i) - stat(scores_b, vad_b, i), 30, 80, seed=4)
             assert got["difference"] == pytest.approx(corrected, abs=1e-12)
             assert (got["low"], got["high"]) == pytest.approx(recentred_by_hand(corrected, reps), abs=1e-9)
             assert got["estimate_a"] - got["estimate_b"] == pytest.approx(corrected, abs=1e-12)
+            shifted = reps - np.median(reps) + corrected
+            side = min(np.sum(shifted <= 0), np.sum(shifted >= 0))
+            assert got["test"] == "paired bootstrap"
+            assert got["p_value"] == pytest.approx(min(1.0, 2 * (1 + side) / 81), abs=1e-12)
         else:
             assert got["difference"] == pytest.approx(boot["difference"], abs=1e-12)
             assert (got["low"], got["high"]) == pytest.approx((boot["low"], boot["high"]), abs=1e-9), metric
-        perm = S.paired_permutation_test(rows_a, rows_b, perm_metric, n_permutations=150, seed=4)
-        assert got["sample_difference"] == pytest.approx(boot["difference"], abs=1e-12) == perm["difference"]
-        assert got["p_value"] == perm["p_value"], metric
+            perm = S.paired_permutation_test(rows_a, rows_b, perm_metric, n_permutations=150, seed=4)
+            assert got["sample_difference"] == pytest.approx(perm["difference"], abs=1e-12)
+            assert got["test"] == "paired permutation" and got["p_value"] == perm["p_value"], metric
     with pytest.raises(ValueError, match="vad_pred_a"):
         S.compare_emotic(scores_a, scores_b, labels, "vad_mae")
     with pytest.raises(ValueError, match="metric"):
@@ -438,19 +442,10 @@ def test_split_size_note_names_splits_below_the_measured_size():
         S.split_size_note("coco", 10)
 
 
-def test_rank_fractions_keep_ap_and_share_ties():
-    scores = np.array([[0.3, 5.0], [0.9, 5.0], [0.1, -1.0], [0.9, 7.0]])
-    np.testing.assert_array_equal(S.rank_fractions(scores), [[0.5, 0.625], [0.875, 0.625], [0.25, 0.25],
-                                                              [0.875, 1.0]])
-    _, labels = random_emotic(np.random.default_rng(17), n=50, k=6)
-    raw = np.round(np.random.default_rng(18).normal(size=(50, 6)), 1)
-    np.testing.assert_allclose(S.average_precision(labels, S.rank_fractions(raw)), S.average_precision(labels, raw),
-                               rtol=0, atol=1e-12)
-
-
-def test_permutation_p_value_unchanged_by_a_monotone_transform_of_one_model():
+def test_map_p_value_unchanged_by_a_monotone_transform_of_one_model():
     """Recalibrating model B (a different strictly increasing map per category) changes no AP, so nothing
-    compare_emotic reports may change; swapping raw scores (the generic test on raw rows) does change its p-value."""
+    compare_emotic reports for mAP may change, p-value included; a permutation test swapping raw scores (the generic
+    test on raw rows) does change its p-value, which is why compare_emotic does not use it for mAP."""
     rng = np.random.default_rng(19)
     labels = (rng.random((60, 5)) < [0.5, 0.3, 0.2, 0.1, 0.05]).astype(int)
     labels[0] = 1

@@ -13,9 +13,10 @@ choices in prose; in short:
   a delete-half jackknife estimate of that bias, and its interval is the bootstrap distribution's spread re-centred
   on the corrected estimate (``_recentred``). benchmarks/bench_coverage.py measures what this buys.
 - **Comparisons** of two models on the same items: a paired bootstrap of the difference (the interval) and a paired
-  permutation test that swaps each item's predictions between the models with probability 1/2 (the p-value); for
-  mAP the swapped predictions are per-category rank fractions, so two differently calibrated models compete on
-  comparable scores. Paired successes/failures: McNemar's exact test.
+  permutation test that swaps each item's predictions between the models with probability 1/2 (the p-value). For
+  mAP, whose items are ranked against each other, a swap would rank one model's scores against the other's, so its
+  p-value comes from the paired bootstrap instead (``_recentred_p``). Paired successes/failures: McNemar's exact
+  test.
 - **Point estimates** are those of ``utils.metrics`` (same function, same numbers) except the bias-corrected mAP;
   the resampled replicates use the vectorised code below, which is tested against the slow path.
 - **The estimate always lies inside its interval** (asserted in ``_recentred`` and ``_covering``).
@@ -30,7 +31,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
-from scipy.stats import binomtest, rankdata
+from scipy.stats import binomtest
 
 from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
 
@@ -46,7 +47,6 @@ __all__ = [
     "mcnemar_exact",
     "paired_bootstrap",
     "paired_permutation_test",
-    "rank_fractions",
     "retrieval_intervals",
     "seed_summary",
     "split_size_note",
@@ -119,7 +119,8 @@ def _recentred(estimate: float, replicates: np.ndarray, confidence: float) -> di
     reps = np.asarray(replicates, dtype=np.float64)
     low, high = _percentiles(reps, confidence)
     median = float(np.percentile(reps, 50))
-    out = {"estimate": float(estimate), "low": float(estimate - (median - low)), "high": float(estimate + (high - median))}
+    out = {"estimate": float(estimate), "low": float(estimate - (median - low)),
+           "high": float(estimate + (high - median))}
     if np.isfinite(out["estimate"]) and np.isfinite(out["low"]):
         _inside(out["estimate"], out["low"], out["high"])
     return out
@@ -188,9 +189,8 @@ class _APPlan:
             last = np.flatnonzero(np.r_[pos_group[1:] != pos_group[:-1], True]) if y.any() else np.array([], int)
             self.columns.append((order[y], order, ends[pos_group[last]], last))
 
-    def ap(self, counts: np.ndarray, complement: bool = False):
+    def ap(self, counts: np.ndarray) -> np.ndarray:
         """(B, K) average precision (0..1) for (B, N) item counts; NaN where a resample has no positive.
-        With ``complement=True`` the counts are 0/1 masks and the AP of the complementary masks is returned too.
 
         sklearn treats tied scores as one threshold: precision is read only at the end of a tie group, and all
         positives of the group are credited at that precision. So AP = sum over groups g of
@@ -198,16 +198,14 @@ class _APPlan:
         """
         counts_t = np.ascontiguousarray(counts.T, dtype=np.int32)           # (N, B): row gathers are contiguous
         b, k = counts.shape[0], len(self.columns)
-        out, out_c = np.full((b, k), np.nan), np.full((b, k), np.nan)
+        out = np.full((b, k), np.nan)
         for j, (pos_items, order, pos_ends, last) in enumerate(self.columns):
             if not len(pos_items):
                 continue
             seen = np.cumsum(counts_t[order], axis=0, dtype=np.int32)[pos_ends]       # (G, B) items up to g
             tp = np.cumsum(counts_t[pos_items], axis=0, dtype=np.int32)[last]         # (G, B) positives up to g
             out[:, j] = self._ap(tp, seen)
-            if complement:  # the complementary mask has (end + 1 - seen) items and (last + 1 - tp) positives
-                out_c[:, j] = self._ap((last + 1)[:, None] - tp, (pos_ends + 1)[:, None] - seen)
-        return (out, out_c) if complement else out
+        return out
 
     @staticmethod
     def _ap(tp: np.ndarray, seen: np.ndarray) -> np.ndarray:
@@ -261,13 +259,12 @@ class _EmoticItems:
         """Metric replicates (B,) for (B, N) counts; with ``complement`` also for the 0/1 masks ``1 - counts``."""
         parts = [counts, 1 - counts] if complement else [counts]
         outs = [{} for _ in parts]
-        if "mAP" in which:
-            aps = self.plan.ap(counts, complement=complement)
-            for out, ap in zip(outs, aps if complement else [aps]):
+        for out, c in zip(outs, parts):
+            if "mAP" in which:
+                ap = self.plan.ap(c)
                 scored = ~np.isnan(ap)
                 with np.errstate(invalid="ignore"):  # a resample with no positive at all has no mAP (NaN)
                     out["mAP"] = 100.0 * np.where(scored, ap, 0).sum(axis=1) / scored.sum(axis=1)
-        for out, c in zip(outs, parts):
             total = c.sum(axis=1)
             if "dominant_accuracy" in which:
                 out["dominant_accuracy"] = 100.0 * (c @ self.hits) / total
@@ -284,11 +281,13 @@ def _emotic_estimates(m: dict) -> dict:
 
 
 def _half_masks(n_items: int, n_draws: int, seed) -> Iterator[np.ndarray]:
-    """Chunks of 0/1 masks (rows, n_items) keeping ``n_items // 2`` items drawn without replacement: every such
-    subset when there are no more than ``n_draws`` of them (then the bias estimate is exact), else ``n_draws``
-    random ones from a stream independent of the bootstrap's."""
+    """Chunks of 0/1 masks (rows, n_items) keeping h = ``n_items // 2`` items: every such subset, in
+    ``itertools.combinations`` order, when there are no more than ``n_draws`` of them (the bias estimate is then
+    exact); otherwise ``n_draws`` subsets, subset r being the r-th ``rng.choice(n_items, h, replace=False)`` of
+    ``rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])`` (a stream independent of the
+    bootstrap's; documented so that an independent check can draw the same subsets)."""
     h = n_items // 2
-    if math.comb(n_items, h) <= n_draws:
+    if n_items < 64 and math.comb(n_items, h) <= n_draws:
         keep = np.array(list(itertools.combinations(range(n_items), h)), dtype=np.int64).reshape(-1, h)
         masks = np.zeros((len(keep), n_items), np.int32)
         np.put_along_axis(masks, keep, 1, axis=1)
@@ -296,10 +295,9 @@ def _half_masks(n_items: int, n_draws: int, seed) -> Iterator[np.ndarray]:
         return
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     for start in range(0, n_draws, _CHUNK):
-        rows = min(_CHUNK, n_draws - start)
-        keep = np.argpartition(rng.random((rows, n_items)), h - 1, axis=1)[:, :h] if h else np.empty((rows, 0), int)
-        masks = np.zeros((rows, n_items), np.int32)
-        np.put_along_axis(masks, keep, 1, axis=1)
+        keep = np.array([rng.choice(n_items, h, replace=False) for _ in range(min(_CHUNK, n_draws - start))])
+        masks = np.zeros((len(keep), n_items), np.int32)
+        np.put_along_axis(masks, keep.reshape(len(keep), h), 1, axis=1)
         yield masks
 
 
@@ -548,32 +546,37 @@ def paired_permutation_test(values_a, values_b, metric: Callable[[np.ndarray], f
             "exact": exact}
 
 
-def _paired(boot: Callable[[np.ndarray], np.ndarray], perm: Callable[[np.ndarray], np.ndarray], n: int,
+def _recentred_p(differences: np.ndarray, centre: float) -> float:
+    """Two-sided p-value of the bootstrap distribution re-centred on ``centre`` (what ``_recentred`` does to the
+    interval): twice the smaller share of shifted replicates on one side of zero, counted as (1 + k) / (1 + B) so
+    it is never 0. It agrees with the interval: p < 1 - confidence when the interval excludes zero (up to the
+    percentiles' interpolation)."""
+    shifted = differences - np.percentile(differences, 50) + centre
+    k = min(int((shifted <= 0).sum()), int((shifted >= 0).sum()))
+    return float(min(1.0, 2 * (1 + k) / (1 + len(shifted))))
+
+
+def _paired(boot: Callable[[np.ndarray], np.ndarray], perm: Callable[[np.ndarray], np.ndarray] | None, n: int,
             observed: float, *, n_resamples: int, n_permutations: int, confidence: float, seed,
             corrected: float | None = None) -> dict:
     """Shared by compare_*: ``boot(counts)`` gives A - B on (B, n) resample counts; ``perm(masks)`` gives A - B
     after swapping the items where the (P, n) boolean mask is set. Draws are those of ``paired_bootstrap`` and
     ``paired_permutation_test`` with the same seed, so the results equal theirs. With ``corrected`` (mAP: the
-    difference of the bias-corrected estimates) that is the reported difference and the interval is re-centred on
-    it; the permutation test always tests the plain ``observed`` difference (its null is built from it)."""
+    difference of the bias-corrected estimates) that is the reported difference, the interval is re-centred on it
+    and, with ``perm=None``, the p-value is the re-centred bootstrap's (``_recentred_p``)."""
     _check_settings(n, n_resamples, confidence)
     _check_settings(n, n_permutations, confidence, "n_permutations")
     diffs = np.concatenate([boot(_counts(idx, n)) for idx in _resample_chunks(n, n_resamples, seed)])
     ci = _covering(observed, diffs, confidence) if corrected is None else _recentred(corrected, diffs, confidence)
+    out = {"difference": ci["estimate"], "low": ci["low"], "high": ci["high"], "sample_difference": float(observed),
+           "confidence": confidence, "n_items": int(n), "n_resamples": int(n_resamples)}
+    if perm is None:
+        return {**out, "p_value": _recentred_p(diffs, ci["estimate"]), "test": "paired bootstrap",
+                "n_permutations": 0, "exact": False}
     exact, chunks = _permutation_masks(n, n_permutations, seed)
     null = np.concatenate([perm(masks) for masks in chunks])
-    return {"difference": ci["estimate"], "low": ci["low"], "high": ci["high"], "sample_difference": float(observed),
-            "p_value": _permutation_p(observed, null, exact), "confidence": confidence,
-            "n_items": int(n), "n_resamples": int(n_resamples), "n_permutations": len(null), "exact": exact}
-
-
-def rank_fractions(scores) -> np.ndarray:
-    """Each column's scores replaced by their rank among the items divided by the number of items (ties share
-    their average rank). AP depends only on the order within a category, so it is unchanged; but two models'
-    rank fractions are on one scale whatever their calibration, which is what a permutation test that swaps items
-    between the models needs (raw scores of a model scoring 0.9 everywhere would swamp one scoring 0.1)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return rankdata(scores, axis=0) / len(scores)
+    return {**out, "p_value": _permutation_p(observed, null, exact), "test": "paired permutation",
+            "n_permutations": len(null), "exact": exact}
 
 
 def _stack_masks(masks: np.ndarray) -> np.ndarray:
@@ -587,14 +590,17 @@ def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", vad_pred_a=N
     """Model A minus model B on the same Emotic persons, for ``metric`` in ``mAP``, ``dominant_accuracy`` or
     ``vad_mae`` (the last needs ``vad_pred_a``, ``vad_pred_b`` and ``vad_true``).
 
-    Returns ``{difference, low, high, p_value, sample_difference, ...}``: the interval is a paired bootstrap over
-    persons and the p-value a paired permutation test, both computed with the vectorised metric. They equal
-    ``paired_bootstrap`` / ``paired_permutation_test`` called with ``emotic_metrics`` (same seed), only faster,
-    with two differences for mAP: ``difference`` is that of the bias-corrected estimates (``bias_corrected_map``,
-    the same half-size subsamples for both models) with the bootstrap interval re-centred on it, as
-    ``emotic_intervals`` does; and the permutation test swaps each person's ``rank_fractions`` (not raw scores)
-    between the models, so its null hypothesis is "equal mAP" even when the models are calibrated differently.
-    ``sample_difference`` is the plain difference the permutation test tests.
+    Returns ``{difference, low, high, p_value, test, sample_difference, ...}``: the interval is a paired bootstrap
+    over persons and, for accuracy and VAD error, the p-value a paired permutation test, both computed with the
+    vectorised metric. They equal ``paired_bootstrap`` / ``paired_permutation_test`` called with
+    ``emotic_metrics`` (same seed), only faster. mAP differs in two ways. ``difference`` is that of the
+    bias-corrected estimates (``bias_corrected_map``, the same half-size subsets for both models) with the bootstrap
+    interval re-centred on it, as ``emotic_intervals`` does (``sample_difference`` is the plain one). And the
+    p-value is that of the same re-centred paired bootstrap (``_recentred_p``), not a permutation test: swapping a
+    person's scores between the models ranks model A's scores against model B's inside a category, so with
+    differently calibrated models that null is not "equal mAP"; swapping per-category ranks instead still rejected
+    too often (benchmarks/bench_coverage.py). AP depends only on the order within each model's own scores, so
+    neither number changes when one model is recalibrated by an increasing map.
     """
     if metric not in EMOTIC_METRICS:
         raise ValueError(f"metric: expected one of {EMOTIC_METRICS}, got {metric!r}")
@@ -607,10 +613,9 @@ def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", vad_pred_a=N
     need_ap = metric == "mAP"
     items_a = _EmoticItems(scores_a, labels, vad_pred_a if use_vad else None, vad_true, need_ap)
     items_b = _EmoticItems(scores_b, labels, vad_pred_b if use_vad else None, vad_true, need_ap)
-    swap_a, swap_b = (rank_fractions(scores_a), rank_fractions(scores_b)) if need_ap else (scores_a, scores_b)
-    stacked = _EmoticItems(np.vstack([swap_a, swap_b]), np.vstack([labels, labels]),
+    stacked = _EmoticItems(np.vstack([scores_a, scores_b]), np.vstack([labels, labels]),  # permutations: not mAP
                            np.vstack([vad_pred_a, vad_pred_b]) if use_vad else None,
-                           np.vstack([vad_true, vad_true]) if use_vad else None, need_ap)
+                           np.vstack([vad_true, vad_true]) if use_vad else None, need_ap=False)
 
     def boot(counts):
         return items_a.replicates(counts, (metric,))[metric] - items_b.replicates(counts, (metric,))[metric]
@@ -624,8 +629,8 @@ def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", vad_pred_a=N
         estimate_a = _map_correction(items_a.plan, ma, n_resamples, seed)[0]
         estimate_b = _map_correction(items_b.plan, mb, n_resamples, seed)[0]
         corrected = estimate_a - estimate_b
-    out = _paired(boot, perm, ma["n"], observed, n_resamples=n_resamples, n_permutations=n_permutations,
-                  confidence=confidence, seed=seed, corrected=corrected)
+    out = _paired(boot, None if need_ap else perm, ma["n"], observed, n_resamples=n_resamples,
+                  n_permutations=n_permutations, confidence=confidence, seed=seed, corrected=corrected)
     return {**out, "metric": metric, "estimate_a": estimate_a, "estimate_b": estimate_b}
 
 
