@@ -219,7 +219,8 @@ def run(args, launch: D.Launch) -> dict | None:
     rows, skipped = merge(items, args.images, known, args.workers)
     info = {"tool": "describe", "source": "vlm", **model.settings, "fingerprint": model.fingerprint,
             "cache": str(folder), "splits": args.splits, "keep_unlabelled": args.keep_unlabelled,
-            "annotations": str(args.annotations.resolve()), "persons": len(rows), "skipped": dict(skipped)}
+            "annotations": str(args.annotations.resolve()), "persons": len(rows), "skipped": dict(skipped),
+            "empty_answers": sum(not r["description"] for r in rows)}
     write_outputs(args.out, rows, info)
     return info
 
@@ -238,6 +239,9 @@ def main(argv=None) -> int:
     if info is not None:
         skips = ", ".join(f"{k} {v}" for k, v in info["skipped"].items()) or "none"
         print(f"wrote {args.out}: {info['persons']} persons described (skipped: {skips})")
+        if info["empty_answers"]:
+            print(f"note: {info['empty_answers']} answer(s) are empty; mat2py.py counts those persons as not "
+                  f"described (see its --missing-descriptions)", file=sys.stderr)
     return 0
 
 

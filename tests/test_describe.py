@@ -299,3 +299,26 @@ def test_a_padded_batch_of_another_architecture_gives_the_one_at_a_time_answers(
             ids = model.generate(**inputs, max_new_tokens=8, do_sample=False)
         want.append(proc.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     assert got == want
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# notebook 01 on the VLM descriptions
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.notebook
+def test_notebook_01_runs_on_the_vlm_descriptions(setup, single, tmp_path, request):
+    from conftest import KERNEL_ENV, NotebookRunner
+
+    art = tmp_path / "art"
+    assert mat2py.main(["--data-dir", str(setup["raw"]), "--out", str(art), "--workers", "1", "--descriptions",
+                        "file", "--descriptions-file", str(single["out"])]) == 0
+    env = {**KERNEL_ENV, "EMOTIC_ARTEFACTS": str(art), "MMER_OUTPUT": str(tmp_path / "out")}
+    runner = NotebookRunner(tmp_path / "out", request.config.getoption("--notebook-cell-timeout"), env=env)
+    out = runner.run("01_emotic_baseline")
+    doc = json.loads((out / "metrics" / "01_emotic_baseline.json").read_text())
+    assert {"text only", "fusion (all)", "chance"} <= set(doc["summary"])
+    # the text model read the VLM's answers: its checkpoint record names the training data the notebook saw
+    from utils import data as D
+
+    texts = [t for s in ("train", "val", "test") for t in D.load_emotic(s, art).descriptions]
+    assert set(texts) <= set(single["table"]["description"])

@@ -59,6 +59,18 @@ def test_f1_thresholds_match_a_brute_force_search():
     np.testing.assert_array_equal(got, want)
 
 
+def test_metadata_and_unknown_description_sources():
+    image = np.zeros((240, 320, 3), np.uint8)
+    # by hand: box area 80 x 190 of 320 x 240 = 0.198 (>= 0.15: large); centre x 0.25 (left), y 0.52 (middle)
+    text, how = P.describe(image, (40, 30, 120, 220), {"source": "metadata"}, "cpu")
+    assert text == "A person, taking up a large part of the frame, at the left of a photo from the unknown collection."
+    assert how == "metadata sentence (no gender or age known)"
+    text, _ = P.describe(image, None, {"source": "metadata"}, "cpu")  # no box: the whole photo
+    assert text == "A person, filling most of the frame, in the centre of a photo from the unknown collection."
+    with pytest.raises(P.PredictError, match="descriptions from '/data/mine.csv'.*pass --text"):
+        P.describe(image, None, {"source": "file", "file": "/data/mine.csv"}, "cpu")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Raw smoke data, VLM descriptions, prepared artefacts, two trained models; the environment they need."""
@@ -177,10 +189,19 @@ def test_boxes_described_by_the_training_vlm(trained, photo):
     persons = _persons(proc.stdout)
     assert [p["where"] for p in persons] == ["1 (box 40,30,120,220)", "2 (box 200,60,290,230)"]
     model = vlm.VLM(str(trained["llava"]), "cpu", max_new_tokens=8)
+    loaded = P.load("fusion (all)", trained["cfg"], "cpu")
+    assert loaded.checkpoint == trained["models"]["fusion (all)"].checkpoint
     for person, box in zip(persons, boxes):
         text = model.describe([Image.open(photo).convert("RGB")], [box])[0]
         assert person["description"] == text  # the training source, with its settings
-        _check(person, *_reference(trained, "fusion (all)", photo, box, text))
+        reference = _reference(trained, "fusion (all)", photo, box, text)
+        _check(person, *reference)
+        # the same in-process, to the last digits the printout rounds away
+        got = P.run(loaded, np.asarray(Image.open(photo).convert("RGB")), box, text, trained["data"].image_encoder,
+                    trained["data"].text_encoder)
+        np.testing.assert_allclose(got["probabilities"], reference[0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(list(got["vad"].values()), reference[1], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(loaded.thresholds, reference[2])
 
 
 def test_without_a_box_the_whole_photo_is_the_person(trained, photo):
