@@ -8,7 +8,7 @@
 The checkpoint is the one notebook 01 (or 03, for the joint models) saved under ``<MMER_OUTPUT>/checkpoints/``
 for the current settings (``MMER_PROFILE``, ``MMER_<KNOB>``, as in the notebooks) and the prepared Emotic data it
 was trained on (their validation split gives the thresholds). Each person is cropped as ``mat2py.py`` crops
-(scene squashed to 224, body box to 128) and, unless ``--text`` is given, described by the source the model was
+(scene squashed to 224, body box to 128; the photo turned upright by its EXIF orientation first) and, unless ``--text`` is given, described by the source the model was
 trained with (the metadata sentence, or the vision-language model of ``scripts/describe.py``). Printed: the top
 categories with their probabilities, each category's threshold (highest validation F1; ``*`` marks those above
 it) and valence / arousal / dominance on Emotic's 1..10 scale. See docs/descriptions.md.
@@ -34,6 +34,22 @@ def _box(text: str) -> tuple[float, ...]:
     return values
 
 
+def read_photo(path: Path):
+    """The photo as (H, W, 3) uint8 RGB, turned upright by its EXIF orientation (as a viewer shows it, so boxes
+    read off a viewer fit); a file PIL cannot read raises ``ImageReadError`` naming it."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from utils.prep.io import load_rgb
+
+    image = load_rgb(path)  # every decoding error, with the file named
+    with Image.open(path) as im:
+        orientation = im.getexif().get(0x0112, 1)
+        if orientation in (1, None):
+            return image
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="scripts/predict.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("photo", type=Path, help="any image file PIL reads")
@@ -55,10 +71,10 @@ def main(argv=None) -> int:
     from utils import prediction as P
     from utils.labels import CATEGORIES
     from utils.prep import emotic
-    from utils.prep.io import ImageReadError, load_rgb
+    from utils.prep.io import ImageReadError
 
     try:
-        image = load_rgb(args.photo)
+        image = read_photo(args.photo)
     except ImageReadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -213,6 +213,23 @@ def test_without_a_box_the_whole_photo_is_the_person(trained, photo):
     _check(person, *_reference(trained, "fusion (all)", photo, None, "A child laughs at a birthday party."), top=26)
 
 
+def test_a_photo_is_turned_upright_by_its_exif_orientation(trained, photo, tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view) is predicted as
+    the upright photo: the same numbers as that photo stored upright."""
+    upright = Image.open(photo).convert("RGB")
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # stored turned counter-clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    sideways.save(path, quality=95, exif=exif)
+    stored = tmp_path / "upright.png"
+    Image.open(path).transpose(Image.Transpose.ROTATE_270).save(stored)  # the decoded pixels, turned by hand
+    proc = _predict(trained, path, "--model", "image (body+context)", "--box", "40,30,120,220")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [person] = _persons(proc.stdout)
+    _check(person, *_reference(trained, "image (body+context)", stored, (40, 30, 120, 220), None))
+
+
 def test_an_image_only_model_needs_no_description(trained, photo):
     proc = _predict(trained, photo, "--model", "image (body+context)", "--box=-20,30,120,500")  # clipped
     assert proc.returncode == 0, proc.stdout + proc.stderr
