@@ -68,7 +68,8 @@ def main(argv=None) -> int:
                 people.append((Image.fromarray(load_rgb(images / rec.folder / rec.filename)), box))
         people = (people * (args.persons // max(1, len(people)) + 1))[:args.persons]
 
-        print(f"model {args.model or 'tiny random LLaVA (tests)'} on {dev} ({'bf16' if dev.type == 'cuda' else 'fp32'}), "
+        precision = "bf16" if dev.type == "cuda" else "fp32"
+        print(f"model {args.model or 'tiny random LLaVA (tests)'} on {dev} ({precision}), "
               f"answers of up to {tokens} new tokens, greedy; torch {torch.__version__}, transformers "
               f"{transformers.__version__}, {torch.get_num_threads()} torch threads, load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

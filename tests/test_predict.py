@@ -62,13 +62,13 @@ def test_f1_thresholds_match_a_brute_force_search():
 def test_metadata_and_unknown_description_sources():
     image = np.zeros((240, 320, 3), np.uint8)
     # by hand: box area 80 x 190 of 320 x 240 = 0.198 (>= 0.15: large); centre x 0.25 (left), y 0.52 (middle)
-    text, how = P.describe(image, (40, 30, 120, 220), {"source": "metadata"}, "cpu")
-    assert text == "A person, taking up a large part of the frame, at the left of a photo from the unknown collection."
+    texts, how = P.describe(image, [(40, 30, 120, 220), None], {"source": "metadata"}, "cpu")  # None: whole photo
+    assert texts == ["A person, taking up a large part of the frame, at the left of a photo from the unknown "
+                     "collection.", "A person, filling most of the frame, in the centre of a photo from the unknown "
+                                    "collection."]
     assert how == "metadata sentence (no gender or age known)"
-    text, _ = P.describe(image, None, {"source": "metadata"}, "cpu")  # no box: the whole photo
-    assert text == "A person, filling most of the frame, in the centre of a photo from the unknown collection."
     with pytest.raises(P.PredictError, match="descriptions from '/data/mine.csv'.*pass --text"):
-        P.describe(image, None, {"source": "file", "file": "/data/mine.csv"}, "cpu")
+        P.describe(image, [None], {"source": "file", "file": "/data/mine.csv"}, "cpu")
 
 
 @pytest.fixture(scope="module")
