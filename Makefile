@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_stats.py
 	$(PY) benchmarks/bench_distributed.py
 	$(PY) benchmarks/bench_notebooks.py
+	$(PY) benchmarks/bench_describe.py
 
 gpu-check: $(STAMP)
 	$(PY) scripts/gpu_check.py

@@ -9,8 +9,8 @@ Per person (the persons ``mat2py.py`` keeps: same parser, same label checks, sam
 red on the whole image and the model is asked which of the 26 categories suit the person in the red box
 (``utils.prep.vlm.PROMPT``; ``--prompt`` / ``--prompt-file`` replace it). The CSV has one row per described person:
 ``split, record, person, folder, filename, x1, y1, x2, y2, description`` (box keys, so ``mat2py.py`` matches rows
-whatever it skips), and ``<out>.json`` beside it says which model, prompt and settings wrote it (``scripts/
-predict.py`` reads it to describe a new photo the same way).
+whatever it skips), and a ``.json`` of the same name beside it (``vlm.json``) says which model, prompt and
+settings wrote it (``scripts/predict.py`` reads it to describe a new photo the same way).
 
 Persons are cut into shards of ``--shard-size`` consecutive persons; shard i goes to rank i % world (``torchrun``:
 each rank on ``cuda:LOCAL_RANK``, or the CPU with gloo). Answers are cached per (image content, box) in a folder
@@ -48,8 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="scripts/describe.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, help="Emotic root holding Annotations/Annotations.mat and emotic/")
     ap.add_argument("--annotations", type=Path, help="Annotations.mat (default DATA_DIR/Annotations/Annotations.mat)")
-    ap.add_argument("--images", type=Path, help="image root the record folders are relative to (default DATA_DIR/emotic)")
-    ap.add_argument("--out", type=Path, required=True, help="descriptions CSV to write (and <out>.json beside it)")
+    ap.add_argument("--images", type=Path,
+                    help="image root the record folders are relative to (default DATA_DIR/emotic)")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="descriptions CSV to write (and its record: the same name with .json)")
     ap.add_argument("--model", required=True, help="image-text-to-text model: hub name or local folder")
     ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     prompt = ap.add_mutually_exclusive_group()
@@ -219,7 +221,8 @@ def run(args, launch: D.Launch) -> dict | None:
     rows, skipped = merge(items, args.images, known, args.workers)
     info = {"tool": "describe", "source": "vlm", **model.settings, "fingerprint": model.fingerprint,
             "cache": str(folder), "splits": args.splits, "keep_unlabelled": args.keep_unlabelled,
-            "annotations": str(args.annotations.resolve()), "persons": len(rows), "skipped": dict(skipped)}
+            "annotations": str(args.annotations.resolve()), "persons": len(rows), "skipped": dict(skipped),
+            "empty_answers": sum(not r["description"] for r in rows)}
     write_outputs(args.out, rows, info)
     return info
 
@@ -238,6 +241,9 @@ def main(argv=None) -> int:
     if info is not None:
         skips = ", ".join(f"{k} {v}" for k, v in info["skipped"].items()) or "none"
         print(f"wrote {args.out}: {info['persons']} persons described (skipped: {skips})")
+        if info["empty_answers"]:
+            print(f"note: {info['empty_answers']} answer(s) are empty; mat2py.py counts those persons as not "
+                  f"described (see its --missing-descriptions)", file=sys.stderr)
     return 0
 
 

@@ -7,11 +7,12 @@
 
 The checkpoint is the one notebook 01 (or 03, for the joint models) saved under ``<MMER_OUTPUT>/checkpoints/``
 for the current settings (``MMER_PROFILE``, ``MMER_<KNOB>``, as in the notebooks) and the prepared Emotic data it
-was trained on (their validation split gives the thresholds). Each person is cropped as ``mat2py.py`` crops
-(scene squashed to 224, body box to 128) and, unless ``--text`` is given, described by the source the model was
-trained with (the metadata sentence, or the vision-language model of ``scripts/describe.py``). Printed: the top
-categories with their probabilities, each category's threshold (highest validation F1; ``*`` marks those above
-it) and valence / arousal / dominance on Emotic's 1..10 scale. See docs/descriptions.md.
+was trained on (their validation split gives the thresholds). The photo is turned upright by its EXIF orientation;
+each person is cropped as ``mat2py.py`` crops (scene squashed to 224, body box to 128) and, unless ``--text`` is
+given, described by the source the model was trained with (the metadata sentence, or the vision-language model of
+``scripts/describe.py``). Printed: the top categories with their probabilities, each category's threshold (highest
+validation F1; ``*`` marks those above it) and valence / arousal / dominance on Emotic's 1..10 scale. See
+docs/descriptions.md.
 """
 from __future__ import annotations
 
@@ -32,6 +33,22 @@ def _box(text: str) -> tuple[float, ...]:
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: a box is four numbers x1,y1,x2,y2 (pixels)")
     return values
+
+
+def read_photo(path: Path):
+    """The photo as (H, W, 3) uint8 RGB, turned upright by its EXIF orientation (as a viewer shows it, so boxes
+    read off a viewer fit); a file PIL cannot read raises ``ImageReadError`` naming it."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from utils.prep.io import load_rgb
+
+    image = load_rgb(path)  # every decoding error, with the file named
+    with Image.open(path) as im:
+        orientation = im.getexif().get(0x0112, 1)
+        if orientation in (1, None):
+            return image
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,10 +72,10 @@ def main(argv=None) -> int:
     from utils import prediction as P
     from utils.labels import CATEGORIES
     from utils.prep import emotic
-    from utils.prep.io import ImageReadError, load_rgb
+    from utils.prep.io import ImageReadError
 
     try:
-        image = load_rgb(args.photo)
+        image = read_photo(args.photo)
     except ImageReadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,14 +103,13 @@ def main(argv=None) -> int:
         print(f"thresholds: per category, the probability of highest F1 on the validation split "
               f"({len(loaded.data.splits['val'])} persons)")
         persons = boxes or [None]
-        for i, box in enumerate(persons):
+        texts, how = [None] * len(persons), ""
+        if needs_text and args.text:
+            texts, how = [args.text[min(i, len(args.text) - 1)] for i in range(len(persons))], "given with --text"
+        elif needs_text:
+            texts, how = P.describe(image, persons, source, device)
+        for i, (box, text) in enumerate(zip(persons, texts)):
             where = f"box {','.join(map(str, box))}" if box else f"no box given: the whole {w}x{h} photo is the person"
-            text = None
-            if needs_text:
-                if args.text:
-                    text, how = args.text[min(i, len(args.text) - 1)], "given with --text"
-                else:
-                    text, how = P.describe(image, box, source, device)
             out = P.run(loaded, image, box, text, image_encoder, text_encoder)
             print(f"\nperson {i + 1} ({where})")
             if text is not None:

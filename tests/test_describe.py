@@ -166,6 +166,19 @@ def test_two_gloo_processes_write_the_same_file(setup, single):
     assert "[rank 1/2] shards [1, 3]" in proc.stdout  # both ranks worked: shard i on rank i % 2
     assert out.read_bytes() == single["out"].read_bytes()
 
+    # resumed with 2 processes from a 1-process run that had written shards 0, 2 and 4 only: rank 0 has nothing
+    # left to do, and must still wait for rank 1 before it merges
+    cache = setup["root"] / "two-resumed" / "cache"
+    shutil.copytree(setup["root"] / "single" / "cache", cache)
+    for dropped in [*cache.glob("*/*-shard-00001.jsonl"), *cache.glob("*/*-shard-00003.jsonl")]:
+        dropped.unlink()
+    out = setup["root"] / "two-resumed" / "vlm.csv"
+    proc = _run(_args(setup, out, cache), torchrun=2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[rank 0/2] shards [0, 2, 4]: generated 0 answer(s)" in proc.stdout
+    assert "[rank 1/2] shards [1, 3]: generated 32 answer(s)" in proc.stdout
+    assert out.read_bytes() == single["out"].read_bytes()
+
 
 def test_killed_run_resumes_without_redoing_finished_persons(setup, single):
     cache = setup["root"] / "killed" / "cache"
@@ -299,3 +312,26 @@ def test_a_padded_batch_of_another_architecture_gives_the_one_at_a_time_answers(
             ids = model.generate(**inputs, max_new_tokens=8, do_sample=False)
         want.append(proc.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     assert got == want
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# notebook 01 on the VLM descriptions
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.notebook
+def test_notebook_01_runs_on_the_vlm_descriptions(setup, single, tmp_path, request):
+    from conftest import KERNEL_ENV, NotebookRunner
+
+    art = tmp_path / "art"
+    assert mat2py.main(["--data-dir", str(setup["raw"]), "--out", str(art), "--workers", "1", "--descriptions",
+                        "file", "--descriptions-file", str(single["out"])]) == 0
+    env = {**KERNEL_ENV, "EMOTIC_ARTEFACTS": str(art), "MMER_OUTPUT": str(tmp_path / "out")}
+    runner = NotebookRunner(tmp_path / "out", request.config.getoption("--notebook-cell-timeout"), env=env)
+    out = runner.run("01_emotic_baseline")
+    doc = json.loads((out / "metrics" / "01_emotic_baseline.json").read_text())
+    assert {"text only", "fusion (all)", "chance"} <= set(doc["summary"])
+    # the text model read the VLM's answers: its checkpoint record names the training data the notebook saw
+    from utils import data as D
+
+    texts = [t for s in ("train", "val", "test") for t in D.load_emotic(s, art).descriptions]
+    assert set(texts) <= set(single["table"]["description"])

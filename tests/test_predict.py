@@ -59,6 +59,18 @@ def test_f1_thresholds_match_a_brute_force_search():
     np.testing.assert_array_equal(got, want)
 
 
+def test_metadata_and_unknown_description_sources():
+    image = np.zeros((240, 320, 3), np.uint8)
+    # by hand: box area 80 x 190 of 320 x 240 = 0.198 (>= 0.15: large); centre x 0.25 (left), y 0.52 (middle)
+    texts, how = P.describe(image, [(40, 30, 120, 220), None], {"source": "metadata"}, "cpu")  # None: whole photo
+    assert texts == ["A person, taking up a large part of the frame, at the left of a photo from the unknown "
+                     "collection.", "A person, filling most of the frame, in the centre of a photo from the unknown "
+                                    "collection."]
+    assert how == "metadata sentence (no gender or age known)"
+    with pytest.raises(P.PredictError, match="descriptions from '/data/mine.csv'.*pass --text"):
+        P.describe(image, [None], {"source": "file", "file": "/data/mine.csv"}, "cpu")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Raw smoke data, VLM descriptions, prepared artefacts, two trained models; the environment they need."""
@@ -177,10 +189,19 @@ def test_boxes_described_by_the_training_vlm(trained, photo):
     persons = _persons(proc.stdout)
     assert [p["where"] for p in persons] == ["1 (box 40,30,120,220)", "2 (box 200,60,290,230)"]
     model = vlm.VLM(str(trained["llava"]), "cpu", max_new_tokens=8)
+    loaded = P.load("fusion (all)", trained["cfg"], "cpu")
+    assert loaded.checkpoint == trained["models"]["fusion (all)"].checkpoint
     for person, box in zip(persons, boxes):
         text = model.describe([Image.open(photo).convert("RGB")], [box])[0]
         assert person["description"] == text  # the training source, with its settings
-        _check(person, *_reference(trained, "fusion (all)", photo, box, text))
+        reference = _reference(trained, "fusion (all)", photo, box, text)
+        _check(person, *reference)
+        # the same in-process, to the last digits the printout rounds away
+        got = P.run(loaded, np.asarray(Image.open(photo).convert("RGB")), box, text, trained["data"].image_encoder,
+                    trained["data"].text_encoder)
+        np.testing.assert_allclose(got["probabilities"], reference[0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(list(got["vad"].values()), reference[1], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(loaded.thresholds, reference[2])
 
 
 def test_without_a_box_the_whole_photo_is_the_person(trained, photo):
@@ -190,6 +211,23 @@ def test_without_a_box_the_whole_photo_is_the_person(trained, photo):
     assert person["where"] == "1 (no box given: the whole 320x240 photo is the person)"
     assert person["description"] == "A child laughs at a birthday party."
     _check(person, *_reference(trained, "fusion (all)", photo, None, "A child laughs at a birthday party."), top=26)
+
+
+def test_a_photo_is_turned_upright_by_its_exif_orientation(trained, photo, tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view) is predicted as
+    the upright photo: the same numbers as that photo stored upright."""
+    upright = Image.open(photo).convert("RGB")
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # stored turned counter-clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    sideways.save(path, quality=95, exif=exif)
+    stored = tmp_path / "upright.png"
+    Image.open(path).transpose(Image.Transpose.ROTATE_270).save(stored)  # the decoded pixels, turned by hand
+    proc = _predict(trained, path, "--model", "image (body+context)", "--box", "40,30,120,220")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [person] = _persons(proc.stdout)
+    _check(person, *_reference(trained, "image (body+context)", stored, (40, 30, 120, 220), None))
 
 
 def test_an_image_only_model_needs_no_description(trained, photo):

@@ -144,33 +144,39 @@ def description_source(data: X.Data) -> dict:
     return info
 
 
-def describe(image: np.ndarray, box, source: dict, device) -> tuple[str, str]:
-    """(description of the person, how it was made) with the training source; boxes are clipped pixel boxes."""
+def describe(image: np.ndarray, boxes: list, source: dict, device) -> tuple[list[str], str]:
+    """(one description per person, how they were made) with the training source; a box is a clipped pixel box
+    or None (the whole photo). The model, if any, loads once for all persons."""
     from PIL import Image
 
     from .prep import emotic
 
     h, w = image.shape[:2]
-    box = box or (0, 0, w, h)
+    boxes = [box or (0, 0, w, h) for box in boxes]
     kind = source.get("source")
     if kind == "metadata":
-        person = emotic.Person(0, 0, tuple(map(float, box)), (), (np.nan,) * 3, "", "")
         record = emotic.Record("", 0, "", "", (w, h), "unknown", ())
-        return emotic.metadata_description(person, record, box, w, h), "metadata sentence (no gender or age known)"
+        return [emotic.metadata_description(emotic.Person(0, 0, tuple(map(float, box)), (), (np.nan,) * 3, "", ""),
+                                            record, box, w, h) for box in boxes], \
+            "metadata sentence (no gender or age known)"
     if kind == "vlm":
         from .prep import vlm
 
         model = vlm.VLM(source["model"], device, source["prompt"], source["max_new_tokens"])
-        text = model.describe([Image.fromarray(image)], [box])[0]
+        texts = model.describe([Image.fromarray(image)] * len(boxes), boxes)
         note = f"{source['model']}, {model.settings['dtype']}"
         if model.settings["dtype"] != source.get("dtype"):
-            note += f" (the training descriptions were written in {source.get('dtype')})"
-        return text, note
+            note += f"; the training descriptions were written in {source.get('dtype')}"
+        return texts, note
     if kind == "captioner":
-        x1, y1, x2, y2 = box
         captioner = emotic.Captioner(source["model"])
-        return captioner.caption({"person": Image.fromarray(np.ascontiguousarray(image[y1:y2, x1:x2]))})["person"], \
-            f"captioner {captioner.name}"
+        crops = {}
+        for i, (x1, y1, x2, y2) in enumerate(boxes):  # as mat2py.py hands crops to the captioner
+            crop = Image.fromarray(np.ascontiguousarray(image[y1:y2, x1:x2]))
+            crop.thumbnail((captioner.crop_side, captioner.crop_side), Image.BILINEAR)
+            crops[str(i)] = crop
+        texts = captioner.caption(crops)
+        return [texts[str(i)] for i in range(len(boxes))], f"captioner {captioner.name}"
     raise PredictError(f"the model was trained on descriptions from {source.get('file', kind)!r}, which cannot be "
                        f"written for a new photo; pass --text \"...\"")
 
