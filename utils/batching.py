@@ -2,9 +2,9 @@
 
 Why: model calls were sized for a GPU (128 images per attack call, 32 per extraction batch). On a 2-core CPU the
 pretrained MobileNetV2 at 224 x 224 runs fastest at batch 4-8 in channels_last, two to ten times faster per image
-than at batch 128 or in the default layout; a GPU wants hundreds. So a short probe per (device, model, input shape,
-threads) times growing batch sizes in both layouts and keeps the fastest. Sizes grow until the rate falls below
-half the best, a call takes over a second, or the device runs out of memory: nothing assumes a batch fits.
+than at batch 128 or in the default layout; a GPU wants hundreds. So a short probe per (device, architecture, input
+shape) times growing batch sizes in both layouts and keeps the fastest. Sizes grow until the rate falls below half
+the best twice, a call takes over a second, or the device runs out of memory: nothing assumes a batch fits.
 
 The choice is remembered in memory and in ``<cache>/batch_probe.json`` (``MMER_CACHE``), so a machine probes once
 and later runs batch the same way (the batch size can change the last bits of a model's output).
@@ -63,15 +63,14 @@ def probe(run, shape: tuple, dev: torch.device, layout, fixed: int | None = None
     rates = {}
     for cl in (True, False):
         layout(cl)
-        best = 0.0
+        best, slow = 0.0, 0
         for b in [fixed] if fixed else SIZES:
             x = torch.rand((b, *shape), device=dev)
             x = x.contiguous(memory_format=torch.channels_last) if cl and x.ndim == 4 else x
+            times = []
             try:
                 with torch.inference_mode():
-                    run(x)
-                    times = []
-                    for _ in range(2):
+                    for _ in range(3):  # the first call warms up (kernel choice, allocation)
                         sync()
                         t0 = time.perf_counter()
                         run(x)
@@ -80,11 +79,12 @@ def probe(run, shape: tuple, dev: torch.device, layout, fixed: int | None = None
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 break
-            rate = b / min(times)
+            rate = b / min(times[1:])
             rates[f"{'channels_last' if cl else 'default'}/{b}"] = rate
-            if rate < best / 2 or min(times) > 1.0:
-                break
+            slow = slow + 1 if rate < best / 2 else 0  # twice in a row: one slow call may be another job's
             best = max(best, rate)
+            if slow == 2 or min(times[1:]) > 1.0:
+                break
     if not rates:
         raise RuntimeError(f"utils/batching.py: not even batch {fixed or 1} fits on {dev}")
     key = max(rates, key=rates.get)
@@ -94,7 +94,9 @@ def probe(run, shape: tuple, dev: torch.device, layout, fixed: int | None = None
 
 def _choose(key: str, run, shape, dev, layout) -> Choice:
     fixed = setting()
-    key = f"{key}|batch={fixed or 'auto'}|threads={torch.get_num_threads()}"
+    # not keyed by the thread count: every process sharing the cache (a notebook, torchrun's one-thread ranks)
+    # then batches alike, and the batch size can change the last bits of an output
+    key = f"{key}|batch={fixed or 'auto'}"
     if key not in _MEMORY:
         file = paths.cache_dir() / "batch_probe.json"
         saved = json.loads(file.read_text()) if file.is_file() else {}
