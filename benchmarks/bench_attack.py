@@ -365,9 +365,9 @@ def whitebox_rows():
     pipe = ClassifierPixelPipeline(pipe_model, labels, n_classes=1000)
     load = os.getloadavg()
     print(f"\nPART 3: white-box Sparse-PGD ({steps} steps x {restarts} restarts, variants unprojected then projected, "
-          f"alpha 0.25, beta 0.25, patience 3, batch 16), sparse search ({queries} queries, batch: the device's fastest), ensemble "
-          f"(white-box first, search on what it left); {n_images} images, seed {args.seed}, load average "
-          f"{load[0]:.1f} (a shared machine: compare within this run)")
+          f"alpha 0.25, beta 0.25, patience 3, batch 16), sparse search ({queries} queries, batch: the device's "
+          f"fastest), ensemble (white-box first, search on what it left); {n_images} images, seed {args.seed}, "
+          f"load average {load[0]:.1f} (a shared machine: compare within this run)")
     print(f"  {'k':>3s} {'attack':46s} {'success':>8s} {'wall s':>7s} {'queries':>8s} {'med q/succ':>10s}"
           "   (success: of the images the model gets right; queries: forward-equivalent, summed over the images; "
           "~ wall: the white-box run plus the search's share on what it left)")
