@@ -218,3 +218,26 @@ def test_a_true_logit_leading_by_30_is_still_attackable(method, budget):
     else:  # DE's continuous colours rarely make a pixel fully white: its margin moved by at least two pixels' worth
         assert (after <= 30 - 2 * 4).all()
     np.testing.assert_allclose(rep.table().margin_after, after, atol=1e-5)  # the saved margin is on the logits
+
+
+def test_candidate_batches_equal_the_uint8_images_bit_for_bit(near_boundary):
+    """The search writes candidates into a float buffer it reuses between calls; each batch must equal the uint8
+    image with the pixels written (apply_pixels) converted as usual, also with repeated positions (later pixels
+    win), padding rows, slots that change image, and calls larger than one batch."""
+    from utils.attack.pipelines import Scorer, prepare_attack, to_input
+
+    net, imgs, labels = near_boundary
+    pipe = ClassifierPixelPipeline(net, labels, 3)
+    scorer = Scorer(pipe, prepare_attack(pipe, imgs, None, None, 3, 4, "test"), 4)
+    rng = np.random.default_rng(0)
+    for call in range(6):
+        m = int(rng.integers(1, 12))
+        idx = rng.integers(0, len(imgs), m) if call % 2 else np.sort(rng.choice(len(imgs), min(m, 10), False))
+        m = len(idx)
+        cands = np.concatenate([rng.integers(0, 12, (m, 3, 2)), rng.integers(0, 256, (m, 3, 3))], -1)
+        cands[:, 2, :2] = cands[:, 0, :2]  # a repeated position: the later pixel wins
+        cands[0, 1] = -1  # padding
+        build = scorer._builder(idx, cands)
+        want = to_input(apply_pixels(imgs[idx], cands), pipe.device, pipe.channels_last)
+        for s in range(0, m, 4):
+            assert torch.equal(build(s, min(s + 4, m)), want[s:s + 4]), (call, s)
