@@ -456,7 +456,7 @@ if __name__ == "__main__":
 
 
 def whitebox_rows():
-    """Part 3: the white-box Sparse-PGD, the sparse search and their ensemble on the same classifier and photos,
+    """Part 4: the white-box Sparse-PGD, the sparse search and their ensemble on the same classifier and photos,
     and the ensemble against the median filter placed inside the model (the adaptive defence, largest k).
 
     One ``ensemble(..., black_box_all=True)`` call per k runs both members on every attacked image, so each
@@ -496,7 +496,7 @@ def whitebox_rows():
     images, labels = pool[pick], probs.argmax(1).numpy()[pick]
     pipe = ClassifierPixelPipeline(pipe_model, labels, n_classes=1000)
     load = os.getloadavg()
-    print(f"\nPART 3: white-box Sparse-PGD ({steps} steps x {restarts} restarts, variants unprojected then projected, "
+    print(f"\nPART 4: white-box Sparse-PGD ({steps} steps x {restarts} restarts, variants unprojected then projected, "
           f"alpha 0.25, beta 0.25, patience 3, batch 16), sparse search ({queries} queries, batch: the device's "
           f"fastest), ensemble (white-box first, search on what it left); {n_images} images, seed {args.seed}, "
           f"load average {load[0]:.1f} (a shared machine: compare within this run)")
