@@ -550,7 +550,8 @@ def whitebox_rows():
     right = ~verdict(images, k, True)  # the images the filtered model gets right: the only ones a defence can save
     transfer = int((verdict(rep.adversarial, k, True) & ok & right).sum())
     print(f"  transfer: {transfer} of the {int((ok & right).sum())} ensemble successes at k={k} on the "
-          f"{int(right.sum())} images the filtered model gets right still fool it through the median filter", flush=True)
+          f"{int(right.sum())} images the filtered model gets right still fool it through the median filter",
+          flush=True)
     if os.environ.get("BENCH_WHITEBOX_ADAPTIVE", "on") != "off":
         print("  adaptive (same budget, the filter inside the model, BPDA gradient for the white-box member):")
         rows_for(k, median_defended(pipe, 3), True)
