@@ -167,7 +167,7 @@ def _run(scorer: Scorer, idx: list[int], variant: str, steps: int, k: int, alpha
         mask.requires_grad_(True)
         with torch.enable_grad():
             soft = torch.sigmoid(mask)
-            hard = project_mask(soft.detach(), k)
+            hard = project_mask(mask.detach(), k)  # the order of sigmoid(m~), without its float32 ties at 1.0
             x = _Compose.apply(clean, p, soft, hard, variant)
             truth = truth_all[torch.as_tensor(ids, device=dev)]
             t0 = time.perf_counter()
