@@ -52,7 +52,9 @@ def ensure_peers_venv() -> Path:
     purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
     # the project's venv (torch, torchvision, scipy, scikit-learn) becomes visible without installing into it
-    Path(purelib, "_project_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # a site dir, not a plain path entry, so the project's own .pth files (its editable install) apply too
+    project = sysconfig.get_paths()["purelib"]
+    Path(purelib, "_project_venv.pth").write_text(f"import site; site.addsitedir({project!r})\n")
     for args in PEERS:
         subprocess.run([py, "-m", "pip", "install", "--quiet", *args], check=True)
     return py
@@ -82,7 +84,6 @@ from art.estimators.classification import PyTorchClassifier  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
-sys.path.insert(0, str(REPO))
 from utils import batching  # noqa: E402
 from utils.attack import ClassifierPixelPipeline, differential_evolution, sparse_rs  # noqa: E402
 from utils.attack.pipelines import best_batch  # noqa: E402

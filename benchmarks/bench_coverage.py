@@ -30,16 +30,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import rankdata
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils import stats as S  # noqa: E402
-from utils.metrics import emotic_metrics, retrieval_metrics, retrieval_ranks  # noqa: E402
+from utils import stats as S
+from utils.metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
 
 K = 26
 PREVALENCE = np.geomspace(0.55, 0.007, K)

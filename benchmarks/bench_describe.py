@@ -15,6 +15,7 @@ rate is that model's (bf16).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
@@ -22,7 +23,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 EMOTIC_PERSONS = 34_320
 
@@ -44,8 +44,10 @@ def main(argv=None) -> int:
     from utils.prep import emotic, vlm
     from utils.prep.io import load_rgb
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    import describe
+    # scripts/describe.py is a script, not part of the installed package: load it from its file
+    spec = importlib.util.spec_from_file_location("describe", REPO / "scripts" / "describe.py")
+    describe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(describe)
 
     tokens = args.max_new_tokens or vlm.MAX_NEW_TOKENS
     dev = devices.device()

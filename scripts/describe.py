@@ -29,9 +29,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 from PIL import Image
 from torch.distributed.elastic.multiprocessing.errors import record
 

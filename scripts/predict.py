@@ -21,9 +21,6 @@ import math
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 
 def _box(text: str) -> tuple[float, ...]:
     try:
