@@ -9,6 +9,7 @@ import pandas as pd
 
 from .pipelines import PixelPipeline
 from .results import AttackReport
+from .search import attack
 
 __all__ = ["success_vs_pixels", "compare_pipelines", "pixels_needed", "PixelsNeeded", "DEFAULT_SCHEDULE"]
 
@@ -23,7 +24,6 @@ def success_vs_pixels(pipeline: PixelPipeline, images: np.ndarray, rows=None, tr
     The table has success rate, queries per success, mean true-score drop and mean rank shift, the curves the
     robustness notebooks plot. Every budget starts afresh (see :func:`pixels_needed` for the cumulative version).
     """
-    from . import attack
 
     reports = {int(p): attack(pipeline, images, rows, int(p), method=method, truth=truth, **budget)
                for p in pixel_counts}
@@ -85,7 +85,6 @@ def pixels_needed(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth=
     the previous k's best pixels plus new ones. So ``k_needed`` is the first k of the schedule at which this
     sequence of searches succeeds. Other keywords go to :func:`utils.attack.attack`.
     """
-    from . import attack
 
     schedule = tuple(int(k) for k in schedule)
     if not schedule or any(k < 1 for k in schedule) or any(b <= a for a, b in zip(schedule, schedule[1:])):
