@@ -31,3 +31,47 @@ def test_no_sys_path_edits():
     assert len([p for p in sources if p.suffix == ".ipynb"]) == 6
     offenders = sorted(str(p.relative_to(REPO)) for p, text in sources.items() if "sys.path" in text)
     assert not offenders, f"these edit sys.path instead of importing the installed package: {offenders}"
+
+
+def _import_graph():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("import_graph", REPO / "scripts" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_import_graph_has_no_cycle_and_docs_show_it():
+    import networkx as nx
+
+    ig = _import_graph()
+    g = ig.graph()
+    assert g.has_edge("utils.attack.pixels", "utils.attack.search"), "the parser must see relative imports"
+    assert g.has_edge("utils.robustness", "utils.attack"), "and absolute ones"
+    assert list(nx.simple_cycles(g)) == [], "utils modules import each other in a cycle"
+    assert (REPO / "docs" / "imports.md").read_text(encoding="utf-8") == ig.mermaid(g), \
+        "docs/imports.md is stale: python scripts/import_graph.py > docs/imports.md"
+
+
+def test_import_graph_finds_a_cycle_it_is_shown(tmp_path, monkeypatch):
+    """The parser on a two-module package that imports itself back, once at module level, once inside a function."""
+    ig = _import_graph()
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "__init__.py").write_text("")
+    (tmp_path / "utils" / "a.py").write_text("from . import b\n")
+    (tmp_path / "utils" / "b.py").write_text("def f():\n    from .a import thing\n")
+    monkeypatch.setattr(ig, "PACKAGE", tmp_path / "utils")
+    assert ig.main() == 1
+
+
+def test_no_private_name_imported_across_modules():
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "utils").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                offenders += [f"{path.relative_to(REPO)}: {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, offenders

@@ -27,12 +27,14 @@ from sklearn.metrics import average_precision_score
 from .labels import CATEGORIES, CONTINUOUS
 
 __all__ = [
-    "emotic_metrics", "retrieval_metrics", "retrieval_ranks", "retrieval_chance",
+    "emotic_metrics", "retrieval_metrics", "retrieval_ranks", "retrieval_chance", "as_2d", "check_retrieval",
 ]
 
 
 # ----------------------------------------------------------------------------------------------------- Emotic
-def _as_2d(name: str, arr, n_cols: int | None = None) -> np.ndarray:
+def as_2d(name: str, arr, n_cols: int | None = None) -> np.ndarray:
+    """``arr`` as a 2-D array of finite values (``n_cols`` columns when given), or a ValueError naming it; the
+    savers in utils/results.py check their inputs with it too."""
     arr = np.asarray(arr)
     if arr.ndim != 2 or (n_cols is not None and arr.shape[1] != n_cols):
         want = f"(N, {n_cols})" if n_cols is not None else "(N, K)"
@@ -55,8 +57,8 @@ def emotic_metrics(scores, labels, vad_pred=None, vad_true=None,
     NaN), ``n_categories_scored``, ``dominant_accuracy`` (percent), ``n`` (persons), and when VAD is given
     ``vad_mae`` (``{"Valence", "Arousal", "Dominance", "mean"}`` on the 1..10 scale).
     """
-    scores = _as_2d("scores", scores)
-    labels = _as_2d("labels", labels, scores.shape[1])
+    scores = as_2d("scores", scores)
+    labels = as_2d("labels", labels, scores.shape[1])
     if labels.shape[0] != scores.shape[0]:
         raise ValueError(f"scores has {scores.shape[0]} rows but labels has {labels.shape[0]}")
     if not np.isin(labels, (0, 1)).all():
@@ -86,8 +88,8 @@ def emotic_metrics(scores, labels, vad_pred=None, vad_true=None,
     if (vad_pred is None) != (vad_true is None):
         raise ValueError("vad_pred and vad_true must be given together")
     if vad_pred is not None:
-        vad_pred = _as_2d("vad_pred", vad_pred, len(CONTINUOUS))
-        vad_true = _as_2d("vad_true", vad_true, len(CONTINUOUS))
+        vad_pred = as_2d("vad_pred", vad_pred, len(CONTINUOUS))
+        vad_true = as_2d("vad_true", vad_true, len(CONTINUOUS))
         if not (vad_pred.shape[0] == vad_true.shape[0] == n):
             raise ValueError(f"vad_pred/vad_true must have {n} rows like scores, got "
                              f"{vad_pred.shape[0]} and {vad_true.shape[0]}")
@@ -97,8 +99,9 @@ def emotic_metrics(scores, labels, vad_pred=None, vad_true=None,
 
 
 # -------------------------------------------------------------------------------------------------- Flickr8k
-def _check_retrieval(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
-    sim = _as_2d("similarity", sim)
+def check_retrieval(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
+    """A similarity matrix (images x captions) and each caption's image index, validated together."""
+    sim = as_2d("similarity", sim)
     caption_image = np.asarray(caption_image)
     m, c = sim.shape
     if caption_image.shape != (c,):
@@ -122,7 +125,7 @@ def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(i2t, t2i)``: i2t (M,) the rank of each image's best-placed own caption among all captions;
     t2i (C,) the rank of each caption's image among all images.
     """
-    sim, caption_image = _check_retrieval(sim, caption_image)
+    sim, caption_image = check_retrieval(sim, caption_image)
     m, c = sim.shape
     own = caption_image[None, :] == np.arange(m)[:, None]          # (M, C) True where caption c belongs to image m
     best_own = np.where(own, sim, -np.inf).max(axis=1)              # each image's best own-caption score

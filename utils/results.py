@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from .labels import CATEGORIES, CONTINUOUS
-from .metrics import _as_2d, _check_retrieval
+from .metrics import as_2d, check_retrieval
 
 
 def emotic_payload(scores, labels, vad_pred, vad_true, index=None) -> dict[str, np.ndarray]:
@@ -26,14 +26,14 @@ def emotic_payload(scores, labels, vad_pred, vad_true, index=None) -> dict[str, 
     (defaults to 0..N-1). ``emotic_metrics(p["scores"], p["labels"], p["vad_pred"], p["vad_true"])``
     reproduces the reported numbers.
     """
-    scores = _as_2d("scores", scores, len(CATEGORIES)).astype(np.float32)
-    labels = _as_2d("labels", labels, len(CATEGORIES))
+    scores = as_2d("scores", scores, len(CATEGORIES)).astype(np.float32)
+    labels = as_2d("labels", labels, len(CATEGORIES))
     n = scores.shape[0]
     payload = {
         "scores": scores,
         "labels": labels.astype(np.uint8),
-        "vad_pred": _as_2d("vad_pred", vad_pred, 3).astype(np.float32),
-        "vad_true": _as_2d("vad_true", vad_true, 3).astype(np.float32),
+        "vad_pred": as_2d("vad_pred", vad_pred, 3).astype(np.float32),
+        "vad_true": as_2d("vad_true", vad_true, 3).astype(np.float32),
         "categories": np.array(CATEGORIES),
         "continuous": np.array(CONTINUOUS),
         "index": np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64),
@@ -51,7 +51,7 @@ def flickr_payload(similarity, caption_image, image_names=None, captions=None) -
     caption; optional ``image_names`` (M,) file names and ``captions`` (C,) texts.
     ``retrieval_metrics(p["similarity"], p["caption_image"])`` reproduces the reported numbers.
     """
-    sim, cap = _check_retrieval(similarity, caption_image)
+    sim, cap = check_retrieval(similarity, caption_image)
     payload = {"similarity": np.asarray(similarity, dtype=np.float32), "caption_image": cap}
     if image_names is not None:
         payload["image_names"] = np.asarray(list(image_names), dtype=str)

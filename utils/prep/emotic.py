@@ -409,7 +409,7 @@ class Captioner:
             from utils.paths import cache_dir
             cache = cache_dir() / "captions.sqlite"
         self.cache = CaptionCache(cache)
-        self.fingerprint = "|".join([name, _weights_hash(name), f"tokens={max_new_tokens}",
+        self.fingerprint = "|".join([name, weights_hash(name), f"tokens={max_new_tokens}",
                                      f"side={crop_side}", f"prompt={prompt or ''}"])
         self._model = self._processor = self._decoder = None
         self.hits = self.computed = 0
@@ -462,7 +462,7 @@ class Captioner:
         return out
 
 
-def _weights_hash(name: str) -> str:
+def weights_hash(name: str) -> str:
     """Hash of a local model folder's weight files, so retraining a model in place invalidates its captions."""
     folder = Path(name)
     if not folder.is_dir():

@@ -21,7 +21,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw
 
 from utils.labels import CATEGORIES
-from utils.prep.emotic import _weights_hash
+from utils.prep.emotic import weights_hash
 from utils.prep.io import PrepError
 
 #: The one place the question is written (Xenos et al. 2024's wording). ``{categories}`` becomes the 26 Emotic
@@ -68,7 +68,7 @@ class VLM:
         self.name, self.prompt, self.max_new_tokens = str(name), prompt_text(prompt), int(max_new_tokens)
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.settings = {"model": self.name, "weights": _weights_hash(self.name), "prompt": self.prompt,
+        self.settings = {"model": self.name, "weights": weights_hash(self.name), "prompt": self.prompt,
                          "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
                          "dtype": str(self.dtype).replace("torch.", ""),
                          "box": "red outline, max(2, round(min(w, h) / 100)) px, inside the box"}
