@@ -23,9 +23,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_cache.py
 	$(PY) benchmarks/bench_attack.py
 	$(PY) benchmarks/bench_stats.py
+	$(PY) benchmarks/bench_coverage.py
 	$(PY) benchmarks/bench_distributed.py
 	$(PY) benchmarks/bench_notebooks.py
 	$(PY) benchmarks/bench_describe.py
+	$(PY) benchmarks/bench_verdicts.py
 
 gpu-check: $(STAMP)
 	$(PY) scripts/gpu_check.py
