@@ -281,3 +281,20 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
     _, cheaper = R.adaptive_attack(pipes, images, rows, dict(cfg, attack_queries=20))
     with pytest.raises(ValueError, match="adaptive attack on toy"):
         R.defence_table(runs, cheaper, defended, images, cfg)
+
+
+def test_precomputed_attacks_are_keyed_on_every_search_setting_and_the_search_code(monkeypatch):
+    """A result computed with another search, budget, seed or search code must never be loaded in its place."""
+    from utils import config
+    from utils import precomputed_attacks as P
+
+    images = np.random.default_rng(0).integers(70, 110, (4, 8, 8, 3)).astype(np.uint8)
+    pipes = {"toy": A.ClassifierPixelPipeline(_Brightness(), np.zeros(4, np.int64), 2)}
+    cfg = config.load("flickr8k", "smoke", environ={})
+    key = P.attack_key(pipes, images, np.arange(4), cfg)
+    assert P.attack_key(pipes, images, np.arange(4), dict(cfg, attack_threads=7)) == key  # threads change no result
+    for change in (dict(attack_method="sparse"), dict(attack_steps=cfg["attack_steps"] + 1), dict(attack_seed=1),
+                   dict(attack_restarts=2), dict(attack_queries=13), dict(pixels=[4, 255])):
+        assert P.attack_key(pipes, images, np.arange(4), dict(cfg, **change)) != key, change
+    monkeypatch.setattr(P, "_search_code", lambda: "other search code")
+    assert P.attack_key(pipes, images, np.arange(4), cfg) != key
