@@ -202,7 +202,8 @@ def test_a_success_in_the_last_half_of_the_budget_makes_the_difference_not_settl
     run = R.summarise(rising, ["a", "b"], CFG, [("a", "b")])
     assert not run.status.loc["a", "settled"] and run.status.loc["a", "fooled late"] == 1
     assert run.status.loc["a", "fooled at largest k"] == 3
-    assert run.verdicts[0].startswith("not settled at this budget") and "for a " in run.verdicts[0]
+    assert run.verdicts == ["not settled at this budget (the rates are lower bounds): no model is declared more robust"]
+    assert "; success still rising in the last half of the budget for a): not settled" in run.sentences[0]
     assert "b is fooled less often" not in run.sentences[0] and "sparse search, 24 queries per k" in run.sentences[0]
     assert "p = 0.00024" in run.sentences[0] and "Holm-adjusted over 3 k: 0.00073" in run.sentences[0]
     line = R.attack_lines(run, CFG, "persons")[0]

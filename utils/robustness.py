@@ -333,17 +333,20 @@ def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | Non
     if part.empty or part["items"].iloc[0] == 0:
         return "no item was attacked by both"
     row = part.iloc[-1]
-    rising = [m for m in (a, b) if status is not None and not bool(status.loc[m, "settled"])]
-    if rising:
-        return (f"not settled at this budget: success still rising in the last half of the budget for "
-                f"{' and '.join(rising)} (rates are lower bounds), so no model is declared more robust")
+    if _rising(status, a, b):
+        return "not settled at this budget (the rates are lower bounds): no model is declared more robust"
     if row["p (Holm)"] < 0.05:
         return f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
     return "no detectable difference"
 
 
+def _rising(status: pd.DataFrame | None, *models: str) -> list:
+    return [m for m in models if status is not None and not bool(status.loc[m, "settled"])]
+
+
 def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = "") -> str:
-    """The sentence of a pair: counts and tests at the largest k, then :func:`pair_verdict`."""
+    """The sentence of a pair: counts and tests at the largest k, which model's success still rose late, then
+    :func:`pair_verdict` (whose words alone must be the same on every machine and seed)."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return f"{a} vs {b}: no item was attacked by both"
@@ -351,8 +354,9 @@ def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | 
     return (f"{a} vs {b} at {int(row['pixels'])} pixels (the largest k, fixed in advance), {int(row['items'])} items"
             f"{f', {budget}' if budget else ''}: fooled {row['a fooled %']:.0f} % vs {row['b fooled %']:.0f} % "
             f"(only {a}: {int(row['only a fooled'])}, only {b}: {int(row['only b fooled'])}; McNemar p = "
-            f"{row['p_value']:.2g}, Holm-adjusted over {len(part)} k: {row['p (Holm)']:.2g}): "
-            f"{pair_verdict(tests, a, b, status)}")
+            f"{row['p_value']:.2g}, Holm-adjusted over {len(part)} k: {row['p (Holm)']:.2g}"
+            + "".join(f"; success still rising in the last half of the budget for {m}" for m in _rising(status, a, b))
+            + f"): {pair_verdict(tests, a, b, status)}")
 
 
 def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> dict:
