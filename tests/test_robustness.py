@@ -224,7 +224,7 @@ def test_an_ensemble_is_late_only_when_every_member_that_fooled_the_item_was_lat
     assert (st["fooled at largest k"], st["fooled late"], st["settled"]) == (2, 1, False)   # row 11: black early
     ens = R.ensemble_needed({"white-box": late_white, "black-box": needed([4, 16, -1, -1])})
     assert ens.k_needed.tolist() == [4, 16, -1, 1]
-    assert R.budget_statement(cfg) == "ensemble: white-box sparse-PGD, 2 x 5 steps, then sparse search, 24 queries per k"
+    assert R.budget_statement(cfg) == "ensemble: white-box sparse-PGD, 2 x 5 steps, and sparse search, 24 queries per k"
     with pytest.raises(ValueError, match="same items"):
         R.ensemble_needed({"white-box": needed([1, 1]), "black-box": needed([1, 1, 1])})
 
@@ -262,7 +262,7 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
     assert compared >= 2
     table = R.defence_table(runs, adaptive, defended, images, cfg)
     row = table.loc["toy"]
-    assert row["budget"] == R.budget_statement(cfg) == ("ensemble: white-box sparse-PGD, 2 x 5 steps, then sparse "
+    assert row["budget"] == R.budget_statement(cfg) == ("ensemble: white-box sparse-PGD, 2 x 5 steps, and sparse "
                                                         "search, 40 queries per k")
     # transfer, recomputed: each successful adversarial image median-filtered by scipy, then the model by hand
     won = [r for pn in runs.values() for rep in pn.reports.values() for r in rep.results if r.success]

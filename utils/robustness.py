@@ -97,7 +97,7 @@ def budget_statement(cfg: dict) -> str:
              "sparse": f"sparse search, {cfg['attack_queries']} queries",
              "de": f"differential evolution, {cfg['attack_queries']} queries"}
     parts = [words[m] for m in MEMBERS[cfg["attack_method"]].values()]
-    return ("ensemble: " if len(parts) > 1 else "") + ", then ".join(parts) + " per k"
+    return ("ensemble: " if len(parts) > 1 else "") + ", and ".join(parts) + " per k"
 
 
 def _late(result, settings: dict) -> bool:
