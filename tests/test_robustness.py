@@ -276,7 +276,8 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
     lo, hi = binomtest(len(fooled), 8).proportion_ci(method="wilson")
     assert (row["adaptive: attacked"], row["adaptive: fooled"]) == (8, len(fooled)) and len(fooled) > len(still)
     assert (row["adaptive % low"], row["adaptive % high"]) == (pytest.approx(100 * lo), pytest.approx(100 * hi))
-    line, = R.defence_lines(table.assign(**{"clean mAP": 1.0, "clean mAP, filtered": 1.0}), "mAP", "items")
+    line, = R.defence_lines(table.assign(**{"clean mAP": 1.0, "clean mAP, filtered": 1.0}), "mAP", "items", 8)
+    assert "of 8 items fooled with at most 8 pixels" in line
     assert f"adaptive attack ({R.budget_statement(cfg)}, gradients straight through the filter)" in line
     # an adaptive attack with another budget is refused, not shown beside the transfer
     _, cheaper = R.adaptive_attack(pipes, images, rows, dict(cfg, attack_queries=20))

@@ -414,19 +414,16 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
     if {key for key in adaptive} != {key for key in runs}:
         raise ValueError(f"utils/robustness.py: adaptive searches {sorted(adaptive)} are not those of the attack "
                          f"{sorted(runs)}")
-    table = transfer_through_filter(runs, defended, images)
-    k_max = max(cfg["pixels"])
-    for label in table.index:
+    rows = {}
+    for label in defended:
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
         pn = ensemble_needed(mine)
         n, won = int(pn.attacked.sum()), int(((pn.k_needed > 0) & pn.attacked).sum())
         r = stats.success_rate_interval(won, n)
-        table.loc[label, ["adaptive: attacked", "adaptive: fooled"]] = [n, won]
-        table.loc[label, ["adaptive %", "adaptive % low", "adaptive % high"]] = [r["estimate"], r["low"], r["high"]]
-        table.loc[label, "adaptive settled"] = budget_status(mine)["settled"]
-    table["budget"] = budget_statement(cfg)
-    table.attrs["k"] = k_max
-    return table
+        rows[label] = {"adaptive: attacked": n, "adaptive: fooled": won, "adaptive %": r["estimate"],
+                       "adaptive % low": r["low"], "adaptive % high": r["high"],
+                       "adaptive settled": budget_status(mine)["settled"], "budget": budget_statement(cfg)}
+    return transfer_through_filter(runs, defended, images).join(pd.DataFrame(rows).T.infer_objects())
 
 
 def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> tuple[dict, dict]:
@@ -635,7 +632,7 @@ def attack_lines(attacks: AttackRun, cfg: dict, items: str) -> list[str]:
     return lines
 
 
-def defence_lines(defence: pd.DataFrame, metric: str, items: str) -> list[str]:
+def defence_lines(defence: pd.DataFrame, metric: str, items: str, k_max: int) -> list[str]:
     """Per model: the filter's price in clean accuracy, the transfer and the adaptive attack (same budget)."""
     lines = []
     for m, r in defence.iterrows():
@@ -644,7 +641,7 @@ def defence_lines(defence: pd.DataFrame, metric: str, items: str) -> list[str]:
                      f"{r[f'clean {metric}, filtered']:.1f}; transfer: {int(r['still fooled behind the filter'])} of the "
                      f"{int(r['fooled'])} {items} fooled without the filter are still fooled through it; adaptive attack "
                      f"({r['budget']}, gradients straight through the filter): {_rate(r, 'adaptive %')} of "
-                     f"{int(r['adaptive: attacked'])} fooled with at most {defence.attrs.get('k', '')} pixels{rising}")
+                     f"{int(r['adaptive: attacked'])} {items} fooled with at most {k_max} pixels{rising}")
     return lines
 
 
@@ -666,7 +663,7 @@ def robustness_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd
     metric = "mAP" if "clean mAP" in defence.columns else "mean R@1"
     items = "persons" if metric == "mAP" else "images"
     at_max = attacks.curve[attacks.curve.pixels == max(cfg["pixels"])].set_index("model")
-    lines = (attack_lines(attacks, cfg, items) + attacks.sentences + defence_lines(defence, metric, items)
+    lines = (attack_lines(attacks, cfg, items) + attacks.sentences + defence_lines(defence, metric, items, max(cfg["pixels"]))
              + poisoning_lines(poisoning, cfg, metric, items))
     targets = {"attacked": {m: int(r["attacked"]) for m, r in at_max.iterrows()},
                "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()},
