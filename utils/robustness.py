@@ -323,21 +323,25 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+#: the verdict when no model is declared more robust, whatever the reason (not settled, or no detectable difference):
+#: the reason is stated in the sentence, the verdict stays the same on every machine and seed
+NO_VERDICT = "no model is declared more robust"
+
+
 def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None) -> str:
-    """Which of two models on the same items is fooled less often. Decided at the largest k of the schedule (fixed
-    before any result is seen) by McNemar's exact test, Holm-adjusted over the schedule, at the 5 % level; and only
-    when the budget settled for both models (``status``, :func:`budget_status`): while the success count still grows
-    in the last half of the budget, the rates are lower bounds and the difference is "not settled". For ``b`` =
-    ``a`` + the clean text, "b is fooled less often" means the text blunts the attack."""
+    """Which of two models on the same items is fooled less often. Declared only when the budget settled for both
+    models (``status``, :func:`budget_status`) and McNemar's exact test at the largest k of the schedule (fixed
+    before any result is seen), Holm-adjusted over the schedule, is significant at the 5 % level; otherwise
+    :data:`NO_VERDICT`. A budget that did not settle, or a difference within the test's noise, can change with the
+    machine or the seed; a verdict must not. For ``b`` = ``a`` + the clean text, "b is fooled less often" means the
+    text blunts the attack."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return "no item was attacked by both"
     row = part.iloc[-1]
-    if _rising(status, a, b):
-        return "not settled at this budget (the rates are lower bounds): no model is declared more robust"
-    if row["p (Holm)"] < 0.05:
-        return f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
-    return "no detectable difference"
+    if _rising(status, a, b) or not row["p (Holm)"] < 0.05:
+        return NO_VERDICT
+    return f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
 
 
 def _rising(status: pd.DataFrame | None, *models: str) -> list:
@@ -345,18 +349,22 @@ def _rising(status: pd.DataFrame | None, *models: str) -> list:
 
 
 def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = "") -> str:
-    """The sentence of a pair: counts and tests at the largest k, which model's success still rose late, then
-    :func:`pair_verdict` (whose words alone must be the same on every machine and seed)."""
+    """The sentence of a pair: counts and tests at the largest k, why no model is declared more robust when none is
+    (success still rising late: "not settled at this budget"; else "no detectable difference"), then
+    :func:`pair_verdict`."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return f"{a} vs {b}: no item was attacked by both"
     row = part.iloc[-1]
+    rising = _rising(status, a, b)
+    verdict = pair_verdict(tests, a, b, status)
+    reason = (f"; success still rising in the last half of the budget for {' and '.join(rising)}: not settled at "
+              f"this budget, the rates are lower bounds" if rising else
+              "; no detectable difference" if verdict == NO_VERDICT else "")
     return (f"{a} vs {b} at {int(row['pixels'])} pixels (the largest k, fixed in advance), {int(row['items'])} items"
             f"{f', {budget}' if budget else ''}: fooled {row['a fooled %']:.0f} % vs {row['b fooled %']:.0f} % "
             f"(only {a}: {int(row['only a fooled'])}, only {b}: {int(row['only b fooled'])}; McNemar p = "
-            f"{row['p_value']:.2g}, Holm-adjusted over {len(part)} k: {row['p (Holm)']:.2g}"
-            + "".join(f"; success still rising in the last half of the budget for {m}" for m in _rising(status, a, b))
-            + f"): {pair_verdict(tests, a, b, status)}")
+            f"{row['p_value']:.2g}, Holm-adjusted over {len(part)} k: {row['p (Holm)']:.2g}{reason}): {verdict}")
 
 
 def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> dict:
@@ -715,7 +723,7 @@ def flickr_gallery(data: Data, needed: dict, n: int, path=None):
 __all__ = ["AttackRun", "MEMBERS", "attack_models", "attacked_rows", "emotic_pipelines", "flickr_pipelines",
            "members", "budget_statement", "run_label", "pixels_needed", "attack_items", "attack_chunk", "merge_needed",
            "ensemble_needed", "budget_status", "summarise", "success_table", "median_pixels", "paired_attack_tests",
-           "pair_verdict", "paired_sentence", "attack_payload", "successes", "transfer_through_filter",
+           "pair_verdict", "NO_VERDICT", "paired_sentence", "attack_payload", "successes", "transfer_through_filter",
            "defence_table", "adaptive_attack", "emotic_defence", "emotic_poisoning", "flickr_poisoning",
            "flickr_defence", "backdoor_columns", "robustness_findings", "attack_lines", "defence_lines",
            "poisoning_lines", "emotic_gallery", "flickr_gallery", "rank1_rows", "emotic_right", "top_category",
