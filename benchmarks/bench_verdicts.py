@@ -51,8 +51,9 @@ def run_experiment(experiment: str, profile: str, seeds: list[int], threads: lis
     job = P.attack_job(cfg)
     print(f"\n=== {experiment} ({profile}): {len(job.rows)} items, models {list(job.pipelines)}, loaded in "
           f"{time.perf_counter() - t:.0f} s")
-    print("search settings:", json.dumps({k: cfg[k] for k in sorted(cfg) if k.startswith("attack_") or k in
-                                          ("pixels", "median_size")}))
+    print("search settings (seed and threads vary per run):", json.dumps(
+        {k: cfg[k] for k in sorted(cfg) if (k.startswith("attack_") or k in ("pixels", "median_size"))
+         and k not in ("attack_seed", "attack_threads")}))
     print("budget:", R.budget_statement(cfg))
     pairs, labels, k_max = _pairs(experiment), list(job.pipelines), max(cfg["pixels"])
     verdicts = {pair: [] for pair in pairs}
