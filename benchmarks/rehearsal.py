@@ -13,11 +13,12 @@ do (``utils.experiments.emotic_data`` / ``flickr_data``, into a fresh feature ca
 Printed per stage: wall time, throughput (persons/s or images/s), peak resident memory of the stage's whole process
 tree (sampled with psutil; "anon" leaves out file-backed pages, e.g. the memory-mapped arrays, which the kernel can
 drop). At the real sizes those arrays are about 6.7 GB for Emotic and 1.2 GB for Flickr8k, and a stage that reads
-every row (extraction, and the feature-cache key, which hashes every row) holds them in its RSS until it ends. The feature stages also time the image encoder on one fixed in-memory batch of each input size, right
-before each extraction call (so both see the same load), and print what share of that batched rate the whole
-extraction reaches (reading memmaps, hashing for the cache, copies included).
+every row (extraction, and the feature-cache key, which hashes every row) holds them in its RSS until it ends. The feature stages also measure the image encoder's best rate over batch sizes and layouts
+(``utils.batching.probe``) at each input size, right before each extraction call (so both see the same load), and
+print what share of that best rate the whole extraction reaches (reading memmaps, hashing for the cache, copies
+included); extraction itself runs at the batch size and layout ``utils.batching`` chose for the machine.
 Targets for the real sizes on a 2-core CPU: whole rehearsal within 75 minutes, peak memory under 6 GB per stage,
-extraction at >= 90 % of the batched rate. The real sizes need about 13 GB of disk in ``--work`` (checked first)
+extraction at >= 90 % of the model's best rate. The real sizes need about 13 GB of disk in ``--work`` (checked first)
 and, on a quiet 2-core machine, over an hour: run them when nothing else shares the machine, e.g.
 
     nohup python benchmarks/rehearsal.py --work /big/disk/rehearsal > rehearsal.log 2>&1 &
@@ -77,36 +78,28 @@ def child_generate(dataset: str, raw: Path, scale: float, seed: int) -> dict:
     return {"items": len(w["images"]), "unit": "images", "captions": 5 * len(w["images"])}
 
 
-def _batched_rate(encoder, side: int, batch: int, min_seconds: float = 2.0) -> float:
-    """Images/s of the encoder alone on one fixed in-memory uint8 batch (conversion to float included)."""
-    import numpy as np
-    import torch
+def _best_rate(encoder, side: int) -> tuple[float, int]:
+    """The encoder's best images/s over batch sizes and layouts, measured afresh (``utils.batching.probe``), and
+    the batch size extraction uses (the machine's cached choice); the encoder is left in that choice's layout."""
+    from utils import batching
 
-    from utils import encoders
-
-    x = np.random.default_rng(0).integers(0, 256, (batch, side, side, 3), dtype=np.uint8)
-    with torch.inference_mode():
-        encoder(encoders.images_to_device(x, encoder.device))  # warm-up
-        n, t0 = 0, time.perf_counter()
-        while n < 3 or time.perf_counter() - t0 < min_seconds:
-            encoder(encoders.images_to_device(x, encoder.device))
-            n += 1
-        return n * batch / (time.perf_counter() - t0)
+    shape = (3, side, side)
+    best = batching.probe(encoder, shape, encoder.device, lambda cl: batching.set_layout(encoder, cl))
+    return best.rate, batching.for_module(encoder, shape).batch
 
 
 def child_features(dataset: str) -> dict:
     """Features as the notebooks compute them, every image_features / text_features call timed."""
-    import inspect
-
     from utils import config, encoders, experiments
 
-    calls, samples = [], {}  # samples: input side -> batched rates measured during the stage
+    calls, samples, used = [], {}, {}  # samples: input side -> best rates measured during the stage
 
     def timed(fn, kind):
         def wrapper(encoder, data, *a, **kw):
             if kind == "image":  # reference right before each call, so both see the same load on a shared machine
                 side = data.shape[1]
-                samples.setdefault(side, []).append(_batched_rate(encoder, side, batch))
+                rate, used[side] = _best_rate(encoder, side)
+                samples.setdefault(side, []).append(rate)
             t0 = time.perf_counter()
             out = fn(encoder, data, *a, **kw)
             shape = tuple(data.shape[1:3]) if kind == "image" else None
@@ -114,7 +107,6 @@ def child_features(dataset: str) -> dict:
             return out
         return wrapper
 
-    batch = inspect.signature(encoders.image_features).parameters["batch_size"].default
     encoders.image_features = timed(encoders.image_features, "image")
     encoders.text_features = timed(encoders.text_features, "text")
     cfg = config.load(dataset)
@@ -130,7 +122,7 @@ def child_features(dataset: str) -> dict:
     n_items = sum(len(d) for d in data.splits.values())
     return {"items": n_items, "unit": "persons" if dataset == "emotic" else "images",
             "image_rows": sum(c["n"] for c in img), "image_s": image_s,
-            "image_rate": sum(c["n"] for c in img) / image_s, "batched_rate": rate, "batch": batch,
+            "image_rate": sum(c["n"] for c in img) / image_s, "batched_rate": rate, "batch": used,
             "share": ideal / image_s, "texts": sum(c["n"] for c in txt), "text_s": sum(c["s"] for c in txt),
             "encoder": enc.name, "threads": __import__("torch").get_num_threads(), "wall_inner": wall}
 
@@ -317,8 +309,8 @@ def report(results: list[dict], total: float, scale: float) -> None:
         if "share" in r:
             rates = ", ".join(f"{s}px {v:.1f}/s" for s, v in r["batched_rate"].items())
             print(f"\n{r['stage']}: {r['image_rows']} image rows in {r['image_s']:.1f} s = {r['image_rate']:.1f} "
-                  f"images/s; encoder {r['encoder']} alone on a fixed batch of {r['batch']} ({r['threads']} threads): "
-                  f"{rates}; extraction reaches {100 * r['share']:.0f} % of it (target >= {100 * SHARE_TARGET:.0f} %: "
+                  f"images/s at batch {r['batch']} (utils.batching); encoder {r['encoder']} alone at its best batch "
+                  f"and layout ({r['threads']} threads): {rates}; extraction reaches {100 * r['share']:.0f} % of it (target >= {100 * SHARE_TARGET:.0f} %: "
                   f"{'OK' if r['share'] >= SHARE_TARGET else 'NO'}); {r['texts']} texts in {r['text_s']:.1f} s "
                   f"({r['texts'] / max(r['text_s'], 1e-9):.0f} texts/s)")
     for r in results:

@@ -10,6 +10,8 @@ On a machine where torch sees a CUDA device, with ``MMER_DEVICE=cuda`` for every
 2. the unit tests (``pytest tests``);
 3. the demo notebooks (``scripts/run_all.py --profile demo``), one at a time, with each one's wall time.
 
+First it prints the batch size and memory layout ``utils.batching`` measured fastest on CUDA and on the CPU.
+
 Then a summary. All steps share one time budget (``--budget``, default 600 s); a step that would overrun is stopped
 and reported, and the exit status is non-zero when any step failed. Without CUDA it says so, runs nothing and
 exits 0, so it is safe in any CI.
@@ -33,6 +35,16 @@ def attack_api():
     from utils import attack
 
     return attack.ClassifierPixelPipeline, attack.score_images, attack.few_pixel_attack
+
+
+def probe_choices(devices=("cuda", "cpu"), size: int = 224) -> dict:
+    """device -> the batch size and layout ``utils.batching`` picks for MobileNetV2 on size x size images there
+    (measured once per machine, then read from the cache)."""
+    from utils import batching
+    from utils.encoders import load_image_encoder
+
+    return {dev: batching.for_module(load_image_encoder("mobilenet_v2", device=dev), (3, size, size))
+            for dev in devices}
 
 
 def _sync(dev) -> None:
@@ -124,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
           f"CUDA {torch.version.cuda}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}", flush=True)
     results: list[tuple[str, str, float]] = []
     rates = None
+    for dev, c in probe_choices().items():
+        print(f"[gpu-check] fastest batch on {dev} (MobileNetV2, 224 x 224, utils.batching, {c.source}): {c.batch} "
+              f"in {'channels_last' if c.channels_last else 'the default layout'}, {c.rate:.0f} images/s", flush=True)
 
     if not args.skip_attack:
         t0 = time.perf_counter()

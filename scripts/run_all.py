@@ -349,10 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = output_dir(args.profile)
     started = provenance(args.profile)  # the commit the notebooks run from, taken before they run
     execute_notebooks(args.profile, artefacts, args.notebooks, args.timeout, out_dir)
+    from utils import batching
     from utils.results import write_json
 
     write_json(out_dir / "run.json", {**started, "notebooks": [p.name for p in notebooks(args.notebooks)],
-                                      "seconds": round(time.perf_counter() - t0)})
+                                      "seconds": round(time.perf_counter() - t0),
+                                      "inference_batch": batching.recorded()})
     table = summary_table(out_dir)
     (out_dir / "summary.txt").write_text(table + "\n", encoding="utf-8")
     print("\n" + table)

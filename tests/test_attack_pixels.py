@@ -92,6 +92,6 @@ def test_warm_start_keeps_the_previous_pixels():
 
     img = toy_images(np.array([3]))[0]
     prev = np.array([[1, 2, 255, 255, 255], [-1, -1, -1, -1, -1]])
-    px = initial_pixels(np.random.default_rng(0), img, 3, prev)
+    px = initial_pixels(img, 3, init=prev)
     np.testing.assert_array_equal(px[0], prev[0])
     assert len({(x, y) for x, y in px[:, :2]}) == 3

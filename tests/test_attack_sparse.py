@@ -6,6 +6,7 @@ import pytest
 from test_attack_de import logits_of, near_boundary, tiny_net  # noqa: F401 (fixture)
 from utils.attack import ClassifierPixelPipeline, apply_pixels, attack, sparse_rs
 from utils.attack.sparse import alpha_schedule, initial_pixels, propose
+import torch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 BUDGET = dict(queries=120, candidates=3, progress=False)
@@ -85,20 +86,41 @@ def test_alpha_follows_sparse_rs_l0_schedule():
 
 
 def test_proposal_moves_m_pixels_to_unused_positions():
-    rng = np.random.default_rng(0)
-    image = np.full((6, 6, 3), 255, np.uint8)  # white: a new pixel must get another corner colour
-    px = initial_pixels(rng, image, 10)
+    image = np.full((1, 6, 6, 3), 255, np.uint8)  # white: a new pixel must get another corner colour
+    px = initial_pixels(image[0], 10, row=3, seed=1)
     assert len({(x, y) for x, y in px[:, :2]}) == 10 and not (px[:, 2:] == 255).all(1).any()
-    for m in (1, 3, 10):
-        new = propose(rng, image, px, m)
+    m = np.array([1, 3, 10, 3])
+    props = propose(image, np.zeros(4, int), np.repeat(px[None], 4, 0), np.array([3, 3, 3, 4]),
+                    np.array([5, 5, 5, 5]), m, seed=1)
+    for new, mi in zip(props, m):
         kept = (new == px).all(1)
-        assert kept.sum() == 10 - m
+        assert kept.sum() == 10 - mi
         old_pos = {(x, y) for x, y in px[:, :2]}
         assert all((x, y) not in old_pos for x, y in new[~kept, :2])  # moved pixels land on unused positions
         assert len({(x, y) for x, y in new[:, :2]}) == 10
         assert set(np.unique(new[:, 2:])) <= {0, 255} and not (new[:, 2:] == 255).all(1).any()
+    # the random numbers belong to (seed, row, query): the same query of the same row gives the same proposal,
+    # whatever else is proposed in the same call; another row or query gives another one
+    alone = propose(image, np.zeros(1, int), px[None], np.array([3]), np.array([5]), np.array([3]), seed=1)
+    np.testing.assert_array_equal(alone[0], props[1])
+    assert not np.array_equal(props[1], props[3])
     with pytest.raises(ValueError, match="only 0 positions are free"):
-        propose(rng, image, initial_pixels(rng, image, 36), 1)
+        full = initial_pixels(image[0], 36)
+        propose(image, np.zeros(1, int), full[None], np.array([0]), np.array([1]), np.array([1]), seed=0)
+
+
+def test_corner_colours_are_uniform_and_never_the_original():
+    """Over many draws, each of the 7 corners other than a corner-coloured original comes up about equally."""
+    from utils.attack.sparse import _corners, random_bits
+
+    bits = random_bits(0, np.arange(20000), np.zeros(20000, int), 3, 1)[:, 0]
+    for original, allowed in (([255, 0, 255], 7), ([12, 200, 90], 8)):
+        c = _corners(bits, np.tile(original, (20000, 1)))
+        code = (c[:, 0] > 0) * 4 + (c[:, 1] > 0) * 2 + (c[:, 2] > 0)
+        counts = np.bincount(code, minlength=8)
+        assert (counts > 0).sum() == allowed and not (c == original).all(1).any()
+        expected = 20000 / allowed
+        assert np.abs(counts[counts > 0] - expected).max() < 5 * np.sqrt(expected)
 
 
 def test_chooser_runs_both_searches_with_one_budget(near_boundary):
@@ -118,28 +140,60 @@ def test_chooser_runs_both_searches_with_one_budget(near_boundary):
         sparse_rs(pipe, imgs, pixels=145)
 
 
-def test_a_step_keeps_the_best_proposal_only_when_not_worse():
-    """Sparse-RS's acceptance: the margin of an image's current pixels never gets worse."""
-    from test_attack_pixels import WhiteCounter, toy_images
-    from utils.attack.pipelines import Scorer, prepare_attack
-    from utils.attack.sparse import SparseImage, _step
+def test_acceptance_is_strict():
+    """Sparse-RS keeps a proposal only when the margin strictly decreases: on a model whose margin never moves,
+    the starting pixels are never replaced (with "not worse" acceptance every proposal would be)."""
+    from test_attack_pixels import toy_images
 
-    imgs = toy_images(np.array([4]))
-    pipe = ClassifierPixelPipeline(WhiteCounter(), [0], 2)
-    scorer = Scorer(pipe, prepare_attack(pipe, imgs, None, None, 2, 8, "test"), 8)
-    free = np.argwhere((imgs[0, :, :4] != 255).any(-1))[:2]  # (y, x) of two non-white left-half cells
-    white = lambda j: [free[j, 1], free[j, 0], 255, 255, 255]  # noqa: E731
-    right = [[6, 0, 0, 0, 0], [7, 1, 0, 0, 0]]  # black pixels in the right half: count nothing
-    one, two, none = np.array([white(0), right[0]]), np.array([white(0), white(1)]), np.array(right)
-    st = SparseImage(index=0, rng=np.random.default_rng(0), pixels=one)
-    _step(scorer, [st], [one[None]])
-    m_one = st.margin
-    _step(scorer, [st], [np.stack([none, none])])  # only worse proposals: nothing changes
-    np.testing.assert_array_equal(st.pixels, one)
-    assert st.margin == m_one
-    _step(scorer, [st], [np.stack([none, two, none])])  # the better one is kept
-    np.testing.assert_array_equal(st.pixels, two)
-    assert st.margin < m_one and st.queries == 6 and st.active
+    class Flat(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[1.0, 0.0]]).expand(len(x), 2) + 0 * x.sum((1, 2, 3))[:, None]
+
+    imgs = toy_images(np.array([1, 2, 3]))
+    rep = sparse_rs(ClassifierPixelPipeline(Flat(), np.zeros(7, int), 2), imgs, rows=[4, 5, 6], pixels=3,
+                    queries=50, seed=2, progress=False)
+    for img, row, r in zip(imgs, (4, 5, 6), rep.results):
+        start = initial_pixels(img, 3, row=row, seed=2)
+        np.testing.assert_array_equal(r.adversarial, apply_pixels(img[None], start[None])[0])
+        assert (r.queries, r.generations, r.success) == (50, 0, False)
+
+
+def test_proposals_adapt_to_the_active_images(near_boundary, monkeypatch):
+    """One proposal per unfooled image while at least batch_size are active; batch_size // active each (within
+    the image's budget) once fewer remain; and the result equals the one-proposal-per-call search exactly."""
+    from utils.attack.pipelines import Scorer
+
+    net, imgs, labels = near_boundary
+    pipe = ClassifierPixelPipeline(net, labels, 3)
+    calls = []
+    original = Scorer.search
+
+    def spy(self, idx, cands):
+        calls.append(np.bincount(idx, minlength=len(imgs)))
+        return original(self, idx, cands)
+
+    monkeypatch.setattr(Scorer, "search", spy)
+    adaptive = sparse_rs(pipe, imgs, pixels=2, queries=60, batch_size=5, progress=False)
+    per_call, calls = calls, []
+    one = sparse_rs(pipe, imgs, pixels=2, queries=60, batch_size=5, candidates=1, progress=False)
+    assert all(c.max() == 1 for c in calls)
+    spent = np.zeros(len(imgs), int)
+    saw_full = saw_few = False
+    for c in per_call:
+        active = int((c > 0).sum())
+        if active >= 5:
+            saw_full = True
+            assert set(c[c > 0]) == {1}
+        else:
+            saw_few = True
+            assert (c[c > 0] == np.minimum(5 // active, 60 - spent[c > 0])).all()
+        spent += c  # an upper bound on what each image used: a discarded proposal is not a query
+    assert saw_full and saw_few
+    # speculative proposals reproduce the one-at-a-time search: same pixels, successes, and queries (a success's
+    # query is the one that fooled it; discarded proposals are not counted)
+    assert adaptive.table().equals(one.table()) and adaptive.model_queries > one.model_queries
+    for x, y in zip(adaptive.results, one.results):
+        np.testing.assert_array_equal(x.adversarial, y.adversarial)
 
 
 @pytest.mark.parametrize("method, budget", [("sparse", dict(queries=400)), ("de", dict(queries=2000, popsize=40))])
@@ -164,3 +218,26 @@ def test_a_true_logit_leading_by_30_is_still_attackable(method, budget):
     else:  # DE's continuous colours rarely make a pixel fully white: its margin moved by at least two pixels' worth
         assert (after <= 30 - 2 * 4).all()
     np.testing.assert_allclose(rep.table().margin_after, after, atol=1e-5)  # the saved margin is on the logits
+
+
+def test_candidate_batches_equal_the_uint8_images_bit_for_bit(near_boundary):
+    """The search writes candidates into a float buffer it reuses between calls; each batch must equal the uint8
+    image with the pixels written (apply_pixels) converted as usual, also with repeated positions (later pixels
+    win), padding rows, slots that change image, and calls larger than one batch."""
+    from utils.attack.pipelines import Scorer, prepare_attack, to_input
+
+    net, imgs, labels = near_boundary
+    pipe = ClassifierPixelPipeline(net, labels, 3)
+    scorer = Scorer(pipe, prepare_attack(pipe, imgs, None, None, 3, 4, "test"), 4)
+    rng = np.random.default_rng(0)
+    for call in range(6):
+        m = int(rng.integers(1, 12))
+        idx = rng.integers(0, len(imgs), m) if call % 2 else np.sort(rng.choice(len(imgs), min(m, 10), False))
+        m = len(idx)
+        cands = np.concatenate([rng.integers(0, 12, (m, 3, 2)), rng.integers(0, 256, (m, 3, 3))], -1)
+        cands[:, 2, :2] = cands[:, 0, :2]  # a repeated position: the later pixel wins
+        cands[0, 1] = -1  # padding
+        build = scorer._builder(idx, cands)
+        want = to_input(apply_pixels(imgs[idx], cands), pipe.device, pipe.channels_last)
+        for s in range(0, m, 4):
+            assert torch.equal(build(s, min(s + 4, m)), want[s:s + 4]), (call, s)

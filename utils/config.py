@@ -29,7 +29,9 @@ import sys
 from . import paths
 
 #: MMER_* variables that are not knobs: where things live and what runs where (see ``utils.paths``)
-RESERVED = {"MMER_PROFILE", "MMER_OUTPUT", "MMER_CACHE", "MMER_DEVICE", "MMER_SLOW_TESTS"}
+RESERVED = {"MMER_PROFILE", "MMER_OUTPUT", "MMER_CACHE", "MMER_DEVICE", "MMER_SLOW_TESTS",
+            "MMER_INFERENCE_BATCH",  # utils.batching: "auto" or the images per model call
+            "MMER_SPARSE_RS"}  # benchmarks/bench_attack.py: a checkout of fra31/sparse-rs
 
 # ``encoders``: one CLIP hub name or local folder for both sides (its image and text towers); when set it replaces
 # ``image_encoder`` and ``text_encoder``, and the Flickr8k notebooks add a "CLIP zero-shot" row.

@@ -798,13 +798,18 @@ def _cache_folder(cache) -> Path | None:
     return paths.cache_dir() if cache is True else Path(cache)
 
 
-def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, batch_size: int, desc: str | None,
-                    autocast: bool = True):
+def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, batch_size: int | None,
+                    desc: str | None, autocast: bool = True):
     """Yield ``(start, float32 NumPy output)`` of ``module`` on uint8 ``(N, H, W, 3)`` images, a batch at a time on
-    ``dev`` (bf16 autocast on a capable GPU when ``autocast``). A memmap's next batch is read ahead while the
-    current one is computed (:func:`prefetch_rows`), and each batch's rows are handed back to the kernel once the
-    consumer has had them (:func:`release_rows`). ``desc`` labels the progress bar (none for a single batch, or
-    when ``desc`` is None)."""
+    ``dev`` (bf16 autocast on a capable GPU when ``autocast``). ``batch_size=None``: the batch size and layout this
+    device runs the module fastest at (``utils.batching``: measured once, cached). A memmap's next batch is read
+    ahead while the current one is computed (:func:`prefetch_rows`), and each batch's rows are handed back to the
+    kernel once the consumer has had them (:func:`release_rows`). ``desc`` labels the progress bar (none for a
+    single batch, or when ``desc`` is None)."""
+    if batch_size is None:
+        from . import batching
+
+        batch_size = batching.for_module(module, (3, *images.shape[1:3])).batch if len(images) > 1 else 1
     show = None if desc is not None and len(images) > batch_size else True
     with torch.inference_mode(), devices.autocast(dev, enabled=autocast):
         for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=show):
@@ -813,11 +818,12 @@ def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, ba
             release_rows(images, i, i + batch_size)
 
 
-def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 32, cache=True,
+def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | None = None, cache=True,
                    desc: str | None = None) -> np.ndarray:
     """Features of uint8 ``(N, H, W, 3)`` images (array or memmap), computed in batches or read from the cache.
 
-    ``cache``: ``True`` for ``paths.cache_dir()``, ``False`` to always compute, or a folder.
+    ``cache``: ``True`` for ``paths.cache_dir()``, ``False`` to always compute, or a folder. ``batch_size``:
+    default the device's fastest for this encoder and image size (see :func:`batched_outputs`).
 
     The cache key needs the digest of every pixel. For a memmapped ``.npy`` file seen before it is remembered (no
     read at all); a memmap over 64 MB not seen before is hashed on a helper thread *while* the extraction starts,
@@ -846,7 +852,7 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 
         hashing.shutdown(wait=False)  # the thread ends with its one task
     out = np.zeros((len(images), encoder.dim), dtype=np.float32)
     for i, feats in batched_outputs(encoder, images, encoder.device, batch_size, desc or f"features {encoder.name}"):
-        out[i:i + batch_size] = feats
+        out[i:i + len(feats)] = feats
         if pending is not None and pending.done():
             digest, pending = pending.result(), None
             if (hit := read_cached(_feature_file(encoder, digest, folder), len(images), encoder.dim)) is not None:

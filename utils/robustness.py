@@ -484,7 +484,7 @@ def flickr_defence(data: Data, models: dict, attack: AttackRun, rows: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------- poisoning
-def prefix_maps(prefix: torch.nn.Module, images: np.ndarray, batch_size: int = 64, desc: str | None = None
+def prefix_maps(prefix: torch.nn.Module, images: np.ndarray, batch_size: int | None = None, desc: str | None = None
                 ) -> np.ndarray:
     """The frozen prefix of a split encoder (``ImageEncoder.split``) on uint8 (N,H,W,3) images: float32 NumPy
     maps (N, C, h, w), computed batch by batch on the prefix's device, in float32 (they are training inputs)."""

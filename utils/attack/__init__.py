@@ -36,10 +36,10 @@ def attack(pipeline: PixelPipeline, images: np.ndarray, rows=None, k: int = 1, m
     """Attack ``images`` (N,H,W,3 uint8, pipeline rows ``rows``) changing at most ``k`` pixels each.
 
     ``method``: "de" (differential evolution; budget ``popsize``, ``generations``, ``F``) or "sparse" (sparse
-    random search; budget ``queries``, ``candidates``, ``p_init``). ``queries=`` sets
-    the budget per image for every method (for DE: ``generations = queries // popsize - 1``).
-    Other keywords (``truth``, ``batch_size``, ``seed``, ``precision``, ``compile``, ``progress``, ``init``) go
-    to the search.
+    random search as Sparse-RS; budget ``queries``, ``p_init``; ``candidates`` caps its adaptive proposals per
+    call). ``queries=`` sets the budget per image for every method (for DE: ``generations = queries // popsize -
+    1``). Other keywords (``truth``, ``batch_size`` (default: the device's fastest, ``utils.batching``), ``seed``,
+    ``precision``, ``compile``, ``progress``, ``init``) go to the search. Scores and margins are on logits.
     """
     if method not in METHODS:
         raise ValueError(f"utils/attack: method must be one of {sorted(METHODS)}, got {method!r}")

@@ -163,7 +163,7 @@ def select(st: DEImage, child: np.ndarray, decoded: np.ndarray, fit: np.ndarray)
 
 def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None,
                            *, pixels: int = 1, popsize: int = 400, generations: int = 100, F: float = 0.5,
-                           batch_size: int = 128, seed: int = 0, precision: str = "float32", compile: bool = False,
+                           batch_size: int | None = None, seed: int = 0, precision: str = "float32", compile: bool = False,
                            progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
     """Attack every image that the pipeline gets right; return one result per image.
 
@@ -181,10 +181,11 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
     if popsize < 4 or generations < 0:
         raise ValueError(f"{WHERE}: need popsize >= 4 (DE/rand/1 draws 3 others) and generations >= 0")
     inp = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
+    batch_size = inp.batch_size  # as given, else the device's fastest for this pipeline
     h, w = inp.shape
     k, upper = pixels, bounds(h, w, pixels)
     settings = dict(method="de", pixels=k, popsize=popsize, generations=generations, F=F, batch_size=batch_size,
-                    seed=seed, precision=precision, compile=compile,
+                    channels_last=pipeline.channels_last, seed=seed, precision=precision, compile=compile,
                     strategy="DE/rand/1, no crossover, child replaces parent if <=")
     scorer = Scorer(pipeline, inp, batch_size, precision, compile)
     states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(inp.rows[i])])),

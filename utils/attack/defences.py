@@ -38,9 +38,23 @@ class MedianDefended(PixelPipeline):
     hold (the Emotic body crop is recomputed for every candidate)."""
 
     def __init__(self, pipeline: PixelPipeline, size: int = 3):
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"utils/attack/defences.py: size must be odd and positive, got {size}")
         # no super().__init__: the wrapped pipeline has already set its modules' mode and layout
         self.inner, self.size, self.filter = pipeline, int(size), MedianFilter(int(size))
-        self.modules, self.channels_last = pipeline.modules, pipeline.channels_last
+
+    # the wrapped pipeline's modules and layout, also when a batch-size probe switches the layout
+    @property
+    def modules(self):
+        return self.inner.modules
+
+    @property
+    def channels_last(self) -> bool:
+        return self.inner.channels_last
+
+    @channels_last.setter
+    def channels_last(self, value: bool) -> None:
+        self.inner.channels_last = value
 
     def filtered(self, x: torch.Tensor) -> torch.Tensor:
         """The median-filtered photo, in the layout the wrapped pipeline expects; gradient straight through."""

@@ -51,13 +51,14 @@ class EnsembleReport(AttackReport):
 
 def ensemble(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
              pixels: int = 1, queries: int = 1000, steps: int = 100, restarts: int = 2, seed: int = 0,
-             batch_size: int = 128, white_box_batch_size: int = 16, black_box_all: bool = False,
+             batch_size: int | None = None, white_box_batch_size: int = 16, black_box_all: bool = False,
              progress: bool = True, init: np.ndarray | None = None, **search) -> EnsembleReport:
     """Sparse-PGD (``steps`` per restart, ``restarts`` alternating its two variants), then ``sparse_rs`` with
     ``queries`` queries per image on the images it did not fool (on every attacked image if ``black_box_all``).
 
     ``queries`` of a result add both members' spending (forward-equivalent): for an image the black-box member
-    fooled, the white-box member's whole budget plus the query at which the search fooled it. Other keywords
+    fooled, the white-box member's whole budget plus the query at which the search fooled it. ``batch_size`` is the
+    search's (None: the device's fastest), ``white_box_batch_size`` Sparse-PGD's. Other keywords
     (``candidates``, ``p_init``, ``precision``, ``compile``) go to :func:`utils.attack.sparse_rs`; ``init`` to both.
     """
     t_start = time.perf_counter()

@@ -334,14 +334,17 @@ def score_chunks(pipeline, images, rows, batch_size, precision="float32", change
     """Yield (start, scores, model seconds) for uint8 images (B,H,W,3) of ``rows``, one batch at a time.
 
     Batches are balanced (200 images at batch_size 128 go as 100 + 100, not 128 + 72): no small, slow tail batch.
-    Scores come back as float32 numpy arrays, moved off the device first.
+    Scores come back as float32 numpy arrays, moved off the device first. ``images`` may also be a function
+    ``(start, stop) -> float input batch`` that builds the batch itself (see :meth:`Scorer.search`).
     """
     dev = pipeline.device
-    if len(images) > batch_size:
-        batch_size = -(-len(images) // -(-len(images) // batch_size))
+    n = len(rows)
+    if n > batch_size:
+        batch_size = -(-n // -(-n // batch_size))
     with torch.inference_mode(), _precision_ctx(precision, dev):
-        for s in range(0, len(images), batch_size):
-            x = to_input(images[s:s + batch_size], dev, pipeline.channels_last)
+        for s in range(0, n, batch_size):
+            x = (images(s, min(s + batch_size, n)) if callable(images)
+                 else to_input(images[s:s + batch_size], dev, pipeline.channels_last))
             r = torch.as_tensor(rows[s:s + batch_size], device=dev)
             cxy = None if changed_xy is None else torch.as_tensor(changed_xy[s:s + batch_size], device=dev)
             t0 = time.perf_counter()
@@ -356,11 +359,22 @@ def score_fp32(pipeline, images, rows, batch_size) -> np.ndarray:
     return np.concatenate([sc for _, sc, _ in score_chunks(pipeline, images, rows, batch_size)])
 
 
-def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_size: int = 128) -> np.ndarray:
-    """fp32 scores of uint8 images through the whole pipeline, e.g. adversarial images after a defence."""
+def best_batch(pipeline: PixelPipeline, size: tuple[int, int], rows) -> int:
+    """The batch size this device runs the pipeline fastest at on (H, W) images (``utils.batching``, cached); the
+    pipeline is left in the layout measured fastest with it."""
+    from .. import batching
+
+    return batching.for_pipeline(pipeline, (3, *size), rows if len(rows) else [0]).batch
+
+
+def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_size: int | None = None) -> np.ndarray:
+    """fp32 scores of uint8 images through the whole pipeline, e.g. adversarial images after a defence
+    (``batch_size=None``: the device's fastest, see :func:`best_batch`)."""
     images = np.asarray(images)
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
-    return score_fp32(pipeline, images, rows, batch_size)
+    if batch_size is None and len(images):
+        batch_size = best_batch(pipeline, images.shape[1:3], rows)
+    return score_fp32(pipeline, images, rows, batch_size or 1)
 
 
 def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -380,24 +394,28 @@ class AttackInputs:
     truth: np.ndarray  # (N,S) bool
     before: np.ndarray  # (N,S) fp32 clean scores
     attacked: np.ndarray  # (N,) bool: correct before the attack
+    batch_size: int  # images per model call: as given, else the device's fastest (utils.batching)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.images.shape[1], self.images.shape[2]
 
 
-def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int,
+def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None,
                    where: str) -> AttackInputs:
-    """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache."""
+    """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache.
+    ``batch_size=None``: the batch size and layout the device runs this pipeline fastest at (a cached probe)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{where}: images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
     n, h, w, _ = images.shape
     if pixels < 1 or pixels > h * w:
         raise ValueError(f"{where}: pixels must be between 1 and {h * w} (the image's size), got {pixels}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"{where}: batch_size must be >= 1, got {batch_size}")
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    if batch_size is None:
+        batch_size = best_batch(pipeline, images.shape[1:3], rows)
     truth = pipeline.truth(rows) if truth is None else np.asarray(truth)
     truth = truth if truth.dtype == bool else truth > 0.5  # multi-hot float labels are accepted too
     if len(rows) != n or len(truth) != n:
@@ -411,7 +429,8 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         for s in range(0, n, batch_size):
             pipeline.prepare(to_input(images[s:s + batch_size], dev, pipeline.channels_last),
                              torch.as_tensor(rows[s:s + batch_size], device=dev))
-    return AttackInputs(images=images, rows=rows, truth=truth, before=before, attacked=attacked)
+    return AttackInputs(images=images, rows=rows, truth=truth, before=before, attacked=attacked,
+                        batch_size=batch_size)
 
 
 @dataclass
@@ -438,6 +457,52 @@ class Scorer:
     def exact(self) -> bool:
         return PRECISIONS[self.precision] is None and not self.compile
 
+    def _builder(self, idx: np.ndarray, cands: np.ndarray):
+        """``(start, stop) -> float input batch`` of candidates written into their clean images: bit for bit
+        ``to_input(apply_pixels(...))`` at a fraction of its memory traffic, which showed in the search's profile.
+        Inputs are slots of a float buffer kept on the device: a slot that held the same image in the previous call
+        (the usual case: one proposal per active image) only gets its previous pixels restored and the new ones
+        written; other slots are copied from the clean images, kept in float on the device."""
+        inp, dev = self.inputs, self.pipeline.device
+        if getattr(self, "_clean", None) is None:
+            self._clean = torch.from_numpy(np.ascontiguousarray(inp.images)).to(dev).float().div_(255)  # NHWC
+            self._slots = np.full(0, -1)  # image held by each buffer slot
+            self._written = (np.zeros(0, np.int64),) * 3  # (slot, y, x) of the pixels written last time
+        m, k = cands.shape[:2]
+        c = cands.reshape(-1, 5)
+        owner = np.repeat(np.arange(m), k)
+        key = np.where(c[:, 0] >= 0, (owner * inp.shape[0] + c[:, 1]) * inp.shape[1] + c[:, 0], -1)
+        _, last = np.unique(key[::-1], return_index=True)  # later pixels win, as in apply_pixels
+        keep = np.sort(len(key) - 1 - last)
+        keep = keep[key[keep] >= 0]
+        owner, c = owner[keep], c[keep]
+        values = torch.as_tensor(c[:, 2:5], device=dev).float().div_(255)
+        whole = m <= max(self.batch_size, 256)  # a slot per candidate of the call, else one batch's worth
+
+        def build(s: int, e: int) -> torch.Tensor:
+            slot = np.arange(s, e) if whole else np.arange(e - s)
+            if len(self._slots) < slot[-1] + 1:
+                self._buffer = torch.empty((slot[-1] + 1, *self._clean.shape[1:]), device=dev)
+                self._slots, self._written = np.full(slot[-1] + 1, -1), (np.zeros(0, np.int64),) * 3
+            ws, wy, wx = self._written
+            back = np.isin(ws, slot)  # restore what the previous use of these slots wrote
+            if back.any():
+                t = [torch.as_tensor(a[back], device=dev) for a in (ws, wy, wx)]
+                self._buffer[t[0], t[1], t[2]] = self._clean[torch.as_tensor(self._slots[ws[back]], device=dev),
+                                                              t[1], t[2]]
+            fresh = self._slots[slot] != idx[s:e]
+            if fresh.any():
+                self._buffer[torch.as_tensor(slot[fresh], device=dev)] = self._clean[torch.as_tensor(idx[s:e][fresh],
+                                                                                                      device=dev)]
+            self._slots[slot] = idx[s:e]
+            a, b = np.searchsorted(owner, [s, e])
+            new = (owner[a:b] - s + slot[0], c[a:b, 1], c[a:b, 0])
+            self._buffer[tuple(torch.as_tensor(v, device=dev) for v in new)] = values[a:b]
+            self._written = tuple(np.concatenate([w[~back], v]) for w, v in zip(self._written, new))
+            x = self._buffer[slot[0]:slot[0] + e - s].permute(0, 3, 1, 2)  # NHWC memory: channels_last for free
+            return x if self.pipeline.channels_last else x.contiguous()
+        return build
+
     def search(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """Margins and successes of candidates ``cands`` (M,k,5) on images ``idx`` (M,), and the scores of the
         successful ones (keeping every score row would not fit for Flickr8k's thousands of captions)."""
@@ -446,11 +511,10 @@ class Scorer:
         if not m:
             return margin, success, hits
         inp = self.inputs
-        adv = apply_pixels(inp.images[idx], cands)
         ctx = self.pipeline.compiled(self.batch_size) if self.compile else contextlib.nullcontext()
         with ctx:
-            for s0, sc, secs in score_chunks(self.pipeline, adv, inp.rows[idx], self.batch_size, self.precision,
-                                             cands[..., :2]):
+            for s0, sc, secs in score_chunks(self.pipeline, self._builder(idx, cands), inp.rows[idx],
+                                             self.batch_size, self.precision, cands[..., :2]):
                 f, ok = margin_and_success(sc, inp.truth[idx[s0:s0 + len(sc)]])
                 margin[s0:s0 + len(sc)], success[s0:s0 + len(sc)] = f, ok
                 hits.update({s0 + j: sc[j] for j in np.flatnonzero(ok)})

@@ -1,23 +1,28 @@
-"""Batched sparse random search for few-pixel attacks, in the manner of Sparse-RS (Croce et al., AAAI 2022).
+"""Batched sparse random search for few-pixel attacks, as Sparse-RS does it (Croce et al., AAAI 2022, L0 version).
 
 State per image: ``k`` distinct pixel positions and their colours, each colour a corner of the RGB cube (every
-channel 0 or 255). Each step proposes changes that resample a fraction ``alpha`` of the k pixels: a pixel leaves
-(its original colour comes back) and a new, currently unused position gets a new corner colour. A proposal is kept
-when the margin loss (max true score - max other score) does not get worse; the search stops for an image as soon
-as a proposal succeeds (confirmed in fp32). ``alpha`` starts at ``p_init`` and shrinks piecewise over the query
+channel 0 or 255). A proposal resamples a fraction ``alpha`` of the k pixels: a pixel leaves (its original colour
+comes back) and a new, currently unused position gets a corner colour other than its own. As in Sparse-RS, a
+proposal is kept only when it **strictly** lowers the margin (best true score - best other score), or succeeds;
+an image stops at its first success (confirmed in fp32). ``alpha`` starts at ``p_init`` and shrinks over the query
 budget following Sparse-RS's L0 schedule, defined on 10,000 queries and rescaled to the budget.
 
-Why several proposals per image and step: Sparse-RS sends one proposal per image per step. On a CPU a model call
-costs far less per image in a large batch, so when few images remain active each sends ``candidates`` proposals
-(all derived from the same current state; the best is kept if it is not worse), keeping the batch large.
-The budget counts every proposal as a query, so the comparison with other searches stays per query.
+Proposals per call: one per still-unfooled image while there are at least ``batch_size`` of them, as Sparse-RS.
+When fewer remain, each sends ``batch_size // active`` proposals, so the model call stays at the batch size the
+device runs best. These extra proposals are *speculative*: proposal ``t + j`` is built from the current state
+with the random numbers of query ``t + j``, which is what the one-at-a-time search would build as long as the
+proposals before it are rejected (the common case). The first proposal that is kept (or succeeds) ends the
+image's call and the ones after it are discarded, not counted. So every image follows exactly the trajectory of
+the one-proposal-per-query search, whatever the batch, the batch size or the number of other images; a success's
+``queries`` is the query that fooled it. The model sees the discarded proposals too (``AttackReport.model_queries``).
 
-Each image's RNG is seeded by ``(seed, row)``, so results do not depend on which images share the batch.
+Randomness is counter-based: every random number is a hash of (seed, row, query number, purpose, index). One numpy
+Generator per image would need a Python loop over images at every call; a hash of counters is drawn for all
+proposals at once and is what makes the speculative proposals equal to the sequential ones.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,79 +30,91 @@ from tqdm.auto import tqdm
 from .pipelines import PixelPipeline, Scorer, prepare_attack
 from .results import AttackReport, assemble_report
 
-__all__ = ["sparse_rs", "SparseImage", "alpha_schedule", "propose", "initial_pixels"]
+__all__ = ["sparse_rs", "alpha_schedule", "propose", "initial_pixels", "random_bits"]
 
 WHERE = "utils/attack/sparse.py"
 
 #: Sparse-RS's L0 schedule: alpha = p_init / divisor once more than ``breakpoint`` of 10,000 queries are used
 _L0_SCHEDULE = ((0, 2), (50, 4), (200, 5), (500, 6), (1000, 8), (2000, 10), (4000, 12), (6000, 15), (8000, 20))
+_BREAKS = np.array([b for b, _ in _L0_SCHEDULE])
+_DIVISORS = np.array([1] + [d for _, d in _L0_SCHEDULE], dtype=np.float64)
+_SLOTS, _POSITIONS, _COLOURS = 1, 2, 3  # purposes of the random numbers of one query
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 
-def alpha_schedule(used: int, budget: int, p_init: float = 0.3) -> float:
-    """Fraction of the k pixels to resample after ``used`` of ``budget`` queries (Sparse-RS L0, rescaled)."""
-    it = int(used / budget * 10000)
-    alpha = p_init
-    for breakpoint, divisor in _L0_SCHEDULE:
-        if it > breakpoint:
-            alpha = p_init / divisor
-    return alpha
+def alpha_schedule(used, budget: int, p_init: float = 0.3):
+    """Fraction of the k pixels to resample after ``used`` of ``budget`` queries (Sparse-RS L0, rescaled);
+    ``used`` may be an array."""
+    it = (np.asarray(used) / budget * 10000).astype(np.int64)
+    out = p_init / _DIVISORS[np.searchsorted(_BREAKS, it, side="left")]
+    return float(out) if out.ndim == 0 else out
 
 
-@dataclass
-class SparseImage:
-    """Search state of one image: its current best pixels and their margin."""
-
-    index: int  # position in the attacked batch
-    rng: np.random.Generator
-    pixels: np.ndarray  # (k,5) int64: x, y, r, g, b, distinct positions, corner colours
-    margin: float = np.inf
-    queries: int = 0
-    steps: int = 0
-    found: np.ndarray | None = None  # (k,5) candidate confirmed as a success
-    found_scores: np.ndarray | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.found is None
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection of uint64 with full avalanche."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
-def _corner_colours(rng: np.random.Generator, original: np.ndarray) -> np.ndarray:
-    """A corner of the RGB cube for each pixel (n,3), different from the pixel's original colour (else no change)."""
-    colours = rng.integers(0, 2, original.shape) * 255
-    same = (colours == original).all(1)
-    while same.any():
-        colours[same] = rng.integers(0, 2, (int(same.sum()), 3)) * 255
-        same = (colours == original).all(1)
-    return colours
+def random_bits(seed: int, rows, t, purpose: int, n: int) -> np.ndarray:
+    """(len(rows), n) random uint64, a pure function of (seed, row, query number t, purpose, column)."""
+    with np.errstate(over="ignore"):
+        h = _mix(np.asarray(rows, np.uint64) + _mix(np.uint64(seed) + _GOLD))
+        h = _mix(h + np.asarray(t, np.uint64) * _GOLD + np.uint64(purpose))
+        return _mix(h[:, None] + (np.arange(1, n + 1, dtype=np.uint64) * _GOLD)[None])
 
 
-def _fresh_positions(rng: np.random.Generator, n: int, taken: np.ndarray, h: int, w: int) -> np.ndarray:
-    """``n`` distinct flat positions in [0, h*w) outside ``taken``, uniformly (rejection sampling: k << h*w)."""
-    free = h * w - len(np.unique(taken))
-    if n > free:
-        raise ValueError(f"{WHERE}: cannot place {n} new pixels, only {free} positions are free")
-    chosen: list[int] = []
-    blocked = set(taken.tolist())
-    while len(chosen) < n:
-        for p in rng.integers(0, h * w, 2 * (n - len(chosen)) + 4).tolist():
-            if p not in blocked:
-                blocked.add(p)
-                chosen.append(p)
-                if len(chosen) == n:
-                    break
-    return np.array(chosen, dtype=np.int64)
+def _fresh_positions(bits_of, taken: np.ndarray, m: np.ndarray, hw: int) -> np.ndarray:
+    """(P, max m) flat positions in [0, hw), distinct within a row and outside ``taken`` (P, k) of that row; row p
+    needs the first ``m[p]`` of them, which depend on nothing but its own random numbers.
+
+    ``bits_of(n, rows)`` gives (len(rows), n) random uint64. Rejection sampling over all rows at once, from the
+    first 2 m + 8 draws of each row (k << hw, so that suffices); a row that still lacks positions (tiny images)
+    picks among its exact free set."""
+    p, big = len(taken), int(m.max(initial=0))
+    if big == 0:
+        return np.zeros((p, 0), np.int64)
+    n = 2 * big + 8
+    draw = (bits_of(n, np.arange(p)) % np.uint64(hw)).astype(np.int64)  # (P, n)
+    ok = ~(draw[:, :, None] == taken[:, None, :]).any(2) & (np.arange(n)[None] < 2 * m[:, None] + 8)
+    order = np.argsort(draw, axis=1, kind="stable")
+    sorted_ = np.take_along_axis(draw, order, 1)
+    repeat = np.zeros_like(ok)
+    np.put_along_axis(repeat, order[:, 1:], sorted_[:, 1:] == sorted_[:, :-1], 1)  # later copies of a value
+    ok &= ~repeat
+    pick = np.argsort(~ok, axis=1, kind="stable")[:, :big]  # the first acceptable draws, in draw order
+    out = np.take_along_axis(draw, pick, 1)
+    short = np.flatnonzero(ok.sum(1) < m)
+    for r, key in zip(short, bits_of(hw, short) if len(short) else ()):
+        free = np.setdiff1d(np.arange(hw), taken[r])
+        if len(free) < m[r]:
+            raise ValueError(f"{WHERE}: cannot place {m[r]} new pixels, only {len(free)} positions are free")
+        out[r, :m[r]] = free[np.argsort(key[free], kind="stable")[:m[r]]]
+    return out
 
 
-def _pixels_at(image: np.ndarray, flat: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Pixels (n,5) at flat positions with new corner colours."""
-    h, w = image.shape[:2]
+def _corners(bits: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Corner colours (..., 3) uniformly among the 8 corners of the RGB cube other than ``original`` (..., 3)."""
+    is_corner = ((original == 0) | (original == 255)).all(-1)
+    own = np.where(is_corner, (original[..., 0] > 0) * 4 + (original[..., 1] > 0) * 2 + (original[..., 2] > 0), 8)
+    u = (bits % np.where(is_corner, 7, 8).astype(np.uint64)).astype(np.int64)
+    c = u + (u >= own)
+    return np.stack([(c >> 2) & 1, (c >> 1) & 1, c & 1], -1) * 255
+
+
+def _pixels_at(images: np.ndarray, which: np.ndarray, flat: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Pixels (P, m, 5) at flat positions (P, m) of images ``images[which]`` with new corner colours."""
+    w = images.shape[2]
     y, x = flat // w, flat % w
-    return np.column_stack([x, y, _corner_colours(rng, image[y, x].astype(np.int64))]).astype(np.int64)
+    original = images[which[:, None], y, x].astype(np.int64)
+    return np.concatenate([x[..., None], y[..., None], _corners(bits, original)], -1)
 
 
-def initial_pixels(rng: np.random.Generator, image: np.ndarray, k: int, init: np.ndarray | None = None) -> np.ndarray:
-    """k distinct random positions with corner colours; ``init`` (<=k,5) rows, if given, are kept (rows with a
-    negative x are padding; repeated positions are dropped) and the rest drawn at random."""
+def initial_pixels(image: np.ndarray, k: int, row: int = 0, seed: int = 0, init: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """k distinct random positions with corner colours (the randoms of query 0 of ``row``); ``init`` (<=k,5) rows,
+    if given, are kept (rows with a negative x are padding; repeated positions are dropped), the rest drawn."""
     h, w = image.shape[:2]
     keep = np.zeros((0, 5), np.int64)
     if init is not None:
@@ -105,106 +122,118 @@ def initial_pixels(rng: np.random.Generator, image: np.ndarray, k: int, init: np
         init = init[init[:, 0] >= 0]
         _, first = np.unique(init[:, 1] * w + init[:, 0], return_index=True)
         keep = init[np.sort(first)][:k]
-    taken = keep[:, 1] * w + keep[:, 0]
-    return np.concatenate([keep, _pixels_at(image, _fresh_positions(rng, k - len(keep), taken, h, w), rng)])
+    taken = (keep[:, 1] * w + keep[:, 0])[None]
+    flat = _fresh_positions(lambda n, _: random_bits(seed, [row], [0], _POSITIONS, n), taken,
+                            np.array([k - len(keep)]), h * w)
+    new = _pixels_at(image[None], np.zeros(1, np.int64), flat, random_bits(seed, [row], [0], _COLOURS, flat.shape[1]))
+    return np.concatenate([keep, new[0]])
 
 
-def propose(rng: np.random.Generator, image: np.ndarray, pixels: np.ndarray, m: int) -> np.ndarray:
-    """A copy of ``pixels`` (k,5) in which ``m`` of them moved to new unused positions with new corner colours."""
-    h, w = image.shape[:2]
+def propose(images: np.ndarray, owner: np.ndarray, pixels: np.ndarray, rows: np.ndarray, t: np.ndarray,
+            m: np.ndarray, seed: int) -> np.ndarray:
+    """Proposals (P, k, 5) for all images at once: proposal p copies ``pixels[p]`` (P, k, 5; image
+    ``images[owner[p]]``) and moves ``m[p]`` of its pixels to new unused positions with new corner colours,
+    drawing the random numbers of query ``t[p]`` of ``rows[p]``."""
+    n_prop, k = pixels.shape[:2]
+    h, w = images.shape[1:3]
+    big = int(m.max(initial=0))
+    slots = np.argsort(random_bits(seed, rows, t, _SLOTS, k), axis=1)[:, :big]  # which pixels leave
+    taken = pixels[..., 1] * w + pixels[..., 0]
+    flat = _fresh_positions(lambda n, sel: random_bits(seed, rows[sel], t[sel], _POSITIONS, n), taken, m, h * w)
+    new = _pixels_at(images, owner, flat, random_bits(seed, rows, t, _COLOURS, big))
     out = pixels.copy()
-    slots = rng.choice(len(pixels), size=m, replace=False)
-    taken = pixels[:, 1] * w + pixels[:, 0]
-    out[slots] = _pixels_at(image, _fresh_positions(rng, m, taken, h, w), rng)
+    use = np.arange(big)[None] < m[:, None]
+    out[np.nonzero(use)[0], slots[use]] = new[use]
     return out
 
 
-def _step(scorer: Scorer, states: list[SparseImage], proposals: list[np.ndarray]) -> None:
-    """Score every active image's proposals in shared batches; stop the images whose best successful proposal
-    holds in fp32; for the others keep the best proposal when its margin is not worse than the current one."""
-    idx = np.concatenate([np.full(len(p), st.index) for st, p in zip(states, proposals)]).astype(np.int64)
-    margin, success, hits = scorer.search(idx, np.concatenate(proposals))
-    bounds = np.cumsum([0] + [len(p) for p in proposals])
-    fits = [margin[s:e].copy() for s, e in zip(bounds[:-1], bounds[1:])]
-    todo = []
-    for st, props, f, s in zip(states, proposals, fits, bounds):
-        st.queries += len(props)
-        st.steps += 1
-        ok = success[s:s + len(props)]
-        if ok.any():
-            j = int(np.flatnonzero(ok)[0])  # the first query that fooled it; the ones after it do not count
-            if scorer.exact:
-                st.found, st.found_scores = props[j], hits[s + j]
-                st.queries -= len(props) - 1 - j
-            else:
-                todo.append((st, props[j], f, j))
-    if todo:
-        m32, ok32, sc = scorer.confirm(np.array([st.index for st, *_ in todo]), np.stack([c for _, c, _, _ in todo]))
-        for (st, cand, f, j), m, good, scores in zip(todo, m32, ok32, sc):
-            st.queries += 1
-            if good:
-                st.found, st.found_scores = cand, scores
-                st.queries -= len(f) - 1 - j
-            else:  # a success of the cheap precision only: it competes with its fp32 margin
-                f[j] = m
-    for st, props, f in zip(states, proposals, fits):
-        j = int(np.argmin(f))
-        if st.active and f[j] <= st.margin:
-            st.pixels, st.margin = props[j], float(f[j])
+def _first_event(event: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Per contiguous group (one image's proposals), the index within the group of the first True (size if none)."""
+    within = np.arange(len(event)) - np.repeat(starts, sizes)
+    return np.minimum.reduceat(np.where(event, within, np.iinfo(np.int64).max), starts).clip(max=sizes)
 
 
 def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
-              pixels: int = 1, queries: int = 1000, candidates: int = 4, p_init: float = 0.3,
-              batch_size: int = 128, seed: int = 0, precision: str = "float32", compile: bool = False,
+              pixels: int = 1, queries: int = 1000, candidates: int | None = None, p_init: float = 0.3,
+              batch_size: int | None = None, seed: int = 0, precision: str = "float32", compile: bool = False,
               progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
     """Sparse random search changing at most ``pixels`` pixels per image, ``queries`` model queries per image.
 
     Same inputs and result as :func:`utils.attack.de.differential_evolution`: only the images the pipeline gets
-    right are attacked, every success is confirmed in eager fp32 on its uint8 image. ``candidates``: proposals
-    per image and step (1 = Sparse-RS exactly). ``init`` (N, <=k, 5): pixels to start from (e.g. the best pixels of
-    a smaller k); their colours are kept as given.
+    right are attacked, every success is confirmed in eager fp32 on its uint8 image. ``candidates``: at most this
+    many proposals per image and call (default: adaptive, ``batch_size // active``; see the module docstring; the
+    result does not depend on it). ``init`` (N, <=k, 5): pixels to start from (e.g. the best pixels of a smaller
+    k); their colours are kept as given. ``generations`` of a result counts its accepted proposals.
     """
     t_start = time.perf_counter()
-    if queries < 1 or candidates < 1 or not 0 < p_init <= 1:
+    if queries < 1 or (candidates is not None and candidates < 1) or not 0 < p_init <= 1:
         raise ValueError(f"{WHERE}: need queries >= 1, candidates >= 1 and 0 < p_init <= 1")
     inp = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
-    h, w = inp.shape
+    batch_size = inp.batch_size  # as given, else the device's fastest for this pipeline
     k = pixels
-    settings = dict(method="sparse", pixels=k, queries=queries, candidates=candidates, p_init=p_init,
-                    schedule="Sparse-RS L0, rescaled to the budget", batch_size=batch_size, seed=seed,
+    settings = dict(method="sparse", pixels=k, queries=queries, candidates=candidates or "adaptive", p_init=p_init,
+                    schedule="Sparse-RS L0, rescaled to the budget", batch_size=batch_size,
+                    channels_last=pipeline.channels_last, seed=seed,
                     precision=precision, compile=compile, colours="RGB cube corners",
-                    acceptance="best proposal kept if margin <=")
+                    acceptance="strict: kept only if the margin decreases (Sparse-RS)",
+                    proposals="one per active image per call; batch_size // active speculative ones when fewer "
+                              "than batch_size are active (same trajectory as one at a time)")
     scorer = Scorer(pipeline, inp, batch_size, precision, compile)
-    states = []
-    for i in np.flatnonzero(inp.attacked):
-        rng = np.random.default_rng([seed, int(inp.rows[i])])
-        px = initial_pixels(rng, inp.images[i], k, None if init is None else init[i])
-        states.append(SparseImage(index=int(i), rng=rng, pixels=px))
+    idx = np.flatnonzero(inp.attacked)  # attacked images, by position in the batch
+    n = len(idx)
+    px = np.stack([initial_pixels(inp.images[i], k, int(inp.rows[i]), seed, None if init is None else init[i])
+                   for i in idx]) if n else np.zeros((0, k, 5), np.int64)
+    margin = np.full(n, np.inf)
+    used = np.zeros(n, np.int64)  # queries per image (the starting pixels are the first, as in Sparse-RS)
+    accepted = np.zeros(n, np.int64)
+    done = np.zeros(n, bool)
+    found: dict[int, np.ndarray] = {}  # image (position in the batch) -> fp32 scores of its confirmed success
 
     t_search = time.perf_counter()
-    if states:  # the starting pixels are the first query, as in Sparse-RS
-        _step(scorer, states, [st.pixels[None] for st in states])
-        for st in states:
-            st.steps = 0
     bar = tqdm(total=queries, desc=f"{k}-pixel sparse search", disable=not progress, leave=False)
+    first = True
     while True:
-        active = [st for st in states if st.active and st.queries < queries]
-        if not active:
+        act = np.flatnonzero(~done & (used < queries))
+        if not len(act):
             break
-        proposals = []
-        for st in active:
-            m = max(int(alpha_schedule(st.queries, queries, p_init) * k), 1)
-            n = min(candidates, queries - st.queries)
-            proposals.append(np.stack([propose(st.rng, inp.images[st.index], st.pixels, m) for _ in range(n)]))
-        _step(scorer, active, proposals)
-        bar.n = min(st.queries for st in active)
-        bar.set_postfix(active=len(active), solved=sum(not st.active for st in states))
+        per = 1 if first else max(1, batch_size // len(act)) if candidates is None else candidates
+        sizes = np.minimum(per, queries - used[act])
+        owner = np.repeat(act, sizes)
+        starts = np.cumsum(sizes) - sizes
+        if first:  # query 1: the starting pixels themselves
+            cand, first = px[act], False
+        else:
+            t = used[owner] + np.arange(len(owner)) - np.repeat(starts, sizes)  # queries used before each proposal
+            m = np.maximum((alpha_schedule(t, queries, p_init) * k).astype(np.int64), 1)
+            cand = propose(inp.images, idx[owner], px[owner], inp.rows[idx[owner]], t, m, seed)
+        f, ok, hits = scorer.search(idx[owner], cand)
+        j = _first_event(ok | (f < margin[owner]), starts, sizes)  # strict: equal margins are rejected
+        hit = j < sizes
+        used[act] += np.where(hit, j + 1, sizes)
+        at = starts[hit] + j[hit]  # the kept (or successful) proposal of each image that has one
+        imgs, win = act[hit], ok[at]
+        if win.any() and not scorer.exact:  # a success of the cheap precision must hold in fp32
+            f32, ok32, sc32 = scorer.confirm(idx[imgs[win]], cand[at[win]])
+            used[imgs[win]] += 1
+            f[at[win]], confirmed = f32, np.flatnonzero(win)[ok32]
+            hits = {int(a): s for a, s, good in zip(at[win], sc32, ok32) if good}
+            win = np.zeros_like(win)
+            win[confirmed] = True
+        for a, i in zip(at[win], imgs[win]):
+            found[int(idx[i])] = hits[int(a)]
+        done[imgs[win]] = True
+        better = ~win & (f[at] < margin[imgs])  # unconfirmed successes still count by their fp32 margin
+        px[imgs[win | better]] = cand[at[win | better]]
+        margin[imgs[better]] = f[at[better]]
+        accepted[imgs[win | better]] += 1
+        live = ~done & (used < queries)
+        bar.n = int(used[live].min()) if live.any() else queries
+        bar.set_postfix(active=int(live.sum()), solved=int(done.sum()))
         bar.refresh()
     bar.close()
     search_seconds = time.perf_counter() - t_search
 
-    final = {st.index: st.found if st.found is not None else st.pixels for st in states}
-    found = {st.index: st.found_scores for st in states if st.found is not None}
-    return assemble_report(scorer, final, found, {st.index: st.queries for st in states},
-                           {st.index: st.steps for st in states}, settings, time.perf_counter() - t_start,
-                           search_seconds)
+    return assemble_report(scorer, {int(i): px[a] for a, i in enumerate(idx)}, found,
+                           {int(i): int(used[a]) for a, i in enumerate(idx)},
+                           {int(i): int(accepted[a]) - 1 for a, i in enumerate(idx)}, settings,
+                           time.perf_counter() - t_start, search_seconds)

@@ -167,17 +167,16 @@ def _run(scorer: Scorer, idx: list[int], variant: str, steps: int, k: int, alpha
         mask.requires_grad_(True)
         with torch.enable_grad():
             soft = torch.sigmoid(mask)
-            hard = project_mask(soft.detach(), k)
+            hard = project_mask(mask.detach(), k)  # the order of sigmoid(m~), without its float32 ties at 1.0
             x = _Compose.apply(clean, p, soft, hard, variant)
+            truth = truth_all[torch.as_tensor(ids, device=dev)]
             t0 = time.perf_counter()
-            scores = _differentiable_scores(pipeline, x, rows)
-            margin = _margin(scores, truth_all[ids])
-            g_p, g_m = torch.autograd.grad(margin.sum(), (p, mask))
+            scores, margin, g_p, g_m = _margin_gradients(pipeline, x, rows, truth, p, mask)
             scorer.model_seconds += time.perf_counter() - t0
         scorer.queries += STEP_COST * len(ids)
         with torch.no_grad():
             p, mask = p.detach(), mask.detach()
-            hit = ~truth_all[ids].gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
+            hit = ~truth.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
             cands = _candidates(x, hard, k)
             m_np = margin.detach().cpu().numpy()
             for j, i in enumerate(ids.tolist()):
@@ -204,7 +203,8 @@ def _run(scorer: Scorer, idx: list[int], variant: str, steps: int, k: int, alpha
             still = np.where(same, still + 1, 0)
             for j in np.flatnonzero(still >= patience):
                 if not done[j]:
-                    mask[j] = torch.from_numpy(rngs[int(ids[j])].standard_normal((1, h, w)).astype(np.float32))
+                    fresh = rngs[int(ids[j])].standard_normal((1, h, w)).astype(np.float32)
+                    mask[j] = torch.from_numpy(fresh).to(dev)
                     still[j] = 0
             keep = np.flatnonzero(~done)
             if len(keep) < len(ids):
@@ -215,17 +215,20 @@ def _run(scorer: Scorer, idx: list[int], variant: str, steps: int, k: int, alpha
                 clean, p, mask, rows = clean[kt], p[kt], mask[kt], rows[kt]
 
 
-def _differentiable_scores(pipeline: PixelPipeline, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The pipeline's scores with their graph back to the pixels, or an error saying that the pipeline breaks it."""
+def _margin_gradients(pipeline: PixelPipeline, x, rows, truth, p, mask):
+    """Scores, margins and the margins' gradients for p and the continuous mask, or an error saying that the
+    pipeline breaks the graph from the pixels to its scores."""
     why = (f"{WHERE}: {type(pipeline).__name__}.scores is not differentiable from the pixels, so the white-box "
            "attack cannot run on it (use method='sparse' for this pipeline)")
-    try:
+    try:  # a tensor made under inference_mode, or a detour through numpy, breaks the graph with a RuntimeError
         scores = pipeline.scores(x, rows).float()
-    except RuntimeError as e:  # e.g. a tensor made under inference_mode, or a detour through numpy
+        margin = _margin(scores, truth)
+        g_p, g_m = torch.autograd.grad(margin.sum(), (p, mask), allow_unused=True)
+    except RuntimeError as e:
         raise ValueError(f"{why}: {e}") from e
-    if not scores.requires_grad:
+    if g_p is None or g_m is None:
         raise ValueError(why)
-    return scores
+    return scores, margin, g_p, g_m
 
 
 def _candidates(x: torch.Tensor, hard: torch.Tensor, k: int) -> np.ndarray:
