@@ -34,7 +34,8 @@ SCRIPT = str(REPO / "scripts" / "robustness.py")
 #: a small attack that fools some of the smoke test images: 2 then 16 pixels, 30 queries per k; one thread, as
 #: in each torchrun process (on a CPU the thread count can change the last bits of the scores)
 SMALL = {"MMER_PIXELS": "[2, 16]", "MMER_ATTACK_QUERIES": "30", "MMER_ATTACK_THREADS": "1",
-         "MMER_ATTACK_METHOD": "sparse"}
+         "MMER_ATTACK_METHOD": "sparse",
+         "MMER_INFERENCE_BATCH": "32"}  # bit-equal features need equal batches: the ranks' caches probe afresh
 ARGS = ["flickr8k", "--rows", "correct", "--shard-size", "1"]
 
 
@@ -79,13 +80,13 @@ def _output_with_models(smoke, name: str) -> Path:
 
 
 def _same_arrays(got: dict, want: dict) -> None:
-    """Every array byte for byte, except the wall-clock seconds inside each report's ``cost`` (its model-query
-    count, ``cost[1]``, must match)."""
+    """Every array byte for byte, except each report's ``cost``: wall-clock seconds, and the images the model saw,
+    which include the sparse search's speculative proposals and so grow when fewer items share a call (the
+    per-item ``queries`` arrays, compared byte for byte, are the budget)."""
     assert sorted(got) == sorted(want)
     for k, value in want.items():
         a, b = np.asarray(got[k]), np.asarray(value)
         if k.endswith("_cost"):
-            assert a[1] == b[1], k
             continue
         assert (a.dtype, a.shape) == (b.dtype, b.shape), k
         assert a.tobytes() == b.tobytes(), k
@@ -169,11 +170,11 @@ def test_sharded_features_match_one_extraction(smoke):
     split = data_module.load_emotic("train", Path(os.environ.get("EMOTIC_ARTEFACTS", REPO / "data/smoke/emotic")))
     assert len(split) > 32  # two shards, one per rank
     encoder = encoders.load_image_encoder(config.load("emotic", "smoke")["image_encoder"], device="cpu")
-    direct = encoders.image_features(encoder, split.context, cache=False)
+    direct = encoders.image_features(encoder, split.context, batch_size=32, cache=False)  # as SMALL pins it
     path = encoders.cache_path(encoder, encoders._images_digest(split.context), cache)
     cached = np.load(path, allow_pickle=False)
     assert cached.tobytes() == direct.tobytes()
-    assert encoders.image_features(encoder, split.context, cache=cache).tobytes() == direct.tobytes()
+    assert encoders.image_features(encoder, split.context, batch_size=32, cache=cache).tobytes() == direct.tobytes()
     first_shard = encoders.cache_path(encoder, encoders._images_digest(split.context[:32]), cache)
     assert first_shard.is_file()  # each rank's slice is a cache entry of its own: a rerun resumes from it
 

@@ -2,9 +2,9 @@
 
 Why: model calls were sized for a GPU (128 images per attack call, 32 per extraction batch). On a 2-core CPU the
 pretrained MobileNetV2 at 224 x 224 runs fastest at batch 4-8 in channels_last, two to ten times faster per image
-than at batch 128 or in the default layout; a GPU wants hundreds. So a short probe per (device, model, input shape,
-threads) times growing batch sizes in both layouts and keeps the fastest. Sizes grow until the rate falls below
-half the best, a call takes over a second, or the device runs out of memory: nothing assumes a batch fits.
+than at batch 128 or in the default layout; a GPU wants hundreds. So a short probe per (device, architecture, input
+shape) times growing batch sizes in both layouts and keeps the fastest. Sizes grow until the rate falls below half
+the best twice, a call takes over a second, or the device runs out of memory: nothing assumes a batch fits.
 
 The choice is remembered in memory and in ``<cache>/batch_probe.json`` (``MMER_CACHE``), so a machine probes once
 and later runs batch the same way (the batch size can change the last bits of a model's output).
@@ -94,7 +94,9 @@ def probe(run, shape: tuple, dev: torch.device, layout, fixed: int | None = None
 
 def _choose(key: str, run, shape, dev, layout) -> Choice:
     fixed = setting()
-    key = f"{key}|batch={fixed or 'auto'}|threads={torch.get_num_threads()}"
+    # not keyed by the thread count: every process sharing the cache (a notebook, torchrun's one-thread ranks)
+    # then batches alike, and the batch size can change the last bits of an output
+    key = f"{key}|batch={fixed or 'auto'}"
     if key not in _MEMORY:
         file = paths.cache_dir() / "batch_probe.json"
         saved = json.loads(file.read_text()) if file.is_file() else {}

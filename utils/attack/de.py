@@ -163,7 +163,8 @@ def select(st: DEImage, child: np.ndarray, decoded: np.ndarray, fit: np.ndarray)
 
 def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None,
                            *, pixels: int = 1, popsize: int = 400, generations: int = 100, F: float = 0.5,
-                           batch_size: int | None = None, seed: int = 0, precision: str = "float32", compile: bool = False,
+                           batch_size: int | None = None, seed: int = 0, precision: str = "float32",
+                           compile: bool = False,
                            progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
     """Attack every image that the pipeline gets right; return one result per image.
 
