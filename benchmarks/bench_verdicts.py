@@ -12,7 +12,8 @@ the searches' random numbers; the thread count changes the order of floating-poi
 A verdict that changes between runs is, by the findings' rule, not a verdict: the target is the same wording in
 every run for every pair. ``--adaptive`` adds the adaptive attack on the median filter (rate per model and run).
 
-Prints every setting that shapes the searches, the machine's load before the first run, each run's seconds,
+Prints every setting that shapes the searches, the machine's load before the first run, each run's wall and CPU
+seconds (on a shared machine the CPU seconds, divided by the threads, say what an idle machine would take),
 verdicts, rates at the largest k (ensemble / white-box / black-box) and budget status, then per pair whether the
 verdict was the same in all runs. The profile's data must be prepared (``make run`` or
 ``python scripts/run_all.py --profile P --prepare-only``).
@@ -47,18 +48,19 @@ def run_experiment(experiment: str, profile: str, seeds: list[int], threads: lis
     job = P.attack_job(cfg)
     print(f"\n=== {experiment} ({profile}): {len(job.rows)} items, models {list(job.pipelines)}, loaded in "
           f"{time.perf_counter() - t:.0f} s")
-    print("search settings:", json.dumps({k: cfg[k] for k in sorted(cfg) if k.startswith("attack_") or k in
-                                          ("pixels", "median_size")}))
+    print("search settings (seed and threads vary per run):", json.dumps(
+        {k: cfg[k] for k in sorted(cfg) if (k.startswith("attack_") or k in ("pixels", "median_size"))
+         and k not in ("attack_seed", "attack_threads")}))
     print("budget:", R.budget_statement(cfg))
     pairs, labels, k_max = _pairs(experiment), list(job.pipelines), max(cfg["pixels"])
     verdicts = {pair: [] for pair in pairs}
     for seed in seeds:
         for n_threads in threads:
             run_cfg = dict(cfg, attack_seed=seed, attack_threads=n_threads)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             run = R.summarise(R.attack_items(job.pipelines, job.images, job.rows, run_cfg), labels, run_cfg, pairs)
-            seconds = time.perf_counter() - t
-            print(f"\n-- attack seed {seed}, {n_threads} thread(s): {seconds:.0f} s")
+            print(f"\n-- attack seed {seed}, {n_threads} thread(s): {time.perf_counter() - t:.0f} s wall, "
+                  f"{time.process_time() - cpu:.0f} s CPU")
             at_max = run.member_curve[run.member_curve.pixels == k_max]
             for label in labels:
                 rate = run.curve[(run.curve.model == label) & (run.curve.pixels == k_max)]["success %"].iloc[0]

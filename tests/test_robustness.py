@@ -67,7 +67,7 @@ def test_paired_attack_tests_match_a_brute_force_mcnemar():
     sentence = R.paired_sentence(tests.reset_index(), "a", "b")
     # decided at the largest k (16): fooled a = items 0, 1, 2, 4, 5, 6; b = 1, 5, 7 -> 4 vs 1 discordant, p = 0.375
     assert tests.loc[16, "only a fooled"] == 4 and tests.loc[16, "only b fooled"] == 1
-    assert "at 16 pixels" in sentence and sentence.endswith("no detectable difference")
+    assert "at 16 pixels" in sentence and sentence.endswith("; no detectable difference): no model is declared more robust")
 
 
 def test_paired_sentence_names_the_model_fooled_less_often():
@@ -202,7 +202,9 @@ def test_a_success_in_the_last_half_of_the_budget_makes_the_difference_not_settl
     run = R.summarise(rising, ["a", "b"], CFG, [("a", "b")])
     assert not run.status.loc["a", "settled"] and run.status.loc["a", "fooled late"] == 1
     assert run.status.loc["a", "fooled at largest k"] == 3
-    assert run.verdicts[0].startswith("not settled at this budget") and "for a " in run.verdicts[0]
+    assert run.verdicts == ["no model is declared more robust"]  # the same words as "no detectable difference"
+    assert run.sentences[0].endswith("; success still rising in the last half of the budget for a: not settled at this "
+                                     "budget, the rates are lower bounds): no model is declared more robust")
     assert "b is fooled less often" not in run.sentences[0] and "sparse search, 24 queries per k" in run.sentences[0]
     assert "p = 0.00024" in run.sentences[0] and "Holm-adjusted over 3 k: 0.00073" in run.sentences[0]
     line = R.attack_lines(run, CFG, "persons")[0]
@@ -223,7 +225,7 @@ def test_an_ensemble_is_late_only_when_every_member_that_fooled_the_item_was_lat
     assert (st["fooled at largest k"], st["fooled late"], st["settled"]) == (2, 1, False)   # row 11: black early
     ens = R.ensemble_needed({"white-box": late_white, "black-box": needed([4, 16, -1, -1])})
     assert ens.k_needed.tolist() == [4, 16, -1, 1]
-    assert R.budget_statement(cfg) == "ensemble: white-box sparse-PGD, 2 x 5 steps, then sparse search, 24 queries per k"
+    assert R.budget_statement(cfg) == "ensemble: white-box sparse-PGD, 2 x 5 steps, and sparse search, 24 queries per k"
     with pytest.raises(ValueError, match="same items"):
         R.ensemble_needed({"white-box": needed([1, 1]), "black-box": needed([1, 1, 1])})
 
@@ -261,7 +263,7 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
     assert compared >= 2
     table = R.defence_table(runs, adaptive, defended, images, cfg)
     row = table.loc["toy"]
-    assert row["budget"] == R.budget_statement(cfg) == ("ensemble: white-box sparse-PGD, 2 x 5 steps, then sparse "
+    assert row["budget"] == R.budget_statement(cfg) == ("ensemble: white-box sparse-PGD, 2 x 5 steps, and sparse "
                                                         "search, 40 queries per k")
     # transfer, recomputed: each successful adversarial image median-filtered by scipy, then the model by hand
     won = [r for pn in runs.values() for rep in pn.reports.values() for r in rep.results if r.success]
@@ -275,9 +277,27 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
     lo, hi = binomtest(len(fooled), 8).proportion_ci(method="wilson")
     assert (row["adaptive: attacked"], row["adaptive: fooled"]) == (8, len(fooled)) and len(fooled) > len(still)
     assert (row["adaptive % low"], row["adaptive % high"]) == (pytest.approx(100 * lo), pytest.approx(100 * hi))
-    line, = R.defence_lines(table.assign(**{"clean mAP": 1.0, "clean mAP, filtered": 1.0}), "mAP", "items")
+    line, = R.defence_lines(table.assign(**{"clean mAP": 1.0, "clean mAP, filtered": 1.0}), "mAP", "items", 8)
+    assert "of 8 items fooled with at most 8 pixels" in line
     assert f"adaptive attack ({R.budget_statement(cfg)}, gradients straight through the filter)" in line
     # an adaptive attack with another budget is refused, not shown beside the transfer
     _, cheaper = R.adaptive_attack(pipes, images, rows, dict(cfg, attack_queries=20))
     with pytest.raises(ValueError, match="adaptive attack on toy"):
         R.defence_table(runs, cheaper, defended, images, cfg)
+
+
+def test_precomputed_attacks_are_keyed_on_every_search_setting_and_the_search_code(monkeypatch):
+    """A result computed with another search, budget, seed or search code must never be loaded in its place."""
+    from utils import config
+    from utils import precomputed_attacks as P
+
+    images = np.random.default_rng(0).integers(70, 110, (4, 8, 8, 3)).astype(np.uint8)
+    pipes = {"toy": A.ClassifierPixelPipeline(_Brightness(), np.zeros(4, np.int64), 2)}
+    cfg = config.load("flickr8k", "smoke", environ={})
+    key = P.attack_key(pipes, images, np.arange(4), cfg)
+    assert P.attack_key(pipes, images, np.arange(4), dict(cfg, attack_threads=7)) == key  # threads change no result
+    for change in (dict(attack_method="sparse"), dict(attack_steps=cfg["attack_steps"] + 1), dict(attack_seed=1),
+                   dict(attack_restarts=2), dict(attack_queries=13), dict(pixels=[4, 255])):
+        assert P.attack_key(pipes, images, np.arange(4), dict(cfg, **change)) != key, change
+    monkeypatch.setattr(P, "_search_code", lambda: "other search code")
+    assert P.attack_key(pipes, images, np.arange(4), cfg) != key

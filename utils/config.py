@@ -90,7 +90,7 @@ PROFILES = {
                       poison_fractions=[0.0, 0.3], poison_finetune="last", finetune_epochs=2, gallery=2),
         # demo: k from 4 up to 256, a budget per k sized so that 4 models x 24 persons fit in minutes on a CPU (on
         # a GPU, DEVICE_PROFILES gives it the paper's budget)
-        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24, attack_steps=20),
+        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24, attack_steps=10),
         "full": dict(seeds=3, epochs=40, patience=6, batch_size=256, baseline_hidden=512, baseline_lr=1e-3,
                      align_sweep=[0.0, 0.3, 1.0], train_threads=None, pr_categories=6, n_examples=6,
                      attack_persons=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
@@ -103,7 +103,7 @@ PROFILES = {
                       attack_images=3, pixels=[4, 256], attack_queries=12, attack_steps=3, attack_restarts=1,
                       popsize=6, generations=1,
                       poison_fractions=[0.0, 0.2], gallery=2),
-        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24, attack_steps=20),
+        "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24, attack_steps=10),
         "full": dict(seeds=3, cca_components=128, epochs=40, batch_size=256, train_threads=None, n_linked=8,
                      attack_images=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
                      attack_batch=512, attack_threads=None, poison_fractions=[0.0, 0.01, 0.02, 0.05, 0.1], gallery=6),

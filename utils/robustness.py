@@ -97,7 +97,7 @@ def budget_statement(cfg: dict) -> str:
              "sparse": f"sparse search, {cfg['attack_queries']} queries",
              "de": f"differential evolution, {cfg['attack_queries']} queries"}
     parts = [words[m] for m in MEMBERS[cfg["attack_method"]].values()]
-    return ("ensemble: " if len(parts) > 1 else "") + ", then ".join(parts) + " per k"
+    return ("ensemble: " if len(parts) > 1 else "") + ", and ".join(parts) + " per k"
 
 
 def _late(result, settings: dict) -> bool:
@@ -323,36 +323,48 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+#: the verdict when no model is declared more robust, whatever the reason (not settled, or no detectable difference):
+#: the reason is stated in the sentence, the verdict stays the same on every machine and seed
+NO_VERDICT = "no model is declared more robust"
+
+
 def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None) -> str:
-    """Which of two models on the same items is fooled less often. Decided at the largest k of the schedule (fixed
-    before any result is seen) by McNemar's exact test, Holm-adjusted over the schedule, at the 5 % level; and only
-    when the budget settled for both models (``status``, :func:`budget_status`): while the success count still grows
-    in the last half of the budget, the rates are lower bounds and the difference is "not settled". For ``b`` =
-    ``a`` + the clean text, "b is fooled less often" means the text blunts the attack."""
+    """Which of two models on the same items is fooled less often. Declared only when the budget settled for both
+    models (``status``, :func:`budget_status`) and McNemar's exact test at the largest k of the schedule (fixed
+    before any result is seen), Holm-adjusted over the schedule, is significant at the 5 % level; otherwise
+    :data:`NO_VERDICT`. A budget that did not settle, or a difference within the test's noise, can change with the
+    machine or the seed; a verdict must not. For ``b`` = ``a`` + the clean text, "b is fooled less often" means the
+    text blunts the attack."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return "no item was attacked by both"
     row = part.iloc[-1]
-    rising = [m for m in (a, b) if status is not None and not bool(status.loc[m, "settled"])]
-    if rising:
-        return (f"not settled at this budget: success still rising in the last half of the budget for "
-                f"{' and '.join(rising)} (rates are lower bounds), so no model is declared more robust")
-    if row["p (Holm)"] < 0.05:
-        return f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
-    return "no detectable difference"
+    if _rising(status, a, b) or not row["p (Holm)"] < 0.05:
+        return NO_VERDICT
+    return f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
+
+
+def _rising(status: pd.DataFrame | None, *models: str) -> list:
+    return [m for m in models if status is not None and not bool(status.loc[m, "settled"])]
 
 
 def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = "") -> str:
-    """The sentence of a pair: counts and tests at the largest k, then :func:`pair_verdict`."""
+    """The sentence of a pair: counts and tests at the largest k, why no model is declared more robust when none is
+    (success still rising late: "not settled at this budget"; else "no detectable difference"), then
+    :func:`pair_verdict`."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return f"{a} vs {b}: no item was attacked by both"
     row = part.iloc[-1]
+    rising = _rising(status, a, b)
+    verdict = pair_verdict(tests, a, b, status)
+    reason = (f"; success still rising in the last half of the budget for {' and '.join(rising)}: not settled at "
+              f"this budget, the rates are lower bounds" if rising else
+              "; no detectable difference" if verdict == NO_VERDICT else "")
     return (f"{a} vs {b} at {int(row['pixels'])} pixels (the largest k, fixed in advance), {int(row['items'])} items"
             f"{f', {budget}' if budget else ''}: fooled {row['a fooled %']:.0f} % vs {row['b fooled %']:.0f} % "
             f"(only {a}: {int(row['only a fooled'])}, only {b}: {int(row['only b fooled'])}; McNemar p = "
-            f"{row['p_value']:.2g}, Holm-adjusted over {len(part)} k: {row['p (Holm)']:.2g}): "
-            f"{pair_verdict(tests, a, b, status)}")
+            f"{row['p_value']:.2g}, Holm-adjusted over {len(part)} k: {row['p (Holm)']:.2g}{reason}): {verdict}")
 
 
 def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> dict:
@@ -410,19 +422,16 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
     if {key for key in adaptive} != {key for key in runs}:
         raise ValueError(f"utils/robustness.py: adaptive searches {sorted(adaptive)} are not those of the attack "
                          f"{sorted(runs)}")
-    table = transfer_through_filter(runs, defended, images)
-    k_max = max(cfg["pixels"])
-    for label in table.index:
+    rows = {}
+    for label in defended:
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
         pn = ensemble_needed(mine)
         n, won = int(pn.attacked.sum()), int(((pn.k_needed > 0) & pn.attacked).sum())
         r = stats.success_rate_interval(won, n)
-        table.loc[label, ["adaptive: attacked", "adaptive: fooled"]] = [n, won]
-        table.loc[label, ["adaptive %", "adaptive % low", "adaptive % high"]] = [r["estimate"], r["low"], r["high"]]
-        table.loc[label, "adaptive settled"] = budget_status(mine)["settled"]
-    table["budget"] = budget_statement(cfg)
-    table.attrs["k"] = k_max
-    return table
+        rows[label] = {"adaptive: attacked": n, "adaptive: fooled": won, "adaptive %": r["estimate"],
+                       "adaptive % low": r["low"], "adaptive % high": r["high"],
+                       "adaptive settled": budget_status(mine)["settled"], "budget": budget_statement(cfg)}
+    return transfer_through_filter(runs, defended, images).join(pd.DataFrame(rows).T.infer_objects())
 
 
 def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> tuple[dict, dict]:
@@ -631,7 +640,7 @@ def attack_lines(attacks: AttackRun, cfg: dict, items: str) -> list[str]:
     return lines
 
 
-def defence_lines(defence: pd.DataFrame, metric: str, items: str) -> list[str]:
+def defence_lines(defence: pd.DataFrame, metric: str, items: str, k_max: int) -> list[str]:
     """Per model: the filter's price in clean accuracy, the transfer and the adaptive attack (same budget)."""
     lines = []
     for m, r in defence.iterrows():
@@ -640,7 +649,7 @@ def defence_lines(defence: pd.DataFrame, metric: str, items: str) -> list[str]:
                      f"{r[f'clean {metric}, filtered']:.1f}; transfer: {int(r['still fooled behind the filter'])} of the "
                      f"{int(r['fooled'])} {items} fooled without the filter are still fooled through it; adaptive attack "
                      f"({r['budget']}, gradients straight through the filter): {_rate(r, 'adaptive %')} of "
-                     f"{int(r['adaptive: attacked'])} fooled with at most {defence.attrs.get('k', '')} pixels{rising}")
+                     f"{int(r['adaptive: attacked'])} {items} fooled with at most {k_max} pixels{rising}")
     return lines
 
 
@@ -662,7 +671,7 @@ def robustness_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd
     metric = "mAP" if "clean mAP" in defence.columns else "mean R@1"
     items = "persons" if metric == "mAP" else "images"
     at_max = attacks.curve[attacks.curve.pixels == max(cfg["pixels"])].set_index("model")
-    lines = (attack_lines(attacks, cfg, items) + attacks.sentences + defence_lines(defence, metric, items)
+    lines = (attack_lines(attacks, cfg, items) + attacks.sentences + defence_lines(defence, metric, items, max(cfg["pixels"]))
              + poisoning_lines(poisoning, cfg, metric, items))
     targets = {"attacked": {m: int(r["attacked"]) for m, r in at_max.iterrows()},
                "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()},
@@ -714,7 +723,7 @@ def flickr_gallery(data: Data, needed: dict, n: int, path=None):
 __all__ = ["AttackRun", "MEMBERS", "attack_models", "attacked_rows", "emotic_pipelines", "flickr_pipelines",
            "members", "budget_statement", "run_label", "pixels_needed", "attack_items", "attack_chunk", "merge_needed",
            "ensemble_needed", "budget_status", "summarise", "success_table", "median_pixels", "paired_attack_tests",
-           "pair_verdict", "paired_sentence", "attack_payload", "successes", "transfer_through_filter",
+           "pair_verdict", "NO_VERDICT", "paired_sentence", "attack_payload", "successes", "transfer_through_filter",
            "defence_table", "adaptive_attack", "emotic_defence", "emotic_poisoning", "flickr_poisoning",
            "flickr_defence", "backdoor_columns", "robustness_findings", "attack_lines", "defence_lines",
            "poisoning_lines", "emotic_gallery", "flickr_gallery", "rank1_rows", "emotic_right", "top_category",
