@@ -255,8 +255,10 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
     runs = R.pixels_needed(pipes, images, rows, cfg, precomputed=False)
     defended, adaptive = R.adaptive_attack(pipes, images, rows, cfg)
     assert sorted(adaptive) == sorted(runs) == ["toy [black-box]", "toy [white-box]"]
+    assert all(set(pn.reports) == {8} for pn in adaptive.values()), "the adaptive attack runs at the largest k"
+    single = R.pixels_needed(pipes, images, rows, {**cfg, "pixels": [8]}, precomputed=False)
     compared = 0
-    for key, pn in runs.items():  # every report of the adaptive attack ran with the attack's very settings
+    for key, pn in [*runs.items(), *single.items()]:  # the adaptive attack ran with the attack's very settings
         for k in set(pn.reports) & set(adaptive[key].reports):
             assert adaptive[key].reports[k].settings == pn.reports[k].settings
             compared += 1

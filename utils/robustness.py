@@ -24,7 +24,7 @@ from .attack.sparse_pgd import STEP_COST
 from . import encoders, stats
 from .experiments import FINETUNED, Data, Findings, emotic_chance, slug, train_emotic, train_flickr_joint
 from .labels import CATEGORIES, CATEGORY_INDEX
-from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
+from .metrics import retrieval_metrics, retrieval_ranks
 from .poisoning import median_filter_defence, poison_emotic, poison_flickr, stamp_trigger
 from .training import predict
 
@@ -436,10 +436,11 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
 
 def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> tuple[dict, dict]:
     """The adaptive attack on the defence: every model behind a ``median_size`` median filter inside its pipeline
-    (``utils.attack.median_defended``), attacked by the same searches with the same budget on the same rows.
-    Returns (defended pipelines, ``run_label(model, member)`` -> ``PixelsNeeded``)."""
+    (``utils.attack.median_defended``), attacked by the same searches with the same budget on the same rows, at
+    the largest k of the schedule only: the one the findings report (and half the cost of the whole schedule or
+    less). Returns (defended pipelines, ``run_label(model, member)`` -> ``PixelsNeeded``)."""
     defended = {label: A.median_defended(p, cfg["median_size"]) for label, p in pipelines.items()}
-    return defended, pixels_needed(defended, images, rows, cfg)
+    return defended, pixels_needed(defended, images, rows, {**cfg, "pixels": [max(cfg["pixels"])]})
 
 
 def _padded(pixel_lists) -> np.ndarray:
@@ -448,6 +449,12 @@ def _padded(pixel_lists) -> np.ndarray:
     for i, p in enumerate(pixel_lists):
         out[i, :len(p)] = p
     return out
+
+
+def clean_map(scores: np.ndarray, labels: np.ndarray, cfg: dict) -> float:
+    """The bias-corrected test mAP, exactly as the notebooks' summary tables compute it (same subsets, same seed), so a
+    clean mAP here reads against the mAP of notebooks 01, 03 and 05."""
+    return stats.bias_corrected_map(scores, labels, n_subsamples=cfg["bootstrap"], seed=cfg["seed"])["estimate"]
 
 
 def emotic_defence(data: Data, models: dict, attack: AttackRun, rows: np.ndarray, cfg: dict) -> tuple[pd.DataFrame, dict]:
@@ -461,8 +468,8 @@ def emotic_defence(data: Data, models: dict, attack: AttackRun, rows: np.ndarray
     images = np.asarray(split.context)
     defended, adaptive = adaptive_attack(emotic_pipelines(data, models), images, rows, cfg)
     table = defence_table(attack.runs, adaptive, defended, images, cfg)
-    table["clean mAP"] = [emotic_metrics(predict(models[m], test)["scores"], test["cat"])["mAP"] for m in table.index]
-    table["clean mAP, filtered"] = [emotic_metrics(predict(models[m], {**test, **filtered})["scores"], test["cat"])["mAP"]
+    table["clean mAP"] = [clean_map(predict(models[m], test)["scores"], test["cat"], cfg) for m in table.index]
+    table["clean mAP, filtered"] = [clean_map(predict(models[m], {**test, **filtered})["scores"], test["cat"], cfg)
                                     for m in table.index]
     return table, adaptive
 
@@ -570,7 +577,7 @@ def _emotic_poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) 
                          "poisoned images": len(p.indices),
                          **backdoor_columns(s["triggered"][eligible].argmax(1) == target,
                                             s["clean"][eligible].argmax(1) == target),
-                         "clean mAP": emotic_metrics(s["clean"], test["cat"])["mAP"], "checkpoint": trained.checkpoint.name})
+                         "clean mAP": clean_map(s["clean"], test["cat"], cfg), "checkpoint": trained.checkpoint.name})
     return pd.DataFrame(rows), scores
 
 
