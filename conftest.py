@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+import run_all
+
 REPO = Path(__file__).resolve().parent
-CELL_TIMEOUT = 600  # seconds allowed per notebook cell in the CLIP re-run; nbval's own: --nbval-cell-timeout
+CELL_TIMEOUT = 600  # seconds allowed per notebook cell in the re-runs (NotebookRunner); nbval's own: --nbval-cell-timeout
 KERNEL_ENV: dict[str, str] = {}  # the environment the notebook kernels get, fixed by pytest_configure
 _NOTEBOOK_FAILURES: dict[str, list[str]] = {}  # notebook name -> failing cells, as nbval reported them
 _PREPARED: list[Path] = []
@@ -88,6 +90,30 @@ def pytest_runtest_logreport(report):
         failures = _NOTEBOOK_FAILURES.setdefault(path.stem, [])
         if report.failed:
             failures.append(f"{report.nodeid} ({report.when}):\n{report.longreprtext[-3000:]}")
+
+
+class NotebookRunner:
+    """A second run of notebooks beside nbval's, with another environment ``env`` (CLIP encoders, VLM descriptions)
+    and its own ``output`` folder, through the main job's executor: ``run(name)`` executes a notebook at most once
+    and returns ``output``, or fails the calling test with the failing cell's error."""
+
+    def __init__(self, output, timeout: int, env: dict):
+        self.output, self.timeout, self.env = output, timeout, env
+        self.errors: dict[str, str | None] = {}
+
+    def run(self, name: str):
+        from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+        if name not in self.errors:
+            target = self.output / "notebooks" / f"{name}.ipynb"
+            try:
+                run_all.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", target, self.timeout, env=self.env)
+                self.errors[name] = None
+            except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
+                self.errors[name] = f"{name}.ipynb failed (executed copy: {target}):\n{err}"
+        if self.errors[name] is not None:
+            pytest.fail(self.errors[name], pytrace=False)
+        return self.output
 
 
 class ExecutedNotebooks:

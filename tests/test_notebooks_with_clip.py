@@ -13,35 +13,11 @@ import shutil
 import numpy as np
 import pytest
 
-import run_all
-from conftest import KERNEL_ENV, REPO, prepare_data
+from conftest import KERNEL_ENV, REPO, NotebookRunner, prepare_data
 
 pytestmark = pytest.mark.notebook
 
 NOTEBOOKS = ["01_emotic_baseline", "02_flickr8k_baseline", "03_emotic_joint_embedding", "04_flickr8k_joint_embedding"]
-
-
-class ClipRun:
-    """Executes each notebook at most once with the CLIP settings (a second run beside nbval's, in its own output
-    folder, through the main job's executor) and fails the calling test with the failing cell's error."""
-
-    def __init__(self, output, timeout: int, env: dict):
-        self.output, self.timeout, self.env = output, timeout, env
-        self.errors: dict[str, str | None] = {}
-
-    def run(self, name: str):
-        from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-
-        if name not in self.errors:
-            target = self.output / "notebooks" / f"{name}.ipynb"
-            try:
-                run_all.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", target, self.timeout, env=self.env)
-                self.errors[name] = None
-            except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
-                self.errors[name] = f"{name}.ipynb with CLIP encoders failed (executed copy: {target}):\n{err}"
-        if self.errors[name] is not None:
-            pytest.fail(self.errors[name], pytrace=False)
-        return self.output
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +30,7 @@ def clip_runner(tmp_path_factory, request):
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
     env = {**KERNEL_ENV, "MMER_ENCODERS": str(folder), "MMER_OUTPUT": str(output)}
-    return ClipRun(output, request.config.getoption("--notebook-cell-timeout"), env=env), folder
+    return NotebookRunner(output, request.config.getoption("--notebook-cell-timeout"), env=env), folder
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
