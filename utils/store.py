@@ -1,0 +1,144 @@
+"""Everything the project writes goes through here: content keys, and files that appear whole or not at all.
+
+A stored result (features, a checkpoint, a precomputed attack, a prep output) is named by :func:`key` over its
+settings, the digests of its inputs and :func:`code_digest` of the source that computes it, so editing that source
+names a new file and a stale result is never loaded: there is no version constant to bump by hand.
+
+Every file is written by :func:`atomic_write`: a temporary name unique to the process and call, in the target's
+folder, flushed and fsynced, then renamed over the target. A reader (another rank, the main job's summary) never
+sees half a file, and a run killed mid-write leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+
+def _update(h, part: Any) -> None:
+    if isinstance(part, np.ndarray):
+        h.update(f"array\0{part.dtype.str}\0{part.shape}\0".encode())
+        h.update(np.ascontiguousarray(part).data)
+    elif isinstance(part, (bytes, bytearray, memoryview)):
+        h.update(b"bytes\0" + bytes(part))
+    else:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    h.update(b"\0\0")
+
+
+def digest(*parts: Any) -> str:
+    """sha256 (hex) of JSON-able parts, numpy arrays (dtype, shape and bytes) and bytes, in order."""
+    h = hashlib.sha256()
+    for part in parts:
+        _update(h, part)
+    return h.hexdigest()
+
+
+def key(*parts: Any) -> str:
+    """A short content key (16 hex digits) for a file name: :func:`digest` of ``parts``."""
+    return digest(*parts)[:16]
+
+
+def code_digest(*sources: ModuleType | Callable | str | os.PathLike) -> str:
+    """Digest of the source code behind a result: modules (a package counts as every ``.py`` file in its folder),
+    functions and classes (their module's whole file: a helper it calls may live beside it), or file paths.
+
+    Whole files rather than single functions: an edit anywhere in the computing module invalidates, which can only
+    cost a recomputation, never load a result another version of the code computed."""
+    files: set[Path] = set()
+    for src in sources:
+        if isinstance(src, (str, os.PathLike)):
+            files.add(Path(src).resolve())
+            continue
+        module = src if isinstance(src, ModuleType) else inspect.getmodule(src)
+        path = Path(inspect.getfile(module)).resolve()
+        files.update(path.parent.glob("*.py") if path.name == "__init__.py" else [path])
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], Any] | bytes | str) -> Path:
+    """Write ``path`` whole or not at all. ``write`` is the bytes/text, or a function given the open binary file.
+
+    The temporary name carries the process id and a random part, so processes writing the same file at once
+    (every torchrun rank remembering one digest) never share a temporary; the last rename wins with a whole file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(write):
+                write(f)
+            else:
+                f.write(write.encode() if isinstance(write, str) else write)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types: numpy scalars and arrays become numbers and lists, paths strings, NaN and inf ``None``
+    (JSON has no NaN; ``null`` marks an undefined metric, e.g. the AP of a category without positives)."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return str(obj) if isinstance(obj, Path) else obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Strict JSON (see :func:`jsonable`), serialised before anything is written, then written atomically."""
+    return atomic_write(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
+    """A compressed ``.npz`` that loads with ``allow_pickle=False``: object arrays are refused, naming the key."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for k, v in arrays.items():
+        if v.dtype == object:
+            raise ValueError(f"{path}: array {k!r} has dtype object, which would need pickle to load")
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickle)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    return atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
+
+
+def save_state(path: str | os.PathLike, module: torch.nn.Module) -> Path:
+    """A plain state_dict on the host: tensors only, loadable with ``torch.load(weights_only=True)``."""
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_state(path: str | os.PathLike, module: torch.nn.Module, device=None) -> torch.nn.Module:
+    module.load_state_dict(torch.load(path, map_location=device or "cpu", weights_only=True))
+    return module
