@@ -179,8 +179,8 @@ def permutation_p(scores_a, scores_b, labels, n_permutations: int, seed) -> floa
     exact, chunks = S._permutation_masks(len(labels), n_permutations, seed)
     null = []
     for masks in chunks:
-        a, b = stacked.replicates(S._stack_masks(masks), ("mAP",), complement=True)
-        null.append(a["mAP"] - b["mAP"])
+        stack = np.hstack([~masks, masks]).astype(np.int32)  # A' picks A, or B where swapped
+        null.append(stacked.replicates(stack, ("mAP",))["mAP"] - stacked.replicates(1 - stack, ("mAP",))["mAP"])
     return S._permutation_p(observed, np.concatenate(null), exact)
 
 
