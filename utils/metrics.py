@@ -1,40 +1,19 @@
-"""Evaluation metrics for Emotic (multi-label emotion recognition) and Flickr8k (image-caption retrieval).
-
-Conventions, stated once so every notebook and table agrees:
-
-- **Percent.** mAP, per-category AP, dominant-emotion accuracy and Recall@k are reported in percent (0-100),
-  as papers do. VAD errors stay on the annotation scale (1..10); median ranks are 1-based ranks.
-- **mAP** is the mean over categories of ``sklearn.metrics.average_precision_score`` (step-wise area under the
-  precision-recall curve). A category with no positive example in the evaluated split has no defined AP: it is
-  reported as NaN in ``ap_per_category``, left out of the mean, and ``n_categories_scored`` says how many
-  categories the mean covers. On the real Emotic test split all 26 have positives; tiny fixture splits may not.
-- **Dominant accuracy**: a person counts as correct when the single highest-scored category is one of their true
-  categories (ties between scores go to the first category in canonical order, as ``np.argmax`` does).
-- **Retrieval ranks** are pessimistic on ties: a query's rank is 1 + the number of *wrong* items scored at least
-  as high as its best right item. Constant similarities therefore give the worst rank, never a lucky hit.
-  Image->text: an image is a hit at k when ANY of its captions is within the top k. Text->image: a caption is a
-  hit at k when its own image is within the top k.
-
-Saving what a notebook reports lives in ``utils.results``.
-"""
+"""Evaluation metrics for Emotic (multi-label emotions) and Flickr8k (image-caption retrieval), in percent except VAD
+errors (1..10 scale) and ranks. The conventions (NaN AP without a positive, pessimistic ties) are in
+docs/statistics.md; saving what a notebook reports lives in ``utils.results``."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import hypergeom
 from sklearn.metrics import average_precision_score
 
 from .labels import CATEGORIES, CONTINUOUS
 
-__all__ = [
-    "emotic_metrics", "retrieval_metrics", "retrieval_ranks", "retrieval_chance", "as_2d", "check_retrieval",
-]
 
-
-# ----------------------------------------------------------------------------------------------------- Emotic
 def as_2d(name: str, arr, n_cols: int | None = None) -> np.ndarray:
-    """``arr`` as a 2-D array of finite values (``n_cols`` columns when given), or a ValueError naming it; the
-    savers in utils/results.py check their inputs with it too."""
+    """``arr`` as a 2-D array of finite values (``n_cols`` columns when given), or a ValueError naming it."""
     arr = np.asarray(arr)
     if arr.ndim != 2 or (n_cols is not None and arr.shape[1] != n_cols):
         want = f"(N, {n_cols})" if n_cols is not None else "(N, K)"
@@ -44,19 +23,9 @@ def as_2d(name: str, arr, n_cols: int | None = None) -> np.ndarray:
     return arr
 
 
-def emotic_metrics(scores, labels, vad_pred=None, vad_true=None,
-                   categories: Sequence[str] | None = None) -> dict:
-    """Emotic test metrics from category scores and multi-hot labels.
-
-    ``scores`` (N, K) are any monotone confidences (logits or probabilities give the same AP); ``labels`` (N, K)
-    are 0/1. ``vad_pred`` / ``vad_true`` (N, 3) are valence/arousal/dominance on the 1..10 scale.
-    ``categories`` defaults to the 26 canonical Emotic names when K == 26.
-
-    Returns a JSON-friendly dict:
-    ``mAP`` (percent, mean over categories with at least one positive), ``ap_per_category`` (name -> percent or
-    NaN), ``n_categories_scored``, ``dominant_accuracy`` (percent), ``n`` (persons), and when VAD is given
-    ``vad_mae`` (``{"Valence", "Arousal", "Dominance", "mean"}`` on the 1..10 scale).
-    """
+def emotic_metrics(scores, labels, vad_pred=None, vad_true=None) -> dict:
+    """``mAP``, ``ap_per_category`` (NaN without a positive), ``n_categories_scored``, ``dominant_accuracy``, ``n``
+    and, given VAD (N, 3), ``vad_mae`` per dimension and ``mean``, from (N, K) scores and 0/1 labels."""
     scores = as_2d("scores", scores)
     labels = as_2d("labels", labels, scores.shape[1])
     if labels.shape[0] != scores.shape[0]:
@@ -66,30 +35,24 @@ def emotic_metrics(scores, labels, vad_pred=None, vad_true=None,
     if scores.shape[0] == 0:
         raise ValueError("scores: no rows to evaluate")
     n, k = scores.shape
-    if categories is None:
-        categories = CATEGORIES if k == len(CATEGORIES) else tuple(f"category_{j}" for j in range(k))
-    if len(categories) != k:
-        raise ValueError(f"categories: {len(categories)} names for {k} score columns")
-
+    categories = CATEGORIES if k == len(CATEGORIES) else tuple(f"category_{j}" for j in range(k))
     labels = labels.astype(np.int64)
     ap = np.full(k, np.nan)
     for j in range(k):
         if labels[:, j].any():  # AP is undefined without a positive (sklearn warns and returns a meaningless 0)
             ap[j] = 100.0 * average_precision_score(labels[:, j], scores[:, j])
     scored = ~np.isnan(ap)
-    top = scores.argmax(axis=1)
     out = {
         "mAP": float(ap[scored].mean()) if scored.any() else float("nan"),
         "ap_per_category": {name: float(v) for name, v in zip(categories, ap)},
         "n_categories_scored": int(scored.sum()),
-        "dominant_accuracy": float(100.0 * labels[np.arange(n), top].mean()),
+        "dominant_accuracy": float(100.0 * labels[np.arange(n), scores.argmax(axis=1)].mean()),
         "n": int(n),
     }
     if (vad_pred is None) != (vad_true is None):
         raise ValueError("vad_pred and vad_true must be given together")
     if vad_pred is not None:
-        vad_pred = as_2d("vad_pred", vad_pred, len(CONTINUOUS))
-        vad_true = as_2d("vad_true", vad_true, len(CONTINUOUS))
+        vad_pred, vad_true = as_2d("vad_pred", vad_pred, len(CONTINUOUS)), as_2d("vad_true", vad_true, len(CONTINUOUS))
         if not (vad_pred.shape[0] == vad_true.shape[0] == n):
             raise ValueError(f"vad_pred/vad_true must have {n} rows like scores, got "
                              f"{vad_pred.shape[0]} and {vad_true.shape[0]}")
@@ -98,7 +61,6 @@ def emotic_metrics(scores, labels, vad_pred=None, vad_true=None,
     return out
 
 
-# -------------------------------------------------------------------------------------------------- Flickr8k
 def check_retrieval(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
     """A similarity matrix (images x captions) and each caption's image index, validated together."""
     sim = as_2d("similarity", sim)
@@ -119,12 +81,8 @@ def check_retrieval(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
-    """1-based ranks of the right answer for every query, pessimistic on ties (see module docstring).
-
-    ``sim`` is (M images, C captions), higher = more similar; ``caption_image[c]`` is the image row of caption c.
-    Returns ``(i2t, t2i)``: i2t (M,) the rank of each image's best-placed own caption among all captions;
-    t2i (C,) the rank of each caption's image among all images.
-    """
+    """1-based ranks of the right answer, pessimistic on ties: ``(i2t, t2i)``, each image's best own caption among
+    all captions (M,) and each caption's image among all images (C,)."""
     sim, caption_image = check_retrieval(sim, caption_image)
     m, c = sim.shape
     own = caption_image[None, :] == np.arange(m)[:, None]          # (M, C) True where caption c belongs to image m
@@ -136,20 +94,11 @@ def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def retrieval_metrics(sim, caption_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """Flickr8k retrieval metrics from an (M images x C captions) similarity matrix.
-
-    Returns ``i2t_R@k`` / ``t2i_R@k`` (percent) for each k, ``i2t_median_rank`` / ``t2i_median_rank`` (1-based;
-    ``np.median``, so a half rank is possible with an even number of queries), ``mean_R@1`` (mean of the two R@1,
-    the main metric of the notebooks), ``rsum`` (sum of all recalls) and ``n_images`` / ``n_captions``.
-    """
+    """R@k both ways (percent), median ranks (``np.median``, so possibly half ranks), ``mean_R@1`` (the notebooks'
+    main metric), ``rsum`` and ``n_images`` / ``n_captions`` from an (M images x C captions) similarity matrix."""
     i2t, t2i = retrieval_ranks(sim, caption_image)
-    out: dict = {}
-    for k in ks:
-        out[f"i2t_R@{k}"] = float(100.0 * (i2t <= k).mean())
-    for k in ks:
-        out[f"t2i_R@{k}"] = float(100.0 * (t2i <= k).mean())
-    out["i2t_median_rank"] = float(np.median(i2t))
-    out["t2i_median_rank"] = float(np.median(t2i))
+    out = {f"{d}_R@{k}": float(100.0 * (r <= k).mean()) for d, r in (("i2t", i2t), ("t2i", t2i)) for k in ks}
+    out["i2t_median_rank"], out["t2i_median_rank"] = float(np.median(i2t)), float(np.median(t2i))
     if 1 in ks:
         out["mean_R@1"] = (out["i2t_R@1"] + out["t2i_R@1"]) / 2
     out["rsum"] = float(sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks))
@@ -158,14 +107,8 @@ def retrieval_metrics(sim, caption_image, ks: Sequence[int] = (1, 5, 10)) -> dic
 
 
 def retrieval_chance(caption_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """Expected Recall@k (percent) of a uniformly random ranking: the floor a retrieval model must clear.
-
-    Image->text: an image owning ``n`` of the ``C`` captions has none of them in a random top k with the
-    hypergeometric probability ``C(C-n, k) / C(C, k)``; the recall is one minus that, averaged over images.
-    Text->image: ``min(k, M) / M``. Keys as in ``retrieval_metrics``: ``i2t_R@k``, ``t2i_R@k``, ``mean_R@1``.
-    """
-    from scipy.stats import hypergeom
-
+    """Expected R@k (percent) of a random ranking, the floor a model must clear: image->text is one minus the
+    hypergeometric chance that none of an image's captions is in the top k, text->image ``min(k, M) / M``."""
     cap = np.asarray(caption_image)
     if cap.ndim != 1 or cap.size == 0 or cap.dtype.kind not in "iu" or cap.min() < 0:
         raise ValueError(f"caption_image: expected a non-empty 1-D array of image rows, got {cap.shape} {cap.dtype}")
@@ -173,11 +116,8 @@ def retrieval_chance(caption_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
     if (n_per_image == 0).any():
         raise ValueError(f"caption_image: image row {np.flatnonzero(n_per_image == 0)[0]} has no caption")
     m, c = len(n_per_image), len(cap)
-    out: dict = {}
-    for k in ks:
-        out[f"i2t_R@{k}"] = float(100.0 * np.mean(1.0 - hypergeom.pmf(0, c, n_per_image, min(k, c))))
-    for k in ks:
-        out[f"t2i_R@{k}"] = float(100.0 * min(k, m) / m)
+    out = {f"i2t_R@{k}": float(100.0 * np.mean(1.0 - hypergeom.pmf(0, c, n_per_image, min(k, c)))) for k in ks}
+    out.update({f"t2i_R@{k}": float(100.0 * min(k, m) / m) for k in ks})
     if 1 in ks:
         out["mean_R@1"] = (out["i2t_R@1"] + out["t2i_R@1"]) / 2
     return out
