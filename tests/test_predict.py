@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import mat2py  # noqa: E402
-from utils import prediction as P  # noqa: E402
+import predict as P  # noqa: E402  (scripts/predict.py: pyproject puts scripts/ on pytest's path)
 from utils.labels import CATEGORIES  # noqa: E402
 
 SCRIPT = str(REPO / "scripts" / "predict.py")
