@@ -59,8 +59,10 @@ def main(argv=None) -> int:
             args.data_dir = tmp / "raw"
         model_name = args.model
         if model_name is None:
-            from utils.tiny_models import make_tiny_llava
-            model_name = str(make_tiny_llava(tmp / "llava"))
+            spec = importlib.util.spec_from_file_location("tiny_models", REPO / "tests" / "tiny_models.py")
+            tiny_models = importlib.util.module_from_spec(spec)  # a test fixture, not part of the package
+            spec.loader.exec_module(tiny_models)
+            model_name = str(tiny_models.make_tiny_llava(tmp / "llava"))
         items = describe.persons(emotic.load_annotations(args.data_dir / "Annotations" / "Annotations.mat"),
                                  emotic.SPLITS, False)
         images, digests, people = args.data_dir / "emotic", {}, []

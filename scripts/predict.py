@@ -13,13 +13,246 @@ given, described by the source the model was trained with (the metadata sentence
 ``scripts/describe.py``). Printed: the top categories with their probabilities, each category's threshold (highest
 validation F1; ``*`` marks those above it) and valence / arousal / dominance on Emotic's 1..10 scale. See
 docs/descriptions.md.
+
+The checkpoint lookup, the thresholds and the description of a new person live here too (the tests import this
+file as the module ``predict``); thresholds are, per category, the score threshold that maximises F1 on the
+validation split over the model's own validation scores (of equal F1, the highest; NaN without a positive).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.special import expit
+from torch import nn
+
+from utils import config, encoders, paths
+from utils import device as devices
+from utils import experiments as X
+from utils.images import ImageReadError, load_rgb, pixel_box, resize_rgb
+from utils.labels import CATEGORIES, CONTINUOUS
+from utils.training import load_checkpoint, predict
+
+
+class PredictError(RuntimeError):
+    """A bad photo, box, checkpoint or description source; the message names the file and the problem."""
+
+
+@dataclass
+class Loaded:
+    label: str
+    model: object
+    checkpoint: Path
+    data: X.Data
+    thresholds: np.ndarray  # (26,) probability thresholds, NaN where validation has no positive
+
+
+def _records(label: str) -> list[tuple[Path, dict]]:
+    folder = paths.output_dir() / "checkpoints"
+    out = []
+    for record in sorted(folder.glob(f"emotic_{X.slug(label)}_*.json")):
+        ckpt = record.with_suffix(".pt")
+        try:
+            key = json.loads(record.read_text())["key"]
+        except (OSError, ValueError, KeyError) as e:
+            raise PredictError(f"{record}: unreadable checkpoint record ({e})") from e
+        # the headline model of the notebook: clean data, frozen encoders, the configured alignment weight
+        if ckpt.is_file() and key.get("label") == label and key.get("tag") == "clean" and "finetune" not in key \
+                and key.get("align_weight") is None:
+            out.append((ckpt, key))
+    return out
+
+
+_NOT_SETTINGS = {"experiment", "label", "tag", "encoders", "align_weight"}
+
+
+def find_checkpoint(label: str, cfg: dict, data: X.Data) -> Path:
+    """The checkpoint of ``label`` trained on these data with these settings; the errors say what differs."""
+    if label not in X.EMOTIC_MODELS:
+        raise PredictError(f"unknown model {label!r}: expected one of {', '.join(map(repr, X.EMOTIC_MODELS))}")
+    found = _records(label)
+    if not found:
+        raise PredictError(f"{paths.output_dir() / 'checkpoints'}: no checkpoint of {label!r}; run notebook 01 "
+                           f"(or 03 for the joint models) with the same settings first")
+    same_encoders = [(c, k) for c, k in found if k.get("encoders") == data.encoders]
+    if not same_encoders:
+        ckpt, key = found[-1]
+        raise PredictError(f"{ckpt}: trained with other encoders ({key.get('encoders')}) than the current settings "
+                           f"load ({data.encoders}); set MMER_IMAGE_ENCODER / MMER_TEXT_ENCODER / MMER_ENCODERS as "
+                           f"for that training")
+    want = {"seed": cfg["seed"], "train": data.digest["train"], "val": data.digest["val"], "recipe": X.RECIPE_VERSION}
+    fits, differ = [], {}
+    for ckpt, key in same_encoders:
+        # every setting the record holds (the recipe's knobs) must be the current one; align_weight None means
+        # "the configured value", which the record keeps under "align"
+        differ = {k: (v, want[k] if k in want else cfg[k]) for k, v in key.items()
+                  if (k in want and v != want[k]) or (k not in want and k not in _NOT_SETTINGS and k in cfg
+                                                      and v != cfg[k])}
+        if not differ:
+            fits.append(ckpt)
+    if not fits:
+        raise PredictError(f"{same_encoders[-1][0]}: trained with other data or settings (checkpoint, now: {differ}); "
+                           f"use the settings and prepared data it was trained with, or retrain")
+    return max(fits, key=lambda p: p.stat().st_mtime)
+
+
+def f1_thresholds(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per category, the probability threshold (predict at >=) of highest F1 on (``probabilities``, ``labels``),
+    the highest such threshold on ties; NaN when the category has no positive.
+
+    F1 is computed from counts, 2 TP / (2 TP + FP + FN), rather than from ``precision_recall_curve``'s precision
+    and recall, whose rounding can split exact ties and so pick another threshold on another machine.
+    """
+    out = np.full(labels.shape[1], np.nan)
+    for j in range(labels.shape[1]):
+        y = np.asarray(labels[:, j]) > 0
+        if not y.any():
+            continue
+        order = np.argsort(-probabilities[:, j], kind="stable")
+        p, hit = probabilities[order, j], y[order]
+        last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]  # the last row of each distinct score
+        tp = np.cumsum(hit)[last]
+        fp = (last + 1) - tp
+        f1 = 2 * tp / (2 * tp + fp + (y.sum() - tp))
+        best = np.flatnonzero(f1 == f1.max())
+        out[j] = p[last[best[0]]]  # scores descend, so the first best is the highest threshold
+    return out
+
+
+def load(label: str, cfg: dict, device=None) -> Loaded:
+    """Data (for the encoders, the validation split and the training digests), the checkpoint and its thresholds."""
+    data = X.emotic_data(cfg)
+    ckpt = find_checkpoint(label, cfg, data)
+    torch.manual_seed(cfg["seed"])
+    model = load_checkpoint(X.emotic_model(label, cfg, data.dims), ckpt).eval()
+    if device is not None:
+        model.to(device)
+    val = data.features["val"]
+    scores = predict(model, val, keys=("scores",))["scores"]
+    return Loaded(label, model, ckpt, data, f1_thresholds(expit(scores), val["cat"]))
+
+
+def description_source(data: X.Data) -> dict:
+    """How the training descriptions were written (``manifest.json`` of the artefacts, and for a descriptions
+    file written by ``scripts/describe.py`` its ``.json`` record)."""
+    manifest = data.root / "manifest.json"
+    try:
+        info = json.loads(manifest.read_text())["descriptions"]
+    except (OSError, ValueError, KeyError) as e:
+        raise PredictError(f"{manifest}: cannot tell how the descriptions were written ({e}); pass --text") from e
+    if info["source"] == "file":
+        record = Path(info["file"]).with_suffix(".json")
+        try:
+            vlm_info = json.loads(record.read_text())
+        except (OSError, ValueError):
+            vlm_info = {}
+        if vlm_info.get("source") == "vlm":
+            return vlm_info
+    return info
+
+
+def describe(image: np.ndarray, boxes: list, source: dict, device) -> tuple[list[str], str]:
+    """(one description per person, how they were made) with the training source; a box is a clipped pixel box
+    or None (the whole photo). The model, if any, loads once for all persons."""
+    from PIL import Image
+
+    from utils.prep import emotic  # the describers of the prep scripts, replayed for a new photo
+
+    h, w = image.shape[:2]
+    boxes = [box or (0, 0, w, h) for box in boxes]
+    kind = source.get("source")
+    if kind == "metadata":
+        record = emotic.Record("", 0, "", "", (w, h), "unknown", ())
+        return [emotic.metadata_description(emotic.Person(0, 0, tuple(map(float, box)), (), (np.nan,) * 3, "", ""),
+                                            record, box, w, h) for box in boxes], \
+            "metadata sentence (no gender or age known)"
+    if kind == "vlm":
+        from utils.prep import vlm
+
+        model = vlm.VLM(source["model"], device, source["prompt"], source["max_new_tokens"])
+        texts = model.describe([Image.fromarray(image)] * len(boxes), boxes)
+        note = f"{source['model']}, {model.settings['dtype']}"
+        if model.settings["dtype"] != source.get("dtype"):
+            note += f"; the training descriptions were written in {source.get('dtype')}"
+        return texts, note
+    if kind == "captioner":
+        captioner = emotic.Captioner(source["model"])
+        crops = {}
+        for i, (x1, y1, x2, y2) in enumerate(boxes):  # as mat2py.py hands crops to the captioner
+            crop = Image.fromarray(np.ascontiguousarray(image[y1:y2, x1:x2]))
+            crop.thumbnail((captioner.crop_side, captioner.crop_side), Image.BILINEAR)
+            crops[str(i)] = crop
+        texts = captioner.caption(crops)
+        return [texts[str(i)] for i in range(len(boxes))], f"captioner {captioner.name}"
+    raise PredictError(f"the model was trained on descriptions from {source.get('file', kind)!r}, which cannot be "
+                       f"written for a new photo; pass --text \"...\"")
+
+
+def run(loaded: Loaded, image: np.ndarray, box, text: str, image_encoder, text_encoder) -> dict:
+    """Probabilities of the 26 categories (canonical order), above-threshold flags and VAD for one person."""
+    top, vad = top_emotions(image, text, model=loaded.model, image_encoder=image_encoder,
+                            text_encoder=text_encoder, box=box, k=len(CATEGORIES), with_vad=True)
+    logits = dict(top)
+    prob = expit(np.array([logits[c] for c in CATEGORIES]))
+    return {"probabilities": prob, "above": prob >= loaded.thresholds, "vad": vad}
+
+
+# ---- one person of one photo, as mat2py.py crops and the notebooks' features are computed
+def _crop_body(image: np.ndarray, box) -> np.ndarray:
+    """The person crop exactly as ``mat2py.py`` makes it: box clipped and outer-rounded, squashed to 128 x 128."""
+    if box is None:
+        return resize_rgb(image, 128)
+    h, w = image.shape[:2]
+    clipped = pixel_box([float(v) for v in box], w, h)
+    if clipped is None:
+        raise ValueError(f"top_emotions: box {tuple(box)} has no area inside the {w}x{h} image")
+    x1, y1, x2, y2 = clipped
+    return resize_rgb(image[y1:y2, x1:x2], 128)
+
+
+@torch.no_grad()
+def top_emotions(image, description: str | None = None, *, model: nn.Module, image_encoder=None, text_encoder=None,
+                 box=None, k: int = 5, with_vad: bool = False):
+    """The ``k`` highest-scored Emotic categories for one person, as ``[(category, score), ...]``.
+
+    ``image`` is a file path or an (H, W, 3) uint8 RGB array; ``box`` (x1, y1, x2, y2, pixels) marks the person
+    (default: the whole image is the person). ``description`` is needed when the model reads text. The encoders
+    default to the offline ones from ``utils.encoders`` (pass them in to avoid reloading on every call); they must
+    be the encoders the model was trained on. Features are computed exactly as for the training data (scene
+    squashed to 224, crop to 128). With ``with_vad=True`` returns ``(top, {"Valence": v, ...})``.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        image = load_rgb(image)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"top_emotions: expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    needs = set(getattr(model, "inputs", ("body", "context", "text")))
+    feats = {}
+    if needs & {"body", "context"}:
+        image_encoder = image_encoder or encoders.load_image_encoder()
+        if "body" in needs:
+            feats["body"] = encoders.image_features(image_encoder, _crop_body(image, box)[None], cache=False)
+        if "context" in needs:
+            feats["context"] = encoders.image_features(image_encoder, resize_rgb(image, 224)[None], cache=False)
+    if "text" in needs:
+        if not description:
+            raise ValueError("top_emotions: this model reads a text description; pass description=...")
+        text_encoder = text_encoder or encoders.load_text_encoder()
+        feats["text"] = encoders.text_features(text_encoder, [description], cache=False)
+    out = predict(model, feats, keys=("scores", "vad"))
+    scores = out["scores"][0]
+    order = np.argsort(-scores, kind="stable")[:k]
+    top = [(CATEGORIES[i], float(scores[i])) for i in order]
+    if with_vad:
+        return top, dict(zip(CONTINUOUS, map(float, out["vad"][0])))
+    return top
 
 
 def _box(text: str) -> tuple[float, ...]:
@@ -35,10 +268,7 @@ def _box(text: str) -> tuple[float, ...]:
 def read_photo(path: Path):
     """The photo as (H, W, 3) uint8 RGB, turned upright by its EXIF orientation (as a viewer shows it, so boxes
     read off a viewer fit); a file PIL cannot read raises ``ImageReadError`` naming it."""
-    import numpy as np
     from PIL import Image, ImageOps
-
-    from utils.prep.io import load_rgb
 
     image = load_rgb(path)  # every decoding error, with the file named
     with Image.open(path) as im:
@@ -64,13 +294,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from utils import config
-    from utils import device as devices
-    from utils import prediction as P
-    from utils.labels import CATEGORIES
-    from utils.prep import emotic
-    from utils.prep.io import ImageReadError
-
     try:
         image = read_photo(args.photo)
     except ImageReadError as e:
@@ -79,7 +302,7 @@ def main(argv=None) -> int:
     h, w = image.shape[:2]
     boxes = []
     for box in args.box:
-        clipped = emotic.pixel_box(box, w, h)
+        clipped = pixel_box(box, w, h)
         if clipped is None:
             print(f"error: {args.photo}: box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo "
                   f"(or is empty)", file=sys.stderr)
@@ -92,9 +315,9 @@ def main(argv=None) -> int:
     device = devices.device()
     cfg = config.load("emotic")
     try:
-        loaded = P.load(args.model, cfg, device)
+        loaded = load(args.model, cfg, device)
         needs_text = "text" in getattr(loaded.model, "inputs", ("text",))
-        source = P.description_source(loaded.data) if needs_text and not args.text else None
+        source = description_source(loaded.data) if needs_text and not args.text else None
         image_encoder, text_encoder = loaded.data.image_encoder, loaded.data.text_encoder
         print(f"model {args.model!r} from {loaded.checkpoint} on {device}")
         print(f"thresholds: per category, the probability of highest F1 on the validation split "
@@ -104,10 +327,10 @@ def main(argv=None) -> int:
         if needs_text and args.text:
             texts, how = [args.text[min(i, len(args.text) - 1)] for i in range(len(persons))], "given with --text"
         elif needs_text:
-            texts, how = P.describe(image, persons, source, device)
+            texts, how = describe(image, persons, source, device)
         for i, (box, text) in enumerate(zip(persons, texts)):
             where = f"box {','.join(map(str, box))}" if box else f"no box given: the whole {w}x{h} photo is the person"
-            out = P.run(loaded, image, box, text, image_encoder, text_encoder)
+            out = run(loaded, image, box, text, image_encoder, text_encoder)
             print(f"\nperson {i + 1} ({where})")
             if text is not None:
                 print(f"  description ({how}): {text}")
@@ -120,7 +343,7 @@ def main(argv=None) -> int:
             chosen = [CATEGORIES[j] for j in range(len(CATEGORIES)) if out["above"][j]]
             print(f"  above threshold: {', '.join(chosen) or 'none'}")
             print("  " + ", ".join(f"{k.lower()} {v:.2f}" for k, v in out["vad"].items()) + " (1..10)")
-    except (P.PredictError, FileNotFoundError) as e:
+    except (PredictError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -398,7 +398,7 @@ def test_cache_can_be_disabled(mobilenet, cache):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from utils.tiny_models import make_tiny_clip
+    from tests.tiny_models import make_tiny_clip
 
     return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip", seed=0)
 
@@ -451,7 +451,7 @@ def test_clip_towers_of_one_model_match_transformers(tiny_clip):
 
 
 def test_clip_one_model_or_one_tower_gives_one_fingerprint_and_cache_key(tiny_clip, tmp_path, cache):
-    from utils.tiny_models import make_tiny_clip
+    from tests.tiny_models import make_tiny_clip
 
     img_enc, txt_enc = E.load_encoders("clip:" + str(tiny_clip), device="cpu")
     alone_img = E.load_image_encoder("clip:" + str(tiny_clip), device="cpu")

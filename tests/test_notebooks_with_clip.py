@@ -1,6 +1,6 @@
 """Notebooks 01-04 on smoke with another documented encoder: the two towers of one CLIP model for both sides.
 
-The CLIP model is tiny, randomly initialised and saved locally by ``utils.tiny_models.make_tiny_clip`` (built with
+The CLIP model is tiny, randomly initialised and saved locally by ``tests.tiny_models.make_tiny_clip`` (built with
 the transformers classes, no download), so this exercises the real CLIP code path: feature sizes other than the
 defaults, CLIP preprocessing, one model behind both encoders, and the Flickr8k "CLIP zero-shot" row, which must equal
 the towers' own cosine similarity.
@@ -23,7 +23,7 @@ NOTEBOOKS = ["01_emotic_baseline", "02_flickr8k_baseline", "03_emotic_joint_embe
 @pytest.fixture(scope="module")
 def clip_runner(tmp_path_factory, request):
     prepare_data()
-    from utils.tiny_models import make_tiny_clip
+    from tests.tiny_models import make_tiny_clip
 
     folder = make_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip")
     output = REPO / "outputs" / f"test-{KERNEL_ENV['MMER_PROFILE']}-clip"

@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import mat2py  # noqa: E402
-from utils import prediction as P  # noqa: E402
+import predict as P  # noqa: E402  (scripts/predict.py: pyproject puts scripts/ on pytest's path)
 from utils.labels import CATEGORIES  # noqa: E402
 
 SCRIPT = str(REPO / "scripts" / "predict.py")
@@ -77,7 +77,7 @@ def trained(tmp_path_factory):
     from utils import config
     from utils import experiments as X
     from utils.synthetic import make_emotic
-    from utils.tiny_models import make_tiny_llava
+    from tests.tiny_models import make_tiny_llava
 
     root = tmp_path_factory.mktemp("predict")
     make_emotic(root / "raw", "smoke", 0)
@@ -253,7 +253,7 @@ def test_bad_inputs_name_the_file(trained, photo, tmp_path):
     assert proc.returncode == 2 and "unknown model 'no such model'" in proc.stderr
 
     # the same settings with other encoders (a tiny CLIP's towers) find only checkpoints of the default encoders
-    from utils.tiny_models import make_tiny_clip
+    from tests.tiny_models import make_tiny_clip
 
     clip = make_tiny_clip(tmp_path / "clip")
     proc = _predict(trained, photo, MMER_ENCODERS=str(clip))

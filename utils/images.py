@@ -1,0 +1,46 @@
+"""Image decoding shared by the prep scripts and the library (below both, so ``utils`` never imports ``prep``)."""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageReadError(Exception):
+    """An image file that is missing or cannot be decoded; the message names it."""
+
+
+def load_rgb(path) -> np.ndarray:
+    """Any image PIL reads (format sniffed from the bytes) as (H, W, 3) uint8 RGB; EXIF orientation not applied."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8).copy()
+    except FileNotFoundError as e:
+        raise ImageReadError(f"{path}: image file not found") from e
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"{path}: cannot decode image ({e})") from e
+
+
+def resize_rgb(arr: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Squash to ``size`` (square int, or (width, height)), antialiased bilinear, as published Emotic code does."""
+    wh = (size, size) if isinstance(size, int) else tuple(size)
+    arr = np.ascontiguousarray(arr)  # PIL copies a strided view (a crop) several times slower
+    return np.asarray(Image.fromarray(arr).resize(wh, Image.BILINEAR), dtype=np.uint8)
+
+
+def pixel_box(bbox, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """``bbox`` (x1, y1, x2, y2) clipped and outer-rounded: the crop ``image[y1:y2, x1:x2]``; None if empty."""
+    if not all(math.isfinite(v) for v in bbox):
+        return None
+    x1, y1 = min(max(math.floor(bbox[0]), 0), width), min(max(math.floor(bbox[1]), 0), height)
+    x2, y2 = min(max(math.ceil(bbox[2]), 0), width), min(max(math.ceil(bbox[3]), 0), height)
+    return None if x2 <= x1 or y2 <= y1 else (x1, y1, x2, y2)
+
+
+def sha256_prefix(path, n: int = 12) -> str:
+    """Hex sha256 of a file, its first ``n`` characters."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:n]
