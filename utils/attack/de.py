@@ -1,18 +1,5 @@
-"""Few-pixel attack by differential evolution (Su, Vargas & Sakurai 2019), batched across images.
-
-A candidate is ``k x (x, y, r, g, b)``; the search is DE/rand/1 without crossover, as in the paper:
-``child = a + F (b - c)`` from three other members of the image's population, and a child replaces its parent when
-it scores at least as well. Paper settings: population 400, at most 100 generations, F = 0.5, untargeted, early
-stop per image on success.
-
-Why batched: ``torchattacks.OnePixel`` and ART's ``PixelAttack`` run one DE loop per image, so the model sees one
-population at a time. Here every still-active image contributes its children to one queue and the queue goes
-through the model in large batches. Wasted queries are avoided: a solved image stops at once, and a child whose
-decoded (integer) pixels equal a candidate already scored in its population reuses that score.
-
-Each image's search state is a :class:`DEImage` with its own RNG seeded by ``(seed, row)``, so an image's result
-does not depend on which other images share the batch (or the process).
-"""
+"""Few-pixel attack by differential evolution (Su, Vargas & Sakurai 2019), batched across images: every active
+image's children go through the model together, each image with its own RNG (docs/attacks.md)."""
 from __future__ import annotations
 
 import time
@@ -23,8 +10,6 @@ from tqdm.auto import tqdm
 
 from .pipelines import PixelPipeline, Scorer, prepare_attack
 from .results import AttackReport, assemble_report
-
-__all__ = ["differential_evolution", "few_pixel_attack", "DEImage", "mutants", "initial_population"]
 
 WHERE = "utils/attack/de.py"
 
@@ -43,15 +28,11 @@ class DEImage:
     found: np.ndarray | None = None  # (k,5) int candidate confirmed as a success
     found_scores: np.ndarray | None = None  # its fp32 scores
 
-    @property
-    def active(self) -> bool:
-        return self.found is None
-
 
 @dataclass
 class Scored:
-    """Margins and successes of one image's candidates, with the scores of its successful ones; ``order`` is each
-    candidate's 1-based position among the queries sent for the image in this call (0: reused, not sent)."""
+    """One image's candidates: margins, successes, scores of the successful ones, and each candidate's 1-based
+    position among the queries sent for the image in this call (0: score reused, not sent)."""
 
     fit: np.ndarray
     success: np.ndarray
@@ -64,16 +45,14 @@ def bounds(h: int, w: int, k: int) -> np.ndarray:
 
 
 def decode(vec: np.ndarray, k: int) -> np.ndarray:
-    """Continuous DE vectors (..., 5k) -> integer pixels (..., k, 5); the vectors are already within bounds."""
+    """Continuous DE vectors (..., 5k), already within bounds -> integer pixels (..., k, 5)."""
     return np.rint(vec).astype(np.int64).reshape(*vec.shape[:-1], k, 5)
 
 
 def initial_population(rng: np.random.Generator, popsize: int, h: int, w: int, k: int,
                        init: np.ndarray | None = None) -> np.ndarray:
-    """Su et al.: positions uniform over the image, colours ~ N(128, 127), clipped to the bounds.
-
-    ``init`` (<=k, 5) (e.g. the best pixels of a smaller k) replaces the first pixels of member 0; rows with a
-    negative x are padding and ignored."""
+    """Su et al.: positions uniform, colours ~ N(128, 127), clipped; ``init`` (<=k, 5; x < 0 = padding) replaces
+    the first pixels of member 0."""
     pop = np.empty((popsize, 5 * k))
     pop[:, 0::5] = rng.uniform(0, w - 1, (popsize, k))
     pop[:, 1::5] = rng.uniform(0, h - 1, (popsize, k))
@@ -101,8 +80,8 @@ def mutants(rng: np.random.Generator, pop: np.ndarray, f: float, upper: np.ndarr
 
 
 def score_unique(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray]) -> list[Scored]:
-    """Score each image's candidates (P,k,5) in shared batches. A candidate equal to one already scored in the
-    image's population, or twice among its children, is sent once; only the sent ones count as queries."""
+    """Score each image's candidates (P,k,5) in shared batches; a candidate already scored in the image's
+    population, or twice among its children, is sent once and only sent ones count as queries."""
     jobs_i, jobs_c, plans = [], [], []
     for st, cand in zip(states, cands):
         base = len(jobs_i)
@@ -129,9 +108,8 @@ def score_unique(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray])
 
 
 def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], scored: list[Scored]) -> None:
-    """Stop each image whose first successful candidate holds in fp32 (re-checked unless the search was exact fp32);
-    an unconfirmed candidate gets its fp32 margin, so selection sees what really happened. A stopped image's
-    ``queries`` become the query that fooled it: the children sent after it in the same call do not count."""
+    """Stop each image whose first successful candidate holds in fp32 (its ``queries`` end at that query); an
+    unconfirmed one gets its fp32 margin, so selection sees what really happened."""
     todo = []
     for st, cand, s in zip(states, cands, scored):
         if s.success.any():
@@ -153,70 +131,31 @@ def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], score
             s.fit[j] = m
 
 
-def select(st: DEImage, child: np.ndarray, decoded: np.ndarray, fit: np.ndarray) -> None:
-    """The paper's selection: a child replaces its parent if it is at least as good."""
-    better = fit <= st.fit
-    st.pop[better], st.fit[better] = child[better], fit[better]
-    st.keys = [decoded[j].tobytes() if better[j] else st.keys[j] for j in range(len(fit))]
-    st.generations += 1
-
-
 def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None,
                            *, pixels: int = 1, popsize: int = 400, generations: int = 100, F: float = 0.5,
                            batch_size: int | None = None, seed: int = 0, precision: str = "float32",
-                           compile: bool = False,
-                           progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
-    """Attack every image that the pipeline gets right; return one result per image.
-
-    ``images`` (N,H,W,3) uint8 are the clean photos of pipeline rows ``rows`` (default ``0..N-1``); ``truth``
-    (N,S) bool defaults to ``pipeline.truth(rows)``. Budget per image: the initial population (``popsize``) plus
-    ``generations`` generations of ``popsize`` children, fewer after an early stop or duplicate reuse.
-    ``precision`` ("float32", "bfloat16", "float16") applies to the search only; a success found in a lower
-    precision is re-checked by an fp32 pass on its uint8 image before the image stops.
-    ``compile=True`` runs the search through ``torch.compile`` (see :meth:`PixelPipeline.compiled`); it pays only
-    for long runs; its successes are re-checked in eager fp32.
-    ``init`` (N, <=k, 5), optional: pixels to start member 0 of each image's population from (rows with x < 0
-    are padding), e.g. the best pixels found with a smaller k.
-    """
+                           compile: bool = False, progress: bool = True, init: np.ndarray | None = None
+                           ) -> AttackReport:
+    """Attack every image (N,H,W,3 uint8, pipeline rows ``rows``) the pipeline gets right changing at most
+    ``pixels`` pixels: ``popsize`` (``generations`` + 1) queries per image at most; ``init`` (N, <=k, 5) seeds
+    member 0. A success of a cheaper ``precision`` or of ``compile`` is confirmed in eager fp32."""
     t_start = time.perf_counter()
     if popsize < 4 or generations < 0:
         raise ValueError(f"{WHERE}: need popsize >= 4 (DE/rand/1 draws 3 others) and generations >= 0")
     inp = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
-    batch_size = inp.batch_size  # as given, else the device's fastest for this pipeline
     h, w = inp.shape
     k, upper = pixels, bounds(h, w, pixels)
-    settings = dict(method="de", pixels=k, popsize=popsize, generations=generations, F=F, batch_size=batch_size,
-                    channels_last=pipeline.channels_last, seed=seed, precision=precision, compile=compile,
-                    strategy="DE/rand/1, no crossover, child replaces parent if <=")
-    scorer = Scorer(pipeline, inp, batch_size, precision, compile)
+    settings = dict(method="de", pixels=k, popsize=popsize, generations=generations, F=F,
+                    batch_size=inp.batch_size, channels_last=pipeline.channels_last, seed=seed, precision=precision,
+                    compile=compile, strategy="DE/rand/1, no crossover, child replaces parent if <=")
+    scorer = Scorer(pipeline, inp, inp.batch_size, precision, compile)
     states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(inp.rows[i])])),
                       pop=initial_population(rng, popsize, h, w, k, None if init is None else init[i]))
               for i in np.flatnonzero(inp.attacked)]
-
     t_search = time.perf_counter()
-    decoded = [decode(st.pop, k) for st in states]  # generation 0: the initial population, scored once
-    scored = score_unique(scorer, states, decoded)
-    settle(scorer, states, decoded, scored)
-    for st, d, s in zip(states, decoded, scored):
-        st.fit, st.keys = s.fit, [c.tobytes() for c in d]
-
-    bar = tqdm(total=generations, desc=f"{k}-pixel DE", disable=not progress, leave=False)
-    for _ in range(generations):
-        active = [st for st in states if st.active]
-        if not active:
-            break
-        children = [mutants(st.rng, st.pop, F, upper) for st in active]
-        decoded = [decode(c, k) for c in children]
-        scored = score_unique(scorer, active, decoded)
-        settle(scorer, active, decoded, scored)
-        for st, child, d, s in zip(active, children, decoded, scored):
-            select(st, child, d, s.fit)
-        bar.update(1)
-        bar.set_postfix(active=len(active), solved=sum(not st.active for st in states))
-    bar.close()
+    _evolve(scorer, states, k, generations, F, upper, progress)
     search_seconds = time.perf_counter() - t_search
-
-    # Final pixels: the confirmed success, else the population's best (scored in fp32 by assemble_report).
+    # final pixels: the confirmed success, else the population's best (scored in fp32 by assemble_report)
     final = {st.index: st.found if st.found is not None else decode(st.pop[np.argmin(st.fit)], k) for st in states}
     found = {st.index: st.found_scores for st in states if st.found is not None}
     return assemble_report(scorer, final, found, {st.index: st.queries for st in states},
@@ -224,5 +163,28 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
                            time.perf_counter() - t_start, search_seconds)
 
 
-#: the name the notebooks use
-few_pixel_attack = differential_evolution
+def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: float, upper: np.ndarray,
+            progress: bool) -> None:
+    """Score the initial populations, then run the generations; a child replaces its parent if at least as good."""
+    decoded = [decode(st.pop, k) for st in states]
+    scored = score_unique(scorer, states, decoded)
+    settle(scorer, states, decoded, scored)
+    for st, d, s in zip(states, decoded, scored):
+        st.fit, st.keys = s.fit, [c.tobytes() for c in d]
+    bar = tqdm(total=generations, desc=f"{k}-pixel DE", disable=not progress, leave=False)
+    for _ in range(generations):
+        active = [st for st in states if st.found is None]
+        if not active:
+            break
+        children = [mutants(st.rng, st.pop, F, upper) for st in active]
+        decoded = [decode(c, k) for c in children]
+        scored = score_unique(scorer, active, decoded)
+        settle(scorer, active, decoded, scored)
+        for st, child, d, s in zip(active, children, decoded, scored):
+            better = s.fit <= st.fit
+            st.pop[better], st.fit[better] = child[better], s.fit[better]
+            st.keys = [d[j].tobytes() if better[j] else st.keys[j] for j in range(len(s.fit))]
+            st.generations += 1
+        bar.update(1)
+        bar.set_postfix(active=len(active), solved=sum(st.found is not None for st in states))
+    bar.close()

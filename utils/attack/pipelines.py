@@ -1,27 +1,5 @@
-"""What the attack attacks: the whole path from raw uint8 pixels to the scores that decide success.
-
-A :class:`PixelPipeline` maps float images (B,3,H,W) in [0,1] plus their row ids to scores (B,S), with the text
-side held clean; :meth:`PixelPipeline.truth` says which score entries are correct for a row.
-
-- :class:`EmoticPixelPipeline`: scores = the 26 category logits. The body input is **re-derived at attack time
-  from the 224x224 scene** by cropping the person's box (in 224 coordinates) and resizing it to 128 with
-  ``torchvision.ops.roi_align``, so a changed pixel inside the box shows in the body crop too. This differs slightly
-  from the prepared ``body_arr`` (cropped from the full-resolution photo), so clean scores are computed with the same
-  derivation and "correct before the attack" is judged on them.
-- :class:`FlickrPixelPipeline`: scores = cosine similarities of the image to every test caption.
-- :class:`ClassifierPixelPipeline`: any single-label classifier (used by the tests and the benchmark).
-
-Scores are logits (similarities for Flickr8k), never probabilities: a true class whose logit leads by more than
-about 17 has probability 1.0 in float32, and a margin of probabilities would then give the search no signal
-(Sparse-RS uses the margin of the logits too). Every :meth:`PixelPipeline.scores` is differentiable from the float
-pixel tensor to the scores, so a white-box attack can use the same pipelines.
-
-Success is one rule for all of them: the top-scored entry stops being a true one. Every search minimises the margin
-``max(true scores) - max(other scores)`` (single-label: true logit minus the best other; Emotic: best true logit
-minus best other logit; Flickr8k: best own-caption similarity minus the best other), negative exactly on success.
-The search may run in a cheaper precision or through ``torch.compile``; :class:`Scorer` confirms every success by
-an eager fp32 pass of the final uint8 image.
-"""
+"""What the attack attacks: the whole path from raw uint8 pixels to the scores (logits) that decide success, and
+the batched scoring every search shares (docs/attacks.md explains the success rule and the confirmation)."""
 from __future__ import annotations
 
 import contextlib
@@ -34,27 +12,19 @@ import torch
 import torch.nn.functional as F_nn
 from torchvision.ops import roi_align
 
-__all__ = [
-    "PixelPipeline", "ClassifierPixelPipeline", "EmoticPixelPipeline", "FlickrPixelPipeline",
-    "apply_pixels", "score_images", "correct_top1", "margin_and_success", "Scorer", "AttackInputs",
-    "prepare_attack",
-]
+from .. import batching
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class PixelPipeline:
-    """Base class: maps float images (B,3,H,W) in [0,1] plus their row ids to scores (B,S).
+    """Maps float images (B,3,H,W) in [0,1] and their row ids to scores (B,S); subclasses give scores and truth.
 
-    ``rows`` index the pipeline's per-image side data (boxes, text features, ...). ``changed_xy`` (B,k,2), when
-    given, lists the (x, y) pixels in which each image differs from its clean version; a pipeline may use it to
-    reuse cached work (the Emotic body crop). Subclasses implement :meth:`scores` and :meth:`truth`.
-    The modules given are put in eval mode, and the first one (the image encoder) in channels_last layout, which
-    is several times faster for CNNs on CPU; both are in place and leave the outputs unchanged.
+    ``changed_xy`` (B,k,2) lists the pixels that differ from the clean image, so a pipeline may reuse cached work.
+    The modules go to eval mode, the first (the image encoder) to channels_last, much faster for CNNs on CPU.
     """
 
-    #: attributes holding the expensive modules, the ones ``compiled()`` swaps for compiled versions
-    heavy: tuple[str, ...] = ("encoder",)
+    heavy: tuple[str, ...] = ("encoder",)  # the modules ``compiled()`` swaps for compiled versions
 
     def __init__(self, *modules: torch.nn.Module, channels_last: bool = True):
         self.modules = tuple(m for m in modules if isinstance(m, torch.nn.Module))
@@ -62,7 +32,6 @@ class PixelPipeline:
         for m in self.modules:
             m.eval()
         if channels_last and modules and isinstance(modules[0], torch.nn.Module):
-            # nn.Module.to is in place; the image encoder's convolutions are what benefit
             modules[0].to(memory_format=torch.channels_last)
 
     @property
@@ -74,8 +43,7 @@ class PixelPipeline:
 
     @contextlib.contextmanager
     def compiled(self, batch_size: int):
-        """Within the block, the heavy modules run through ``torch.compile`` (inductor, weights frozen, static
-        shapes: batches are padded to ``batch_size``). Compiled once per pipeline and batch size, then reused."""
+        """Within the block the heavy modules run through ``torch.compile`` (static shapes, compiled once)."""
         cache = self.__dict__.setdefault("_compiled", {})
         saved = {name: getattr(self, name) for name in self.heavy}
         try:
@@ -100,11 +68,8 @@ class PixelPipeline:
 
 
 class _FixedBatch(torch.nn.Module):
-    """A module compiled for one static batch shape, callable on any batch: pads to whole chunks, trims the output.
-
-    Static shapes because dynamic-shape compilation of a CNN takes minutes on a 2-core CPU; freezing lets inductor
-    fold batch norm and pre-pack the convolution weights, which is where the CPU speed-up comes from.
-    """
+    """A module compiled for one static batch shape (dynamic shapes compile for minutes on CPU; freezing folds batch
+    norm), callable on any batch: pads to whole chunks and trims the output."""
 
     def __init__(self, module: torch.nn.Module, batch: int, channels_last: bool):
         super().__init__()
@@ -143,27 +108,11 @@ class ClassifierPixelPipeline(PixelPipeline):
         return out
 
 
-def _category_logits(out) -> torch.Tensor:
-    """Accept the usual head outputs: logits tensor, (logits, vad) tuple, or a dict with a category key."""
-    if isinstance(out, Mapping):
-        for key in ("cat", "categories", "logits", "cat_logits"):
-            if key in out:
-                return out[key]
-        raise TypeError(f"utils/attack/pipelines.py: head returned a dict without a category key: {sorted(out)}")
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out[..., :26]
-
-
 class EmoticPixelPipeline(PixelPipeline):
-    """Photo (224x224) -> scene and body features -> Emotic head -> 26 category logits.
+    """Scene (224x224) -> scene and body features -> Emotic head -> 26 category logits.
 
-    ``head_model(body=, context=, text=)`` (the ``utils.models`` Emotic models) may return logits, ``(logits, vad)``
-    or a dict with ``logits``; only the 26 category logits are used. Inputs the head does not read (its ``inputs``
-    attribute, e.g. ``("context", "text")``) are not computed, so a scene-only model costs one encoder pass.
-    ``text_features`` (rows x D) are held clean; pass ``None`` for an image-only head. ``boxes_224`` (rows x 4, x1 y1 x2 y2 in 224 coordinates) is
-    ``EmoticSplit.boxes_224``. The body crop is re-derived from the (perturbed) 224 scene at attack time, see the
-    module docstring. ``labels`` (rows x 26 multi-hot), if given, supplies :meth:`truth`.
+    The body crop is re-derived from the perturbed scene (``boxes_224``, x1 y1 x2 y2), so a changed pixel inside the
+    box reaches it; inputs the head does not read (its ``inputs``) are not computed; ``text_features`` stay clean.
     """
 
     def __init__(self, image_encoder, head_model, text_features, boxes_224, labels=None, body_size: int = 128,
@@ -180,63 +129,58 @@ class EmoticPixelPipeline(PixelPipeline):
         if self.text is not None and len(self.text) != len(boxes):
             raise ValueError(f"utils/attack/pipelines.py: {len(self.text)} text feature rows but {len(boxes)} boxes")
         self.labels = None if labels is None else np.asarray(labels) > 0.5
-        # A changed pixel can reach the body crop only inside the box plus roi_align's one-pixel bilinear support
+        # a changed pixel reaches the body crop only inside the box plus roi_align's one-pixel bilinear support
         self._reach = torch.stack([self.boxes[:, 0].floor() - 1, self.boxes[:, 1].floor() - 1,
                                    self.boxes[:, 2].ceil(), self.boxes[:, 3].ceil()], 1)
         self._clean_body: dict[int, torch.Tensor] = {}
         self.reads = tuple(getattr(head_model, "inputs", ("body", "context", "text")))
 
     def body_crops(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Crop each image's box and resize to ``body_size`` (bilinear, averaging when shrinking)."""
         boxes = self.boxes[rows.cpu()].to(x.device, x.dtype)
         idx = torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None]
         crops = roi_align(x, torch.cat([idx, boxes], 1), output_size=self.body_size, aligned=True)
         return crops.contiguous(memory_format=torch.channels_last) if self.channels_last else crops
 
     def prepare(self, clean, rows):
-        if "body" not in self.reads:
-            return
-        feats = self.encoder(self.body_crops(clean, rows)).float()
-        self._clean_body.update({int(r): f for r, f in zip(rows.tolist(), feats)})
+        if "body" in self.reads:
+            feats = self.encoder(self.body_crops(clean, rows)).float()
+            self._clean_body.update({int(r): f for r, f in zip(rows.tolist(), feats)})
 
-    def _touches_body(self, rows, changed_xy):
+    def _body(self, x, rows, changed_xy):
+        cached = [self._clean_body.get(int(r)) for r in rows.tolist()]
+        if changed_xy is None or any(c is None for c in cached):
+            return self.encoder(self.body_crops(x, rows)).float()
+        body = torch.stack(cached)  # only candidates with a pixel inside the box need a new body crop
         reach = self._reach[rows.cpu()][:, None, :].to(changed_xy.device)  # (B,1,4)
         xs, ys = changed_xy[..., 0], changed_xy[..., 1]
-        inside = (xs >= reach[..., 0]) & (ys >= reach[..., 1]) & (xs <= reach[..., 2]) & (ys <= reach[..., 3])
-        return inside.any(1)
+        need = ((xs >= reach[..., 0]) & (ys >= reach[..., 1]) & (xs <= reach[..., 2]) & (ys <= reach[..., 3])).any(1)
+        if need.any():
+            body[need] = self.encoder(self.body_crops(x[need], rows[need])).float()
+        return body
 
     def scores(self, x, rows, changed_xy=None):
         feats = {}
         if "context" in self.reads:
             feats["context"] = self.encoder(x).float()
         if "body" in self.reads:
-            cached = [self._clean_body.get(int(r)) for r in rows.tolist()]
-            if changed_xy is None or any(c is None for c in cached):
-                feats["body"] = self.encoder(self.body_crops(x, rows)).float()
-            else:  # only candidates with a pixel inside the box need a new body crop
-                body = torch.stack(cached)
-                need = self._touches_body(rows, changed_xy)
-                if need.any():
-                    body[need] = self.encoder(self.body_crops(x[need], rows[need])).float()
-                feats["body"] = body
+            feats["body"] = self._body(x, rows, changed_xy)
         if "text" in self.reads and self.text is not None:
             feats["text"] = self.text[rows.cpu()].to(x.device)
-        return _category_logits(self.head(**feats)).float()
+        out = self.head(**feats)  # the project's heads return a dict, others logits or (logits, vad)
+        out = out["logits"] if isinstance(out, Mapping) else out[0] if isinstance(out, (tuple, list)) else out
+        return out[..., :26].float()
 
     def truth(self, rows):
         if self.labels is None:
-            raise ValueError("utils/attack/pipelines.py: EmoticPixelPipeline needs labels= (or pass truth= to the attack)")
+            raise ValueError("utils/attack/pipelines.py: EmoticPixelPipeline needs labels= (or pass truth=)")
         return self.labels[np.asarray(rows)]
 
 
 class FlickrPixelPipeline(PixelPipeline):
-    """Photo -> image features -> shared space; scores = similarities to every (clean) test caption.
+    """Photo -> image features -> shared space; scores = similarities to every clean test caption.
 
-    ``head_model`` is one of: an object with ``encode_image``/``encode_text`` (``utils.models.FlickrJoint``), scored
-    by cosine similarity; an object with ``similarity(image_features, text_features) -> (M, C)``
-    (``utils.models.FlickrBaseline``); or a pair ``(image_fn, text_fn)`` of callables, ``text_fn=None`` meaning the
-    captions are already in the shared space. ``caption_image`` (C,) gives the image row of each caption, which
-    defines :meth:`truth`. Caption-side work is done once, here.
+    ``head_model``: with ``encode_image``/``encode_text`` (cosine), with ``similarity`` (the baseline), or a pair
+    ``(image_fn, text_fn)`` (``text_fn=None``: captions already embedded). ``caption_image`` (C,) defines truth.
     """
 
     def __init__(self, image_encoder, head_model, caption_features, caption_image, channels_last: bool = True):
@@ -271,9 +215,8 @@ class FlickrPixelPipeline(PixelPipeline):
 
 
 def _baseline_similarity(model, captions: np.ndarray, device):
-    """``utils.models.FlickrBaseline.similarity`` in torch (float64, as the model computes it), so that gradients
-    reach the pixels. Each of its terms is the cosine between an affine map of the image features and fixed caption
-    vectors ("both" averages two); each map is read off the model by probing it with zero and the unit vectors."""
+    """``FlickrBaseline.similarity`` in float64 torch, so gradients reach the pixels: each term is the cosine of an
+    affine map of the image features (read off by probing with zero and unit vectors) with fixed caption vectors."""
     dim = len(model.img_scaler.mean_)
     probe = np.vstack([np.zeros(dim), np.eye(dim)])
     sides = [(lambda f: model.embed(f, captions[:1])[0], model.embed(probe[:1], captions)[1])]
@@ -291,13 +234,8 @@ def _baseline_similarity(model, captions: np.ndarray, device):
     return similarity
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Scoring helpers
-# --------------------------------------------------------------------------------------------------------------
 def apply_pixels(images: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Copy of ``images`` (B,H,W,3) with candidate pixels (B,k,5 int: x, y, r, g, b) written in; later pixels win.
-
-    Rows with a negative x are padding (as in :func:`utils.attack.to_arrays`) and are skipped."""
+    """Copy of ``images`` (B,H,W,3) with pixels (B,k,5: x, y, r, g, b) written in; later pixels win, x < 0 skipped."""
     out = np.array(images, dtype=np.uint8, copy=True)
     candidates = np.asarray(candidates)
     for j in range(candidates.shape[1]):
@@ -308,7 +246,7 @@ def apply_pixels(images: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 
 def to_input(images: np.ndarray, device, channels_last: bool) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0,1] on ``device``; permuting NHWC gives the channels_last layout for free."""
+    """uint8 NHWC -> float NCHW in [0,1]; permuting NHWC gives the channels_last layout for free."""
     if not (images.flags.writeable and images.flags.c_contiguous):  # read-only memmap rows: torch wants a copy
         images = np.array(images)
     x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
@@ -331,12 +269,8 @@ def margin_and_success(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarra
 
 
 def score_chunks(pipeline, images, rows, batch_size, precision="float32", changed_xy=None):
-    """Yield (start, scores, model seconds) for uint8 images (B,H,W,3) of ``rows``, one batch at a time.
-
-    Batches are balanced (200 images at batch_size 128 go as 100 + 100, not 128 + 72): no small, slow tail batch.
-    Scores come back as float32 numpy arrays, moved off the device first. ``images`` may also be a function
-    ``(start, stop) -> float input batch`` that builds the batch itself (see :meth:`Scorer.search`).
-    """
+    """Yield (start, float32 scores, model seconds) per batch; batches are balanced (no small, slow tail batch).
+    ``images``: uint8 (B,H,W,3) or a function ``(start, stop) -> float input batch``."""
     dev = pipeline.device
     n = len(rows)
     if n > batch_size:
@@ -353,23 +287,18 @@ def score_chunks(pipeline, images, rows, batch_size, precision="float32", change
 
 
 def score_fp32(pipeline, images, rows, batch_size) -> np.ndarray:
-    """All eager fp32 scores of uint8 images (B,H,W,3) for ``rows``."""
     if len(images) == 0:
         return np.zeros((0, 0), np.float32)
     return np.concatenate([sc for _, sc, _ in score_chunks(pipeline, images, rows, batch_size)])
 
 
 def best_batch(pipeline: PixelPipeline, size: tuple[int, int], rows) -> int:
-    """The batch size this device runs the pipeline fastest at on (H, W) images (``utils.batching``, cached); the
-    pipeline is left in the layout measured fastest with it."""
-    from .. import batching
-
+    """The batch size this device runs the pipeline fastest at (``utils.batching``, cached; sets the layout)."""
     return batching.for_pipeline(pipeline, (3, *size), rows if len(rows) else [0]).batch
 
 
 def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_size: int | None = None) -> np.ndarray:
-    """fp32 scores of uint8 images through the whole pipeline, e.g. adversarial images after a defence
-    (``batch_size=None``: the device's fastest, see :func:`best_batch`)."""
+    """fp32 scores of uint8 images through the whole pipeline (``batch_size=None``: the device's fastest)."""
     images = np.asarray(images)
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
     if batch_size is None and len(images):
@@ -382,9 +311,6 @@ def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return ~margin_and_success(np.asarray(scores), np.asarray(truth, bool))[1]
 
 
-# --------------------------------------------------------------------------------------------------------------
-# What both searches share: checked inputs, clean scores, and candidate scoring with fp32 confirmation
-# --------------------------------------------------------------------------------------------------------------
 @dataclass
 class AttackInputs:
     """Checked inputs of one attack run and the clean fp32 scores that decide which images are attacked."""
@@ -394,7 +320,7 @@ class AttackInputs:
     truth: np.ndarray  # (N,S) bool
     before: np.ndarray  # (N,S) fp32 clean scores
     attacked: np.ndarray  # (N,) bool: correct before the attack
-    batch_size: int  # images per model call: as given, else the device's fastest (utils.batching)
+    batch_size: int  # as given, else the device's fastest
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -403,8 +329,7 @@ class AttackInputs:
 
 def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None,
                    where: str) -> AttackInputs:
-    """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache.
-    ``batch_size=None``: the batch size and layout the device runs this pipeline fastest at (a cached probe)."""
+    """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{where}: images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
@@ -435,12 +360,8 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
 
 @dataclass
 class Scorer:
-    """Scores candidate pixels of many images in shared batches, in the search's precision; counts the cost.
-
-    ``search`` is the cheap path the searches use; ``confirm`` is the eager fp32 pass that every reported success
-    must pass. An eager fp32 search already is that pass on the exact uint8 image, so then ``exact`` is true and no
-    second pass is needed.
-    """
+    """Scores candidate pixels of many images in shared batches in the search's precision, counting the cost;
+    ``confirm`` is the eager fp32 pass every success must pass (``exact``: the search already was that pass)."""
 
     pipeline: PixelPipeline
     inputs: AttackInputs
@@ -458,11 +379,8 @@ class Scorer:
         return PRECISIONS[self.precision] is None and not self.compile
 
     def _builder(self, idx: np.ndarray, cands: np.ndarray):
-        """``(start, stop) -> float input batch`` of candidates written into their clean images: bit for bit
-        ``to_input(apply_pixels(...))`` at a fraction of its memory traffic, which showed in the search's profile.
-        Inputs are slots of a float buffer kept on the device: a slot that held the same image in the previous call
-        (the usual case: one proposal per active image) only gets its previous pixels restored and the new ones
-        written; other slots are copied from the clean images, kept in float on the device."""
+        """``(start, stop) -> float input batch``, bit for bit ``to_input(apply_pixels(...))`` with far less memory
+        traffic: a device buffer slot that held the same image last call only gets its old pixels restored."""
         inp, dev = self.inputs, self.pipeline.device
         if getattr(self, "_clean", None) is None:
             self._clean = torch.from_numpy(np.ascontiguousarray(inp.images)).to(dev).float().div_(255)  # NHWC
@@ -504,8 +422,7 @@ class Scorer:
         return build
 
     def search(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-        """Margins and successes of candidates ``cands`` (M,k,5) on images ``idx`` (M,), and the scores of the
-        successful ones (keeping every score row would not fit for Flickr8k's thousands of captions)."""
+        """Margins and successes of candidates (M,k,5) on images ``idx`` (M,), and the successful ones' scores."""
         m = len(idx)
         margin, success, hits = np.empty(m), np.zeros(m, bool), {}
         if not m:
