@@ -134,11 +134,11 @@ def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], score
 def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None,
                            *, pixels: int = 1, popsize: int = 400, generations: int = 100, F: float = 0.5,
                            batch_size: int | None = None, seed: int = 0, precision: str = "float32",
-                           compile: bool = False, progress: bool = True, init: np.ndarray | None = None
+                           progress: bool = True, init: np.ndarray | None = None
                            ) -> AttackReport:
     """Attack every image (N,H,W,3 uint8, pipeline rows ``rows``) the pipeline gets right changing at most
     ``pixels`` pixels: ``popsize`` (``generations`` + 1) queries per image at most; ``init`` (N, <=k, 5) seeds
-    member 0. A success of a cheaper ``precision`` or of ``compile`` is confirmed in eager fp32."""
+    member 0. A success of a cheaper ``precision`` is confirmed in eager fp32."""
     t_start = time.perf_counter()
     if popsize < 4 or generations < 0:
         raise ValueError(f"{WHERE}: need popsize >= 4 (DE/rand/1 draws 3 others) and generations >= 0")
@@ -147,8 +147,8 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
     k, upper = pixels, bounds(h, w, pixels)
     settings = dict(method="de", pixels=k, popsize=popsize, generations=generations, F=F,
                     batch_size=inp.batch_size, channels_last=pipeline.channels_last, seed=seed, precision=precision,
-                    compile=compile, strategy="DE/rand/1, no crossover, child replaces parent if <=")
-    scorer = Scorer(pipeline, inp, inp.batch_size, precision, compile)
+                    compile=False, strategy="DE/rand/1, no crossover, child replaces parent if <=")
+    scorer = Scorer(pipeline, inp, inp.batch_size, precision)
     states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(inp.rows[i])])),
                       pop=initial_population(rng, popsize, h, w, k, None if init is None else init[i]))
               for i in np.flatnonzero(inp.attacked)]

@@ -2,8 +2,6 @@
 attack); the white-box gradient passes straight through the filter (BPDA; docs/attacks.md)."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
@@ -48,11 +46,6 @@ class MedianDefended(PixelPipeline):
     def filtered(self, x: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return _StraightThrough.apply(x, lambda v: self.filter(v).contiguous(memory_format=fmt))
-
-    @contextlib.contextmanager
-    def compiled(self, batch_size: int):
-        with self.inner.compiled(batch_size):
-            yield self
 
     def prepare(self, clean, rows):
         self.inner.prepare(self.filtered(clean), rows)

@@ -24,8 +24,6 @@ class PixelPipeline:
     The modules go to eval mode, the first (the image encoder) to channels_last, much faster for CNNs on CPU.
     """
 
-    heavy: tuple[str, ...] = ("encoder",)  # the modules ``compiled()`` swaps for compiled versions
-
     def __init__(self, *modules: torch.nn.Module, channels_last: bool = True):
         self.modules = tuple(m for m in modules if isinstance(m, torch.nn.Module))
         self.channels_last = channels_last
@@ -41,21 +39,6 @@ class PixelPipeline:
                 return p.device
         return torch.device("cpu")
 
-    @contextlib.contextmanager
-    def compiled(self, batch_size: int):
-        """Within the block the heavy modules run through ``torch.compile`` (static shapes, compiled once)."""
-        cache = self.__dict__.setdefault("_compiled", {})
-        saved = {name: getattr(self, name) for name in self.heavy}
-        try:
-            for name, module in saved.items():
-                if (name, batch_size) not in cache:
-                    cache[(name, batch_size)] = _FixedBatch(module, batch_size, self.channels_last)
-                setattr(self, name, cache[(name, batch_size)])
-            yield self
-        finally:
-            for name, module in saved.items():
-                setattr(self, name, module)
-
     def prepare(self, clean: torch.Tensor, rows: torch.Tensor) -> None:
         """Called once with the clean images before a search; cache what does not depend on the perturbation."""
 
@@ -67,31 +50,8 @@ class PixelPipeline:
         raise NotImplementedError
 
 
-class _FixedBatch(torch.nn.Module):
-    """A module compiled for one static batch shape (dynamic shapes compile for minutes on CPU; freezing folds batch
-    norm), callable on any batch: pads to whole chunks and trims the output."""
-
-    def __init__(self, module: torch.nn.Module, batch: int, channels_last: bool):
-        super().__init__()
-        self.batch, self.channels_last = batch, channels_last
-        self.run = torch.compile(module, dynamic=False, options={"freezing": True})
-
-    def forward(self, x):
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        outs = []
-        for s in range(0, len(x), self.batch):
-            part = x[s:s + self.batch]
-            m = len(part)
-            if m < self.batch:
-                part = torch.cat([part, part[-1:].expand(self.batch - m, *part.shape[1:])])
-            outs.append(self.run(part.contiguous(memory_format=fmt))[:m])
-        return torch.cat(outs)
-
-
 class ClassifierPixelPipeline(PixelPipeline):
     """A single-label classifier ``model(x) -> logits``; scores are the logits, truth is the label."""
-
-    heavy = ("model",)
 
     def __init__(self, model: torch.nn.Module, labels: Sequence[int], n_classes: int, channels_last: bool = True):
         super().__init__(model, channels_last=channels_last)
@@ -286,12 +246,6 @@ def score_chunks(pipeline, images, rows, batch_size, precision="float32", change
             yield s, sc, time.perf_counter() - t0
 
 
-def score_fp32(pipeline, images, rows, batch_size) -> np.ndarray:
-    if len(images) == 0:
-        return np.zeros((0, 0), np.float32)
-    return np.concatenate([sc for _, sc, _ in score_chunks(pipeline, images, rows, batch_size)])
-
-
 def best_batch(pipeline: PixelPipeline, size: tuple[int, int], rows) -> int:
     """The batch size this device runs the pipeline fastest at (``utils.batching``, cached; sets the layout)."""
     return batching.for_pipeline(pipeline, (3, *size), rows if len(rows) else [0]).batch
@@ -303,7 +257,9 @@ def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_s
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
     if batch_size is None and len(images):
         batch_size = best_batch(pipeline, images.shape[1:3], rows)
-    return score_fp32(pipeline, images, rows, batch_size or 1)
+    if len(images) == 0:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate([sc for _, sc, _ in score_chunks(pipeline, images, rows, batch_size or 1)])
 
 
 def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -347,7 +303,7 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         raise ValueError(f"{where}: {n} images but {len(rows)} rows and {len(truth)} truth rows")
     if n and not truth.any(1).all():
         raise ValueError(f"{where}: every image needs at least one true score entry")
-    before = score_fp32(pipeline, images, rows, batch_size) if n else np.zeros((0, truth.shape[1]), np.float32)
+    before = score_images(pipeline, images, rows, batch_size) if n else np.zeros((0, truth.shape[1]), np.float32)
     attacked = ~margin_and_success(before, truth)[1] if n else np.zeros(0, bool)
     dev = pipeline.device
     with torch.inference_mode():
@@ -361,13 +317,12 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
 @dataclass
 class Scorer:
     """Scores candidate pixels of many images in shared batches in the search's precision, counting the cost;
-    ``confirm`` is the eager fp32 pass every success must pass (``exact``: the search already was that pass)."""
+    ``confirm`` is the eager fp32 pass every success must pass (not needed after an fp32 search: ``exact``)."""
 
     pipeline: PixelPipeline
     inputs: AttackInputs
     batch_size: int
     precision: str = "float32"
-    compile: bool = False
     queries: int = 0  # images sent through the model by the search (confirmations not included)
     model_seconds: float = 0.0  # time inside the pipeline's forward pass during the search
 
@@ -376,16 +331,14 @@ class Scorer:
 
     @property
     def exact(self) -> bool:
-        return PRECISIONS[self.precision] is None and not self.compile
+        return PRECISIONS[self.precision] is None
 
     def _builder(self, idx: np.ndarray, cands: np.ndarray):
-        """``(start, stop) -> float input batch``, bit for bit ``to_input(apply_pixels(...))`` with far less memory
-        traffic: a device buffer slot that held the same image last call only gets its old pixels restored."""
+        """``(start, stop) -> float input batch``, bit for bit ``to_input(apply_pixels(...))`` but built on the
+        device from the clean images kept there in float: no host copies of whole images."""
         inp, dev = self.inputs, self.pipeline.device
         if getattr(self, "_clean", None) is None:
             self._clean = torch.from_numpy(np.ascontiguousarray(inp.images)).to(dev).float().div_(255)  # NHWC
-            self._slots = np.full(0, -1)  # image held by each buffer slot
-            self._written = (np.zeros(0, np.int64),) * 3  # (slot, y, x) of the pixels written last time
         m, k = cands.shape[:2]
         c = cands.reshape(-1, 5)
         owner = np.repeat(np.arange(m), k)
@@ -395,29 +348,12 @@ class Scorer:
         keep = keep[key[keep] >= 0]
         owner, c = owner[keep], c[keep]
         values = torch.as_tensor(c[:, 2:5], device=dev).float().div_(255)
-        whole = m <= max(self.batch_size, 256)  # a slot per candidate of the call, else one batch's worth
 
         def build(s: int, e: int) -> torch.Tensor:
-            slot = np.arange(s, e) if whole else np.arange(e - s)
-            if len(self._slots) < slot[-1] + 1:
-                self._buffer = torch.empty((slot[-1] + 1, *self._clean.shape[1:]), device=dev)
-                self._slots, self._written = np.full(slot[-1] + 1, -1), (np.zeros(0, np.int64),) * 3
-            ws, wy, wx = self._written
-            back = np.isin(ws, slot)  # restore what the previous use of these slots wrote
-            if back.any():
-                t = [torch.as_tensor(a[back], device=dev) for a in (ws, wy, wx)]
-                self._buffer[t[0], t[1], t[2]] = self._clean[torch.as_tensor(self._slots[ws[back]], device=dev),
-                                                              t[1], t[2]]
-            fresh = self._slots[slot] != idx[s:e]
-            if fresh.any():
-                self._buffer[torch.as_tensor(slot[fresh], device=dev)] = self._clean[torch.as_tensor(idx[s:e][fresh],
-                                                                                                      device=dev)]
-            self._slots[slot] = idx[s:e]
+            x = self._clean[torch.as_tensor(idx[s:e], device=dev)]
             a, b = np.searchsorted(owner, [s, e])
-            new = (owner[a:b] - s + slot[0], c[a:b, 1], c[a:b, 0])
-            self._buffer[tuple(torch.as_tensor(v, device=dev) for v in new)] = values[a:b]
-            self._written = tuple(np.concatenate([w[~back], v]) for w, v in zip(self._written, new))
-            x = self._buffer[slot[0]:slot[0] + e - s].permute(0, 3, 1, 2)  # NHWC memory: channels_last for free
+            x[tuple(torch.as_tensor(v, device=dev) for v in (owner[a:b] - s, c[a:b, 1], c[a:b, 0]))] = values[a:b]
+            x = x.permute(0, 3, 1, 2)  # NHWC memory: channels_last for free
             return x if self.pipeline.channels_last else x.contiguous()
         return build
 
@@ -428,20 +364,18 @@ class Scorer:
         if not m:
             return margin, success, hits
         inp = self.inputs
-        ctx = self.pipeline.compiled(self.batch_size) if self.compile else contextlib.nullcontext()
-        with ctx:
-            for s0, sc, secs in score_chunks(self.pipeline, self._builder(idx, cands), inp.rows[idx],
-                                             self.batch_size, self.precision, cands[..., :2]):
-                f, ok = margin_and_success(sc, inp.truth[idx[s0:s0 + len(sc)]])
-                margin[s0:s0 + len(sc)], success[s0:s0 + len(sc)] = f, ok
-                hits.update({s0 + j: sc[j] for j in np.flatnonzero(ok)})
-                self.model_seconds += secs
+        for s0, sc, secs in score_chunks(self.pipeline, self._builder(idx, cands), inp.rows[idx],
+                                         self.batch_size, self.precision, cands[..., :2]):
+            f, ok = margin_and_success(sc, inp.truth[idx[s0:s0 + len(sc)]])
+            margin[s0:s0 + len(sc)], success[s0:s0 + len(sc)] = f, ok
+            hits.update({s0 + j: sc[j] for j in np.flatnonzero(ok)})
+            self.model_seconds += secs
         self.queries += m
         return margin, success, hits
 
     def confirm(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Eager fp32 margins, successes and scores of candidates on their uint8 images."""
         inp = self.inputs
-        sc = score_fp32(self.pipeline, apply_pixels(inp.images[idx], cands), inp.rows[idx], self.batch_size)
+        sc = score_images(self.pipeline, apply_pixels(inp.images[idx], cands), inp.rows[idx], self.batch_size)
         margin, ok = margin_and_success(sc, inp.truth[idx])
         return margin, ok, sc

@@ -29,10 +29,6 @@ class PixelsNeeded:
         out[~self.attacked] = np.nan
         return out
 
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame(dict(row=self.rows, attacked=self.attacked, k_needed=self.k_needed,
-                                 queries=self.queries))
-
     def curve(self) -> pd.DataFrame:
         """Success against k: share of the attacked images fooled with at most k pixels."""
         n = int(self.attacked.sum())

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .pipelines import Scorer, apply_pixels, margin_and_success, score_fp32
+from .pipelines import Scorer, apply_pixels, margin_and_success, score_images
 
 COLUMNS = ("row", "attacked", "success", "queries", "generations", "n_pixels", "top_before", "top_after",
            "rank_before", "rank_after", "true_score_drop", "margin_before", "margin_after")
@@ -117,7 +117,7 @@ def assemble_report(scorer: Scorer, final: dict[int, np.ndarray], found: dict[in
         after[i] = sc
     rescore = np.array([i for i in idx if i not in found], dtype=np.int64)
     if len(rescore):
-        after[rescore] = score_fp32(scorer.pipeline, adv[rescore], inp.rows[rescore], scorer.batch_size)
+        after[rescore] = score_images(scorer.pipeline, adv[rescore], inp.rows[rescore], scorer.batch_size)
     success = margin_and_success(after, inp.truth)[1] if n else np.zeros(0, bool)
     results = []
     for i in range(n):

@@ -127,8 +127,7 @@ def _first_event(event: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np
 
 def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
               pixels: int = 1, queries: int = 1000, candidates: int | None = None, p_init: float = 0.3,
-              batch_size: int | None = None, seed: int = 0, precision: str = "float32", compile: bool = False,
-              progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
+              batch_size: int | None = None, seed: int = 0, precision: str = "float32", progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
     """Sparse random search changing at most ``pixels`` pixels per image, ``queries`` model queries per image.
 
     As :func:`utils.attack.de.differential_evolution`; ``candidates`` caps the proposals per image and call
@@ -143,11 +142,11 @@ def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.
     settings = dict(method="sparse", pixels=k, queries=queries, candidates=candidates or "adaptive", p_init=p_init,
                     schedule="Sparse-RS L0, rescaled to the budget", batch_size=inp.batch_size,
                     channels_last=pipeline.channels_last, seed=seed,
-                    precision=precision, compile=compile, colours="RGB cube corners",
+                    precision=precision, compile=False, colours="RGB cube corners",
                     acceptance="strict: kept only if the margin decreases (Sparse-RS)",
                     proposals="one per active image per call; batch_size // active speculative ones when fewer "
                               "than batch_size are active (same trajectory as one at a time)")
-    scorer = Scorer(pipeline, inp, inp.batch_size, precision, compile)
+    scorer = Scorer(pipeline, inp, inp.batch_size, precision)
     idx = np.flatnonzero(inp.attacked)  # attacked images, by position in the batch
     px = np.stack([initial_pixels(inp.images[i], k, int(inp.rows[i]), seed, None if init is None else init[i])
                    for i in idx]) if len(idx) else np.zeros((0, k, 5), np.int64)
