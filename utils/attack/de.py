@@ -142,16 +142,15 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
     t_start = time.perf_counter()
     if popsize < 4 or generations < 0:
         raise ValueError(f"{WHERE}: need popsize >= 4 (DE/rand/1 draws 3 others) and generations >= 0")
-    inp = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
-    h, w = inp.shape
+    scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
+    h, w = scorer.images.shape[1:3]
     k, upper = pixels, bounds(h, w, pixels)
     settings = dict(method="de", pixels=k, popsize=popsize, generations=generations, F=F,
-                    batch_size=inp.batch_size, channels_last=pipeline.channels_last, seed=seed, precision=precision,
+                    batch_size=scorer.batch_size, channels_last=pipeline.channels_last, seed=seed, precision=precision,
                     compile=False, strategy="DE/rand/1, no crossover, child replaces parent if <=")
-    scorer = Scorer(pipeline, inp, inp.batch_size, precision)
-    states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(inp.rows[i])])),
+    states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(scorer.rows[i])])),
                       pop=initial_population(rng, popsize, h, w, k, None if init is None else init[i]))
-              for i in np.flatnonzero(inp.attacked)]
+              for i in np.flatnonzero(scorer.attacked)]
     t_search = time.perf_counter()
     _evolve(scorer, states, k, generations, F, upper, progress)
     search_seconds = time.perf_counter() - t_search

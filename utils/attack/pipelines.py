@@ -267,24 +267,8 @@ def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return ~margin_and_success(np.asarray(scores), np.asarray(truth, bool))[1]
 
 
-@dataclass
-class AttackInputs:
-    """Checked inputs of one attack run and the clean fp32 scores that decide which images are attacked."""
-
-    images: np.ndarray  # (N,H,W,3) uint8
-    rows: np.ndarray  # (N,) pipeline rows
-    truth: np.ndarray  # (N,S) bool
-    before: np.ndarray  # (N,S) fp32 clean scores
-    attacked: np.ndarray  # (N,) bool: correct before the attack
-    batch_size: int  # as given, else the device's fastest
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.images.shape[1], self.images.shape[2]
-
-
-def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None,
-                   where: str) -> AttackInputs:
+def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None, where: str,
+                   precision: str = "float32") -> Scorer:
     """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -310,18 +294,21 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         for s in range(0, n, batch_size):
             pipeline.prepare(to_input(images[s:s + batch_size], dev, pipeline.channels_last),
                              torch.as_tensor(rows[s:s + batch_size], device=dev))
-    return AttackInputs(images=images, rows=rows, truth=truth, before=before, attacked=attacked,
-                        batch_size=batch_size)
+    return Scorer(pipeline, images, rows, truth, before, attacked, batch_size, precision)
 
 
 @dataclass
 class Scorer:
-    """Scores candidate pixels of many images in shared batches in the search's precision, counting the cost;
-    ``confirm`` is the eager fp32 pass every success must pass (not needed after an fp32 search: ``exact``)."""
+    """One run's checked inputs and clean fp32 scores; scores candidate pixels of many images in shared batches in
+    the search's precision, counting the cost. ``confirm`` is the eager fp32 pass every success must pass."""
 
     pipeline: PixelPipeline
-    inputs: AttackInputs
-    batch_size: int
+    images: np.ndarray  # (N,H,W,3) uint8
+    rows: np.ndarray  # (N,) pipeline rows
+    truth: np.ndarray  # (N,S) bool
+    before: np.ndarray  # (N,S) fp32 clean scores
+    attacked: np.ndarray  # (N,) bool: correct before the attack
+    batch_size: int  # as given, else the device's fastest
     precision: str = "float32"
     queries: int = 0  # images sent through the model by the search (confirmations not included)
     model_seconds: float = 0.0  # time inside the pipeline's forward pass during the search
@@ -330,19 +317,19 @@ class Scorer:
         _precision_ctx(self.precision, torch.device("cpu"))  # reject an unknown precision early
 
     @property
-    def exact(self) -> bool:
+    def exact(self) -> bool:  # an eager fp32 search already is the confirming pass
         return PRECISIONS[self.precision] is None
 
     def _builder(self, idx: np.ndarray, cands: np.ndarray):
         """``(start, stop) -> float input batch``, bit for bit ``to_input(apply_pixels(...))`` but built on the
         device from the clean images kept there in float: no host copies of whole images."""
-        inp, dev = self.inputs, self.pipeline.device
+        dev = self.pipeline.device
         if getattr(self, "_clean", None) is None:
-            self._clean = torch.from_numpy(np.ascontiguousarray(inp.images)).to(dev).float().div_(255)  # NHWC
+            self._clean = torch.from_numpy(np.ascontiguousarray(self.images)).to(dev).float().div_(255)  # NHWC
         m, k = cands.shape[:2]
         c = cands.reshape(-1, 5)
         owner = np.repeat(np.arange(m), k)
-        key = np.where(c[:, 0] >= 0, (owner * inp.shape[0] + c[:, 1]) * inp.shape[1] + c[:, 0], -1)
+        key = np.where(c[:, 0] >= 0, (owner * self.images.shape[1] + c[:, 1]) * self.images.shape[2] + c[:, 0], -1)
         _, last = np.unique(key[::-1], return_index=True)  # later pixels win, as in apply_pixels
         keep = np.sort(len(key) - 1 - last)
         keep = keep[key[keep] >= 0]
@@ -363,10 +350,9 @@ class Scorer:
         margin, success, hits = np.empty(m), np.zeros(m, bool), {}
         if not m:
             return margin, success, hits
-        inp = self.inputs
-        for s0, sc, secs in score_chunks(self.pipeline, self._builder(idx, cands), inp.rows[idx],
+        for s0, sc, secs in score_chunks(self.pipeline, self._builder(idx, cands), self.rows[idx],
                                          self.batch_size, self.precision, cands[..., :2]):
-            f, ok = margin_and_success(sc, inp.truth[idx[s0:s0 + len(sc)]])
+            f, ok = margin_and_success(sc, self.truth[idx[s0:s0 + len(sc)]])
             margin[s0:s0 + len(sc)], success[s0:s0 + len(sc)] = f, ok
             hits.update({s0 + j: sc[j] for j in np.flatnonzero(ok)})
             self.model_seconds += secs
@@ -375,7 +361,6 @@ class Scorer:
 
     def confirm(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Eager fp32 margins, successes and scores of candidates on their uint8 images."""
-        inp = self.inputs
-        sc = score_images(self.pipeline, apply_pixels(inp.images[idx], cands), inp.rows[idx], self.batch_size)
-        margin, ok = margin_and_success(sc, inp.truth[idx])
+        sc = score_images(self.pipeline, apply_pixels(self.images[idx], cands), self.rows[idx], self.batch_size)
+        margin, ok = margin_and_success(sc, self.truth[idx])
         return margin, ok, sc

@@ -106,27 +106,26 @@ def assemble_report(scorer: Scorer, final: dict[int, np.ndarray], found: dict[in
                     search_seconds: float) -> AttackReport:
     """The report from each attacked image's final pixels (``final``); those without confirmed fp32 scores
     (``found``) are scored once more in eager fp32, so every ``scores_after`` and ``success`` is fp32."""
-    inp = scorer.inputs
-    n = len(inp.images)
-    adv = inp.images.copy()
+    n = len(scorer.images)
+    adv = scorer.images.copy()
     idx = np.array(sorted(final), dtype=np.int64)
     if len(idx):
-        adv[idx] = apply_pixels(inp.images[idx], np.stack([final[i] for i in idx]))
-    after = inp.before.copy()
+        adv[idx] = apply_pixels(scorer.images[idx], np.stack([final[i] for i in idx]))
+    after = scorer.before.copy()
     for i, sc in found.items():
         after[i] = sc
     rescore = np.array([i for i in idx if i not in found], dtype=np.int64)
     if len(rescore):
-        after[rescore] = score_images(scorer.pipeline, adv[rescore], inp.rows[rescore], scorer.batch_size)
-    success = margin_and_success(after, inp.truth)[1] if n else np.zeros(0, bool)
+        after[rescore] = score_images(scorer.pipeline, adv[rescore], scorer.rows[rescore], scorer.batch_size)
+    success = margin_and_success(after, scorer.truth)[1] if n else np.zeros(0, bool)
     results = []
     for i in range(n):
-        diff = np.argwhere((adv[i] != inp.images[i]).any(-1))  # (y, x) of pixels that really changed
+        diff = np.argwhere((adv[i] != scorer.images[i]).any(-1))  # (y, x) of pixels that really changed
         px = np.array([[x, y, *adv[i][y, x]] for y, x in diff], dtype=np.int64).reshape(-1, 5)
         results.append(AttackResult(
-            row=int(inp.rows[i]), attacked=i in final, success=bool(i in final and success[i]),
-            queries=queries.get(i, 0), generations=iterations.get(i, 0), pixels=px, scores_before=inp.before[i],
-            scores_after=after[i], truth=inp.truth[i], adversarial=adv[i]))
+            row=int(scorer.rows[i]), attacked=i in final, success=bool(i in final and success[i]),
+            queries=queries.get(i, 0), generations=iterations.get(i, 0), pixels=px, scores_before=scorer.before[i],
+            scores_after=after[i], truth=scorer.truth[i], adversarial=adv[i]))
     return AttackReport(results=results, settings=settings, seconds=seconds, model_queries=scorer.queries,
                         search_seconds=search_seconds, model_seconds=scorer.model_seconds)
 

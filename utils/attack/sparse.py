@@ -137,18 +137,17 @@ def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.
     t_start = time.perf_counter()
     if queries < 1 or (candidates is not None and candidates < 1) or not 0 < p_init <= 1:
         raise ValueError(f"{WHERE}: need queries >= 1, candidates >= 1 and 0 < p_init <= 1")
-    inp = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
+    scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
     k = pixels
     settings = dict(method="sparse", pixels=k, queries=queries, candidates=candidates or "adaptive", p_init=p_init,
-                    schedule="Sparse-RS L0, rescaled to the budget", batch_size=inp.batch_size,
+                    schedule="Sparse-RS L0, rescaled to the budget", batch_size=scorer.batch_size,
                     channels_last=pipeline.channels_last, seed=seed,
                     precision=precision, compile=False, colours="RGB cube corners",
                     acceptance="strict: kept only if the margin decreases (Sparse-RS)",
                     proposals="one per active image per call; batch_size // active speculative ones when fewer "
                               "than batch_size are active (same trajectory as one at a time)")
-    scorer = Scorer(pipeline, inp, inp.batch_size, precision)
-    idx = np.flatnonzero(inp.attacked)  # attacked images, by position in the batch
-    px = np.stack([initial_pixels(inp.images[i], k, int(inp.rows[i]), seed, None if init is None else init[i])
+    idx = np.flatnonzero(scorer.attacked)  # attacked images, by position in the batch
+    px = np.stack([initial_pixels(scorer.images[i], k, int(scorer.rows[i]), seed, None if init is None else init[i])
                    for i in idx]) if len(idx) else np.zeros((0, k, 5), np.int64)
     t_search = time.perf_counter()
     used, accepted, found = _search(scorer, idx, px, queries, candidates, p_init, seed, progress)
@@ -163,7 +162,7 @@ def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candi
             seed: int, progress: bool):
     """The search loop (``px`` updated in place): returns queries used and proposals accepted per attacked image,
     and the fp32 scores of each confirmed success by position in the batch."""
-    inp, n, k = scorer.inputs, len(idx), px.shape[1]
+    n, k = len(idx), px.shape[1]
     margin = np.full(n, np.inf)
     used = np.zeros(n, np.int64)  # queries per image (the starting pixels are the first, as in Sparse-RS)
     accepted = np.zeros(n, np.int64)
@@ -181,7 +180,7 @@ def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candi
         else:
             t = used[owner] + np.arange(len(owner)) - np.repeat(starts, sizes)  # queries used before each proposal
             m = np.maximum((alpha_schedule(t, queries, p_init) * k).astype(np.int64), 1)
-            cand = propose(inp.images, idx[owner], px[owner], inp.rows[idx[owner]], t, m, seed)
+            cand = propose(scorer.images, idx[owner], px[owner], scorer.rows[idx[owner]], t, m, seed)
         f, ok, hits = scorer.search(idx[owner], cand)
         j = _first_event(ok | (f < margin[owner]), starts, sizes)  # strict: equal margins are rejected
         hit = j < sizes

@@ -91,7 +91,7 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
         raise ValueError(f"{WHERE}: need steps >= 1 (queries >= {STEP_COST * max(restarts, 1)}) and restarts >= 1")
     if not variants or any(v not in VARIANTS for v in variants):
         raise ValueError(f"{WHERE}: variants must be a non-empty sequence of {VARIANTS}, got {variants!r}")
-    inp = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
+    scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
     k = pixels
     settings = dict(method="sparse-pgd", pixels=k, steps=steps, restarts=restarts,
                     variants=[variants[r % len(variants)] for r in range(restarts)], alpha=ALPHA, beta=BETA,
@@ -99,10 +99,9 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
                     queries_counted=f"{STEP_COST} per step (forward + backward), 1 per fp32 confirmation",
                     colours="rounded to uint8 in every forward pass", batch_size=batch_size, seed=seed,
                     precision="float32")
-    scorer = Scorer(pipeline, inp, batch_size)
-    todo = np.flatnonzero(inp.attacked)
-    books = _Books(todo, inp.rows, seed)
-    truth_all = torch.as_tensor(inp.truth, device=pipeline.device)
+    todo = np.flatnonzero(scorer.attacked)
+    books = _Books(todo, scorer.rows, seed)
+    truth_all = torch.as_tensor(scorer.truth, device=pipeline.device)
     t_search = time.perf_counter()
     bar = tqdm(total=restarts * steps, desc=f"{k}-pixel sparse-PGD", disable=not progress, leave=False)
     for r in range(restarts):
@@ -121,20 +120,20 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
 
 def _run(scorer: Scorer, books: _Books, idx: list[int], variant: str, steps: int, k: int, init, truth_all) -> None:
     """One restart on images ``idx`` (positions in the attacked batch): each leaves when its success holds in fp32."""
-    inp, pipeline = scorer.inputs, scorer.pipeline
+    pipeline = scorer.pipeline
     dev = pipeline.device
-    draws = [_draw(books.rngs[i], inp.images[i]) for i in idx]
+    draws = [_draw(books.rngs[i], scorer.images[i]) for i in idx]
     if init is not None:
         for (p, m), i in zip(draws, idx):
-            _warm(p, m, inp.images[i], init[i])
-    clean = to_input(inp.images[idx], dev, pipeline.channels_last)
+            _warm(p, m, scorer.images[i], init[i])
+    clean = to_input(scorer.images[idx], dev, pipeline.channels_last)
     p = torch.stack([torch.from_numpy(d[0]) for d in draws]).to(dev)
     p = p.contiguous(memory_format=torch.channels_last) if pipeline.channels_last else p  # the clean image's layout
     mask = torch.stack([torch.from_numpy(d[1]) for d in draws]).to(dev)
-    rows = torch.as_tensor(inp.rows[idx], device=dev)
+    rows = torch.as_tensor(scorer.rows[idx], device=dev)
     ids = np.array(idx)
     still = np.zeros(len(ids), np.int64)  # steps for which the projected mask has not changed
-    h, w = inp.shape
+    h, w = scorer.images.shape[1:3]
     for _ in range(steps):
         p.requires_grad_(True)
         mask.requires_grad_(True)
