@@ -29,17 +29,6 @@ class DEImage:
     found_scores: np.ndarray | None = None  # its fp32 scores
 
 
-@dataclass
-class Scored:
-    """One image's candidates: margins, successes, scores of the successful ones, and each candidate's 1-based
-    position among the queries sent for the image in this call (0: score reused, not sent)."""
-
-    fit: np.ndarray
-    success: np.ndarray
-    hits: dict[int, np.ndarray]
-    order: np.ndarray
-
-
 def bounds(h: int, w: int, k: int) -> np.ndarray:
     return np.tile(np.array([w - 1, h - 1, 255, 255, 255], dtype=np.float64), k)
 
@@ -79,9 +68,9 @@ def mutants(rng: np.random.Generator, pop: np.ndarray, f: float, upper: np.ndarr
     return np.clip(pop[a] + f * (pop[b] - pop[c]), 0.0, upper)
 
 
-def score_unique(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray]) -> list[Scored]:
-    """Score each image's candidates (P,k,5) in shared batches; a candidate already scored in the image's
-    population, or twice among its children, is sent once and only sent ones count as queries."""
+def score_unique(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray]) -> list[tuple]:
+    """Per image (fit, success, scores of successes, 1-based order among the queries sent, 0 = reused) of its
+    candidates (P,k,5), scored in shared batches; a candidate known to the image is sent once."""
     jobs_i, jobs_c, plans = [], [], []
     for st, cand in zip(states, cands):
         base = len(jobs_i)
@@ -103,39 +92,38 @@ def score_unique(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray])
         ok = np.array([bool(success[slot[k]]) if k in slot else False for k in keys])
         sc = {j: hits[slot[k]] for j, k in enumerate(keys) if k in slot and slot[k] in hits}
         order = np.array([slot[k] - base + 1 if k in slot else 0 for k in keys], dtype=np.int64)
-        out.append(Scored(fit, ok, sc, order))
+        out.append((fit, ok, sc, order))
     return out
 
 
-def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], scored: list[Scored]) -> None:
+def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], scored: list[tuple]) -> None:
     """Stop each image whose first successful candidate holds in fp32 (its ``queries`` end at that query); an
     unconfirmed one gets its fp32 margin, so selection sees what really happened."""
     todo = []
-    for st, cand, s in zip(states, cands, scored):
-        if s.success.any():
-            j = int(np.flatnonzero(s.success)[np.argmin(s.order[s.success])])
+    for st, cand, (fit, ok, hits, order) in zip(states, cands, scored):
+        if ok.any():
+            j = int(np.flatnonzero(ok)[np.argmin(order[ok])])
             if scorer.exact:
-                st.found, st.found_scores = cand[j], s.hits[j]
-                st.queries -= int(s.order.max() - s.order[j])
+                st.found, st.found_scores = cand[j], hits[j]
+                st.queries -= int(order.max() - order[j])
             else:
-                todo.append((st, j, cand[j], s))
+                todo.append((st, j, cand[j], fit, order))
     if not todo:
         return
-    margin, ok, sc = scorer.confirm(np.array([st.index for st, *_ in todo]), np.stack([c for _, _, c, _ in todo]))
-    for (st, j, c, s), m, good, scores in zip(todo, margin, ok, sc):
+    margin, ok, sc = scorer.confirm(np.array([t[0].index for t in todo]), np.stack([t[2] for t in todo]))
+    for (st, j, c, fit, order), m, good, scores in zip(todo, margin, ok, sc):
         st.queries += 1
         if good:
             st.found, st.found_scores = c, scores
-            st.queries -= int(s.order.max() - s.order[j])
+            st.queries -= int(order.max() - order[j])
         else:
-            s.fit[j] = m
+            fit[j] = m
 
 
 def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None,
                            *, pixels: int = 1, popsize: int = 400, generations: int = 100, F: float = 0.5,
                            batch_size: int | None = None, seed: int = 0, precision: str = "float32",
-                           progress: bool = True, init: np.ndarray | None = None
-                           ) -> AttackReport:
+                           progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
     """Attack every image (N,H,W,3 uint8, pipeline rows ``rows``) the pipeline gets right changing at most
     ``pixels`` pixels: ``popsize`` (``generations`` + 1) queries per image at most; ``init`` (N, <=k, 5) seeds
     member 0. A success of a cheaper ``precision`` is confirmed in eager fp32."""
@@ -169,7 +157,7 @@ def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: 
     scored = score_unique(scorer, states, decoded)
     settle(scorer, states, decoded, scored)
     for st, d, s in zip(states, decoded, scored):
-        st.fit, st.keys = s.fit, [c.tobytes() for c in d]
+        st.fit, st.keys = s[0], [c.tobytes() for c in d]
     bar = tqdm(total=generations, desc=f"{k}-pixel DE", disable=not progress, leave=False)
     for _ in range(generations):
         active = [st for st in states if st.found is None]
@@ -179,10 +167,10 @@ def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: 
         decoded = [decode(c, k) for c in children]
         scored = score_unique(scorer, active, decoded)
         settle(scorer, active, decoded, scored)
-        for st, child, d, s in zip(active, children, decoded, scored):
-            better = s.fit <= st.fit
-            st.pop[better], st.fit[better] = child[better], s.fit[better]
-            st.keys = [d[j].tobytes() if better[j] else st.keys[j] for j in range(len(s.fit))]
+        for st, child, d, (fit, *_) in zip(active, children, decoded, scored):
+            better = fit <= st.fit
+            st.pop[better], st.fit[better] = child[better], fit[better]
+            st.keys = [d[j].tobytes() if better[j] else st.keys[j] for j in range(len(fit))]
             st.generations += 1
         bar.update(1)
         bar.set_postfix(active=len(active), solved=sum(st.found is not None for st in states))

@@ -18,11 +18,8 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.floa
 
 
 class PixelPipeline:
-    """Maps float images (B,3,H,W) in [0,1] and their row ids to scores (B,S); subclasses give scores and truth.
-
-    ``changed_xy`` (B,k,2) lists the pixels that differ from the clean image, so a pipeline may reuse cached work.
-    The modules go to eval mode, the first (the image encoder) to channels_last, much faster for CNNs on CPU.
-    """
+    """Maps float images (B,3,H,W) in [0,1] and their rows to scores (B,S); ``changed_xy`` (B,k,2), the changed
+    pixels, lets a pipeline reuse cached work. The image encoder goes to channels_last, much faster on CPU."""
 
     def __init__(self, *modules: torch.nn.Module, channels_last: bool = True):
         self.modules = tuple(m for m in modules if isinstance(m, torch.nn.Module))
@@ -62,18 +59,12 @@ class ClassifierPixelPipeline(PixelPipeline):
         return self.model(x).float()
 
     def truth(self, rows):
-        rows = np.asarray(rows)
-        out = np.zeros((len(rows), self.n_classes), dtype=bool)
-        out[np.arange(len(rows)), self.labels[rows]] = True
-        return out
+        return np.eye(self.n_classes, dtype=bool)[self.labels[np.asarray(rows)]]
 
 
 class EmoticPixelPipeline(PixelPipeline):
-    """Scene (224x224) -> scene and body features -> Emotic head -> 26 category logits.
-
-    The body crop is re-derived from the perturbed scene (``boxes_224``, x1 y1 x2 y2), so a changed pixel inside the
-    box reaches it; inputs the head does not read (its ``inputs``) are not computed; ``text_features`` stay clean.
-    """
+    """Scene -> scene and body features -> Emotic head -> 26 category logits, text held clean. The body crop is
+    re-derived from the perturbed scene (``boxes_224``), so a changed pixel inside the box reaches it."""
 
     def __init__(self, image_encoder, head_model, text_features, boxes_224, labels=None, body_size: int = 128,
                  channels_last: bool = True):
@@ -86,14 +77,12 @@ class EmoticPixelPipeline(PixelPipeline):
             raise ValueError("utils/attack/pipelines.py: boxes_224 has a box with x2 <= x1 or y2 <= y1")
         self.boxes = torch.from_numpy(boxes)
         self.text = None if text_features is None else torch.as_tensor(np.asarray(text_features, np.float32))
-        if self.text is not None and len(self.text) != len(boxes):
-            raise ValueError(f"utils/attack/pipelines.py: {len(self.text)} text feature rows but {len(boxes)} boxes")
         self.labels = None if labels is None else np.asarray(labels) > 0.5
         # a changed pixel reaches the body crop only inside the box plus roi_align's one-pixel bilinear support
         self._reach = torch.stack([self.boxes[:, 0].floor() - 1, self.boxes[:, 1].floor() - 1,
                                    self.boxes[:, 2].ceil(), self.boxes[:, 3].ceil()], 1)
         self._clean_body: dict[int, torch.Tensor] = {}
-        self.reads = tuple(getattr(head_model, "inputs", ("body", "context", "text")))
+        self.reads = tuple(getattr(head_model, "inputs", ("body", "context", "text")))  # inputs worth computing
 
     def body_crops(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         boxes = self.boxes[rows.cpu()].to(x.device, x.dtype)
@@ -137,11 +126,8 @@ class EmoticPixelPipeline(PixelPipeline):
 
 
 class FlickrPixelPipeline(PixelPipeline):
-    """Photo -> image features -> shared space; scores = similarities to every clean test caption.
-
-    ``head_model``: with ``encode_image``/``encode_text`` (cosine), with ``similarity`` (the baseline), or a pair
-    ``(image_fn, text_fn)`` (``text_fn=None``: captions already embedded). ``caption_image`` (C,) defines truth.
-    """
+    """Photo -> image features -> similarities to every clean test caption (``caption_image``: each one's image).
+    ``head_model``: ``encode_image``/``encode_text``, ``similarity`` (the baseline) or a pair (image_fn, text_fn)."""
 
     def __init__(self, image_encoder, head_model, caption_features, caption_image, channels_last: bool = True):
         super().__init__(image_encoder, *(m for m in (head_model,) if isinstance(m, torch.nn.Module)),
@@ -150,8 +136,7 @@ class FlickrPixelPipeline(PixelPipeline):
         captions = np.asarray(caption_features, np.float32)
         self.caption_image = np.asarray(caption_image, dtype=np.int64)
         if len(self.caption_image) != len(captions):
-            raise ValueError(f"utils/attack/pipelines.py: {len(captions)} caption features but "
-                             f"{len(self.caption_image)} caption_image entries")
+            raise ValueError(f"utils/attack/pipelines.py: {len(captions)} captions, {len(caption_image)} images")
         if isinstance(head_model, (tuple, list)):
             image_fn, text_fn = head_model
         elif hasattr(head_model, "encode_image"):

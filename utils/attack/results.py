@@ -34,25 +34,15 @@ class AttackResult:
     adversarial: np.ndarray | None  # (H, W, 3) uint8; None when read back without the clean images
 
     @property
-    def rank_before(self) -> int:
-        """1-based rank of the best-scored true entry (1 = correct top prediction)."""
-        return int((self.scores_before[~self.truth] > self.scores_before[self.truth].max()).sum()) + 1
-
-    @property
-    def rank_after(self) -> int:
-        return int((self.scores_after[~self.truth] > self.scores_after[self.truth].max()).sum()) + 1
-
-    @property
     def true_score_drop(self) -> float:
         return float(self.scores_before[self.truth].mean() - self.scores_after[self.truth].mean())
 
-    @property
-    def margin_before(self) -> float:
-        return float(margin_and_success(self.scores_before[None], self.truth[None])[0][0])
-
-    @property
-    def margin_after(self) -> float:
-        return float(margin_and_success(self.scores_after[None], self.truth[None])[0][0])
+    def row_of_table(self) -> list:
+        ranks = [int((s[~self.truth] > s[self.truth].max()).sum()) + 1 for s in (self.scores_before, self.scores_after)]
+        margins = margin_and_success(np.stack([self.scores_before, self.scores_after]), np.stack([self.truth] * 2))[0]
+        return [self.row, self.attacked, self.success, self.queries, self.generations, len(self.pixels),
+                int(np.argmax(self.scores_before)), int(np.argmax(self.scores_after)), *ranks, self.true_score_drop,
+                *map(float, margins)]
 
 
 @dataclass
@@ -68,10 +58,7 @@ class AttackReport:
 
     def table(self) -> pd.DataFrame:
         """One row per image (no arrays), for the notebooks' tables and plots."""
-        return pd.DataFrame([
-            [r.row, r.attacked, r.success, r.queries, r.generations, len(r.pixels), int(np.argmax(r.scores_before)),
-             int(np.argmax(r.scores_after)), r.rank_before, r.rank_after, r.true_score_drop, r.margin_before,
-             r.margin_after] for r in self.results], columns=list(COLUMNS))
+        return pd.DataFrame([r.row_of_table() for r in self.results], columns=list(COLUMNS))
 
     def summary(self) -> dict:
         t = self.table()
