@@ -2,7 +2,6 @@
 image's children go through the model together, each image with its own RNG (docs/attacks.md)."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,7 +126,6 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
     """Attack every image (N,H,W,3 uint8, pipeline rows ``rows``) the pipeline gets right changing at most
     ``pixels`` pixels: ``popsize`` (``generations`` + 1) queries per image at most; ``init`` (N, <=k, 5) seeds
     member 0. A success of a cheaper ``precision`` is confirmed in eager fp32."""
-    t_start = time.perf_counter()
     if popsize < 4 or generations < 0:
         raise ValueError(f"{WHERE}: need popsize >= 4 (DE/rand/1 draws 3 others) and generations >= 0")
     scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
@@ -139,15 +137,12 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
     states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(scorer.rows[i])])),
                       pop=initial_population(rng, popsize, h, w, k, None if init is None else init[i]))
               for i in np.flatnonzero(scorer.attacked)]
-    t_search = time.perf_counter()
     _evolve(scorer, states, k, generations, F, upper, progress)
-    search_seconds = time.perf_counter() - t_search
     # final pixels: the confirmed success, else the population's best (scored in fp32 by assemble_report)
     final = {st.index: st.found if st.found is not None else decode(st.pop[np.argmin(st.fit)], k) for st in states}
     found = {st.index: st.found_scores for st in states if st.found is not None}
     return assemble_report(scorer, final, found, {st.index: st.queries for st in states},
-                           {st.index: st.generations for st in states}, settings,
-                           time.perf_counter() - t_start, search_seconds)
+                           {st.index: st.generations for st in states}, settings)
 
 
 def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: float, upper: np.ndarray,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -255,6 +255,7 @@ def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None, where: str,
                    precision: str = "float32") -> Scorer:
     """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache."""
+    started = time.perf_counter()
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{where}: images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
@@ -279,7 +280,7 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         for s in range(0, n, batch_size):
             pipeline.prepare(to_input(images[s:s + batch_size], dev, pipeline.channels_last),
                              torch.as_tensor(rows[s:s + batch_size], device=dev))
-    return Scorer(pipeline, images, rows, truth, before, attacked, batch_size, precision)
+    return Scorer(pipeline, images, rows, truth, before, attacked, batch_size, precision, started)
 
 
 @dataclass
@@ -295,6 +296,8 @@ class Scorer:
     attacked: np.ndarray  # (N,) bool: correct before the attack
     batch_size: int  # as given, else the device's fastest
     precision: str = "float32"
+    started: float = 0.0  # perf_counter at the start of the run
+    ready: float = field(default_factory=time.perf_counter)  # ... and at the start of the search
     queries: int = 0  # images sent through the model by the search (confirmations not included)
     model_seconds: float = 0.0  # time inside the pipeline's forward pass during the search
 

@@ -3,6 +3,7 @@ pickle). Scores are logits (Flickr8k: similarities), so margins and ``true_score
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,10 +90,10 @@ class AttackReport:
 
 
 def assemble_report(scorer: Scorer, final: dict[int, np.ndarray], found: dict[int, np.ndarray],
-                    queries: dict[int, int], iterations: dict[int, int], settings: dict, seconds: float,
-                    search_seconds: float) -> AttackReport:
+                    queries: dict[int, int], iterations: dict[int, int], settings: dict) -> AttackReport:
     """The report from each attacked image's final pixels (``final``); those without confirmed fp32 scores
     (``found``) are scored once more in eager fp32, so every ``scores_after`` and ``success`` is fp32."""
+    end = time.perf_counter()
     n = len(scorer.images)
     adv = scorer.images.copy()
     idx = np.array(sorted(final), dtype=np.int64)
@@ -113,8 +114,8 @@ def assemble_report(scorer: Scorer, final: dict[int, np.ndarray], found: dict[in
             row=int(scorer.rows[i]), attacked=i in final, success=bool(i in final and success[i]),
             queries=queries.get(i, 0), generations=iterations.get(i, 0), pixels=px, scores_before=scorer.before[i],
             scores_after=after[i], truth=scorer.truth[i], adversarial=adv[i]))
-    return AttackReport(results=results, settings=settings, seconds=seconds, model_queries=scorer.queries,
-                        search_seconds=search_seconds, model_seconds=scorer.model_seconds)
+    return AttackReport(results=results, settings=settings, seconds=end - scorer.started, model_queries=scorer.queries,
+                        search_seconds=end - scorer.ready, model_seconds=scorer.model_seconds)
 
 
 def to_arrays(report: AttackReport, prefix: str) -> dict[str, np.ndarray]:

@@ -2,7 +2,6 @@
 Counter-based random numbers make the speculative proposals equal the one-at-a-time search (docs/attacks.md)."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -127,14 +126,10 @@ def _first_event(event: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np
 
 def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
               pixels: int = 1, queries: int = 1000, candidates: int | None = None, p_init: float = 0.3,
-              batch_size: int | None = None, seed: int = 0, precision: str = "float32", progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
-    """Sparse random search changing at most ``pixels`` pixels per image, ``queries`` model queries per image.
-
-    As :func:`utils.attack.de.differential_evolution`; ``candidates`` caps the proposals per image and call
-    (default adaptive; the result does not depend on it); ``init`` (N, <=k, 5): pixels to start from. A result's
-    ``generations`` counts its accepted proposals.
-    """
-    t_start = time.perf_counter()
+              batch_size: int | None = None, seed: int = 0, precision: str = "float32", progress: bool = True,
+              init: np.ndarray | None = None) -> AttackReport:
+    """Sparse random search changing at most ``pixels`` pixels per image, ``queries`` model queries per image, as
+    :func:`utils.attack.de.differential_evolution`; ``candidates`` caps the proposals per image and call."""
     if queries < 1 or (candidates is not None and candidates < 1) or not 0 < p_init <= 1:
         raise ValueError(f"{WHERE}: need queries >= 1, candidates >= 1 and 0 < p_init <= 1")
     scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
@@ -149,13 +144,10 @@ def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.
     idx = np.flatnonzero(scorer.attacked)  # attacked images, by position in the batch
     px = np.stack([initial_pixels(scorer.images[i], k, int(scorer.rows[i]), seed, None if init is None else init[i])
                    for i in idx]) if len(idx) else np.zeros((0, k, 5), np.int64)
-    t_search = time.perf_counter()
     used, accepted, found = _search(scorer, idx, px, queries, candidates, p_init, seed, progress)
-    search_seconds = time.perf_counter() - t_search
     return assemble_report(scorer, {int(i): px[a] for a, i in enumerate(idx)}, found,
                            {int(i): int(used[a]) for a, i in enumerate(idx)},
-                           {int(i): int(accepted[a]) - 1 for a, i in enumerate(idx)}, settings,
-                           time.perf_counter() - t_start, search_seconds)
+                           {int(i): int(accepted[a]) - 1 for a, i in enumerate(idx)}, settings)
 
 
 def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candidates: int | None, p_init: float,

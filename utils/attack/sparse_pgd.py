@@ -1,5 +1,5 @@
 """White-box Sparse-PGD (Zhong & Liu 2024, arXiv 2405.05075) on the whole pipeline from the photo's pixels to its
-scores: a magnitude tensor times a mask projected onto k pixels, every forward pass on a uint8 image (docs/attacks.md)."""
+scores: a magnitude times a mask projected onto k pixels, each forward pass on a uint8 image (docs/attacks.md)."""
 from __future__ import annotations
 
 import time
@@ -79,12 +79,8 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
                pixels: int = 1, steps: int = 100, restarts: int = 2, variants: tuple[str, ...] = VARIANTS,
                queries: int | None = None, seed: int = 0, batch_size: int = 16, progress: bool = True,
                init: np.ndarray | None = None) -> AttackReport:
-    """Sparse-PGD changing at most ``pixels`` pixels per image: ``restarts`` runs of at most ``steps`` steps.
-
-    As :func:`utils.attack.sparse_rs`; ``queries`` count forward-equivalents (``STEP_COST`` per step, 1 per
-    confirmation); ``queries=`` sets ``steps = queries // (STEP_COST restarts)``; ``init`` seeds the first restart.
-    """
-    t_start = time.perf_counter()
+    """Sparse-PGD changing at most ``pixels`` pixels per image: ``restarts`` runs of at most ``steps`` steps;
+    ``queries`` count forward-equivalents (``STEP_COST`` per step, 1 per confirmation) and, if given, set ``steps``."""
     if queries is not None:
         steps = int(queries) // (STEP_COST * max(int(restarts), 1))
     if steps < 1 or restarts < 1:
@@ -102,7 +98,6 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
     todo = np.flatnonzero(scorer.attacked)
     books = _Books(todo, scorer.rows, seed)
     truth_all = torch.as_tensor(scorer.truth, device=pipeline.device)
-    t_search = time.perf_counter()
     bar = tqdm(total=restarts * steps, desc=f"{k}-pixel sparse-PGD", disable=not progress, leave=False)
     for r in range(restarts):
         left = [int(i) for i in todo if int(i) not in books.found]
@@ -113,9 +108,7 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
             bar.set_postfix(fooled=len(books.found))
             bar.refresh()
     bar.close()
-    search_seconds = time.perf_counter() - t_search
-    return assemble_report(scorer, books.final, books.found, books.spent, books.taken, settings,
-                           time.perf_counter() - t_start, search_seconds)
+    return assemble_report(scorer, books.final, books.found, books.spent, books.taken, settings)
 
 
 def _run(scorer: Scorer, books: _Books, idx: list[int], variant: str, steps: int, k: int, init, truth_all) -> None:
