@@ -221,9 +221,8 @@ def test_a_true_logit_leading_by_30_is_still_attackable(method, budget):
 
 
 def test_candidate_batches_equal_the_uint8_images_bit_for_bit(near_boundary):
-    """The search writes candidates into float copies of the clean images on the device; each batch must equal the
-    uint8 image with the pixels written (apply_pixels) converted as usual, also with repeated positions (later
-    pixels win), padding rows, and calls larger than one batch."""
+    """Each batch the search builds must equal the uint8 image with the pixels written (apply_pixels) converted as
+    usual, also with repeated positions (later pixels win), padding rows, and calls larger than one batch."""
     from utils.attack.pipelines import prepare_attack, to_input
 
     net, imgs, labels = near_boundary

@@ -309,28 +309,9 @@ class Scorer:
         return PRECISIONS[self.precision] is None
 
     def _builder(self, idx: np.ndarray, cands: np.ndarray):
-        """``(start, stop) -> float input batch``, bit for bit ``to_input(apply_pixels(...))`` but built on the
-        device from the clean images kept there in float: no host copies of whole images."""
-        dev = self.pipeline.device
-        if getattr(self, "_clean", None) is None:
-            self._clean = torch.from_numpy(np.ascontiguousarray(self.images)).to(dev).float().div_(255)  # NHWC
-        m, k = cands.shape[:2]
-        c = cands.reshape(-1, 5)
-        owner = np.repeat(np.arange(m), k)
-        key = np.where(c[:, 0] >= 0, (owner * self.images.shape[1] + c[:, 1]) * self.images.shape[2] + c[:, 0], -1)
-        _, last = np.unique(key[::-1], return_index=True)  # later pixels win, as in apply_pixels
-        keep = np.sort(len(key) - 1 - last)
-        keep = keep[key[keep] >= 0]
-        owner, c = owner[keep], c[keep]
-        values = torch.as_tensor(c[:, 2:5], device=dev).float().div_(255)
-
-        def build(s: int, e: int) -> torch.Tensor:
-            x = self._clean[torch.as_tensor(idx[s:e], device=dev)]
-            a, b = np.searchsorted(owner, [s, e])
-            x[tuple(torch.as_tensor(v, device=dev) for v in (owner[a:b] - s, c[a:b, 1], c[a:b, 0]))] = values[a:b]
-            x = x.permute(0, 3, 1, 2)  # NHWC memory: channels_last for free
-            return x if self.pipeline.channels_last else x.contiguous()
-        return build
+        """``(start, stop) -> float input batch`` of the candidates written into their clean images."""
+        dev, cl = self.pipeline.device, self.pipeline.channels_last
+        return lambda s, e: to_input(apply_pixels(self.images[idx[s:e]], cands[s:e]), dev, cl)
 
     def search(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """Margins and successes of candidates (M,k,5) on images ``idx`` (M,), and the successful ones' scores."""
