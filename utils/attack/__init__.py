@@ -9,12 +9,12 @@ from .pixels import PixelsNeeded, pixels_needed
 from .results import AttackReport, AttackResult, from_arrays, to_arrays
 from .sparse import sparse_rs
 from .sparse_pgd import sparse_pgd
-from .ensemble import EnsembleReport, ensemble
+from .ensemble import ensemble
 from .defences import median_defended
 from .search import METHODS, attack
 
 __all__ = [
-    "attack", "METHODS", "differential_evolution", "sparse_rs", "sparse_pgd", "ensemble", "EnsembleReport",
+    "attack", "METHODS", "differential_evolution", "sparse_rs", "sparse_pgd", "ensemble",
     "PixelPipeline", "ClassifierPixelPipeline", "EmoticPixelPipeline", "FlickrPixelPipeline", "median_defended",
     "AttackResult", "AttackReport", "to_arrays", "from_arrays", "apply_pixels", "score_images", "correct_top1",
     "pixels_needed", "PixelsNeeded",

@@ -6,7 +6,6 @@ import dataclasses
 import time
 
 import numpy as np
-import pandas as pd
 
 from .pipelines import PixelPipeline
 from .results import AttackReport
@@ -14,33 +13,10 @@ from .sparse import sparse_rs
 from .sparse_pgd import sparse_pgd
 
 
-@dataclasses.dataclass
-class EnsembleReport(AttackReport):
-    """A report whose table adds which member fooled each image and the members' own verdicts (kept in
-    ``settings``, so they survive ``to_arrays``); ``members`` holds the members' own reports (not saved)."""
-
-    members: dict = dataclasses.field(default_factory=dict)
-
-    def table(self) -> pd.DataFrame:
-        t = super().table()
-        for col in ("member", "white_box_success", "black_box_ran", "black_box_success"):
-            t[col] = self.settings[col]
-        return t
-
-    def summary(self) -> dict:
-        t = self.table()
-        att = t[t.attacked.astype(bool)]
-        out = super().summary()
-        out.update(white_box_successes=int(att.white_box_success.sum()),
-                   black_box_attacked=int(att.black_box_ran.sum()),
-                   black_box_successes=int(att.black_box_success.sum()))
-        return out
-
-
 def ensemble(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
              pixels: int = 1, queries: int = 1000, steps: int = 100, restarts: int = 2, seed: int = 0,
              batch_size: int | None = None, black_box_all: bool = False, progress: bool = True,
-             init: np.ndarray | None = None, **search) -> EnsembleReport:
+             init: np.ndarray | None = None, **search) -> AttackReport:
     """Sparse-PGD (``steps`` per restart, ``restarts``), then ``sparse_rs`` (``queries`` per image, ``batch_size``
     and other keywords); a result's ``queries`` add both members' forward-equivalent spending."""
     t_start = time.perf_counter()
@@ -71,8 +47,8 @@ def ensemble(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.n
                           + ("every attacked image" if black_box_all else "the images it left unfooled"),
                     member=member, white_box_success=w_ok.tolist(), black_box_ran=ran.tolist(),
                     black_box_success=(b_ok & ran).tolist(), white_box=white.settings, black_box=black.settings)
-    return EnsembleReport(results=results, settings=settings, seconds=time.perf_counter() - t_start,
-                          model_queries=white.model_queries + black.model_queries,
-                          search_seconds=white.search_seconds + black.search_seconds,
-                          model_seconds=white.model_seconds + black.model_seconds,
-                          members={"white-box": white, "black-box": black})
+    return AttackReport(results=results, settings=settings, seconds=time.perf_counter() - t_start,
+                        model_queries=white.model_queries + black.model_queries,
+                        search_seconds=white.search_seconds + black.search_seconds,
+                        model_seconds=white.model_seconds + black.model_seconds,
+                        members={"white-box": white, "black-box": black})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -56,17 +56,21 @@ class AttackReport:
     model_queries: int  # images that went through the model during the search (all images)
     search_seconds: float = 0.0  # the whole search loop
     model_seconds: float = 0.0  # of which inside the pipeline's forward pass
+    members: dict = field(default_factory=dict)  # an ensemble's members' own reports (not saved)
 
     def table(self) -> pd.DataFrame:
-        """One row per image (no arrays), for the notebooks' tables and plots."""
-        return pd.DataFrame([r.row_of_table() for r in self.results], columns=list(COLUMNS))
+        """One row per image (no arrays), plus a fresh ensemble's verdicts per member (kept in its settings)."""
+        t = pd.DataFrame([r.row_of_table() for r in self.results], columns=list(COLUMNS))
+        for col in ("member", "white_box_success", "black_box_ran", "black_box_success") if self.members else ():
+            t[col] = self.settings[col]
+        return t
 
     def summary(self) -> dict:
         t = self.table()
         att = t[t.attacked.astype(bool)]
         won = att[att.success.astype(bool)]
         nan = float("nan")
-        return {
+        out = {
             "method": self.settings.get("method", "de"),
             "pixels": self.settings["pixels"],
             "images": len(t),
@@ -80,6 +84,11 @@ class AttackReport:
             "seconds": self.seconds,
             "queries_per_second": self.model_queries / self.search_seconds if self.search_seconds else nan,
         }
+        if self.members:
+            out.update(white_box_successes=int(att.white_box_success.sum()),
+                       black_box_attacked=int(att.black_box_ran.sum()),
+                       black_box_successes=int(att.black_box_success.sum()))
+        return out
 
     @property
     def adversarial(self) -> np.ndarray:
