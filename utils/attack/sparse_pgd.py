@@ -40,12 +40,6 @@ class _Compose(torch.autograd.Function):
         return None, grad * route, (grad * delta).sum(1, keepdim=True), None, None
 
 
-def _margin(scores: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """max true score - max other score per image, differentiable (negative exactly on success)."""
-    neg = torch.tensor(-torch.inf, device=scores.device, dtype=scores.dtype)
-    return torch.where(truth, scores, neg).amax(1) - torch.where(truth, neg, scores).amax(1)
-
-
 def _draw(rng: np.random.Generator, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The paper's fresh start: magnitude uniform in [-1, 1] clipped to the image's range, a standard normal mask."""
     x = clean.transpose(2, 0, 1).astype(np.float32) / 255
@@ -190,7 +184,8 @@ def _margin_gradients(pipeline: PixelPipeline, x, rows, truth, p, mask):
            "attack cannot run on it (use method='sparse' for this pipeline)")
     try:  # a tensor made under inference_mode, or a detour through numpy, breaks the graph with a RuntimeError
         scores = pipeline.scores(x, rows).float()
-        margin = _margin(scores, truth)
+        neg = torch.tensor(-torch.inf, device=scores.device, dtype=scores.dtype)  # the margin, differentiable
+        margin = torch.where(truth, scores, neg).amax(1) - torch.where(truth, neg, scores).amax(1)
         g_p, g_m = torch.autograd.grad(margin.sum(), (p, mask), allow_unused=True)
     except RuntimeError as e:
         raise ValueError(f"{why}: {e}") from e
