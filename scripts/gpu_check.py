@@ -33,7 +33,7 @@ def attack_api():
     differential evolution)."""
     from utils import attack
 
-    return attack.ClassifierPixelPipeline, attack.score_images, attack.few_pixel_attack
+    return attack.ClassifierPixelPipeline, attack.score_images, attack.differential_evolution
 
 
 def probe_choices(devices=("cuda", "cpu"), size: int = 224) -> dict:

@@ -221,14 +221,13 @@ def test_a_true_logit_leading_by_30_is_still_attackable(method, budget):
 
 
 def test_candidate_batches_equal_the_uint8_images_bit_for_bit(near_boundary):
-    """The search writes candidates into a float buffer it reuses between calls; each batch must equal the uint8
-    image with the pixels written (apply_pixels) converted as usual, also with repeated positions (later pixels
-    win), padding rows, slots that change image, and calls larger than one batch."""
-    from utils.attack.pipelines import Scorer, prepare_attack, to_input
+    """Each batch the search builds must equal the uint8 image with the pixels written (apply_pixels) converted as
+    usual, also with repeated positions (later pixels win), padding rows, and calls larger than one batch."""
+    from utils.attack.pipelines import prepare_attack, to_input
 
     net, imgs, labels = near_boundary
     pipe = ClassifierPixelPipeline(net, labels, 3)
-    scorer = Scorer(pipe, prepare_attack(pipe, imgs, None, None, 3, 4, "test"), 4)
+    scorer = prepare_attack(pipe, imgs, None, None, 3, 4, "test")
     rng = np.random.default_rng(0)
     for call in range(6):
         m = int(rng.integers(1, 12))

@@ -1,22 +1,12 @@
-"""Defences an attacker knows about: the median filter inside the attacked pipeline (the adaptive attack).
-
-Scoring the filter only on attacks made against the undefended model (transfer) says nothing about an attacker
-who knows the filter. :func:`median_defended` puts the filter inside ``scores``, so every search attacks the
-defended pipeline with its own budget. The black-box search only needs the scores; the white-box member needs a
-gradient, and a median has almost none (it is piecewise a copy of one input), so the backward pass goes straight
-through the filter (BPDA, Athalye et al. 2018: forward = filtered image, backward = identity).
-"""
+"""The median filter inside the attacked pipeline, so every search attacks the defence it knows about (the adaptive
+attack); the white-box gradient passes straight through the filter (BPDA; docs/attacks.md)."""
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
 
 from ..poisoning import MedianFilter
 from .pipelines import PixelPipeline
-
-__all__ = ["median_defended", "MedianDefended"]
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -32,10 +22,8 @@ class _StraightThrough(torch.autograd.Function):
 
 
 class MedianDefended(PixelPipeline):
-    """``pipeline`` with a ``size`` x ``size`` median filter (the one of :mod:`utils.poisoning`) applied to the
-    photo inside :meth:`scores`; same rows, truth and modules. Candidate pixel lists (``changed_xy``) are not
-    passed on: the filter spreads a changed pixel to its neighbours, so caches keyed by changed pixels would not
-    hold (the Emotic body crop is recomputed for every candidate)."""
+    """``pipeline`` with a ``size`` x ``size`` median filter (:mod:`utils.poisoning`'s) on the photo inside
+    :meth:`scores`. ``changed_xy`` is not passed on: the filter spreads a changed pixel to its neighbours."""
 
     def __init__(self, pipeline: PixelPipeline, size: int = 3):
         if size < 1 or size % 2 == 0:
@@ -43,13 +31,12 @@ class MedianDefended(PixelPipeline):
         # no super().__init__: the wrapped pipeline has already set its modules' mode and layout
         self.inner, self.size, self.filter = pipeline, int(size), MedianFilter(int(size))
 
-    # the wrapped pipeline's modules and layout, also when a batch-size probe switches the layout
     @property
     def modules(self):
         return self.inner.modules
 
     @property
-    def channels_last(self) -> bool:
+    def channels_last(self) -> bool:  # the wrapped pipeline's, also when a batch-size probe switches the layout
         return self.inner.channels_last
 
     @channels_last.setter
@@ -57,14 +44,8 @@ class MedianDefended(PixelPipeline):
         self.inner.channels_last = value
 
     def filtered(self, x: torch.Tensor) -> torch.Tensor:
-        """The median-filtered photo, in the layout the wrapped pipeline expects; gradient straight through."""
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return _StraightThrough.apply(x, lambda v: self.filter(v).contiguous(memory_format=fmt))
-
-    @contextlib.contextmanager
-    def compiled(self, batch_size: int):
-        with self.inner.compiled(batch_size):
-            yield self
 
     def prepare(self, clean, rows):
         self.inner.prepare(self.filtered(clean), rows)
@@ -76,7 +57,4 @@ class MedianDefended(PixelPipeline):
         return self.inner.truth(rows)
 
 
-def median_defended(pipeline: PixelPipeline, size: int = 3) -> MedianDefended:
-    """``pipeline`` defended by a ``size`` x ``size`` median filter inside its scores, attackable by every search
-    with the same budget as the undefended one (white-box gradients pass straight through the filter)."""
-    return MedianDefended(pipeline, size)
+median_defended = MedianDefended  # the name the robustness experiments call

@@ -1,32 +1,10 @@
-"""What the attack attacks: the whole path from raw uint8 pixels to the scores that decide success.
-
-A :class:`PixelPipeline` maps float images (B,3,H,W) in [0,1] plus their row ids to scores (B,S), with the text
-side held clean; :meth:`PixelPipeline.truth` says which score entries are correct for a row.
-
-- :class:`EmoticPixelPipeline`: scores = the 26 category logits. The body input is **re-derived at attack time
-  from the 224x224 scene** by cropping the person's box (in 224 coordinates) and resizing it to 128 with
-  ``torchvision.ops.roi_align``, so a changed pixel inside the box shows in the body crop too. This differs slightly
-  from the prepared ``body_arr`` (cropped from the full-resolution photo), so clean scores are computed with the same
-  derivation and "correct before the attack" is judged on them.
-- :class:`FlickrPixelPipeline`: scores = cosine similarities of the image to every test caption.
-- :class:`ClassifierPixelPipeline`: any single-label classifier (used by the tests and the benchmark).
-
-Scores are logits (similarities for Flickr8k), never probabilities: a true class whose logit leads by more than
-about 17 has probability 1.0 in float32, and a margin of probabilities would then give the search no signal
-(Sparse-RS uses the margin of the logits too). Every :meth:`PixelPipeline.scores` is differentiable from the float
-pixel tensor to the scores, so a white-box attack can use the same pipelines.
-
-Success is one rule for all of them: the top-scored entry stops being a true one. Every search minimises the margin
-``max(true scores) - max(other scores)`` (single-label: true logit minus the best other; Emotic: best true logit
-minus best other logit; Flickr8k: best own-caption similarity minus the best other), negative exactly on success.
-The search may run in a cheaper precision or through ``torch.compile``; :class:`Scorer` confirms every success by
-an eager fp32 pass of the final uint8 image.
-"""
+"""What the attack attacks: the whole path from raw uint8 pixels to the scores (logits) that decide success, and
+the batched scoring every search shares (docs/attacks.md explains the success rule and the confirmation)."""
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -34,27 +12,14 @@ import torch
 import torch.nn.functional as F_nn
 from torchvision.ops import roi_align
 
-__all__ = [
-    "PixelPipeline", "ClassifierPixelPipeline", "EmoticPixelPipeline", "FlickrPixelPipeline",
-    "apply_pixels", "score_images", "correct_top1", "margin_and_success", "Scorer", "AttackInputs",
-    "prepare_attack",
-]
+from .. import batching
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class PixelPipeline:
-    """Base class: maps float images (B,3,H,W) in [0,1] plus their row ids to scores (B,S).
-
-    ``rows`` index the pipeline's per-image side data (boxes, text features, ...). ``changed_xy`` (B,k,2), when
-    given, lists the (x, y) pixels in which each image differs from its clean version; a pipeline may use it to
-    reuse cached work (the Emotic body crop). Subclasses implement :meth:`scores` and :meth:`truth`.
-    The modules given are put in eval mode, and the first one (the image encoder) in channels_last layout, which
-    is several times faster for CNNs on CPU; both are in place and leave the outputs unchanged.
-    """
-
-    #: attributes holding the expensive modules, the ones ``compiled()`` swaps for compiled versions
-    heavy: tuple[str, ...] = ("encoder",)
+    """Maps float images (B,3,H,W) in [0,1] and their rows to scores (B,S); ``changed_xy`` (B,k,2), the changed
+    pixels, lets a pipeline reuse cached work. The image encoder goes to channels_last, much faster on CPU."""
 
     def __init__(self, *modules: torch.nn.Module, channels_last: bool = True):
         self.modules = tuple(m for m in modules if isinstance(m, torch.nn.Module))
@@ -62,7 +27,6 @@ class PixelPipeline:
         for m in self.modules:
             m.eval()
         if channels_last and modules and isinstance(modules[0], torch.nn.Module):
-            # nn.Module.to is in place; the image encoder's convolutions are what benefit
             modules[0].to(memory_format=torch.channels_last)
 
     @property
@@ -71,22 +35,6 @@ class PixelPipeline:
             for p in m.parameters():
                 return p.device
         return torch.device("cpu")
-
-    @contextlib.contextmanager
-    def compiled(self, batch_size: int):
-        """Within the block, the heavy modules run through ``torch.compile`` (inductor, weights frozen, static
-        shapes: batches are padded to ``batch_size``). Compiled once per pipeline and batch size, then reused."""
-        cache = self.__dict__.setdefault("_compiled", {})
-        saved = {name: getattr(self, name) for name in self.heavy}
-        try:
-            for name, module in saved.items():
-                if (name, batch_size) not in cache:
-                    cache[(name, batch_size)] = _FixedBatch(module, batch_size, self.channels_last)
-                setattr(self, name, cache[(name, batch_size)])
-            yield self
-        finally:
-            for name, module in saved.items():
-                setattr(self, name, module)
 
     def prepare(self, clean: torch.Tensor, rows: torch.Tensor) -> None:
         """Called once with the clean images before a search; cache what does not depend on the perturbation."""
@@ -99,34 +47,8 @@ class PixelPipeline:
         raise NotImplementedError
 
 
-class _FixedBatch(torch.nn.Module):
-    """A module compiled for one static batch shape, callable on any batch: pads to whole chunks, trims the output.
-
-    Static shapes because dynamic-shape compilation of a CNN takes minutes on a 2-core CPU; freezing lets inductor
-    fold batch norm and pre-pack the convolution weights, which is where the CPU speed-up comes from.
-    """
-
-    def __init__(self, module: torch.nn.Module, batch: int, channels_last: bool):
-        super().__init__()
-        self.batch, self.channels_last = batch, channels_last
-        self.run = torch.compile(module, dynamic=False, options={"freezing": True})
-
-    def forward(self, x):
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        outs = []
-        for s in range(0, len(x), self.batch):
-            part = x[s:s + self.batch]
-            m = len(part)
-            if m < self.batch:
-                part = torch.cat([part, part[-1:].expand(self.batch - m, *part.shape[1:])])
-            outs.append(self.run(part.contiguous(memory_format=fmt))[:m])
-        return torch.cat(outs)
-
-
 class ClassifierPixelPipeline(PixelPipeline):
     """A single-label classifier ``model(x) -> logits``; scores are the logits, truth is the label."""
-
-    heavy = ("model",)
 
     def __init__(self, model: torch.nn.Module, labels: Sequence[int], n_classes: int, channels_last: bool = True):
         super().__init__(model, channels_last=channels_last)
@@ -137,34 +59,12 @@ class ClassifierPixelPipeline(PixelPipeline):
         return self.model(x).float()
 
     def truth(self, rows):
-        rows = np.asarray(rows)
-        out = np.zeros((len(rows), self.n_classes), dtype=bool)
-        out[np.arange(len(rows)), self.labels[rows]] = True
-        return out
-
-
-def _category_logits(out) -> torch.Tensor:
-    """Accept the usual head outputs: logits tensor, (logits, vad) tuple, or a dict with a category key."""
-    if isinstance(out, Mapping):
-        for key in ("cat", "categories", "logits", "cat_logits"):
-            if key in out:
-                return out[key]
-        raise TypeError(f"utils/attack/pipelines.py: head returned a dict without a category key: {sorted(out)}")
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out[..., :26]
+        return np.eye(self.n_classes, dtype=bool)[self.labels[np.asarray(rows)]]
 
 
 class EmoticPixelPipeline(PixelPipeline):
-    """Photo (224x224) -> scene and body features -> Emotic head -> 26 category logits.
-
-    ``head_model(body=, context=, text=)`` (the ``utils.models`` Emotic models) may return logits, ``(logits, vad)``
-    or a dict with ``logits``; only the 26 category logits are used. Inputs the head does not read (its ``inputs``
-    attribute, e.g. ``("context", "text")``) are not computed, so a scene-only model costs one encoder pass.
-    ``text_features`` (rows x D) are held clean; pass ``None`` for an image-only head. ``boxes_224`` (rows x 4, x1 y1 x2 y2 in 224 coordinates) is
-    ``EmoticSplit.boxes_224``. The body crop is re-derived from the (perturbed) 224 scene at attack time, see the
-    module docstring. ``labels`` (rows x 26 multi-hot), if given, supplies :meth:`truth`.
-    """
+    """Scene -> scene and body features -> Emotic head -> 26 category logits, text held clean. The body crop is
+    re-derived from the perturbed scene (``boxes_224``), so a changed pixel inside the box reaches it."""
 
     def __init__(self, image_encoder, head_model, text_features, boxes_224, labels=None, body_size: int = 128,
                  channels_last: bool = True):
@@ -177,67 +77,57 @@ class EmoticPixelPipeline(PixelPipeline):
             raise ValueError("utils/attack/pipelines.py: boxes_224 has a box with x2 <= x1 or y2 <= y1")
         self.boxes = torch.from_numpy(boxes)
         self.text = None if text_features is None else torch.as_tensor(np.asarray(text_features, np.float32))
-        if self.text is not None and len(self.text) != len(boxes):
-            raise ValueError(f"utils/attack/pipelines.py: {len(self.text)} text feature rows but {len(boxes)} boxes")
         self.labels = None if labels is None else np.asarray(labels) > 0.5
-        # A changed pixel can reach the body crop only inside the box plus roi_align's one-pixel bilinear support
+        # a changed pixel reaches the body crop only inside the box plus roi_align's one-pixel bilinear support
         self._reach = torch.stack([self.boxes[:, 0].floor() - 1, self.boxes[:, 1].floor() - 1,
                                    self.boxes[:, 2].ceil(), self.boxes[:, 3].ceil()], 1)
         self._clean_body: dict[int, torch.Tensor] = {}
-        self.reads = tuple(getattr(head_model, "inputs", ("body", "context", "text")))
+        self.reads = tuple(getattr(head_model, "inputs", ("body", "context", "text")))  # inputs worth computing
 
     def body_crops(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Crop each image's box and resize to ``body_size`` (bilinear, averaging when shrinking)."""
         boxes = self.boxes[rows.cpu()].to(x.device, x.dtype)
         idx = torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None]
         crops = roi_align(x, torch.cat([idx, boxes], 1), output_size=self.body_size, aligned=True)
         return crops.contiguous(memory_format=torch.channels_last) if self.channels_last else crops
 
     def prepare(self, clean, rows):
-        if "body" not in self.reads:
-            return
-        feats = self.encoder(self.body_crops(clean, rows)).float()
-        self._clean_body.update({int(r): f for r, f in zip(rows.tolist(), feats)})
+        if "body" in self.reads:
+            feats = self.encoder(self.body_crops(clean, rows)).float()
+            self._clean_body.update({int(r): f for r, f in zip(rows.tolist(), feats)})
 
-    def _touches_body(self, rows, changed_xy):
+    def _body(self, x, rows, changed_xy):
+        cached = [self._clean_body.get(int(r)) for r in rows.tolist()]
+        if changed_xy is None or any(c is None for c in cached):
+            return self.encoder(self.body_crops(x, rows)).float()
+        body = torch.stack(cached)  # only candidates with a pixel inside the box need a new body crop
         reach = self._reach[rows.cpu()][:, None, :].to(changed_xy.device)  # (B,1,4)
         xs, ys = changed_xy[..., 0], changed_xy[..., 1]
-        inside = (xs >= reach[..., 0]) & (ys >= reach[..., 1]) & (xs <= reach[..., 2]) & (ys <= reach[..., 3])
-        return inside.any(1)
+        need = ((xs >= reach[..., 0]) & (ys >= reach[..., 1]) & (xs <= reach[..., 2]) & (ys <= reach[..., 3])).any(1)
+        if need.any():
+            body[need] = self.encoder(self.body_crops(x[need], rows[need])).float()
+        return body
 
     def scores(self, x, rows, changed_xy=None):
         feats = {}
         if "context" in self.reads:
             feats["context"] = self.encoder(x).float()
         if "body" in self.reads:
-            cached = [self._clean_body.get(int(r)) for r in rows.tolist()]
-            if changed_xy is None or any(c is None for c in cached):
-                feats["body"] = self.encoder(self.body_crops(x, rows)).float()
-            else:  # only candidates with a pixel inside the box need a new body crop
-                body = torch.stack(cached)
-                need = self._touches_body(rows, changed_xy)
-                if need.any():
-                    body[need] = self.encoder(self.body_crops(x[need], rows[need])).float()
-                feats["body"] = body
+            feats["body"] = self._body(x, rows, changed_xy)
         if "text" in self.reads and self.text is not None:
             feats["text"] = self.text[rows.cpu()].to(x.device)
-        return _category_logits(self.head(**feats)).float()
+        out = self.head(**feats)  # the project's heads return a dict, others logits or (logits, vad)
+        out = out["logits"] if isinstance(out, Mapping) else out[0] if isinstance(out, (tuple, list)) else out
+        return out[..., :26].float()
 
     def truth(self, rows):
         if self.labels is None:
-            raise ValueError("utils/attack/pipelines.py: EmoticPixelPipeline needs labels= (or pass truth= to the attack)")
+            raise ValueError("utils/attack/pipelines.py: EmoticPixelPipeline needs labels= (or pass truth=)")
         return self.labels[np.asarray(rows)]
 
 
 class FlickrPixelPipeline(PixelPipeline):
-    """Photo -> image features -> shared space; scores = similarities to every (clean) test caption.
-
-    ``head_model`` is one of: an object with ``encode_image``/``encode_text`` (``utils.models.FlickrJoint``), scored
-    by cosine similarity; an object with ``similarity(image_features, text_features) -> (M, C)``
-    (``utils.models.FlickrBaseline``); or a pair ``(image_fn, text_fn)`` of callables, ``text_fn=None`` meaning the
-    captions are already in the shared space. ``caption_image`` (C,) gives the image row of each caption, which
-    defines :meth:`truth`. Caption-side work is done once, here.
-    """
+    """Photo -> image features -> similarities to every clean test caption (``caption_image``: each one's image).
+    ``head_model``: ``encode_image``/``encode_text``, ``similarity`` (the baseline) or a pair (image_fn, text_fn)."""
 
     def __init__(self, image_encoder, head_model, caption_features, caption_image, channels_last: bool = True):
         super().__init__(image_encoder, *(m for m in (head_model,) if isinstance(m, torch.nn.Module)),
@@ -246,8 +136,7 @@ class FlickrPixelPipeline(PixelPipeline):
         captions = np.asarray(caption_features, np.float32)
         self.caption_image = np.asarray(caption_image, dtype=np.int64)
         if len(self.caption_image) != len(captions):
-            raise ValueError(f"utils/attack/pipelines.py: {len(captions)} caption features but "
-                             f"{len(self.caption_image)} caption_image entries")
+            raise ValueError(f"utils/attack/pipelines.py: {len(captions)} captions, {len(caption_image)} images")
         if isinstance(head_model, (tuple, list)):
             image_fn, text_fn = head_model
         elif hasattr(head_model, "encode_image"):
@@ -271,9 +160,8 @@ class FlickrPixelPipeline(PixelPipeline):
 
 
 def _baseline_similarity(model, captions: np.ndarray, device):
-    """``utils.models.FlickrBaseline.similarity`` in torch (float64, as the model computes it), so that gradients
-    reach the pixels. Each of its terms is the cosine between an affine map of the image features and fixed caption
-    vectors ("both" averages two); each map is read off the model by probing it with zero and the unit vectors."""
+    """``FlickrBaseline.similarity`` in float64 torch, so gradients reach the pixels: each term is the cosine of an
+    affine map of the image features (read off by probing with zero and unit vectors) with fixed caption vectors."""
     dim = len(model.img_scaler.mean_)
     probe = np.vstack([np.zeros(dim), np.eye(dim)])
     sides = [(lambda f: model.embed(f, captions[:1])[0], model.embed(probe[:1], captions)[1])]
@@ -291,13 +179,8 @@ def _baseline_similarity(model, captions: np.ndarray, device):
     return similarity
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Scoring helpers
-# --------------------------------------------------------------------------------------------------------------
 def apply_pixels(images: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Copy of ``images`` (B,H,W,3) with candidate pixels (B,k,5 int: x, y, r, g, b) written in; later pixels win.
-
-    Rows with a negative x are padding (as in :func:`utils.attack.to_arrays`) and are skipped."""
+    """Copy of ``images`` (B,H,W,3) with pixels (B,k,5: x, y, r, g, b) written in; later pixels win, x < 0 skipped."""
     out = np.array(images, dtype=np.uint8, copy=True)
     candidates = np.asarray(candidates)
     for j in range(candidates.shape[1]):
@@ -308,7 +191,7 @@ def apply_pixels(images: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 
 def to_input(images: np.ndarray, device, channels_last: bool) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0,1] on ``device``; permuting NHWC gives the channels_last layout for free."""
+    """uint8 NHWC -> float NCHW in [0,1]; permuting NHWC gives the channels_last layout for free."""
     if not (images.flags.writeable and images.flags.c_contiguous):  # read-only memmap rows: torch wants a copy
         images = np.array(images)
     x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
@@ -331,12 +214,8 @@ def margin_and_success(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarra
 
 
 def score_chunks(pipeline, images, rows, batch_size, precision="float32", changed_xy=None):
-    """Yield (start, scores, model seconds) for uint8 images (B,H,W,3) of ``rows``, one batch at a time.
-
-    Batches are balanced (200 images at batch_size 128 go as 100 + 100, not 128 + 72): no small, slow tail batch.
-    Scores come back as float32 numpy arrays, moved off the device first. ``images`` may also be a function
-    ``(start, stop) -> float input batch`` that builds the batch itself (see :meth:`Scorer.search`).
-    """
+    """Yield (start, float32 scores, model seconds) per batch; batches are balanced (no small, slow tail batch).
+    ``images``: uint8 (B,H,W,3) or a function ``(start, stop) -> float input batch``."""
     dev = pipeline.device
     n = len(rows)
     if n > batch_size:
@@ -352,29 +231,20 @@ def score_chunks(pipeline, images, rows, batch_size, precision="float32", change
             yield s, sc, time.perf_counter() - t0
 
 
-def score_fp32(pipeline, images, rows, batch_size) -> np.ndarray:
-    """All eager fp32 scores of uint8 images (B,H,W,3) for ``rows``."""
-    if len(images) == 0:
-        return np.zeros((0, 0), np.float32)
-    return np.concatenate([sc for _, sc, _ in score_chunks(pipeline, images, rows, batch_size)])
-
-
 def best_batch(pipeline: PixelPipeline, size: tuple[int, int], rows) -> int:
-    """The batch size this device runs the pipeline fastest at on (H, W) images (``utils.batching``, cached); the
-    pipeline is left in the layout measured fastest with it."""
-    from .. import batching
-
+    """The batch size this device runs the pipeline fastest at (``utils.batching``, cached; sets the layout)."""
     return batching.for_pipeline(pipeline, (3, *size), rows if len(rows) else [0]).batch
 
 
 def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_size: int | None = None) -> np.ndarray:
-    """fp32 scores of uint8 images through the whole pipeline, e.g. adversarial images after a defence
-    (``batch_size=None``: the device's fastest, see :func:`best_batch`)."""
+    """fp32 scores of uint8 images through the whole pipeline (``batch_size=None``: the device's fastest)."""
     images = np.asarray(images)
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
     if batch_size is None and len(images):
         batch_size = best_batch(pipeline, images.shape[1:3], rows)
-    return score_fp32(pipeline, images, rows, batch_size or 1)
+    if len(images) == 0:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate([sc for _, sc, _ in score_chunks(pipeline, images, rows, batch_size or 1)])
 
 
 def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -382,29 +252,10 @@ def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return ~margin_and_success(np.asarray(scores), np.asarray(truth, bool))[1]
 
 
-# --------------------------------------------------------------------------------------------------------------
-# What both searches share: checked inputs, clean scores, and candidate scoring with fp32 confirmation
-# --------------------------------------------------------------------------------------------------------------
-@dataclass
-class AttackInputs:
-    """Checked inputs of one attack run and the clean fp32 scores that decide which images are attacked."""
-
-    images: np.ndarray  # (N,H,W,3) uint8
-    rows: np.ndarray  # (N,) pipeline rows
-    truth: np.ndarray  # (N,S) bool
-    before: np.ndarray  # (N,S) fp32 clean scores
-    attacked: np.ndarray  # (N,) bool: correct before the attack
-    batch_size: int  # images per model call: as given, else the device's fastest (utils.batching)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.images.shape[1], self.images.shape[2]
-
-
-def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None,
-                   where: str) -> AttackInputs:
-    """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache.
-    ``batch_size=None``: the batch size and layout the device runs this pipeline fastest at (a cached probe)."""
+def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None, where: str,
+                   precision: str = "float32") -> Scorer:
+    """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache."""
+    started = time.perf_counter()
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{where}: images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
@@ -422,31 +273,31 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         raise ValueError(f"{where}: {n} images but {len(rows)} rows and {len(truth)} truth rows")
     if n and not truth.any(1).all():
         raise ValueError(f"{where}: every image needs at least one true score entry")
-    before = score_fp32(pipeline, images, rows, batch_size) if n else np.zeros((0, truth.shape[1]), np.float32)
+    before = score_images(pipeline, images, rows, batch_size) if n else np.zeros((0, truth.shape[1]), np.float32)
     attacked = ~margin_and_success(before, truth)[1] if n else np.zeros(0, bool)
     dev = pipeline.device
     with torch.inference_mode():
         for s in range(0, n, batch_size):
             pipeline.prepare(to_input(images[s:s + batch_size], dev, pipeline.channels_last),
                              torch.as_tensor(rows[s:s + batch_size], device=dev))
-    return AttackInputs(images=images, rows=rows, truth=truth, before=before, attacked=attacked,
-                        batch_size=batch_size)
+    return Scorer(pipeline, images, rows, truth, before, attacked, batch_size, precision, started)
 
 
 @dataclass
 class Scorer:
-    """Scores candidate pixels of many images in shared batches, in the search's precision; counts the cost.
-
-    ``search`` is the cheap path the searches use; ``confirm`` is the eager fp32 pass that every reported success
-    must pass. An eager fp32 search already is that pass on the exact uint8 image, so then ``exact`` is true and no
-    second pass is needed.
-    """
+    """One run's checked inputs and clean fp32 scores; scores candidate pixels of many images in shared batches in
+    the search's precision, counting the cost. ``confirm`` is the eager fp32 pass every success must pass."""
 
     pipeline: PixelPipeline
-    inputs: AttackInputs
-    batch_size: int
+    images: np.ndarray  # (N,H,W,3) uint8
+    rows: np.ndarray  # (N,) pipeline rows
+    truth: np.ndarray  # (N,S) bool
+    before: np.ndarray  # (N,S) fp32 clean scores
+    attacked: np.ndarray  # (N,) bool: correct before the attack
+    batch_size: int  # as given, else the device's fastest
     precision: str = "float32"
-    compile: bool = False
+    started: float = 0.0  # perf_counter at the start of the run
+    ready: float = field(default_factory=time.perf_counter)  # ... and at the start of the search
     queries: int = 0  # images sent through the model by the search (confirmations not included)
     model_seconds: float = 0.0  # time inside the pipeline's forward pass during the search
 
@@ -454,77 +305,31 @@ class Scorer:
         _precision_ctx(self.precision, torch.device("cpu"))  # reject an unknown precision early
 
     @property
-    def exact(self) -> bool:
-        return PRECISIONS[self.precision] is None and not self.compile
+    def exact(self) -> bool:  # an eager fp32 search already is the confirming pass
+        return PRECISIONS[self.precision] is None
 
     def _builder(self, idx: np.ndarray, cands: np.ndarray):
-        """``(start, stop) -> float input batch`` of candidates written into their clean images: bit for bit
-        ``to_input(apply_pixels(...))`` at a fraction of its memory traffic, which showed in the search's profile.
-        Inputs are slots of a float buffer kept on the device: a slot that held the same image in the previous call
-        (the usual case: one proposal per active image) only gets its previous pixels restored and the new ones
-        written; other slots are copied from the clean images, kept in float on the device."""
-        inp, dev = self.inputs, self.pipeline.device
-        if getattr(self, "_clean", None) is None:
-            self._clean = torch.from_numpy(np.ascontiguousarray(inp.images)).to(dev).float().div_(255)  # NHWC
-            self._slots = np.full(0, -1)  # image held by each buffer slot
-            self._written = (np.zeros(0, np.int64),) * 3  # (slot, y, x) of the pixels written last time
-        m, k = cands.shape[:2]
-        c = cands.reshape(-1, 5)
-        owner = np.repeat(np.arange(m), k)
-        key = np.where(c[:, 0] >= 0, (owner * inp.shape[0] + c[:, 1]) * inp.shape[1] + c[:, 0], -1)
-        _, last = np.unique(key[::-1], return_index=True)  # later pixels win, as in apply_pixels
-        keep = np.sort(len(key) - 1 - last)
-        keep = keep[key[keep] >= 0]
-        owner, c = owner[keep], c[keep]
-        values = torch.as_tensor(c[:, 2:5], device=dev).float().div_(255)
-        whole = m <= max(self.batch_size, 256)  # a slot per candidate of the call, else one batch's worth
-
-        def build(s: int, e: int) -> torch.Tensor:
-            slot = np.arange(s, e) if whole else np.arange(e - s)
-            if len(self._slots) < slot[-1] + 1:
-                self._buffer = torch.empty((slot[-1] + 1, *self._clean.shape[1:]), device=dev)
-                self._slots, self._written = np.full(slot[-1] + 1, -1), (np.zeros(0, np.int64),) * 3
-            ws, wy, wx = self._written
-            back = np.isin(ws, slot)  # restore what the previous use of these slots wrote
-            if back.any():
-                t = [torch.as_tensor(a[back], device=dev) for a in (ws, wy, wx)]
-                self._buffer[t[0], t[1], t[2]] = self._clean[torch.as_tensor(self._slots[ws[back]], device=dev),
-                                                              t[1], t[2]]
-            fresh = self._slots[slot] != idx[s:e]
-            if fresh.any():
-                self._buffer[torch.as_tensor(slot[fresh], device=dev)] = self._clean[torch.as_tensor(idx[s:e][fresh],
-                                                                                                      device=dev)]
-            self._slots[slot] = idx[s:e]
-            a, b = np.searchsorted(owner, [s, e])
-            new = (owner[a:b] - s + slot[0], c[a:b, 1], c[a:b, 0])
-            self._buffer[tuple(torch.as_tensor(v, device=dev) for v in new)] = values[a:b]
-            self._written = tuple(np.concatenate([w[~back], v]) for w, v in zip(self._written, new))
-            x = self._buffer[slot[0]:slot[0] + e - s].permute(0, 3, 1, 2)  # NHWC memory: channels_last for free
-            return x if self.pipeline.channels_last else x.contiguous()
-        return build
+        """``(start, stop) -> float input batch`` of the candidates written into their clean images."""
+        dev, cl = self.pipeline.device, self.pipeline.channels_last
+        return lambda s, e: to_input(apply_pixels(self.images[idx[s:e]], cands[s:e]), dev, cl)
 
     def search(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-        """Margins and successes of candidates ``cands`` (M,k,5) on images ``idx`` (M,), and the scores of the
-        successful ones (keeping every score row would not fit for Flickr8k's thousands of captions)."""
+        """Margins and successes of candidates (M,k,5) on images ``idx`` (M,), and the successful ones' scores."""
         m = len(idx)
         margin, success, hits = np.empty(m), np.zeros(m, bool), {}
         if not m:
             return margin, success, hits
-        inp = self.inputs
-        ctx = self.pipeline.compiled(self.batch_size) if self.compile else contextlib.nullcontext()
-        with ctx:
-            for s0, sc, secs in score_chunks(self.pipeline, self._builder(idx, cands), inp.rows[idx],
-                                             self.batch_size, self.precision, cands[..., :2]):
-                f, ok = margin_and_success(sc, inp.truth[idx[s0:s0 + len(sc)]])
-                margin[s0:s0 + len(sc)], success[s0:s0 + len(sc)] = f, ok
-                hits.update({s0 + j: sc[j] for j in np.flatnonzero(ok)})
-                self.model_seconds += secs
+        for s0, sc, secs in score_chunks(self.pipeline, self._builder(idx, cands), self.rows[idx],
+                                         self.batch_size, self.precision, cands[..., :2]):
+            f, ok = margin_and_success(sc, self.truth[idx[s0:s0 + len(sc)]])
+            margin[s0:s0 + len(sc)], success[s0:s0 + len(sc)] = f, ok
+            hits.update({s0 + j: sc[j] for j in np.flatnonzero(ok)})
+            self.model_seconds += secs
         self.queries += m
         return margin, success, hits
 
     def confirm(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Eager fp32 margins, successes and scores of candidates on their uint8 images."""
-        inp = self.inputs
-        sc = score_fp32(self.pipeline, apply_pixels(inp.images[idx], cands), inp.rows[idx], self.batch_size)
-        margin, ok = margin_and_success(sc, inp.truth[idx])
+        sc = score_images(self.pipeline, apply_pixels(self.images[idx], cands), self.rows[idx], self.batch_size)
+        margin, ok = margin_and_success(sc, self.truth[idx])
         return margin, ok, sc

@@ -1,46 +1,14 @@
-"""Curves over the number of changed pixels: success rate per pixel budget, and pixels needed per image."""
+"""Pixels needed per image: the smallest k of a schedule at which the attack succeeds, with work reused across k."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .pipelines import PixelPipeline
 from .results import AttackReport
 from .search import attack
-
-__all__ = ["success_vs_pixels", "compare_pipelines", "pixels_needed", "PixelsNeeded", "DEFAULT_SCHEDULE"]
-
-DEFAULT_SCHEDULE = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-def success_vs_pixels(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth=None,
-                      pixel_counts: Sequence[int] = (1, 3, 5, 10), method: str = "de",
-                      **budget) -> tuple[pd.DataFrame, dict]:
-    """Run the attack once per pixel budget; return a table (one row per budget) and the reports by budget.
-
-    The table has success rate, queries per success, mean true-score drop and mean rank shift, the curves the
-    robustness notebooks plot. Every budget starts afresh (see :func:`pixels_needed` for the cumulative version).
-    """
-
-    reports = {int(p): attack(pipeline, images, rows, int(p), method=method, truth=truth, **budget)
-               for p in pixel_counts}
-    return pd.DataFrame([r.summary() for r in reports.values()]), reports
-
-
-def compare_pipelines(pipelines: Mapping[str, PixelPipeline], images: np.ndarray, rows=None, truth=None,
-                      pixel_counts: Sequence[int] = (1, 3, 5, 10), **attack_kw) -> pd.DataFrame:
-    """Same images, same budgets, several pipelines (baseline vs joint, image-only vs image+text).
-
-    Each pipeline attacks only the images it gets right, so the ``attacked`` column can differ between them.
-    """
-    frames = []
-    for name, pipe in pipelines.items():
-        table, _ = success_vs_pixels(pipe, images, rows, truth, pixel_counts, **attack_kw)
-        frames.append(table.assign(pipeline=name))
-    return pd.concat(frames, ignore_index=True)
 
 
 @dataclass
@@ -61,31 +29,19 @@ class PixelsNeeded:
         out[~self.attacked] = np.nan
         return out
 
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame(dict(row=self.rows, attacked=self.attacked, k_needed=self.k_needed,
-                                 queries=self.queries))
-
     def curve(self) -> pd.DataFrame:
         """Success against k: share of the attacked images fooled with at most k pixels."""
-        att = self.attacked
-        n = int(att.sum())
-        rows = []
-        for k in self.schedule:
-            won = int(((self.k_needed > 0) & (self.k_needed <= k) & att).sum())
-            rows.append(dict(pixels=k, attacked=n, successes=won, success_rate=won / n if n else float("nan")))
-        return pd.DataFrame(rows)
+        n = int(self.attacked.sum())
+        won = [int(((self.k_needed > 0) & (self.k_needed <= k) & self.attacked).sum()) for k in self.schedule]
+        return pd.DataFrame(dict(pixels=list(self.schedule), attacked=n, successes=won,
+                                 success_rate=[w / n if n else float("nan") for w in won]))
 
 
-def pixels_needed(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth=None, *,
-                  schedule: Sequence[int] = DEFAULT_SCHEDULE, method: str = "sparse", queries: int = 1000,
-                  warm_start: bool = True, **budget) -> PixelsNeeded:
-    """The smallest k of ``schedule`` at which each image is fooled within ``queries`` queries per k.
-
-    Work is reused across k: an image leaves as soon as it is fooled, and (``warm_start``) the next k starts from
-    the previous k's best pixels plus new ones. So ``k_needed`` is the first k of the schedule at which this
-    sequence of searches succeeds. Other keywords go to :func:`utils.attack.attack`.
-    """
-
+def pixels_needed(pipeline, images: np.ndarray, rows=None, truth=None, *,
+                  schedule: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256), method: str = "sparse",
+                  queries: int = 1000, warm_start: bool = True, **budget) -> PixelsNeeded:
+    """The smallest k of ``schedule`` at which each image is fooled within ``queries`` queries per k: a fooled
+    image leaves, and (``warm_start``) the next k starts from the previous k's best pixels plus new ones."""
     schedule = tuple(int(k) for k in schedule)
     if not schedule or any(k < 1 for k in schedule) or any(b <= a for a, b in zip(schedule, schedule[1:])):
         raise ValueError(f"utils/attack/pixels.py: schedule must be increasing positive integers, got {schedule}")

@@ -1,36 +1,13 @@
 """Batched sparse random search for few-pixel attacks, as Sparse-RS does it (Croce et al., AAAI 2022, L0 version).
-
-State per image: ``k`` distinct pixel positions and their colours, each colour a corner of the RGB cube (every
-channel 0 or 255). A proposal resamples a fraction ``alpha`` of the k pixels: a pixel leaves (its original colour
-comes back) and a new, currently unused position gets a corner colour other than its own. As in Sparse-RS, a
-proposal is kept only when it **strictly** lowers the margin (best true score - best other score), or succeeds;
-an image stops at its first success (confirmed in fp32). ``alpha`` starts at ``p_init`` and shrinks over the query
-budget following Sparse-RS's L0 schedule, defined on 10,000 queries and rescaled to the budget.
-
-Proposals per call: one per still-unfooled image while there are at least ``batch_size`` of them, as Sparse-RS.
-When fewer remain, each sends ``batch_size // active`` proposals, so the model call stays at the batch size the
-device runs best. These extra proposals are *speculative*: proposal ``t + j`` is built from the current state
-with the random numbers of query ``t + j``, which is what the one-at-a-time search would build as long as the
-proposals before it are rejected (the common case). The first proposal that is kept (or succeeds) ends the
-image's call and the ones after it are discarded, not counted. So every image follows exactly the trajectory of
-the one-proposal-per-query search, whatever the batch, the batch size or the number of other images; a success's
-``queries`` is the query that fooled it. The model sees the discarded proposals too (``AttackReport.model_queries``).
-
-Randomness is counter-based: every random number is a hash of (seed, row, query number, purpose, index). One numpy
-Generator per image would need a Python loop over images at every call; a hash of counters is drawn for all
-proposals at once and is what makes the speculative proposals equal to the sequential ones.
-"""
+Counter-based random numbers make the speculative proposals equal the one-at-a-time search (docs/attacks.md)."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .pipelines import PixelPipeline, Scorer, prepare_attack
 from .results import AttackReport, assemble_report
-
-__all__ = ["sparse_rs", "alpha_schedule", "propose", "initial_pixels", "random_bits"]
 
 WHERE = "utils/attack/sparse.py"
 
@@ -43,8 +20,7 @@ _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 
 def alpha_schedule(used, budget: int, p_init: float = 0.3):
-    """Fraction of the k pixels to resample after ``used`` of ``budget`` queries (Sparse-RS L0, rescaled);
-    ``used`` may be an array."""
+    """Fraction of the k pixels to resample after ``used`` (scalar or array) of ``budget`` queries."""
     it = (np.asarray(used) / budget * 10000).astype(np.int64)
     out = p_init / _DIVISORS[np.searchsorted(_BREAKS, it, side="left")]
     return float(out) if out.ndim == 0 else out
@@ -66,12 +42,8 @@ def random_bits(seed: int, rows, t, purpose: int, n: int) -> np.ndarray:
 
 
 def _fresh_positions(bits_of, taken: np.ndarray, m: np.ndarray, hw: int) -> np.ndarray:
-    """(P, max m) flat positions in [0, hw), distinct within a row and outside ``taken`` (P, k) of that row; row p
-    needs the first ``m[p]`` of them, which depend on nothing but its own random numbers.
-
-    ``bits_of(n, rows)`` gives (len(rows), n) random uint64. Rejection sampling over all rows at once, from the
-    first 2 m + 8 draws of each row (k << hw, so that suffices); a row that still lacks positions (tiny images)
-    picks among its exact free set."""
+    """(P, max m) flat positions in [0, hw), distinct within a row and outside its ``taken`` (P, k), from the row's
+    own random numbers ``bits_of(n, rows)``: rejection sampling from 2 m + 8 draws, else the exact free set."""
     p, big = len(taken), int(m.max(initial=0))
     if big == 0:
         return np.zeros((p, 0), np.int64)
@@ -113,8 +85,8 @@ def _pixels_at(images: np.ndarray, which: np.ndarray, flat: np.ndarray, bits: np
 
 def initial_pixels(image: np.ndarray, k: int, row: int = 0, seed: int = 0, init: np.ndarray | None = None
                    ) -> np.ndarray:
-    """k distinct random positions with corner colours (the randoms of query 0 of ``row``); ``init`` (<=k,5) rows,
-    if given, are kept (rows with a negative x are padding; repeated positions are dropped), the rest drawn."""
+    """k distinct random positions with corner colours (the randoms of query 0 of ``row``), after the pixels of
+    ``init`` (<=k,5; x < 0 = padding, repeated positions dropped)."""
     h, w = image.shape[:2]
     keep = np.zeros((0, 5), np.int64)
     if init is not None:
@@ -131,9 +103,8 @@ def initial_pixels(image: np.ndarray, k: int, row: int = 0, seed: int = 0, init:
 
 def propose(images: np.ndarray, owner: np.ndarray, pixels: np.ndarray, rows: np.ndarray, t: np.ndarray,
             m: np.ndarray, seed: int) -> np.ndarray:
-    """Proposals (P, k, 5) for all images at once: proposal p copies ``pixels[p]`` (P, k, 5; image
-    ``images[owner[p]]``) and moves ``m[p]`` of its pixels to new unused positions with new corner colours,
-    drawing the random numbers of query ``t[p]`` of ``rows[p]``."""
+    """Proposals (P, k, 5): proposal p moves ``m[p]`` of ``pixels[p]`` (on ``images[owner[p]]``) to new unused
+    positions with new corner colours, drawing the random numbers of query ``t[p]`` of ``rows[p]``."""
     n_prop, k = pixels.shape[:2]
     h, w = images.shape[1:3]
     big = int(m.max(initial=0))
@@ -155,48 +126,44 @@ def _first_event(event: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np
 
 def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
               pixels: int = 1, queries: int = 1000, candidates: int | None = None, p_init: float = 0.3,
-              batch_size: int | None = None, seed: int = 0, precision: str = "float32", compile: bool = False,
-              progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
-    """Sparse random search changing at most ``pixels`` pixels per image, ``queries`` model queries per image.
-
-    Same inputs and result as :func:`utils.attack.de.differential_evolution`: only the images the pipeline gets
-    right are attacked, every success is confirmed in eager fp32 on its uint8 image. ``candidates``: at most this
-    many proposals per image and call (default: adaptive, ``batch_size // active``; see the module docstring; the
-    result does not depend on it). ``init`` (N, <=k, 5): pixels to start from (e.g. the best pixels of a smaller
-    k); their colours are kept as given. ``generations`` of a result counts its accepted proposals.
-    """
-    t_start = time.perf_counter()
+              batch_size: int | None = None, seed: int = 0, precision: str = "float32", progress: bool = True,
+              init: np.ndarray | None = None) -> AttackReport:
+    """Sparse random search changing at most ``pixels`` pixels per image, ``queries`` model queries per image, as
+    :func:`utils.attack.de.differential_evolution`; ``candidates`` caps the proposals per image and call."""
     if queries < 1 or (candidates is not None and candidates < 1) or not 0 < p_init <= 1:
         raise ValueError(f"{WHERE}: need queries >= 1, candidates >= 1 and 0 < p_init <= 1")
-    inp = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
-    batch_size = inp.batch_size  # as given, else the device's fastest for this pipeline
+    scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
     k = pixels
     settings = dict(method="sparse", pixels=k, queries=queries, candidates=candidates or "adaptive", p_init=p_init,
-                    schedule="Sparse-RS L0, rescaled to the budget", batch_size=batch_size,
+                    schedule="Sparse-RS L0, rescaled to the budget", batch_size=scorer.batch_size,
                     channels_last=pipeline.channels_last, seed=seed,
-                    precision=precision, compile=compile, colours="RGB cube corners",
+                    precision=precision, compile=False, colours="RGB cube corners",
                     acceptance="strict: kept only if the margin decreases (Sparse-RS)",
                     proposals="one per active image per call; batch_size // active speculative ones when fewer "
                               "than batch_size are active (same trajectory as one at a time)")
-    scorer = Scorer(pipeline, inp, batch_size, precision, compile)
-    idx = np.flatnonzero(inp.attacked)  # attacked images, by position in the batch
-    n = len(idx)
-    px = np.stack([initial_pixels(inp.images[i], k, int(inp.rows[i]), seed, None if init is None else init[i])
-                   for i in idx]) if n else np.zeros((0, k, 5), np.int64)
+    idx = np.flatnonzero(scorer.attacked)  # attacked images, by position in the batch
+    px = np.stack([initial_pixels(scorer.images[i], k, int(scorer.rows[i]), seed, None if init is None else init[i])
+                   for i in idx]) if len(idx) else np.zeros((0, k, 5), np.int64)
+    used, accepted, found = _search(scorer, idx, px, queries, candidates, p_init, seed, progress)
+    return assemble_report(scorer, {int(i): px[a] for a, i in enumerate(idx)}, found,
+                           {int(i): int(used[a]) for a, i in enumerate(idx)},
+                           {int(i): int(accepted[a]) - 1 for a, i in enumerate(idx)}, settings)
+
+
+def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candidates: int | None, p_init: float,
+            seed: int, progress: bool):
+    """The search loop (``px`` updated in place): returns queries used and proposals accepted per attacked image,
+    and the fp32 scores of each confirmed success by position in the batch."""
+    n, k = len(idx), px.shape[1]
     margin = np.full(n, np.inf)
     used = np.zeros(n, np.int64)  # queries per image (the starting pixels are the first, as in Sparse-RS)
     accepted = np.zeros(n, np.int64)
     done = np.zeros(n, bool)
-    found: dict[int, np.ndarray] = {}  # image (position in the batch) -> fp32 scores of its confirmed success
-
-    t_search = time.perf_counter()
+    found: dict[int, np.ndarray] = {}
     bar = tqdm(total=queries, desc=f"{k}-pixel sparse search", disable=not progress, leave=False)
     first = True
-    while True:
-        act = np.flatnonzero(~done & (used < queries))
-        if not len(act):
-            break
-        per = 1 if first else max(1, batch_size // len(act)) if candidates is None else candidates
+    while len(act := np.flatnonzero(~done & (used < queries))):
+        per = 1 if first else max(1, scorer.batch_size // len(act)) if candidates is None else candidates
         sizes = np.minimum(per, queries - used[act])
         owner = np.repeat(act, sizes)
         starts = np.cumsum(sizes) - sizes
@@ -205,7 +172,7 @@ def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.
         else:
             t = used[owner] + np.arange(len(owner)) - np.repeat(starts, sizes)  # queries used before each proposal
             m = np.maximum((alpha_schedule(t, queries, p_init) * k).astype(np.int64), 1)
-            cand = propose(inp.images, idx[owner], px[owner], inp.rows[idx[owner]], t, m, seed)
+            cand = propose(scorer.images, idx[owner], px[owner], scorer.rows[idx[owner]], t, m, seed)
         f, ok, hits = scorer.search(idx[owner], cand)
         j = _first_event(ok | (f < margin[owner]), starts, sizes)  # strict: equal margins are rejected
         hit = j < sizes
@@ -219,8 +186,7 @@ def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.
             hits = {int(a): s for a, s, good in zip(at[win], sc32, ok32) if good}
             win = np.zeros_like(win)
             win[confirmed] = True
-        for a, i in zip(at[win], imgs[win]):
-            found[int(idx[i])] = hits[int(a)]
+        found.update({int(idx[i]): hits[int(a)] for a, i in zip(at[win], imgs[win])})
         done[imgs[win]] = True
         better = ~win & (f[at] < margin[imgs])  # unconfirmed successes still count by their fp32 margin
         px[imgs[win | better]] = cand[at[win | better]]
@@ -231,9 +197,4 @@ def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.
         bar.set_postfix(active=int(live.sum()), solved=int(done.sum()))
         bar.refresh()
     bar.close()
-    search_seconds = time.perf_counter() - t_search
-
-    return assemble_report(scorer, {int(i): px[a] for a, i in enumerate(idx)}, found,
-                           {int(i): int(used[a]) for a, i in enumerate(idx)},
-                           {int(i): int(accepted[a]) - 1 for a, i in enumerate(idx)}, settings,
-                           time.perf_counter() - t_start, search_seconds)
+    return used, accepted, found

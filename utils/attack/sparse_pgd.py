@@ -1,28 +1,5 @@
-"""White-box Sparse-PGD (Zhong & Liu 2024, "Sparse-PGD: A Unified Framework for Sparse Adversarial Perturbations
-Generation", arXiv 2405.05075) on the whole pipeline from the photo's pixels to its scores.
-
-The perturbation of an image x (3,H,W in [0,1]) is a magnitude tensor p (3,H,W, x + p kept in [0,1]) times a pixel
-mask m (1,H,W) holding exactly k ones: the projection of a continuous mask sigmoid(m~) onto k pixels (its k
-largest entries). Each step is one forward and one backward pass at the projected candidate and updates both:
-p by a signed step ``alpha`` (clipped to the image's range), m~ by a step ``beta * sqrt(H W)`` along its
-L2-normalised gradient. The two variants differ only in the gradient that reaches p through the mask:
-
-- ``"unprojected"``: through sigmoid(m~), so every pixel's magnitude moves and a pixel entering the mask brings a
-  useful colour with it;
-- ``"projected"``: through the 0/1 mask, so only the k chosen pixels' magnitudes move.
-
-The mask's gradient passes straight through the projection. When an unfooled image's projected mask has not
-changed for ``patience`` steps, m~ is drawn afresh (the paper's random re-initialisation). Restart r runs
-``variants[r % len(variants)]`` from a fresh draw on the images not fooled yet.
-
-What is scored is exactly what is reported: in the forward pass the chosen pixels take the colours
-``round((x + p) * 255)`` clipped to [0, 255] (the rounding passes the gradient straight through), so each step
-scores a uint8 image; a success found that way is confirmed by the same eager fp32 pass as the other searches
-(:class:`utils.attack.pipelines.Scorer`). The loss is the shared margin (max true score - max other score),
-minimised. Cost: a step is counted as 3 forward-equivalent queries (a backward pass costs about two forwards), a
-confirmation as 1. Each image's random numbers come from ``np.random.default_rng([seed, row])`` and every image's
-update uses only its own gradient, so a result does not depend on which images share the batch.
-"""
+"""White-box Sparse-PGD (Zhong & Liu 2024, arXiv 2405.05075) on the whole pipeline from the photo's pixels to its
+scores: a magnitude times a mask projected onto k pixels, each forward pass on a uint8 image (docs/attacks.md)."""
 from __future__ import annotations
 
 import time
@@ -34,11 +11,10 @@ from tqdm.auto import tqdm
 from .pipelines import PixelPipeline, Scorer, prepare_attack, to_input
 from .results import AttackReport, assemble_report
 
-__all__ = ["sparse_pgd", "project_mask", "VARIANTS", "STEP_COST"]
-
 WHERE = "utils/attack/sparse_pgd.py"
 VARIANTS = ("unprojected", "projected")
 STEP_COST = 3  # forward-equivalent queries of one forward + backward pass
+ALPHA, BETA, PATIENCE = 0.25, 0.25, 3  # magnitude step, mask step (times sqrt(H W)), steps before a fresh mask
 
 
 def project_mask(mask: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,9 +25,8 @@ def project_mask(mask: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class _Compose(torch.autograd.Function):
-    """Forward: the clean image with the masked pixels set to their rounded colours (exactly a uint8 image).
-    Backward: straight through the rounding; to p through ``p_route`` (the projected or the continuous mask), to
-    the continuous mask through the projection (d/ds = sum over channels of grad * (new colour - clean))."""
+    """Forward: the masked pixels set to their rounded colours (a uint8 image). Backward: straight through the
+    rounding, to p through ``p_route``'s mask, to the continuous mask through the projection."""
 
     @staticmethod
     def forward(ctx, clean, p, soft, hard, p_route):
@@ -65,15 +40,8 @@ class _Compose(torch.autograd.Function):
         return None, grad * route, (grad * delta).sum(1, keepdim=True), None, None
 
 
-def _margin(scores: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """max true score - max other score per image, differentiable (negative exactly on success)."""
-    neg = torch.tensor(-torch.inf, device=scores.device, dtype=scores.dtype)
-    return torch.where(truth, scores, neg).amax(1) - torch.where(truth, neg, scores).amax(1)
-
-
 def _draw(rng: np.random.Generator, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A fresh start for one image (H,W,3 uint8): magnitude uniform in [-1, 1] clipped to the image's range, and a
-    standard normal continuous mask (the paper's initialisation)."""
+    """The paper's fresh start: magnitude uniform in [-1, 1] clipped to the image's range, a standard normal mask."""
     x = clean.transpose(2, 0, 1).astype(np.float32) / 255
     p = np.clip(rng.uniform(-1, 1, x.shape).astype(np.float32), -x, 1 - x)
     return p, rng.standard_normal((1, *x.shape[1:])).astype(np.float32)
@@ -88,80 +56,71 @@ def _warm(p: np.ndarray, mask: np.ndarray, clean: np.ndarray, init: np.ndarray) 
     p[:, y, x] = (init[:, 2:5].T - clean[y, x].T.astype(np.float32)) / 255
 
 
+class _Books:
+    """Per attacked image (position in the batch): its RNG, queries spent, steps taken, best margin and pixels so
+    far, and the fp32 scores of its confirmed success."""
+
+    def __init__(self, todo: np.ndarray, rows: np.ndarray, seed: int):
+        self.rngs = {int(i): np.random.default_rng([seed, int(rows[i])]) for i in todo}
+        self.spent = {int(i): 0 for i in todo}
+        self.taken = {int(i): 0 for i in todo}
+        self.best = {int(i): np.inf for i in todo}
+        self.final: dict[int, np.ndarray] = {}
+        self.found: dict[int, np.ndarray] = {}
+
+
 def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
                pixels: int = 1, steps: int = 100, restarts: int = 2, variants: tuple[str, ...] = VARIANTS,
-               alpha: float = 0.25, beta: float = 0.25, patience: int = 3, queries: int | None = None,
-               seed: int = 0, batch_size: int = 16, progress: bool = True,
+               queries: int | None = None, seed: int = 0, batch_size: int = 16, progress: bool = True,
                init: np.ndarray | None = None) -> AttackReport:
-    """Sparse-PGD changing at most ``pixels`` pixels per image: ``restarts`` runs of at most ``steps`` steps each.
-
-    Same inputs and result as :func:`utils.attack.sparse_rs`: only the images the pipeline gets right are attacked,
-    every success is confirmed in eager fp32 on its uint8 image, ``queries`` of a result are forward-equivalent
-    evaluations (3 per step, 1 per confirmation) up to and including the confirmed success. ``queries=``, if given,
-    is a budget per image instead of ``steps``: ``steps = queries // (3 restarts)``. ``init`` (N, <=k, 5): pixels
-    to start the first restart from. ``batch_size`` is smaller than the searches' because the backward pass keeps
-    the activations.
-    """
-    t_start = time.perf_counter()
+    """Sparse-PGD changing at most ``pixels`` pixels per image: ``restarts`` runs of at most ``steps`` steps;
+    ``queries`` count forward-equivalents (``STEP_COST`` per step, 1 per confirmation) and, if given, set ``steps``."""
     if queries is not None:
         steps = int(queries) // (STEP_COST * max(int(restarts), 1))
-    if steps < 1 or restarts < 1 or patience < 1 or alpha <= 0 or beta <= 0:
-        raise ValueError(f"{WHERE}: need steps >= 1 (queries >= {STEP_COST * max(restarts, 1)}), restarts >= 1, "
-                         f"patience >= 1, alpha > 0 and beta > 0")
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"{WHERE}: need steps >= 1 (queries >= {STEP_COST * max(restarts, 1)}) and restarts >= 1")
     if not variants or any(v not in VARIANTS for v in variants):
         raise ValueError(f"{WHERE}: variants must be a non-empty sequence of {VARIANTS}, got {variants!r}")
-    inp = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
-    k, dev = pixels, pipeline.device
+    scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
+    k = pixels
     settings = dict(method="sparse-pgd", pixels=k, steps=steps, restarts=restarts,
-                    variants=[variants[r % len(variants)] for r in range(restarts)], alpha=alpha, beta=beta,
-                    patience=patience, loss="margin of the scores", step_cost=STEP_COST,
+                    variants=[variants[r % len(variants)] for r in range(restarts)], alpha=ALPHA, beta=BETA,
+                    patience=PATIENCE, loss="margin of the scores", step_cost=STEP_COST,
                     queries_counted=f"{STEP_COST} per step (forward + backward), 1 per fp32 confirmation",
                     colours="rounded to uint8 in every forward pass", batch_size=batch_size, seed=seed,
                     precision="float32")
-    scorer = Scorer(pipeline, inp, batch_size)
-    todo = np.flatnonzero(inp.attacked)
-    rngs = {int(i): np.random.default_rng([seed, int(inp.rows[i])]) for i in todo}
-    spent = {int(i): 0 for i in todo}
-    taken = {int(i): 0 for i in todo}
-    best_margin = {int(i): np.inf for i in todo}
-    final: dict[int, np.ndarray] = {}
-    found: dict[int, np.ndarray] = {}
-    truth_all = torch.as_tensor(inp.truth, device=dev)
-
-    t_search = time.perf_counter()
+    todo = np.flatnonzero(scorer.attacked)
+    books = _Books(todo, scorer.rows, seed)
+    truth_all = torch.as_tensor(scorer.truth, device=pipeline.device)
     bar = tqdm(total=restarts * steps, desc=f"{k}-pixel sparse-PGD", disable=not progress, leave=False)
     for r in range(restarts):
-        left = [int(i) for i in todo if int(i) not in found]
+        left = [int(i) for i in todo if int(i) not in books.found]
         for s in range(0, len(left), batch_size):
-            _run(scorer, left[s:s + batch_size], variants[r % len(variants)], steps, k, alpha, beta, patience,
-                 rngs, None if init is None or r else init, spent, taken, best_margin, final, found, truth_all)
+            _run(scorer, books, left[s:s + batch_size], variants[r % len(variants)], steps, k,
+                 None if init is None or r else init, truth_all)
             bar.n = r * steps + steps * min(s + batch_size, len(left)) // max(len(left), 1)
-            bar.set_postfix(fooled=len(found))
+            bar.set_postfix(fooled=len(books.found))
             bar.refresh()
     bar.close()
-    search_seconds = time.perf_counter() - t_search
-    return assemble_report(scorer, final, found, spent, taken, settings, time.perf_counter() - t_start,
-                           search_seconds)
+    return assemble_report(scorer, books.final, books.found, books.spent, books.taken, settings)
 
 
-def _run(scorer: Scorer, idx: list[int], variant: str, steps: int, k: int, alpha: float, beta: float,
-         patience: int, rngs, init, spent, taken, best_margin, final, found, truth_all) -> None:
+def _run(scorer: Scorer, books: _Books, idx: list[int], variant: str, steps: int, k: int, init, truth_all) -> None:
     """One restart on images ``idx`` (positions in the attacked batch): each leaves when its success holds in fp32."""
-    inp, pipeline = scorer.inputs, scorer.pipeline
+    pipeline = scorer.pipeline
     dev = pipeline.device
-    draws = [_draw(rngs[i], inp.images[i]) for i in idx]
+    draws = [_draw(books.rngs[i], scorer.images[i]) for i in idx]
     if init is not None:
         for (p, m), i in zip(draws, idx):
-            _warm(p, m, inp.images[i], init[i])
-    clean = to_input(inp.images[idx], dev, pipeline.channels_last)
+            _warm(p, m, scorer.images[i], init[i])
+    clean = to_input(scorer.images[idx], dev, pipeline.channels_last)
     p = torch.stack([torch.from_numpy(d[0]) for d in draws]).to(dev)
     p = p.contiguous(memory_format=torch.channels_last) if pipeline.channels_last else p  # the clean image's layout
     mask = torch.stack([torch.from_numpy(d[1]) for d in draws]).to(dev)
-    rows = torch.as_tensor(inp.rows[idx], device=dev)
+    rows = torch.as_tensor(scorer.rows[idx], device=dev)
     ids = np.array(idx)
     still = np.zeros(len(ids), np.int64)  # steps for which the projected mask has not changed
-    h, w = inp.shape
-    step_m = beta * np.sqrt(h * w)
+    h, w = scorer.images.shape[1:3]
     for _ in range(steps):
         p.requires_grad_(True)
         mask.requires_grad_(True)
@@ -177,52 +136,56 @@ def _run(scorer: Scorer, idx: list[int], variant: str, steps: int, k: int, alpha
         with torch.no_grad():
             p, mask = p.detach(), mask.detach()
             hit = ~truth.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
-            cands = _candidates(x, hard, k)
-            m_np = margin.detach().cpu().numpy()
-            for j, i in enumerate(ids.tolist()):
-                spent[i] += STEP_COST
-                taken[i] += 1
-                if m_np[j] < best_margin[i]:
-                    best_margin[i], final[i] = float(m_np[j]), cands[j]
-            done = np.zeros(len(ids), bool)
-            hit_np = hit.cpu().numpy()
-            if hit_np.any():
-                j_hit = np.flatnonzero(hit_np)
-                _, ok, sc = scorer.confirm(ids[j_hit], cands[j_hit])
-                for j, good, scores_j in zip(j_hit, ok, sc):
-                    i = int(ids[j])
-                    spent[i] += 1
-                    if good:
-                        final[i], found[i] = cands[j], scores_j
-                        done[j] = True
+            done = _record(scorer, books, ids, _candidates(x, hard, k), margin.detach().cpu().numpy(),
+                           hit.cpu().numpy())
             # descend the margin: signed step for the magnitude, normalised step for the continuous mask
-            p = torch.minimum(torch.maximum(p - alpha * g_p.sign(), -clean), 1 - clean)
+            p = torch.minimum(torch.maximum(p - ALPHA * g_p.sign(), -clean), 1 - clean)
             norm = g_m.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
-            mask = mask - step_m * g_m / norm
+            mask = mask - BETA * np.sqrt(h * w) * g_m / norm
             same = (project_mask(mask, k) == hard).flatten(1).all(1).cpu().numpy()
             still = np.where(same, still + 1, 0)
-            for j in np.flatnonzero(still >= patience):
-                if not done[j]:
-                    fresh = rngs[int(ids[j])].standard_normal((1, h, w)).astype(np.float32)
-                    mask[j] = torch.from_numpy(fresh).to(dev)
-                    still[j] = 0
+            for j in np.flatnonzero((still >= PATIENCE) & ~done):  # the paper's random re-initialisation
+                fresh = books.rngs[int(ids[j])].standard_normal((1, h, w)).astype(np.float32)
+                mask[j] = torch.from_numpy(fresh).to(dev)
+                still[j] = 0
             keep = np.flatnonzero(~done)
+            if not len(keep):
+                return
             if len(keep) < len(ids):
-                if not len(keep):
-                    return
                 kt = torch.as_tensor(keep, device=dev)
                 ids, still = ids[keep], still[keep]
                 clean, p, mask, rows = clean[kt], p[kt], mask[kt], rows[kt]
 
 
+def _record(scorer: Scorer, books: _Books, ids: np.ndarray, cands: np.ndarray, margin: np.ndarray,
+            hit: np.ndarray) -> np.ndarray:
+    """Book one step's cost and best candidates; confirm its successes in fp32; which images are done."""
+    for j, i in enumerate(ids.tolist()):
+        books.spent[i] += STEP_COST
+        books.taken[i] += 1
+        if margin[j] < books.best[i]:
+            books.best[i], books.final[i] = float(margin[j]), cands[j]
+    done = np.zeros(len(ids), bool)
+    if hit.any():
+        j_hit = np.flatnonzero(hit)
+        _, ok, sc = scorer.confirm(ids[j_hit], cands[j_hit])
+        for j, good, scores_j in zip(j_hit, ok, sc):
+            i = int(ids[j])
+            books.spent[i] += 1
+            if good:
+                books.final[i], books.found[i] = cands[j], scores_j
+                done[j] = True
+    return done
+
+
 def _margin_gradients(pipeline: PixelPipeline, x, rows, truth, p, mask):
-    """Scores, margins and the margins' gradients for p and the continuous mask, or an error saying that the
-    pipeline breaks the graph from the pixels to its scores."""
+    """Scores, margins and their gradients for p and the mask, or an error naming a non-differentiable pipeline."""
     why = (f"{WHERE}: {type(pipeline).__name__}.scores is not differentiable from the pixels, so the white-box "
            "attack cannot run on it (use method='sparse' for this pipeline)")
     try:  # a tensor made under inference_mode, or a detour through numpy, breaks the graph with a RuntimeError
         scores = pipeline.scores(x, rows).float()
-        margin = _margin(scores, truth)
+        neg = torch.tensor(-torch.inf, device=scores.device, dtype=scores.dtype)  # the margin, differentiable
+        margin = torch.where(truth, scores, neg).amax(1) - torch.where(truth, neg, scores).amax(1)
         g_p, g_m = torch.autograd.grad(margin.sum(), (p, mask), allow_unused=True)
     except RuntimeError as e:
         raise ValueError(f"{why}: {e}") from e
@@ -232,7 +195,7 @@ def _margin_gradients(pipeline: PixelPipeline, x, rows, truth, p, mask):
 
 
 def _candidates(x: torch.Tensor, hard: torch.Tensor, k: int) -> np.ndarray:
-    """The (B,k,5) pixels (x, y, r, g, b) of each scored image: the mask's k positions with their uint8 colours."""
+    """The (B,k,5) pixels of each scored image: the mask's k positions with their uint8 colours."""
     b, _, h, w = hard.shape
     pos = hard.flatten(1).topk(k, dim=1).indices  # the k ones
     colours = torch.round(x.flatten(2) * 255).to(torch.int64).gather(2, pos[:, None, :].expand(b, 3, k))
