@@ -1,4 +1,4 @@
-"""The training loop: seeded determinism, early stopping, checkpoints, prediction, and the inference helper."""
+"""The training loop: seeded determinism, early stopping, checkpoints, prediction."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from utils.labels import CATEGORIES
 from utils.metrics import emotic_metrics
 from utils.models import EmoticBaseline, EmoticJoint, FlickrBaseline, FlickrJoint
-from utils.prep.io import resize_rgb
-from utils.training import (FeatureDataset, emotic_eval, evaluate_loss, fit, flickr_eval, flickr_pairs,
-                            load_checkpoint, predict, seed_everything, top_emotions)
+from utils import store
+from utils.training import (FeatureDataset, emotic_eval, evaluate_loss, fit, flickr_eval, flickr_pairs, predict,
+                            seed_everything)
 
 DIMS = {"body": 24, "context": 20, "image": 24, "text": 16}
 SMALL = dict(dims=DIMS, hidden=32)
@@ -63,7 +62,7 @@ def test_training_learns_and_checkpoint_round_trips(tmp_path):
     assert res.history[res.best_epoch - 1]["val_mAP"] == res.best_score
     state = torch.load(tmp_path / "best.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    fresh = load_checkpoint(EmoticBaseline(**SMALL), tmp_path / "best.pt")
+    fresh = store.load_state(tmp_path / "best.pt", EmoticBaseline(**SMALL))
     a, b = predict(model, val), predict(fresh, val)
     np.testing.assert_array_equal(a["scores"], b["scores"])   # the model ends with the best (saved) weights
     assert emotic_metrics(b["scores"], val["cat"])["mAP"] == pytest.approx(res.best_score)
@@ -135,77 +134,6 @@ def test_flickr_models_train_and_evaluate_through_the_same_loop():
     assert res.best_score > 25                               # chance R@1 is 5 % for 20 images
     base = FlickrBaseline("both", alpha=1.0).fit(img[tr], txt[:200], cap[:200])
     assert flickr_eval(base, val)["mean_R@1"] > 25
-
-
-# --------------------------------------------------------------------------------------------- inference
-class FakeImageEncoder(torch.nn.Module):
-    """Stands in for utils.encoders.ImageEncoder: colour statistics of an (N, 3, H, W) batch, 24-d."""
-    name, dim, fingerprint = "fake", 24, "fake"
-
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(6, 24)
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def forward(self, x):
-        return self.proj(torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1))
-
-
-class FakeTextEncoder:
-    name, dim, fingerprint = "fake-text", 16, "fake-text"
-
-    def encode(self, texts, batch_size=64, desc=None):
-        out = np.stack([np.random.default_rng(len(t)).normal(size=16) for t in texts]).astype(np.float32)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-def test_top_emotions_matches_the_feature_pipeline():
-    from utils import encoders
-    torch.manual_seed(0)
-    model = EmoticJoint(dims={"body": 24, "context": 24, "text": 16}, hidden=32, shared_dim=8).eval()
-    img_enc, txt_enc = FakeImageEncoder().eval(), FakeTextEncoder()
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (90, 150, 3), dtype=np.uint8)
-    box = (-10.4, 20.2, 60.5, 200)                         # reaches outside the image: clipped like mat2py
-    top = top_emotions(image, "a person smiling", model=model, image_encoder=img_enc, text_encoder=txt_enc,
-                       box=box, k=4)
-    body = resize_rgb(image[20:90, 0:61], 128)[None]
-    ctx = resize_rgb(image, 224)[None]
-    feats = {"body": encoders.image_features(img_enc, body, cache=False),
-             "context": encoders.image_features(img_enc, ctx, cache=False),
-             "text": txt_enc.encode(["a person smiling"])}
-    scores = predict(model, feats)["scores"][0]
-    assert [c for c, _ in top] == [CATEGORIES[i] for i in np.argsort(-scores)[:4]]
-    np.testing.assert_allclose([s for _, s in top], np.sort(scores)[::-1][:4], rtol=1e-6)
-    with pytest.raises(ValueError, match="description"):
-        top_emotions(image, None, model=model, image_encoder=img_enc, text_encoder=txt_enc)
-    with pytest.raises(ValueError, match="no area"):
-        top_emotions(image, "x", model=model, image_encoder=img_enc, text_encoder=txt_enc, box=(200, 0, 300, 10))
-    # An image-only model needs no description and no text encoder.
-    image_only = EmoticBaseline(("body", "context"), dims={"body": 24, "context": 24}, hidden=32).eval()
-    top, vad = top_emotions(image, model=image_only, image_encoder=img_enc, k=3, with_vad=True)
-    assert len(top) == 3 and set(vad) == {"Valence", "Arousal", "Dominance"}
-
-
-def test_top_emotions_with_the_offline_encoders(tmp_path):
-    from utils import encoders
-    try:
-        img_enc, txt_enc = encoders.load_image_encoder(), encoders.load_text_encoder()
-    except Exception as e:  # the packaged weights are part of `make`; without them there is nothing to test
-        pytest.skip(f"offline encoders unavailable: {e}")
-    torch.manual_seed(0)
-    model = EmoticJoint(dims={"body": img_enc.dim, "context": img_enc.dim, "text": txt_enc.dim}).eval()
-    image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
-    path = tmp_path / "person.png"
-    from PIL import Image
-    Image.fromarray(image).save(path)
-    top = top_emotions(path, "a child running on a beach", model=model, image_encoder=img_enc,
-                       text_encoder=txt_enc, box=(10, 5, 50, 60), k=26)
-    assert sorted(c for c, _ in top) == sorted(CATEGORIES)
-    assert all(0 < s < 1 for _, s in top) and [s for _, s in top] == sorted((s for _, s in top), reverse=True)
 
 
 # ------------------------------------------------------------------------------- item datasets, fine-tuning
@@ -287,7 +215,7 @@ def test_finetuning_mobilenet_end_to_end_on_images(tmp_path):
     fresh = WithEncoders(EmoticBaseline(("body", "context", "text"), dims=head.dims, hidden=32),
                          {"body": load_image_encoder("mobilenet_v2", device="cpu")}, finetune=True)
     fresh.encoders["context"] = fresh.encoders["body"]
-    load_checkpoint(fresh, tmp_path / "ft.pt")
+    store.load_state(tmp_path / "ft.pt", fresh)
     np.testing.assert_array_equal(predict(fresh, data, batch_size=10)["scores"], out["scores"])
 
 

@@ -382,7 +382,7 @@ def person_examples(images, boxes, descriptions: Sequence[str], truths: Sequence
 
     ``images`` (n, H, W, 3) uint8 scenes; ``boxes`` (n, 4) x1, y1, x2, y2 in the images' pixel grid; ``truths`` per
     person a list of names or a ";"-joined string (the CSV's ``categories``); ``predictions`` per person a list of
-    ``(category, score)`` as ``utils.training.top_emotions`` returns.
+    ``(category, score)`` as ``utils.person.top_emotions`` returns.
     """
     from matplotlib.patches import Rectangle
 

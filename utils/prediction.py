@@ -3,7 +3,7 @@
 Why a module: the script only parses arguments and prints; finding the checkpoint, the per-category thresholds and
 the description of a new person live here, where tests reach them. Nothing is re-implemented: the checkpoint is
 the one ``utils.experiments.train_emotic`` saved (found by its record, every setting it holds checked against the
-current ones), the model is rebuilt by ``emotic_model``, and the photo goes through ``training.top_emotions``,
+current ones), the model is rebuilt by ``emotic_model``, and the photo goes through ``person.top_emotions``,
 which crops and squashes it as ``mat2py.py`` does (scene 224, body 128).
 
 Thresholds: for each category, the score threshold that maximises F1 on the validation split, over the model's
@@ -20,9 +20,10 @@ import numpy as np
 from scipy.special import expit
 
 from . import experiments as X
-from . import paths
+from . import paths, store
 from .labels import CATEGORIES
-from .training import load_checkpoint, predict, top_emotions
+from .person import top_emotions
+from .training import predict
 
 
 class PredictError(RuntimeError):
@@ -117,7 +118,7 @@ def load(label: str, cfg: dict, device=None) -> Loaded:
     data = X.emotic_data(cfg)
     ckpt = find_checkpoint(label, cfg, data)
     torch.manual_seed(cfg["seed"])
-    model = load_checkpoint(X.emotic_model(label, cfg, data.dims), ckpt).eval()
+    model = store.load_state(ckpt, X.emotic_model(label, cfg, data.dims)).eval()
     if device is not None:
         model.to(device)
     val = data.features["val"]
