@@ -66,8 +66,8 @@ def test_training_learns_and_checkpoint_round_trips(tmp_path):
     a, b = predict(model, val), predict(fresh, val)
     np.testing.assert_array_equal(a["scores"], b["scores"])   # the model ends with the best (saved) weights
     assert emotic_metrics(b["scores"], val["cat"])["mAP"] == pytest.approx(res.best_score)
-    assert {"train_loss", "train_cat_loss", "train_vad_loss", "val_mAP", "val_loss", "val_vad_mae_mean"} <= set(
-        res.frame().columns)
+    assert {"train_loss", "train_cat_loss", "train_vad_loss", "val_mAP", "val_loss", "val_vad_mae_mean"} <= set().union(
+        *res.history)
 
 
 def test_early_stopping_triggers_and_restores_the_best_epoch(tmp_path):

@@ -1,7 +1,5 @@
-"""The one training loop every notebook uses (AdamW, validation each epoch, early stopping, best weights kept) and
-batch prediction. Models name their inputs (``model.inputs``) and compute their own loss (``model.loss(batch)``),
-so nothing here knows a dataset. Arguments, devices and reproducibility: docs/training.md.
-"""
+"""The one training loop (AdamW, early stopping, best weights kept) and batch prediction; models name their inputs
+(``model.inputs``) and compute their own loss (``model.loss(batch)``). See docs/training.md."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +11,6 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
@@ -22,11 +19,6 @@ from tqdm.auto import tqdm
 from . import device as devices
 from . import store
 from .metrics import emotic_metrics, retrieval_metrics
-
-__all__ = [
-    "seed_everything", "FeatureDataset", "batches", "flickr_pairs", "FitResult", "fit",
-    "evaluate_loss", "predict", "emotic_eval", "flickr_eval",
-]
 
 
 def seed_everything(seed: int) -> None:
@@ -37,12 +29,9 @@ def seed_everything(seed: int) -> None:
 
 
 class FeatureDataset(Dataset):
-    """A dict of equal-length arrays as a Dataset; indexed with a list of rows it returns a whole batch (one
-    slice per key instead of one per row and a collate: what makes feature-level training fast on a CPU)."""
+    """Equal-length arrays, indexed a whole batch at a time (one slice per key, no collate: fast on a CPU)."""
 
     def __init__(self, arrays: Mapping[str, object]):
-        if isinstance(arrays, FeatureDataset):
-            arrays = arrays.tensors
         if not arrays:
             raise ValueError("FeatureDataset: no arrays given")
         self.tensors: dict[str, torch.Tensor] = {}
@@ -91,15 +80,6 @@ def _to(batch: Mapping[str, object], device) -> dict[str, object]:
     return {k: devices.to_device(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _batch_size(batch: Mapping[str, object]) -> int:
-    return len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
-
-
-def _loss_parts(model, batch) -> dict[str, torch.Tensor]:
-    out = model.loss(batch)
-    return out if isinstance(out, Mapping) else {"loss": out}
-
-
 @dataclass
 class FitResult:
     """What ``fit`` returns: one history row per epoch (for curves) and where the best model came from."""
@@ -109,16 +89,24 @@ class FitResult:
     best_epoch: int = 0
     best_score: float = float("nan")
     stopped_early: bool = False
-    checkpoint: Path | None = None
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.history)
 
 
-def _scalars(d: Mapping, prefix: str) -> dict[str, float]:
-    """Scalar metrics only: nested dicts (per-category APs) and counts (``n``, ``n_*``) are left out."""
-    return {f"{prefix}{k}": float(v) for k, v in d.items()
-            if isinstance(v, (int, float, np.floating, np.integer)) and k != "n" and not k.startswith("n_")}
+def _mean_loss(model: nn.Module, loader, device: torch.device, opt=None) -> dict[str, float]:
+    """Mean of each loss part over the batches (sums stay on the device: one host copy at the end, not one per
+    batch); with ``opt``, an optimiser step after each batch."""
+    sums, n = {}, 0
+    for batch in loader:
+        with devices.autocast(device):
+            parts = model.loss(_to(batch, device))
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            opt.step()
+        size = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float() * size
+        n += size
+    return {k: float(devices.to_numpy(v)) / n for k, v in sums.items()}
 
 
 @torch.no_grad()
@@ -126,43 +114,7 @@ def evaluate_loss(model: nn.Module, data, batch_size: int = 512) -> dict[str, fl
     """Mean of each loss part over ``data`` in eval mode (batches weighted by size)."""
     device = next(model.parameters()).device
     model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    n = 0
-    for batch in batches(data, batch_size, device=device):
-        size = _batch_size(batch)
-        with devices.autocast(device):
-            parts = _loss_parts(model, _to(batch, device))
-        for k, v in parts.items():  # summed on the device: one transfer at the end, not one per batch
-            sums[k] = sums.get(k, 0.0) + v.detach().float() * size
-        n += size
-    return {k: float(devices.to_numpy(v)) / n for k, v in sums.items()}
-
-
-def _train_epoch(model: nn.Module, opt, data, batch_size: int, seed: int, device: torch.device) -> dict:
-    """One pass in the order ``seed`` gives; the mean of each loss part as ``train_<part>``."""
-    model.train()
-    sums, n = {}, 0
-    for batch in batches(data, batch_size, shuffle=True, seed=seed, device=device):
-        with devices.autocast(device):
-            parts = _loss_parts(model, _to(batch, device))
-        opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        opt.step()
-        size = _batch_size(batch)
-        for k, v in parts.items():  # kept on the device: no host sync per batch
-            sums[k] = sums.get(k, 0.0) + v.detach().float() * size
-        n += size
-    return {f"train_{k}": float(devices.to_numpy(v)) / n for k, v in sums.items()}
-
-
-def _validate(model: nn.Module, val_data, metric_fn, monitor: str, batch_size: int) -> dict:
-    model.eval()
-    with torch.no_grad():
-        metrics = (metric_fn(model, val_data) if metric_fn is not None
-                   else evaluate_loss(model, val_data, batch_size=max(batch_size, 512)))
-    if monitor not in metrics:
-        raise KeyError(f"fit: monitor {monitor!r} not among the validation metrics {sorted(metrics)}")
-    return metrics
+    return _mean_loss(model, batches(data, batch_size, device=device), device)
 
 
 def _monitor(val_data, metric_fn, monitor: str | None) -> tuple[str, str]:
@@ -179,30 +131,26 @@ def _monitor(val_data, metric_fn, monitor: str | None) -> tuple[str, str]:
 
 @dataclass
 class _Best:
-    """Early-stopping state: the best score so far (sign-adjusted: higher is better), its weights on the host."""
+    """Early stopping: the best (sign-adjusted, higher is better) score so far and its weights on the host."""
     result: FitResult
-    sign: float
+    checkpoint: Path | None
     score: float = -math.inf
     state: dict | None = None
     bad_epochs: int = 0
 
-    def update(self, score: float, epoch: int, model: nn.Module) -> None:
+    def update(self, score: float, epoch: int, model: nn.Module, patience: int | None) -> bool:
+        """Keep the weights if ``score`` is the best so far; True when ``patience`` epochs passed without."""
         if score > self.score or self.state is None:
             self.score, self.bad_epochs = score, 0
-            self.result.best_epoch, self.result.best_score = epoch, self.sign * score
+            sign = 1.0 if self.result.mode == "max" else -1.0
+            self.result.best_epoch, self.result.best_score = epoch, sign * score
             self.state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            if self.result.checkpoint is not None:
-                store.save_state(self.result.checkpoint, model)
+            if self.checkpoint is not None:
+                store.save_state(self.checkpoint, model)
         else:
             self.bad_epochs += 1
-
-
-def _optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    # a model may ask for its own learning rates per part (WithEncoders: a smaller one for pretrained blocks)
-    params = model.param_groups(lr) if hasattr(model, "param_groups") else [p for p in model.parameters()
-                                                                            if p.requires_grad]
-    # fused AdamW: one kernel for all parameters, about 6x cheaper per step on a CPU for these small models
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+        self.result.stopped_early = patience is not None and self.bad_epochs >= patience
+        return self.result.stopped_early
 
 
 def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | None = None,
@@ -215,12 +163,16 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
     device = devices.resolve(device)
     monitor, mode = _monitor(val_data, metric_fn, monitor)
     sign = 1.0 if mode == "max" else -1.0
-    result = FitResult(monitor=monitor, mode=mode, checkpoint=Path(checkpoint_path) if checkpoint_path else None)
+    result = FitResult(monitor=monitor, mode=mode)
     seed_everything(seed)
     train_ds = train_data if isinstance(train_data, Dataset) else FeatureDataset(train_data)
     model.to(device)
-    opt = _optimizer(model, lr, weight_decay, device)
-    best = _Best(result, sign)
+    # a model may ask for its own learning rates per part (WithEncoders: a smaller one for pretrained blocks)
+    params = model.param_groups(lr) if hasattr(model, "param_groups") else [p for p in model.parameters()
+                                                                            if p.requires_grad]
+    # fused AdamW: one kernel for all parameters, about 6x cheaper per step on a CPU for these small models
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+    best = _Best(result, Path(checkpoint_path) if checkpoint_path else None)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
@@ -228,20 +180,27 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
     try:
         for epoch in bar:
             start = time.perf_counter()
-            row = {"epoch": epoch, **_train_epoch(model, opt, train_ds, batch_size, seed + epoch, device)}
+            model.train()
+            loader = batches(train_ds, batch_size, shuffle=True, seed=seed + epoch, device=device)
+            row = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_loss(model, loader, device, opt).items()}}
             if not all(math.isfinite(v) for v in row.values()):
                 raise FloatingPointError(f"fit: non-finite training loss at epoch {epoch}: {row}")
             if val_data is not None:
-                metrics = _validate(model, val_data, metric_fn, monitor, batch_size)
-                row.update(_scalars(metrics, "val_"))
+                model.eval()
+                with torch.no_grad():
+                    metrics = (metric_fn(model, val_data) if metric_fn is not None
+                               else evaluate_loss(model, val_data, batch_size=max(batch_size, 512)))
+                # scalars only: nested dicts (per-category APs) and counts (n, n_*) stay out of the history
+                row.update({f"val_{k}": float(v) for k, v in metrics.items() if isinstance(
+                    v, (int, float, np.floating, np.integer)) and k != "n" and not k.startswith("n_")})
+                if monitor not in metrics:
+                    raise KeyError(f"fit: monitor {monitor!r} not among the validation metrics {sorted(metrics)}")
             score = sign * float((row if val_data is None else metrics)[monitor])
             row.update(lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - start)
             result.history.append(row)
-            best.update(score, epoch, model)
             shown = {k: v for k, v in row.items() if k in ("train_loss", f"val_{monitor}")}
             bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
-            if patience is not None and best.bad_epochs >= patience:
-                result.stopped_early = True
+            if best.update(score, epoch, model, patience):
                 break
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
@@ -255,8 +214,8 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
 @torch.no_grad()
 def predict(model: nn.Module, data, batch_size: int = 512, keys: Sequence[str] | None = None,
             carry: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """The model's outputs over ``data`` in eval mode as numpy arrays (float32 for floats); only the inputs it
-    reads (``model.inputs``) are fed, ``keys`` selects outputs, ``carry`` copies batch entries (labels) along."""
+    """The outputs over ``data`` in eval mode as numpy (floats as float32) from the inputs the model reads;
+    ``keys`` selects outputs, ``carry`` copies batch entries (labels) along."""
     device = next(model.parameters()).device
     inputs = getattr(model, "inputs", None)
     model.eval()
@@ -275,8 +234,7 @@ def predict(model: nn.Module, data, batch_size: int = 512, keys: Sequence[str] |
 
 
 def emotic_eval(model: nn.Module, data, batch_size: int = 512) -> dict:
-    """Emotic validation metrics (``emotic_metrics``, a flat ``vad_mae_mean``, the loss) on a dict of features
-    with ``cat`` and ``cont``, or on a Dataset of such items."""
+    """``emotic_metrics``, a flat ``vad_mae_mean`` and the loss, on features with ``cat`` and ``cont``."""
     labelled = isinstance(data, Mapping)
     out = predict(model, data, batch_size, keys=("scores", "vad"), carry=() if labelled else ("cat", "cont"))
     cat, cont = (data["cat"], data["cont"]) if labelled else (out["cat"], out["cont"])
