@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from utils import store
 from utils.metrics import emotic_metrics
 from utils.models import EmoticBaseline, EmoticJoint, FlickrBaseline, FlickrJoint
-from utils import store
 from utils.training import (FeatureDataset, emotic_eval, evaluate_loss, fit, flickr_eval, flickr_pairs, predict,
                             seed_everything)
 
@@ -154,9 +155,51 @@ def tiny_emotic_split(n=36, size=64, seed=0):
     return EmoticSplit("train", Path("memory"), img, img[:, 8:56, 8:56], cat, cont, table)
 
 
-def test_batches_reads_item_datasets_one_index_at_a_time():
-    from torch.utils.data import Dataset
+class EmoticImageDataset(Dataset):
+    """Raw Emotic persons as dict items, what end-to-end fine-tuning reads: images float (3, H, W) in [0, 1],
+    labels, the description and, given ``text_features``, its cached embedding; rows read from the memmap on access."""
 
+    def __init__(self, split, text_features=None):
+        self.split = split
+        self._descriptions = split.descriptions
+        self.text = None
+        if text_features is not None:
+            text = np.asarray(text_features, dtype=np.float32)
+            if text.ndim != 2 or len(text) != len(split):
+                raise ValueError(f"EmoticImageDataset: text_features of shape {text.shape} do not match the "
+                                 f"{len(split)} persons of split {split.split!r} in {split.root}")
+            self.text = torch.from_numpy(text)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.split
+        item = {"context": _chw(s.context[i]), "body": _chw(s.body[i]), "cat": torch.from_numpy(np.array(s.cat[i])),
+                "cont": torch.from_numpy(np.array(s.cont[i])), "description": self._descriptions[i]}
+        if self.text is not None:
+            item["text"] = self.text[i]
+        return item
+
+
+def _chw(img: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (3, H, W) in [0, 1], the input the image encoders take."""
+    return torch.from_numpy(np.array(img, dtype=np.float32, copy=True)).permute(2, 0, 1).div_(255.0)
+
+
+def test_emotic_image_dataset():
+    split = tiny_emotic_split()
+    ds = EmoticImageDataset(split)
+    item = ds[2]
+    assert item["context"].shape == (3, 64, 64) and item["body"].shape == (3, 48, 48)
+    torch.testing.assert_close(item["context"], torch.from_numpy(split.context[2]).permute(2, 0, 1) / 255.0)
+    assert item["description"] == "person 2" and item["cont"].tolist() == [5, 5, 5]
+    batch = next(iter(DataLoader(ds, batch_size=3)))
+    assert batch["body"].shape == (3, 3, 48, 48) and batch["cat"].shape == (3, 26)
+    assert batch["description"][1] == "person 1"
+
+
+def test_batches_reads_item_datasets_one_index_at_a_time():
     from utils.training import batches
 
     class Items(Dataset):  # __getitem__ takes one int, as EmoticImageDataset's does
@@ -180,7 +223,6 @@ def test_batches_reads_item_datasets_one_index_at_a_time():
 def test_finetuning_mobilenet_end_to_end_on_images(tmp_path):
     """EmoticImageDataset -> WithEncoders(MobileNetV2, finetune=True) -> fit / predict / checkpoint: the loss falls,
     the backbone's weights move, its BatchNorm running statistics do not."""
-    from utils.data import EmoticImageDataset
     from utils.encoders import load_image_encoder
     from utils.models import WithEncoders
 
