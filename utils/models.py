@@ -16,6 +16,7 @@ from torch import nn
 from . import device as devices
 from .encoders import last_child_with_parameters
 from .labels import CATEGORIES
+from .metrics import retrieval_metrics
 
 #: Feature sizes of the offline default encoders; pass ``dims=`` to the models for other encoders.
 FEATURE_DIMS = {"body": 1280, "context": 1280, "image": 1280, "text": 384}
@@ -129,11 +130,11 @@ class EmoticLoss(nn.Module):
     """Category loss (``"bce"`` on logits, or Kosti et al.'s ``"dynamic"`` weighted squared error on sigmoid
     scores) + ``vad_weight`` * smooth-L1 VAD loss in half-ranges of the 1..10 scale."""
 
-    def __init__(self, discrete: str = "bce", pos_weight=None, vad_weight: float = 1.0, c: float = 1.2):
+    def __init__(self, discrete: str = "bce", pos_weight=None, vad_weight: float = 1.0):
         super().__init__()
         if discrete not in ("bce", "dynamic"):
             raise ValueError(f"EmoticLoss: discrete must be 'bce' or 'dynamic', got {discrete!r}")
-        self.discrete, self.vad_weight, self.c = discrete, float(vad_weight), c
+        self.discrete, self.vad_weight = discrete, float(vad_weight)
         pw = None if pos_weight is None else torch.as_tensor(np.asarray(pos_weight), dtype=torch.float32)
         # Not persistent: a checkpoint holds model weights only, the loss configuration stays in code.
         self.register_buffer("pos_weight", pw, persistent=False)
@@ -143,7 +144,7 @@ class EmoticLoss(nn.Module):
             cat_loss = F.binary_cross_entropy_with_logits(logits, cat, pos_weight=self.pos_weight)
         else:
             err = (torch.sigmoid(logits) - cat) ** 2
-            cat_loss = (err * dynamic_weights(cat, self.c)).sum(dim=1).mean()
+            cat_loss = (err * dynamic_weights(cat)).sum(dim=1).mean()
         vad_loss = F.smooth_l1_loss(vad / VAD_HALF, cont / VAD_HALF, beta=0.1)
         return {"loss": cat_loss + self.vad_weight * vad_loss, "cat_loss": cat_loss, "vad_loss": vad_loss}
 
@@ -343,13 +344,11 @@ class FlickrBaseline:
         return self
 
     @classmethod
-    def select(cls, train: Mapping, val: Mapping, method: str = "both", grid: Sequence[float] | None = None,
+    def select(cls, train: Mapping, val: Mapping, method: str, grid: Sequence[float],
                **kwargs) -> tuple["FlickrBaseline", dict[float, float]]:
         """The model with the best validation mean R@1 over ``grid`` (ridge ``alpha``, or CCA ``reg``), and
         ``{value: validation mean R@1}``."""
-        from .metrics import retrieval_metrics
         key = "reg" if method == "cca" else "alpha"
-        grid = grid or ((1e-3, 1e-2, 0.1, 0.5) if method == "cca" else (1.0, 10.0, 100.0, 1000.0, 10000.0))
         scores, best = {}, None
         for value in grid:
             model = cls(method, **{**kwargs, key: value}).fit(train["image"], train["text"], train["caption_image"])
