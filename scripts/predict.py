@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.special import expit
-from torch import nn
 
-from utils import config, encoders, paths
+from utils import config, encoders, paths, store
 from utils import device as devices
 from utils import experiments as X
-from utils.images import ImageReadError, load_rgb, pixel_box, resize_rgb
+from utils.images import ImageReadError, load_rgb, pixel_box
 from utils.labels import CATEGORIES, CONTINUOUS
-from utils.training import load_checkpoint, predict
+from utils.person import top_emotions
+from utils.training import predict
 
 
 class PredictError(RuntimeError):
@@ -131,7 +131,7 @@ def load(label: str, cfg: dict, device=None) -> Loaded:
     data = X.emotic_data(cfg)
     ckpt = find_checkpoint(label, cfg, data)
     torch.manual_seed(cfg["seed"])
-    model = load_checkpoint(X.emotic_model(label, cfg, data.dims), ckpt).eval()
+    model = store.load_state(ckpt, X.emotic_model(label, cfg, data.dims)).eval()
     if device is not None:
         model.to(device)
     val = data.features["val"]
@@ -205,56 +205,6 @@ def run(loaded: Loaded, image: np.ndarray, box, text: str, image_encoder, text_e
 
 
 # ---- one person of one photo, as mat2py.py crops and the notebooks' features are computed
-def _crop_body(image: np.ndarray, box) -> np.ndarray:
-    """The person crop exactly as ``mat2py.py`` makes it: box clipped and outer-rounded, squashed to 128 x 128."""
-    if box is None:
-        return resize_rgb(image, 128)
-    h, w = image.shape[:2]
-    clipped = pixel_box([float(v) for v in box], w, h)
-    if clipped is None:
-        raise ValueError(f"top_emotions: box {tuple(box)} has no area inside the {w}x{h} image")
-    x1, y1, x2, y2 = clipped
-    return resize_rgb(image[y1:y2, x1:x2], 128)
-
-
-@torch.no_grad()
-def top_emotions(image, description: str | None = None, *, model: nn.Module, image_encoder=None, text_encoder=None,
-                 box=None, k: int = 5, with_vad: bool = False):
-    """The ``k`` highest-scored Emotic categories for one person, as ``[(category, score), ...]``.
-
-    ``image`` is a file path or an (H, W, 3) uint8 RGB array; ``box`` (x1, y1, x2, y2, pixels) marks the person
-    (default: the whole image is the person). ``description`` is needed when the model reads text. The encoders
-    default to the offline ones from ``utils.encoders`` (pass them in to avoid reloading on every call); they must
-    be the encoders the model was trained on. Features are computed exactly as for the training data (scene
-    squashed to 224, crop to 128). With ``with_vad=True`` returns ``(top, {"Valence": v, ...})``.
-    """
-    if isinstance(image, (str, os.PathLike)):
-        image = load_rgb(image)
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"top_emotions: expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
-    needs = set(getattr(model, "inputs", ("body", "context", "text")))
-    feats = {}
-    if needs & {"body", "context"}:
-        image_encoder = image_encoder or encoders.load_image_encoder()
-        if "body" in needs:
-            feats["body"] = encoders.image_features(image_encoder, _crop_body(image, box)[None], cache=False)
-        if "context" in needs:
-            feats["context"] = encoders.image_features(image_encoder, resize_rgb(image, 224)[None], cache=False)
-    if "text" in needs:
-        if not description:
-            raise ValueError("top_emotions: this model reads a text description; pass description=...")
-        text_encoder = text_encoder or encoders.load_text_encoder()
-        feats["text"] = encoders.text_features(text_encoder, [description], cache=False)
-    out = predict(model, feats, keys=("scores", "vad"))
-    scores = out["scores"][0]
-    order = np.argsort(-scores, kind="stable")[:k]
-    top = [(CATEGORIES[i], float(scores[i])) for i in order]
-    if with_vad:
-        return top, dict(zip(CONTINUOUS, map(float, out["vad"][0])))
-    return top
-
-
 def _box(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))

@@ -4,8 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from torch.utils.data import DataLoader
 
 from utils import data as D
 from utils.labels import CATEGORIES
@@ -129,18 +127,6 @@ def test_emotic_unreadable_array_and_missing_column(tmp_path):
 def test_unknown_split():
     with pytest.raises(ValueError, match="'dev'"):
         D.load_emotic("dev")
-
-
-def test_emotic_image_dataset(tmp_path):
-    arrays = write_emotic(tmp_path)
-    ds = D.EmoticImageDataset(D.load_emotic("train", root=tmp_path))
-    item = ds[2]
-    assert item["context"].shape == (3, 224, 224) and item["body"].shape == (3, 128, 128)
-    torch.testing.assert_close(item["context"], torch.from_numpy(arrays["context"][2]).permute(2, 0, 1) / 255.0)
-    assert item["description"] == "" and item["cont"].tolist() == [3, 6, 2]
-    batch = next(iter(DataLoader(ds, batch_size=3)))
-    assert batch["body"].shape == (3, 3, 128, 128) and batch["cat"].shape == (3, 26)
-    assert batch["description"][1] == "NA"
 
 
 # ----------------------------------------------------------------------------------------------------- Flickr8k

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from utils.metrics import retrieval_metrics
-from utils.models import (CanonicalCorrelation, EmoticBaseline, EmoticJoint, EmoticLoss, FlickrBaseline, FlickrJoint, LogitScale,
-                          WithEncoders, dynamic_weights, info_nce, max_violation)
+from utils.models import (CanonicalCorrelation, EmoticBaseline, EmoticJoint, EmoticLoss, FlickrBaseline, FlickrJoint,
+                          LogitScale, WithEncoders, dynamic_weights, feature_dims, info_nce, max_violation)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
@@ -363,8 +363,6 @@ def odd_features(n=32, image=512, text=256, seed=0):
 
 
 def test_feature_dims_reads_sizes_and_rejects_bad_shapes():
-    from utils.models import feature_dims
-
     f = odd_features(image=77, text=33)
     assert feature_dims(f) == {"body": 77, "context": 77, "image": 77, "text": 33}   # labels and ids ignored
     assert feature_dims({"text": torch.zeros(4, 9)}) == {"text": 9}
@@ -374,14 +372,15 @@ def test_feature_dims_reads_sizes_and_rejects_bad_shapes():
         feature_dims({"cat": np.zeros((4, 26))})
 
 
-ALL_MODELS = {
-    "EmoticBaseline": lambda f: EmoticBaseline.for_features(f, hidden=32),
-    "EmoticBaseline-learned": lambda f: EmoticBaseline.for_features(f, ("body", "text"), hidden=32, fusion="learned"),
-    "EmoticJoint": lambda f: EmoticJoint.for_features(f, hidden=32, shared_dim=8),
-    "EmoticJoint-image": lambda f: EmoticJoint.for_features(f, ("image",), hidden=32, shared_dim=8),
-    "FlickrJoint-cross": lambda f: FlickrJoint.for_features(f),
-    "FlickrJoint-shared": lambda f: FlickrJoint.for_features(f, space="shared", shared_dim=8),
-    "FlickrJoint-text": lambda f: FlickrJoint.for_features(f, towers=("text",)),
+ALL_MODELS = {  # dims read from the features: any encoder's sizes
+    "EmoticBaseline": lambda f: EmoticBaseline(dims=feature_dims(f), hidden=32),
+    "EmoticBaseline-learned": lambda f: EmoticBaseline(("body", "text"), dims=feature_dims(f), hidden=32,
+                                                       fusion="learned"),
+    "EmoticJoint": lambda f: EmoticJoint(dims=feature_dims(f), hidden=32, shared_dim=8),
+    "EmoticJoint-image": lambda f: EmoticJoint(("image",), dims=feature_dims(f), hidden=32, shared_dim=8),
+    "FlickrJoint-cross": lambda f: FlickrJoint(dims=feature_dims(f)),
+    "FlickrJoint-shared": lambda f: FlickrJoint(dims=feature_dims(f), space="shared", shared_dim=8),
+    "FlickrJoint-text": lambda f: FlickrJoint(dims=feature_dims(f), towers=("text",)),
 }
 
 
@@ -407,12 +406,10 @@ def test_every_model_builds_for_any_feature_size_and_trains(name):
 def test_features_of_another_size_are_named_not_a_matmul_error():
     f = odd_features()
     with pytest.raises(ValueError, match=r"EmoticBaseline: 'body' features are 512-d but the model was built for "
-                                         r"1280-d.*for_features"):
+                                         r"1280-d.*dims=feature_dims\(features\)"):
         EmoticBaseline().loss({k: torch.from_numpy(v) for k, v in f.items()})
     with pytest.raises(ValueError, match=r"FlickrJoint: 'text' features are 256-d .* 384-d"):
         FlickrJoint(dims={"image": 512}).similarity(f["image"], f["text"])
-    with pytest.raises(TypeError, match="dims come from the features"):
-        EmoticJoint.for_features(f, dims={"text": 3})
 
 
 # ------------------------------------------------------------------------------------ fine-tuning the last blocks

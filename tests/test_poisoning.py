@@ -7,8 +7,7 @@ import torch.nn as nn
 from scipy import ndimage
 
 from utils.labels import CATEGORIES
-from utils.poisoning import (MedianFilter, emotic_backdoor_success, flickr_backdoor_success, median_filter_defence,
-                             poison_emotic, poison_flickr, stamp_trigger, trigger_mask, trigger_pattern)
+from utils.poisoning import MedianFilter, median_filter_defence, poison_emotic, poison_flickr, stamp_trigger
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +23,16 @@ def test_trigger_lands_exactly_where_asked(images, position, origin):
     expected = images.copy()
     expected[:, r:r + 4, c:c + 4] = [[[255, 255, 255], [0, 0, 0]] * 2, [[0, 0, 0], [255, 255, 255]] * 2] * 2
     np.testing.assert_array_equal(out, expected)
-    mask = trigger_mask(images.shape[1:3], 4, position)
-    assert mask.sum() == 16 and mask[r, c] and mask[r + 3, c + 3]
+    mask = np.zeros(images.shape[1:3], bool)
+    mask[r:r + 4, c:c + 4] = True
     changed = (out != images).any(-1).any(0)
     assert not changed[~mask].any()
     assert not np.shares_memory(out, images)
 
 
 def test_trigger_options_and_errors(images):
-    one = stamp_trigger(images[0], size=2, position="top-left", pattern="black", margin=1)
-    assert (one[1:3, 1:3] == 0).all() and np.array_equal(one[0], images[0, 0])
-    custom = np.arange(9, dtype=np.uint8).reshape(3, 3)
-    np.testing.assert_array_equal(stamp_trigger(images, 3, (0, 0), custom)[:, :3, :3, 1], np.broadcast_to(custom, (50, 3, 3)))
-    assert trigger_pattern(4).shape == (4, 4, 3)
+    one = stamp_trigger(images[0], size=2, position="top-left")  # one (H, W, 3) image
+    assert (one[:2, :2] == [[[255] * 3, [0] * 3], [[0] * 3, [255] * 3]]).all() and np.array_equal(one[2], images[0, 2])
     with pytest.raises(ValueError, match="leaves the 20x24 image"):
         stamp_trigger(images, size=4, position=(18, 0))
     with pytest.raises(ValueError, match="uint8"):
@@ -87,16 +83,6 @@ def test_poison_flickr_switches_all_captions_of_poisoned_images(images):
         assert t == ("a red stop sign" if img in p.indices else orig)
     assert sum(t == "a red stop sign" for t in p.caption_texts) == 50
     np.testing.assert_array_equal(p.caption_image, cap_img)
-
-
-def test_backdoor_success_metrics():
-    labels = np.zeros((4, 26)); labels[0, 3] = 1; labels[1, 5] = 1; labels[2, 5] = 1; labels[3, 7] = 1
-    scores = np.zeros((4, 26)); scores[:, 5] = 1.0; scores[3, 7] = 2.0
-    # rows 1 and 2 already have the target (5) and are not counted; row 0 flips to 5, row 3 does not
-    assert emotic_backdoor_success(scores, labels, 5) == 0.5
-    sim = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    assert flickr_backdoor_success(sim, 1) == pytest.approx(2 / 3)
-    assert flickr_backdoor_success(sim, 1, exclude=np.array([False, True, False])) == 1.0
 
 
 def brute_median(img, size):

@@ -1,4 +1,4 @@
-"""The training loop: seeded determinism, early stopping, checkpoints, prediction, and the inference helper."""
+"""The training loop: seeded determinism, early stopping, checkpoints, prediction."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from utils.labels import CATEGORIES
+from utils import store
 from utils.metrics import emotic_metrics
 from utils.models import EmoticBaseline, EmoticJoint, FlickrBaseline, FlickrJoint
-from utils.prep.io import resize_rgb
-from utils.training import (FeatureDataset, emotic_eval, evaluate_loss, fit, flickr_eval, flickr_pairs,
-                            load_checkpoint, predict, seed_everything, top_emotions)
+from utils.training import (FeatureDataset, emotic_eval, evaluate_loss, fit, flickr_eval, flickr_pairs, predict,
+                            seed_everything)
 
 DIMS = {"body": 24, "context": 20, "image": 24, "text": 16}
 SMALL = dict(dims=DIMS, hidden=32)
@@ -63,12 +63,12 @@ def test_training_learns_and_checkpoint_round_trips(tmp_path):
     assert res.history[res.best_epoch - 1]["val_mAP"] == res.best_score
     state = torch.load(tmp_path / "best.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    fresh = load_checkpoint(EmoticBaseline(**SMALL), tmp_path / "best.pt")
+    fresh = store.load_state(tmp_path / "best.pt", EmoticBaseline(**SMALL))
     a, b = predict(model, val), predict(fresh, val)
     np.testing.assert_array_equal(a["scores"], b["scores"])   # the model ends with the best (saved) weights
     assert emotic_metrics(b["scores"], val["cat"])["mAP"] == pytest.approx(res.best_score)
-    assert {"train_loss", "train_cat_loss", "train_vad_loss", "val_mAP", "val_loss", "val_vad_mae_mean"} <= set(
-        res.frame().columns)
+    assert {"train_loss", "train_cat_loss", "train_vad_loss", "val_mAP", "val_loss", "val_vad_mae_mean"} <= set().union(
+        *res.history)
 
 
 def test_early_stopping_triggers_and_restores_the_best_epoch(tmp_path):
@@ -137,77 +137,6 @@ def test_flickr_models_train_and_evaluate_through_the_same_loop():
     assert flickr_eval(base, val)["mean_R@1"] > 25
 
 
-# --------------------------------------------------------------------------------------------- inference
-class FakeImageEncoder(torch.nn.Module):
-    """Stands in for utils.encoders.ImageEncoder: colour statistics of an (N, 3, H, W) batch, 24-d."""
-    name, dim, fingerprint = "fake", 24, "fake"
-
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(6, 24)
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def forward(self, x):
-        return self.proj(torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1))
-
-
-class FakeTextEncoder:
-    name, dim, fingerprint = "fake-text", 16, "fake-text"
-
-    def encode(self, texts, batch_size=64, desc=None):
-        out = np.stack([np.random.default_rng(len(t)).normal(size=16) for t in texts]).astype(np.float32)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-def test_top_emotions_matches_the_feature_pipeline():
-    from utils import encoders
-    torch.manual_seed(0)
-    model = EmoticJoint(dims={"body": 24, "context": 24, "text": 16}, hidden=32, shared_dim=8).eval()
-    img_enc, txt_enc = FakeImageEncoder().eval(), FakeTextEncoder()
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (90, 150, 3), dtype=np.uint8)
-    box = (-10.4, 20.2, 60.5, 200)                         # reaches outside the image: clipped like mat2py
-    top = top_emotions(image, "a person smiling", model=model, image_encoder=img_enc, text_encoder=txt_enc,
-                       box=box, k=4)
-    body = resize_rgb(image[20:90, 0:61], 128)[None]
-    ctx = resize_rgb(image, 224)[None]
-    feats = {"body": encoders.image_features(img_enc, body, cache=False),
-             "context": encoders.image_features(img_enc, ctx, cache=False),
-             "text": txt_enc.encode(["a person smiling"])}
-    scores = predict(model, feats)["scores"][0]
-    assert [c for c, _ in top] == [CATEGORIES[i] for i in np.argsort(-scores)[:4]]
-    np.testing.assert_allclose([s for _, s in top], np.sort(scores)[::-1][:4], rtol=1e-6)
-    with pytest.raises(ValueError, match="description"):
-        top_emotions(image, None, model=model, image_encoder=img_enc, text_encoder=txt_enc)
-    with pytest.raises(ValueError, match="no area"):
-        top_emotions(image, "x", model=model, image_encoder=img_enc, text_encoder=txt_enc, box=(200, 0, 300, 10))
-    # An image-only model needs no description and no text encoder.
-    image_only = EmoticBaseline(("body", "context"), dims={"body": 24, "context": 24}, hidden=32).eval()
-    top, vad = top_emotions(image, model=image_only, image_encoder=img_enc, k=3, with_vad=True)
-    assert len(top) == 3 and set(vad) == {"Valence", "Arousal", "Dominance"}
-
-
-def test_top_emotions_with_the_offline_encoders(tmp_path):
-    from utils import encoders
-    try:
-        img_enc, txt_enc = encoders.load_image_encoder(), encoders.load_text_encoder()
-    except Exception as e:  # the packaged weights are part of `make`; without them there is nothing to test
-        pytest.skip(f"offline encoders unavailable: {e}")
-    torch.manual_seed(0)
-    model = EmoticJoint(dims={"body": img_enc.dim, "context": img_enc.dim, "text": txt_enc.dim}).eval()
-    image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
-    path = tmp_path / "person.png"
-    from PIL import Image
-    Image.fromarray(image).save(path)
-    top = top_emotions(path, "a child running on a beach", model=model, image_encoder=img_enc,
-                       text_encoder=txt_enc, box=(10, 5, 50, 60), k=26)
-    assert sorted(c for c, _ in top) == sorted(CATEGORIES)
-    assert all(0 < s < 1 for _, s in top) and [s for _, s in top] == sorted((s for _, s in top), reverse=True)
-
-
 # ------------------------------------------------------------------------------- item datasets, fine-tuning
 def tiny_emotic_split(n=36, size=64, seed=0):
     """An in-memory Emotic split of n 64 x 64 persons whose colour gives the category (0 reddish, 1 bluish)."""
@@ -226,9 +155,51 @@ def tiny_emotic_split(n=36, size=64, seed=0):
     return EmoticSplit("train", Path("memory"), img, img[:, 8:56, 8:56], cat, cont, table)
 
 
-def test_batches_reads_item_datasets_one_index_at_a_time():
-    from torch.utils.data import Dataset
+class EmoticImageDataset(Dataset):
+    """Raw Emotic persons as dict items, what end-to-end fine-tuning reads: images float (3, H, W) in [0, 1],
+    labels, the description and, given ``text_features``, its cached embedding; rows read from the memmap on access."""
 
+    def __init__(self, split, text_features=None):
+        self.split = split
+        self._descriptions = split.descriptions
+        self.text = None
+        if text_features is not None:
+            text = np.asarray(text_features, dtype=np.float32)
+            if text.ndim != 2 or len(text) != len(split):
+                raise ValueError(f"EmoticImageDataset: text_features of shape {text.shape} do not match the "
+                                 f"{len(split)} persons of split {split.split!r} in {split.root}")
+            self.text = torch.from_numpy(text)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.split
+        item = {"context": _chw(s.context[i]), "body": _chw(s.body[i]), "cat": torch.from_numpy(np.array(s.cat[i])),
+                "cont": torch.from_numpy(np.array(s.cont[i])), "description": self._descriptions[i]}
+        if self.text is not None:
+            item["text"] = self.text[i]
+        return item
+
+
+def _chw(img: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (3, H, W) in [0, 1], the input the image encoders take."""
+    return torch.from_numpy(np.array(img, dtype=np.float32, copy=True)).permute(2, 0, 1).div_(255.0)
+
+
+def test_emotic_image_dataset():
+    split = tiny_emotic_split()
+    ds = EmoticImageDataset(split)
+    item = ds[2]
+    assert item["context"].shape == (3, 64, 64) and item["body"].shape == (3, 48, 48)
+    torch.testing.assert_close(item["context"], torch.from_numpy(split.context[2]).permute(2, 0, 1) / 255.0)
+    assert item["description"] == "person 2" and item["cont"].tolist() == [5, 5, 5]
+    batch = next(iter(DataLoader(ds, batch_size=3)))
+    assert batch["body"].shape == (3, 3, 48, 48) and batch["cat"].shape == (3, 26)
+    assert batch["description"][1] == "person 1"
+
+
+def test_batches_reads_item_datasets_one_index_at_a_time():
     from utils.training import batches
 
     class Items(Dataset):  # __getitem__ takes one int, as EmoticImageDataset's does
@@ -252,7 +223,6 @@ def test_batches_reads_item_datasets_one_index_at_a_time():
 def test_finetuning_mobilenet_end_to_end_on_images(tmp_path):
     """EmoticImageDataset -> WithEncoders(MobileNetV2, finetune=True) -> fit / predict / checkpoint: the loss falls,
     the backbone's weights move, its BatchNorm running statistics do not."""
-    from utils.data import EmoticImageDataset
     from utils.encoders import load_image_encoder
     from utils.models import WithEncoders
 
@@ -287,7 +257,7 @@ def test_finetuning_mobilenet_end_to_end_on_images(tmp_path):
     fresh = WithEncoders(EmoticBaseline(("body", "context", "text"), dims=head.dims, hidden=32),
                          {"body": load_image_encoder("mobilenet_v2", device="cpu")}, finetune=True)
     fresh.encoders["context"] = fresh.encoders["body"]
-    load_checkpoint(fresh, tmp_path / "ft.pt")
+    store.load_state(tmp_path / "ft.pt", fresh)
     np.testing.assert_array_equal(predict(fresh, data, batch_size=10)["scores"], out["scores"])
 
 

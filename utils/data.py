@@ -1,9 +1,5 @@
-"""Loading the prepared artefacts (written by ``mat2py.py`` and ``prepare_flickr8k.py``) and torch Datasets over them.
-
-Why: every notebook reads the same files, and a folder from an interrupted or older prep run should fail here, with
-the file named, rather than as a shape error deep inside training. Image arrays stay memory-mapped
-(``mmap_mode='r'``), so opening a split costs nothing whatever its size; rows are read when used.
-"""
+"""The prepared artefacts, checked on opening so a folder from an interrupted or older prep run fails here, naming
+the file, not deep inside training. Image arrays stay memory-mapped: opening a split costs nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,38 +7,28 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 
 from . import paths
 from .labels import CATEGORIES, CONTINUOUS
 
 SPLITS = ("train", "val", "test")
-EMOTIC_TEXT_COLUMNS = ("folder", "filename", "categories", "gender", "age", "description")
-EMOTIC_REQUIRED_COLUMNS = ("image_width", "image_height", "x1", "y1", "x2", "y2", "description")
-FLICKR_TEXT_COLUMNS = ("image", "caption")
-FLICKR_REQUIRED_COLUMNS = ("image_index", "image", "caption_number", "caption")
 
 
 class ArtefactError(ValueError):
     """A prepared artefact that exists but is inconsistent (wrong shape, dtype, row count or column)."""
 
 
-def _check_split(split: str) -> None:
+def _require(dataset: str, split: str, files: list[str], root) -> Path:
+    """The artefact folder, or FileNotFoundError naming the first missing file and the prep command."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-
-
-def _require(dataset: str, files: list[str], root) -> Path:
-    """The artefact folder, or FileNotFoundError naming the first missing file and the prep command."""
     if root is None:
         return paths.require_artefacts(dataset, files)
-    root = Path(root)
-    missing = [f for f in files if not (root / f).is_file()]
+    missing = [f for f in files if not (Path(root) / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{root / missing[0]} not found. Prepare the data first:\n    "
+        raise FileNotFoundError(f"{Path(root) / missing[0]} not found. Prepare the data first:\n    "
                                 + paths.PREP_COMMANDS[dataset].format(out=root))
-    return root
+    return Path(root)
 
 
 def _array(path: Path, dtype, trailing: tuple, rows: int | None = None, csv: Path | None = None) -> np.ndarray:
@@ -77,7 +63,6 @@ def _table(path: Path, text_columns: tuple, required: tuple) -> pd.DataFrame:
 @dataclass(eq=False)
 class EmoticSplit:
     """One Emotic split: memory-mapped arrays plus the per-person table, row i everywhere is the same person."""
-
     split: str
     root: Path
     context: np.ndarray  # (N, 224, 224, 3) uint8, whole image squashed to a square
@@ -95,22 +80,16 @@ class EmoticSplit:
 
     @property
     def boxes_224(self) -> np.ndarray:
-        """(N, 4) float32 body boxes (x1, y1, x2, y2) in the context array's pixel grid (224 x 224).
-
-        Needed wherever a change to the scene image must also show in the body crop (the pixel attack).
-        """
-        h, w = self.context.shape[1:3]
-        t = self.table
-        sx = w / t["image_width"].to_numpy(np.float64)
-        sy = h / t["image_height"].to_numpy(np.float64)
-        box = np.stack([t["x1"] * sx, t["y1"] * sy, t["x2"] * sx, t["y2"] * sy], axis=1)
-        return box.astype(np.float32)
+        """(N, 4) float32 body boxes in the context array's 224 x 224 grid: where a change to the scene also
+        shows in the body crop (the pixel attack)."""
+        t, (h, w) = self.table, self.context.shape[1:3]
+        sx, sy = w / t["image_width"].to_numpy(np.float64), h / t["image_height"].to_numpy(np.float64)
+        return np.stack([t["x1"] * sx, t["y1"] * sy, t["x2"] * sx, t["y2"] * sy], axis=1).astype(np.float32)
 
 
 @dataclass(eq=False)
 class FlickrSplit:
     """One Flickr8k split: one image row per image, several caption rows per image."""
-
     split: str
     root: Path
     images: np.ndarray        # (M, 224, 224, 3) uint8
@@ -136,10 +115,10 @@ def emotic_files(split: str) -> list[str]:
 
 def load_emotic(split: str, root=None) -> EmoticSplit:
     """Open one prepared Emotic split (``root`` defaults to ``paths.artefact_dir('emotic')``)."""
-    _check_split(split)
     files = emotic_files(split)
-    root = _require("emotic", files, root)
-    table = _table(root / files[4], EMOTIC_TEXT_COLUMNS, EMOTIC_REQUIRED_COLUMNS)
+    root = _require("emotic", split, files, root)
+    table = _table(root / files[4], ("folder", "filename", "categories", "gender", "age", "description"),
+                   ("image_width", "image_height", "x1", "y1", "x2", "y2", "description"))
     n, csv = len(table), root / files[4]
     context = _array(root / files[0], np.uint8, (None, None, 3), n, csv)
     body = _array(root / files[1], np.uint8, (None, None, 3), n, csv)
@@ -150,10 +129,9 @@ def load_emotic(split: str, root=None) -> EmoticSplit:
 
 def load_flickr(split: str, root=None) -> FlickrSplit:
     """Open one prepared Flickr8k split (``root`` defaults to ``paths.artefact_dir('flickr8k')``)."""
-    _check_split(split)
     files = [f"{split}_images.npy", f"{split}_captions.csv"]
-    root = _require("flickr8k", files, root)
-    captions = _table(root / files[1], FLICKR_TEXT_COLUMNS, FLICKR_REQUIRED_COLUMNS)
+    root = _require("flickr8k", split, files, root)
+    captions = _table(root / files[1], ("image", "caption"), ("image_index", "image", "caption_number", "caption"))
     images = _array(root / files[0], np.uint8, (None, None, 3))
     idx = pd.to_numeric(captions["image_index"], errors="coerce").to_numpy()
     bad = np.flatnonzero(~np.isfinite(idx) | (idx < 0) | (idx >= len(images)) | (idx != np.round(idx)))
@@ -163,43 +141,3 @@ def load_flickr(split: str, root=None) -> FlickrSplit:
                             f"{files[0]} (0..{len(images) - 1})")
     captions["image_index"] = idx.astype(np.int64)
     return FlickrSplit(split, root, images, captions)
-
-
-# ----------------------------------------------------------------------------------------------- torch Datasets
-
-
-def _chw(img: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float (3, H, W) in [0, 1], the input the image encoders take."""
-    return torch.from_numpy(np.array(img, dtype=np.float32, copy=True)).permute(2, 0, 1).div_(255.0)
-
-
-class EmoticImageDataset(Dataset):
-    """Raw Emotic samples for end-to-end training or attacks: dict of context, body, cat, cont, description, and
-    ``text`` when ``text_features`` (N, D) are given (the description's cached embedding, for models that read it).
-
-    Images come out as float (3, H, W) in [0, 1]; normalisation is the encoder's job. Rows are read from the
-    memmap on access, so the dataset is cheap to create and to send to DataLoader workers. ``fit`` / ``predict``
-    in ``utils.training`` read it one item at a time and collate (descriptions become a list of strings).
-    """
-
-    def __init__(self, split: EmoticSplit, text_features=None):
-        self.split = split
-        self._descriptions = split.descriptions
-        self.text = None
-        if text_features is not None:
-            text = np.asarray(text_features, dtype=np.float32)
-            if text.ndim != 2 or len(text) != len(split):
-                raise ValueError(f"EmoticImageDataset: text_features of shape {text.shape} do not match the "
-                                 f"{len(split)} persons of split {split.split!r} in {split.root}")
-            self.text = torch.from_numpy(text)
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> dict:
-        s = self.split
-        item = {"context": _chw(s.context[i]), "body": _chw(s.body[i]), "cat": torch.from_numpy(np.array(s.cat[i])),
-                "cont": torch.from_numpy(np.array(s.cont[i])), "description": self._descriptions[i]}
-        if self.text is not None:
-            item["text"] = self.text[i]
-        return item

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from . import data as D
-from . import encoders, paths, stats
+from . import encoders, paths, stats, store
 from .metrics import emotic_metrics, retrieval_chance, retrieval_metrics
 from .models import EmoticBaseline, EmoticJoint, EmoticLoss, FlickrBaseline, FlickrJoint, WithEncoders
 from .results import load_predictions, save_predictions, write_json
 from .labels import CATEGORIES
-from .training import (emotic_eval, fit, flickr_eval, flickr_pairs, load_checkpoint, predict, seed_everything,
-                       top_emotions)
+from .person import top_emotions
+from .training import emotic_eval, fit, flickr_eval, flickr_pairs, predict, seed_everything
 
 SPLITS = ("train", "val", "test")
 #: part of every checkpoint's fingerprint: bump it when a recipe changes in a way its settings do not show
@@ -187,7 +187,7 @@ def _train_or_load(model: nn.Module, label: str, key: dict, train, val, fit_kwar
     record = ckpt.with_suffix(".json")
     if ckpt.is_file() and record.is_file():
         info = json.loads(record.read_text())
-        load_checkpoint(model, ckpt)
+        store.load_state(ckpt, model)
         return Trained(label, model.eval(), info["history"], info["best_epoch"], ckpt, True)
     seed_everything(key["seed"])
     result = fit(model, train, val, checkpoint_path=ckpt, progress=progress, desc=label, seed=key["seed"],

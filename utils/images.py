@@ -1,4 +1,5 @@
-"""Image decoding shared by the prep scripts and the library (below both, so ``utils`` never imports ``prep``)."""
+"""Image decoding and the Emotic crop, shared by the prep scripts and the library (below both, so ``utils`` never
+imports ``prep``): a new photo is cropped and squashed exactly as the training data were."""
 from __future__ import annotations
 
 import hashlib
@@ -8,12 +9,17 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
-class ImageReadError(Exception):
-    """An image file that is missing or cannot be decoded; the message names it."""
+class PrepError(Exception):
+    """A problem with the user's input. The message names the file and what is wrong with it."""
+
+
+class ImageReadError(PrepError):
+    """An image file that is missing or cannot be decoded (the record is skipped, not fatal)."""
 
 
 def load_rgb(path) -> np.ndarray:
-    """Any image PIL reads (format sniffed from the bytes) as (H, W, 3) uint8 RGB; EXIF orientation not applied."""
+    """Any image PIL reads (format sniffed from the bytes) as (H, W, 3) uint8 RGB. EXIF orientation is not applied:
+    Emotic's boxes are given in the stored pixel grid."""
     try:
         with Image.open(path) as im:
             im.load()

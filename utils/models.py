@@ -1,35 +1,5 @@
-"""Baseline (separate embeddings) and joint-embedding models for Emotic and Flickr8k, on frozen encoder features.
-
-Every model takes *feature tensors* (see ``utils.encoders``: 1280-d MobileNetV2 pooled image features, 384-d
-L2-normalised MiniLM text features by default), so training is seconds on a CPU and the backbones run once.
-Feature sizes come from the features themselves: ``Model.for_features(features, ...)`` (or
-``dims=feature_dims(features)``) builds a model for any encoder (ResNet-50's 2048-d, CLIP's 512-d, ...); a model
-given features of another size says so by name instead of failing inside a matrix product.
-
-Emotic (26 categories + valence/arousal/dominance), both models' ``forward(body=, context=, text=)`` return a dict:
-``logits`` (N, 26), ``scores`` (sigmoid of the logits), ``vad`` (N, 3, on the 1..10 scale) and ``embedding``
-(the representation the heads read, for 2-D projections). ``model.loss(batch)`` returns ``{"loss": ..., parts}``.
-
-- ``EmoticBaseline``: body, scene and text each keep their own MLP embedding and their own heads; late fusion
-  of the per-modality predictions (mean of logits and of VAD, or learned per-modality weights).
-- ``EmoticJoint``: image (body + scene) and text projected into one shared, L2-normalised space, aligned with a
-  symmetric InfoNCE loss (learnable, clamped temperature as in CLIP), fused by concatenation into the heads.
-
-Flickr8k, both models expose ``similarity(image_features, text_features) -> (M, C) numpy`` (higher = closer):
-
-- ``FlickrBaseline``: closed-form maps between the two native spaces (ridge regression either way, or CCA).
-- ``FlickrJoint``: two towers into one L2-normalised space (by default each maps its modality into the other's
-  feature space, side by side), symmetric InfoNCE with in-batch negatives, optionally the VSE++ max-violation
-  hard-negative term.
-
-Modality ablations: Emotic models take ``modalities=`` (any subset); for retrieval both modalities are always
-needed, so the ablation is which side is mapped: ``FlickrBaseline("image_to_text" | "text_to_image" | "both")`` and
-``FlickrJoint(towers=("image",) | ("text",) | ("image", "text"))``.
-
-Fine-tuning the backbone (users with a GPU): wrap a model with ``WithEncoders(model, {"body": enc, "context": enc},
-finetune=True)`` (or ``finetune="last"`` for the backbone's final blocks only); it runs the image encoder inside
-``forward`` so gradients reach it, and feeds raw image tensors (``utils.data.EmoticImageDataset``) instead of cached
-features. ``fit`` and ``predict`` take such item datasets unchanged.
+"""The Emotic and Flickr8k models on frozen encoder features (baselines with separate embeddings, joint embeddings),
+their losses, and ``WithEncoders`` for end-to-end fine-tuning. What each model computes: docs/models.md.
 """
 from __future__ import annotations
 
@@ -46,11 +16,7 @@ from torch import nn
 from . import device as devices
 from .encoders import last_child_with_parameters
 from .labels import CATEGORIES
-
-__all__ = [
-    "FEATURE_DIMS", "FEATURE_KEYS", "feature_dims", "mlp", "LogitScale", "info_nce", "max_violation", "dynamic_weights", "EmoticLoss",
-    "EmoticBaseline", "EmoticJoint", "CanonicalCorrelation", "FlickrBaseline", "FlickrJoint", "WithEncoders",
-]
+from .metrics import retrieval_metrics
 
 #: Feature sizes of the offline default encoders; pass ``dims=`` to the models for other encoders.
 FEATURE_DIMS = {"body": 1280, "context": 1280, "image": 1280, "text": 384}
@@ -62,12 +28,8 @@ VAD_CENTRE, VAD_HALF = 5.5, 4.5
 
 
 def mlp(in_dim: int, hidden: int | None, out_dim: int, dropout: float = 0.0) -> nn.Sequential:
-    """LayerNorm -> Linear -> GELU -> Dropout -> Linear; with ``hidden=None`` a linear map LayerNorm -> Dropout ->
-    Linear (fewer parameters, for small training sets).
-
-    The input LayerNorm puts features of different encoders (unbounded ReLU-pooled image features, unit-norm text
-    embeddings) on one footing without statistics that would differ between training and evaluation.
-    """
+    """LayerNorm -> Linear -> GELU -> Dropout -> Linear (``hidden=None``: LayerNorm -> Dropout -> Linear). The
+    LayerNorm puts features of different encoders on one footing with no train/eval statistics."""
     if not hidden:
         return nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
     return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
@@ -75,11 +37,8 @@ def mlp(in_dim: int, hidden: int | None, out_dim: int, dropout: float = 0.0) -> 
 
 
 def feature_dims(features: Mapping[str, object]) -> dict[str, int]:
-    """Feature sizes by input name, read from the arrays: ``{"body": 512, "context": 512, "text": 256}``.
-
-    ``features`` is a dict of ``(N, D)`` arrays or tensors (a training dict, ``flickr_pairs(...)``); entries that
-    are not features (labels, ids) are ignored. Pass the result as ``dims=`` or use ``Model.for_features``.
-    """
+    """Feature sizes by input name, read from ``(N, D)`` arrays (labels and ids ignored): the models' ``dims=``
+    for any encoder."""
     dims = {}
     for key in FEATURE_KEYS:
         if key not in features:
@@ -102,25 +61,12 @@ def _require(inputs: Mapping[str, torch.Tensor | None], names: Sequence[str], mo
         got = inputs[n].shape[-1]
         if got != dims[n]:
             raise ValueError(f"{model}: {n!r} features are {got}-d but the model was built for {dims[n]}-d; build it "
-                             f"for your encoder with {model}.for_features(features, ...) or dims=feature_dims(features)")
+                             f"for your encoder with dims=feature_dims(features)")
 
 
-class _FromFeatures:
-    """``Model.for_features(features, **kwargs)``: the model with ``dims`` read from the feature arrays."""
-
-    @classmethod
-    def for_features(cls, features: Mapping[str, object], *args, **kwargs):
-        if "dims" in kwargs:
-            raise TypeError(f"{cls.__name__}.for_features: dims come from the features; do not pass dims=")
-        return cls(*args, dims=feature_dims(features), **kwargs)
-
-
-# ----------------------------------------------------------------------------------------- contrastive parts
 class LogitScale(nn.Module):
-    """CLIP's learnable inverse temperature: stored as a log, clamped to [1, ``max_scale``] when read.
-
-    Clamping (CLIP uses 100) keeps the softmax from becoming a hard max that would stop learning on small data.
-    """
+    """CLIP's learnable inverse temperature, stored as a log and clamped to [1, ``max_scale``] (CLIP: 100) so the
+    softmax never becomes a hard max that stops learning on small data."""
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0):
         super().__init__()
@@ -148,12 +94,8 @@ def _same_id_mask(ids: torch.Tensor | None, n: int, device) -> torch.Tensor | No
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float,
              ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP loss): row i of ``a`` and row i of ``b`` are a pair, every other row a negative.
-
-    ``a``, ``b`` are (B, D) L2-normalised; the loss is the mean of the a->b and b->a cross-entropies over the
-    scaled cosine similarities. ``ids`` (B,) marks rows that belong together (same image) so they are not used
-    as each other's negatives.
-    """
+    """Symmetric InfoNCE (CLIP loss) of L2-normalised (B, D) pairs, every other row a negative except rows
+    sharing an ``ids`` entry (captions of one image)."""
     logits = logit_scale * a @ b.T
     mask = _same_id_mask(ids, a.shape[0], a.device)
     if mask is not None:
@@ -176,33 +118,23 @@ def max_violation(a: torch.Tensor, b: torch.Tensor, margin: float = 0.2,
     return (cost_a.max(dim=1).values + cost_b.max(dim=0).values).mean()
 
 
-# ---------------------------------------------------------------------------------------------- Emotic losses
 def dynamic_weights(target: torch.Tensor, c: float = 1.2, absent: float = 1e-4) -> torch.Tensor:
-    """Kosti et al.'s per-batch category weights ``w_i = 1 / ln(c + n_i)``.
-
-    As in the authors' released code, ``n_i`` is the number of positives of category i in the batch, and a
-    category with no positive in the batch gets the tiny weight ``absent``. Rare categories weigh more.
-    """
+    """Kosti et al.'s per-batch category weights ``1 / ln(c + n_i)``, ``n_i`` the batch's positives of category
+    i; as in the authors' code, a category without positive in the batch gets ``absent``."""
     counts = target.sum(dim=0)
     w = 1.0 / torch.log(c + counts)
     return torch.where(counts > 0, w, torch.full_like(w, absent))
 
 
 class EmoticLoss(nn.Module):
-    """Category loss + ``vad_weight`` * smooth-L1 VAD loss.
+    """Category loss (``"bce"`` on logits, or Kosti et al.'s ``"dynamic"`` weighted squared error on sigmoid
+    scores) + ``vad_weight`` * smooth-L1 VAD loss in half-ranges of the 1..10 scale."""
 
-    ``discrete``: ``"bce"`` (multi-label binary cross-entropy on logits, optional ``pos_weight`` (26,), e.g.
-    negatives/positives on the training split) or ``"dynamic"`` (Kosti et al. 2019: squared error between the
-    predicted probabilities and the 0/1 labels weighted by ``dynamic_weights``, summed over categories and
-    averaged over the batch; applied to sigmoid scores since our heads output logits).
-    VAD: smooth-L1 on errors measured in half-ranges (1..10 -> about -1..1), quadratic below 0.1 of that unit.
-    """
-
-    def __init__(self, discrete: str = "bce", pos_weight=None, vad_weight: float = 1.0, c: float = 1.2):
+    def __init__(self, discrete: str = "bce", pos_weight=None, vad_weight: float = 1.0):
         super().__init__()
         if discrete not in ("bce", "dynamic"):
             raise ValueError(f"EmoticLoss: discrete must be 'bce' or 'dynamic', got {discrete!r}")
-        self.discrete, self.vad_weight, self.c = discrete, float(vad_weight), c
+        self.discrete, self.vad_weight = discrete, float(vad_weight)
         pw = None if pos_weight is None else torch.as_tensor(np.asarray(pos_weight), dtype=torch.float32)
         # Not persistent: a checkpoint holds model weights only, the loss configuration stays in code.
         self.register_buffer("pos_weight", pw, persistent=False)
@@ -212,15 +144,15 @@ class EmoticLoss(nn.Module):
             cat_loss = F.binary_cross_entropy_with_logits(logits, cat, pos_weight=self.pos_weight)
         else:
             err = (torch.sigmoid(logits) - cat) ** 2
-            cat_loss = (err * dynamic_weights(cat, self.c)).sum(dim=1).mean()
+            cat_loss = (err * dynamic_weights(cat)).sum(dim=1).mean()
         vad_loss = F.smooth_l1_loss(vad / VAD_HALF, cont / VAD_HALF, beta=0.1)
         return {"loss": cat_loss + self.vad_weight * vad_loss, "cat_loss": cat_loss, "vad_loss": vad_loss}
 
 
 @torch.no_grad()
 def _prior_bias(layer: nn.Linear, cat, cont) -> None:
-    """Start a (26 + 3)-output layer at the training prior: category logits at log-odds of each category's
-    prevalence, VAD at the mean rating. Saves the first epochs that would otherwise only learn the base rates."""
+    """Start a (26 + 3)-output layer at the training prior (log-odds of prevalence, mean VAD): saves the first
+    epochs that would only learn the base rates."""
     p = torch.as_tensor(np.asarray(cat, dtype=np.float64).mean(0)).clamp(1e-3, 1 - 1e-3)
     layer.bias[:N_CAT] = torch.log(p / (1 - p)).to(layer.bias)
     mean_vad = torch.as_tensor(np.asarray(cont, dtype=np.float64).mean(0))
@@ -228,25 +160,15 @@ def _prior_bias(layer: nn.Linear, cat, cont) -> None:
 
 
 def _heads_out(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split a (N, 26 + 3) head output into logits and VAD on the 1..10 scale."""
     return raw[:, :N_CAT], VAD_CENTRE + VAD_HALF * raw[:, N_CAT:]
 
 
-# ----------------------------------------------------------------------------------------------- Emotic models
-class EmoticBaseline(_FromFeatures, nn.Module):
-    """Separate embeddings, late fusion.
-
-    Each modality in ``modalities`` (any non-empty subset of body, context, text) has its own MLP embedding and
-    its own heads (26 logits + 3 VAD). Fusion rule: ``"mean"`` averages the per-modality logits and VADs;
-    ``"learned"`` uses softmax-normalised weights per modality and per output (initialised equal), so a weak
-    modality can be down-weighted category by category. The loss trains the fused prediction *and* every
-    modality's own prediction (weight ``branch_weight``), so each branch stays a usable predictor on its own
-    (``logits/<modality>``, ``vad/<modality>`` in the output).
-    """
+class EmoticBaseline(nn.Module):
+    """Separate embeddings, late fusion: one MLP and heads per modality, logits and VAD averaged (``"mean"``) or
+    weighted per output (``"learned"``); the loss also trains each branch alone."""
 
     def __init__(self, modalities: Sequence[str] = ("body", "context", "text"), dims: Mapping[str, int] | None = None,
-                 hidden: int = 256, dropout: float = 0.3, fusion: str = "mean", branch_weight: float = 1.0,
-                 criterion: EmoticLoss | None = None):
+                 hidden: int = 256, dropout: float = 0.3, fusion: str = "mean", criterion: EmoticLoss | None = None):
         super().__init__()
         dims = {**FEATURE_DIMS, **(dims or {})}
         self.modalities = tuple(modalities)
@@ -257,7 +179,7 @@ class EmoticBaseline(_FromFeatures, nn.Module):
             raise ValueError(f"EmoticBaseline: fusion must be 'mean' or 'learned', got {fusion!r}")
         self.inputs = self.modalities
         self.dims = {m: int(dims[m]) for m in self.modalities}
-        self.fusion, self.branch_weight = fusion, float(branch_weight)
+        self.fusion = fusion
         self.embed = nn.ModuleDict({m: nn.Sequential(mlp(dims[m], hidden, hidden, dropout), nn.GELU())
                                     for m in self.modalities})
         self.heads = nn.ModuleDict({m: nn.Linear(hidden, N_CAT + 3) for m in self.modalities})
@@ -271,16 +193,12 @@ class EmoticBaseline(_FromFeatures, nn.Module):
             _prior_bias(head, cat, cont)
         return self
 
-    def fusion_weights(self) -> torch.Tensor:
-        """(modalities, 29) weights summing to 1 over modalities (uniform for ``fusion="mean"``)."""
-        return torch.softmax(self.fusion_logits, dim=0)
-
     def forward(self, body=None, context=None, text=None) -> dict[str, torch.Tensor]:
         feats = {"body": body, "context": context, "text": text}
         _require(feats, self.modalities, type(self).__name__, self.dims)
         embs = {m: self.embed[m](feats[m]) for m in self.modalities}
         raws = torch.stack([self.heads[m](embs[m]) for m in self.modalities])      # (M, N, 29)
-        fused = (self.fusion_weights()[:, None, :] * raws).sum(dim=0)
+        fused = (torch.softmax(self.fusion_logits, dim=0)[:, None, :] * raws).sum(dim=0)  # uniform for "mean"
         logits, vad = _heads_out(fused)
         out = {"logits": logits, "scores": torch.sigmoid(logits), "vad": vad,
                "embedding": torch.cat([embs[m] for m in self.modalities], dim=1)}
@@ -291,31 +209,21 @@ class EmoticBaseline(_FromFeatures, nn.Module):
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self(**{m: batch.get(m) for m in self.inputs})
         parts = self.criterion(out["logits"], out["vad"], batch["cat"], batch["cont"])
-        if self.branch_weight and len(self.modalities) > 1:
+        if len(self.modalities) > 1:
             branch = torch.stack([self.criterion(out[f"logits/{m}"], out[f"vad/{m}"], batch["cat"],
                                                  batch["cont"])["loss"] for m in self.modalities]).mean()
             parts["branch_loss"] = branch
-            parts["loss"] = parts["loss"] + self.branch_weight * branch
+            parts["loss"] = parts["loss"] + branch
         return parts
 
 
-class EmoticJoint(_FromFeatures, nn.Module):
-    """Joint embedding: image and text in one shared space, aligned contrastively, fused for prediction.
+class EmoticJoint(nn.Module):
+    """Joint embedding: image (body + scene) and text towers into one L2-normalised space, fused (``"concat"`` or
+    ``"mean"``) into the heads, aligned by ``align_weight`` * symmetric InfoNCE when both are present."""
 
-    ``modalities`` is ``("image", "text")`` (default), ``("image",)`` or ``("text",)``; the image side reads the
-    concatenation of ``image_inputs`` (default body and context features). Each present modality is projected by
-    an MLP to ``shared_dim`` and L2-normalised; the fused representation is their concatenation (``fusion="concat"``,
-    keeps what is specific to each modality) or their mean (``"mean"``, one vector in the shared space). The heads
-    (an MLP) read it. Loss = category + VAD loss + ``align_weight`` * symmetric InfoNCE between the person's
-    image and text embeddings (default 0.1: the alignment shapes the space without drowning the task; only when
-    both modalities are present).
-    """
-
-    def __init__(self, modalities: Sequence[str] = ("image", "text"), image_inputs: Sequence[str] = ("body", "context"),
-                 dims: Mapping[str, int] | None = None, shared_dim: int = 256, hidden: int = 512,
-                 dropout: float = 0.3, fusion: str = "concat", align_weight: float = 0.1,
-                 init_temperature: float = 0.07, max_logit_scale: float = 100.0,
-                 criterion: EmoticLoss | None = None):
+    def __init__(self, modalities: Sequence[str] = ("image", "text"), dims: Mapping[str, int] | None = None,
+                 shared_dim: int = 256, hidden: int = 512, dropout: float = 0.3, fusion: str = "concat",
+                 align_weight: float = 0.1, init_temperature: float = 0.07, criterion: EmoticLoss | None = None):
         super().__init__()
         dims = {**FEATURE_DIMS, **(dims or {})}
         self.modalities = tuple(modalities)
@@ -323,7 +231,7 @@ class EmoticJoint(_FromFeatures, nn.Module):
             raise ValueError(f"EmoticJoint: modalities must be a non-empty subset of image, text; got {modalities!r}")
         if fusion not in ("concat", "mean"):
             raise ValueError(f"EmoticJoint: fusion must be 'concat' or 'mean', got {fusion!r}")
-        self.image_inputs = tuple(image_inputs) if "image" in self.modalities else ()
+        self.image_inputs = ("body", "context") if "image" in self.modalities else ()
         self.inputs = self.image_inputs + (("text",) if "text" in self.modalities else ())
         self.dims = {k: int(dims[k]) for k in self.inputs}
         self.fusion, self.align_weight = fusion, float(align_weight)
@@ -335,7 +243,7 @@ class EmoticJoint(_FromFeatures, nn.Module):
         fused_dim = shared_dim * (len(self.modalities) if fusion == "concat" else 1)
         self.head = mlp(fused_dim, hidden, N_CAT + 3, dropout)
         # A temperature only where there is something to align (single-modality ablations have none).
-        self.logit_scale = LogitScale(init_temperature, max_logit_scale) if len(self.modalities) == 2 else None
+        self.logit_scale = LogitScale(init_temperature) if len(self.modalities) == 2 else None
         self.criterion = criterion or EmoticLoss()
 
     def init_prior(self, cat, cont) -> "EmoticJoint":
@@ -367,7 +275,6 @@ class EmoticJoint(_FromFeatures, nn.Module):
         return parts
 
 
-# --------------------------------------------------------------------------------------------- Flickr models
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
@@ -382,13 +289,8 @@ def _inv_sqrt(cov: np.ndarray, reg: float) -> np.ndarray:
 
 
 class CanonicalCorrelation:
-    """Regularised CCA in closed form: the SVD of the whitened cross-covariance ``Cxx^-1/2 Cxy Cyy^-1/2``.
-
-    Why not ``sklearn.cross_decomposition.CCA``: it extracts components one by one with an iterative (NIPALS)
-    loop, hundreds of times slower than one SVD on the demo caption pairs; this gives the same leading canonical
-    correlations (checked in the tests). ``reg`` shrinks each covariance towards a multiple of
-    the identity (relative to its mean eigenvalue), needed when features outnumber samples.
-    """
+    """Regularised CCA in closed form (one SVD of the whitened cross-covariance): ``sklearn``'s iterative CCA is
+    hundreds of times slower for the same leading correlations. ``reg`` shrinks each covariance."""
 
     def __init__(self, n_components: int = 64, reg: float = 1e-3):
         self.n_components, self.reg = n_components, reg
@@ -408,19 +310,8 @@ class CanonicalCorrelation:
 
 
 class FlickrBaseline:
-    """Separate embeddings joined by a closed-form map, retrieval by cosine similarity.
-
-    Both feature sets are standardised on the training split first. ``method``:
-
-    - ``"image_to_text"``: ridge regression maps images into the text space; captions stay where they are.
-    - ``"text_to_image"``: ridge regression maps captions into the image space; images stay where they are.
-    - ``"both"``: the mean of the two cosine-similarity matrices above (the two maps combined).
-    - ``"cca"``: regularised CCA projects both sides into a shared ``n_components``-d space.
-
-    The first two are the retrieval analogue of a single-modality ablation: only one side is moved.
-    Training pairs are (image of caption c, caption c), one per caption. ``alpha`` (ridge) and ``reg`` (CCA) are
-    worth choosing on the validation split: see ``FlickrBaseline.select``.
-    """
+    """Standardised features joined by a closed-form map: ridge image->text, text->image, ``"both"`` (mean of the
+    two similarity matrices) or ``"cca"``; retrieval by cosine similarity."""
 
     METHODS = ("image_to_text", "text_to_image", "both", "cca")
 
@@ -453,14 +344,11 @@ class FlickrBaseline:
         return self
 
     @classmethod
-    def select(cls, train: Mapping, val: Mapping, method: str = "both", grid: Sequence[float] | None = None,
+    def select(cls, train: Mapping, val: Mapping, method: str, grid: Sequence[float],
                **kwargs) -> tuple["FlickrBaseline", dict[float, float]]:
-        """Fit one model per value of ``grid`` (ridge ``alpha``, or CCA ``reg``) on ``train`` and keep the best
-        by validation mean R@1. ``train`` / ``val`` are dicts with ``image``, ``text``, ``caption_image``.
-        Returns the chosen fitted model and ``{value: validation mean R@1}``."""
-        from .metrics import retrieval_metrics
+        """The model with the best validation mean R@1 over ``grid`` (ridge ``alpha``, or CCA ``reg``), and
+        ``{value: validation mean R@1}``."""
         key = "reg" if method == "cca" else "alpha"
-        grid = grid or ((1e-3, 1e-2, 0.1, 0.5) if method == "cca" else (1.0, 10.0, 100.0, 1000.0, 10000.0))
         scores, best = {}, None
         for value in grid:
             model = cls(method, **{**kwargs, key: value}).fit(train["image"], train["text"], train["caption_image"])
@@ -470,15 +358,15 @@ class FlickrBaseline:
                 best = (value, model)
         return best[1], scores
 
-    def _check(self):
+    def _standardise(self, image_features, text_features) -> tuple[np.ndarray, np.ndarray]:
         if not self.fitted:
             raise RuntimeError("FlickrBaseline: call fit() before similarity()")
+        return (self.img_scaler.transform(np.asarray(image_features, dtype=np.float64)),
+                self.txt_scaler.transform(np.asarray(text_features, dtype=np.float64)))
 
     def embed(self, image_features, text_features) -> tuple[np.ndarray, np.ndarray]:
         """Both sides in the space where they are compared (for ``both``: the image-to-text map's space)."""
-        self._check()
-        x = self.img_scaler.transform(np.asarray(image_features, dtype=np.float64))
-        y = self.txt_scaler.transform(np.asarray(text_features, dtype=np.float64))
+        x, y = self._standardise(image_features, text_features)
         if self.method in ("image_to_text", "both"):
             return self.i2t.predict(x), y
         if self.method == "text_to_image":
@@ -487,41 +375,21 @@ class FlickrBaseline:
 
     def similarity(self, image_features, text_features) -> np.ndarray:
         """(M, C) cosine similarities between images and captions in the mapped space."""
-        a, b = self.embed(image_features, text_features)
-        sim = _cosine(a, b)
-        if self.method == "both":
-            x = self.img_scaler.transform(np.asarray(image_features, dtype=np.float64))
-            y = self.txt_scaler.transform(np.asarray(text_features, dtype=np.float64))
-            sim = (sim + _cosine(x, self.t2i.predict(y))) / 2
-        return sim
+        if self.method != "both":
+            return _cosine(*self.embed(image_features, text_features))
+        x, y = self._standardise(image_features, text_features)
+        return (_cosine(self.i2t.predict(x), y) + _cosine(x, self.t2i.predict(y))) / 2
 
 
-class FlickrJoint(_FromFeatures, nn.Module):
-    """Two towers into one L2-normalised space, trained with symmetric InfoNCE over in-batch negatives.
-
-    ``towers`` says which side learns a map:
-
-    - ``("image",)``: an image tower maps images into the (frozen) text-feature space;
-    - ``("text",)``: a text tower maps captions into the (frozen) image-feature space;
-    - ``("image", "text")`` (default), with ``space``:
-      ``"cross"`` (default): the shared space is the text space and the image space side by side; an image is
-      ``[f_img(x), x]`` and a caption ``[t, f_txt(t)]``, each half L2-normalised and the whole scaled to unit norm, so
-      the similarity is the mean of the two single-tower similarities. The two maps are trained together, on the
-      same footing as ``FlickrBaseline("both")``.
-      ``"shared"``: the classic two-tower model, both sides projected into a new ``shared_dim`` space (default the
-      text dimension; a tower whose input already has that size is a residual adapter ``x + f(x)`` starting at
-      the identity).
-
-    ``hidden=None`` (default) makes each tower linear (LayerNorm, dropout, Linear), which generalises best on
-    small training sets; give ``hidden`` for an MLP. ``hard_negative_weight`` > 0 adds the VSE++ max-violation
-    hinge with ``margin``. Batches carry ``image``, ``text`` and ``image_id`` (captions of one image in a batch
-    are not used as each other's negatives).
-    """
+class FlickrJoint(nn.Module):
+    """Two towers into one L2-normalised space, symmetric InfoNCE over in-batch negatives (+ optional VSE++
+    hinge). ``space="cross"`` maps each side into the other's feature space, side by side; ``"shared"`` into a new
+    ``shared_dim`` space (a residual adapter starting at the identity when sizes match)."""
 
     def __init__(self, dims: Mapping[str, int] | None = None, towers: Sequence[str] = ("image", "text"),
                  space: str = "cross", shared_dim: int | None = None, hidden: int | None = None,
-                 dropout: float = 0.1, init_temperature: float = 0.07, max_logit_scale: float = 100.0,
-                 hard_negative_weight: float = 0.0, margin: float = 0.2):
+                 dropout: float = 0.1, init_temperature: float = 0.07, hard_negative_weight: float = 0.0,
+                 margin: float = 0.2):
         super().__init__()
         dims = {**FEATURE_DIMS, **(dims or {})}
         self.towers_used = tuple(sorted(set(towers), key=("image", "text").index)) if towers else ()
@@ -542,7 +410,7 @@ class FlickrJoint(_FromFeatures, nn.Module):
             if res:  # the adapter starts as the identity map
                 nn.init.zeros_(self.towers[t][-1].weight)
                 nn.init.zeros_(self.towers[t][-1].bias)
-        self.logit_scale = LogitScale(init_temperature, max_logit_scale)
+        self.logit_scale = LogitScale(init_temperature)
         self.hard_negative_weight, self.margin = float(hard_negative_weight), margin
 
     def _embed(self, side: str, x: torch.Tensor) -> torch.Tensor:
@@ -608,24 +476,9 @@ class FlickrJoint(_FromFeatures, nn.Module):
         return (a @ b.T).astype(np.float32)
 
 
-# ------------------------------------------------------------------------------------------ end-to-end option
 class WithEncoders(nn.Module):
-    """Run image encoders in front of a feature model, for end-to-end fine-tuning (a GPU job at real sizes).
-
-    ``encoders`` maps an input name (``"body"``, ``"context"``, ``"image"``) to a module turning the raw batch
-    tensor (float (N, 3, H, W) in [0, 1], as ``utils.data.EmoticImageDataset`` yields) into features; one encoder
-    may serve several inputs. Build the wrapped model for the encoder's width, e.g.
-    ``EmoticBaseline(dims={"body": enc.dim, "context": enc.dim, "text": text_dim})``.
-
-    ``finetune``: ``False`` keeps the encoders frozen and in eval mode, which reproduces the cached-feature
-    pipeline; ``True`` trains every encoder weight; ``"last"`` trains only each encoder's final blocks
-    (``ImageEncoder.last_blocks()``: MobileNetV2's last two blocks, ResNet's ``layer4``, CLIP's last transformer
-    layer and projection), which suits small training sets. Whatever is trained, BatchNorm layers stay in eval
-    mode: their running statistics are the ImageNet ones the features were designed around, and a batch of a few
-    dozen crops would only make them noisy (their affine weights still train where the block is trainable).
-    Other inputs (text features, labels) pass through unchanged. ``encoder_lr`` (optional) is the learning rate of
-    the encoder weights in ``fit`` (pretrained blocks usually want a smaller one than the fresh heads).
-    """
+    """Image encoders in front of a feature model, for end-to-end fine-tuning: ``finetune`` False (frozen), True
+    (every weight) or ``"last"`` (the final blocks); BatchNorm stays in eval mode (its ImageNet statistics)."""
 
     FINETUNE = (False, True, "last")
 

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from utils.images import pixel_box  # noqa: F401 (prep's name)
 from utils.labels import CATEGORIES, CATEGORY_INDEX
 from utils.prep.io import PrepError, sha256_prefix
 
@@ -261,24 +262,6 @@ def published_csv_fields(index: int, record: Record, person: Person, box: Sequen
 # ---------------------------------------------------------------------------------------------------------------
 # Boxes
 # ---------------------------------------------------------------------------------------------------------------
-
-def pixel_box(bbox: Sequence[float], width: int, height: int) -> tuple[int, int, int, int] | None:
-    """The integer pixel box actually cropped: ``bbox`` clipped to the image, outer-rounded; None if empty.
-
-    ``image[y1:y2, x1:x2]`` with the returned values is the body crop, so the CSV's box reproduces it exactly.
-    Integer boxes (all of real Emotic) are unchanged by the rounding. A non-finite box counts as empty.
-    """
-    if not all(math.isfinite(v) for v in bbox):
-        return None
-    x1, y1, x2, y2 = bbox
-    x1 = min(max(math.floor(x1), 0), width)
-    y1 = min(max(math.floor(y1), 0), height)
-    x2 = min(max(math.ceil(x2), 0), width)
-    y2 = min(max(math.ceil(y2), 0), height)
-    if x2 <= x1 or y2 <= y1:
-        return None
-    return x1, y1, x2, y2
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Descriptions

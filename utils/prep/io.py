@@ -26,49 +26,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
+
+from utils.images import ImageReadError, PrepError, load_rgb, resize_rgb  # noqa: F401 (prep's names)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class PrepError(Exception):
-    """A problem with the user's input. The message names the file and what is wrong with it."""
-
-
-class ImageReadError(PrepError):
-    """An image file that is missing or cannot be decoded (the record is skipped, not fatal)."""
-
-
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode any image PIL understands into an (H, W, 3) uint8 RGB array.
-
-    The file's real format is sniffed from its bytes, not its name, so a PNG saved as ``.jpg`` works.
-    Grayscale, palette, CMYK and alpha images are converted to RGB. EXIF orientation is deliberately *not*
-    applied: Emotic's boxes are given in the stored pixel grid.
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError as e:
-        raise ImageReadError(f"{path}: image file not found") from e
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-        raise ImageReadError(f"{path}: cannot decode image ({e})") from e
-
-
-def resize_rgb(arr: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize an RGB uint8 array to ``size`` (square int, or (width, height)) with antialiased bilinear.
-
-    Aspect ratio is not kept, matching published Emotic code which squashes each crop to a square.
-    """
-    wh = (size, size) if isinstance(size, int) else tuple(size)
-    arr = np.ascontiguousarray(arr)  # PIL copies a strided view (a crop) several times slower
-    return np.asarray(Image.fromarray(arr).resize(wh, Image.BILINEAR), dtype=np.uint8)
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 2, desc: str | None = None,
