@@ -657,14 +657,14 @@ def test_a_large_memmap_is_hashed_while_extracting_and_stops_on_a_hit(mobilenet,
 def test_prefetch_and_release_leave_the_values_alone(tmp_path):
     arr = images(6, 16)
     mm = _saved_memmap(tmp_path / "p.npy", arr)
-    for f in (E.prefetch_rows, E.release_rows):
-        f(mm, 1, 4)
-        f(arr, 0, 6)  # in memory: a no-op
-        f(mm, 5, 99)  # clipped at the end
+    for advice in ("WILLNEED", "DONTNEED"):
+        E.advise_rows(mm, 1, 4, advice)
+        E.advise_rows(arr, 0, 6, advice)  # in memory: a no-op
+        E.advise_rows(mm, 5, 99, advice)  # clipped at the end
     np.testing.assert_array_equal(mm, arr)
     cow = np.load(tmp_path / "p.npy", mmap_mode="c")
     cow[0] = 0
-    E.release_rows(cow, 0, 6)  # a copy-on-write map keeps its private changes
+    E.advise_rows(cow, 0, 6, "DONTNEED")  # a copy-on-write map keeps its private changes
     assert (cow[0] == 0).all() and np.array_equal(cow[1:], arr[1:])
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise accounting is Linux's")

