@@ -38,8 +38,7 @@ class WeightsError(RuntimeError):
 
 
 def images_to_device(images: np.ndarray, dev: str | torch.device) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1] on ``dev``, channels_last: the uint8 bytes cross
-    (pinned and non-blocking to a GPU, a quarter of the float32 size), the conversion happens there."""
+    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1] on ``dev``: the uint8 bytes cross, then convert."""
     arr = np.asarray(images)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {arr.dtype} {arr.shape}")
@@ -135,8 +134,7 @@ def packaged_mobilenet_file() -> Path:
 
 
 def _weights_file(arch: str, weights) -> Path:
-    """A state-dict path as given, else the file of a torchvision weights enum or name: ``$TORCH_HOME/hub/checkpoints``,
-    else our wheel, else downloaded there."""
+    """A state-dict path, or the file of a torchvision weights name: in ``$TORCH_HOME``, our wheel, or downloaded."""
     import torchvision
 
     if isinstance(weights, os.PathLike) or (isinstance(weights, str) and (
@@ -167,8 +165,7 @@ def _weights_file(arch: str, weights) -> Path:
 
 
 def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
-    """A torchvision backbone from a state dict whose sha256 is checked against the prefix its torchvision file
-    name (``<arch>-<sha256 prefix>.pth``) promises."""
+    """A torchvision backbone; its file's sha256 must start as the name promises (``<arch>-<prefix>.pth``)."""
     import torchvision
 
     if weights is None:
@@ -201,32 +198,22 @@ def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
     return _freeze(enc.to(dev))
 
 
-class _ClipVision(nn.Module):
-    """CLIP vision tower + projection -> the projected image embedding. Its attribute names are those of a full
-    CLIPModel and of a one-tower checkpoint, so both give one fingerprint."""
+class _ClipTower(nn.Module):
+    """A CLIP tower + projection, named as in a CLIPModel: a full model and a one-tower file share a fingerprint."""
 
-    def __init__(self, model: nn.Module):  # a CLIPModel or a CLIPVisionModelWithProjection
+    def __init__(self, model: nn.Module, tower: str, projection: str):
         super().__init__()
-        self.vision_model, self.visual_projection = model.vision_model, model.visual_projection
+        self.names = (tower, projection)
+        for name in self.names:
+            self.add_module(name, getattr(model, name))
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
-
-
-class _ClipText(nn.Module):
-    """CLIP text tower + projection: token ids -> the projected end-of-text embedding."""
-
-    def __init__(self, model: nn.Module):  # a CLIPModel or a CLIPTextModelWithProjection
-        super().__init__()
-        self.text_model, self.text_projection = model.text_model, model.text_projection
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.text_projection(self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        tower, projection = (getattr(self, name) for name in self.names)
+        return projection(tower(*args, **kwargs).pooler_output)
 
 
 def _hf_model(name, side: str) -> tuple[str, str, dict, nn.Module, object]:
-    """(name without ``clip:``, source, from_pretrained kwargs, model, tokenizer) of a Hugging Face model or local
-    folder (never the network): a full CLIPModel, a CLIP tower for ``side``, or any text model."""
+    """(name, source, from_pretrained kwargs, model, tokenizer); a local folder never touches the network."""
     from transformers import (AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection,
                               CLIPVisionModelWithProjection)
 
@@ -267,7 +254,8 @@ def _clip_image_encoder(model: nn.Module, name: str, src: str, kw: dict, dev: to
     """The vision tower of ``model``: resized to its input size, its own pixel mean / std (else OpenAI CLIP's)."""
     from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-    cfg, tower = _optional_json(src, "preprocessor_config.json", kw), _ClipVision(model)
+    cfg = _optional_json(src, "preprocessor_config.json", kw)
+    tower = _ClipTower(model, "vision_model", "visual_projection")
     vision = getattr(model.config, "vision_config", model.config)
     enc = ImageEncoder(tower, name=name, dim=model.config.projection_dim,
                        fingerprint=f"clip-vision:{_state_digest(tower)[:16]}",
@@ -365,13 +353,12 @@ def load_text_encoder(name: str = MINILM_NAME, device: str | torch.device | None
 
 
 def _text_encoder(model: nn.Module, tokenizer, name: str, src: str, kw: dict, dev: torch.device) -> TextEncoder:
-    """Mean pooling, or CLIP's projected text embedding; the length a sentence-transformers model was trained with
-    (256 for MiniLM) if it declares one, else the tokenizer's (at most 512, at most CLIP's context)."""
+    """Mean pooling or CLIP's; the length a sentence-transformers model declares (MiniLM: 256), else the tokenizer's."""
     clip = hasattr(model, "text_model")  # a CLIPModel or a CLIPTextModelWithProjection
     declared = _optional_json(src, "sentence_bert_config.json", kw).get("max_seq_length")
     max_length = int(declared) if declared else min(int(tokenizer.model_max_length or 512), 512)
     if clip:
-        model = _ClipText(model)
+        model = _ClipTower(model, "text_model", "text_projection")
         max_length = min(max_length, model.text_model.config.max_position_embeddings)
     dim, pooling = (model.text_projection.out_features, "clip") if clip else (model.config.hidden_size, "mean")
     fingerprint = f"{pooling}:{max_length}:{_state_digest(_freeze(model))[:16]}"
@@ -408,8 +395,7 @@ HASH_FIRST_BYTES = 64 << 20  # a memmap up to this size is hashed before extract
 # Why madvise: pages read through a memmap stay in the process's RSS until it closes (3.5 GB for Emotic's train
 # scenes): DONTNEED hands a batch's pages back, WILLNEED reads the next batch while this one is computed.
 def advise_rows(images: np.ndarray, start: int, stop: int, advice: str) -> None:
-    """``madvise(MADV_<advice>)`` a memmap's rows ``[start, stop)``: a no-op in memory, without ``madvise``, and for
-    ``"DONTNEED"`` on a copy-on-write map (whose private changes it would drop)."""
+    """``madvise(MADV_<advice>)`` a memmap's rows (not DONTNEED on a copy-on-write map: its changes would go)."""
     mm, flag = getattr(images, "_mmap", None), getattr(mmap, f"MADV_{advice}", None)
     if flag is None or not isinstance(mm, mmap.mmap) or stop <= start or (advice == "DONTNEED" and images.mode == "c"):
         return
@@ -432,8 +418,7 @@ def _images_digest(images: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
 
 def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = None,
                precision: str | None = None) -> Path:
-    """``<folder>/<encoder>-<key>.npy``, keyed by the weights, the precision (default: bf16 autocast on a capable
-    GPU, else float32), the input's content and this module's source (an edit here never loads old features)."""
+    """``<folder>/<encoder>-<key>.npy``; precision by default bf16 under GPU autocast, else float32."""
     if precision is None:
         dtype = devices.autocast_dtype(encoder.device)
         precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
@@ -443,8 +428,7 @@ def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = 
 
 
 def feature_cache_path(encoder, items, folder: str | os.PathLike | None = None) -> Path:
-    """The entry :func:`image_features` / :func:`text_features` use for the whole input ``items`` (for
-    ``utils.distributed``, which fills it)."""
+    """The cache entry of the whole input ``items`` (``utils.distributed`` fills it)."""
     folder = Path(folder) if folder is not None else paths.cache_dir()
     if isinstance(encoder, TextEncoder):
         return cache_path(encoder, store.digest(_check_texts(items)), folder)
@@ -462,9 +446,8 @@ def read_cached(path: Path, n: int, dim: int) -> np.ndarray | None:
 
 def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, batch_size: int | None,
                     desc: str | None, autocast: bool = True):
-    """Yield ``(start, float32 output)`` of ``module`` on uint8 images a batch at a time on ``dev`` (bf16 autocast
-    on a capable GPU). ``batch_size=None``: the device's fastest (``utils.batching``). A memmap's next batch is
-    read ahead and each batch's pages released; ``desc`` labels the progress bar (none for a single batch)."""
+    """Yield ``(start, float32 output)`` of ``module`` a batch at a time (``None``: the device's fastest batch), a
+    memmap's next batch read ahead and each batch's pages released; ``desc`` labels the progress bar."""
     if batch_size is None:
         batch_size = batching.for_module(module, (3, *images.shape[1:3])).batch if len(images) > 1 else 1
     show = None if desc is not None and len(images) > batch_size else True
@@ -477,12 +460,9 @@ def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, ba
 
 def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | None = None, cache=True,
                    desc: str | None = None) -> np.ndarray:
-    """Features of uint8 ``(N, H, W, 3)`` images (array or memmap), computed in batches or read from the cache
-    (``cache``: ``True`` for ``paths.cache_dir()``, ``False`` to always compute, or a folder).
-
-    A large memmap not seen before is hashed on a helper thread while the extraction starts, which stops as soon
-    as the digest finds the features cached. Why: hashing first would add a whole read of the file (about 90 s for
-    Emotic on this project's machine). The batches, hence the numbers, are a plain extraction's."""
+    """Features of uint8 ``(N, H, W, 3)`` images, computed in batches or read from the cache (``cache``: True for
+    ``paths.cache_dir()``, False, or a folder). A large memmap not seen before is hashed on a thread while the
+    extraction starts: hashing first would add a whole read (90 s for Emotic here); the numbers are the same."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"image_features expects a uint8 (N, H, W, 3) array, got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
