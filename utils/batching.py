@@ -35,9 +35,8 @@ def set_layout(module: torch.nn.Module, channels_last: bool) -> None:
 
 
 def probe(run, shape: tuple, dev: torch.device, layout, fixed: int | None = None) -> Choice:
-    """Time ``run(x)`` on random inputs (b, *shape) for growing b in both layouts (``layout(bool)`` switches the
-    model), each the best of two calls after a warm-up, until the rate falls below half the best twice in a row
-    (one slow call may be another job's), a call takes over a second, or memory runs out; the fastest wins."""
+    """Time ``run(x)`` for growing batches b in both layouts (``layout(bool)`` switches them) until the rate falls below
+    half the best twice (once may be another job), a call takes 1 s, or memory runs out; the fastest wins."""
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rates = {}
     for cl in (True, False):
@@ -103,18 +102,13 @@ def for_pipeline(pipeline, shape: tuple, rows) -> Choice:
     """Batch and layout for an attack pipeline's scores on images (b, *shape) of ``rows`` (any valid rows)."""
     dev = pipeline.device
     rows = torch.as_tensor(np.resize(np.asarray(rows), SIZES[-1]), device=dev)
-
-    def layout(cl):
-        pipeline.channels_last = cl
-        set_layout(pipeline.modules[0], cl)
-
     return _choose(f"{dev}|{type(pipeline).__name__}|{'|'.join(_name(m) for m in pipeline.modules)}|{tuple(shape)}",
-                   lambda x: pipeline.scores(x, rows[:len(x)]), shape, dev, layout)
+                   lambda x: pipeline.scores(x, rows[:len(x)]), shape, dev,
+                   lambda cl: (setattr(pipeline, "channels_last", cl), set_layout(pipeline.modules[0], cl)))
 
 
 def recorded() -> dict:
-    """For a run record: the setting and every choice this machine's cache holds (the notebooks ran in other
-    processes, so the file, not this process's memory, says what they used)."""
+    """The setting and every choice in this machine's cache (the notebooks ran in other processes) for run.json."""
     choices = {k: dict(batch=v["batch"], channels_last=v["channels_last"], rate=round(v["rate"], 1),
                        source=v["source"]) for k, v in _saved().items()}
     return {"setting": os.environ.get(ENV, "auto"), "choices": choices}

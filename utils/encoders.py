@@ -468,11 +468,15 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | 
                          f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
     folder = None if cache is False or cache is None else paths.cache_dir() if cache is True else Path(cache)
     digest = pending = None
+
+    def hit(digest: str) -> np.ndarray | None:
+        return read_cached(cache_path(encoder, digest, folder), len(images), encoder.dim)
+
     if folder is not None:
         small = not (isinstance(images, np.memmap) and images.nbytes > HASH_FIRST_BYTES)
         digest = store.remembered_digest(images, folder, _images_digest if small else None)
-        if digest is not None and (hit := _hit(encoder, digest, folder, len(images))) is not None:
-            return hit
+        if digest is not None and (found := hit(digest)) is not None:
+            return found
         if digest is None:  # hashlib releases the GIL: hashing overlaps the encoder
             hashing = ThreadPoolExecutor(1, thread_name_prefix="image-digest")
             pending = hashing.submit(store.remembered_digest, images, folder, _images_digest)
@@ -482,17 +486,13 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | 
         out[i:i + len(feats)] = feats
         if pending is not None and pending.done():
             digest, pending = pending.result(), None
-            if (hit := _hit(encoder, digest, folder, len(images))) is not None:
-                return hit
+            if (found := hit(digest)) is not None:
+                return found
     if pending is not None:
         digest = pending.result()
     if folder is not None:
         store.write_npy(cache_path(encoder, digest, folder), out)
     return out
-
-
-def _hit(encoder, digest: str, folder: Path, n: int) -> np.ndarray | None:
-    return read_cached(cache_path(encoder, digest, folder), n, encoder.dim)
 
 
 def text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 64, cache=True,
