@@ -9,7 +9,8 @@ Synthetic profiles (smoke, demo) generate the raw datasets with ``utils.syntheti
 two prep scripts on them exactly as a user would on the downloads. The ``full`` profile runs the prep scripts on
 ``EMOTIC_ROOT`` / ``FLICKR8K_ROOT`` (or uses ``EMOTIC_ARTEFACTS`` / ``FLICKR8K_ARTEFACTS`` if already prepared);
 Emotic then needs ``EMOTIC_DESCRIPTIONS`` (captioner | file | metadata, with ``EMOTIC_DESCRIPTIONS_FILE`` for file).
-Every step is skipped when its outputs are already there, so a second run only re-executes the notebooks.
+Every step is skipped when its outputs are already there, made by the same source (the generator's and the prep
+scripts' code digests, ``utils.store``), so a second run only re-executes the notebooks.
 
 Outputs go to ``MMER_OUTPUT`` (default ``outputs/<profile>``): executed notebooks in ``notebooks/``, figures,
 metrics, predictions, checkpoints, ``summary.txt`` and ``run.json`` (commit, machine, date). A ``demo`` run also
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 import utils.synthetic as fixtures
-from utils import batching, config, store
+from utils import batching, config, labels, store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,7 +80,7 @@ def prepare_synthetic(profile: str, seed: int = 0) -> dict[str, Path]:
             sys.exit(f"error: {manifest}: these {name} artefacts were not prepared from the synthetic {profile} data "
                      f"in {raw}; refusing to overwrite them. Unset {name.upper()}_ARTEFACTS or use --profile full.")
     stamp = raw / ".complete"
-    generated = store.key(store.code_digest(fixtures), seed)  # the generator's source: an edit regenerates
+    generated = store.key(store.code_digest(fixtures, labels), seed)  # the generator's source: an edit regenerates
     if not (stamp.is_file() and stamp.read_text().strip() == generated):
         print(f"[data] generating synthetic {profile} datasets in {raw}", flush=True)
         shutil.rmtree(raw, ignore_errors=True)  # no stale files from an older generator
