@@ -55,10 +55,6 @@ def _state_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _freeze(module: nn.Module) -> nn.Module:
-    return module.eval().requires_grad_(False)
-
-
 class ImageEncoder(nn.Module):
     """Frozen backbone: float RGB in [0, 1] -> ``(N, dim)`` float32, normalised inside (an attack works on pixels).
     ``head``: a torchvision backbone's ImageNet classifier; ``normalize``: L2 (CLIP); ``last``: the final blocks."""
@@ -113,7 +109,7 @@ class ImageEncoder(nn.Module):
         blocks = copy.deepcopy(nn.Sequential(*(c for _, c in children[cut:])))
         suffix = nn.Sequential(blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         suffix = suffix.to(memory_format=torch.channels_last) if self.channels_last else suffix
-        return _freeze(prefix.to(self.device)), suffix.train().requires_grad_(True)
+        return prefix.to(self.device).eval().requires_grad_(False), suffix.train().requires_grad_(True)
 
 
 def last_child_with_parameters(module: nn.Module) -> list[nn.Module]:
@@ -156,11 +152,9 @@ def _weights_file(arch: str, weights) -> Path:
     try:  # the real code path for users who are online; verifies the hash in the name
         torch.hub.load_state_dict_from_url(enum.url, progress=True, check_hash=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - URLError, OSError, hash RuntimeError
-        raise WeightsError(
-            f"{target}: {arch} weights {filename} are not on this machine and could not be downloaded ({e}).\n"
-            f"Download {enum.url} on a machine with internet and put it at {target} (the folder is "
-            f"$TORCH_HOME/hub/checkpoints; set TORCH_HOME to use another one), or use the offline default image "
-            f"encoder 'mobilenet_v2'.") from e
+        raise WeightsError(f"{target}: {arch} weights {filename} are not here and could not be downloaded ({e}).\n"
+                           f"Download {enum.url} elsewhere and put it at {target} (set TORCH_HOME for another "
+                           f"folder), or use the offline default image encoder 'mobilenet_v2'.") from e
     return target
 
 
@@ -195,7 +189,7 @@ def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
     # channels_last: the faster convolution layout on CPUs (oneDNN) and on GPUs (cuDNN tensor cores) alike.
     enc = ImageEncoder(model.to(memory_format=torch.channels_last), name=arch, dim=dim, mean=norm.mean, std=norm.std,
                        fingerprint=f"{arch}:{digest[:16]}", channels_last=True, head=head, last=LAST_BLOCKS[arch])
-    return _freeze(enc.to(dev))
+    return enc.to(dev).eval().requires_grad_(False)
 
 
 class _ClipTower(nn.Module):
@@ -263,7 +257,7 @@ def _clip_image_encoder(model: nn.Module, name: str, src: str, kw: dict, dev: to
                        input_size=vision.image_size, normalize=True,
                        last=(f"vision_model.encoder.layers.{vision.num_hidden_layers - 1}",
                              "vision_model.post_layernorm", "visual_projection"))
-    return _freeze(enc.to(dev))
+    return enc.to(dev).eval().requires_grad_(False)
 
 
 def load_image_encoder(name: str = "mobilenet_v2", weights=None, device: str | torch.device | None = None
@@ -361,9 +355,10 @@ def _text_encoder(model: nn.Module, tokenizer, name: str, src: str, kw: dict, de
         model = _ClipTower(model, "text_model", "text_projection")
         max_length = min(max_length, model.text_model.config.max_position_embeddings)
     dim, pooling = (model.text_projection.out_features, "clip") if clip else (model.config.hidden_size, "mean")
-    fingerprint = f"{pooling}:{max_length}:{_state_digest(_freeze(model))[:16]}"
-    return _freeze(TextEncoder(model, tokenizer, name=name, dim=dim, fingerprint=fingerprint, pooling=pooling,
-                               max_length=max_length).to(dev))
+    fingerprint = f"{pooling}:{max_length}:{_state_digest(model)[:16]}"
+    encoder = TextEncoder(model, tokenizer, name=name, dim=dim, fingerprint=fingerprint, pooling=pooling,
+                          max_length=max_length)
+    return encoder.to(dev).eval().requires_grad_(False)
 
 
 def load_encoders(name_or_folder: str, device: str | torch.device | None = None
