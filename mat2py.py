@@ -33,7 +33,7 @@ from utils.prep import emotic, io as prep_io
 from utils.prep.emotic import DESCRIPTION_SOURCES, SKIP_REASONS, SPLITS, Person, Record
 from utils.labels import CATEGORIES
 from utils.prep.io import PrepError
-from utils.results import write_json
+from utils import store
 
 __version__ = "1.0.0"
 CONTEXT_SIZE, BODY_SIZE = 224, 128
@@ -188,7 +188,7 @@ def prepare_split(split: str, records: list[Record], images: Path, stage: Path, 
 def write_csv(path: Path, rows: list[dict]) -> None:
     import pandas as pd
 
-    pd.DataFrame(rows, columns=list(CSV_COLUMNS)).to_csv(path, index=False, lineterminator="\n")
+    store.atomic_write(path, pd.DataFrame(rows, columns=list(CSV_COLUMNS)).to_csv(index=False, lineterminator="\n"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,7 +340,7 @@ def prepare(args: argparse.Namespace) -> dict:
         if candidates and not any(s["images"] for s in manifest["splits"].values()):
             raise PrepError(f"{args.images}: not one annotated image could be read there; is --images right?")
         manifest["descriptions"] = describer.manifest()
-        write_json(stage / "manifest.json", manifest)
+        store.write_json(stage / "manifest.json", manifest)
     return manifest
 
 

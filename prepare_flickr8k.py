@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
 from pathlib import Path
@@ -29,11 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils import __version__
+from utils import __version__, store
 from utils.prep.flickr import SPLITS, STANDARD_SIZES, ImageItem, Plan, find_source, plan_splits
 from utils.prep.io import (ImageReadError, PrepError, RowWriter, load_rgb, npy_bytes, parallel_map, resize_rgb,
                            sha256_prefix, staged_output)
-from utils.results import write_json
 
 TOOL = "prepare_flickr8k"
 MISSING_IMAGE = "image file missing"
@@ -58,19 +58,20 @@ def write_split(plan: Plan, split: str, stage: Path, size: int, workers: int) ->
     images = RowWriter(npy, (len(items), size, size, 3), np.uint8)
     n_rows = n_captions = 0
     paths = (plan.source.image_dir / it.name for it in items)
-    with open(stage / f"{split}_captions.csv", "w", encoding="utf-8", newline="") as f:
-        table = csv.writer(f, lineterminator="\n")
-        table.writerow(["image_index", "image", "caption_number", "caption"])
-        results = parallel_map(lambda p: decode(p, size), paths, workers=workers, desc=f"{split} images",
-                               total=len(items))
-        for item, result in zip(items, results, strict=True):
-            if isinstance(result, str):
-                plan.skip(split, item.name, None, result, n_captions=len(item.captions))
-                continue
-            images.append(result)
-            table.writerows([n_rows, item.name, number, text] for number, text in item.captions)
-            n_rows += 1
-            n_captions += len(item.captions)
+    captions = io.StringIO()
+    table = csv.writer(captions, lineterminator="\n")
+    table.writerow(["image_index", "image", "caption_number", "caption"])
+    results = parallel_map(lambda p: decode(p, size), paths, workers=workers, desc=f"{split} images",
+                           total=len(items))
+    for item, result in zip(items, results, strict=True):
+        if isinstance(result, str):
+            plan.skip(split, item.name, None, result, n_captions=len(item.captions))
+            continue
+        images.append(result)
+        table.writerows([n_rows, item.name, number, text] for number, text in item.captions)
+        n_rows += 1
+        n_captions += len(item.captions)
+    store.atomic_write(stage / f"{split}_captions.csv", captions.getvalue())
     images.close()
     return {"images": n_rows, "captions": n_captions, "skipped": plan.skipped_counts(split)}
 
@@ -99,7 +100,7 @@ def prepare(data_dir: str | Path, out: str | Path, seed: int = 0, workers: int |
             "skipped_items": [s.as_dict() for s in plan.skips[:MAX_LISTED_SKIPS]],
             "skipped_items_omitted": max(0, len(plan.skips) - MAX_LISTED_SKIPS),
         }
-        write_json(stage / "manifest.json", manifest)
+        store.write_json(stage / "manifest.json", manifest)
     return manifest
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -33,10 +32,11 @@ from PIL import Image
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from utils import distributed as D
+from utils import store
 from utils.prep import emotic, io as prep_io, vlm
 from utils.prep.emotic import SPLITS
+from utils.paths import cache_dir
 from utils.prep.io import PrepError
-from utils.results import write_json
 
 COLUMNS = ("split", "record", "person", "folder", "filename", "x1", "y1", "x2", "y2", "description")
 
@@ -173,14 +173,11 @@ def merge(items: list, images: Path, known: dict, workers: int) -> tuple[list[di
 
 
 def write_outputs(out: Path, rows: list[dict], info: dict) -> None:
-    """The CSV and its ``.json`` record, each written under a temporary name and renamed."""
+    """The CSV and its ``.json`` record, each written atomically."""
     import pandas as pd
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, out)
-    write_json(out.with_suffix(".json"), info)
+    store.atomic_write(out, pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(index=False, lineterminator="\n"))
+    store.write_json(out.with_suffix(".json"), info)
 
 
 def run(args, launch: D.Launch) -> dict | None:
@@ -194,12 +191,11 @@ def run(args, launch: D.Launch) -> dict | None:
                                          args.keep_unlabelled, args.limit, args.shard_size]).encode()).hexdigest()[:12]
     D.same_on_every_rank(launch, f"{model.fingerprint} {listing}", "the model, prompt, settings and persons")
     if args.cache is None:
-        from utils.paths import cache_dir
         args.cache = cache_dir() / "vlm"
     folder = args.cache / model.fingerprint
     if launch.main:
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "settings.json", model.settings)
+        store.write_json(folder / "settings.json", model.settings)
         launch.log(f"{len(items)} persons in shards of {args.shard_size}, {launch.world} process(es), model "
                    f"{args.model} on {launch.device}, cache {folder}")
     known = vlm.read_cache(folder)

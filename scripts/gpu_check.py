@@ -25,23 +25,21 @@ import sys
 import time
 from pathlib import Path
 
+from utils import attack, batching
+from utils.encoders import load_image_encoder
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def attack_api():
     """The attack's entry points, looked up in this one place: (classifier pipeline class, score_images, the
     differential evolution)."""
-    from utils import attack
-
     return attack.ClassifierPixelPipeline, attack.score_images, attack.differential_evolution
 
 
 def probe_choices(devices=("cuda", "cpu"), size: int = 224) -> dict:
     """device -> the batch size and layout ``utils.batching`` picks for MobileNetV2 on size x size images there
     (measured once per machine, then read from the cache)."""
-    from utils import batching
-    from utils.encoders import load_image_encoder
-
     return {dev: batching.for_module(load_image_encoder("mobilenet_v2", device=dev), (3, size, size))
             for dev in devices}
 
@@ -63,8 +61,6 @@ def attack_rates(dev="cuda", images: int = 8, popsize: int = 400, generations: i
     """
     import numpy as np
     import torch
-
-    from utils.encoders import load_image_encoder
 
     pipeline_cls, score_images, attack = attack_api()
     enc = load_image_encoder("mobilenet_v2", device=dev)

@@ -9,7 +9,8 @@ Synthetic profiles (smoke, demo) generate the raw datasets with ``utils.syntheti
 two prep scripts on them exactly as a user would on the downloads. The ``full`` profile runs the prep scripts on
 ``EMOTIC_ROOT`` / ``FLICKR8K_ROOT`` (or uses ``EMOTIC_ARTEFACTS`` / ``FLICKR8K_ARTEFACTS`` if already prepared);
 Emotic then needs ``EMOTIC_DESCRIPTIONS`` (captioner | file | metadata, with ``EMOTIC_DESCRIPTIONS_FILE`` for file).
-Every step is skipped when its outputs are already there, so a second run only re-executes the notebooks.
+Every step is skipped when its outputs are already there, made by the same source (the generator's and the prep
+scripts' code digests, ``utils.store``), so a second run only re-executes the notebooks.
 
 Outputs go to ``MMER_OUTPUT`` (default ``outputs/<profile>``): executed notebooks in ``notebooks/``, figures,
 metrics, predictions, checkpoints, ``summary.txt`` and ``run.json`` (commit, machine, date). A ``demo`` run also
@@ -29,9 +30,11 @@ import sys
 import time
 from pathlib import Path
 
+import utils.synthetic as fixtures
+from utils import batching, config, labels, store
+
 REPO = Path(__file__).resolve().parent.parent
 
-FIXTURE_VERSION = "2"  # bump when utils/synthetic/ changes what it writes, so stale raw data is rebuilt
 PROFILES = ("smoke", "demo", "full")
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 DESCRIPTION_SOURCES = ("captioner", "file", "metadata")
@@ -52,11 +55,6 @@ def _run(cmd: list, env: dict | None = None) -> None:
     subprocess.run([str(c) for c in cmd], cwd=REPO, check=True, env=env)
 
 
-def _fresh(stamp: Path, *inputs: Path) -> bool:
-    """True when ``stamp`` exists and is newer than every input (files or folders' stamps)."""
-    return stamp.is_file() and all(stamp.stat().st_mtime >= p.stat().st_mtime for p in inputs if p.exists())
-
-
 def output_dir(profile: str) -> Path:
     """Where the notebooks of this run write: ``MMER_OUTPUT``, else ``outputs/<profile>``."""
     return Path(os.environ.get("MMER_OUTPUT") or REPO / "outputs" / profile).resolve()
@@ -74,8 +72,6 @@ def prepare_synthetic(profile: str, seed: int = 0) -> dict[str, Path]:
     Artefacts go to ``EMOTIC_ARTEFACTS`` / ``FLICKR8K_ARTEFACTS`` when set; a folder there that holds artefacts
     prepared from other data (e.g. the real download) is never overwritten: the run stops instead.
     """
-    import utils.synthetic as fixtures
-
     raw = REPO / "data" / "raw" / profile
     out = artefact_dirs(profile)
     for name, folder in out.items():  # checked first: nothing is generated for a run that cannot proceed
@@ -84,17 +80,22 @@ def prepare_synthetic(profile: str, seed: int = 0) -> dict[str, Path]:
             sys.exit(f"error: {manifest}: these {name} artefacts were not prepared from the synthetic {profile} data "
                      f"in {raw}; refusing to overwrite them. Unset {name.upper()}_ARTEFACTS or use --profile full.")
     stamp = raw / ".complete"
-    if not (stamp.is_file() and stamp.read_text().strip() == f"{FIXTURE_VERSION}:{seed}"):
+    generated = store.key(store.code_digest(fixtures, labels), seed)  # the generator's source: an edit regenerates
+    if not (stamp.is_file() and stamp.read_text().strip() == generated):
         print(f"[data] generating synthetic {profile} datasets in {raw}", flush=True)
         shutil.rmtree(raw, ignore_errors=True)  # no stale files from an older generator
         fixtures.make_all(raw, size=profile, seed=seed)
-        stamp.write_text(f"{FIXTURE_VERSION}:{seed}\n")
-    if not _fresh(out["emotic"] / "manifest.json", stamp):
-        _run([sys.executable, "mat2py.py", "--data-dir", raw / "emotic", "--out", out["emotic"],
-              "--descriptions", "file", "--descriptions-file", raw / "emotic" / "descriptions.csv"])
-    if not _fresh(out["flickr8k"] / "manifest.json", stamp):
-        _run([sys.executable, "prepare_flickr8k.py", "--data-dir", raw / "flickr8k_kaggle", "--out", out["flickr8k"],
-              "--seed", str(seed)])
+        store.atomic_write(stamp, generated + "\n")
+    prep = sorted((REPO / "utils" / "prep").glob("*.py"))
+    for name, cmd in (("emotic", ["mat2py.py", "--data-dir", raw / "emotic", "--out", out["emotic"], "--descriptions",
+                                  "file", "--descriptions-file", raw / "emotic" / "descriptions.csv"]),
+                      ("flickr8k", ["prepare_flickr8k.py", "--data-dir", raw / "flickr8k_kaggle", "--out",
+                                    out["flickr8k"], "--seed", str(seed)])):
+        done = out[name] / ".prepared"  # the key of the raw data and the prep code these artefacts come from
+        key = store.key(generated, store.code_digest(REPO / cmd[0], *prep), [str(c) for c in cmd])
+        if not ((out[name] / "manifest.json").is_file() and done.is_file() and done.read_text().strip() == key):
+            _run([sys.executable, *cmd])
+            store.atomic_write(done, key + "\n")
     return out
 
 
@@ -138,8 +139,6 @@ def prepare_full() -> dict[str, Path]:
 
 def check_settings() -> None:
     """Resolve both experiments' settings now, so a mistyped MMER_<KNOB> stops the run before data preparation."""
-    from utils import config
-
     for experiment in config.EXPERIMENTS:
         try:
             config.load(experiment)
@@ -311,9 +310,7 @@ def write_readme_results(readme: Path, out_dir: Path) -> None:
         raise ValueError(f"{readme}: expected one '{README_BEGIN}' ... '{README_END}' block")
     block = results_block(out_dir)
     new = pattern.sub(lambda _: f"{README_BEGIN}\n{block}\n{README_END}", text)
-    tmp = readme.with_name(readme.name + ".partial")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, readme)
+    store.atomic_write(readme, new)
 
 
 def readme_block(readme: Path) -> str:
@@ -348,14 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = output_dir(args.profile)
     started = provenance(args.profile)  # the commit the notebooks run from, taken before they run
     execute_notebooks(args.profile, artefacts, args.notebooks, args.timeout, out_dir)
-    from utils import batching
-    from utils.results import write_json
-
-    write_json(out_dir / "run.json", {**started, "notebooks": [p.name for p in notebooks(args.notebooks)],
-                                      "seconds": round(time.perf_counter() - t0),
-                                      "inference_batch": batching.recorded()})
+    store.write_json(out_dir / "run.json", {**started, "notebooks": [p.name for p in notebooks(args.notebooks)],
+                                            "seconds": round(time.perf_counter() - t0),
+                                            "inference_batch": batching.recorded()})
     table = summary_table(out_dir)
-    (out_dir / "summary.txt").write_text(table + "\n", encoding="utf-8")
+    store.atomic_write(out_dir / "summary.txt", table + "\n")
     print("\n" + table)
     if args.profile == "demo" and not args.notebooks and not args.no_readme:
         write_readme_results(REPO / "README.md", out_dir)

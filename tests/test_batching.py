@@ -57,7 +57,7 @@ def test_probe_keeps_the_fastest_batch_and_layout_and_caches_it(fresh):
     assert (again.batch, again.channels_last, again.source, model.calls) == (8, True, "cache", calls)
     saved = json.loads((fresh / "batch_probe.json").read_text())
     assert [v["batch"] for v in saved.values()] == [8]
-    assert list(batching.chosen().values())[0]["batch"] == 8
+    assert list(batching._MEMORY.values())[0].batch == 8
     # another input shape is another probe
     assert batching.for_module(model, (3, 8, 8), name="timed").source == "probe"
 
@@ -104,4 +104,4 @@ def test_gpu_check_reports_the_choice_per_device(fresh):
         raise
     c = got["cpu"]
     assert c.batch in batching.SIZES and c.rate == max(c.rates.values())
-    assert batching.recorded()["choices"][next(iter(batching.chosen()))]["batch"] == c.batch
+    assert batching.recorded()["choices"][next(iter(batching._MEMORY))]["batch"] == c.batch

@@ -27,7 +27,7 @@ from utils import distributed as D
 from utils import precomputed_attacks as P
 from utils import robustness as R
 from utils.attack import ClassifierPixelPipeline
-from utils.results import save_predictions
+from utils.store import write_npz
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "scripts" / "robustness.py")
@@ -171,11 +171,11 @@ def test_sharded_features_match_one_extraction(smoke):
     assert len(split) > 32  # two shards, one per rank
     encoder = encoders.load_image_encoder(config.load("emotic", "smoke")["image_encoder"], device="cpu")
     direct = encoders.image_features(encoder, split.context, batch_size=32, cache=False)  # as SMALL pins it
-    path = encoders.cache_path(encoder, encoders._images_digest(split.context), cache)
+    path = encoders.feature_cache_path(encoder, split.context, cache)
     cached = np.load(path, allow_pickle=False)
     assert cached.tobytes() == direct.tobytes()
     assert encoders.image_features(encoder, split.context, batch_size=32, cache=cache).tobytes() == direct.tobytes()
-    first_shard = encoders.cache_path(encoder, encoders._images_digest(split.context[:32]), cache)
+    first_shard = encoders.feature_cache_path(encoder, split.context[:32], cache)
     assert first_shard.is_file()  # each rank's slice is a cache entry of its own: a rerun resumes from it
 
 
@@ -239,10 +239,10 @@ def test_merge_names_a_missing_or_corrupt_shard_and_writes_nothing(tmp_path, mon
     with pytest.raises(D.ShardError, match="shard 1 of 3 .*shard-00001-of-00003.npz is unreadable"):
         P.merge_attack_shards(job, 4)
     arrays = D.read_npz(folder / "shard-00002-of-00003.npz")
-    save_predictions(second, {**arrays, "attack_key": np.array("0123456789abcdef")})  # another configuration's
+    write_npz(second, {**arrays, "attack_key": np.array("0123456789abcdef")})  # another configuration's
     with pytest.raises(D.ShardError, match="shard 1 of 3 .*its key is 0123456789abcdef"):
         P.merge_attack_shards(job, 4)
-    save_predictions(second, {k: v for k, v in D.read_npz(folder / "shard-00000-of-00003.npz").items()})
+    write_npz(second, {k: v for k, v in D.read_npz(folder / "shard-00000-of-00003.npz").items()})
     with pytest.raises(D.ShardError, match="shard 1 of 3 .*its rows are not rows 4..7"):
         P.merge_attack_shards(job, 4)
     assert not final.exists() and not list(final.parent.glob("*.partial"))

@@ -21,6 +21,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from utils import encoders as E
+from utils import store
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -74,11 +75,11 @@ def test_image_encoder_shapes_and_attributes(mobilenet):
 
 def test_to_tensor_layout_and_range():
     arr = images(2, 8)
-    t = E.to_tensor(arr)
+    t = E.images_to_device(arr, "cpu")
     assert t.shape == (2, 3, 8, 8) and t.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(t.permute(0, 2, 3, 1).numpy() * 255, arr.astype(np.float32))
     with pytest.raises(ValueError, match="uint8"):
-        E.to_tensor(arr.astype(np.float32))
+        E.images_to_device(arr.astype(np.float32), "cpu")
 
 
 def test_image_encoder_deterministic(mobilenet):
@@ -385,7 +386,7 @@ def test_text_cache_hit_and_misses(minilm, cache):
         assert counter.calls == calls + 4
     finally:
         counter.handle.remove()
-    assert len({E._texts_digest(t) for t in (["ab", "c"], ["a", "bc"], ["abc"], ["abc", ""])}) == 4
+    assert len({E.feature_cache_path(minilm, t) for t in (["ab", "c"], ["a", "bc"], ["abc"], ["abc", ""])}) == 4
 
 
 def test_cache_can_be_disabled(mobilenet, cache):
@@ -435,7 +436,7 @@ def test_clip_towers_of_one_model_match_transformers(tiny_clip):
     assert img.shape == (3, 16) and txt.shape == (4, 16) and img.dtype == txt.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1, atol=1e-5)
-    ref_img, ref_txt, ref_logits = clip_reference(tiny_clip, E.to_tensor(arr), CAPTIONS)
+    ref_img, ref_txt, ref_logits = clip_reference(tiny_clip, E.images_to_device(arr, "cpu"), CAPTIONS)
     np.testing.assert_allclose(img, ref_img, atol=1e-5)
     np.testing.assert_allclose(txt, ref_txt, atol=1e-5)
     # deterministic, and independent of the batch size up to summation order
@@ -463,6 +464,7 @@ def test_clip_one_model_or_one_tower_gives_one_fingerprint_and_cache_key(tiny_cl
     digest = E._images_digest(images(2, 32))
     assert E.cache_path(img_enc, digest) == E.cache_path(alone_img, digest) != E.cache_path(other_img, digest)
     assert E.cache_path(img_enc, digest) != E.cache_path(img_enc, digest, precision="bfloat16")
+    assert E.cache_path(img_enc, digest) == E.cache_path(img_enc, digest, precision="float32")  # the CPU's
 
     arr = images(2, 32)
     first = E.image_features(img_enc, arr)
@@ -591,7 +593,7 @@ def _digest_of(arr) -> str:
 
 
 def test_a_memmapped_file_is_remembered_and_a_changed_file_hashed_again(mobilenet, cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(E, "_RACY_SECONDS", 0.0)
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)
     arr, path = images(5, 32), tmp_path / "imgs.npy"
     first = E.image_features(mobilenet, _saved_memmap(path, arr))
     (memo,) = (cache / "digests").glob("*.txt")
@@ -607,18 +609,18 @@ def test_a_memmapped_file_is_remembered_and_a_changed_file_hashed_again(mobilene
         time.sleep(0.05)  # past the file system's clock tick
         new = E.image_features(mobilenet, _saved_memmap(path, changed))
         assert counter.calls == 1 and not np.array_equal(new[2], first[2])
-        before = E._file_identity(np.load(path, mmap_mode="r"))
+        before = store.file_identity(np.load(path, mmap_mode="r"))
         time.sleep(0.05)
         writable = np.load(path, mmap_mode="r+")
         writable[0, 0, 0, 0] ^= 1  # changed in place through a writable map: same inode, new times
         writable.flush()
         del writable
-        assert E._file_identity(np.load(path, mmap_mode="r")) not in (None, before)
+        assert store.file_identity(np.load(path, mmap_mode="r")) not in (None, before)
     finally:
         counter.handle.remove()
-    assert E._file_identity(np.load(path, mmap_mode="r+")) is None  # writable maps are never remembered
-    assert E._file_identity(np.load(path, mmap_mode="r")[1:]) is None  # nor slices of a file
-    assert E._file_identity(changed) is None
+    assert store.file_identity(np.load(path, mmap_mode="r+")) is None  # writable maps are never remembered
+    assert store.file_identity(np.load(path, mmap_mode="r")[1:]) is None  # nor slices of a file
+    assert store.file_identity(changed) is None
 
 
 def test_a_file_written_moments_ago_is_hashed_not_remembered(mobilenet, cache, tmp_path):
@@ -629,11 +631,11 @@ def test_a_file_written_moments_ago_is_hashed_not_remembered(mobilenet, cache, t
 
 
 def test_a_large_memmap_is_hashed_while_extracting_and_stops_on_a_hit(mobilenet, cache, tmp_path, monkeypatch):
-    """Over ``_HASH_FIRST_BYTES`` (0 here) the digest is computed on a helper thread during the extraction: the same
+    """Over ``HASH_FIRST_BYTES`` (0 here) the digest is computed on a helper thread during the extraction: the same
     numbers and cache entry as a plain extraction; a copy of a cached file (same bytes, not seen before) stops the
     extraction as soon as its digest is known (an encoder slowed to 0.2 s a batch; the digest takes microseconds)."""
-    monkeypatch.setattr(E, "_HASH_FIRST_BYTES", 0)
-    monkeypatch.setattr(E, "_RACY_SECONDS", 0.0)
+    monkeypatch.setattr(E, "HASH_FIRST_BYTES", 0)
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)
     arr = images(24, 32)
     plain = E.image_features(mobilenet, arr, batch_size=4, cache=False)
     got = E.image_features(mobilenet, _saved_memmap(tmp_path / "a.npy", arr), batch_size=4)
@@ -655,14 +657,14 @@ def test_a_large_memmap_is_hashed_while_extracting_and_stops_on_a_hit(mobilenet,
 def test_prefetch_and_release_leave_the_values_alone(tmp_path):
     arr = images(6, 16)
     mm = _saved_memmap(tmp_path / "p.npy", arr)
-    for f in (E.prefetch_rows, E.release_rows):
-        f(mm, 1, 4)
-        f(arr, 0, 6)  # in memory: a no-op
-        f(mm, 5, 99)  # clipped at the end
+    for advice in ("WILLNEED", "DONTNEED"):
+        E.advise_rows(mm, 1, 4, advice)
+        E.advise_rows(arr, 0, 6, advice)  # in memory: a no-op
+        E.advise_rows(mm, 5, 99, advice)  # clipped at the end
     np.testing.assert_array_equal(mm, arr)
     cow = np.load(tmp_path / "p.npy", mmap_mode="c")
     cow[0] = 0
-    E.release_rows(cow, 0, 6)  # a copy-on-write map keeps its private changes
+    E.advise_rows(cow, 0, 6, "DONTNEED")  # a copy-on-write map keeps its private changes
     assert (cow[0] == 0).all() and np.array_equal(cow[1:], arr[1:])
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise accounting is Linux's")
@@ -686,3 +688,28 @@ def test_hashing_a_memmap_does_not_keep_its_pages_resident(tmp_path):
     kept = _resident_bytes() - before
     assert kept > 80e6, f"reference pass kept only {kept / 1e6:.0f} MB resident: the measurement does not work here"
     assert released < 20e6, f"{released / 1e6:.0f} MB of the memmap stayed resident after hashing"
+
+
+def test_editing_the_encoders_source_misses_the_cache(mobilenet, minilm, cache, tmp_path, monkeypatch):
+    """The cache key covers this module's source (``store.code_digest``): features an older version of the code
+    computed are never loaded after an edit, and the unedited code finds its own entry again."""
+    arr, texts = images(2, 32), ["a man laughs"]
+    first, first_text = E.image_features(mobilenet, arr), E.text_features(minilm, texts)
+    edited = tmp_path / "encoders.py"
+    edited.write_text(open(E.__file__).read() + "\n# an edit\n")
+    real = store.code_digest
+    counter, text_counter = ForwardCounter(mobilenet), ForwardCounter(minilm)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(store, "code_digest", lambda *src: real(edited) if E.__file__ in map(str, src) else real(*src))
+            np.testing.assert_array_equal(E.image_features(mobilenet, arr), first)
+            assert counter.calls == 1, "a cache entry written by other code was loaded"
+            E.text_features(minilm, texts)
+            assert text_counter.calls == 1
+        E.image_features(mobilenet, arr)
+        E.text_features(minilm, texts)
+        assert (counter.calls, text_counter.calls) == (1, 1), "the unedited code must hit its own entries"
+    finally:
+        counter.handle.remove()
+        text_counter.handle.remove()
+    assert len(list(cache.glob("*.npy"))) == 4

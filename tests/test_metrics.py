@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from utils.labels import CATEGORIES
+from utils.labels import CATEGORIES, CONTINUOUS
 from utils.metrics import emotic_metrics, retrieval_chance, retrieval_metrics, retrieval_ranks
-from utils.results import emotic_payload, flickr_payload, load_predictions, save_predictions, write_json
+from utils.store import read_npz, write_json, write_npz
 
 
 # ------------------------------------------------------------------------------------------- references
@@ -195,8 +195,11 @@ def test_payloads_round_trip_and_reproduce_metrics(tmp_path):
     scores, labels = random_emotic(rng, n=40)
     vad_true = rng.uniform(1, 10, (40, 3))
     vad_pred = vad_true + rng.normal(size=(40, 3))
-    path = save_predictions(tmp_path / "emotic.npz", emotic_payload(scores, labels, vad_pred, vad_true))
-    p = load_predictions(path)
+    path = write_npz(tmp_path / "emotic.npz", {  # the keys and dtypes a notebook's predictions file uses
+        "scores": scores.astype(np.float32), "labels": labels.astype(np.uint8), "vad_pred": vad_pred.astype(np.float32),
+        "vad_true": vad_true.astype(np.float32), "categories": np.array(CATEGORIES),
+        "continuous": np.array(CONTINUOUS), "index": np.arange(40, dtype=np.int64)})
+    p = read_npz(path)
     assert set(p) == {"scores", "labels", "vad_pred", "vad_true", "categories", "continuous", "index"}
     assert p["categories"].tolist() == list(CATEGORIES)
     again = emotic_metrics(p["scores"], p["labels"], p["vad_pred"], p["vad_true"])
@@ -206,7 +209,9 @@ def test_payloads_round_trip_and_reproduce_metrics(tmp_path):
     sim, cap = five_captions(rng, m=6)
     names = [f"img{i}.jpg" for i in range(6)]
     texts = [f"caption {j}" for j in range(30)]
-    p = load_predictions(save_predictions(tmp_path / "flickr.npz", flickr_payload(sim, cap, names, texts)))
+    p = read_npz(write_npz(tmp_path / "flickr.npz", {"similarity": sim.astype(np.float32),
+                                                      "caption_image": np.asarray(cap, np.int64),
+                                                      "image_names": np.array(names), "captions": np.array(texts)}))
     assert p["caption_image"].dtype == np.int64 and p["captions"][3] == "caption 3"
     assert retrieval_metrics(p["similarity"], p["caption_image"]) == retrieval_metrics(sim.astype(np.float32), cap)
 

@@ -1,4 +1,5 @@
 """The one writer and the content keys: whole files or none, and keys that move with the code."""
+import hashlib
 import json
 import math
 import os
@@ -78,3 +79,24 @@ def test_code_digest_of_a_function_covers_its_module_and_a_package_its_files():
     assert store.code_digest(attack) == store.code_digest(*sorted(os.path.join(os.path.dirname(sparse.__file__), f)
                                                                    for f in os.listdir(os.path.dirname(sparse.__file__))
                                                                    if f.endswith(".py")))
+
+
+def test_a_remembered_digest_is_read_not_recomputed(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "RACY_SECONDS", 0.0)
+    np.save(tmp_path / "a.npy", np.arange(12, dtype=np.uint8).reshape(3, 4))
+    mm = np.load(tmp_path / "a.npy", mmap_mode="r")
+    calls = []
+
+    def compute(a):
+        calls.append(1)
+        return store.digest(np.asarray(a))
+
+    assert store.remembered_digest(mm, tmp_path / "c") is None  # nothing remembered, nothing computed
+    first = store.remembered_digest(mm, tmp_path / "c", compute)
+    assert store.remembered_digest(np.load(tmp_path / "a.npy", mmap_mode="r"), tmp_path / "c", compute) == first
+    assert len(calls) == 1
+    (memo,) = (tmp_path / "c" / "digests").iterdir()
+    memo.write_text("not a digest")  # a damaged memo is recomputed, never trusted
+    assert store.remembered_digest(mm, tmp_path / "c", compute) == first and len(calls) == 2
+    assert store.remembered_digest(np.asarray(mm), tmp_path / "c", compute) == first and len(calls) == 3  # in memory
+    assert store.file_sha256(tmp_path / "a.npy") == hashlib.sha256((tmp_path / "a.npy").read_bytes()).hexdigest()

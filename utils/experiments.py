@@ -25,7 +25,7 @@ from . import data as D
 from . import encoders, paths, stats, store
 from .metrics import emotic_metrics, retrieval_chance, retrieval_metrics
 from .models import EmoticBaseline, EmoticJoint, EmoticLoss, FlickrBaseline, FlickrJoint, WithEncoders
-from .results import load_predictions, save_predictions, write_json
+from .store import read_npz, write_json, write_npz
 from .labels import CATEGORIES
 from .person import top_emotions
 from .training import emotic_eval, fit, flickr_eval, flickr_pairs, predict, seed_everything
@@ -668,7 +668,7 @@ def save(name: str, cfg: dict, data: Data, summary: pd.DataFrame, payload: dict,
         elif isinstance(value, Findings):
             value = {"lines": value.lines, "targets": value.targets}
         doc[key] = value
-    predictions = save_predictions(out / "predictions" / f"{name}.npz", payload)
+    predictions = write_npz(out / "predictions" / f"{name}.npz", payload)
     doc["predictions"] = predictions.name
     return {"metrics": write_json(out / "metrics" / f"{name}.json", doc), "predictions": predictions}
 
@@ -678,7 +678,7 @@ def check_saved(name: str) -> None:
     independent checks are in ``tests/test_notebook_results.py``)."""
     out = paths.output_dir()
     doc = json.loads((out / "metrics" / f"{name}.json").read_text())
-    p = load_predictions(out / "predictions" / doc["predictions"])
+    p = read_npz(out / "predictions" / doc["predictions"])
     for s, label in zip(p["models"], p["model_labels"]):
         row = doc["summary"][str(label)]
         if "labels" in p:

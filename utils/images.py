@@ -2,7 +2,6 @@
 imports ``prep``): a new photo is cropped and squashed exactly as the training data were."""
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
@@ -45,8 +44,3 @@ def pixel_box(bbox, width: int, height: int) -> tuple[int, int, int, int] | None
     x2, y2 = min(max(math.ceil(bbox[2]), 0), width), min(max(math.ceil(bbox[3]), 0), height)
     return None if x2 <= x1 or y2 <= y1 else (x1, y1, x2, y2)
 
-
-def sha256_prefix(path, n: int = 12) -> str:
-    """Hex sha256 of a file, its first ``n`` characters."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:n]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import attack as A
+from . import store
 from .experiments import slug, train_emotic, train_flickr_joint
 from .robustness import (attack_items, attack_payload, attacked_rows, emotic_pipelines, emotic_right,
                          flickr_pipelines, members, merge_needed, rank1_rows, run_label)
@@ -274,7 +275,6 @@ def attack_shards(job: AttackJob, run, shard_size: int, key: str | None = None) 
     written; each shard is written whole under its final name or not at all. Returns ``{"computed": [...],
     "skipped": [...]}`` (shard indices). A failure names its shard and rows."""
     from .distributed import ShardError, shard_bounds, shards_of
-    from .results import save_predictions
 
     key = key or job.key
     folder = attack_shard_dir(job.cfg, key, shard_size)
@@ -289,7 +289,7 @@ def attack_shards(job: AttackJob, run, shard_size: int, key: str | None = None) 
         rows = job.rows[a:b]
         try:
             needed = attack_items(job.pipelines, job.images, rows, job.cfg, chunk=shard_size)
-            save_predictions(path, {**attack_arrays(needed, key, rows), "shard": np.array([i, len(bounds)])})
+            store.write_npz(path, {**attack_arrays(needed, key, rows), "shard": np.array([i, len(bounds)])})
         except Exception as e:
             raise ShardError(f"rank {run.rank}: shard {i} of {len(bounds)} (test rows {rows.tolist()}) failed, "
                              f"nothing written to {path}: {type(e).__name__}: {e}") from e
@@ -303,7 +303,6 @@ def merge_attack_shards(job: AttackJob, shard_size: int, key: str | None = None)
     where :func:`pixels_needed` looks for it. A missing or corrupt shard stops the merge, named; the merged file
     appears only complete."""
     from .distributed import ShardError, read_npz, shard_bounds
-    from .results import save_predictions
 
     key = key or job.key
     folder = attack_shard_dir(job.cfg, key, shard_size)
@@ -332,7 +331,7 @@ def merge_attack_shards(job: AttackJob, shard_size: int, key: str | None = None)
             parts.append(needed_from_arrays(arrays, where=str(path)))
         except ValueError as e:
             raise ShardError(f"shard {i} of {len(bounds)} {path} is corrupt: {e}; delete it and rerun") from e
-    return save_predictions(attack_results_path(job.cfg, key), attack_arrays(merge_needed(parts), key, job.rows))
+    return store.write_npz(attack_results_path(job.cfg, key), attack_arrays(merge_needed(parts), key, job.rows))
 
 
 

@@ -4,9 +4,7 @@ A stored result (features, a checkpoint, a precomputed attack, a prep output) is
 settings, the digests of its inputs and :func:`code_digest` of the source that computes it, so editing that source
 names a new file and a stale result is never loaded: there is no version constant to bump by hand.
 
-Every file is written by :func:`atomic_write`: a temporary name unique to the process and call, in the target's
-folder, flushed and fsynced, then renamed over the target. A reader (another rank, the main job's summary) never
-sees half a file, and a run killed mid-write leaves the previous file intact.
+Every file is written by :func:`atomic_write` (unique temporary, fsync, rename): a reader never sees half a file.
 """
 from __future__ import annotations
 
@@ -15,7 +13,10 @@ import inspect
 import io
 import json
 import math
+import mmap
 import os
+import re
+import time
 import uuid
 from pathlib import Path
 from types import ModuleType
@@ -67,6 +68,50 @@ def code_digest(*sources: ModuleType | Callable | str | os.PathLike) -> str:
     for path in sorted(files):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (weights files, prep sources)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+RACY_SECONDS = 2.0  # a file changed more recently than this has no identity: a write in the same tick would not show
+
+
+def file_identity(array: np.ndarray) -> str | None:
+    """What names the bytes of a read-only memmap spanning a whole file, without reading them: path, device,
+    inode, size, mtime and ctime (which moves with every write and cannot be set), layout. ``None`` otherwise."""
+    if not (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename
+            and array.mode == "r"):
+        return None  # in memory, a slice, or writable (its bytes can change without the file's times moving)
+    try:
+        st = os.stat(array.filename)
+    except OSError:
+        return None
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_SECONDS * 1e9:
+        return None
+    return "\0".join(str(v) for v in (os.path.realpath(array.filename), st.st_dev, st.st_ino, st.st_size,
+                                        st.st_mtime_ns, st.st_ctime_ns, array.offset, array.dtype.str,
+                                        array.shape, array.strides))
+
+
+def remembered_digest(array: np.ndarray, folder: str | os.PathLike,
+                      compute: Callable[[np.ndarray], str] | None = None) -> str | None:
+    """The content digest of ``array``: remembered in ``folder/digests`` for a memmapped file seen before (so a
+    cached notebook start reads nothing), else ``compute(array)``, remembered under the :func:`file_identity` taken
+    before hashing. ``None`` when nothing is remembered and ``compute`` is ``None``."""
+    identity = file_identity(array)
+    memo = Path(folder) / "digests" / f"{key(identity)}.txt" if identity is not None else None
+    try:
+        text = memo.read_text().strip() if memo is not None else ""
+    except OSError:
+        text = ""
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        text = None if compute is None else compute(array)
+        if memo is not None and text is not None:
+            atomic_write(memo, text + "\n")
+    return text
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], Any] | bytes | str) -> Path:

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
+from utils import store
 from utils.images import ImageReadError, PrepError, load_rgb, resize_rgb  # noqa: F401 (prep's names)
 
 T = TypeVar("T")
@@ -366,7 +367,7 @@ def staged_output(out_dir: str | os.PathLike, need_bytes: int = 0, report: Calla
             raise space_error(out, e) from e
         raise PrepError(f"{e.filename or out}: cannot create the output folder ({e.strerror or e})") from e
     try:
-        (stage / OWNER_FILE).write_text(json.dumps(_owner_record()) + "\n", encoding="utf-8")
+        store.write_json(stage / OWNER_FILE, _owner_record())
         yield stage
         for f in sorted(stage.iterdir()):
             if f.name != OWNER_FILE:
@@ -409,15 +410,20 @@ def shrink_array(path: str | os.PathLike, n_rows: int, chunk: int = 256) -> None
             f.write((header.ljust(room) + "\n").encode("latin1"))
             f.truncate(data_offset + int(np.prod(new_shape, dtype=np.int64)) * dtype.itemsize)
             return
-    tmp = path.with_name(path.name + ".shrink")
-    offset = create_array(tmp, new_shape, dtype)
     row_bytes = int(np.prod(new_shape[1:], dtype=np.int64)) * dtype.itemsize
-    for i in range(0, n_rows, chunk):
-        j = min(i + chunk, n_rows)
-        src = np.load(path, mmap_mode="r", allow_pickle=False)
-        write_rows(tmp, offset + i * row_bytes, src[i:j])
-        del src
-    os.replace(tmp, path)
+
+    def copy(f):  # chunk by chunk into a new C-order file: resident memory stays at one chunk
+        header = _npy_header(new_shape, dtype)
+        f.write(header)
+        allocate(f, len(header), n_rows * row_bytes)
+        f.seek(len(header))
+        for i in range(0, n_rows, chunk):
+            src = np.load(path, mmap_mode="r", allow_pickle=False)
+            f.write(memoryview(np.ascontiguousarray(src[i:min(i + chunk, n_rows)])).cast("B"))
+            del src
+
+    with _naming(path):
+        store.atomic_write(path, copy)
 
 
 class RowWriter:
@@ -465,11 +471,5 @@ class RowWriter:
 
 
 def sha256_prefix(path: str | os.PathLike, n: int = 12) -> str:
-    """Hex sha256 of a file, first ``n`` characters (used to record and check source and weight files)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
+    """Hex sha256 of a file, first ``n`` characters (used to record and check source files)."""
+    return store.file_sha256(path)[:n]
