@@ -49,9 +49,10 @@ def _env(output: Path, cache: Path, **extra) -> dict:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """Smoke data prepared, features cached and models trained once; the single-process reference attack."""
+    from conftest import prepare_data
+
     root = tmp_path_factory.mktemp("distributed")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "run_all.py"), "--profile", "smoke", "--prepare-only"],
-                   cwd=REPO, check=True, capture_output=True)
+    prepare_data()  # the notebooks' smoke data (once per session, under a lock the xdist workers share)
     env = _env(root / "warm", root / "cache")
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith("MMER_")})

@@ -479,8 +479,7 @@ def _edit_json(path: Path, edit) -> None:
                                                ("01_emotic_baseline", "chance", "dominant acc"),
                                                ("02_flickr8k_baseline", "both maps", "i2t R@1")])
 def test_a_saved_number_off_by_one_point_fails_its_checker(name, row, column, notebook_runner, tmp_path):
-    out = _copy_outputs(notebook_runner, [name], tmp_path)
-    CHECKS[name](out)  # the copy passes as it is
+    out = _copy_outputs(notebook_runner, [name], tmp_path)  # unedited, it passes: test_notebook_results
 
     def bump(doc):
         doc["summary"][row][column] += 1.0
