@@ -2,7 +2,8 @@
 #   make run    prepare data (bundled synthetic data unless real data is configured) and execute all notebooks;
 #               the demo profile also rewrites the results block of README.md from the saved outputs
 #   make test   unit tests, then nbval executes every notebook on the smoke fixtures, then their saved numbers are
-#               recomputed (unit tests alone: .venv/bin/python -m pytest -m "not notebook")
+#               recomputed, in two xdist workers (unit tests alone: .venv/bin/python -m pytest -m "not notebook";
+#               one process: add -n 0)
 #   make gpu-check  on a CUDA machine: the tests and the demo notebooks on the GPU, with their times
 #   make bench      the benchmark scripts (they print figures; none is a test)
 PYTHON ?= python3

@@ -7,9 +7,16 @@ generated in the real raw formats and passed through the two prep scripts, exact
 is emptied. Collection order: unit tests, then the notebooks in reading order, then the tests that recompute every
 number the notebooks saved (marker ``notebook``; they read what nbval's run wrote, through the ``notebook_runner``
 fixture). ``pytest -m "not notebook"`` runs the unit tests alone.
+
+Two pytest-xdist workers (``-n 2 --dist loadgroup`` in pyproject.toml; ``-n 0`` runs in one process): nbval's notebooks
+and the tests that read their outputs form one group ("notebooks"), sent first and whole to one worker in the order
+above; the other tests are grouped by module (a module's fixtures are built once) and fill both workers. Every
+process, the notebook kernels included, runs one OpenMP thread: on 2 cores, threads of two workers spin against each
+other (a MobileNet call then costs ten times as long).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -24,7 +31,9 @@ REPO = Path(__file__).resolve().parent
 CELL_TIMEOUT = 600  # seconds allowed per notebook cell in the re-runs (NotebookRunner); nbval's own: --nbval-cell-timeout
 KERNEL_ENV: dict[str, str] = {}  # the environment the notebook kernels get, fixed by pytest_configure
 _NOTEBOOK_FAILURES: dict[str, list[str]] = {}  # notebook name -> failing cells, as nbval reported them
-_PREPARED: list[Path] = []
+_PREPARED: list[bool] = []
+#: test modules that take the longest (subprocesses, notebook re-runs): started first on the worker the notebooks leave
+LONG_MODULES = ("test_distributed", "test_describe", "test_notebooks_with_clip")
 
 
 def pytest_addoption(parser):
@@ -40,6 +49,10 @@ def pytest_configure(config):
     # Always the throw-away folder (never a user's MMER_OUTPUT): the notebook run empties it.
     os.environ["MMER_OUTPUT"] = str(REPO / "outputs" / f"test-{profile}")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    if "torch" in sys.modules:  # set before torch starts its thread pool, but a plugin may have imported it
+        sys.modules["torch"].set_num_threads(1)
     KERNEL_ENV.clear()
     KERNEL_ENV.update(os.environ)
 
@@ -54,31 +67,40 @@ def pytest_collection_modifyitems(session, config, items):
     for item in items:
         if _is_notebook(item):
             item.add_marker(pytest.mark.notebook)
+        shared = _is_notebook(item) or "notebook_runner" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("notebooks" if shared else item.path.stem))
+    parallel = hasattr(config, "workerinput")  # an xdist worker (xdist resets their `dist` option to "no")
 
     def stage(item) -> int:
+        if parallel:  # xdist hands out groups in collection order: the longest ones first
+            return -2 if _is_notebook(item) else -1 if item.path.stem in LONG_MODULES else 0
         return 1 if _is_notebook(item) else 2 if item.get_closest_marker("notebook") else 0
     items.sort(key=stage)
 
 
-def prepare_data() -> Path:
-    """Smoke/demo data prepared once per session (a ``full`` profile's artefacts must already exist); the notebooks'
-    output folder emptied, so checkpoints of an earlier session cannot hide a training failure."""
-    if not _PREPARED:
-        profile = KERNEL_ENV["MMER_PROFILE"]
-        if profile != "full":
+def prepare_data() -> None:
+    """Smoke/demo data prepared once per session (a ``full`` profile's artefacts must already exist), under a lock
+    that the xdist workers share (the prep script skips steps whose outputs are fresh)."""
+    if _PREPARED:
+        return
+    profile = KERNEL_ENV["MMER_PROFILE"]
+    if profile != "full":
+        (REPO / "data").mkdir(exist_ok=True)
+        with open(REPO / "data" / f".prepare-{profile}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             subprocess.run([sys.executable, str(REPO / "scripts" / "run_all.py"), "--profile", profile,
                             "--prepare-only"], cwd=REPO, check=True, env=KERNEL_ENV)
-        output = Path(KERNEL_ENV["MMER_OUTPUT"])
-        shutil.rmtree(output, ignore_errors=True)
-        output.mkdir(parents=True)
-        _PREPARED.append(output)
-    return _PREPARED[0]
+    _PREPARED.append(True)
 
 
 @pytest.hookimpl(tryfirst=True)  # before nbval starts the notebook's kernel
 def pytest_runtest_setup(item):
-    if _is_notebook(item) and not _PREPARED:
+    if _is_notebook(item) and not _NOTEBOOK_FAILURES:  # the first notebook cell of the session
         prepare_data()
+        # the notebooks' output folder emptied, so checkpoints of an earlier session cannot hide a training failure
+        output = Path(KERNEL_ENV["MMER_OUTPUT"])
+        shutil.rmtree(output, ignore_errors=True)
+        output.mkdir(parents=True)
         # The kernels inherit this process's environment: the one fixed at configure time, whatever a unit test left.
         os.environ.clear()
         os.environ.update(KERNEL_ENV)

@@ -1,7 +1,10 @@
 """utils.batching: the probe keeps the fastest batch and layout of a model whose cost per call is known, stops at
-out-of-memory, is cached in memory and on disk, and MMER_INFERENCE_BATCH overrides it."""
+out-of-memory, is cached in memory and on disk, and MMER_INFERENCE_BATCH overrides it.
+
+The model's cost is charged to a fake clock that the probe reads (``batching.time``), so the probe's logic is tested
+in milliseconds and its measured rates are exact."""
 import json
-import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,9 +12,24 @@ import torch
 from utils import batching
 
 
+class Clock:
+    """A clock that only the model's calls advance: ``perf_counter`` for the probe, ``spend`` for the model."""
+
+    now = 0.0
+
+    @classmethod
+    def perf_counter(cls) -> float:
+        return cls.now
+
+    @classmethod
+    def spend(cls, seconds: float) -> None:
+        cls.now += seconds
+
+
 class Timed(torch.nn.Module):
-    """A model whose call costs a known time: fixed + per image + a quadratic term (memory traffic), twice as much
-    in the default layout. Fastest per image at batch 8 in channels_last (of the sizes probed)."""
+    """A model whose call costs a known time on :class:`Clock`: fixed + per image + a quadratic term (memory
+    traffic), twice as much in the default layout. Fastest per image at batch 8 in channels_last (of the sizes
+    probed)."""
 
     def __init__(self, oom_above=None):
         super().__init__()
@@ -22,7 +40,7 @@ class Timed(torch.nn.Module):
         b = len(x)
         if self.oom_above and b > self.oom_above:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        time.sleep(2 * (0.004 + 0.0005 * b + 0.00005 * b * b) * (1 if self.channels_last else 2))
+        Clock.spend(2 * (0.004 + 0.0005 * b + 0.00005 * b * b) * (1 if self.channels_last else 2))
         return x
 
 
@@ -34,16 +52,24 @@ def fresh(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture
+def clock(fresh, monkeypatch):
+    """``fresh``, and the probe reads the fake clock."""
+    monkeypatch.setattr(batching, "time", SimpleNamespace(perf_counter=Clock.perf_counter))
+    return fresh
+
+
 def expected_rate(b, cl):
     return b / (2 * (0.004 + 0.0005 * b + 0.00005 * b * b) * (1 if cl else 2))
 
 
-def test_probe_keeps_the_fastest_batch_and_layout_and_caches_it(fresh):
+def test_probe_keeps_the_fastest_batch_and_layout_and_caches_it(clock):
     model = Timed()
     choice = batching.for_module(model, (3, 4, 4), name="timed")
     assert (choice.batch, choice.channels_last, choice.source) == (8, True, "probe")
     assert model.channels_last is True  # left in the chosen layout
-    # every measured rate is what the model's known cost allows (sleep only overshoots: never above, near it)
+    # every measured rate is what the model's known cost allows (exactly, on the fake clock; the bounds are those
+    # a real sleep met: it only overshoots)
     for key, rate in choice.rates.items():
         layout, b = key.split("/")
         want = expected_rate(int(b), layout == "channels_last")
@@ -55,14 +81,14 @@ def test_probe_keeps_the_fastest_batch_and_layout_and_caches_it(fresh):
     batching._MEMORY.clear()
     again = batching.for_module(model, (3, 4, 4), name="timed")
     assert (again.batch, again.channels_last, again.source, model.calls) == (8, True, "cache", calls)
-    saved = json.loads((fresh / "batch_probe.json").read_text())
+    saved = json.loads((clock / "batch_probe.json").read_text())
     assert [v["batch"] for v in saved.values()] == [8]
     assert list(batching._MEMORY.values())[0].batch == 8
     # another input shape is another probe
     assert batching.for_module(model, (3, 8, 8), name="timed").source == "probe"
 
 
-def test_the_setting_overrides_the_batch_size(fresh, monkeypatch):
+def test_the_setting_overrides_the_batch_size(clock, monkeypatch):
     monkeypatch.setenv(batching.ENV, "3")
     model = Timed()
     choice = batching.for_module(model, (3, 4, 4), name="timed")
@@ -76,7 +102,7 @@ def test_the_setting_overrides_the_batch_size(fresh, monkeypatch):
             batching.for_module(model, (3, 4, 4), name="timed")
 
 
-def test_out_of_memory_stops_the_growth(fresh):
+def test_out_of_memory_stops_the_growth(clock):
     choice = batching.probe(Timed(oom_above=4), (3, 4, 4), torch.device("cpu"), lambda cl: None)
     assert choice.batch == 4 and max(int(k.split("/")[1]) for k in choice.rates) == 4
     with pytest.raises(RuntimeError, match="not even batch 1 fits"):
@@ -89,13 +115,14 @@ def test_the_environment_variable_is_a_known_setting():
     config.load("emotic", "smoke", environ={batching.ENV: "4"})  # not an unknown knob
 
 
-def test_gpu_check_reports_the_choice_per_device(fresh):
+def test_gpu_check_reports_the_choice_per_device(fresh, monkeypatch):
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parent.parent / "scripts/gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(batching, "SIZES", (1, 2, 4))  # the real model, timed for real: a few small batches suffice
     try:
         got = gpu_check.probe_choices(("cpu",), size=32)
     except Exception as e:

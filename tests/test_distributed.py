@@ -1,6 +1,6 @@
 """The robustness attacks sharded over processes (scripts/robustness.py under torchrun) against the single-process
-result, value by value: two gloo processes give the very arrays one process gives; a killed run resumes without
-redoing its finished shards; a failing shard, a missing or corrupt shard file stop with their names; the sharded
+result, value by value: a killed run resumed by two gloo processes redoes none of its finished shards and gives the
+very arrays one process gives; a failing shard, a missing or corrupt shard file stop with their names; the sharded
 feature extraction fills the cache with the numbers a single extraction gives.
 
 The torchrun tests run on the smoke Flickr8k data (prepared once, as for the notebooks) with a budget that fools
@@ -49,9 +49,10 @@ def _env(output: Path, cache: Path, **extra) -> dict:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """Smoke data prepared, features cached and models trained once; the single-process reference attack."""
+    from conftest import prepare_data
+
     root = tmp_path_factory.mktemp("distributed")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "run_all.py"), "--profile", "smoke", "--prepare-only"],
-                   cwd=REPO, check=True, capture_output=True)
+    prepare_data()  # the notebooks' smoke data (once per session, under a lock the xdist workers share)
     env = _env(root / "warm", root / "cache")
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith("MMER_")})
@@ -97,15 +98,41 @@ def _merged(smoke, out: Path) -> dict:
     return D.read_npz(path)
 
 
-def test_two_gloo_processes_give_the_single_process_arrays(smoke):
+def test_a_killed_run_resumed_by_two_gloo_processes_gives_the_single_process_arrays(smoke):
+    """One process killed after its first shard; two gloo processes resume it without redoing the finished shards
+    (shard i on rank i % 2) and merge the very arrays one process gives. (One launch serves both claims: a resume
+    and a two-rank run, each of which used to start its own.)"""
     ref = smoke["reference"]
     assert any((ref[f"{s}_black_box_k_needed"] > 0).any() for s in ("both_maps", "joint_both_towers"))  # some fooled
-    out = _output_with_models(smoke, "two")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SCRIPT, *ARGS],
-                          env=_env(out, smoke["root"] / "cache"), cwd=REPO, capture_output=True, text=True,
-                          check=False, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "[rank 1/2] computed shards [1, 3]" in proc.stdout  # both ranks worked: shard i on rank i % 2
+    out = _output_with_models(smoke, "killed")
+    env = _env(out, smoke["root"] / "cache")
+    shards = out / "attacks" / f"flickr8k_{smoke['job'].key}.shards-1"
+    first = subprocess.Popen([sys.executable, SCRIPT, *ARGS], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(shards.glob("shard-*.npz")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.poll() is None, ("the run ended before its first shard appeared under the expected key:\n"
+                                  + first.stdout.read().decode(errors="replace"))
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.npz")}
+    assert 1 <= len(written) < 4, f"the run was not stopped midway: {sorted(written)}"
+    assert not (out / "attacks" / f"flickr8k_{smoke['job'].key}.npz").exists()  # no merged file from a dead run
+    for name in written:  # whatever has a final name is complete
+        D.read_npz(shards / name)
+
+    second = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SCRIPT, *ARGS],
+                            env=env, cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    skipped = sorted(int(n[6:11]) for n in written)
+    for rank in (0, 1):  # shard i on rank i % 2, each rank skipping its shards already written
+        mine = [i for i in range(4) if i % 2 == rank]
+        computed, passed = [i for i in mine if i not in skipped], [i for i in mine if i in skipped]
+        assert f"[rank {rank}/2] computed shards {computed}, skipped (already written) {passed}" in second.stdout, \
+            second.stdout
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.npz")
+            if p.name in written} == written  # not rewritten
     _same_arrays(_merged(smoke, out), ref)
 
     # the notebook's call finds the merged file for its configuration and returns the same objects
@@ -125,35 +152,6 @@ def test_two_gloo_processes_give_the_single_process_arrays(smoke):
     finally:
         os.environ.clear()
         os.environ.update(saved)
-
-
-def test_killed_run_resumes_without_redoing_finished_shards(smoke):
-    out = _output_with_models(smoke, "killed")
-    env = _env(out, smoke["root"] / "cache")
-    shards = out / "attacks" / f"flickr8k_{smoke['job'].key}.shards-1"
-    first = subprocess.Popen([sys.executable, SCRIPT, *ARGS], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not list(shards.glob("shard-*.npz")) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert first.poll() is None, ("the run ended before its first shard appeared under the expected key:\n"
-                                  + first.stdout.read().decode(errors="replace"))
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.npz")}
-    assert 1 <= len(written) < 4, f"the run was not stopped midway: {sorted(written)}"
-    assert not (out / "attacks" / f"flickr8k_{smoke['job'].key}.npz").exists()  # no merged file from a dead run
-    for name in written:  # whatever has a final name is complete
-        D.read_npz(shards / name)
-
-    second = subprocess.run([sys.executable, SCRIPT, *ARGS], env=env, cwd=REPO, capture_output=True, text=True,
-                            check=False, timeout=300)
-    assert second.returncode == 0, second.stdout + second.stderr
-    skipped = sorted(int(n[6:11]) for n in written)
-    assert f"skipped (already written) {skipped}" in second.stdout
-    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.npz")
-            if p.name in written} == written  # not rewritten
-    _same_arrays(_merged(smoke, out), smoke["reference"])
 
 
 def test_sharded_features_match_one_extraction(smoke):
