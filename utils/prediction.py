@@ -2,8 +2,8 @@
 
 Why a module: the script only parses arguments and prints; finding the checkpoint, the per-category thresholds and
 the description of a new person live here, where tests reach them. Nothing is re-implemented: the checkpoint is
-the one ``utils.experiments.train_emotic`` saved (found by its record, every setting it holds checked against the
-current ones), the model is rebuilt by ``emotic_model``, and the photo goes through ``training.top_emotions``,
+the one ``utils.emotic.train`` saved (found by its record, every setting it holds checked against the
+current ones), the model is rebuilt by ``emotic.model``, and the photo goes through ``training.top_emotions``,
 which crops and squashes it as ``mat2py.py`` does (scene 224, body 128).
 
 Thresholds: for each category, the score threshold that maximises F1 on the validation split, over the model's
@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
+from . import emotic
 from . import experiments as X
-from . import paths
+from . import paths, store
 from .labels import CATEGORIES
-from .training import load_checkpoint, predict, top_emotions
+from .training import predict, top_emotions
 
 
 class PredictError(RuntimeError):
@@ -59,8 +60,8 @@ _NOT_SETTINGS = {"experiment", "label", "tag", "encoders", "align_weight"}
 
 def find_checkpoint(label: str, cfg: dict, data: X.Data) -> Path:
     """The checkpoint of ``label`` trained on these data with these settings; the errors say what differs."""
-    if label not in X.EMOTIC_MODELS:
-        raise PredictError(f"unknown model {label!r}: expected one of {', '.join(map(repr, X.EMOTIC_MODELS))}")
+    if label not in emotic.MODELS:
+        raise PredictError(f"unknown model {label!r}: expected one of {', '.join(map(repr, emotic.MODELS))}")
     found = _records(label)
     if not found:
         raise PredictError(f"{paths.output_dir() / 'checkpoints'}: no checkpoint of {label!r}; run notebook 01 "
@@ -71,7 +72,7 @@ def find_checkpoint(label: str, cfg: dict, data: X.Data) -> Path:
         raise PredictError(f"{ckpt}: trained with other encoders ({key.get('encoders')}) than the current settings "
                            f"load ({data.encoders}); set MMER_IMAGE_ENCODER / MMER_TEXT_ENCODER / MMER_ENCODERS as "
                            f"for that training")
-    want = {"seed": cfg["seed"], "train": data.digest["train"], "val": data.digest["val"], "recipe": X.RECIPE_VERSION}
+    want = {"seed": cfg["seed"], "train": data.digest["train"], "val": data.digest["val"], "code": X.training_code()}
     fits, differ = [], {}
     for ckpt, key in same_encoders:
         # every setting the record holds (the recipe's knobs) must be the current one; align_weight None means
@@ -114,10 +115,10 @@ def load(label: str, cfg: dict, device=None) -> Loaded:
     """Data (for the encoders, the validation split and the training digests), the checkpoint and its thresholds."""
     import torch
 
-    data = X.emotic_data(cfg)
+    data = emotic.data(cfg)
     ckpt = find_checkpoint(label, cfg, data)
     torch.manual_seed(cfg["seed"])
-    model = load_checkpoint(X.emotic_model(label, cfg, data.dims), ckpt).eval()
+    model = store.load_state(ckpt, emotic.model(label, cfg, data.dims)).eval()
     if device is not None:
         model.to(device)
     val = data.features["val"]
