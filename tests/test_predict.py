@@ -1,7 +1,7 @@
 """scripts/predict.py: a notebook's trained Emotic model on a photo it has never seen.
 
 Set-up, once: the smoke synthetic Emotic, described by a tiny random LLaVA (scripts/describe.py), prepared by
-mat2py.py with that CSV, and two models trained on it by the notebooks' own recipe (``train_emotic``). The printed
+mat2py.py with that CSV, and two models trained on it by the notebooks' own recipe (``emotic.train``). The printed
 probabilities, thresholds and VAD are checked against a reference computed here: the crop and squash by hand,
 the features by the encoders, the head by the checkpoint's state dict, the thresholds by a brute-force F1 search.
 """

@@ -3,8 +3,9 @@
 One module per concern, so a file name says where a thing lives. What the notebooks import:
 
 - ``config``       every experiment's settings per size profile (smoke / demo / full), overridable by MMER_<NAME>.
-- ``experiments``  parts 1 and 2: data with frozen features, train-or-load recipes, tables with intervals, findings.
-- ``robustness``   part 3: attacked items, pixels-needed curves, paired attack tests, defence, poisoning.
+- ``emotic``, ``flickr8k``  one module per dataset: data, models and recipes, tables, findings, attacks, poisoning.
+- ``experiments``  what both share: frozen features, train-or-load, tables with intervals, findings, saving.
+- ``robustness``   part 3, shared: attacked items, pixels needed, paired attack tests, defence, verdicts.
 - ``plots``        the figures the notebooks show.
 
 What those are built on:

@@ -158,7 +158,7 @@ def read_npz(path: Path, what: str = "file") -> dict[str, np.ndarray]:
 def sharded_features(run: Launch, encoder, items, shard_size: int, kind: str = "image"):
     """Frozen-encoder features of ``items`` (uint8 photos for ``kind="image"``, strings for ``"text"``) computed by
     every rank on its shards, then assembled by rank 0 into the content-keyed cache of ``utils.encoders`` under
-    the key of the whole input: the entry ``emotic_data`` / ``flickr_data`` look up. Returns the array on rank 0
+    the key of the whole input: the entry ``emotic.data`` / ``flickr8k.data`` look up. Returns the array on rank 0
     (``None`` elsewhere); a whole input already cached is read, not recomputed.
 
     Each shard is extracted through ``image_features`` / ``text_features`` and so lands in the cache under its own

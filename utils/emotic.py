@@ -68,7 +68,6 @@ def data(cfg: dict) -> Data:
     return X.with_features(Data, "emotic", cfg, root, splits, featurise)
 
 
-# ------------------------------------------------------------------------------------------------ training
 def model(label: str, cfg: dict, dims: dict, align_weight: float | None = None):
     """A fresh, untrained model of row ``label`` (sizes from the features, so any encoder works)."""
     family, inputs = MODELS[label]
@@ -86,9 +85,8 @@ def model(label: str, cfg: dict, dims: dict, align_weight: float | None = None):
 def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, align_weight: float | None = None,
           train: dict | None = None, tag: str = "clean", progress: bool = True, finetune=None,
           val: dict | None = None) -> X.Trained:
-    """Train (or load) model ``label``; best epoch by validation mAP. ``train`` replaces the training features
-    (e.g. poisoned ones, named by ``tag``). ``finetune``: the trainable end of the image encoder; ``train`` and
-    ``val`` then hold its prefix maps under ``body``/``context`` and the blocks train with the heads."""
+    """Train (or load) model ``label``, best epoch by validation mAP; ``train``: other (e.g. poisoned, ``tag``)
+    features; ``finetune``: the encoder's last blocks, trained with the heads on the prefix maps in ``train``/``val``."""
     family = MODELS[label][0]
     train = data.features["train"] if train is None else train
     seed = cfg["seed"] if seed is None else seed
@@ -112,10 +110,8 @@ def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, align_w
                                train, data.features["val"] if val is None else val, fit_kwargs, progress)
 
 
-# ------------------------------------------------------------------------------------------------ evaluation
 def chance(data: Data) -> dict:
-    """A model that ignores its input: training prevalence as scores (a random scorer's expected AP), the training
-    mean VAD."""
+    """A model that ignores its input: the training prevalence as scores, the training-mean VAD."""
     train, n = data.features["train"], len(data.features["test"]["cat"])
     return {"scores": np.tile(train["cat"].mean(0), (n, 1)), "vad": np.tile(train["cont"].mean(0), (n, 1))}
 
@@ -127,8 +123,7 @@ def predictions(models: dict, data: Data, split: str = "test") -> dict:
 
 
 def table(preds: dict, data: Data, cfg: dict) -> pd.DataFrame:
-    """mAP (bias-corrected), VAD MAE and dominant accuracy per model with 95 % bootstrap intervals over test
-    persons, plus chance. ``attrs["test_items"]``: the number of test persons."""
+    """mAP (bias-corrected), VAD MAE and dominant accuracy with 95 % bootstrap intervals, plus chance."""
     test = data.features["test"]
     rows = {}
     for label, p in {**preds, "chance": chance(data)}.items():
@@ -158,8 +153,7 @@ def seed_table(data: Data, cfg: dict, labels: list[str], metric: str = "mAP") ->
 
 
 def alignment(preds: dict, trained: dict, cfg: dict) -> pd.DataFrame:
-    """How well the joint models' shared spaces align: person retrieval among the test persons (image embedding
-    against text embeddings and back; chance R@1 = 100/N), the learned temperature, and lambda."""
+    """The joint models' shared spaces: person retrieval among the test persons, temperature and lambda."""
     rows = {}
     for label, p in preds.items():
         if "z_image" not in p or "z_text" not in p:
@@ -193,8 +187,7 @@ def per_category(preds: dict, data: Data) -> pd.DataFrame:
 
 
 def examples(data: Data, models: dict, n: int, seed: int) -> list[dict]:
-    """``n`` seeded test persons through ``top_emotions``, from the original photo when the manifest's image folder
-    is on this machine, else from the prepared 224 x 224 scene."""
+    """``n`` seeded test persons through ``top_emotions``, from the original photo when it is on this machine."""
     split = data.splits["test"]
     manifest = json.loads((data.root / "manifest.json").read_text())
     images = Path(manifest.get("source", {}).get("images") or "")
@@ -219,7 +212,6 @@ def example_panels(data: Data, examples: list[dict], label: str) -> tuple:
             [split.table["categories"].iloc[i] for i in rows], [e["top"][label] for e in examples])
 
 
-# ------------------------------------------------------------------------------------------------ findings
 def findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame, singles: list[str],
              main: str) -> X.Findings:
     """Notebook 01: each single input against chance, the fusion against the best single input, VAD."""
@@ -267,10 +259,8 @@ def joint_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.Dat
     return X.Findings(lines + X.caution("emotic", table), targets)
 
 
-# -------------------------------------------------------------------------------------------------- saving
 def payload(preds: dict, data: Data, main: str) -> dict:
-    """The predictions file: ``labels`` (N, 26) uint8, ``vad_true`` (N, 3), ``index`` (row of ``test.csv``),
-    ``categories``, the model index and per model ``<slug>_scores`` (N, 26) and ``<slug>_vad_pred`` (N, 3)."""
+    """The predictions file: ground truth, test row index, categories, per model scores and VAD (docs/results.md)."""
     test = data.features["test"]
     return X.model_arrays({"labels": test["cat"].astype(np.uint8), "vad_true": test["cont"].astype(np.float32),
                            "index": data.splits["test"].table["index"].to_numpy(np.int64),
@@ -290,7 +280,6 @@ def check_saved(name: str) -> None:
     X.check_saved(name, _recompute)
 
 
-# ------------------------------------------------------------------------------------------------ robustness
 def right(preds: dict, data: Data) -> dict:
     """label -> bool per test person: the top-scored category is a true one."""
     truth = data.features["test"]["cat"] > 0.5
@@ -298,8 +287,7 @@ def right(preds: dict, data: Data) -> dict:
 
 
 def pipelines(data: Data, models: dict) -> dict:
-    """label -> the pixel pipeline of that model (scene edited, body crop re-derived from it, text held clean),
-    keyed by the encoder, the model's weights and the side data."""
+    """label -> the pixel pipeline of that model (text held clean), keyed by encoder, weights and side data."""
     test, boxes = data.features["test"], np.asarray(data.splits["test"].boxes_224)
     return {label: R.keyed(A.EmoticPixelPipeline(data.image_encoder, m, test["text"], boxes, test["cat"]),
                            data.encoders["image"], R.model_key(m), test["text"], boxes, test["cat"])
@@ -307,8 +295,7 @@ def pipelines(data: Data, models: dict) -> dict:
 
 
 def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg: dict) -> tuple[pd.DataFrame, dict]:
-    """The median filter's price (clean test mAP without and with it on both image inputs), the transfer and the
-    adaptive attack (``robustness.defence_table``); returns the table and the adaptive searches."""
+    """The median filter's price in clean mAP, the transfer and the adaptive attack; (table, adaptive searches)."""
     split, test = data.splits["test"], data.features["test"]
     filtered = {kind: encoders.image_features(data.image_encoder, median_filter_defence(
         np.asarray(getattr(split, kind)), cfg["median_size"]), desc=f"filtered {kind}") for kind in ("body", "context")}
@@ -322,16 +309,15 @@ def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg
 
 
 def prefix_maps(prefix, images: np.ndarray, desc: str | None = None) -> np.ndarray:
-    """The frozen prefix of a split encoder (``ImageEncoder.split``) on uint8 images: float32 maps (N, C, h, w)."""
+    """The frozen prefix of a split encoder on uint8 images: float32 maps (N, C, h, w)."""
     out = [maps for _, maps in encoders.batched_outputs(prefix, images, prefix.mean.device, None, desc,
                                                          autocast=False)]
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
 def poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Pixel-trigger poisoning of a seeded fraction of training photos, labels switched to the target; each model
-    retrained on frozen features and, with ``poison_finetune="last"``, end to end (the encoder's final blocks too).
-    Returns the table (docs/robustness.md) and the raw scores keyed by (model, fraction)."""
+    """Pixel-trigger poisoning on frozen features and, with ``poison_finetune="last"``, end to end
+    (docs/robustness.md); returns the table and the scores keyed by (model, fraction)."""
     if cfg["poison_finetune"] not in (None, False, "last"):
         raise ValueError(f"poison_finetune must be null (or false) or 'last', got {cfg['poison_finetune']!r}")
     tables, scores = [], {}
@@ -393,7 +379,7 @@ def top_category(scores) -> str:
 
 
 def gallery(data: Data, needed: dict, n: int, path=None):
-    """The first ``n`` successful attacks: scene before and after, the changed pixels, top category before and after."""
+    """The first ``n`` successful attacks: scene and top category before and after, the changed pixels."""
     scenes, wins = data.splits["test"].context, R.successes(needed)[:n]
     if not wins:
         return None

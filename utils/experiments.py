@@ -38,7 +38,6 @@ def threads(n: int | None):
         torch.set_num_threads(before)
 
 
-# ------------------------------------------------------------------------------------------------ data
 @dataclass
 class Data:
     """A prepared dataset with its frozen-encoder features, per split (``digest``: split -> content key)."""
@@ -84,7 +83,6 @@ def with_features(cls, name: str, cfg: dict, root: Path, splits: dict, featurise
                {s: features_digest(f) for s, f in features.items()})
 
 
-# ------------------------------------------------------------------------------------- train or load
 @dataclass
 class Trained:
     """A trained model with its training history; ``reused`` when it was loaded from an identical earlier run."""
@@ -102,8 +100,8 @@ def training_code() -> str:
 
 
 def train_or_load(model: nn.Module, label: str, key: dict, train, val, fit_kwargs: dict, progress: bool) -> Trained:
-    """Load the checkpoint named by ``key`` (settings and input digests) and the training code, or train and save
-    it. The record (``.json`` beside the ``.pt``) is written last, so a run killed mid-training is never reused."""
+    """Load the checkpoint named by ``key`` (settings, input digests) and the training code, or train and save
+    it; the record is written last, so a run killed mid-training is never reused."""
     key = {**key, "code": training_code()}
     ckpt = paths.output_dir() / "checkpoints" / f"{key['experiment']}_{slug(label)}_{store.key(key)}.pt"
     record = ckpt.with_suffix(".json")
@@ -129,7 +127,6 @@ def training_summary(trained: dict) -> pd.DataFrame:
                                  "reused checkpoint": t.reused} for label, t in trained.items()}).T
 
 
-# ------------------------------------------------------------------------------------------------ tables
 def with_intervals(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     """A table for reading: each metric as ``"41.6 [39.2, 44.0]"`` (estimate and 95 % interval) in one cell."""
     metrics = [c for c in table.columns if not c.endswith((" low", " high"))]
@@ -150,8 +147,7 @@ def interval_columns(columns: dict) -> dict:
 
 
 def compare(pairs: list[tuple[str, str]], metric: str, paired) -> pd.DataFrame:
-    """Paired comparisons on the same test items (``paired(a, b)``: a ``stats.compare_*`` result): difference a - b
-    with its 95 % paired-bootstrap interval, the permutation p-value and the sentence a notebook prints."""
+    """Paired comparisons (``paired(a, b)``: a ``stats.compare_*`` result) with the sentence a notebook prints."""
     rows = {}
     for a, b in pairs:
         r = paired(a, b)
@@ -171,7 +167,6 @@ def seed_table(cfg: dict, labels: list[str], metric: str, score) -> pd.DataFrame
     return pd.DataFrame(rows).T
 
 
-# --------------------------------------------------------------------------------------------- findings
 @dataclass
 class Findings:
     """What a notebook concludes, as sentences computed from its results, and the targets they rest on."""
@@ -194,15 +189,13 @@ def caution(name: str, table: pd.DataFrame) -> list:
     return [f"**caution**: {note}"] if note else []
 
 
-# -------------------------------------------------------------------------------------------------- saving
 def figure(name: str, what: str) -> Path:
     """Where a notebook's figure goes: ``<output>/figures/<notebook>_<what>.png``."""
     return paths.output_dir() / "figures" / f"{name}_{what}.png"
 
 
 def model_arrays(payload: dict, arrays: dict, main: str) -> dict:
-    """A predictions file's model index (``models`` slugs, ``model_labels``, ``main``) and ``<slug>_<what>`` arrays
-    (``arrays``: label -> {what: array})."""
+    """``payload`` with the model index (slugs, labels, main) and ``<slug>_<what>`` arrays per model."""
     out = {**payload, "models": np.array([slug(k) for k in arrays]), "model_labels": np.array(list(arrays)),
            "main": np.array(slug(main))}
     for label, named in arrays.items():
@@ -218,8 +211,7 @@ def _jsonable_table(table: pd.DataFrame) -> dict | list:
 
 
 def save(name: str, cfg: dict, data: Data, summary: pd.DataFrame, payload: dict, **sections) -> dict:
-    """Write ``<output>/metrics/<name>.json`` (``summary`` = the headline table, then every section: tables become
-    ``{row: {column: value}}``, ``Findings`` their sentences and targets) and ``<output>/predictions/<name>.npz``."""
+    """Write ``<output>/metrics/<name>.json`` (the summary table, then every section) and the predictions ``.npz``."""
     out = paths.output_dir()
     doc = {"notebook": name, "profile": cfg["profile"], "config": cfg, "encoders": data.encoders,
            "summary": _jsonable_table(summary)}
@@ -235,8 +227,7 @@ def save(name: str, cfg: dict, data: Data, summary: pd.DataFrame, payload: dict,
 
 
 def check_saved(name: str, recompute) -> None:
-    """Re-read a notebook's saved files and recompute its headline point estimates from the predictions
-    (``recompute(predictions, slug, config)`` -> column -> value; the full checks are in the result tests)."""
+    """Recompute a notebook's headline point estimates from its saved predictions (``recompute``)."""
     out = paths.output_dir()
     doc = json.loads((out / "metrics" / f"{name}.json").read_text())
     p = store.read_npz(out / "predictions" / doc["predictions"])

@@ -55,7 +55,6 @@ def data(cfg: dict) -> Data:
     return X.with_features(Data, "flickr8k", cfg, root, splits, featurise)
 
 
-# ------------------------------------------------------------------------------------------------ models
 def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, train: dict | None = None,
           tag: str = "clean", progress: bool = True) -> X.Trained:
     """Train (or load) the two-tower model ``label``; best epoch by validation mean R@1."""
@@ -105,7 +104,6 @@ def validation_table(grid: dict) -> pd.DataFrame:
     return pd.DataFrame(grid).T
 
 
-# ------------------------------------------------------------------------------------------------ evaluation
 def similarities(models: dict, data: Data, split: str = "test") -> dict:
     """label -> (images x captions) similarity on ``split``, for any model with a ``similarity`` method."""
     f = data.features[split]
@@ -113,8 +111,7 @@ def similarities(models: dict, data: Data, split: str = "test") -> dict:
 
 
 def clip_zero_shot(data: Data, split: str = "test") -> dict:
-    """``{"CLIP zero-shot": similarity}`` when the encoders are one CLIP model's towers (the field's standard
-    anchor, no training), else ``{}``."""
+    """``{"CLIP zero-shot": similarity}`` when the encoders are one CLIP model's towers, else ``{}``."""
     if not data.clip:
         return {}
     f = data.features[split]
@@ -122,8 +119,7 @@ def clip_zero_shot(data: Data, split: str = "test") -> dict:
 
 
 def table(sims: dict, data: Data, cfg: dict) -> pd.DataFrame:
-    """Recall@1/5/10 both ways, mean R@1 and median ranks per model with 95 % bootstrap intervals over test images
-    (each with its captions), plus chance."""
+    """Recall@1/5/10 both ways, mean R@1 and median ranks with 95 % bootstrap intervals over images, plus chance."""
     owner = data.features["test"]["caption_image"]
     rows = {}
     for label, sim in sims.items():
@@ -153,8 +149,7 @@ def seed_table(data: Data, cfg: dict, labels: list[str], metric: str = "mean R@1
 
 
 def figures(name: str, data: Data, sims: dict, table: pd.DataFrame, model, cfg: dict, main: str, title: str) -> None:
-    """The retrieval figures of notebooks 02 and 04: seeded example queries both ways, the main model's mapped space,
-    the rank histograms, and every model's mean R@1 with its interval (``title``)."""
+    """The retrieval figures of notebooks 02 and 04: seeded examples both ways, projection, ranks, comparison."""
     split, test = data.splits["test"], data.features["test"]
     rng = np.random.default_rng(cfg["seed"])
     images = sorted(rng.choice(len(split), min(cfg["n_examples"], len(split)), replace=False).tolist())
@@ -178,8 +173,7 @@ def figures(name: str, data: Data, sims: dict, table: pd.DataFrame, model, cfg: 
 
 def findings(table: pd.DataFrame, comparisons: pd.DataFrame, main: str, seeds: pd.DataFrame | None = None
              ) -> X.Findings:
-    """Each stated comparison worded from its paired interval (``seeds``: None for models without a training seed,
-    e.g. the closed-form maps)."""
+    """Each stated comparison worded from its paired interval (``seeds``: None for closed-form models)."""
     ch = table.loc["chance", "mean R@1"]
     lines = [f"{main}: mean R@1 {table.loc[main, 'mean R@1']:.1f} [{table.loc[main, 'mean R@1 low']:.1f}, "
              f"{table.loc[main, 'mean R@1 high']:.1f}], i2t R@5 {table.loc[main, 'i2t R@5']:.1f}, t2i R@5 "
@@ -195,8 +189,7 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, main: str, seeds: p
 
 
 def payload(sims: dict, data: Data, main: str) -> dict:
-    """The predictions file: ``caption_image`` (C,), ``captions`` (C,), the model index and per model
-    ``<slug>_similarity`` (M images, C captions) float32."""
+    """The predictions file: caption owners and texts, per model the similarity matrix (docs/results.md)."""
     return X.model_arrays({"caption_image": data.features["test"]["caption_image"],
                            "captions": np.array(data.splits["test"].caption_texts)},
                           {label: {"similarity": np.asarray(sim, np.float32)} for label, sim in sims.items()}, main)
@@ -211,15 +204,13 @@ def check_saved(name: str) -> None:
     X.check_saved(name, _recompute)
 
 
-# ------------------------------------------------------------------------------------------------ robustness
 def right(sims: dict, data: Data) -> dict:
     """label -> bool per test image: one of its own captions is ranked first (what an attack must undo)."""
     return {label: retrieval_ranks(s, data.features["test"]["caption_image"])[0] == 1 for label, s in sims.items()}
 
 
 def pipelines(data: Data, models: dict) -> dict:
-    """label -> the pixel pipeline of that model against the clean test captions, keyed by the encoder, the model
-    (weights, or a closed-form baseline's fitted arrays) and the side data."""
+    """label -> the pixel pipeline against the clean test captions, keyed by encoder, model and side data."""
     test = data.features["test"]
     return {label: R.keyed(A.FlickrPixelPipeline(data.image_encoder, m, test["text"], test["caption_image"]),
                            data.encoders["image"], R.model_key(m), test["text"], test["caption_image"])
@@ -240,9 +231,8 @@ def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg
 
 
 def poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tuple[pd.DataFrame, dict]:
-    """Stamped training images paired with the attacker's caption; the joint model ``label`` and the closed-form
-    baseline (``baseline_factory(train)``) refitted; backdoor success = the target caption ranked first for a
-    triggered test image, control = the same on clean images."""
+    """Stamped training images paired with the attacker's caption; the joint model ``label`` and the baseline
+    (``baseline_factory(train)``) refitted; backdoor success = the target caption ranked first (docs/robustness.md)."""
     split, train_split, test = data.splits["test"], data.splits["train"], data.features["test"]
     trigger = dict(size=cfg["trigger_size"], position=cfg["trigger_position"])
     target_text = encoders.text_features(data.text_encoder, [cfg["target_caption"]], cache=False)
@@ -274,7 +264,7 @@ def poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tuple[pd.D
 
 
 def gallery(data: Data, needed: dict, n: int, path=None):
-    """The first ``n`` successful attacks: image before and after, the changed pixels, first caption before and after."""
+    """The first ``n`` successful attacks: image and first caption before and after, the changed pixels."""
     split, wins = data.splits["test"], R.successes(needed)[:n]
     if not wins:
         return None

@@ -16,17 +16,14 @@ from .attack.sparse_pgd import STEP_COST
 from .experiments import Findings, slug, threads
 
 
-# ------------------------------------------------------------------------------------------ who is attacked
 def attacked_rows(right: dict, n: int, seed: int) -> np.ndarray:
-    """``n`` rows drawn at random (seeded) among those that every model gets right (``right``: label -> bool array),
-    sorted. Random, not the ones nearest the decision boundary, so the rates describe the test set."""
+    """``n`` rows drawn at random (seeded) among those every model gets right (``right``: label -> bools), sorted."""
     candidates = np.flatnonzero(np.logical_and.reduce(list(right.values())))
     return np.sort(np.random.default_rng(seed).choice(candidates, size=min(n, len(candidates)), replace=False))
 
 
 def model_key(model) -> str:
-    """What a model computes, by content: a torch model's weights (what its checkpoint holds) or a closed-form
-    baseline's fitted arrays (its scalers' and maps' arrays)."""
+    """A model by content: a torch model's weights (its checkpoint), a closed-form baseline's fitted arrays."""
     if isinstance(model, torch.nn.Module):
         state = model.state_dict()
         return store.key(list(state), *(v.detach().cpu().numpy() for v in state.values()))
@@ -36,13 +33,11 @@ def model_key(model) -> str:
 
 
 def keyed(pipeline, *parts):
-    """``pipeline`` with ``key``: ``store.key`` of what it computes (encoder fingerprint, model key, side data),
-    which names its precomputed attacks. A pipeline without a key is always attacked in-process."""
+    """``pipeline`` with ``key``: ``store.key`` of what it computes (encoder, model key, side data), or None."""
     pipeline.key = None if any(p is None for p in parts) else store.key(*parts)
     return pipeline
 
 
-# ------------------------------------------------------------------------------------ the search and its budget
 #: which searches an ``attack_method`` runs, by member name (an ensemble's result per item is its members' worst
 #: case; the black-box member alone is the realistic attacker that sees only the scores)
 MEMBERS = {"ensemble": {"white-box": "sparse-pgd", "black-box": "sparse"}, "sparse": {"black-box": "sparse"},
@@ -50,8 +45,7 @@ MEMBERS = {"ensemble": {"white-box": "sparse-pgd", "black-box": "sparse"}, "spar
 
 
 def members(cfg: dict) -> dict:
-    """member name -> the keywords ``utils.attack.pixels_needed`` runs it with. The white-box budget goes in as
-    ``queries`` (``STEP_COST`` forward-equivalents per step and restart)."""
+    """member name -> the keywords ``utils.attack.pixels_needed`` runs it with (white-box budget as ``queries``)."""
     if cfg["attack_method"] not in MEMBERS:
         raise ValueError(f"attack_method must be one of {sorted(MEMBERS)}, got {cfg['attack_method']!r}")
     out = {}
@@ -91,11 +85,9 @@ def run_label(label: str, member: str) -> str:
     return f"{label} [{member}]"
 
 
-# ------------------------------------------------------------------------------------- precomputed attacks
 def attack_key(pipelines: dict, images: np.ndarray, rows, cfg: dict) -> str | None:
-    """The key of an attack's result: each member's search and settings, the schedule, the code that attacks,
-    each pipeline's key, the rows and the attacked photos. Not the device, threads or processes (none changes a
-    result). None when a pipeline has no key."""
+    """The key of an attack's result: searches and settings, schedule, attack code, each pipeline's key, rows and
+    photos (not device, threads or processes: none changes a result); None when a pipeline has no key."""
     if any(getattr(p, "key", None) is None for p in pipelines.values()):
         return None
     rows = np.asarray(rows, np.int64)
@@ -118,8 +110,7 @@ def attack_arrays(needed: dict, key: str, rows) -> dict:
 
 
 def needed_from_arrays(arrays, images: np.ndarray | None = None, where: str = "arrays") -> dict:
-    """Inverse of :func:`attack_arrays`: label -> ``PixelsNeeded``; with the clean ``images`` (indexed by row) the
-    reports' adversarial images are rebuilt."""
+    """Inverse of :func:`attack_arrays`; with the clean ``images`` the adversarial images are rebuilt."""
     out = {}
     for label in arrays["attack_labels"].tolist():
         s = slug(label)
@@ -136,12 +127,10 @@ def needed_from_arrays(arrays, images: np.ndarray | None = None, where: str = "a
     return out
 
 
-# ------------------------------------------------------------------------------------------------ searching
 def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, *,
                   precomputed: bool = True) -> dict:
-    """``run_label(model, member)`` -> ``utils.attack.PixelsNeeded`` over the schedule ``cfg['pixels']`` for every
-    member search, same rows for every model; with ``precomputed``, the result ``scripts/robustness.py`` merged for
-    exactly this :func:`attack_key` is loaded instead."""
+    """``run_label(model, member)`` -> ``PixelsNeeded`` over ``cfg['pixels']``, same rows for every model;
+    loaded when ``scripts/robustness.py`` merged the result of this :func:`attack_key`."""
     key = attack_key(pipelines, images, rows, cfg) if precomputed else None
     if key is not None and attack_results_path(cfg, key).is_file():
         path = attack_results_path(cfg, key)
@@ -151,14 +140,12 @@ def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: di
 
 
 def attack_chunk(cfg: dict) -> int:
-    """Items attacked together: enough for the sparse search's 4 proposals per item to fill one model batch; the
-    default shard of ``scripts/robustness.py`` too, so both do the very same floating-point work."""
+    """Items attacked together (one model batch of the sparse search); also the script's default shard."""
     return max(1, int(cfg["attack_batch"]) // 4)
 
 
 def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, chunk: int | None = None) -> dict:
-    """The searches themselves, ``chunk`` items at a time (default :func:`attack_chunk`): a batched forward pass
-    rounds differently with another batch size, so fixed chunks make the result independent of the processes."""
+    """The searches, ``chunk`` items at a time: fixed chunks round alike in one process or many."""
     rows = np.asarray(rows, np.int64)
     chunk = attack_chunk(cfg) if chunk is None else int(chunk)
     searches = members(cfg)
@@ -175,8 +162,7 @@ def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dic
 
 
 def merge_needed(parts: list[dict]) -> dict:
-    """Concatenate the results of consecutive parts of the rows (label -> ``PixelsNeeded`` each), in order; each
-    report's cost is the sum over the parts."""
+    """Concatenate the results of consecutive parts of the rows, in order; costs are summed."""
     merged = {}
     for label in parts[0]:
         ps = [p[label] for p in parts]
@@ -193,8 +179,7 @@ def merge_needed(parts: list[dict]) -> dict:
 
 
 def ensemble_needed(runs: dict) -> A.PixelsNeeded:
-    """The attack's result from its members' (member -> ``PixelsNeeded`` on the same rows): per item the smallest k
-    at which any member fooled it; queries are summed; no reports."""
+    """Per item the smallest k at which any member (member -> ``PixelsNeeded``) fooled it; queries summed."""
     pns = list(runs.values())
     first = pns[0]
     for p in pns[1:]:
@@ -208,8 +193,7 @@ def ensemble_needed(runs: dict) -> A.PixelsNeeded:
 
 
 def budget_status(runs: dict) -> dict:
-    """Whether the budget settled the attack (member -> ``PixelsNeeded`` of one model): the items first fooled at
-    the largest k and, of them, those every member fooled only in the last half of its budget (a lower bound)."""
+    """The items first fooled at the largest k and those every member fooled only late (then a lower bound)."""
     ens = ensemble_needed(runs)
     k_max = max(ens.schedule)
     at_max = set(ens.rows[(ens.k_needed == k_max) & ens.attacked].tolist())
@@ -222,9 +206,7 @@ def budget_status(runs: dict) -> dict:
 
 @dataclass
 class AttackRun:
-    """The few-pixel section of a robustness notebook: each member search per model (``runs``, saved), the
-    members' worst case per model (``needed``), the budget in words and its status, success curves with Wilson
-    intervals for the attack and each member, median pixels, McNemar per pair and k (Holm), sentences, verdicts."""
+    """The few-pixel section of a robustness notebook (docs/robustness.md): searches, tables, sentences."""
     runs: dict
     needed: dict
     budget: str
@@ -260,7 +242,6 @@ def attack_models(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: di
     return run
 
 
-# ------------------------------------------------------------------------------------------------- tables
 def success_table(needed: dict) -> pd.DataFrame:
     """One row per (model, k): attacked, fooled with at most k pixels, the rate and its Wilson 95 % interval."""
     rows = []
@@ -274,8 +255,7 @@ def success_table(needed: dict) -> pd.DataFrame:
 
 
 def median_pixels(needed: dict, cfg: dict) -> pd.DataFrame:
-    """Per model: the median pixels needed with a bootstrap 95 % interval over the attacked items, and the
-    queries spent; items not fooled within the schedule count as more than its largest k (shown as inf)."""
+    """Per model: the median pixels needed with a bootstrap interval (not fooled: more than the largest k)."""
     over = 2 * max(cfg["pixels"])  # stands for "not fooled within the schedule"; shown as "> k_max"
     rows = {}
     for label, pn in needed.items():
@@ -295,8 +275,7 @@ def median_pixels(needed: dict, cfg: dict) -> pd.DataFrame:
 
 
 def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFrame:
-    """Per pair of models on the same items and per k: McNemar's exact test on "fooled with at most k
-    pixels", Holm-adjusted over the schedule; positive difference = a is fooled more often."""
+    """Per pair and k: McNemar's exact test on "fooled with at most k", Holm-adjusted over the schedule."""
     rows = []
     for a, b in pairs:
         pa, pb = needed[a], needed[b]
@@ -321,8 +300,7 @@ NO_VERDICT = "no model is declared more robust"
 
 
 def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None) -> str:
-    """Which of two models is fooled less often: declared only when the budget settled for both and McNemar's
-    test at the largest k, Holm-adjusted, is significant at 5 %; else :data:`NO_VERDICT` (docs/robustness.md)."""
+    """Declared only when both budgets settled and the Holm-adjusted test at the largest k is significant."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return "no item was attacked by both"
@@ -337,8 +315,7 @@ def _rising(status: pd.DataFrame | None, *models: str) -> list:
 
 
 def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = "") -> str:
-    """A pair's counts and tests at the largest k, why no model is declared more robust when none is, then
-    the verdict."""
+    """A pair's counts and test at the largest k, why no model is declared more robust if none is, the verdict."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return f"{a} vs {b}: no item was attacked by both"
@@ -355,8 +332,7 @@ def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | 
 
 
 def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> dict:
-    """The arrays of every search (``runs``) and of every model's worst case (``needed``, without reports)
-    for the predictions file, under the slug of ``prefix`` + label (docs/results.md lists the keys)."""
+    """The arrays of every search and model's worst case under the slug of ``prefix`` + label (docs/results.md)."""
     out = {}
     for label, pn in {**runs, **(needed or {})}.items():
         s = slug(prefix + label)
@@ -373,10 +349,8 @@ def successes(needed: dict) -> list:
             for r in rep.results if r.success]
 
 
-# ------------------------------------------------------------------------------------------------ defence
 def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray, batch_size: int = 32) -> pd.DataFrame:
-    """Per model: the items fooled without the filter and how many of them one of their adversarial
-    images still fools through the same model behind the filter (``defended``)."""
+    """Per model: items fooled without the filter, and how many one of their images still fools through it."""
     rows = {}
     for label, pipe in defended.items():
         won = [r for key, pn in runs.items() if key.startswith(f"{label} [") for rep in pn.reports.values()
@@ -392,8 +366,7 @@ def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray, batc
 
 
 def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray, cfg: dict) -> pd.DataFrame:
-    """The transfer beside the adaptive attack (``adaptive``: the same searches, same budget, run on the
-    ``defended`` pipelines): its rate at the largest k with a Wilson interval and its budget status."""
+    """The transfer beside the adaptive attack (same searches and budget, refused otherwise) at the largest k."""
     for key, pn in runs.items():
         for k, rep in pn.reports.items():
             other = adaptive[key].reports.get(k) if key in adaptive else None
@@ -416,8 +389,7 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
 
 
 def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> tuple[dict, dict]:
-    """Every model behind a ``median_size`` median filter, attacked by the same searches and budget on
-    the same rows at the largest k only. Returns (defended pipelines, searches)."""
+    """Every model behind the median filter, attacked by the same searches at the largest k only."""
     size = cfg["median_size"]
     defended = {label: keyed(A.median_defended(p, size), "median", size, getattr(p, "key", None))
                 for label, p in pipelines.items()}
@@ -433,8 +405,7 @@ def _padded(pixel_lists) -> np.ndarray:
 
 
 def backdoor_columns(hit: np.ndarray, control: np.ndarray) -> dict:
-    """A poisoning row's rates on the same eligible items: backdoor success and the control (target
-    without trigger) with Wilson intervals, the trigger's effect with Newcombe's paired interval, McNemar's p."""
+    """Backdoor success and control with Wilson intervals, the trigger's effect (paired interval), McNemar's p."""
     out = {}
     for column, won in (("backdoor success %", hit), ("target top-1 on clean images %", control)):
         r = stats.success_rate_interval(int(won.sum()), len(won))
@@ -445,14 +416,12 @@ def backdoor_columns(hit: np.ndarray, control: np.ndarray) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------------ findings
 def _rate(r, column: str = "success %") -> str:
     return f"{r[column]:.0f} % (95 % interval {r[f'{column} low']:.0f} to {r[f'{column} high']:.0f} %)"
 
 
 def attack_lines(attacks: AttackRun, cfg: dict, items: str) -> list[str]:
-    """One sentence per model: share fooled at the largest k by the attack and each member, the median k
-    needed, and whether the budget settled it."""
+    """Per model: share fooled at the largest k by the attack and each member, median k, budget status."""
     k_max = max(cfg["pixels"])
     show = lambda v: f"> {k_max}" if np.isinf(v) else f"{v:g}"  # noqa: E731
     members_at_max = attacks.member_curve[attacks.member_curve.pixels == k_max]
