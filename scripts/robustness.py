@@ -93,6 +93,12 @@ def rows_from_spec(spec: str, right: dict, n_test: int, count: int, seed: int) -
     return rows
 
 
+def attack_arrays(needed: dict, key: str, rows) -> dict:
+    """``R.attack_payload`` plus what identifies it (``R.needed_from_arrays`` reads it): key, labels and rows."""
+    return {"attack_key": np.array(key), "attack_labels": np.array(list(needed)),
+            "attack_rows": np.asarray(rows, np.int64), **R.attack_payload(needed)}
+
+
 def attack_job(cfg: dict, rows: str = "notebook", limit: int | None = None) -> AttackJob:
     """The attack of notebook 05 or 06: the same data, trained (or loaded) models and pipelines; ``rows`` as
     :func:`rows_from_spec` reads it (items a model gets wrong are recorded as not attacked); ``limit`` keeps the
@@ -131,7 +137,7 @@ def attack_shards(job: AttackJob, run, shard_size: int, key: str | None = None) 
         rows = job.rows[a:b]
         try:
             needed = R.attack_items(job.pipelines, job.images, rows, job.cfg, chunk=shard_size)
-            store.write_npz(path, {**R.attack_arrays(needed, key, rows), "shard": np.array([i, len(bounds)])})
+            store.write_npz(path, {**attack_arrays(needed, key, rows), "shard": np.array([i, len(bounds)])})
         except Exception as e:
             raise D.ShardError(f"rank {run.rank}: shard {i} of {len(bounds)} (test rows {rows.tolist()}) failed, "
                                f"nothing written to {path}: {type(e).__name__}: {e}") from e
@@ -174,7 +180,7 @@ def merge_attack_shards(job: AttackJob, shard_size: int, key: str | None = None)
         except ValueError as e:
             raise D.ShardError(f"shard {i} of {len(bounds)} {path} is corrupt: {e}; delete it and rerun") from e
     return store.write_npz(R.attack_results_path(job.cfg, key),
-                           R.attack_arrays(R.merge_needed(parts), key, job.rows))
+                           attack_arrays(R.merge_needed(parts), key, job.rows))
 
 
 def _parser() -> argparse.ArgumentParser:

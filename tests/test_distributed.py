@@ -65,7 +65,7 @@ def smoke(tmp_path_factory):
         with threadpool_limits(1):
             cfg = config.load("flickr8k")
             job = P.attack_job(cfg, rows="correct")
-            reference = R.attack_arrays(R.attack_items(job.pipelines, job.images, job.rows, cfg, chunk=1), job.key,
+            reference = P.attack_arrays(R.attack_items(job.pipelines, job.images, job.rows, cfg, chunk=1), job.key,
                                         job.rows)
         yield {"root": root, "cfg": cfg, "job": job, "reference": reference}
     finally:
@@ -117,7 +117,7 @@ def test_two_gloo_processes_give_the_single_process_arrays(smoke):
         job = smoke["job"]
         got = R.pixels_needed(job.pipelines, job.images, job.rows, smoke["cfg"])
         assert list(got) == ["both maps [black-box]", "joint (both towers) [black-box]"]
-        _same_arrays(R.attack_arrays(got, job.key, job.rows), ref)
+        _same_arrays(P.attack_arrays(got, job.key, job.rows), ref)
         k_first = got["both maps [black-box]"].schedule[0]
         r = got["both maps [black-box]"].reports[k_first].results[0]
         assert np.array_equal(r.adversarial, R.A.apply_pixels(job.images[[r.row]], r.pixels[None])[0])
@@ -210,11 +210,11 @@ def test_shards_of_any_rank_count_merge_to_the_same_arrays(tmp_path, monkeypatch
     # reference: one search over all ten rows, no sharding or merging code involved
     one = R.A.pixels_needed(job.pipelines["toy"], job.images, job.rows, schedule=job.cfg["pixels"],
                             **R.members(job.cfg)["black-box"])
-    whole = R.attack_arrays({"toy [black-box]": one}, job.key, job.rows)
+    whole = P.attack_arrays({"toy [black-box]": one}, job.key, job.rows)
     assert (whole["toy_black_box_k_needed"] > 0).any()
     # no merged file yet: the notebook's call attacks in-process (chunks of attack_batch / 4 items) to the same arrays
     assert not R.attack_results_path(job.cfg, job.key).exists()
-    _same_arrays(R.attack_arrays(R.pixels_needed(job.pipelines, job.images, job.rows, job.cfg), job.key, job.rows),
+    _same_arrays(P.attack_arrays(R.pixels_needed(job.pipelines, job.images, job.rows, job.cfg), job.key, job.rows),
                  whole)
     for world in (1, 3):
         shutil.rmtree(tmp_path / "attacks", ignore_errors=True)

@@ -1,8 +1,5 @@
-"""What the experiments of both datasets share: data with frozen features, train-or-load through the store, tables
-with intervals, findings and saving. The per-dataset recipes are ``utils.emotic`` and ``utils.flickr8k``.
-
-A trained model is saved under ``<output>/checkpoints`` named by ``store.key`` of its settings, its inputs' digests
-and the training code, so the robustness notebooks load the very models notebooks 01-04 trained.
+"""What the experiments of both datasets share (per dataset: ``utils.emotic``, ``utils.flickr8k``): frozen features,
+train-or-load through the store (so notebooks 05-06 load the very models 01-04 trained), tables, findings, saving.
 """
 from __future__ import annotations
 
@@ -54,11 +51,6 @@ class Data:
         return {"image": self.image_encoder.fingerprint, "text": self.text_encoder.fingerprint}
 
     @property
-    def clip(self) -> bool:
-        """True when both encoders are the towers of one CLIP model (their similarity is CLIP's zero-shot score)."""
-        return getattr(self.text_encoder, "pooling", None) == "clip" and self.image_encoder.name == self.text_encoder.name
-
-    @property
     def dims(self) -> dict:
         return {k: v.shape[1] for k, v in self.features["train"].items() if k in ("body", "context", "text", "image")}
 
@@ -95,8 +87,7 @@ class Trained:
 
 
 def training_code() -> str:
-    """The digest of the code that shapes a checkpoint (the training loop and the models)."""
-    return store.code_digest(training, models)
+    return store.code_digest(training, models)  # the code that shapes a checkpoint
 
 
 def train_or_load(model: nn.Module, label: str, key: dict, train, val, fit_kwargs: dict, progress: bool) -> Trained:

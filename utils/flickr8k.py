@@ -112,7 +112,7 @@ def similarities(models: dict, data: Data, split: str = "test") -> dict:
 
 def clip_zero_shot(data: Data, split: str = "test") -> dict:
     """``{"CLIP zero-shot": similarity}`` when the encoders are one CLIP model's towers, else ``{}``."""
-    if not data.clip:
+    if getattr(data.text_encoder, "pooling", None) != "clip" or data.image_encoder.name != data.text_encoder.name:
         return {}
     f = data.features[split]
     return {"CLIP zero-shot": np.asarray(encoders.clip_zero_shot_similarity(f["image"], f["text"]), np.float64)}

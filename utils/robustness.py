@@ -103,14 +103,8 @@ def attack_results_path(cfg: dict, key: str):
     return paths.output_dir() / "attacks" / f"{cfg['experiment']}_{key}.npz"
 
 
-def attack_arrays(needed: dict, key: str, rows) -> dict:
-    """``attack_payload`` plus what identifies it: key, model labels (in order) and rows."""
-    return {"attack_key": np.array(key), "attack_labels": np.array(list(needed)),
-            "attack_rows": np.asarray(rows, np.int64), **attack_payload(needed)}
-
-
 def needed_from_arrays(arrays, images: np.ndarray | None = None, where: str = "arrays") -> dict:
-    """Inverse of :func:`attack_arrays`; with the clean ``images`` the adversarial images are rebuilt."""
+    """The searches saved by ``scripts/robustness.py``; with the clean ``images`` the adversarial images are rebuilt."""
     out = {}
     for label in arrays["attack_labels"].tolist():
         s = slug(label)
