@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     subprocess.run([sys.executable, SCRIPT, "flickr8k", "--features-only"], env=_env(args.profile, warm, cache, 2,
                                                                                     args), cwd=REPO, check=True,
                    capture_output=True)
-    warm_models = "from utils import config, precomputed_attacks as P; " \
-                  "P.attack_job(config.load('flickr8k'))"
+    warm_models = "import runpy; from utils import config; " \
+                  "runpy.run_path('scripts/robustness.py')['attack_job'](config.load('flickr8k'))"
     subprocess.run([sys.executable, "-c", warm_models],
                    env=_env(args.profile, warm, cache, 2, args), cwd=REPO, check=True, capture_output=True)
 

@@ -4,7 +4,7 @@ several attack seeds and thread counts, and each pair's verdict printed per run 
     python benchmarks/bench_verdicts.py [--profile smoke|demo|full] [--seeds 0,1,2] [--threads 1,2]
                                         [--experiments emotic,flickr8k] [--adaptive]
 
-The notebooks' own calls, not nbconvert: ``utils.precomputed_attacks.attack_job`` loads the data, the very models
+The notebooks' own calls, not nbconvert: ``attack_job`` of scripts/robustness.py loads the data, the very models
 (checkpoints of notebooks 01-04 in the output folder, trained by the same recipe when missing) and the rows the
 notebook attacks; then for every (attack seed, threads) ``utils.robustness.attack_items`` and ``summarise`` give
 the member searches, the budget status and each pair's sentence. The attack seed (``attack_seed``) changes only
@@ -23,12 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import time
-
+from pathlib import Path
+from types import SimpleNamespace
 
 from utils import config
-from utils import precomputed_attacks as P
 from utils import robustness as R
+
+#: scripts/robustness.py: the attack jobs (data, models, pipelines and rows exactly as the notebooks have them)
+P = SimpleNamespace(**runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "robustness.py")))
 
 
 def _ints(text: str) -> list[int]:

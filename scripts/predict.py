@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from utils import config, encoders, paths, store
+from utils import config, emotic, encoders, paths, store
 from utils import device as devices
 from utils import experiments as X
 from utils.images import ImageReadError, load_rgb, pixel_box
@@ -75,8 +75,8 @@ _NOT_SETTINGS = {"experiment", "label", "tag", "encoders", "align_weight"}
 
 def find_checkpoint(label: str, cfg: dict, data: X.Data) -> Path:
     """The checkpoint of ``label`` trained on these data with these settings; the errors say what differs."""
-    if label not in X.EMOTIC_MODELS:
-        raise PredictError(f"unknown model {label!r}: expected one of {', '.join(map(repr, X.EMOTIC_MODELS))}")
+    if label not in emotic.MODELS:
+        raise PredictError(f"unknown model {label!r}: expected one of {', '.join(map(repr, emotic.MODELS))}")
     found = _records(label)
     if not found:
         raise PredictError(f"{paths.output_dir() / 'checkpoints'}: no checkpoint of {label!r}; run notebook 01 "
@@ -87,7 +87,7 @@ def find_checkpoint(label: str, cfg: dict, data: X.Data) -> Path:
         raise PredictError(f"{ckpt}: trained with other encoders ({key.get('encoders')}) than the current settings "
                            f"load ({data.encoders}); set MMER_IMAGE_ENCODER / MMER_TEXT_ENCODER / MMER_ENCODERS as "
                            f"for that training")
-    want = {"seed": cfg["seed"], "train": data.digest["train"], "val": data.digest["val"], "recipe": X.RECIPE_VERSION}
+    want = {"seed": cfg["seed"], "train": data.digest["train"], "val": data.digest["val"], "code": X.training_code()}
     fits, differ = [], {}
     for ckpt, key in same_encoders:
         # every setting the record holds (the recipe's knobs) must be the current one; align_weight None means
@@ -128,10 +128,10 @@ def f1_thresholds(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def load(label: str, cfg: dict, device=None) -> Loaded:
     """Data (for the encoders, the validation split and the training digests), the checkpoint and its thresholds."""
-    data = X.emotic_data(cfg)
+    data = emotic.data(cfg)
     ckpt = find_checkpoint(label, cfg, data)
     torch.manual_seed(cfg["seed"])
-    model = store.load_state(ckpt, X.emotic_model(label, cfg, data.dims)).eval()
+    model = store.load_state(ckpt, emotic.model(label, cfg, data.dims)).eval()
     if device is not None:
         model.to(device)
     val = data.features["val"]
@@ -163,14 +163,14 @@ def describe(image: np.ndarray, boxes: list, source: dict, device) -> tuple[list
     or None (the whole photo). The model, if any, loads once for all persons."""
     from PIL import Image
 
-    from utils.prep import emotic  # the describers of the prep scripts, replayed for a new photo
+    from utils.prep import emotic as prep  # the describers of the prep scripts, replayed for a new photo
 
     h, w = image.shape[:2]
     boxes = [box or (0, 0, w, h) for box in boxes]
     kind = source.get("source")
     if kind == "metadata":
-        record = emotic.Record("", 0, "", "", (w, h), "unknown", ())
-        return [emotic.metadata_description(emotic.Person(0, 0, tuple(map(float, box)), (), (np.nan,) * 3, "", ""),
+        record = prep.Record("", 0, "", "", (w, h), "unknown", ())
+        return [prep.metadata_description(prep.Person(0, 0, tuple(map(float, box)), (), (np.nan,) * 3, "", ""),
                                             record, box, w, h) for box in boxes], \
             "metadata sentence (no gender or age known)"
     if kind == "vlm":
@@ -183,7 +183,7 @@ def describe(image: np.ndarray, boxes: list, source: dict, device) -> tuple[list
             note += f"; the training descriptions were written in {source.get('dtype')}"
         return texts, note
     if kind == "captioner":
-        captioner = emotic.Captioner(source["model"])
+        captioner = prep.Captioner(source["model"])
         crops = {}
         for i, (x1, y1, x2, y2) in enumerate(boxes):  # as mat2py.py hands crops to the captioner
             crop = Image.fromarray(np.ascontiguousarray(image[y1:y2, x1:x2]))

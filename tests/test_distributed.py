@@ -8,6 +8,7 @@ some images, 2 CPU processes with one thread each; the others use a toy classifi
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -22,15 +23,16 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from utils import config, encoders
+from utils import config, encoders, store
 from utils import distributed as D
-from utils import precomputed_attacks as P
 from utils import robustness as R
 from utils.attack import ClassifierPixelPipeline
-from utils.store import write_npz
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "scripts" / "robustness.py")
+_spec = importlib.util.spec_from_file_location("robustness_script", SCRIPT)
+P = sys.modules["robustness_script"] = importlib.util.module_from_spec(_spec)  # the script: jobs, shards, merge
+_spec.loader.exec_module(P)
 #: a small attack that fools some of the smoke test images: 2 then 16 pixels, 30 queries per k; one thread, as
 #: in each torchrun process (on a CPU the thread count can change the last bits of the scores)
 SMALL = {"MMER_PIXELS": "[2, 16]", "MMER_ATTACK_QUERIES": "30", "MMER_ATTACK_THREADS": "1",
@@ -148,7 +150,7 @@ def test_a_killed_run_resumed_by_two_gloo_processes_gives_the_single_process_arr
         assert np.array_equal(r.adversarial, R.A.apply_pixels(job.images[[r.row]], r.pixels[None])[0])
         # another configuration (one more query) has no merged file: it is attacked afresh, not loaded
         other = dict(smoke["cfg"], attack_queries=31)
-        assert P.attack_key(job.pipelines, job.images, job.rows, other) != job.key
+        assert R.attack_key(job.pipelines, job.images, job.rows, other) != job.key
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -192,7 +194,7 @@ def _toy_job() -> P.AttackJob:
     images = rng.integers(70, 110, (10, 8, 8, 3)).astype(np.uint8)
     cfg = config.load("flickr8k", "smoke", environ={}, pixels=[1, 2, 8], attack_method="sparse", attack_queries=40,
                       attack_threads=1)
-    return P.AttackJob(cfg, {"toy": ClassifierPixelPipeline(Brightness(), np.zeros(10, np.int64), 2)}, images,
+    return P.AttackJob(cfg, {"toy": R.keyed(ClassifierPixelPipeline(Brightness(), np.zeros(10, np.int64), 2), "toy")}, images,
                        np.arange(10))
 
 
@@ -209,7 +211,7 @@ def test_shards_of_any_rank_count_merge_to_the_same_arrays(tmp_path, monkeypatch
     whole = P.attack_arrays({"toy [black-box]": one}, job.key, job.rows)
     assert (whole["toy_black_box_k_needed"] > 0).any()
     # no merged file yet: the notebook's call attacks in-process (chunks of attack_batch / 4 items) to the same arrays
-    assert not P.attack_results_path(job.cfg, job.key).exists()
+    assert not R.attack_results_path(job.cfg, job.key).exists()
     _same_arrays(P.attack_arrays(R.pixels_needed(job.pipelines, job.images, job.rows, job.cfg), job.key, job.rows),
                  whole)
     for world in (1, 3):
@@ -226,7 +228,7 @@ def test_merge_names_a_missing_or_corrupt_shard_and_writes_nothing(tmp_path, mon
     job = _toy_job()
     P.attack_shards(job, _ranks(1)[0], 4)
     folder = P.attack_shard_dir(job.cfg, job.key, 4)
-    final = P.attack_results_path(job.cfg, job.key)
+    final = R.attack_results_path(job.cfg, job.key)
     second = folder / "shard-00001-of-00003.npz"
     good = second.read_bytes()
 
@@ -237,10 +239,10 @@ def test_merge_names_a_missing_or_corrupt_shard_and_writes_nothing(tmp_path, mon
     with pytest.raises(D.ShardError, match="shard 1 of 3 .*shard-00001-of-00003.npz is unreadable"):
         P.merge_attack_shards(job, 4)
     arrays = D.read_npz(folder / "shard-00002-of-00003.npz")
-    write_npz(second, {**arrays, "attack_key": np.array("0123456789abcdef")})  # another configuration's
+    store.write_npz(second, {**arrays, "attack_key": np.array("0123456789abcdef")})  # another configuration's
     with pytest.raises(D.ShardError, match="shard 1 of 3 .*its key is 0123456789abcdef"):
         P.merge_attack_shards(job, 4)
-    write_npz(second, {k: v for k, v in D.read_npz(folder / "shard-00000-of-00003.npz").items()})
+    store.write_npz(second, {k: v for k, v in D.read_npz(folder / "shard-00000-of-00003.npz").items()})
     with pytest.raises(D.ShardError, match="shard 1 of 3 .*its rows are not rows 4..7"):
         P.merge_attack_shards(job, 4)
     assert not final.exists() and not list(final.parent.glob("*.partial"))
@@ -268,11 +270,10 @@ def test_a_failing_shard_is_named_and_leaves_no_file(tmp_path, monkeypatch):
 
 def test_rows_spec_errors_name_the_rows():
     right = {"a": np.array([True, False, True]), "b": np.array([True, True, True])}
-    cfg = {"experiment": "flickr8k", "attack_images": 5, "seed": 0}
-    assert P._rows_from_spec("correct", right, 3, cfg).tolist() == [0, 2]
-    assert P._rows_from_spec("all", right, 3, cfg).tolist() == [0, 1, 2]
-    assert P._rows_from_spec("2,0", right, 3, cfg).tolist() == [2, 0]
+    assert P.rows_from_spec("correct", right, 3, 5, 0).tolist() == [0, 2]
+    assert P.rows_from_spec("all", right, 3, 5, 0).tolist() == [0, 1, 2]
+    assert P.rows_from_spec("2,0", right, 3, 5, 0).tolist() == [2, 0]
     with pytest.raises(ValueError, match=r"\[3\] outside the 3 test rows"):
-        P._rows_from_spec("0,3", right, 3, cfg)
+        P.rows_from_spec("0,3", right, 3, 5, 0)
     with pytest.raises(ValueError, match="listed twice"):
-        P._rows_from_spec("1,1", right, 3, cfg)
+        P.rows_from_spec("1,1", right, 3, 5, 0)

@@ -32,6 +32,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from conftest import KERNEL_ENV
+from utils import store
 
 pytestmark = pytest.mark.notebook
 
@@ -383,7 +384,7 @@ def check_flickr_notebook(out: Path, name: str) -> dict:
 
 
 def _sha16(key) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return store.key(key)  # the checkpoint's name: utils.store's content key of its record's key
 
 
 def check_checkpoints(out: Path, experiment: str) -> dict:

@@ -1,7 +1,7 @@
 """scripts/predict.py: a notebook's trained Emotic model on a photo it has never seen.
 
 Set-up, once: the smoke synthetic Emotic, described by a tiny random LLaVA (scripts/describe.py), prepared by
-mat2py.py with that CSV, and two models trained on it by the notebooks' own recipe (``train_emotic``). The printed
+mat2py.py with that CSV, and two models trained on it by the notebooks' own recipe (``emotic.train``). The printed
 probabilities, thresholds and VAD are checked against a reference computed here: the crop and squash by hand,
 the features by the encoders, the head by the checkpoint's state dict, the thresholds by a brute-force F1 search.
 """
@@ -75,7 +75,7 @@ def test_metadata_and_unknown_description_sources():
 def trained(tmp_path_factory):
     """Raw smoke data, VLM descriptions, prepared artefacts, two trained models; the environment they need."""
     from utils import config
-    from utils import experiments as X
+    from utils import emotic
     from utils.synthetic import make_emotic
     from tests.tiny_models import make_tiny_llava
 
@@ -95,8 +95,8 @@ def trained(tmp_path_factory):
     os.environ.update(env)
     try:
         cfg = config.load("emotic")
-        data = X.emotic_data(cfg)
-        models = {label: X.train_emotic(data, cfg, label, progress=False)
+        data = emotic.data(cfg)
+        models = {label: emotic.train(data, cfg, label, progress=False)
                   for label in ("fusion (all)", "image (body+context)")}
         yield {"root": root, "env": env, "cfg": cfg, "data": data, "models": models, "llava": llava}
     finally:
@@ -148,7 +148,7 @@ def _reference(trained, label: str, photo: Path, box, text: str | None):
     from scipy.special import expit
 
     from utils import encoders
-    from utils import experiments as X
+    from utils import emotic
     from utils.prep.io import resize_rgb
     from utils.training import predict
 
@@ -161,7 +161,7 @@ def _reference(trained, label: str, photo: Path, box, text: str | None):
              "context": encoders.image_features(data.image_encoder, resize_rgb(arr, 224)[None], cache=False)}
     if text is not None:
         feats["text"] = encoders.text_features(data.text_encoder, [text], cache=False)
-    model = X.emotic_model(label, cfg, data.dims)
+    model = emotic.model(label, cfg, data.dims)
     model.load_state_dict(torch.load(trained["models"][label].checkpoint, weights_only=True))
     out = predict(model.eval(), feats, keys=("scores", "vad"))
     val = predict(model, data.features["val"], keys=("scores",))["scores"]

@@ -290,16 +290,19 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
 
 def test_precomputed_attacks_are_keyed_on_every_search_setting_and_the_search_code(monkeypatch):
     """A result computed with another search, budget, seed or search code must never be loaded in its place."""
-    from utils import config
-    from utils import precomputed_attacks as P
+    from utils import config, store
 
     images = np.random.default_rng(0).integers(70, 110, (4, 8, 8, 3)).astype(np.uint8)
-    pipes = {"toy": A.ClassifierPixelPipeline(_Brightness(), np.zeros(4, np.int64), 2)}
+    plain = A.ClassifierPixelPipeline(_Brightness(), np.zeros(4, np.int64), 2)
     cfg = config.load("flickr8k", "smoke", environ={})
-    key = P.attack_key(pipes, images, np.arange(4), cfg)
-    assert P.attack_key(pipes, images, np.arange(4), dict(cfg, attack_threads=7)) == key  # threads change no result
+    assert R.attack_key({"toy": plain}, images, np.arange(4), cfg) is None  # no key: always attacked in-process
+    pipes = {"toy": R.keyed(plain, "toy")}
+    key = R.attack_key(pipes, images, np.arange(4), cfg)
+    assert R.attack_key(pipes, images, np.arange(4), dict(cfg, attack_threads=7)) == key  # threads change no result
     for change in (dict(attack_method="sparse"), dict(attack_steps=cfg["attack_steps"] + 1), dict(attack_seed=1),
                    dict(attack_restarts=2), dict(attack_queries=13), dict(pixels=[4, 255])):
-        assert P.attack_key(pipes, images, np.arange(4), dict(cfg, **change)) != key, change
-    monkeypatch.setattr(P, "_search_code", lambda: "other search code")
-    assert P.attack_key(pipes, images, np.arange(4), cfg) != key
+        assert R.attack_key(pipes, images, np.arange(4), dict(cfg, **change)) != key, change
+    assert R.attack_key({"toy": R.keyed(plain, "other model")}, images, np.arange(4), cfg) != key
+    assert R.attack_key(pipes, images[::-1].copy(), np.arange(4), cfg) != key  # other photos
+    monkeypatch.setattr(store, "code_digest", lambda *sources: "other search code")
+    assert R.attack_key(pipes, images, np.arange(4), cfg) != key

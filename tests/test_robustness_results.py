@@ -110,7 +110,7 @@ def _filtered(image: np.ndarray, size: int, on: bool) -> np.ndarray:
 
 def refeed_emotic(out: Path, doc: dict, p: dict) -> int:
     """Re-feed every success (and one failure per run) of notebook 05's saved arrays; returns successes confirmed."""
-    from utils import config, data, encoders, experiments, paths
+    from utils import config, data, emotic, encoders, experiments, paths
 
     cfg = config.load("emotic", doc["profile"])
     test = data.load_emotic("test")
@@ -125,7 +125,7 @@ def refeed_emotic(out: Path, doc: dict, p: dict) -> int:
     _check_adaptive(doc, p)
     refed = confirmed = 0
     for (label, ckpt), defended in [(item, on) for on in (False, True) for item in doc["checkpoints"].items()]:
-        model = experiments.emotic_model(label, cfg, dims)
+        model = emotic.model(label, cfg, dims)
         model.load_state_dict(torch.load(out / "checkpoints" / ckpt, weights_only=True))
         model.eval()
         for k, run in _attack_runs(p, label, "adaptive " if defended else ""):
@@ -152,11 +152,11 @@ def refeed_emotic(out: Path, doc: dict, p: dict) -> int:
 
 def refeed_flickr(out: Path, doc: dict, p: dict) -> int:
     """Re-feed every success (and one failure per run) of notebook 06's saved arrays; returns successes confirmed."""
-    from utils import config, experiments, paths
+    from utils import config, experiments, flickr8k, paths
     from utils.models import FlickrJoint
 
     cfg = config.load("flickr8k", doc["profile"])
-    ds = experiments.flickr_data(cfg)
+    ds = flickr8k.data(cfg)
     images = np.load(paths.artefact_dir("flickr8k") / "test_images.npy", mmap_mode="r", allow_pickle=False)
     owner = ds.features["test"]["caption_image"]
     joint = FlickrJoint(dims=ds.dims, space=cfg["joint_space"], hidden=cfg["joint_hidden"],
@@ -164,7 +164,7 @@ def refeed_flickr(out: Path, doc: dict, p: dict) -> int:
                         towers=("image", "text"))
     (label, ckpt), = doc["checkpoints"].items()
     joint.load_state_dict(torch.load(out / "checkpoints" / ckpt, weights_only=True))
-    models = {label: joint.eval(), "both maps": experiments.fit_flickr_baselines(ds, cfg)[0]["both maps"]}
+    models = {label: joint.eval(), "both maps": flickr8k.baselines(ds, cfg)[0]["both maps"]}
     captions, encoder = ds.features["test"]["text"], ds.image_encoder.eval()
     slugs = {m: experiments.slug(m) for m in models}
     successes = _check_rates(doc, p, slugs)
@@ -227,20 +227,20 @@ def test_05_poisoning_rates_refed_through_a_plain_mobilenet(notebook_runner):
     control and their Wilson bounds recomputed (scipy)."""
     import torchvision
 
-    from utils import config, data, encoders, experiments, paths
+    from utils import config, data, emotic, encoders, experiments, paths
 
     out = notebook_runner.run("05_emotic_robustness")
     doc, p = _saved(out, "05_emotic_robustness")
     cfg = config.load("emotic", doc["profile"])
     assert cfg["image_encoder"] == "mobilenet_v2" and cfg["trigger_position"] == "bottom-right"
     rows = [r for r in doc["poisoning"] if r["fraction"] == max(cfg["poison_fractions"])]
-    assert {r["encoder"] for r in rows} == {"frozen", experiments.FINETUNED}, "smoke runs both poisoning variants"
+    assert {r["encoder"] for r in rows} == {"frozen", emotic.FINETUNED}, "smoke runs both poisoning variants"
     test = data.load_emotic("test")
     art = paths.artefact_dir("emotic")
     photos = {kind: np.load(art / f"test_{kind}_arr.npy", allow_pickle=False) for kind in ("body", "context")}
     text = torch.from_numpy(encoders.text_features(encoders.load_text_encoder(cfg["text_encoder"]), test.descriptions,
                                                    cache=False))
-    target = experiments.CATEGORIES.index(cfg["poison_target"])
+    target = emotic.CATEGORIES.index(cfg["poison_target"])
     eligible = np.load(art / "test_cat_arr.npy")[:, target] < 0.5
     pretrained = torch.load(encoders.packaged_mobilenet_file(), map_location="cpu", weights_only=True)
     norm = torchvision.transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -254,8 +254,8 @@ def test_05_poisoning_rates_refed_through_a_plain_mobilenet(notebook_runner):
             assert tuned and any(not torch.equal(v, pretrained[k]) for k, v in tuned.items()), "blocks never trained"
             net.load_state_dict({**pretrained, **tuned})
             state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-        label = row["model"].removesuffix(f", {experiments.FINETUNED}")
-        head = experiments.emotic_model(label, cfg, {"body": 1280, "context": 1280, "text": text.shape[1]})
+        label = row["model"].removesuffix(f", {emotic.FINETUNED}")
+        head = emotic.model(label, cfg, {"body": 1280, "context": 1280, "text": text.shape[1]})
         head.load_state_dict(state)
         net.eval(), head.eval()
         rates = {}

@@ -1,0 +1,392 @@
+"""The Emotic experiments (notebooks 01, 03 and 05): data, the models and their recipe, tables, findings, and the
+few-pixel attack, defence and poisoning of the robustness notebook. Generic parts: ``utils.experiments`` and
+``utils.robustness``; the rules behind the numbers: docs/results.md and docs/robustness.md.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import attack as A
+from . import data as D
+from . import encoders, paths, plots, stats
+from . import experiments as X
+from . import robustness as R
+from .labels import CATEGORIES, CATEGORY_INDEX
+from .metrics import emotic_metrics, retrieval_metrics
+from .models import EmoticBaseline, EmoticJoint, EmoticLoss, WithEncoders
+from .poisoning import median_filter_defence, poison_emotic, stamp_trigger
+from .person import top_emotions
+from .training import emotic_eval, predict, seed_everything
+
+#: how a model whose image encoder's final blocks were trained with it is named (beside its frozen twin)
+FINETUNED = "last blocks fine-tuned"
+#: row label -> (family, inputs). Baselines keep one embedding and head per input (late fusion); joint models
+#: project image (body + scene) and text into one shared space.
+MODELS = {
+    "body only": ("baseline", ("body",)),
+    "context only": ("baseline", ("context",)),
+    "text only": ("baseline", ("text",)),
+    "image (body+context)": ("baseline", ("body", "context")),
+    "fusion (all)": ("baseline", ("body", "context", "text")),
+    "joint (image+text)": ("joint", ("image", "text")),
+    "joint image only": ("joint", ("image",)),
+    "joint text only": ("joint", ("text",)),
+}
+_RECIPE = ("loss", "vad_weight", "dropout", "weight_decay", "batch_size", "epochs", "patience", "init_temperature",
+           "train_threads")
+COLUMNS = {"mAP": "mAP", "VAD MAE": "vad_mae", "dominant acc": "dominant_accuracy"}  # column -> stats key
+CLEAR_FACTOR = 1.5  # "clearly above chance": at least 1.5 x the chance mAP
+
+
+class Data(X.Data):
+    def sizes(self) -> pd.DataFrame:
+        return pd.DataFrame({s: {"persons": len(d), "images": len(d.table.drop_duplicates(["folder", "filename"])),
+                                 "categories per person": float(np.asarray(d.cat).sum(1).mean()),
+                                 "categories present": int((np.asarray(d.cat).sum(0) > 0).sum())}
+                             for s, d in self.splits.items()}).T
+
+
+def load_splits() -> tuple:
+    """The prepared artefacts of every split (a missing file stops with the prep command)."""
+    root = paths.require_artefacts("emotic", [f for s in X.SPLITS for f in D.emotic_files(s)])
+    return root, {s: D.load_emotic(s, root) for s in X.SPLITS}
+
+
+def data(cfg: dict) -> Data:
+    """Emotic artefacts (a missing file stops with the prep command) and their cached frozen features."""
+    root, splits = load_splits()
+
+    def featurise(s, d, image_encoder, text_encoder):
+        return {"body": encoders.image_features(image_encoder, d.body, desc=f"{s} body"),
+                "context": encoders.image_features(image_encoder, d.context, desc=f"{s} context"),
+                "text": encoders.text_features(text_encoder, d.descriptions, desc=f"{s} text"),
+                "cat": np.asarray(d.cat, np.float32), "cont": np.asarray(d.cont, np.float32)}
+    return X.with_features(Data, "emotic", cfg, root, splits, featurise)
+
+
+def model(label: str, cfg: dict, dims: dict, align_weight: float | None = None):
+    """A fresh, untrained model of row ``label`` (sizes from the features, so any encoder works)."""
+    family, inputs = MODELS[label]
+    criterion = EmoticLoss(cfg["loss"], vad_weight=cfg["vad_weight"])
+    if family == "joint":
+        weight = cfg["align_weight"] if align_weight is None else align_weight
+        return EmoticJoint(inputs, dims=dims, shared_dim=cfg["joint_shared_dim"], hidden=cfg["joint_hidden"],
+                           dropout=cfg["dropout"], fusion=cfg["joint_fusion"],
+                           align_weight=weight if len(inputs) == 2 else 0.0,
+                           init_temperature=cfg["init_temperature"], criterion=criterion)
+    return EmoticBaseline(inputs, dims=dims, hidden=cfg["baseline_hidden"], dropout=cfg["dropout"],
+                          fusion=cfg["baseline_fusion"], criterion=criterion)
+
+
+def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, align_weight: float | None = None,
+          train: dict | None = None, tag: str = "clean", progress: bool = True, finetune=None,
+          val: dict | None = None) -> X.Trained:
+    """Train (or load) model ``label``, best epoch by validation mAP; ``train``: other (e.g. poisoned, ``tag``)
+    features; ``finetune``: the encoder's last blocks, trained with the heads on the prefix maps in ``train``/``val``."""
+    family = MODELS[label][0]
+    train = data.features["train"] if train is None else train
+    seed = cfg["seed"] if seed is None else seed
+    seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
+    net = model(label, cfg, data.dims, align_weight).init_prior(train["cat"], train["cont"])
+    key = {**X.train_key(data, "emotic", label, seed, tag, train), "align_weight": align_weight,
+           **{k: cfg[k] for k in _RECIPE}, **{k: v for k, v in cfg.items() if k.startswith(f"{family}_")}}
+    if family == "joint":
+        key["align"] = cfg["align_weight"] if align_weight is None else align_weight
+    fit_kwargs = dict(metric_fn=emotic_eval, monitor="mAP", epochs=cfg["epochs"], patience=cfg["patience"],
+                      lr=cfg[f"{family}_lr"], weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"])
+    n_threads = cfg["train_threads"]
+    if finetune is not None:
+        finetune = copy.deepcopy(finetune)  # every run starts from the pretrained blocks
+        net = WithEncoders(net, {"body": finetune, "context": finetune}, finetune=True, encoder_lr=cfg["finetune_lr"])
+        key["finetune"] = {"blocks": str(finetune), "lr": cfg["finetune_lr"], "epochs": cfg["finetune_epochs"]}
+        fit_kwargs["epochs"], n_threads = cfg["finetune_epochs"], None  # convolutions: every core helps
+        label = f"{label}, {FINETUNED}"
+    with X.threads(n_threads):
+        return X.train_or_load(net, label if align_weight is None else f"{label}, lambda={align_weight:g}", key,
+                               train, data.features["val"] if val is None else val, fit_kwargs, progress)
+
+
+def chance(data: Data) -> dict:
+    """A model that ignores its input: the training prevalence as scores, the training-mean VAD."""
+    train, n = data.features["train"], len(data.features["test"]["cat"])
+    return {"scores": np.tile(train["cat"].mean(0), (n, 1)), "vad": np.tile(train["cont"].mean(0), (n, 1))}
+
+
+def predictions(models: dict, data: Data, split: str = "test") -> dict:
+    """label -> the model's outputs on ``split`` (scores, vad, embeddings)."""
+    return {label: predict(m.model if isinstance(m, X.Trained) else m, data.features[split])
+            for label, m in models.items()}
+
+
+def table(preds: dict, data: Data, cfg: dict) -> pd.DataFrame:
+    """mAP (bias-corrected), VAD MAE and dominant accuracy with 95 % bootstrap intervals, plus chance."""
+    test = data.features["test"]
+    rows = {}
+    for label, p in {**preds, "chance": chance(data)}.items():
+        ci = stats.emotic_intervals(p["scores"], test["cat"], p["vad"], test["cont"], n_resamples=cfg["bootstrap"],
+                                    seed=cfg["seed"])
+        rows[label] = X.interval_columns({column: ci[key] for column, key in COLUMNS.items()})
+    out = pd.DataFrame(rows).T
+    out.attrs["test_items"] = len(test["cat"])
+    return out
+
+
+def compare(preds: dict, data: Data, cfg: dict, pairs: list, metric: str = "mAP") -> pd.DataFrame:
+    cat = data.features["test"]["cat"]
+    return X.compare(pairs, metric, lambda a, b: stats.compare_emotic(
+        preds[a]["scores"], preds[b]["scores"], cat, metric=metric, n_resamples=cfg["bootstrap"], seed=cfg["seed"]))
+
+
+def clean_map(scores: np.ndarray, labels: np.ndarray, cfg: dict) -> float:
+    """The bias-corrected test mAP exactly as the summary tables compute it (same subsets, same seed)."""
+    return stats.bias_corrected_map(scores, labels, n_subsamples=cfg["bootstrap"], seed=cfg["seed"])["estimate"]
+
+
+def seed_table(data: Data, cfg: dict, labels: list[str], metric: str = "mAP") -> pd.DataFrame:
+    test = data.features["test"]
+    return X.seed_table(cfg, labels, metric, lambda label, seed: clean_map(
+        predict(train(data, cfg, label, seed=seed, progress=False).model, test)["scores"], test["cat"], cfg))
+
+
+def alignment(preds: dict, trained: dict, cfg: dict) -> pd.DataFrame:
+    """The joint models' shared spaces: person retrieval among the test persons, temperature and lambda."""
+    rows = {}
+    for label, p in preds.items():
+        if "z_image" not in p or "z_text" not in p:
+            continue
+        n = len(p["z_image"])
+        r = retrieval_metrics(p["z_image"] @ p["z_text"].T, np.arange(n))
+        net = trained[label].model
+        rows[label] = {"lambda": float(net.align_weight), "temperature": net.logit_scale.temperature,
+                       "i2t R@1": r["i2t_R@1"], "t2i R@1": r["t2i_R@1"], "mean R@1": r["mean_R@1"],
+                       "chance R@1": 100 / n}
+    return pd.DataFrame(rows).T.sort_values("lambda")
+
+
+def branches(pred: dict, data: Data) -> pd.DataFrame:
+    """Each branch of a late-fusion model scored on its own, beside the fused output (point estimates)."""
+    test = data.features["test"]
+    names = sorted(k.split("/", 1)[1] for k in pred if k.startswith("logits/"))
+    rows = {f"{m} branch": emotic_metrics(pred[f"logits/{m}"], test["cat"], pred[f"vad/{m}"], test["cont"])
+            for m in names}
+    rows["fused"] = emotic_metrics(pred["scores"], test["cat"], pred["vad"], test["cont"])
+    return pd.DataFrame({k: {"mAP": m["mAP"], "VAD MAE": m["vad_mae"]["mean"], "dominant acc": m["dominant_accuracy"]}
+                         for k, m in rows.items()}).T
+
+
+def per_category(preds: dict, data: Data) -> pd.DataFrame:
+    """AP per category (rows) and model (columns), with each category's test prevalence (its chance AP)."""
+    cat = data.features["test"]["cat"]
+    out = pd.DataFrame({label: emotic_metrics(p["scores"], cat)["ap_per_category"] for label, p in preds.items()})
+    out.insert(0, "prevalence %", 100 * cat.mean(0))
+    return out
+
+
+def examples(data: Data, models: dict, n: int, seed: int) -> list[dict]:
+    """``n`` seeded test persons through ``top_emotions``, from the original photo when it is on this machine."""
+    split = data.splits["test"]
+    manifest = json.loads((data.root / "manifest.json").read_text())
+    images = Path(manifest.get("source", {}).get("images") or "")
+    out = []
+    for i in np.sort(np.random.default_rng(seed).choice(len(split), size=min(n, len(split)), replace=False)):
+        row = split.table.iloc[i]
+        photo = images / row["folder"] / row["filename"]
+        if photo.is_file():
+            image, box = photo, tuple(row[["x1", "y1", "x2", "y2"]].astype(float))
+        else:
+            image, box = np.asarray(split.context[i]), tuple(split.boxes_224[i])
+        top = {label: top_emotions(image, split.descriptions[i], model=m, image_encoder=data.image_encoder,
+                                   text_encoder=data.text_encoder, box=box, k=3) for label, m in models.items()}
+        out.append({"row": int(i), "from_photo": photo.is_file(), "top": top})
+    return out
+
+
+def example_panels(data: Data, examples: list[dict], label: str) -> tuple:
+    """The arguments ``plots.person_examples`` takes, for the examples of model ``label``."""
+    split, rows = data.splits["test"], [e["row"] for e in examples]
+    return (split.context[rows], split.boxes_224[rows], [split.descriptions[i] for i in rows],
+            [split.table["categories"].iloc[i] for i in rows], [e["top"][label] for e in examples])
+
+
+def findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame, singles: list[str],
+             main: str) -> X.Findings:
+    """Notebook 01: each single input against chance, the fusion against the best single input, VAD."""
+    ch = table.loc["chance"]
+    above = {s: bool(table.loc[s, "mAP"] >= CLEAR_FACTOR * ch["mAP"]) for s in singles}
+    best_vad = table.drop(index="chance")["VAD MAE"].idxmin()
+    first = comparisons.iloc[0]
+    targets = {"chance_mAP": ch["mAP"], "singles_clearly_above_chance": above,
+               "every_single_clearly_above_chance": all(above.values()), "best_single": first["b"],
+               "fusion_minus_best_single": first["difference"], "fusion_vs_best_single_p": first["p_value"],
+               "fusion_beats_best_single": bool(first["low"] > 0),
+               "best_VAD_MAE": table.loc[best_vad, "VAD MAE"], "VAD_MAE_constant": ch["VAD MAE"],
+               "vad_beats_constant": bool(table.loc[best_vad, "VAD MAE high"] < ch["VAD MAE"])}
+    lines = [f"chance mAP {ch['mAP']:.1f}; " + ", ".join(f"{s} {table.loc[s, 'mAP']:.1f}" for s in singles)
+             + f"; every single input clearly (>= {CLEAR_FACTOR} x) above chance: "
+               f"**{targets['every_single_clearly_above_chance']}**",
+             f"{main} against the best single input: {first['finding']}"]
+    lines += [f"{row['a']} against {row['b']}: {row['finding']}" for _, row in comparisons.iloc[1:].iterrows()]
+    lines += X.seed_lines(seeds, "mAP")
+    lines.append(f"VAD: best MAE {targets['best_VAD_MAE']:.3f} ({best_vad}; 95 % interval up to "
+                 f"{table.loc[best_vad, 'VAD MAE high']:.3f}) against {ch['VAD MAE']:.3f} for the training-mean "
+                 f"constant: better than the constant beyond noise: **{targets['vad_beats_constant']}**")
+    return X.Findings(lines + X.caution("emotic", table), targets)
+
+
+def joint_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame, alignment: pd.DataFrame,
+                   main: str, baseline: str) -> X.Findings:
+    """Notebook 03: the joint model against the part-1 baseline and its own image tower, and the alignment."""
+    by_pair = {(row["a"], row["b"]): row for _, row in comparisons.iterrows()}
+    vs_baseline, vs_image = by_pair[(main, baseline)], by_pair[(main, "joint image only")]
+    ch, al = table.loc["chance", "mAP"], alignment.loc[main]
+    targets = {"chance_mAP": ch, "joint_minus_baseline_mAP": vs_baseline["difference"],
+               "joint_vs_baseline_p": vs_baseline["p_value"], "joint_beats_baseline": bool(vs_baseline["low"] > 0),
+               "text_adds_to_image": bool(vs_image["low"] > 0),
+               "alignment_mean_R@1": al["mean R@1"], "alignment_chance_R@1": al["chance R@1"]}
+    lines = [f"{main} {table.loc[main, 'mAP']:.1f} mAP [{table.loc[main, 'mAP low']:.1f}, "
+             f"{table.loc[main, 'mAP high']:.1f}] (chance {ch:.1f})",
+             f"against the part-1 baseline ({baseline}): {vs_baseline['finding']}",
+             f"adding the text tower to the image tower: {vs_image['finding']}"]
+    lines += [f"{row['a']} against {row['b']}: {row['finding']}" for key, row in by_pair.items()
+              if key not in ((main, baseline), (main, "joint image only"))]
+    lines += X.seed_lines(seeds, "mAP")
+    lines.append(f"alignment (lambda = {al['lambda']:g}): person retrieval mean R@1 {al['mean R@1']:.1f} % against "
+                 f"chance {al['chance R@1']:.1f} %, learned temperature {al['temperature']:.3f}")
+    return X.Findings(lines + X.caution("emotic", table), targets)
+
+
+def payload(preds: dict, data: Data, main: str) -> dict:
+    """The predictions file: ground truth, test row index, categories, per model scores and VAD (docs/results.md)."""
+    test = data.features["test"]
+    return X.model_arrays({"labels": test["cat"].astype(np.uint8), "vad_true": test["cont"].astype(np.float32),
+                           "index": data.splits["test"].table["index"].to_numpy(np.int64),
+                           "categories": np.array(CATEGORIES)},
+                          {label: {"scores": p["scores"].astype(np.float32), "vad_pred": p["vad"].astype(np.float32)}
+                           for label, p in preds.items()}, main)
+
+
+def _recompute(p: dict, s: str, cfg: dict) -> dict:
+    m = emotic_metrics(p[f"{s}_scores"], p["labels"], p[f"{s}_vad_pred"], p["vad_true"])
+    corrected = stats.bias_corrected_map(p[f"{s}_scores"], p["labels"], seed=cfg["seed"],
+                                         n_subsamples=cfg["bootstrap"])["estimate"]
+    return {"mAP": corrected, "VAD MAE": m["vad_mae"]["mean"], "dominant acc": m["dominant_accuracy"]}
+
+
+def check_saved(name: str) -> None:
+    X.check_saved(name, _recompute)
+
+
+def right(preds: dict, data: Data) -> dict:
+    """label -> bool per test person: the top-scored category is a true one."""
+    truth = data.features["test"]["cat"] > 0.5
+    return {label: truth[np.arange(len(truth)), p["scores"].argmax(1)] for label, p in preds.items()}
+
+
+def pipelines(data: Data, models: dict) -> dict:
+    """label -> the pixel pipeline of that model (text held clean), keyed by encoder, weights and side data."""
+    test, boxes = data.features["test"], np.asarray(data.splits["test"].boxes_224)
+    return {label: R.keyed(A.EmoticPixelPipeline(data.image_encoder, m, test["text"], boxes, test["cat"]),
+                           data.encoders["image"], R.model_key(m), test["text"], boxes, test["cat"])
+            for label, m in models.items()}
+
+
+def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg: dict) -> tuple[pd.DataFrame, dict]:
+    """The median filter's price in clean mAP, the transfer and the adaptive attack; (table, adaptive searches)."""
+    split, test = data.splits["test"], data.features["test"]
+    filtered = {kind: encoders.image_features(data.image_encoder, median_filter_defence(
+        np.asarray(getattr(split, kind)), cfg["median_size"]), desc=f"filtered {kind}") for kind in ("body", "context")}
+    images = np.asarray(split.context)
+    defended, adaptive = R.adaptive_attack(pipelines(data, models), images, rows, cfg)
+    out = R.defence_table(attack.runs, adaptive, defended, images, cfg)
+    out["clean mAP"] = [clean_map(predict(models[m], test)["scores"], test["cat"], cfg) for m in out.index]
+    out["clean mAP, filtered"] = [clean_map(predict(models[m], {**test, **filtered})["scores"], test["cat"], cfg)
+                                  for m in out.index]
+    return out, adaptive
+
+
+def prefix_maps(prefix, images: np.ndarray, desc: str | None = None) -> np.ndarray:
+    """The frozen prefix of a split encoder on uint8 images: float32 maps (N, C, h, w)."""
+    out = [maps for _, maps in encoders.batched_outputs(prefix, images, prefix.mean.device, None, desc,
+                                                         autocast=False)]
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Pixel-trigger poisoning on frozen features and, with ``poison_finetune="last"``, end to end
+    (docs/robustness.md); returns the table and the scores keyed by (model, fraction)."""
+    if cfg["poison_finetune"] not in (None, False, "last"):
+        raise ValueError(f"poison_finetune must be null (or false) or 'last', got {cfg['poison_finetune']!r}")
+    tables, scores = [], {}
+    for finetune in (False, True) if cfg["poison_finetune"] else (False,):
+        t, s = _poisoning(data, cfg, labels, finetune)
+        tables.append(t)
+        scores.update(s)
+    return pd.concat(tables, ignore_index=True), scores
+
+
+def _poisoned_inputs(data: Data, cfg: dict, finetune: bool):
+    """(encode(images, desc), the clean inputs per split, the fine-tuned blocks or None)."""
+    if not finetune:
+        return (lambda images, desc=None: encoders.image_features(data.image_encoder, images, desc=desc),
+                data.features, None)
+    prefix, blocks = data.image_encoder.split()  # the prefix maps stand in for features; the blocks train
+    encode = lambda images, desc=None: prefix_maps(prefix, images, desc=desc)  # noqa: E731
+    clean = {name: {**data.features[name], **{kind: encode(getattr(data.splits[name], kind), f"{name} {kind} maps")
+                                              for kind in ("body", "context")}} for name in ("train", "val", "test")}
+    return encode, clean, blocks
+
+
+def _poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tuple[pd.DataFrame, dict]:
+    splits, trigger = data.splits, dict(size=cfg["trigger_size"], position=cfg["trigger_position"])
+    target = CATEGORY_INDEX[cfg["poison_target"]]
+    encode, clean, blocks = _poisoned_inputs(data, cfg, finetune)
+    test = clean["test"]
+    triggered = {kind: encode(stamp_trigger(np.asarray(getattr(splits["test"], kind)), **trigger), f"triggered {kind}")
+                 for kind in ("body", "context")}
+    eligible = test["cat"][:, target] < 0.5
+    rows, scores = [], {}
+    for fraction in cfg["poison_fractions"]:
+        p = poison_emotic(splits["train"].context, clean["train"]["cat"], fraction, cfg["poison_target"],
+                          seed=cfg["seed"], **trigger)
+        poisoned = dict(clean["train"], cat=p.labels)
+        if len(p.indices):  # the stamped copies' inputs, computed from their new pixels
+            body = stamp_trigger(np.asarray(splits["train"].body[p.indices]), **trigger)
+            for kind, imgs in (("context", p.images), ("body", body)):
+                poisoned[kind] = poisoned[kind].copy()
+                poisoned[kind][p.indices] = encode(imgs)
+        for label in labels:
+            trained = train(data, cfg, label, train=poisoned, val=clean["val"], finetune=blocks, progress=False,
+                            tag="clean" if fraction == 0 else f"poison-{cfg['poison_target']}-{fraction:g}")
+            s = {"clean": predict(trained.model, test)["scores"],
+                 "triggered": predict(trained.model, {**test, **triggered})["scores"]}
+            name = f"{label}, {FINETUNED}" if finetune else label
+            scores[name, fraction] = s
+            rows.append({"model": name, "encoder": FINETUNED if finetune else "frozen", "fraction": fraction,
+                         "poisoned images": len(p.indices),
+                         **R.backdoor_columns(s["triggered"][eligible].argmax(1) == target,
+                                              s["clean"][eligible].argmax(1) == target),
+                         "clean mAP": clean_map(s["clean"], test["cat"], cfg), "checkpoint": trained.checkpoint.name})
+    return pd.DataFrame(rows), scores
+
+
+def top_category(scores) -> str:
+    j = int(np.argmax(scores))
+    return f"{CATEGORIES[j]} {scores[j]:.2f}"
+
+
+def gallery(data: Data, needed: dict, n: int, path=None):
+    """The first ``n`` successful attacks: scene and top category before and after, the changed pixels."""
+    scenes, wins = data.splits["test"].context, R.successes(needed)[:n]
+    if not wins:
+        return None
+    return plots.attack_gallery([scenes[r.row] for _, _, r in wins],
+                                [A.apply_pixels(scenes[[r.row]], r.pixels[None])[0] for _, _, r in wins],
+                                [r.pixels for _, _, r in wins], [top_category(r.scores_before) for _, _, r in wins],
+                                [top_category(r.scores_after) for _, _, r in wins],
+                                labels=[f"{label}, {k} px, person {r.row}" for label, k, r in wins],
+                                title="few-pixel attacks: before and after", path=path)

@@ -1,0 +1,281 @@
+"""The Flickr8k experiments (notebooks 02, 04 and 06): data, the closed-form baselines and the two-tower models,
+retrieval tables and figures, findings, and the robustness notebook's attack, defence and poisoning. Generic parts:
+``utils.experiments`` and ``utils.robustness``; the rules behind the numbers: docs/results.md, docs/robustness.md.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import attack as A
+from . import data as D
+from . import encoders, paths, plots, stats
+from . import experiments as X
+from . import robustness as R
+from .metrics import retrieval_chance, retrieval_metrics, retrieval_ranks
+from .models import FlickrBaseline, FlickrJoint
+from .poisoning import median_filter_defence, poison_flickr, stamp_trigger
+from .training import flickr_eval, flickr_pairs, seed_everything
+
+#: joint models: row label -> FlickrJoint arguments beyond the settings
+JOINT_MODELS = {
+    "joint (both towers)": dict(towers=("image", "text")),
+    "image tower only": dict(towers=("image",)),
+    "text tower only": dict(towers=("text",)),
+    "joint + hard negatives": dict(towers=("image", "text"), hard_negative_weight=None),  # weight from settings
+}
+#: closed-form baselines: row label -> FlickrBaseline method
+BASELINES = {"image->text map": "image_to_text", "text->image map": "text_to_image", "both maps": "both",
+             "CCA": "cca"}
+_RECIPE = ("joint_space", "joint_hidden", "joint_dropout", "init_temperature", "margin", "epochs", "batch_size", "lr",
+           "weight_decay", "patience", "train_threads")
+COLUMNS = ("i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "mean R@1", "i2t median rank",
+           "t2i median rank")
+
+
+class Data(X.Data):
+    def sizes(self) -> pd.DataFrame:
+        return pd.DataFrame({s: {"images": len(d), "captions": len(d.captions)} for s, d in self.splits.items()}).T
+
+
+def load_splits() -> tuple:
+    """The prepared artefacts of every split (a missing file stops with the prep command)."""
+    root = paths.require_artefacts("flickr8k", [f"{s}_{f}" for s in X.SPLITS for f in ("images.npy", "captions.csv")])
+    return root, {s: D.load_flickr(s, root) for s in X.SPLITS}
+
+
+def data(cfg: dict) -> Data:
+    """Flickr8k artefacts and their cached frozen features (one image row per image, one text row per caption)."""
+    root, splits = load_splits()
+
+    def featurise(s, d, image_encoder, text_encoder):
+        return {"image": encoders.image_features(image_encoder, d.images, desc=f"{s} images"),
+                "text": encoders.text_features(text_encoder, d.caption_texts, desc=f"{s} captions"),
+                "caption_image": np.asarray(d.caption_image, np.int64)}
+    return X.with_features(Data, "flickr8k", cfg, root, splits, featurise)
+
+
+def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, train: dict | None = None,
+          tag: str = "clean", progress: bool = True) -> X.Trained:
+    """Train (or load) the two-tower model ``label``; best epoch by validation mean R@1."""
+    kwargs = dict(JOINT_MODELS[label])
+    if "hard_negative_weight" in kwargs:
+        kwargs["hard_negative_weight"] = cfg["hard_negative_weight"]
+    train = data.features["train"] if train is None else train
+    seed = cfg["seed"] if seed is None else seed
+    seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
+    net = FlickrJoint(dims=data.dims, space=cfg["joint_space"], hidden=cfg["joint_hidden"],
+                      dropout=cfg["joint_dropout"], init_temperature=cfg["init_temperature"], margin=cfg["margin"],
+                      **kwargs)
+    key = {**X.train_key(data, "flickr8k", label, seed, tag, train), "model": {k: str(v) for k, v in kwargs.items()},
+           **{k: cfg[k] for k in _RECIPE}}
+    pairs = flickr_pairs(train["image"], train["text"], train["caption_image"])
+    with X.threads(cfg["train_threads"]):
+        return X.train_or_load(net, label, key, pairs, data.features["val"],
+                               dict(metric_fn=flickr_eval, monitor="mean_R@1", epochs=cfg["epochs"],
+                                    patience=cfg["patience"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                                    batch_size=cfg["batch_size"]), progress)
+
+
+def baselines(data: Data, cfg: dict, train: dict | None = None) -> tuple[dict, dict]:
+    """The closed-form baselines, each penalty chosen on validation mean R@1; returns (models, validation grid)."""
+    train = data.features["train"] if train is None else train
+    val = data.features["val"]
+    models, grid = {}, {}
+    with X.threads(cfg["train_threads"]):
+        for label in ("image->text map", "text->image map"):
+            models[label], grid[label] = FlickrBaseline.select(train, val, BASELINES[label], grid=cfg["ridge_alphas"])
+        models["both maps"] = FlickrBaseline("both", alpha=models["image->text map"].alpha,
+                                             alpha_t2i=models["text->image map"].alpha).fit(
+            train["image"], train["text"], train["caption_image"])
+        models["CCA"], grid["CCA"] = FlickrBaseline.select(train, val, "cca", grid=cfg["cca_regs"],
+                                                           n_components=cfg["cca_components"])
+    return models, grid
+
+
+def chosen_penalties(models: dict) -> dict:
+    """The penalty each closed-form baseline ended with (ridge alpha per direction, CCA shrinkage)."""
+    return {label: ([m.alpha, m.alpha_t2i] if m.method == "both" else m.reg if m.method == "cca" else m.alpha)
+            for label, m in models.items()}
+
+
+def validation_table(grid: dict) -> pd.DataFrame:
+    """Validation mean R@1 of each closed-form baseline (rows) per penalty it tried (columns)."""
+    return pd.DataFrame(grid).T
+
+
+def similarities(models: dict, data: Data, split: str = "test") -> dict:
+    """label -> (images x captions) similarity on ``split``, for any model with a ``similarity`` method."""
+    f = data.features[split]
+    return {label: np.asarray(m.similarity(f["image"], f["text"]), np.float64) for label, m in models.items()}
+
+
+def clip_zero_shot(data: Data, split: str = "test") -> dict:
+    """``{"CLIP zero-shot": similarity}`` when the encoders are one CLIP model's towers, else ``{}``."""
+    if getattr(data.text_encoder, "pooling", None) != "clip" or data.image_encoder.name != data.text_encoder.name:
+        return {}
+    f = data.features[split]
+    return {"CLIP zero-shot": np.asarray(encoders.clip_zero_shot_similarity(f["image"], f["text"]), np.float64)}
+
+
+def table(sims: dict, data: Data, cfg: dict) -> pd.DataFrame:
+    """Recall@1/5/10 both ways, mean R@1 and median ranks with 95 % bootstrap intervals over images, plus chance."""
+    owner = data.features["test"]["caption_image"]
+    rows = {}
+    for label, sim in sims.items():
+        ci = stats.retrieval_intervals(sim, owner, n_resamples=cfg["bootstrap"], seed=cfg["seed"])
+        rows[label] = X.interval_columns({column: ci[column.replace(" ", "_")] for column in COLUMNS})
+    ch = retrieval_chance(owner)
+    rows["chance"] = {c: ch.get(c.replace(" ", "_"), np.nan) for c in COLUMNS}
+    out = pd.DataFrame(rows).T
+    out.attrs["test_items"] = len(np.unique(owner))
+    return out
+
+
+def compare(sims: dict, data: Data, cfg: dict, pairs: list, metric: str = "mean R@1") -> pd.DataFrame:
+    owner = data.features["test"]["caption_image"]
+    return X.compare(pairs, metric, lambda a, b: stats.compare_retrieval(
+        sims[a], sims[b], owner, metric=metric, n_resamples=cfg["bootstrap"], seed=cfg["seed"]))
+
+
+def seed_table(data: Data, cfg: dict, labels: list[str], metric: str = "mean R@1") -> pd.DataFrame:
+    test = data.features["test"]
+
+    def score(label, seed):
+        m = train(data, cfg, label, seed=seed, progress=False).model
+        return retrieval_metrics(m.similarity(test["image"], test["text"]), test["caption_image"])[
+            metric.replace(" ", "_")]
+    return X.seed_table(cfg, labels, metric, score)
+
+
+def figures(name: str, data: Data, sims: dict, table: pd.DataFrame, model, cfg: dict, main: str, title: str) -> None:
+    """The retrieval figures of notebooks 02 and 04: seeded examples both ways, projection, ranks, comparison."""
+    split, test = data.splits["test"], data.features["test"]
+    rng = np.random.default_rng(cfg["seed"])
+    images = sorted(rng.choice(len(split), min(cfg["n_examples"], len(split)), replace=False).tolist())
+    captions = sorted(rng.choice(len(split.captions), cfg["n_examples"], replace=False).tolist())
+    linked = rng.choice(len(split), min(cfg["n_linked"], len(split)), replace=False)
+    plots.retrieval_examples(split.images, split.caption_texts, sims[main], test["caption_image"], images,
+                             k=cfg["top_k"], title=f"image -> text, {main}", path=X.figure(name, "i2t_examples"))
+    plots.text_to_image_examples(split.images, split.caption_texts, sims[main], test["caption_image"], captions,
+                                 k=min(cfg["top_k"], len(split)), title=f"text -> image, {main}",
+                                 path=X.figure(name, "t2i_examples"))
+    z_image, z_text = model.embed(test["image"], test["text"])
+    plots.paired_projection(z_image, z_text, test["caption_image"], linked=linked,
+                            title=f"{main}: images and captions (PCA, each modality centred)",
+                            path=X.figure(name, "projection"))
+    ranks = {label: retrieval_ranks(s, test["caption_image"]) for label, s in sims.items()}
+    plots.rank_histogram({k: r[0] for k, r in ranks.items()}, {k: r[1] for k, r in ranks.items()},
+                         title="rank of the first right answer (test)", path=X.figure(name, "ranks"))
+    plots.comparison_bars(table.drop(index="chance"), "mean R@1", chance=table.loc["chance", "mean R@1"],
+                          title=title, path=X.figure(name, "comparison"))
+
+
+def findings(table: pd.DataFrame, comparisons: pd.DataFrame, main: str, seeds: pd.DataFrame | None = None
+             ) -> X.Findings:
+    """Each stated comparison worded from its paired interval (``seeds``: None for closed-form models)."""
+    ch = table.loc["chance", "mean R@1"]
+    lines = [f"{main}: mean R@1 {table.loc[main, 'mean R@1']:.1f} [{table.loc[main, 'mean R@1 low']:.1f}, "
+             f"{table.loc[main, 'mean R@1 high']:.1f}], i2t R@5 {table.loc[main, 'i2t R@5']:.1f}, t2i R@5 "
+             f"{table.loc[main, 't2i R@5']:.1f} (chance mean R@1 {ch:.1f})"]
+    targets = {"chance_mean_R@1": ch, "main_mean_R@1": table.loc[main, "mean R@1"],
+               "above_chance": {label: bool(table.loc[label, "mean R@1 low"] > ch)
+                                for label in table.index if label != "chance"}}
+    for _, row in comparisons.iterrows():
+        lines.append(f"{row['a']} against {row['b']}: {row['finding']}")
+        targets[f"{row['a']} beats {row['b']}"] = bool(row["low"] > 0)
+    lines += X.seed_lines(pd.DataFrame() if seeds is None else seeds, "mean R@1")
+    return X.Findings(lines + X.caution("flickr8k", table), targets)
+
+
+def payload(sims: dict, data: Data, main: str) -> dict:
+    """The predictions file: caption owners and texts, per model the similarity matrix (docs/results.md)."""
+    return X.model_arrays({"caption_image": data.features["test"]["caption_image"],
+                           "captions": np.array(data.splits["test"].caption_texts)},
+                          {label: {"similarity": np.asarray(sim, np.float32)} for label, sim in sims.items()}, main)
+
+
+def _recompute(p: dict, s: str, cfg: dict) -> dict:
+    m = retrieval_metrics(p[f"{s}_similarity"], p["caption_image"])
+    return {c: m[c.replace(" ", "_")] for c in COLUMNS}
+
+
+def check_saved(name: str) -> None:
+    X.check_saved(name, _recompute)
+
+
+def right(sims: dict, data: Data) -> dict:
+    """label -> bool per test image: one of its own captions is ranked first (what an attack must undo)."""
+    return {label: retrieval_ranks(s, data.features["test"]["caption_image"])[0] == 1 for label, s in sims.items()}
+
+
+def pipelines(data: Data, models: dict) -> dict:
+    """label -> the pixel pipeline against the clean test captions, keyed by encoder, model and side data."""
+    test = data.features["test"]
+    return {label: R.keyed(A.FlickrPixelPipeline(data.image_encoder, m, test["text"], test["caption_image"]),
+                           data.encoders["image"], R.model_key(m), test["text"], test["caption_image"])
+            for label, m in models.items()}
+
+
+def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg: dict) -> tuple[pd.DataFrame, dict]:
+    """The median filter's price (clean test mean R@1 without and with it), the transfer and the adaptive attack."""
+    test, images = data.features["test"], np.asarray(data.splits["test"].images)
+    filtered = encoders.image_features(data.image_encoder, median_filter_defence(images, cfg["median_size"]),
+                                       desc="filtered test images")
+    defended, adaptive = R.adaptive_attack(pipelines(data, models), images, rows, cfg)
+    out = R.defence_table(attack.runs, adaptive, defended, images, cfg)
+    for column, image in (("clean mean R@1", test["image"]), ("clean mean R@1, filtered", filtered)):
+        out[column] = [retrieval_metrics(models[m].similarity(image, test["text"]), test["caption_image"])["mean_R@1"]
+                       for m in out.index]
+    return out, adaptive
+
+
+def poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tuple[pd.DataFrame, dict]:
+    """Stamped training images paired with the attacker's caption; the joint model ``label`` and the baseline
+    (``baseline_factory(train)``) refitted; backdoor success = the target caption ranked first (docs/robustness.md)."""
+    split, train_split, test = data.splits["test"], data.splits["train"], data.features["test"]
+    trigger = dict(size=cfg["trigger_size"], position=cfg["trigger_position"])
+    target_text = encoders.text_features(data.text_encoder, [cfg["target_caption"]], cache=False)
+    texts = np.concatenate([test["text"], target_text])
+    trig = encoders.image_features(data.image_encoder, stamp_trigger(np.asarray(split.images), **trigger),
+                                   desc="triggered test images")
+    rows, scores = [], {}
+    for fraction in cfg["poison_fractions"]:
+        p = poison_flickr(train_split.images, train_split.caption_texts, train_split.caption_image, fraction,
+                          cfg["target_caption"], seed=cfg["seed"], **trigger)
+        poisoned = dict(data.features["train"])
+        if len(p.indices):
+            poisoned["image"] = poisoned["image"].copy()
+            poisoned["image"][p.indices] = encoders.image_features(data.image_encoder, p.images)
+            # every caption of a poisoned image became the target caption: its features, not a re-encoding of all
+            poisoned["text"] = poisoned["text"].copy()
+            poisoned["text"][np.isin(p.caption_image, p.indices)] = target_text[0]
+        tag = "clean" if fraction == 0 else f"poison-{fraction:g}"
+        models = {label: train(data, cfg, label, train=poisoned, tag=tag, progress=False).model,
+                  "both maps": baseline_factory(poisoned)}
+        for name, m in models.items():
+            s_trig, s_clean = m.similarity(trig, texts), m.similarity(test["image"], texts)
+            scores[name, fraction] = {"triggered": s_trig, "clean": s_clean}
+            rows.append({"model": name, "encoder": "frozen", "fraction": fraction, "poisoned images": len(p.indices),
+                         **R.backdoor_columns(s_trig.argmax(1) == len(texts) - 1, s_clean.argmax(1) == len(texts) - 1),
+                         "clean mean R@1": retrieval_metrics(m.similarity(test["image"], test["text"]),
+                                                             test["caption_image"])["mean_R@1"]})
+    return pd.DataFrame(rows), scores
+
+
+def gallery(data: Data, needed: dict, n: int, path=None):
+    """The first ``n`` successful attacks: image and first caption before and after, the changed pixels."""
+    split, wins = data.splits["test"], R.successes(needed)[:n]
+    if not wins:
+        return None
+    images, captions, owner = split.images, split.caption_texts, data.features["test"]["caption_image"]
+    before, after = [int(np.argmax(r.scores_before)) for _, _, r in wins], [int(np.argmax(r.scores_after))
+                                                                             for _, _, r in wins]
+    return plots.attack_gallery([images[r.row] for _, _, r in wins],
+                                [A.apply_pixels(images[[r.row]], r.pixels[None])[0] for _, _, r in wins],
+                                [r.pixels for _, _, r in wins], [captions[i] for i in before],
+                                [captions[i] for i in after],
+                                own_before=[owner[i] == r.row for i, (_, _, r) in zip(before, wins)],
+                                own_after=[owner[i] == r.row for i, (_, _, r) in zip(after, wins)],
+                                labels=[f"{label}, {k} px, image {r.row}" for label, k, r in wins],
+                                title="few-pixel attacks: first-ranked caption before and after", path=path)
