@@ -7,7 +7,7 @@
 Stages, each a child process: generate Emotic (train 23,266 / val 3,315 / test 7,203 persons) and Flickr8k (8,091
 images x 5 captions, original layout, lists of 6,000 / 1,000 / 1,000) with ``utils.synthetic``; prepare them with
 ``mat2py.py --descriptions file`` and ``prepare_flickr8k.py``; extract the frozen features exactly as the notebooks
-do (``utils.experiments.emotic_data`` / ``flickr_data``, into a fresh feature cache); execute notebooks 01-04 in the
+do (``utils.emotic.data`` / ``utils.flickr8k.data``, into a fresh feature cache); execute notebooks 01-04 in the
 ``full`` profile with nbclient (they then read the warm cache, so their times are training and evaluation).
 
 Printed per stage: wall time, throughput (persons/s or images/s), peak resident memory of the stage's whole process
@@ -89,7 +89,7 @@ def _best_rate(encoder, side: int) -> tuple[float, int]:
 
 def child_features(dataset: str) -> dict:
     """Features as the notebooks compute them, every image_features / text_features call timed."""
-    from utils import config, encoders, experiments
+    from utils import config, emotic, encoders, flickr8k
 
     calls, samples, used = [], {}, {}  # samples: input side -> best rates measured during the stage
 
@@ -110,7 +110,7 @@ def child_features(dataset: str) -> dict:
     encoders.text_features = timed(encoders.text_features, "text")
     cfg = config.load(dataset)
     t0 = time.perf_counter()
-    data = (experiments.emotic_data if dataset == "emotic" else experiments.flickr_data)(cfg)
+    data = (emotic if dataset == "emotic" else flickr8k).data(cfg)
     wall = time.perf_counter() - t0
     enc = data.image_encoder
     rate = {side: sum(r) / len(r) for side, r in sorted(samples.items())}

@@ -1,9 +1,10 @@
 """utils.batching: the probe keeps the fastest batch and layout of a model whose cost per call is known, stops at
 out-of-memory, is cached in memory and on disk, and MMER_INFERENCE_BATCH overrides it.
 
-The model's cost is charged to a fake clock that the probe reads (``batching.time``), so the probe's logic is tested
+The model's cost is charged to a fake clock that the probe's ``timeit`` reads, so the probe's logic is tested
 in milliseconds and its measured rates are exact."""
 import json
+import timeit
 from types import SimpleNamespace
 
 import pytest
@@ -55,7 +56,9 @@ def fresh(tmp_path, monkeypatch):
 @pytest.fixture
 def clock(fresh, monkeypatch):
     """``fresh``, and the probe reads the fake clock."""
-    monkeypatch.setattr(batching, "time", SimpleNamespace(perf_counter=Clock.perf_counter))
+    real = timeit.repeat
+    monkeypatch.setattr(batching, "timeit", SimpleNamespace(
+        repeat=lambda *a, **kw: real(*a, **{**kw, "timer": Clock.perf_counter})))
     return fresh
 
 

@@ -1,6 +1,6 @@
 """Evaluation metrics for Emotic (multi-label emotions) and Flickr8k (image-caption retrieval), in percent except VAD
 errors (1..10 scale) and ranks. The conventions (NaN AP without a positive, pessimistic ties) are in
-docs/statistics.md; saving what a notebook reports lives in ``utils.results``."""
+docs/statistics.md; saving what a notebook reports lives in ``utils.store``."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -30,6 +30,7 @@ import numpy as np
 
 from utils.images import pixel_box  # noqa: F401 (prep's name)
 from utils.labels import CATEGORIES, CATEGORY_INDEX
+from utils.paths import cache_dir
 from utils.prep.io import PrepError, sha256_prefix
 
 SPLITS = ("train", "val", "test")
@@ -389,7 +390,6 @@ class Captioner:
         self.name, self.max_new_tokens, self.batch_size = name, max_new_tokens, batch_size
         self.crop_side, self.prompt = crop_side, prompt
         if cache is None:
-            from utils.paths import cache_dir
             cache = cache_dir() / "captions.sqlite"
         self.cache = CaptionCache(cache)
         self.fingerprint = "|".join([name, weights_hash(name), f"tokens={max_new_tokens}",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .emotic import make_emotic
 from .flickr import build_content, write_layout
+from .learnability import learnability_report
 from .sizes import SIZES
 
 
@@ -34,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", metavar="DIR", help="report learnability of a folder written by this tool")
     args = ap.parse_args(argv)
     if args.check:
-        from .learnability import learnability_report  # torch and transformers load only for the check
-
         t0 = time.perf_counter()
         report = learnability_report(args.check)
         report["seconds"] = round(time.perf_counter() - t0, 1)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.encoders import image_features, load_image_encoder, load_text_encoder, text_features
 from utils.metrics import emotic_metrics, retrieval_chance, retrieval_metrics
 from utils.prep.emotic import DescriptionFile, load_annotations, pixel_box
 from utils.prep.flickr import find_source, plan_splits
@@ -121,8 +122,6 @@ def emotic_report(scores: dict[str, np.ndarray], y_test: np.ndarray, n_fit: int)
 
 def emotic_learnability(root, c: float = 4.0, image_encoder=None, text_encoder=None) -> dict:
     """The Emotic half of the report for a folder written by ``make_emotic`` (encoders default to the offline ones)."""
-    from utils.encoders import image_features, load_image_encoder, load_text_encoder, text_features
-
     image_encoder = load_image_encoder() if image_encoder is None else image_encoder
     text_encoder = load_text_encoder() if text_encoder is None else text_encoder
     persons = load_emotic_persons(root)
@@ -176,8 +175,6 @@ def flickr_report(sim: np.ndarray, caption_image: np.ndarray, n_train: int) -> d
 
 def flickr_learnability(root, alpha: float = 10.0, image_encoder=None, text_encoder=None) -> dict:
     """The Flickr8k half of the report for a folder in the original layout."""
-    from utils.encoders import image_features, load_image_encoder, load_text_encoder, text_features
-
     image_encoder = load_image_encoder() if image_encoder is None else image_encoder
     text_encoder = load_text_encoder() if text_encoder is None else text_encoder
 
@@ -195,8 +192,6 @@ def flickr_learnability(root, alpha: float = 10.0, image_encoder=None, text_enco
 
 def learnability_report(out) -> dict:
     """Both checks on a folder written by ``make_all``, with the encoders loaded once."""
-    from utils.encoders import load_image_encoder, load_text_encoder
-
     out = Path(out)
     encoders = {"image_encoder": load_image_encoder(), "text_encoder": load_text_encoder()}
     return {"emotic": emotic_learnability(out / "emotic", **encoders),
