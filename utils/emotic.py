@@ -1,7 +1,4 @@
-"""The Emotic experiments (notebooks 01, 03 and 05): data, the models and their recipe, tables, findings, and the
-few-pixel attack, defence and poisoning of the robustness notebook. Generic parts: ``utils.experiments`` and
-``utils.robustness``; the rules behind the numbers: docs/results.md and docs/robustness.md.
-"""
+"""The Emotic experiments (notebooks 01, 03, 05); shared parts: ``utils.experiments``, ``utils.robustness``."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +10,7 @@ import pandas as pd
 
 from . import attack as A
 from . import data as D
-from . import encoders, paths, plots, stats
+from . import encoders, plots, stats
 from . import experiments as X
 from . import robustness as R
 from .labels import CATEGORIES, CATEGORY_INDEX
@@ -52,21 +49,16 @@ class Data(X.Data):
 
 
 def load_splits() -> tuple:
-    """The prepared artefacts of every split (a missing file stops with the prep command)."""
-    root = paths.require_artefacts("emotic", [f for s in X.SPLITS for f in D.emotic_files(s)])
-    return root, {s: D.load_emotic(s, root) for s in X.SPLITS}
+    return X.load_splits("emotic", [f for s in X.SPLITS for f in D.emotic_files(s)], D.load_emotic)
 
 
 def data(cfg: dict) -> Data:
-    """Emotic artefacts (a missing file stops with the prep command) and their cached frozen features."""
-    root, splits = load_splits()
-
     def featurise(s, d, image_encoder, text_encoder):
         return {"body": encoders.image_features(image_encoder, d.body, desc=f"{s} body"),
                 "context": encoders.image_features(image_encoder, d.context, desc=f"{s} context"),
                 "text": encoders.text_features(text_encoder, d.descriptions, desc=f"{s} text"),
                 "cat": np.asarray(d.cat, np.float32), "cont": np.asarray(d.cont, np.float32)}
-    return X.with_features(Data, "emotic", cfg, root, splits, featurise)
+    return X.with_features(Data, "emotic", cfg, *load_splits(), featurise)
 
 
 def model(label: str, cfg: dict, dims: dict, align_weight: float | None = None):
@@ -117,9 +109,9 @@ def chance(data: Data) -> dict:
     return {"scores": np.tile(train["cat"].mean(0), (n, 1)), "vad": np.tile(train["cont"].mean(0), (n, 1))}
 
 
-def predictions(models: dict, data: Data, split: str = "test") -> dict:
-    """label -> the model's outputs on ``split`` (scores, vad, embeddings)."""
-    return {label: predict(m.model if isinstance(m, X.Trained) else m, data.features[split])
+def predictions(models: dict, data: Data) -> dict:
+    """label -> the model's test outputs (scores, vad, embeddings)."""
+    return {label: predict(m.model if isinstance(m, X.Trained) else m, data.features["test"])
             for label, m in models.items()}
 
 
@@ -270,15 +262,12 @@ def payload(preds: dict, data: Data, main: str) -> dict:
                            for label, p in preds.items()}, main)
 
 
-def _recompute(p: dict, s: str, cfg: dict) -> dict:
+def recompute(p: dict, s: str, cfg: dict) -> dict:
+    """A model's summary row from its saved predictions, for ``experiments.check_saved``."""
     m = emotic_metrics(p[f"{s}_scores"], p["labels"], p[f"{s}_vad_pred"], p["vad_true"])
     corrected = stats.bias_corrected_map(p[f"{s}_scores"], p["labels"], seed=cfg["seed"],
                                          n_subsamples=cfg["bootstrap"])["estimate"]
     return {"mAP": corrected, "VAD MAE": m["vad_mae"]["mean"], "dominant acc": m["dominant_accuracy"]}
-
-
-def check_saved(name: str) -> None:
-    X.check_saved(name, _recompute)
 
 
 def right(preds: dict, data: Data) -> dict:
@@ -289,10 +278,9 @@ def right(preds: dict, data: Data) -> dict:
 
 def pipelines(data: Data, models: dict) -> dict:
     """label -> the pixel pipeline of that model (text held clean), keyed by encoder, weights and side data."""
-    test, boxes = data.features["test"], np.asarray(data.splits["test"].boxes_224)
-    return {label: R.keyed(A.EmoticPixelPipeline(data.image_encoder, m, test["text"], boxes, test["cat"]),
-                           data.encoders["image"], R.model_key(m), test["text"], boxes, test["cat"])
-            for label, m in models.items()}
+    test = data.features["test"]
+    return R.pipelines(data, models, A.EmoticPixelPipeline, test["text"], np.asarray(data.splits["test"].boxes_224),
+                       test["cat"])
 
 
 def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg: dict) -> tuple[pd.DataFrame, dict]:
@@ -300,13 +288,8 @@ def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg
     split, test = data.splits["test"], data.features["test"]
     filtered = {kind: encoders.image_features(data.image_encoder, median_filter_defence(
         np.asarray(getattr(split, kind)), cfg["median_size"]), desc=f"filtered {kind}") for kind in ("body", "context")}
-    images = np.asarray(split.context)
-    defended, adaptive = R.adaptive_attack(pipelines(data, models), images, rows, cfg)
-    out = R.defence_table(attack.runs, adaptive, defended, images, cfg)
-    out["clean mAP"] = [clean_map(predict(models[m], test)["scores"], test["cat"], cfg) for m in out.index]
-    out["clean mAP, filtered"] = [clean_map(predict(models[m], {**test, **filtered})["scores"], test["cat"], cfg)
-                                  for m in out.index]
-    return out, adaptive
+    return R.defence(pipelines(data, models), attack, np.asarray(split.context), rows, cfg, "mAP",
+                     lambda m, f: clean_map(predict(models[m], {**test, **f})["scores"], test["cat"], cfg), filtered)
 
 
 def prefix_maps(prefix, images: np.ndarray, desc: str | None = None) -> np.ndarray:
@@ -321,12 +304,9 @@ def poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, d
     (docs/robustness.md); returns the table and the scores keyed by (model, fraction)."""
     if cfg["poison_finetune"] not in (None, False, "last"):
         raise ValueError(f"poison_finetune must be null (or false) or 'last', got {cfg['poison_finetune']!r}")
-    tables, scores = [], {}
-    for finetune in (False, True) if cfg["poison_finetune"] else (False,):
-        t, s = _poisoning(data, cfg, labels, finetune)
-        tables.append(t)
-        scores.update(s)
-    return pd.concat(tables, ignore_index=True), scores
+    parts = [_poisoning(data, cfg, labels, finetune) for finetune in ((False, True) if cfg["poison_finetune"] else
+                                                                        (False,))]
+    return pd.concat([t for t, _ in parts], ignore_index=True), {k: v for _, s in parts for k, v in s.items()}
 
 
 def _poisoned_inputs(data: Data, cfg: dict, finetune: bool):
@@ -374,19 +354,7 @@ def _poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tupl
     return pd.DataFrame(rows), scores
 
 
-def top_category(scores) -> str:
-    j = int(np.argmax(scores))
-    return f"{CATEGORIES[j]} {scores[j]:.2f}"
-
-
 def gallery(data: Data, needed: dict, n: int, path=None):
     """The first ``n`` successful attacks: scene and top category before and after, the changed pixels."""
-    scenes, wins = data.splits["test"].context, R.successes(needed)[:n]
-    if not wins:
-        return None
-    return plots.attack_gallery([scenes[r.row] for _, _, r in wins],
-                                [A.apply_pixels(scenes[[r.row]], r.pixels[None])[0] for _, _, r in wins],
-                                [r.pixels for _, _, r in wins], [top_category(r.scores_before) for _, _, r in wins],
-                                [top_category(r.scores_after) for _, _, r in wins],
-                                labels=[f"{label}, {k} px, person {r.row}" for label, k, r in wins],
-                                title="few-pixel attacks: before and after", path=path)
+    return R.gallery(data.splits["test"].context, needed, n, lambda s: f"{CATEGORIES[np.argmax(s)]} {s.max():.2f}",
+                     "person", "few-pixel attacks: before and after", path)

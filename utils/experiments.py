@@ -1,6 +1,5 @@
-"""What the experiments of both datasets share (per dataset: ``utils.emotic``, ``utils.flickr8k``): frozen features,
-train-or-load through the store (so notebooks 05-06 load the very models 01-04 trained), tables, findings, saving.
-"""
+"""What both datasets' experiments share: frozen features, train-or-load through the store (so notebooks 05-06
+load the very models 01-04 trained), tables, findings, saving. Per dataset: ``utils.emotic``, ``utils.flickr8k``."""
 from __future__ import annotations
 
 import contextlib
@@ -65,6 +64,12 @@ def frozen_encoders(cfg):
 
 def features_digest(features: dict) -> str:
     return store.key(*(features[k] for k in sorted(features)))
+
+
+def load_splits(name: str, files: list, load) -> tuple:
+    """(root, split -> ``load(split, root)``); a missing artefact stops with the prep command."""
+    root = paths.require_artefacts(name, files)
+    return root, {s: load(s, root) for s in SPLITS}
 
 
 def with_features(cls, name: str, cfg: dict, root: Path, splits: dict, featurise) -> Data:

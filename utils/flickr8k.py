@@ -1,7 +1,4 @@
-"""The Flickr8k experiments (notebooks 02, 04 and 06): data, the closed-form baselines and the two-tower models,
-retrieval tables and figures, findings, and the robustness notebook's attack, defence and poisoning. Generic parts:
-``utils.experiments`` and ``utils.robustness``; the rules behind the numbers: docs/results.md, docs/robustness.md.
-"""
+"""The Flickr8k experiments (notebooks 02, 04, 06); shared parts: ``utils.experiments``, ``utils.robustness``."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +6,7 @@ import pandas as pd
 
 from . import attack as A
 from . import data as D
-from . import encoders, paths, plots, stats
+from . import encoders, plots, stats
 from . import experiments as X
 from . import robustness as R
 from .metrics import retrieval_chance, retrieval_metrics, retrieval_ranks
@@ -39,28 +36,23 @@ class Data(X.Data):
 
 
 def load_splits() -> tuple:
-    """The prepared artefacts of every split (a missing file stops with the prep command)."""
-    root = paths.require_artefacts("flickr8k", [f"{s}_{f}" for s in X.SPLITS for f in ("images.npy", "captions.csv")])
-    return root, {s: D.load_flickr(s, root) for s in X.SPLITS}
+    return X.load_splits("flickr8k", [f"{s}_{f}" for s in X.SPLITS for f in ("images.npy", "captions.csv")],
+                         D.load_flickr)
 
 
 def data(cfg: dict) -> Data:
-    """Flickr8k artefacts and their cached frozen features (one image row per image, one text row per caption)."""
-    root, splits = load_splits()
-
+    """One image row per image, one text row per caption."""
     def featurise(s, d, image_encoder, text_encoder):
         return {"image": encoders.image_features(image_encoder, d.images, desc=f"{s} images"),
                 "text": encoders.text_features(text_encoder, d.caption_texts, desc=f"{s} captions"),
                 "caption_image": np.asarray(d.caption_image, np.int64)}
-    return X.with_features(Data, "flickr8k", cfg, root, splits, featurise)
+    return X.with_features(Data, "flickr8k", cfg, *load_splits(), featurise)
 
 
 def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, train: dict | None = None,
           tag: str = "clean", progress: bool = True) -> X.Trained:
     """Train (or load) the two-tower model ``label``; best epoch by validation mean R@1."""
-    kwargs = dict(JOINT_MODELS[label])
-    if "hard_negative_weight" in kwargs:
-        kwargs["hard_negative_weight"] = cfg["hard_negative_weight"]
+    kwargs = {k: cfg[k] if k == "hard_negative_weight" else v for k, v in JOINT_MODELS[label].items()}
     train = data.features["train"] if train is None else train
     seed = cfg["seed"] if seed is None else seed
     seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
@@ -99,22 +91,17 @@ def chosen_penalties(models: dict) -> dict:
             for label, m in models.items()}
 
 
-def validation_table(grid: dict) -> pd.DataFrame:
-    """Validation mean R@1 of each closed-form baseline (rows) per penalty it tried (columns)."""
-    return pd.DataFrame(grid).T
-
-
-def similarities(models: dict, data: Data, split: str = "test") -> dict:
-    """label -> (images x captions) similarity on ``split``, for any model with a ``similarity`` method."""
-    f = data.features[split]
+def similarities(models: dict, data: Data) -> dict:
+    """label -> (images x captions) test similarity, for any model with a ``similarity`` method."""
+    f = data.features["test"]
     return {label: np.asarray(m.similarity(f["image"], f["text"]), np.float64) for label, m in models.items()}
 
 
-def clip_zero_shot(data: Data, split: str = "test") -> dict:
+def clip_zero_shot(data: Data) -> dict:
     """``{"CLIP zero-shot": similarity}`` when the encoders are one CLIP model's towers, else ``{}``."""
     if getattr(data.text_encoder, "pooling", None) != "clip" or data.image_encoder.name != data.text_encoder.name:
         return {}
-    f = data.features[split]
+    f = data.features["test"]
     return {"CLIP zero-shot": np.asarray(encoders.clip_zero_shot_similarity(f["image"], f["text"]), np.float64)}
 
 
@@ -140,12 +127,9 @@ def compare(sims: dict, data: Data, cfg: dict, pairs: list, metric: str = "mean 
 
 def seed_table(data: Data, cfg: dict, labels: list[str], metric: str = "mean R@1") -> pd.DataFrame:
     test = data.features["test"]
-
-    def score(label, seed):
-        m = train(data, cfg, label, seed=seed, progress=False).model
-        return retrieval_metrics(m.similarity(test["image"], test["text"]), test["caption_image"])[
-            metric.replace(" ", "_")]
-    return X.seed_table(cfg, labels, metric, score)
+    return X.seed_table(cfg, labels, metric, lambda label, seed: retrieval_metrics(train(
+        data, cfg, label, seed=seed, progress=False).model.similarity(test["image"], test["text"]),
+        test["caption_image"])[metric.replace(" ", "_")])
 
 
 def figures(name: str, data: Data, sims: dict, table: pd.DataFrame, model, cfg: dict, main: str, title: str) -> None:
@@ -195,13 +179,10 @@ def payload(sims: dict, data: Data, main: str) -> dict:
                           {label: {"similarity": np.asarray(sim, np.float32)} for label, sim in sims.items()}, main)
 
 
-def _recompute(p: dict, s: str, cfg: dict) -> dict:
+def recompute(p: dict, s: str, cfg: dict) -> dict:
+    """A model's summary row from its saved predictions, for ``experiments.check_saved``."""
     m = retrieval_metrics(p[f"{s}_similarity"], p["caption_image"])
     return {c: m[c.replace(" ", "_")] for c in COLUMNS}
-
-
-def check_saved(name: str) -> None:
-    X.check_saved(name, _recompute)
 
 
 def right(sims: dict, data: Data) -> dict:
@@ -212,9 +193,7 @@ def right(sims: dict, data: Data) -> dict:
 def pipelines(data: Data, models: dict) -> dict:
     """label -> the pixel pipeline against the clean test captions, keyed by encoder, model and side data."""
     test = data.features["test"]
-    return {label: R.keyed(A.FlickrPixelPipeline(data.image_encoder, m, test["text"], test["caption_image"]),
-                           data.encoders["image"], R.model_key(m), test["text"], test["caption_image"])
-            for label, m in models.items()}
+    return R.pipelines(data, models, A.FlickrPixelPipeline, test["text"], test["caption_image"])
 
 
 def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg: dict) -> tuple[pd.DataFrame, dict]:
@@ -222,12 +201,9 @@ def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg
     test, images = data.features["test"], np.asarray(data.splits["test"].images)
     filtered = encoders.image_features(data.image_encoder, median_filter_defence(images, cfg["median_size"]),
                                        desc="filtered test images")
-    defended, adaptive = R.adaptive_attack(pipelines(data, models), images, rows, cfg)
-    out = R.defence_table(attack.runs, adaptive, defended, images, cfg)
-    for column, image in (("clean mean R@1", test["image"]), ("clean mean R@1, filtered", filtered)):
-        out[column] = [retrieval_metrics(models[m].similarity(image, test["text"]), test["caption_image"])["mean_R@1"]
-                       for m in out.index]
-    return out, adaptive
+    return R.defence(pipelines(data, models), attack, images, rows, cfg, "mean R@1", lambda m, f: retrieval_metrics(
+        models[m].similarity(f.get("image", test["image"]), test["text"]), test["caption_image"])["mean_R@1"],
+        {"image": filtered})
 
 
 def poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tuple[pd.DataFrame, dict]:
@@ -265,17 +241,7 @@ def poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tuple[pd.D
 
 def gallery(data: Data, needed: dict, n: int, path=None):
     """The first ``n`` successful attacks: image and first caption before and after, the changed pixels."""
-    split, wins = data.splits["test"], R.successes(needed)[:n]
-    if not wins:
-        return None
-    images, captions, owner = split.images, split.caption_texts, data.features["test"]["caption_image"]
-    before, after = [int(np.argmax(r.scores_before)) for _, _, r in wins], [int(np.argmax(r.scores_after))
-                                                                             for _, _, r in wins]
-    return plots.attack_gallery([images[r.row] for _, _, r in wins],
-                                [A.apply_pixels(images[[r.row]], r.pixels[None])[0] for _, _, r in wins],
-                                [r.pixels for _, _, r in wins], [captions[i] for i in before],
-                                [captions[i] for i in after],
-                                own_before=[owner[i] == r.row for i, (_, _, r) in zip(before, wins)],
-                                own_after=[owner[i] == r.row for i, (_, _, r) in zip(after, wins)],
-                                labels=[f"{label}, {k} px, image {r.row}" for label, k, r in wins],
-                                title="few-pixel attacks: first-ranked caption before and after", path=path)
+    split, owner = data.splits["test"], data.features["test"]["caption_image"]
+    return R.gallery(split.images, needed, n, lambda s: split.caption_texts[int(np.argmax(s))], "image",
+                     "few-pixel attacks: first-ranked caption before and after", path,
+                     own=lambda s, row: owner[int(np.argmax(s))] == row)

@@ -1,7 +1,5 @@
-"""The experiments of part 3 that both datasets share: few-pixel attacks on the models of parts 1 and 2 (the
-searches are ``utils.attack``), their tables, verdicts and sentences, the median-filter defence and the poisoning
-rates. Per dataset: ``utils.emotic`` and ``utils.flickr8k``. The rules behind every sentence: docs/robustness.md.
-"""
+"""Part 3 for both datasets: few-pixel attacks (searches: ``utils.attack``), their tables, verdicts and sentences,
+the median-filter defence and the poisoning rates. The rules behind every sentence: docs/robustness.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +36,13 @@ def keyed(pipeline, *parts):
     return pipeline
 
 
-#: which searches an ``attack_method`` runs, by member name (an ensemble's result per item is its members' worst
-#: case; the black-box member alone is the realistic attacker that sees only the scores)
+def pipelines(data, models: dict, cls, *side) -> dict:
+    """label -> ``cls(image encoder, model, *side)``, keyed by the encoder, the model and the side data."""
+    return {label: keyed(cls(data.image_encoder, m, *side), data.encoders["image"], model_key(m), *side)
+            for label, m in models.items()}
+
+
+#: searches by member name per ``attack_method`` (an ensemble's result is its members' worst case per item)
 MEMBERS = {"ensemble": {"white-box": "sparse-pgd", "black-box": "sparse"}, "sparse": {"black-box": "sparse"},
            "de": {"black-box": "de"}, "sparse-pgd": {"white-box": "sparse-pgd"}}
 
@@ -288,15 +291,24 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-#: the verdict when no model is declared more robust, whatever the reason (not settled, or no detectable difference):
-#: the reason is stated in the sentence, the verdict stays the same on every machine and seed
+#: the verdict whatever the reason (stated in the sentence), so it reads the same on every machine and seed
 NO_VERDICT = "no model is declared more robust"
+
+
+def _pair(tests: pd.DataFrame, a: str, b: str):
+    """The pair's tests by k, or None when no item was attacked by both."""
+    part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
+    return None if part.empty or part["items"].iloc[0] == 0 else part
+
+
+def _rising(status: pd.DataFrame | None, *models: str) -> list:
+    return [m for m in models if status is not None and not bool(status.loc[m, "settled"])]
 
 
 def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None) -> str:
     """Declared only when both budgets settled and the Holm-adjusted test at the largest k is significant."""
-    part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
-    if part.empty or part["items"].iloc[0] == 0:
+    part = _pair(tests, a, b)
+    if part is None:
         return "no item was attacked by both"
     row = part.iloc[-1]
     if _rising(status, a, b) or not row["p (Holm)"] < 0.05:
@@ -304,18 +316,12 @@ def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | Non
     return f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
 
 
-def _rising(status: pd.DataFrame | None, *models: str) -> list:
-    return [m for m in models if status is not None and not bool(status.loc[m, "settled"])]
-
-
 def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = "") -> str:
     """A pair's counts and test at the largest k, why no model is declared more robust if none is, the verdict."""
-    part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
-    if part.empty or part["items"].iloc[0] == 0:
-        return f"{a} vs {b}: no item was attacked by both"
-    row = part.iloc[-1]
-    rising = _rising(status, a, b)
-    verdict = pair_verdict(tests, a, b, status)
+    part, verdict = _pair(tests, a, b), pair_verdict(tests, a, b, status)
+    if part is None:
+        return f"{a} vs {b}: {verdict}"
+    row, rising = part.iloc[-1], _rising(status, a, b)
     reason = (f"; success still rising in the last half of the budget for {' and '.join(rising)}: not settled at "
               f"this budget, the rates are lower bounds" if rising else
               "; no detectable difference" if verdict == NO_VERDICT else "")
@@ -343,7 +349,7 @@ def successes(needed: dict) -> list:
             for r in rep.results if r.success]
 
 
-def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray, batch_size: int = 32) -> pd.DataFrame:
+def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray) -> pd.DataFrame:
     """Per model: items fooled without the filter, and how many one of their images still fools through it."""
     rows = {}
     for label, pipe in defended.items():
@@ -353,7 +359,7 @@ def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray, batc
         if won:
             adv = A.apply_pixels(images[[r.row for r in won]], _padded([r.pixels for r in won]))
             rws = np.array([r.row for r in won])
-            fooled = ~A.correct_top1(A.score_images(pipe, adv, rws, batch_size=batch_size), pipe.truth(rws))
+            fooled = ~A.correct_top1(A.score_images(pipe, adv, rws, batch_size=32), pipe.truth(rws))
             still = set(rws[fooled].tolist())
         rows[label] = {"fooled": len({r.row for r in won}), "still fooled behind the filter": len(still)}
     return pd.DataFrame(rows).T
@@ -382,6 +388,31 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
     return transfer_through_filter(runs, defended, images).join(pd.DataFrame(rows).T.infer_objects())
 
 
+def defence(pipelines: dict, attack: AttackRun, images: np.ndarray, rows: np.ndarray, cfg: dict, metric: str, clean,
+            filtered: dict) -> tuple[pd.DataFrame, dict]:
+    """The defence table with the clean ``metric`` without and with the filter (``clean(model, features)``)."""
+    defended, adaptive = adaptive_attack(pipelines, images, rows, cfg)
+    out = defence_table(attack.runs, adaptive, defended, images, cfg)
+    for column, f in ((f"clean {metric}", {}), (f"clean {metric}, filtered", filtered)):
+        out[column] = [clean(m, f) for m in out.index]
+    return out, adaptive
+
+
+def gallery(images, needed: dict, n: int, describe, item: str, title: str, path=None, own=None):
+    """The first ``n`` successful attacks: image and ``describe(scores)`` before and after, the changed pixels."""
+    wins = successes(needed)[:n]
+    if not wins:
+        return None
+    kw = {} if own is None else {f"own_{w}": [own(getattr(r, f"scores_{w}"), r.row) for _, _, r in wins]
+                                 for w in ("before", "after")}
+    return plots.attack_gallery([images[r.row] for _, _, r in wins],
+                                [A.apply_pixels(images[[r.row]], r.pixels[None])[0] for _, _, r in wins],
+                                [r.pixels for _, _, r in wins], [describe(r.scores_before) for _, _, r in wins],
+                                [describe(r.scores_after) for _, _, r in wins], **kw,
+                                labels=[f"{label}, {k} px, {item} {r.row}" for label, k, r in wins], title=title,
+                                path=path)
+
+
 def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> tuple[dict, dict]:
     """Every model behind the median filter, attacked by the same searches at the largest k only."""
     size = cfg["median_size"]
@@ -391,8 +422,7 @@ def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: 
 
 
 def _padded(pixel_lists) -> np.ndarray:
-    k = max(len(p) for p in pixel_lists)
-    out = np.full((len(pixel_lists), k, 5), -1, np.int64)
+    out = np.full((len(pixel_lists), max(map(len, pixel_lists)), 5), -1, np.int64)
     for i, p in enumerate(pixel_lists):
         out[i, :len(p)] = p
     return out
