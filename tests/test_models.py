@@ -413,7 +413,7 @@ def test_finetuning_keeps_batchnorm_statistics_and_freezes_the_classifier():
                                    torch.nn.Conv2d(8, 24, 3), torch.nn.BatchNorm2d(24),
                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     enc = ImageEncoder(backbone, name="tiny", dim=24, fingerprint="t", mean=[0.5] * 3, std=[0.25] * 3,
-                       head=torch.nn.Linear(24, 10), last=("3", "4"))
+                       head=torch.nn.Linear(24, 10))
     model = WithEncoders(EmoticBaseline(("body", "context"), dims={"body": enc.dim, "context": enc.dim}, hidden=32),
                          {"body": enc, "context": enc})
     assert not any(p.requires_grad for p in enc.head.parameters())

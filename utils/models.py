@@ -1,6 +1,4 @@
-"""The Emotic and Flickr8k models on frozen encoder features (baselines with separate embeddings, joint embeddings),
-their losses, and ``WithEncoders`` for end-to-end fine-tuning. What each model computes: docs/models.md.
-"""
+"""The Emotic and Flickr8k models on encoder features, their losses, and ``WithEncoders``: docs/models.md."""
 from __future__ import annotations
 
 import math
@@ -25,8 +23,7 @@ VAD_CENTRE, VAD_HALF = 5.5, 4.5
 
 
 def mlp(in_dim: int, hidden: int | None, out_dim: int, dropout: float = 0.0) -> nn.Sequential:
-    """LayerNorm -> Linear -> GELU -> Dropout -> Linear (``hidden=None``: LayerNorm -> Dropout -> Linear). The
-    LayerNorm puts features of different encoders on one footing with no train/eval statistics."""
+    """LayerNorm (features of any encoder on one footing, no train/eval statistics) -> [Linear -> GELU] -> Linear."""
     if not hidden:
         return nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
     return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
@@ -65,10 +62,7 @@ class LogitScale(nn.Module):
 
 def _same_id_mask(ids: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
     """True at (i, j), i != j, when rows share an id (two captions of one image): not negatives."""
-    if ids is None:
-        return None
-    same = ids[:, None] == ids[None, :]
-    return same & ~torch.eye(n, dtype=torch.bool, device=device)
+    return None if ids is None else (ids[:, None] == ids[None, :]) & ~torch.eye(n, dtype=torch.bool, device=device)
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float,
@@ -104,8 +98,7 @@ def dynamic_weights(target: torch.Tensor, c: float = 1.2, absent: float = 1e-4) 
 
 
 class EmoticLoss(nn.Module):
-    """Category loss (``"bce"`` on logits, or Kosti et al.'s ``"dynamic"`` weighted squared error on sigmoid
-    scores) + ``vad_weight`` * smooth-L1 VAD loss in half-ranges of the 1..10 scale."""
+    """Category loss (``"bce"``, or Kosti et al.'s ``"dynamic"``) + ``vad_weight`` * smooth-L1 VAD loss."""
 
     def __init__(self, discrete: str = "bce", vad_weight: float = 1.0):
         super().__init__()
@@ -137,8 +130,7 @@ def _heads_out(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class EmoticBaseline(nn.Module):
-    """Separate embeddings, late fusion: one MLP and heads per modality, logits and VAD averaged (``"mean"``) or
-    weighted per output (``"learned"``); the loss also trains each branch alone."""
+    """Separate embeddings, late fusion (``"mean"`` or ``"learned"`` weights); the loss also trains each branch."""
 
     def __init__(self, modalities: Sequence[str] = ("body", "context", "text"), dims: Mapping[str, int] | None = None,
                  hidden: int = 256, dropout: float = 0.3, fusion: str = "mean", criterion: EmoticLoss | None = None):
@@ -150,9 +142,8 @@ class EmoticBaseline(nn.Module):
                              f"got {modalities!r}")
         if fusion not in ("mean", "learned"):
             raise ValueError(f"EmoticBaseline: fusion must be 'mean' or 'learned', got {fusion!r}")
-        self.inputs = self.modalities
+        self.inputs, self.fusion = self.modalities, fusion
         self.dims = {m: int(dims[m]) for m in self.modalities}
-        self.fusion = fusion
         self.embed = nn.ModuleDict({m: nn.Sequential(mlp(dims[m], hidden, hidden, dropout), nn.GELU())
                                     for m in self.modalities})
         self.heads = nn.ModuleDict({m: nn.Linear(hidden, N_CAT + 3) for m in self.modalities})
@@ -190,8 +181,7 @@ class EmoticBaseline(nn.Module):
 
 
 class EmoticJoint(nn.Module):
-    """Joint embedding: image (body + scene) and text towers into one L2-normalised space, fused (``"concat"`` or
-    ``"mean"``) into the heads, aligned by ``align_weight`` * symmetric InfoNCE when both are present."""
+    """Image (body + scene) and text towers into one L2-normalised space, fused into the heads, aligned by InfoNCE."""
 
     def __init__(self, modalities: Sequence[str] = ("image", "text"), dims: Mapping[str, int] | None = None,
                  shared_dim: int = 256, hidden: int = 512, dropout: float = 0.3, fusion: str = "concat",
@@ -281,8 +271,7 @@ class CanonicalCorrelation:
 
 
 class FlickrBaseline:
-    """Standardised features joined by a closed-form map: ridge image->text, text->image, ``"both"`` (mean of the
-    two similarity matrices) or ``"cca"``; retrieval by cosine similarity."""
+    """Standardised features joined by a closed-form map (ridge either way, ``"both"``, ``"cca"``); cosine retrieval."""
 
     METHODS = ("image_to_text", "text_to_image", "both", "cca")
 
@@ -350,9 +339,7 @@ class FlickrBaseline:
 
 
 class FlickrJoint(nn.Module):
-    """Two towers into one L2-normalised space, symmetric InfoNCE over in-batch negatives (+ optional VSE++
-    hinge). ``space="cross"`` maps each side into the other's feature space, side by side; ``"shared"`` into a new
-    ``shared_dim`` space (a residual adapter starting at the identity when sizes match)."""
+    """Two towers into one L2-normalised space trained by InfoNCE (+ VSE++ hinge); ``space``: docs/models.md."""
 
     def __init__(self, dims: Mapping[str, int] | None = None, towers: Sequence[str] = ("image", "text"),
                  space: str = "cross", shared_dim: int | None = None, hidden: int | None = None,
@@ -374,10 +361,9 @@ class FlickrJoint(nn.Module):
             out = dict.fromkeys(self.towers_used, shared_dim or dims["text"])
         self.towers = nn.ModuleDict({t: mlp(dims[t], hidden, out[t], dropout) for t in self.towers_used})
         self.residual = {t: self.space == "shared" and dims[t] == out[t] for t in self.towers_used}
-        for t, res in self.residual.items():
-            if res:  # the adapter starts as the identity map
-                nn.init.zeros_(self.towers[t][-1].weight)
-                nn.init.zeros_(self.towers[t][-1].bias)
+        for t in (t for t, res in self.residual.items() if res):  # the adapter starts as the identity map
+            nn.init.zeros_(self.towers[t][-1].weight)
+            nn.init.zeros_(self.towers[t][-1].bias)
         self.logit_scale = LogitScale(init_temperature)
         self.hard_negative_weight, self.margin = float(hard_negative_weight), margin
 
@@ -403,12 +389,7 @@ class FlickrJoint(nn.Module):
     def forward(self, image=None, text=None) -> dict[str, torch.Tensor]:
         if image is None and text is None:
             raise ValueError("FlickrJoint: give image and/or text features")
-        out = {}
-        if image is not None:
-            out["z_image"] = self.encode_image(image)
-        if text is not None:
-            out["z_text"] = self.encode_text(text)
-        return out
+        return {f"z_{side}": self._embed(side, x) for side, x in (("image", image), ("text", text)) if x is not None}
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         _require(batch, ("image", "text"), type(self).__name__)
@@ -422,7 +403,6 @@ class FlickrJoint(nn.Module):
 
     @torch.no_grad()
     def embed(self, image_features, text_features, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """Shared-space embeddings (numpy) of image and caption features, computed in eval mode."""
         was_training = self.training
         self.eval()
         dev = next(self.parameters()).device
