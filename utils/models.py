@@ -138,8 +138,7 @@ class EmoticBaseline(nn.Module):
         dims = {**FEATURE_DIMS, **(dims or {})}
         self.modalities = tuple(modalities)
         if not self.modalities or any(m not in ("body", "context", "text") for m in self.modalities):
-            raise ValueError(f"EmoticBaseline: modalities must be a non-empty subset of body, context, text; "
-                             f"got {modalities!r}")
+            raise ValueError(f"EmoticBaseline: modalities must be some of body, context, text, got {modalities!r}")
         if fusion not in ("mean", "learned"):
             raise ValueError(f"EmoticBaseline: fusion must be 'mean' or 'learned', got {fusion!r}")
         self.inputs, self.fusion = self.modalities, fusion
@@ -282,7 +281,6 @@ class FlickrBaseline:
         self.method, self.alpha, self.n_components, self.reg = method, alpha, n_components, reg
         # ``both`` works best when each map keeps the penalty chosen for it alone on validation
         self.alpha_t2i = alpha if alpha_t2i is None else alpha_t2i
-        self.fitted = False
 
     def fit(self, image_features, text_features, caption_image) -> "FlickrBaseline":
         img = np.asarray(image_features, dtype=np.float64)
@@ -299,7 +297,6 @@ class FlickrBaseline:
             self.t2i = Ridge(alpha=self.alpha_t2i).fit(y, x)
         if self.method == "cca":
             self.cca = CanonicalCorrelation(self.n_components, self.reg).fit(x, y)
-        self.fitted = True
         return self
 
     @classmethod
@@ -317,8 +314,6 @@ class FlickrBaseline:
         return best[1], scores
 
     def _standardise(self, image_features, text_features) -> tuple[np.ndarray, np.ndarray]:
-        if not self.fitted:
-            raise RuntimeError("FlickrBaseline: call fit() before similarity()")
         return (self.img_scaler.transform(np.asarray(image_features, dtype=np.float64)),
                 self.txt_scaler.transform(np.asarray(text_features, dtype=np.float64)))
 
@@ -409,10 +404,8 @@ class FlickrJoint(nn.Module):
 
         def run(fn, arr):
             arr = torch.as_tensor(np.asarray(arr), dtype=torch.float32)
-            if not len(arr):
-                return np.zeros((0, 1), np.float32)
             return np.concatenate([devices.to_numpy(fn(devices.to_device(arr[i:i + batch_size], dev)))
-                                   for i in range(0, len(arr), batch_size)])
+                                   for i in range(0, len(arr), batch_size)] or [np.zeros((0, 1), np.float32)])
         try:
             return run(self.encode_image, image_features), run(self.encode_text, text_features)
         finally:
