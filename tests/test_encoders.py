@@ -483,12 +483,6 @@ def test_load_encoders_rejects_a_model_that_is_not_clip(tmp_path):
         E.load_encoders(str(tmp_path / "no-such-folder"), device="cpu")
 
 
-def test_last_blocks_name_the_final_layers(tiny_clip, mobilenet):
-    img_enc, _ = E.load_encoders(str(tiny_clip), device="cpu")
-    assert img_enc.last_blocks()[-1] is img_enc.backbone.visual_projection
-    assert [b for b in mobilenet.last_blocks()] == [mobilenet.backbone.features[17], mobilenet.backbone.features[18]]
-
-
 # ------------------------------------------------------------------------------------------------- devices
 
 

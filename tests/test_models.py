@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from utils.metrics import retrieval_metrics
 from utils.models import (CanonicalCorrelation, EmoticBaseline, EmoticJoint, EmoticLoss, FlickrBaseline, FlickrJoint,
-                          LogitScale, WithEncoders, dynamic_weights, feature_dims, info_nce, max_violation)
+                          LogitScale, WithEncoders, dynamic_weights, info_nce, max_violation)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
@@ -188,10 +188,9 @@ def test_dynamic_weights_follow_the_published_formula():
 def test_emotic_loss_options_match_direct_computation():
     b = emotic_batch(n=8)
     logits, vad = torch.randn(8, 26), 1 + 9 * torch.rand(8, 3)
-    pos_weight = torch.linspace(1, 5, 26)
-    bce = EmoticLoss("bce", pos_weight=pos_weight.numpy(), vad_weight=0.5)(logits, vad, b["cat"], b["cont"])
+    bce = EmoticLoss("bce", vad_weight=0.5)(logits, vad, b["cat"], b["cont"])
     p = torch.sigmoid(logits)
-    manual = -(pos_weight * b["cat"] * torch.log(p) + (1 - b["cat"]) * torch.log(1 - p)).mean()
+    manual = -(b["cat"] * torch.log(p) + (1 - b["cat"]) * torch.log(1 - p)).mean()
     assert float(bce["cat_loss"]) == pytest.approx(float(manual), rel=1e-5)
     err = ((vad - b["cont"]) / 4.5).abs()
     manual_vad = torch.where(err < 0.1, 0.5 * err ** 2 / 0.1, err - 0.05).mean()
@@ -265,8 +264,6 @@ def test_flickr_baseline_both_is_the_mean_of_the_two_maps():
     t2i_strong = FlickrBaseline("text_to_image", alpha=1e4).fit(img, txt, cap).similarity(img, txt)
     np.testing.assert_allclose(mixed, (i2t + t2i_strong) / 2, atol=1e-6)
     assert not np.allclose(t2i_strong, t2i, atol=1e-3)
-    with pytest.raises(RuntimeError, match="fit"):
-        FlickrBaseline().similarity(img, txt)
 
 
 FLICKR_MODELS = {  # name: (kwargs, embedding size)
@@ -336,17 +333,16 @@ class TinyEncoder(torch.nn.Module):
         return self.bn(self.conv(x)).mean(dim=(2, 3))
 
 
-@pytest.mark.parametrize("finetune", [False, True])
-def test_with_encoders_reaches_the_backbone_only_when_finetuning(finetune):
+def test_with_encoders_trains_the_backbone():
     torch.manual_seed(0)
     enc = TinyEncoder(24)
-    model = WithEncoders(EmoticBaseline(("body", "text"), **SMALL), {"body": enc}, finetune=finetune)
+    model = WithEncoders(EmoticBaseline(("body", "text"), **SMALL), {"body": enc})
     model.train()
-    assert enc.training is finetune                     # frozen encoder keeps its BatchNorm statistics
+    assert enc.training and not enc.bn.training         # BatchNorm keeps its statistics
     b = emotic_batch(n=4)
     b["body"] = torch.rand(4, 3, 16, 16)
     model.loss(b)["loss"].backward()
-    assert (enc.conv.weight.grad is not None) is finetune
+    assert enc.conv.weight.grad is not None
     assert model.model.embed["body"][0][1].weight.grad is not None
     assert model(body=b["body"], text=b["text"])["logits"].shape == (4, 26)
 
@@ -362,14 +358,8 @@ def odd_features(n=32, image=512, text=256, seed=0):
             "cat": cat, "cont": (1 + 9 * g.random((n, 3))).astype(np.float32), "image_id": np.arange(n)}
 
 
-def test_feature_dims_reads_sizes_and_rejects_bad_shapes():
-    f = odd_features(image=77, text=33)
-    assert feature_dims(f) == {"body": 77, "context": 77, "image": 77, "text": 33}   # labels and ids ignored
-    assert feature_dims({"text": torch.zeros(4, 9)}) == {"text": 9}
-    with pytest.raises(ValueError, match=r"'body' features must be 2-D.*\(4, 3, 8\)"):
-        feature_dims({"body": np.zeros((4, 3, 8))})
-    with pytest.raises(ValueError, match="none of"):
-        feature_dims({"cat": np.zeros((4, 26))})
+def feature_dims(f):
+    return {k: v.shape[1] for k, v in f.items() if k in ("body", "context", "image", "text")}
 
 
 ALL_MODELS = {  # dims read from the features: any encoder's sizes
@@ -406,14 +396,14 @@ def test_every_model_builds_for_any_feature_size_and_trains(name):
 def test_features_of_another_size_are_named_not_a_matmul_error():
     f = odd_features()
     with pytest.raises(ValueError, match=r"EmoticBaseline: 'body' features are 512-d but the model was built for "
-                                         r"1280-d.*dims=feature_dims\(features\)"):
+                                         r"1280-d.*dims=Data.dims"):
         EmoticBaseline().loss({k: torch.from_numpy(v) for k, v in f.items()})
     with pytest.raises(ValueError, match=r"FlickrJoint: 'text' features are 256-d .* 384-d"):
         FlickrJoint(dims={"image": 512}).similarity(f["image"], f["text"])
 
 
-# ------------------------------------------------------------------------------------ fine-tuning the last blocks
-def test_finetune_last_trains_only_the_final_blocks_and_keeps_batchnorm_statistics():
+# ------------------------------------------------------------------------------------ fine-tuning end to end
+def test_finetuning_keeps_batchnorm_statistics_and_freezes_the_classifier():
     from utils.encoders import ImageEncoder
 
     torch.manual_seed(0)
@@ -421,20 +411,17 @@ def test_finetune_last_trains_only_the_final_blocks_and_keeps_batchnorm_statisti
                                    torch.nn.Conv2d(8, 24, 3), torch.nn.BatchNorm2d(24),
                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     enc = ImageEncoder(backbone, name="tiny", dim=24, fingerprint="t", mean=[0.5] * 3, std=[0.25] * 3,
-                       head=torch.nn.Linear(24, 10), last=("3", "4"))
-    with pytest.raises(ValueError, match="finetune"):
-        WithEncoders(EmoticBaseline(("body",), **SMALL), {"body": enc}, finetune="all")
+                       head=torch.nn.Linear(24, 10))
     model = WithEncoders(EmoticBaseline(("body", "context"), dims={"body": enc.dim, "context": enc.dim}, hidden=32),
-                         {"body": enc, "context": enc}, finetune="last")
-    trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
-    assert trainable == {"backbone.3.weight", "backbone.3.bias", "backbone.4.weight", "backbone.4.bias"}
+                         {"body": enc, "context": enc})
+    assert not any(p.requires_grad for p in enc.head.parameters())
     model.train()
     assert enc.training and not backbone[1].training and not backbone[4].training   # BN in eval mode
     stats = {k: v.clone() for k, v in enc.state_dict().items() if "running" in k}
     b = emotic_batch(n=6)
     b["body"], b["context"] = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16)
     model.loss(b)["loss"].backward()
-    assert backbone[0].weight.grad is None and backbone[3].weight.grad is not None
+    assert backbone[0].weight.grad is not None and backbone[3].weight.grad is not None
     assert all(torch.equal(v, enc.state_dict()[k]) for k, v in stats.items())
 
 
@@ -445,7 +432,7 @@ def test_encoder_weights_train_at_their_own_learning_rate_in_fit():
     torch.manual_seed(0)
     enc = torch.nn.Linear(24, 24)
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    model = WithEncoders(EmoticBaseline(("body",), **SMALL), {"body": enc}, finetune=True, encoder_lr=0.0)
+    model = WithEncoders(EmoticBaseline(("body",), **SMALL), {"body": enc}, encoder_lr=0.0)
     groups = model.param_groups(1e-3)
     assert [g["lr"] for g in groups] == [1e-3, 0.0]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in enc.parameters()}

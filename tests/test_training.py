@@ -221,7 +221,7 @@ def test_batches_reads_item_datasets_one_index_at_a_time():
 
 
 def test_finetuning_mobilenet_end_to_end_on_images(tmp_path):
-    """EmoticImageDataset -> WithEncoders(MobileNetV2, finetune=True) -> fit / predict / checkpoint: the loss falls,
+    """EmoticImageDataset -> WithEncoders(MobileNetV2) -> fit / predict / checkpoint: the loss falls,
     the backbone's weights move, its BatchNorm running statistics do not."""
     from utils.encoders import load_image_encoder
     from utils.models import WithEncoders
@@ -236,7 +236,7 @@ def test_finetuning_mobilenet_end_to_end_on_images(tmp_path):
     seed_everything(0)
     head = EmoticBaseline(("body", "context", "text"), dims={"body": enc.dim, "context": enc.dim, "text": 16},
                           hidden=32).init_prior(split.cat, split.cont)
-    model = WithEncoders(head, {"body": enc, "context": enc}, finetune=True)
+    model = WithEncoders(head, {"body": enc, "context": enc})
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     res = fit(model, data, epochs=4, lr=1e-3, batch_size=12, patience=None, progress=False, device="cpu",
               checkpoint_path=tmp_path / "ft.pt")
@@ -255,7 +255,7 @@ def test_finetuning_mobilenet_end_to_end_on_images(tmp_path):
     state = torch.load(tmp_path / "ft.pt", weights_only=True)
     assert any(k.startswith("encoders.body.backbone.") for k in state)
     fresh = WithEncoders(EmoticBaseline(("body", "context", "text"), dims=head.dims, hidden=32),
-                         {"body": load_image_encoder("mobilenet_v2", device="cpu")}, finetune=True)
+                         {"body": load_image_encoder("mobilenet_v2", device="cpu")})
     fresh.encoders["context"] = fresh.encoders["body"]
     store.load_state(tmp_path / "ft.pt", fresh)
     np.testing.assert_array_equal(predict(fresh, data, batch_size=10)["scores"], out["scores"])

@@ -1,5 +1,5 @@
-"""The prepared artefacts, checked on opening so a folder from an interrupted or older prep run fails here, naming
-the file, not deep inside training. Image arrays stay memory-mapped: opening a split costs nothing."""
+"""The prepared artefacts, checked on opening so a stale or partial prep folder fails here, naming the file.
+Image arrays stay memory-mapped: opening a split costs nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,15 +19,14 @@ class ArtefactError(ValueError):
 
 
 def _require(dataset: str, split: str, files: list[str], root) -> Path:
-    """The artefact folder, or FileNotFoundError naming the first missing file and the prep command."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     if root is None:
         return paths.require_artefacts(dataset, files)
-    missing = [f for f in files if not (Path(root) / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{Path(root) / missing[0]} not found. Prepare the data first:\n    "
-                                + paths.PREP_COMMANDS[dataset].format(out=root))
+    for f in files:
+        if not (Path(root) / f).is_file():
+            raise FileNotFoundError(f"{Path(root) / f} not found. Prepare the data first:\n    "
+                                    + paths.PREP_COMMANDS[dataset].format(out=root))
     return Path(root)
 
 
@@ -54,8 +53,7 @@ def _table(path: Path, text_columns: tuple, required: tuple) -> pd.DataFrame:
                             "dominance")}, dtype={c: str for c in text_columns})
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise ArtefactError(f"{path}: cannot parse as CSV ({e})") from e
-    missing = [c for c in required if c not in table.columns]
-    if missing:
+    if missing := [c for c in required if c not in table.columns]:
         raise ArtefactError(f"{path}: missing column(s) {', '.join(missing)}")
     return table
 
@@ -80,8 +78,7 @@ class EmoticSplit:
 
     @property
     def boxes_224(self) -> np.ndarray:
-        """(N, 4) float32 body boxes in the context array's 224 x 224 grid: where a change to the scene also
-        shows in the body crop (the pixel attack)."""
+        """(N, 4) float32 body boxes in the context array's grid: where a scene pixel also shows in the body crop."""
         t, (h, w) = self.table, self.context.shape[1:3]
         sx, sy = w / t["image_width"].to_numpy(np.float64), h / t["image_height"].to_numpy(np.float64)
         return np.stack([t["x1"] * sx, t["y1"] * sy, t["x2"] * sx, t["y2"] * sy], axis=1).astype(np.float32)
@@ -103,14 +100,12 @@ class FlickrSplit:
         return self.captions["caption"].astype(str).tolist()
 
     @property
-    def caption_image(self) -> np.ndarray:
-        """(C,) int64: the image row each caption belongs to."""
+    def caption_image(self) -> np.ndarray:  # (C,) int64: the image row of each caption
         return self.captions["image_index"].to_numpy(np.int64)
 
 
 def emotic_files(split: str) -> list[str]:
-    return [f"{split}_context_arr.npy", f"{split}_body_arr.npy", f"{split}_cat_arr.npy", f"{split}_cont_arr.npy",
-            f"{split}.csv"]
+    return [f"{split}_{k}_arr.npy" for k in ("context", "body", "cat", "cont")] + [f"{split}.csv"]
 
 
 def load_emotic(split: str, root=None) -> EmoticSplit:
@@ -120,11 +115,9 @@ def load_emotic(split: str, root=None) -> EmoticSplit:
     table = _table(root / files[4], ("folder", "filename", "categories", "gender", "age", "description"),
                    ("image_width", "image_height", "x1", "y1", "x2", "y2", "description"))
     n, csv = len(table), root / files[4]
-    context = _array(root / files[0], np.uint8, (None, None, 3), n, csv)
-    body = _array(root / files[1], np.uint8, (None, None, 3), n, csv)
-    cat = _array(root / files[2], np.float32, (len(CATEGORIES),), n, csv)
-    cont = _array(root / files[3], np.float32, (len(CONTINUOUS),), n, csv)
-    return EmoticSplit(split, root, context, body, cat, cont, table)
+    images = [_array(root / f, np.uint8, (None, None, 3), n, csv) for f in files[:2]]
+    labels = [_array(root / f, np.float32, (len(c),), n, csv) for f, c in zip(files[2:4], (CATEGORIES, CONTINUOUS))]
+    return EmoticSplit(split, root, *images, *labels, table)
 
 
 def load_flickr(split: str, root=None) -> FlickrSplit:
@@ -136,8 +129,8 @@ def load_flickr(split: str, root=None) -> FlickrSplit:
     idx = pd.to_numeric(captions["image_index"], errors="coerce").to_numpy()
     bad = np.flatnonzero(~np.isfinite(idx) | (idx < 0) | (idx >= len(images)) | (idx != np.round(idx)))
     if bad.size:
-        value = captions["image_index"].iloc[bad[0]]
-        raise ArtefactError(f"{root / files[1]}: line {bad[0] + 2} has image_index {value}, not a row of "
+        raise ArtefactError(f"{root / files[1]}: line {bad[0] + 2} has image_index "
+                            f"{captions['image_index'].iloc[bad[0]]}, not a row of "
                             f"{files[0]} (0..{len(images) - 1})")
     captions["image_index"] = idx.astype(np.int64)
     return FlickrSplit(split, root, images, captions)

