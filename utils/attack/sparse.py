@@ -131,9 +131,8 @@ def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.
     k = pixels
     settings = dict(method="sparse", pixels=k, queries=queries, candidates=candidates or "adaptive", p_init=p_init,
                     schedule="Sparse-RS L0, rescaled to the budget", batch_size=scorer.batch_size,
-                    channels_last=pipeline.channels_last, seed=seed,
-                    precision=precision, compile=False, colours="RGB cube corners",
-                    acceptance="strict: kept only if the margin decreases (Sparse-RS)",
+                    channels_last=pipeline.channels_last, seed=seed, precision=precision, compile=False,
+                    colours="RGB cube corners", acceptance="strict: kept only if the margin decreases (Sparse-RS)",
                     proposals="one per active image per call; batch_size // active speculative ones when fewer "
                               "than batch_size are active (same trajectory as one at a time)")
     idx = np.flatnonzero(scorer.attacked)  # attacked images, by position in the batch
