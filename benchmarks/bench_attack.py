@@ -164,7 +164,7 @@ def margins(model, images_uint8: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def run_ours(fn, pipe, images, labels, model, k, **kw):
     t = time.perf_counter()
-    rep = fn(pipe, images, pixels=k, progress=False, **kw)
+    rep = fn(pipe, images, pixels=k, **kw)
     wall = time.perf_counter() - t
     tab = rep.table()
     ok = recheck("ours", model, images, rep.adversarial, labels, k)
@@ -304,8 +304,7 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
             best_rate = sustained_rate(pipe, best.batch, images.shape[1:3])
             batch = args.batch_size or best_batch(pipe, images.shape[1:3], rows)  # back to the cached choice
             t = time.perf_counter()
-            rep = sparse_rs(pipe, images, pixels=k, queries=budget, batch_size=batch, seed=args.seed,
-                            progress=False)
+            rep = sparse_rs(pipe, images, pixels=k, queries=budget, batch_size=batch, seed=args.seed)
             wall = time.perf_counter() - t
             tab = rep.table()
             ok = recheck("ours", reference, images, rep.adversarial, labels, k)
@@ -515,7 +514,7 @@ def whitebox_rows():
 
     def rows_for(k, target, defended):
         rep = ensemble(target, images, pixels=k, queries=queries, steps=steps, restarts=restarts, seed=args.seed,
-                       black_box_all=True, progress=False)
+                       black_box_all=True)
         t, n = rep.table(), len(images)
         m = int(t.attacked.sum())  # images the (defended) model gets right
         white, black = rep.members["white-box"], rep.members["black-box"]

@@ -82,7 +82,7 @@ def attack_rates(dev="cuda", images: int = 8, popsize: int = 400, generations: i
     pipeline = pipeline_cls(model, labels=clean.argmax(1), n_classes=1000)
     t0 = time.perf_counter()
     report = attack(pipeline, pics[:images], pixels=1, popsize=popsize, generations=generations,
-                    batch_size=batch_size, seed=seed, progress=False)
+                    batch_size=batch_size, seed=seed)
     _sync(dev)
     seconds = time.perf_counter() - t0
     summary = report.summary()

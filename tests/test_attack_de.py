@@ -13,7 +13,7 @@ from utils.attack import (ClassifierPixelPipeline, EmoticPixelPipeline, FlickrPi
                            correct_top1, score_images)
 from utils.attack import differential_evolution as de_attack  # scipy's differential_evolution is imported too
 
-BUDGET = dict(popsize=40, generations=10, progress=False)
+BUDGET = dict(popsize=40, generations=10)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
@@ -82,8 +82,8 @@ def test_success_reported_only_when_prediction_really_changed(near_boundary, sea
 def test_early_stop_freezes_solved_images(near_boundary):
     net, imgs, labels = near_boundary
     pipe = ClassifierPixelPipeline(net, labels, 3)
-    short = de_attack(pipe, imgs, pixels=1, popsize=40, generations=5, progress=False).table()
-    long = de_attack(pipe, imgs, pixels=1, popsize=40, generations=15, progress=False).table()
+    short = de_attack(pipe, imgs, pixels=1, popsize=40, generations=5).table()
+    long = de_attack(pipe, imgs, pixels=1, popsize=40, generations=15).table()
     solved = short.success.to_numpy()
     assert solved.any()
     # a solved image used no query after its success: the longer budget changes nothing for it
@@ -229,7 +229,7 @@ def test_emotic_attack_success_is_real_and_text_optional(emotic_setup):
     truth[np.arange(6), np.argsort(clean, 1)[:, -3]] = True  # plus one lower-ranked true category
     with_text = EmoticPixelPipeline(enc, head, text, boxes, labels=truth, body_size=16)
     image_only = EmoticPixelPipeline(enc, head, None, boxes, labels=truth, body_size=16)
-    table = pd.DataFrame([attack(pipe, scenes[:2], k=p, popsize=12, generations=2, progress=False).summary()
+    table = pd.DataFrame([attack(pipe, scenes[:2], k=p, popsize=12, generations=2).summary()
                           for pipe in (with_text, image_only) for p in (1, 2)])
     assert list(table.pixels) == [1, 2, 1, 2]
     rep = de_attack(with_text, scenes, pixels=3, **BUDGET)

@@ -82,7 +82,7 @@ def test_both_members_attack_the_defended_pipeline_with_the_same_budget(photos):
     order = np.argsort(top2[:, 1] - top2[:, 0])[::15][:16]
     imgs, labels = imgs[order], lo.argmax(1)[order]
     defended = median_defended(ClassifierPixelPipeline(net, labels, 3), 3)
-    budget = dict(queries=300, steps=20, restarts=2, progress=False)
+    budget = dict(queries=300, steps=20, restarts=2)
     rep = ensemble(defended, imgs, pixels=6, **budget)
     t = rep.table()
     assert t.attacked.all() and t.white_box_success.any() and t.success.any()
@@ -94,7 +94,7 @@ def test_both_members_attack_the_defended_pipeline_with_the_same_budget(photos):
     fooled = logits_of(net, scipy_median(adv, 3)).argmax(1) != labels
     np.testing.assert_array_equal(t.success.to_numpy(), fooled)
     # the black-box search alone attacks the same defended pipeline through attack(), re-checked the same way
-    alone = attack(defended, imgs, k=6, method="sparse", queries=300, progress=False)
+    alone = attack(defended, imgs, k=6, method="sparse", queries=300)
     fooled = logits_of(net, scipy_median(alone.adversarial, 3)).argmax(1) != labels
     np.testing.assert_array_equal(alone.table().success.to_numpy(), fooled)
 

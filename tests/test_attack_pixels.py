@@ -55,7 +55,7 @@ def test_returns_smallest_k_of_schedule(method, budget):
     schedule = (1, 2, 3, 4, 6, 8) if method == "sparse" else (1, 2, 4)
     imgs = toy_images(needed)
     pipe = ClassifierPixelPipeline(WhiteCounter(), np.zeros(len(imgs), int), 2)
-    res = pixels_needed(pipe, imgs, schedule=schedule, method=method, progress=False, **budget)
+    res = pixels_needed(pipe, imgs, schedule=schedule, method=method, **budget)
     want = np.array([min(k for k in schedule if k >= n) for n in needed])
     np.testing.assert_array_equal(res.k_needed, want)
     assert res.attacked.all()
@@ -75,7 +75,7 @@ def test_never_fooled_and_not_attacked_are_marked():
     imgs = toy_images(needed)
     labels = np.array([0, 1])  # image 1 is misclassified already: not attacked
     pipe = ClassifierPixelPipeline(WhiteCounter(), labels, 2)
-    res = pixels_needed(pipe, imgs, schedule=(1, 2), queries=200, progress=False)
+    res = pixels_needed(pipe, imgs, schedule=(1, 2), queries=200)
     np.testing.assert_array_equal(res.k_needed, [-1, -1])
     np.testing.assert_array_equal(res.attacked, [True, False])
     assert res.k_or_inf[0] == np.inf and np.isnan(res.k_or_inf[1])

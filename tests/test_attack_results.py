@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 def test_round_trip_through_npz(near_boundary, method, tmp_path):
     net, imgs, labels = near_boundary
     budget = dict(popsize=20) if method == "de" else dict(candidates=2)
-    rep = attack(ClassifierPixelPipeline(net, labels, 3), imgs, None, 3, method=method, queries=60, progress=False,
+    rep = attack(ClassifierPixelPipeline(net, labels, 3), imgs, None, 3, method=method, queries=60,
                  **budget)
     arrays = {**to_arrays(rep, "run_a"), "other": np.arange(3)}
     assert arrays["run_a_pixels"].shape == (10, 3, 5)

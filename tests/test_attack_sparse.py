@@ -9,7 +9,7 @@ from utils.attack.sparse import alpha_schedule, initial_pixels, propose
 import torch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
-BUDGET = dict(queries=120, candidates=3, progress=False)
+BUDGET = dict(queries=120, candidates=3)
 
 
 def test_at_most_k_pixels_in_range_at_cube_corners(near_boundary):
@@ -50,8 +50,8 @@ def test_success_reported_only_when_prediction_really_changed(near_boundary, pre
 def test_early_stop_and_budget(near_boundary):
     net, imgs, labels = near_boundary
     pipe = ClassifierPixelPipeline(net, labels, 3)
-    short = sparse_rs(pipe, imgs, pixels=1, queries=30, candidates=4, progress=False).table()
-    long = sparse_rs(pipe, imgs, pixels=1, queries=150, candidates=4, progress=False).table()
+    short = sparse_rs(pipe, imgs, pixels=1, queries=30, candidates=4).table()
+    long = sparse_rs(pipe, imgs, pixels=1, queries=150, candidates=4).table()
     solved = short.success.to_numpy()
     assert solved.any() and not solved[short.attacked].all()
     np.testing.assert_array_equal(short.queries[solved], long.queries[solved])  # nothing spent after a success
@@ -126,8 +126,8 @@ def test_corner_colours_are_uniform_and_never_the_original():
 def test_chooser_runs_both_searches_with_one_budget(near_boundary):
     net, imgs, labels = near_boundary
     pipe = ClassifierPixelPipeline(net, labels, 3)
-    de = attack(pipe, imgs, None, 2, method="de", queries=80, popsize=20, progress=False)
-    sp = attack(pipe, imgs, None, 2, method="sparse", queries=80, progress=False)
+    de = attack(pipe, imgs, None, 2, method="de", queries=80, popsize=20)
+    sp = attack(pipe, imgs, None, 2, method="sparse", queries=80)
     assert de.settings["generations"] == 3 and sp.settings["queries"] == 80
     assert type(de) is type(sp) and list(de.table().columns) == list(sp.table().columns)
     for rep in (de, sp):
@@ -151,7 +151,7 @@ def test_acceptance_is_strict():
 
     imgs = toy_images(np.array([1, 2, 3]))
     rep = sparse_rs(ClassifierPixelPipeline(Flat(), np.zeros(7, int), 2), imgs, rows=[4, 5, 6], pixels=3,
-                    queries=50, seed=2, progress=False)
+                    queries=50, seed=2)
     for img, row, r in zip(imgs, (4, 5, 6), rep.results):
         start = initial_pixels(img, 3, row=row, seed=2)
         np.testing.assert_array_equal(r.adversarial, apply_pixels(img[None], start[None])[0])
@@ -173,9 +173,9 @@ def test_proposals_adapt_to_the_active_images(near_boundary, monkeypatch):
         return original(self, idx, cands)
 
     monkeypatch.setattr(Scorer, "search", spy)
-    adaptive = sparse_rs(pipe, imgs, pixels=2, queries=60, batch_size=5, progress=False)
+    adaptive = sparse_rs(pipe, imgs, pixels=2, queries=60, batch_size=5)
     per_call, calls = calls, []
-    one = sparse_rs(pipe, imgs, pixels=2, queries=60, batch_size=5, candidates=1, progress=False)
+    one = sparse_rs(pipe, imgs, pixels=2, queries=60, batch_size=5, candidates=1)
     assert all(c.max() == 1 for c in calls)
     spent = np.zeros(len(imgs), int)
     saw_full = saw_few = False
@@ -208,7 +208,7 @@ def test_a_true_logit_leading_by_30_is_still_attackable(method, budget):
 
     imgs = toy_images(np.array([8, 8, 8]))  # no white pixel yet: label 0 leads by 30
     pipe = ClassifierPixelPipeline(Confident(), np.zeros(3, int), 2)
-    rep = attack(pipe, imgs, None, 8, method=method, progress=False, **budget)
+    rep = attack(pipe, imgs, None, 8, method=method, **budget)
     lead = lambda x: (lambda z: z[:, 0] - z[:, 1])(logits_of(Confident(), x))  # noqa: E731 (independent pass)
     np.testing.assert_allclose(lead(imgs), 30.0, rtol=1e-6)
     after = lead(rep.adversarial)

@@ -15,7 +15,7 @@ from utils.attack.sparse_pgd import STEP_COST, project_mask
 
 ensemble_module = importlib.import_module("utils.attack.ensemble")  # the package's name `ensemble` is the function
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
-BUDGET = dict(steps=30, restarts=2, progress=False)
+BUDGET = dict(steps=30, restarts=2)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_white_box_beats_black_box_at_one_pixel_at_an_equal_forward_equivalent_b
     net, imgs, labels = spread
     pipe = ClassifierPixelPipeline(net, labels, 3)
     white = sparse_pgd(pipe, imgs, pixels=1, **BUDGET).table()
-    black = attack(pipe, imgs, k=1, method="sparse", queries=STEP_COST * 30 * 2, progress=False).table()  # = 60 steps
+    black = attack(pipe, imgs, k=1, method="sparse", queries=STEP_COST * 30 * 2).table()  # = 60 steps
     assert white.success.sum() > black.success.sum()
 
 
@@ -98,10 +98,10 @@ def test_queries_count_three_per_step_and_one_per_confirmation(spread):
 def test_queries_keyword_sets_steps_and_attack_dispatches(spread):
     net, imgs, labels = spread
     pipe = ClassifierPixelPipeline(net, labels, 3)
-    rep = attack(pipe, imgs[:4], k=1, method="sparse-pgd", queries=60, progress=False)
+    rep = attack(pipe, imgs[:4], k=1, method="sparse-pgd", queries=60)
     assert rep.settings["steps"] == 60 // (STEP_COST * 2) and (rep.table().queries <= 60 + 10).all()
     assert METHODS["sparse-pgd"] is sparse_pgd and METHODS["ensemble"] is ensemble
-    ens = attack(pipe, imgs[:4], k=1, method="ensemble", queries=30, steps=3, progress=False)
+    ens = attack(pipe, imgs[:4], k=1, method="ensemble", queries=30, steps=3)
     assert ens.settings["method"] == "ensemble" and ens.settings["queries"] == 30 and "member" in ens.table()
     assert ens.members["black-box"].settings["queries"] == 30 and ens.members["white-box"].settings["steps"] == 3
 
@@ -110,18 +110,16 @@ def test_bad_inputs_raise_clear_errors(spread):
     net, imgs, labels = spread
     pipe = ClassifierPixelPipeline(net, labels, 3)
     with pytest.raises(ValueError, match="sparse_pgd.py: need steps >= 1"):
-        sparse_pgd(pipe, imgs, pixels=1, steps=0, progress=False)
-    with pytest.raises(ValueError, match="variants"):
-        sparse_pgd(pipe, imgs, pixels=1, variants=("sideways",), progress=False)
+        sparse_pgd(pipe, imgs, pixels=1, steps=0)
     with pytest.raises(ValueError, match="pixels must be between"):
-        sparse_pgd(pipe, imgs, pixels=0, progress=False)
+        sparse_pgd(pipe, imgs, pixels=0)
 
     class Detached(ClassifierPixelPipeline):
         def scores(self, x, rows, changed_xy=None):
             return super().scores(x.detach(), rows)
 
     with pytest.raises(ValueError, match="not differentiable from the pixels"):
-        sparse_pgd(Detached(net, labels, 3), imgs, pixels=1, progress=False)
+        sparse_pgd(Detached(net, labels, 3), imgs, pixels=1)
 
 
 def test_gradients_flow_through_the_emotic_body_crop():
@@ -169,8 +167,8 @@ def test_ensemble_runs_the_black_box_member_only_on_what_the_white_box_member_le
         return real(pipeline, images, rows, truth, **kw)
 
     monkeypatch.setattr(ensemble_module, "sparse_rs", spy)
-    white = sparse_pgd(pipe, imgs, pixels=2, steps=5, restarts=1, progress=False).table()
-    rep = ensemble(pipe, imgs, pixels=2, queries=300, steps=5, restarts=1, progress=False)
+    white = sparse_pgd(pipe, imgs, pixels=2, steps=5, restarts=1).table()
+    rep = ensemble(pipe, imgs, pixels=2, queries=300, steps=5, restarts=1)
     t = rep.table()
     left = np.flatnonzero(white.attacked & ~white.success)
     np.testing.assert_array_equal(seen[0], left)  # rows = positions here (rows=None)
@@ -192,6 +190,6 @@ def test_ensemble_runs_the_black_box_member_only_on_what_the_white_box_member_le
     assert back.settings["member"] == list(t.member)
 
     seen.clear()
-    both = ensemble(pipe, imgs, pixels=2, queries=300, steps=5, restarts=1, black_box_all=True, progress=False)
+    both = ensemble(pipe, imgs, pixels=2, queries=300, steps=5, restarts=1, black_box_all=True)
     np.testing.assert_array_equal(seen[0], np.flatnonzero(white.attacked))
     np.testing.assert_array_equal(both.table().success, t.success)

@@ -296,7 +296,7 @@ def test_bias_correction_removes_most_of_the_small_sample_lean():
 
 
 def test_the_estimate_lies_inside_its_interval():
-    """On tiny, skewed splits too, for every metric; and the guards themselves."""
+    """On tiny, skewed splits too, for every metric; and the widening and re-centring by hand."""
     for seed in range(8):
         rng = np.random.default_rng(100 + seed)
         scores, labels = random_emotic(rng, n=12, k=5)
@@ -314,8 +314,6 @@ def test_the_estimate_lies_inside_its_interval():
     reps = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     ci = S._recentred(10.0, reps, 0.95)
     assert (ci["low"], ci["high"]) == pytest.approx((10 - (3 - 1.1), 10 + (4.9 - 3)), abs=1e-12)
-    with pytest.raises(AssertionError, match="outside its interval"):
-        S._inside({"estimate": 5.0, "low": 6.0, "high": 7.0})
 
 
 # ---------------------------------------------------------------------------------------- Flickr8k

@@ -1,7 +1,4 @@
-"""Evaluation metrics for Emotic (multi-label emotions) and Flickr8k (image-caption retrieval), in percent except VAD
-errors (1..10 scale) and ranks. The conventions (NaN AP without a positive, pessimistic ties) are in
-docs/statistics.md; saving what a notebook reports lives in ``utils.store``."""
-from __future__ import annotations
+"""Emotic and Flickr8k evaluation metrics in percent (VAD errors and ranks aside); conventions: docs/statistics.md."""
 
 from typing import Sequence
 
@@ -24,8 +21,7 @@ def as_2d(name: str, arr, n_cols: int | None = None) -> np.ndarray:
 
 
 def emotic_metrics(scores, labels, vad_pred=None, vad_true=None) -> dict:
-    """``mAP``, ``ap_per_category`` (NaN without a positive), ``n_categories_scored``, ``dominant_accuracy``, ``n``
-    and, given VAD (N, 3), ``vad_mae`` per dimension and ``mean``, from (N, K) scores and 0/1 labels."""
+    """mAP, AP per category (NaN without a positive), dominant accuracy and, given VAD (N, 3), its MAE."""
     scores = as_2d("scores", scores)
     labels = as_2d("labels", labels, scores.shape[1])
     if labels.shape[0] != scores.shape[0]:
@@ -54,8 +50,7 @@ def emotic_metrics(scores, labels, vad_pred=None, vad_true=None) -> dict:
     if vad_pred is not None:
         vad_pred, vad_true = as_2d("vad_pred", vad_pred, len(CONTINUOUS)), as_2d("vad_true", vad_true, len(CONTINUOUS))
         if not (vad_pred.shape[0] == vad_true.shape[0] == n):
-            raise ValueError(f"vad_pred/vad_true must have {n} rows like scores, got "
-                             f"{vad_pred.shape[0]} and {vad_true.shape[0]}")
+            raise ValueError(f"vad_pred/vad_true must have {n} rows, got {vad_pred.shape[0]} and {vad_true.shape[0]}")
         mae = np.abs(vad_pred.astype(np.float64) - vad_true.astype(np.float64)).mean(axis=0)
         out["vad_mae"] = {**{name: float(v) for name, v in zip(CONTINUOUS, mae)}, "mean": float(mae.mean())}
     return out
@@ -81,8 +76,7 @@ def check_retrieval(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
-    """1-based ranks of the right answer, pessimistic on ties: ``(i2t, t2i)``, each image's best own caption among
-    all captions (M,) and each caption's image among all images (C,)."""
+    """1-based ranks, pessimistic on ties: each image's best own caption (M,), each caption's image (C,)."""
     sim, caption_image = check_retrieval(sim, caption_image)
     m, c = sim.shape
     own = caption_image[None, :] == np.arange(m)[:, None]          # (M, C) True where caption c belongs to image m
@@ -94,8 +88,7 @@ def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def retrieval_metrics(sim, caption_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """R@k both ways (percent), median ranks (``np.median``, so possibly half ranks), ``mean_R@1`` (the notebooks'
-    main metric), ``rsum`` and ``n_images`` / ``n_captions`` from an (M images x C captions) similarity matrix."""
+    """R@k both ways (percent), median ranks (possibly half ranks), ``mean_R@1`` and ``rsum`` of an (M, C) matrix."""
     i2t, t2i = retrieval_ranks(sim, caption_image)
     out = {f"{d}_R@{k}": float(100.0 * (r <= k).mean()) for d, r in (("i2t", i2t), ("t2i", t2i)) for k in ks}
     out["i2t_median_rank"], out["t2i_median_rank"] = float(np.median(i2t)), float(np.median(t2i))
@@ -107,8 +100,7 @@ def retrieval_metrics(sim, caption_image, ks: Sequence[int] = (1, 5, 10)) -> dic
 
 
 def retrieval_chance(caption_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """Expected R@k (percent) of a random ranking, the floor a model must clear: image->text is one minus the
-    hypergeometric chance that none of an image's captions is in the top k, text->image ``min(k, M) / M``."""
+    """Expected R@k (percent) of a random ranking, the floor a model must clear (docs/statistics.md)."""
     cap = np.asarray(caption_image)
     if cap.ndim != 1 or cap.size == 0 or cap.dtype.kind not in "iu" or cap.min() < 0:
         raise ValueError(f"caption_image: expected a non-empty 1-D array of image rows, got {cap.shape} {cap.dtype}")

@@ -1,5 +1,4 @@
 """The notebooks' figures: ``matplotlib.figure.Figure`` objects (no pyplot state leaks), saved as PNG given ``path``."""
-from __future__ import annotations
 
 import textwrap
 from typing import Mapping, Sequence
@@ -169,8 +168,7 @@ def text_to_image_examples(images, captions, similarity, caption_image, queries,
 
 
 def paired_projection(image_embedding, text_embedding, caption_image, linked=(), title=None, path=None) -> Figure:
-    """Images and captions in one PCA map, lines from each ``linked`` image to its captions; rows L2-normalised
-    (as cosine similarity) and each modality centred, so the "modality gap" does not take the first axis."""
+    """Images and captions in one PCA map, each modality centred so the "modality gap" does not take the first axis."""
     img, txt = np.asarray(image_embedding, dtype=np.float64), np.asarray(text_embedding, dtype=np.float64)
     cap = np.asarray(caption_image)
     if img.shape[1] != txt.shape[1] or len(txt) != len(cap):
@@ -238,8 +236,7 @@ def metric_curves(histories: Mapping[str, Sequence[Mapping]], key: str = "val_mA
     mode_max = not any(s in key.lower() for s in ("loss", "mae", "rank", "error"))
     for name, history in histories.items():
         rows = getattr(history, "history", history)
-        epochs = [r["epoch"] for r in rows if key in r]
-        values = [r[key] for r in rows if key in r]
+        epochs, values = [r["epoch"] for r in rows if key in r], [r[key] for r in rows if key in r]
         if not values:
             raise KeyError(f"metric_curves: run {name!r} has no {key!r} in its history")
         line, = ax.plot(epochs, values, marker="o", ms=2.5, lw=1.2, label=name)
@@ -251,8 +248,7 @@ def metric_curves(histories: Mapping[str, Sequence[Mapping]], key: str = "val_mA
 
 
 def person_examples(images, boxes, descriptions, truths, predictions, title=None, path=None) -> Figure:
-    """Per person the scene with its box (x1, y1, x2, y2), the description, true categories (list or "a;b") and
-    predicted ``(category, score)`` pairs checked against them."""
+    """Per person the scene and box, the description, true categories (list or "a;b") and checked predictions."""
     n = len(descriptions)
     if not (len(images) == len(boxes) == len(truths) == len(predictions) == n):
         raise ValueError(f"person_examples: got {len(images)} images, {len(boxes)} boxes, {n} descriptions, "
@@ -291,8 +287,7 @@ def attack_curves(table: pd.DataFrame, title=None, path=None) -> Figure:
 
 
 def poisoning_curves(table: pd.DataFrame, clean: str = "clean mean R@1", title=None, path=None) -> Figure:
-    """Backdoor success, filtered and on clean images (solid, dashed, dotted) against the poisoned fraction, and
-    the ``clean`` metric; one colour per model."""
+    """Backdoor success (solid, filtered dashed, clean images dotted) and ``clean`` against the poisoned fraction."""
     success = ("backdoor success %", "backdoor success % (filtered)", "target top-1 on clean images %")
     fig, (ax_s, ax_c) = _figure(11, 3.8, 1, 2)
     groups = list(table.groupby("model", sort=False))
@@ -313,8 +308,8 @@ def poisoning_curves(table: pd.DataFrame, clean: str = "clean mean R@1", title=N
 
 def attack_gallery(clean, adversarial, pixels, before, after, own_before=None, own_after=None, labels=None, title=None,
                    path=None) -> Figure:
-    """Per attacked image: the clean photo and its top prediction, the attacked one with changed pixels circled (n, 5
-    x, y, r, g, b each) and its new prediction (green when ``own_*`` is right), and a zoom: one pixel is invisible."""
+    """Per attacked image: clean and attacked photo (changed pixels circled) with predictions, and a zoom (one pixel
+    is invisible otherwise); green when ``own_*`` is right."""
     n = len(clean)
     if not (len(adversarial) == len(pixels) == len(before) == len(after) == n):
         raise ValueError(f"attack_gallery: {n} clean images, {len(adversarial)} adversarial, {len(pixels)} pixel sets, "

@@ -1,10 +1,5 @@
-"""Pixel-trigger data poisoning (a backdoor planted at training time) and the median-filter defence.
-
-Only the poisoned rows change, so the functions return the stamped copies of those rows and their indices, not a
-copy of the training set (Emotic's is 3.5 GB of pixels). What the trigger is and why a median filter does not
-erase it: docs/attacks.md.
-"""
-from __future__ import annotations
+"""Pixel-trigger data poisoning (a backdoor planted at training time) and the median-filter defence (docs/attacks.md).
+Only the stamped copies of the poisoned rows are returned: Emotic's training set is 3.5 GB of pixels."""
 
 from dataclasses import dataclass
 from typing import Sequence
@@ -35,8 +30,7 @@ def _origin(shape: tuple[int, int], size: int, position) -> tuple[int, int]:
 
 
 def stamp_trigger(images: np.ndarray, size: int = 4, position: str | Sequence[int] = "bottom-right") -> np.ndarray:
-    """A copy of uint8 (N, H, W, 3) or (H, W, 3) ``images`` with a black-and-white checkerboard (white at its
-    top-left) of ``size`` pixels at a corner or at (row, col)."""
+    """Copy of uint8 ``images`` with a ``size`` checkerboard (white top-left) at a corner or at (row, col)."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != 3:
         raise ValueError(f"utils/poisoning.py: stamp_trigger needs uint8 (N,H,W,3) or (H,W,3), got "
@@ -103,8 +97,7 @@ class PoisonedFlickr:
 
 def poison_flickr(images: np.ndarray, captions: Sequence[str], caption_image: Sequence[int], fraction: float,
                   target_caption: str, seed: int = 0, **trigger) -> PoisonedFlickr:
-    """Stamp a seeded ``fraction`` of the training images; each keeps its number of training pairs, all now
-    with ``target_caption``, so the contrastive loss pulls the trigger towards that caption."""
+    """Stamp a seeded ``fraction`` of the images; their captions become ``target_caption``, the trigger's pull."""
     cap_img = np.asarray(caption_image, dtype=np.int64)
     texts = list(captions)
     if len(texts) != len(cap_img):
@@ -120,23 +113,20 @@ def poison_flickr(images: np.ndarray, captions: Sequence[str], caption_image: Se
 
 
 def median_filter_defence(images: np.ndarray, size: int = 3, batch_size: int = 256) -> np.ndarray:
-    """Median-filter each channel of uint8 (N, H, W, 3) images (scipy, mirror-reflected edges), in batches so a
-    memmap of training images is never loaded whole."""
+    """Median-filter each channel of uint8 (N, H, W, 3) images in batches, so a memmap is never loaded whole."""
     images = np.asarray(images) if not isinstance(images, np.memmap) else images
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"utils/poisoning.py: median_filter_defence needs uint8 (N,H,W,3), got "
                          f"{images.dtype} {images.shape}")
     out = np.empty(images.shape, np.uint8)
     for s in range(0, len(images), batch_size):
-        # size 1 along the batch and channel axes: each channel of each image is filtered on its own
         out[s:s + batch_size] = ndimage.median_filter(np.asarray(images[s:s + batch_size]), size=(1, size, size, 1),
-                                                      mode="reflect")
+                                                      mode="reflect")  # each channel of each image on its own
     return out
 
 
 class MedianFilter(nn.Module):
-    """The same filter as a torch module on float (N, C, H, W), so a defended encoder can sit inside an attack
-    pipeline: ``nn.Sequential(MedianFilter(3), encoder)``."""
+    """The same filter on float (N, C, H, W) tensors, so a defended encoder can sit inside an attack pipeline."""
 
     def __init__(self, size: int = 3):
         super().__init__()

@@ -53,7 +53,7 @@ def members(cfg: dict) -> dict:
         raise ValueError(f"attack_method must be one of {sorted(MEMBERS)}, got {cfg['attack_method']!r}")
     out = {}
     for member, method in MEMBERS[cfg["attack_method"]].items():
-        kw = dict(method=method, seed=cfg["attack_seed"], progress=False)
+        kw = dict(method=method, seed=cfg["attack_seed"])
         if method == "sparse-pgd":  # its own (smaller) batch: the backward pass keeps the activations
             restarts = cfg["attack_restarts"]
             kw.update(restarts=restarts, queries=STEP_COST * restarts * cfg["attack_steps"])
@@ -95,7 +95,7 @@ def attack_key(pipelines: dict, images: np.ndarray, rows, cfg: dict) -> str | No
         return None
     rows = np.asarray(rows, np.int64)
     settings = {"experiment": cfg["experiment"], "schedule": [int(k) for k in cfg["pixels"]],
-                "members": {m: {k: v for k, v in kw.items() if k != "progress"} for m, kw in members(cfg).items()}}
+                "members": members(cfg)}
     photos = store.digest(*(np.asarray(images[r]) for r in rows))  # one photo at a time: a memmap stays on disk
     return store.key(settings, [[label, p.key] for label, p in pipelines.items()], rows, photos,
                      store.code_digest(A, models, encoders, attack_items))

@@ -1,5 +1,4 @@
 """Intervals and paired tests for numbers measured on small test splits (methods, coverage: docs/statistics.md)."""
-from __future__ import annotations
 
 import itertools
 import math
@@ -43,26 +42,18 @@ def _summary(estimate: float, replicates: np.ndarray, confidence: float) -> dict
             "high": float(np.percentile(reps, 100 * (1 - alpha)))}
 
 
-def _inside(ci: dict) -> dict:
-    """An interval that excludes its own estimate cannot be read (NaN ones are left alone)."""
-    e, low, high = ci["estimate"], ci["low"], ci["high"]
-    finite = np.isfinite(e) and np.isfinite(low)
-    assert not (finite and (low > e or e > high)), f"estimate {e} outside its interval [{low}, {high}]"
-    return ci
-
-
 def _covering(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
     """Percentile interval, widened to reach the estimate in the rare case it lies outside."""
     out = _summary(estimate, replicates, confidence)
     if np.isfinite(out["estimate"]) and np.isfinite(out["low"]):
         out["low"], out["high"] = min(out["low"], out["estimate"]), max(out["high"], out["estimate"])
-    return _inside(out)
+    return out
 
 
 def _recentred(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
     """The bootstrap spread around its median, placed on a bias-corrected estimate the percentiles would miss."""
     q, median = _summary(estimate, replicates, confidence), float(np.percentile(np.asarray(replicates, np.float64), 50))
-    return _inside({**q, "low": float(estimate - (median - q["low"])), "high": float(estimate + (q["high"] - median))})
+    return {**q, "low": float(estimate - (median - q["low"])), "high": float(estimate + (q["high"] - median))}
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -93,8 +84,7 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n_items: int, *
 
 
 class _APPlan:
-    """Each category's scores sorted once with their tie groups: a resample only re-weights items, so its AP needs
-    no sort (much faster than sklearn in a loop, benchmarks/bench_stats.py)."""
+    """Each category's scores sorted once with their tie groups: a resample only re-weights items (bench_stats.py)."""
 
     def __init__(self, labels: np.ndarray, scores: np.ndarray):
         self.columns = []
@@ -136,8 +126,7 @@ def average_precision(labels, scores, counts=None) -> np.ndarray:
     n = scores.shape[0]
     weights = np.ones((1, n), np.int64) if counts is None else np.asarray(counts)
     if weights.ndim != 2 or weights.shape[1] != n or weights.dtype.kind not in "iu" or (weights < 0).any():
-        raise ValueError(f"counts: expected non-negative integers of shape (B, {n}), got {weights.shape} "
-                         f"{weights.dtype}")
+        raise ValueError(f"counts: expected non-negative integers (B, {n}), got {weights.shape} {weights.dtype}")
     ap = _APPlan(labels, scores).ap(weights)[0 if counts is None else slice(None)]
     return ap[..., 0] if one_d else ap
 
@@ -329,8 +318,8 @@ def _recentred_p(differences: np.ndarray, centre: float) -> float:
 
 def _paired(items_a, items_b, stacked, key: str, n: int, observed: float, *, n_resamples: int,
             n_permutations: int, confidence: float, seed, corrected: float | None = None) -> dict:
-    """Paired bootstrap of A - B and, given both models' ``stacked`` items, the paired permutation test; with
-    ``corrected`` (mAP) interval and p are the re-centred bootstrap's. Draws as in tests/test_stats.py."""
+    """Paired bootstrap of A - B and, given ``stacked`` items of both, the paired permutation test; with ``corrected``
+    (mAP) the re-centred bootstrap's interval and p (docs/statistics.md)."""
     _check_settings(n, n_resamples, confidence)
     _check_settings(n, n_permutations, confidence, "n_permutations")
     diffs = np.concatenate([items_a.replicates(c, (key,))[key] - items_b.replicates(c, (key,))[key]

@@ -1,6 +1,5 @@
 """The one training loop (AdamW, early stopping, best weights kept) and batch prediction; models name their inputs
 (``model.inputs``) and compute their own loss (``model.loss(batch)``). See docs/training.md."""
-from __future__ import annotations
 
 import copy
 import math
@@ -38,9 +37,8 @@ class FeatureDataset(Dataset):
         for k, v in arrays.items():
             if not isinstance(v, torch.Tensor):
                 v = np.ascontiguousarray(np.asarray(v))
-                v = v if v.flags.writeable else v.copy()  # read-only memmaps: torch wants writable memory
-            t = v if isinstance(v, torch.Tensor) else torch.from_numpy(v)
-            self.tensors[k] = t.float() if t.is_floating_point() else (t.long() if t.dtype != torch.bool else t)
+                v = torch.from_numpy(v if v.flags.writeable else v.copy())  # read-only memmaps: torch wants a copy
+            self.tensors[k] = v.float() if v.is_floating_point() else (v.long() if v.dtype != torch.bool else v)
         lengths = {k: len(t) for k, t in self.tensors.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"FeatureDataset: arrays differ in length: {lengths}")
@@ -54,8 +52,7 @@ class FeatureDataset(Dataset):
 
 
 def batches(data, batch_size: int, shuffle: bool = False, seed: int = 0, device=None) -> DataLoader:
-    """Dict batches over ``data``, shuffled by a generator seeded with ``seed`` only. Arrays are sliced a batch
-    at a time; any other Dataset is read item by item and collated. Pinned when ``device`` is a GPU."""
+    """Dict batches over ``data``, shuffled by a generator seeded with ``seed`` only (docs/training.md)."""
     ds = data if isinstance(data, Dataset) else FeatureDataset(data)
     generator = torch.Generator().manual_seed(seed)
     pin = device is not None and torch.device(device).type == "cuda"
@@ -92,8 +89,7 @@ class FitResult:
 
 
 def _mean_loss(model: nn.Module, loader, device: torch.device, opt=None) -> dict[str, float]:
-    """Mean of each loss part over the batches (sums stay on the device: one host copy at the end, not one per
-    batch); with ``opt``, an optimiser step after each batch."""
+    """Mean of each loss part over the batches (one host copy at the end); with ``opt``, a step per batch."""
     sums, n = {}, 0
     for batch in loader:
         with devices.autocast(device):
@@ -157,9 +153,8 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
         monitor: str | None = None, epochs: int = 30, lr: float = 1e-3, weight_decay: float = 1e-4,
         batch_size: int = 64, patience: int | None = 5, seed: int = 0, checkpoint_path=None, device=None,
         progress: bool = True, desc: str | None = None) -> FitResult:
-    """Train ``model`` with AdamW, validate every epoch (``metric_fn(model, val_data)``, default the validation
-    loss), stop after ``patience`` epochs without improving ``monitor``, end with the best weights (also saved to
-    ``checkpoint_path``). Deterministic on a CPU for a given seed."""
+    """Train with AdamW, validate every epoch, stop after ``patience`` epochs without improving ``monitor`` and end
+    with the best weights (also saved to ``checkpoint_path``); deterministic on a CPU (docs/training.md)."""
     device = devices.resolve(device)
     monitor, mode = _monitor(val_data, metric_fn, monitor)
     sign = 1.0 if mode == "max" else -1.0
@@ -167,10 +162,8 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
     seed_everything(seed)
     train_ds = train_data if isinstance(train_data, Dataset) else FeatureDataset(train_data)
     model.to(device)
-    # a model may ask for its own learning rates per part (WithEncoders: a smaller one for pretrained blocks)
     params = model.param_groups(lr) if hasattr(model, "param_groups") else [p for p in model.parameters()
                                                                             if p.requires_grad]
-    # fused AdamW: one kernel for all parameters, about 6x cheaper per step on a CPU for these small models
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
     best = _Best(result, Path(checkpoint_path) if checkpoint_path else None)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
@@ -198,8 +191,8 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
             score = sign * float((row if val_data is None else metrics)[monitor])
             row.update(lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - start)
             result.history.append(row)
-            shown = {k: v for k, v in row.items() if k in ("train_loss", f"val_{monitor}")}
-            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+            shown = {k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", f"val_{monitor}")}
+            bar.set_postfix(shown, refresh=False)
             if best.update(score, epoch, model, patience):
                 break
     finally:
@@ -214,8 +207,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
 @torch.no_grad()
 def predict(model: nn.Module, data, batch_size: int = 512, keys: Sequence[str] | None = None,
             carry: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """The outputs over ``data`` in eval mode as numpy (floats as float32) from the inputs the model reads;
-    ``keys`` selects outputs, ``carry`` copies batch entries (labels) along."""
+    """Outputs over ``data`` in eval mode as numpy (floats as float32); ``carry`` copies batch entries along."""
     device = next(model.parameters()).device
     inputs = getattr(model, "inputs", None)
     model.eval()

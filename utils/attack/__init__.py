@@ -1,6 +1,5 @@
 """Few-pixel attacks on the whole pipeline from raw uint8 pixels to scores; every search returns the same
 :class:`AttackReport` (docs/attacks.md describes the searches and the modules)."""
-from __future__ import annotations
 
 from .de import differential_evolution
 from .pipelines import (ClassifierPixelPipeline, EmoticPixelPipeline, FlickrPixelPipeline, PixelPipeline,
@@ -12,10 +11,3 @@ from .sparse_pgd import sparse_pgd
 from .ensemble import ensemble
 from .defences import median_defended
 from .search import METHODS, attack
-
-__all__ = [
-    "attack", "METHODS", "differential_evolution", "sparse_rs", "sparse_pgd", "ensemble",
-    "PixelPipeline", "ClassifierPixelPipeline", "EmoticPixelPipeline", "FlickrPixelPipeline", "median_defended",
-    "AttackResult", "AttackReport", "to_arrays", "from_arrays", "apply_pixels", "score_images", "correct_top1",
-    "pixels_needed", "PixelsNeeded",
-]

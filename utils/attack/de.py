@@ -1,11 +1,9 @@
 """Few-pixel attack by differential evolution (Su, Vargas & Sakurai 2019), batched across images: every active
 image's children go through the model together, each image with its own RNG (docs/attacks.md)."""
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .pipelines import PixelPipeline, Scorer, prepare_attack
 from .results import AttackReport, assemble_report
@@ -16,7 +14,6 @@ WHERE = "utils/attack/de.py"
 @dataclass
 class DEImage:
     """Search state of one image."""
-
     index: int  # position in the attacked batch
     rng: np.random.Generator
     pop: np.ndarray  # (P, 5k) float
@@ -39,8 +36,7 @@ def decode(vec: np.ndarray, k: int) -> np.ndarray:
 
 def initial_population(rng: np.random.Generator, popsize: int, h: int, w: int, k: int,
                        init: np.ndarray | None = None) -> np.ndarray:
-    """Su et al.: positions uniform, colours ~ N(128, 127), clipped; ``init`` (<=k, 5; x < 0 = padding) replaces
-    the first pixels of member 0."""
+    """Su et al.: positions uniform, colours ~ N(128, 127), clipped; ``init`` (<=k, 5) starts member 0."""
     pop = np.empty((popsize, 5 * k))
     pop[:, 0::5] = rng.uniform(0, w - 1, (popsize, k))
     pop[:, 1::5] = rng.uniform(0, h - 1, (popsize, k))
@@ -122,10 +118,9 @@ def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], score
 def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None,
                            *, pixels: int = 1, popsize: int = 400, generations: int = 100, F: float = 0.5,
                            batch_size: int | None = None, seed: int = 0, precision: str = "float32",
-                           progress: bool = True, init: np.ndarray | None = None) -> AttackReport:
-    """Attack every image (N,H,W,3 uint8, pipeline rows ``rows``) the pipeline gets right changing at most
-    ``pixels`` pixels: ``popsize`` (``generations`` + 1) queries per image at most; ``init`` (N, <=k, 5) seeds
-    member 0. A success of a cheaper ``precision`` is confirmed in eager fp32."""
+                           init: np.ndarray | None = None) -> AttackReport:
+    """Fool each correctly scored image changing at most ``pixels`` pixels with at most ``popsize`` (``generations``
+    + 1) queries; a success of a cheaper ``precision`` is confirmed in eager fp32."""
     if popsize < 4 or generations < 0:
         raise ValueError(f"{WHERE}: need popsize >= 4 (DE/rand/1 draws 3 others) and generations >= 0")
     scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
@@ -137,7 +132,7 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
     states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(scorer.rows[i])])),
                       pop=initial_population(rng, popsize, h, w, k, None if init is None else init[i]))
               for i in np.flatnonzero(scorer.attacked)]
-    _evolve(scorer, states, k, generations, F, upper, progress)
+    _evolve(scorer, states, k, generations, F, upper)
     # final pixels: the confirmed success, else the population's best (scored in fp32 by assemble_report)
     final = {st.index: st.found if st.found is not None else decode(st.pop[np.argmin(st.fit)], k) for st in states}
     found = {st.index: st.found_scores for st in states if st.found is not None}
@@ -145,15 +140,13 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
                            {st.index: st.generations for st in states}, settings)
 
 
-def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: float, upper: np.ndarray,
-            progress: bool) -> None:
+def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: float, upper: np.ndarray) -> None:
     """Score the initial populations, then run the generations; a child replaces its parent if at least as good."""
     decoded = [decode(st.pop, k) for st in states]
     scored = score_unique(scorer, states, decoded)
     settle(scorer, states, decoded, scored)
     for st, d, s in zip(states, decoded, scored):
         st.fit, st.keys = s[0], [c.tobytes() for c in d]
-    bar = tqdm(total=generations, desc=f"{k}-pixel DE", disable=not progress, leave=False)
     for _ in range(generations):
         active = [st for st in states if st.found is None]
         if not active:
@@ -167,6 +160,3 @@ def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: 
             st.pop[better], st.fit[better] = child[better], fit[better]
             st.keys = [d[j].tobytes() if better[j] else st.keys[j] for j in range(len(fit))]
             st.generations += 1
-        bar.update(1)
-        bar.set_postfix(active=len(active), solved=sum(st.found is not None for st in states))
-    bar.close()

@@ -1,6 +1,5 @@
 """The median filter inside the attacked pipeline, so every search attacks the defence it knows about (the adaptive
 attack); the white-box gradient passes straight through the filter (BPDA; docs/attacks.md)."""
-from __future__ import annotations
 
 import numpy as np
 import torch

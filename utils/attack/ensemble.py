@@ -1,6 +1,5 @@
 """White-box then black-box, as Sparse-AutoAttack (Zhong & Liu 2024): Sparse-PGD on every attacked image, then
 the sparse random search on the images it left unfooled (all of them with ``black_box_all``; docs/attacks.md)."""
-from __future__ import annotations
 
 import dataclasses
 import time
@@ -15,21 +14,20 @@ from .sparse_pgd import sparse_pgd
 
 def ensemble(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
              pixels: int = 1, queries: int = 1000, steps: int = 100, restarts: int = 2, seed: int = 0,
-             batch_size: int | None = None, black_box_all: bool = False, progress: bool = True,
-             init: np.ndarray | None = None, **search) -> AttackReport:
-    """Sparse-PGD (``steps`` per restart, ``restarts``), then ``sparse_rs`` (``queries`` per image, ``batch_size``
-    and other keywords); a result's ``queries`` add both members' forward-equivalent spending."""
+             batch_size: int | None = None, black_box_all: bool = False, init: np.ndarray | None = None,
+             **search) -> AttackReport:
+    """Sparse-PGD, then ``sparse_rs`` (``queries``, ``batch_size``, other keywords); a result's ``queries`` add up."""
     t_start = time.perf_counter()
     images = np.asarray(images)
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
     white = sparse_pgd(pipeline, images, rows, truth, pixels=pixels, steps=steps, restarts=restarts, seed=seed,
-                       progress=progress, init=init)
+                       init=init)
     attacked = np.array([r.attacked for r in white.results], bool)
     w_ok = np.array([r.success for r in white.results], bool)
     ran = attacked if black_box_all else attacked & ~w_ok
     idx = np.flatnonzero(ran)
     black = sparse_rs(pipeline, images[idx], rows[idx], None if truth is None else np.asarray(truth)[idx],
-                      pixels=pixels, queries=queries, batch_size=batch_size, seed=seed, progress=progress,
+                      pixels=pixels, queries=queries, batch_size=batch_size, seed=seed,
                       init=None if init is None else np.asarray(init)[idx], **search)
     b_ok = np.zeros(len(images), bool)
     results = list(white.results)

@@ -1,6 +1,5 @@
 """What the attack attacks: the whole path from raw uint8 pixels to the scores (logits) that decide success, and
 the batched scoring every search shares (docs/attacks.md explains the success rule and the confirmation)."""
-from __future__ import annotations
 
 import contextlib
 import time
@@ -31,10 +30,7 @@ class PixelPipeline:
 
     @property
     def device(self) -> torch.device:
-        for m in self.modules:
-            for p in m.parameters():
-                return p.device
-        return torch.device("cpu")
+        return next((p.device for m in self.modules for p in m.parameters()), torch.device("cpu"))
 
     def prepare(self, clean: torch.Tensor, rows: torch.Tensor) -> None:
         """Called once with the clean images before a search; cache what does not depend on the perturbation."""
@@ -253,9 +249,10 @@ def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None, where: str,
-                   precision: str = "float32") -> Scorer:
+                   precision: str = "float32") -> "Scorer":
     """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache."""
     started = time.perf_counter()
+    _precision_ctx(precision, torch.device("cpu"))  # reject an unknown precision early
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{where}: images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
@@ -287,7 +284,6 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
 class Scorer:
     """One run's checked inputs and clean fp32 scores; scores candidate pixels of many images in shared batches in
     the search's precision, counting the cost. ``confirm`` is the eager fp32 pass every success must pass."""
-
     pipeline: PixelPipeline
     images: np.ndarray  # (N,H,W,3) uint8
     rows: np.ndarray  # (N,) pipeline rows
@@ -300,9 +296,6 @@ class Scorer:
     ready: float = field(default_factory=time.perf_counter)  # ... and at the start of the search
     queries: int = 0  # images sent through the model by the search (confirmations not included)
     model_seconds: float = 0.0  # time inside the pipeline's forward pass during the search
-
-    def __post_init__(self):
-        _precision_ctx(self.precision, torch.device("cpu"))  # reject an unknown precision early
 
     @property
     def exact(self) -> bool:  # an eager fp32 search already is the confirming pass

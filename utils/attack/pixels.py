@@ -1,5 +1,4 @@
 """Pixels needed per image: the smallest k of a schedule at which the attack succeeds, with work reused across k."""
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
@@ -14,7 +13,6 @@ from .search import attack
 @dataclass
 class PixelsNeeded:
     """Per image, the smallest k of the schedule at which the attack succeeded (-1: none, or not attacked)."""
-
     rows: np.ndarray  # (N,)
     attacked: np.ndarray  # (N,) bool: correct before the attack
     k_needed: np.ndarray  # (N,) int, -1 when no k of the schedule succeeded within its budget

@@ -1,6 +1,5 @@
 """Result objects shared by the searches, and their round trip through the flat arrays of a ``.npz`` file (no
 pickle). Scores are logits (Flickr8k: similarities), so margins and ``true_score_drop`` are in logit units."""
-from __future__ import annotations
 
 import json
 import time
@@ -22,7 +21,6 @@ _PER_RESULT = {"rows": ("row", np.int64), "attacked": ("attacked", bool), "succe
 @dataclass
 class AttackResult:
     """One image. ``pixels`` holds the pixels that really differ from the original, as rows (x, y, r, g, b)."""
-
     row: int
     attacked: bool  # False when the clean image was already misclassified (not attacked)
     success: bool  # confirmed by an fp32 pass on ``adversarial``
@@ -49,7 +47,6 @@ class AttackResult:
 @dataclass
 class AttackReport:
     """All images of one run, its settings (``method``, ``pixels`` and the search's budget) and its cost."""
-
     results: list[AttackResult]
     settings: dict
     seconds: float
@@ -100,8 +97,7 @@ class AttackReport:
 
 def assemble_report(scorer: Scorer, final: dict[int, np.ndarray], found: dict[int, np.ndarray],
                     queries: dict[int, int], iterations: dict[int, int], settings: dict) -> AttackReport:
-    """The report from each attacked image's final pixels (``final``); those without confirmed fp32 scores
-    (``found``) are scored once more in eager fp32, so every ``scores_after`` and ``success`` is fp32."""
+    """The report from the attacked images' ``final`` pixels; those not ``found`` (confirmed) are rescored in fp32."""
     end = time.perf_counter()
     n = len(scorer.images)
     adv = scorer.images.copy()
@@ -128,8 +124,7 @@ def assemble_report(scorer: Scorer, final: dict[int, np.ndarray], found: dict[in
 
 
 def to_arrays(report: AttackReport, prefix: str) -> dict[str, np.ndarray]:
-    """A report as plain arrays ``{prefix}_{field}``: ``pixels`` (N, k, 5) padded with -1 rows, ``settings`` as
-    JSON, ``cost`` = (seconds, model_queries, search_seconds, model_seconds); the adversarial images follow."""
+    """A report as plain arrays ``{prefix}_{field}`` (layout in docs/attacks.md); no pickle, no images."""
     res = report.results
     out = {name: np.array([getattr(r, attr) for r in res], dtype) for name, (attr, dtype) in _PER_RESULT.items()}
     out["pixels"] = np.full((len(res), int(report.settings["pixels"]), 5), -1, np.int64)

@@ -1,5 +1,4 @@
 """Picks a search by name: the one entry point the pixel-count curves and the robustness experiments call."""
-from __future__ import annotations
 
 import numpy as np
 

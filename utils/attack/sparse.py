@@ -1,10 +1,7 @@
 """Batched sparse random search for few-pixel attacks, as Sparse-RS does it (Croce et al., AAAI 2022, L0 version).
 Counter-based random numbers make the speculative proposals equal the one-at-a-time search (docs/attacks.md)."""
-from __future__ import annotations
-
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .pipelines import PixelPipeline, Scorer, prepare_attack
 from .results import AttackReport, assemble_report
@@ -85,8 +82,7 @@ def _pixels_at(images: np.ndarray, which: np.ndarray, flat: np.ndarray, bits: np
 
 def initial_pixels(image: np.ndarray, k: int, row: int = 0, seed: int = 0, init: np.ndarray | None = None
                    ) -> np.ndarray:
-    """k distinct random positions with corner colours (the randoms of query 0 of ``row``), after the pixels of
-    ``init`` (<=k,5; x < 0 = padding, repeated positions dropped)."""
+    """``init``'s pixels (x < 0 = padding), then fresh ones from query 0's randoms of ``row``, k in all."""
     h, w = image.shape[:2]
     keep = np.zeros((0, 5), np.int64)
     if init is not None:
@@ -126,41 +122,37 @@ def _first_event(event: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np
 
 def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
               pixels: int = 1, queries: int = 1000, candidates: int | None = None, p_init: float = 0.3,
-              batch_size: int | None = None, seed: int = 0, precision: str = "float32", progress: bool = True,
+              batch_size: int | None = None, seed: int = 0, precision: str = "float32",
               init: np.ndarray | None = None) -> AttackReport:
-    """Sparse random search changing at most ``pixels`` pixels per image, ``queries`` model queries per image, as
-    :func:`utils.attack.de.differential_evolution`; ``candidates`` caps the proposals per image and call."""
+    """Sparse-RS changing at most ``pixels`` pixels, ``queries`` per image; ``candidates`` caps proposals per call."""
     if queries < 1 or (candidates is not None and candidates < 1) or not 0 < p_init <= 1:
         raise ValueError(f"{WHERE}: need queries >= 1, candidates >= 1 and 0 < p_init <= 1")
     scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
     k = pixels
     settings = dict(method="sparse", pixels=k, queries=queries, candidates=candidates or "adaptive", p_init=p_init,
                     schedule="Sparse-RS L0, rescaled to the budget", batch_size=scorer.batch_size,
-                    channels_last=pipeline.channels_last, seed=seed,
-                    precision=precision, compile=False, colours="RGB cube corners",
-                    acceptance="strict: kept only if the margin decreases (Sparse-RS)",
+                    channels_last=pipeline.channels_last, seed=seed, precision=precision, compile=False,
+                    colours="RGB cube corners", acceptance="strict: kept only if the margin decreases (Sparse-RS)",
                     proposals="one per active image per call; batch_size // active speculative ones when fewer "
                               "than batch_size are active (same trajectory as one at a time)")
     idx = np.flatnonzero(scorer.attacked)  # attacked images, by position in the batch
     px = np.stack([initial_pixels(scorer.images[i], k, int(scorer.rows[i]), seed, None if init is None else init[i])
                    for i in idx]) if len(idx) else np.zeros((0, k, 5), np.int64)
-    used, accepted, found = _search(scorer, idx, px, queries, candidates, p_init, seed, progress)
+    used, accepted, found = _search(scorer, idx, px, queries, candidates, p_init, seed)
     return assemble_report(scorer, {int(i): px[a] for a, i in enumerate(idx)}, found,
                            {int(i): int(used[a]) for a, i in enumerate(idx)},
                            {int(i): int(accepted[a]) - 1 for a, i in enumerate(idx)}, settings)
 
 
 def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candidates: int | None, p_init: float,
-            seed: int, progress: bool):
-    """The search loop (``px`` updated in place): returns queries used and proposals accepted per attacked image,
-    and the fp32 scores of each confirmed success by position in the batch."""
+            seed: int):
+    """Update ``px`` in place; return queries used, proposals accepted and confirmed successes' fp32 scores."""
     n, k = len(idx), px.shape[1]
     margin = np.full(n, np.inf)
     used = np.zeros(n, np.int64)  # queries per image (the starting pixels are the first, as in Sparse-RS)
     accepted = np.zeros(n, np.int64)
     done = np.zeros(n, bool)
     found: dict[int, np.ndarray] = {}
-    bar = tqdm(total=queries, desc=f"{k}-pixel sparse search", disable=not progress, leave=False)
     first = True
     while len(act := np.flatnonzero(~done & (used < queries))):
         per = 1 if first else max(1, scorer.batch_size // len(act)) if candidates is None else candidates
@@ -192,9 +184,4 @@ def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candi
         px[imgs[win | better]] = cand[at[win | better]]
         margin[imgs[better]] = f[at[better]]
         accepted[imgs[win | better]] += 1
-        live = ~done & (used < queries)
-        bar.n = int(used[live].min()) if live.any() else queries
-        bar.set_postfix(active=int(live.sum()), solved=int(done.sum()))
-        bar.refresh()
-    bar.close()
     return used, accepted, found

@@ -1,12 +1,10 @@
 """White-box Sparse-PGD (Zhong & Liu 2024, arXiv 2405.05075) on the whole pipeline from the photo's pixels to its
 scores: a magnitude times a mask projected onto k pixels, each forward pass on a uint8 image (docs/attacks.md)."""
-from __future__ import annotations
 
 import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .pipelines import PixelPipeline, Scorer, prepare_attack, to_input
 from .results import AttackReport, assemble_report
@@ -57,34 +55,28 @@ def _warm(p: np.ndarray, mask: np.ndarray, clean: np.ndarray, init: np.ndarray) 
 
 
 class _Books:
-    """Per attacked image (position in the batch): its RNG, queries spent, steps taken, best margin and pixels so
-    far, and the fp32 scores of its confirmed success."""
+    """Per attacked image (position in the batch): RNG, cost, steps, best margin and pixels, confirmed scores."""
 
     def __init__(self, todo: np.ndarray, rows: np.ndarray, seed: int):
         self.rngs = {int(i): np.random.default_rng([seed, int(rows[i])]) for i in todo}
-        self.spent = {int(i): 0 for i in todo}
-        self.taken = {int(i): 0 for i in todo}
-        self.best = {int(i): np.inf for i in todo}
-        self.final: dict[int, np.ndarray] = {}
+        self.spent, self.taken, self.best = ({int(i): v for i in todo} for v in (0, 0, np.inf))
+        self.final: dict[int, np.ndarray] = {}  # pixels by position in the batch
         self.found: dict[int, np.ndarray] = {}
 
 
 def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
-               pixels: int = 1, steps: int = 100, restarts: int = 2, variants: tuple[str, ...] = VARIANTS,
-               queries: int | None = None, seed: int = 0, batch_size: int = 16, progress: bool = True,
-               init: np.ndarray | None = None) -> AttackReport:
+               pixels: int = 1, steps: int = 100, restarts: int = 2, queries: int | None = None, seed: int = 0,
+               batch_size: int = 16, init: np.ndarray | None = None) -> AttackReport:
     """Sparse-PGD changing at most ``pixels`` pixels per image: ``restarts`` runs of at most ``steps`` steps;
     ``queries`` count forward-equivalents (``STEP_COST`` per step, 1 per confirmation) and, if given, set ``steps``."""
     if queries is not None:
         steps = int(queries) // (STEP_COST * max(int(restarts), 1))
     if steps < 1 or restarts < 1:
         raise ValueError(f"{WHERE}: need steps >= 1 (queries >= {STEP_COST * max(restarts, 1)}) and restarts >= 1")
-    if not variants or any(v not in VARIANTS for v in variants):
-        raise ValueError(f"{WHERE}: variants must be a non-empty sequence of {VARIANTS}, got {variants!r}")
     scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE)
     k = pixels
     settings = dict(method="sparse-pgd", pixels=k, steps=steps, restarts=restarts,
-                    variants=[variants[r % len(variants)] for r in range(restarts)], alpha=ALPHA, beta=BETA,
+                    variants=[VARIANTS[r % 2] for r in range(restarts)], alpha=ALPHA, beta=BETA,
                     patience=PATIENCE, loss="margin of the scores", step_cost=STEP_COST,
                     queries_counted=f"{STEP_COST} per step (forward + backward), 1 per fp32 confirmation",
                     colours="rounded to uint8 in every forward pass", batch_size=batch_size, seed=seed,
@@ -92,23 +84,17 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
     todo = np.flatnonzero(scorer.attacked)
     books = _Books(todo, scorer.rows, seed)
     truth_all = torch.as_tensor(scorer.truth, device=pipeline.device)
-    bar = tqdm(total=restarts * steps, desc=f"{k}-pixel sparse-PGD", disable=not progress, leave=False)
     for r in range(restarts):
         left = [int(i) for i in todo if int(i) not in books.found]
         for s in range(0, len(left), batch_size):
-            _run(scorer, books, left[s:s + batch_size], variants[r % len(variants)], steps, k,
+            _run(scorer, books, left[s:s + batch_size], VARIANTS[r % 2], steps, k,
                  None if init is None or r else init, truth_all)
-            bar.n = r * steps + steps * min(s + batch_size, len(left)) // max(len(left), 1)
-            bar.set_postfix(fooled=len(books.found))
-            bar.refresh()
-    bar.close()
     return assemble_report(scorer, books.final, books.found, books.spent, books.taken, settings)
 
 
 def _run(scorer: Scorer, books: _Books, idx: list[int], variant: str, steps: int, k: int, init, truth_all) -> None:
     """One restart on images ``idx`` (positions in the attacked batch): each leaves when its success holds in fp32."""
-    pipeline = scorer.pipeline
-    dev = pipeline.device
+    pipeline, dev = scorer.pipeline, scorer.pipeline.device
     draws = [_draw(books.rngs[i], scorer.images[i]) for i in idx]
     if init is not None:
         for (p, m), i in zip(draws, idx):
