@@ -461,11 +461,11 @@ def test_compare_retrieval_equals_generic_paired_functions():
 
 
 def test_split_size_note_names_splits_below_the_measured_size():
-    need = S.MIN_ITEMS_FOR_COVERAGE["emotic"]
+    need = S.MIN_ITEMS_FOR_COVERAGE["emotic"][0]
     assert S.split_size_note("emotic", need) is None
     note = S.split_size_note("emotic", need - 1)
     assert note.startswith(f"this test split ({need - 1} persons) is too small for its intervals to hold")
-    assert "mean R@1" in S.split_size_note("flickr8k", S.MIN_ITEMS_FOR_COVERAGE["flickr8k"] - 1)
+    assert "mean R@1" in S.split_size_note("flickr8k", S.MIN_ITEMS_FOR_COVERAGE["flickr8k"][0] - 1)
     with pytest.raises(ValueError, match="kind"):
         S.split_size_note("coco", 10)
 

@@ -9,8 +9,9 @@ from scipy.stats import binomtest
 
 from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
 
-# Smallest splits whose 95 % intervals held the population value >= 90 % of the time (bench_coverage.py)
-MIN_ITEMS_FOR_COVERAGE = {"emotic": 1000, "flickr8k": 63}
+#: per dataset: the smallest split whose 95 % intervals held the population value >= 90 % of the time
+#: (bench_coverage.py), what its items are, and the metric
+MIN_ITEMS_FOR_COVERAGE = {"emotic": (1000, "persons", "mAP"), "flickr8k": (63, "images", "mean R@1")}
 _CHUNK = 128  # resamples (or permutations) evaluated at once: memory stays at _CHUNK x items per array
 
 
@@ -233,11 +234,11 @@ def split_size_note(kind: str, n_items: int) -> str | None:
     """The warning for a split (``"emotic"`` or ``"flickr8k"``) below ``MIN_ITEMS_FOR_COVERAGE``, else None."""
     if kind not in MIN_ITEMS_FOR_COVERAGE:
         raise ValueError(f"kind: expected one of {tuple(MIN_ITEMS_FOR_COVERAGE)}, got {kind!r}")
-    need, unit = MIN_ITEMS_FOR_COVERAGE[kind], "persons" if kind == "emotic" else "images"
+    need, unit, metric = MIN_ITEMS_FOR_COVERAGE[kind]
     if int(n_items) >= need:
         return None
     return (f"this test split ({int(n_items)} {unit}) is too small for its intervals to hold: simulated splits "
-            f"smaller than {need} {unit} held the population {'mAP' if kind == 'emotic' else 'mean R@1'} in fewer "
+            f"smaller than {need} {unit} held the population {metric} in fewer "
             f"than 90 % of their 95 % intervals (benchmarks/bench_coverage.py), so read the intervals here as rough")
 
 
