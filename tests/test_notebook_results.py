@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import itertools
 import json
 import math
@@ -51,14 +50,9 @@ def by_content(fn):
     checker whose bootstraps then recompute only what the edit changed."""
     answers = {}
 
-    def digest(a):
-        if isinstance(a, np.ndarray):
-            return (a.dtype.str, a.shape, hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
-        return repr(a)
-
     @functools.wraps(fn)
     def remembered(*args):
-        key = tuple(map(digest, args))
+        key = store.digest(*args)  # arrays by dtype, shape and bytes; the rest by value
         if key not in answers:
             answers[key] = fn(*args)
         return copy.deepcopy(answers[key])
