@@ -9,12 +9,11 @@ from sklearn.metrics import average_precision_score
 from .labels import CATEGORIES, CONTINUOUS
 
 
-def as_2d(name: str, arr, n_cols: int | None = None) -> np.ndarray:
-    """``arr`` as a 2-D array of finite values (``n_cols`` columns when given), or a ValueError naming it."""
+def as_2d(name: str, arr, n_rows: int | None = None, n_cols: int | None = None) -> np.ndarray:
+    """``arr`` as a 2-D array of finite values (of ``n_rows`` or ``n_cols`` when given), or a ValueError naming it."""
     arr = np.asarray(arr)
-    if arr.ndim != 2 or (n_cols is not None and arr.shape[1] != n_cols):
-        want = f"(N, {n_cols})" if n_cols is not None else "(N, K)"
-        raise ValueError(f"{name}: expected an array of shape {want}, got {arr.shape}")
+    if arr.ndim != 2 or any(want not in (None, got) for want, got in zip((n_rows, n_cols), arr.shape)):
+        raise ValueError(f"{name}: expected an array of shape ({n_rows or 'N'}, {n_cols or 'K'}), got {arr.shape}")
     if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
         raise ValueError(f"{name}: contains NaN or infinite values")
     return arr
@@ -23,9 +22,7 @@ def as_2d(name: str, arr, n_cols: int | None = None) -> np.ndarray:
 def emotic_metrics(scores, labels, vad_pred=None, vad_true=None) -> dict:
     """mAP, AP per category (NaN without a positive), dominant accuracy and, given VAD (N, 3), its MAE."""
     scores = as_2d("scores", scores)
-    labels = as_2d("labels", labels, scores.shape[1])
-    if labels.shape[0] != scores.shape[0]:
-        raise ValueError(f"scores has {scores.shape[0]} rows but labels has {labels.shape[0]}")
+    labels = as_2d("labels", labels, *scores.shape)
     if not np.isin(labels, (0, 1)).all():
         raise ValueError("labels: expected a 0/1 multi-hot array")
     if scores.shape[0] == 0:
@@ -48,37 +45,28 @@ def emotic_metrics(scores, labels, vad_pred=None, vad_true=None) -> dict:
     if (vad_pred is None) != (vad_true is None):
         raise ValueError("vad_pred and vad_true must be given together")
     if vad_pred is not None:
-        vad_pred, vad_true = as_2d("vad_pred", vad_pred, len(CONTINUOUS)), as_2d("vad_true", vad_true, len(CONTINUOUS))
-        if not (vad_pred.shape[0] == vad_true.shape[0] == n):
-            raise ValueError(f"vad_pred/vad_true must have {n} rows, got {vad_pred.shape[0]} and {vad_true.shape[0]}")
+        vad_pred, vad_true = (as_2d(name, v, n, len(CONTINUOUS)) for name, v in (("vad_pred", vad_pred),
+                                                                                   ("vad_true", vad_true)))
         mae = np.abs(vad_pred.astype(np.float64) - vad_true.astype(np.float64)).mean(axis=0)
         out["vad_mae"] = {**{name: float(v) for name, v in zip(CONTINUOUS, mae)}, "mean": float(mae.mean())}
     return out
 
 
-def check_retrieval(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
-    """A similarity matrix (images x captions) and each caption's image index, validated together."""
+def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks, pessimistic on ties: each image's best own caption (M,), each caption's image (C,)."""
     sim = as_2d("similarity", sim)
     caption_image = np.asarray(caption_image)
     m, c = sim.shape
-    if caption_image.shape != (c,):
-        raise ValueError(f"caption_image: expected shape ({c},) (one image row per caption column of the "
-                         f"similarity matrix), got {caption_image.shape}")
-    if caption_image.dtype.kind not in "iu":
-        raise ValueError(f"caption_image: expected integer image rows, got dtype {caption_image.dtype}")
+    if caption_image.shape != (c,) or caption_image.dtype.kind not in "iu":
+        raise ValueError(f"caption_image: expected integer image rows of shape ({c},) (one per caption column of the "
+                         f"similarity matrix), got {caption_image.shape} {caption_image.dtype}")
     if c and (caption_image.min() < 0 or caption_image.max() >= m):
         raise ValueError(f"caption_image: values must lie in [0, {m}) (rows of the similarity matrix)")
     orphans = np.setdiff1d(np.arange(m), caption_image)
     if orphans.size:
         raise ValueError(f"caption_image: image row {orphans[0]} has no caption ({orphans.size} such images); "
                          "image->text recall is undefined for it")
-    return sim.astype(np.float64), caption_image.astype(np.int64)
-
-
-def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
-    """1-based ranks, pessimistic on ties: each image's best own caption (M,), each caption's image (C,)."""
-    sim, caption_image = check_retrieval(sim, caption_image)
-    m, c = sim.shape
+    sim, caption_image = sim.astype(np.float64), caption_image.astype(np.int64)
     own = caption_image[None, :] == np.arange(m)[:, None]          # (M, C) True where caption c belongs to image m
     best_own = np.where(own, sim, -np.inf).max(axis=1)              # each image's best own-caption score
     i2t = 1 + ((sim >= best_own[:, None]) & ~own).sum(axis=1)

@@ -120,12 +120,10 @@ def average_precision(labels, scores, counts=None) -> np.ndarray:
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if one_d := scores.ndim == 1:
         labels, scores = labels[:, None], scores[:, None]
-    if labels.shape != scores.shape or scores.ndim != 2:
-        raise ValueError(f"average_precision: labels {labels.shape} and scores {scores.shape} must match, (N, K)")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels: expected a 0/1 array")
-    n = scores.shape[0]
-    weights = np.ones((1, n), np.int64) if counts is None else np.asarray(counts)
+    if labels.shape != scores.shape or scores.ndim != 2 or not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"average_precision: expected 0/1 labels and scores of one shape (N, K), got {labels.shape} "
+                         f"and {scores.shape}")
+    n, weights = scores.shape[0], np.ones((1, scores.shape[0]), np.int64) if counts is None else np.asarray(counts)
     if weights.ndim != 2 or weights.shape[1] != n or weights.dtype.kind not in "iu" or (weights < 0).any():
         raise ValueError(f"counts: expected non-negative integers (B, {n}), got {weights.shape} {weights.dtype}")
     ap = _APPlan(labels, scores).ap(weights)[0 if counts is None else slice(None)]
@@ -170,29 +168,25 @@ def _emotic_estimates(m: dict) -> dict:
     return {**est, "vad_mae": m["vad_mae"]["mean"]} if "vad_mae" in m else est
 
 
-def _half_masks(n_items: int, n_draws: int, seed) -> Iterator[np.ndarray]:
-    """Chunks of 0/1 masks keeping ``n_items // 2`` items: every subset, or ``n_draws`` random ones."""
-    h = n_items // 2
-    if n_items < 64 and math.comb(n_items, h) <= n_draws:
-        keep = np.array(list(itertools.combinations(range(n_items), h)), dtype=np.int64).reshape(-1, h)
-        chunks = np.array_split(keep, max(1, len(keep) // _CHUNK))
-    else:
-        rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-        chunks = (np.array([rng.choice(n_items, h, replace=False) for _ in range(min(_CHUNK, n_draws - start))])
-                  .reshape(-1, h) for start in range(0, n_draws, _CHUNK))
-    for keep in chunks:
-        masks = np.zeros((len(keep), n_items), np.int32)
-        np.put_along_axis(masks, keep, 1, axis=1)
-        yield masks
-
-
 def _map_correction(plan: _APPlan, m: dict, n_draws: int, seed) -> tuple[float, np.ndarray]:
-    """(bias-corrected mAP %, per-category AP bias 0..1) by the delete-half jackknife (docs/statistics.md)."""
+    """(bias-corrected mAP %, per-category AP bias 0..1) by the delete-half jackknife over every half-size subset of
+    the items, or ``n_draws`` random ones (docs/statistics.md)."""
     ap = np.array(list(m["ap_per_category"].values()), dtype=np.float64) / 100
     n_items, h = m["n"], m["n"] // 2
     bias = np.zeros_like(ap)
     if h >= 1:
-        subs = [plan.ap(masks) for masks in _half_masks(n_items, n_draws, seed)]
+        if n_items < 64 and math.comb(n_items, h) <= n_draws:
+            keep = np.array(list(itertools.combinations(range(n_items), h)), dtype=np.int64).reshape(-1, h)
+            chunks = np.array_split(keep, max(1, len(keep) // _CHUNK))
+        else:
+            rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+            chunks = (np.array([rng.choice(n_items, h, replace=False) for _ in range(min(_CHUNK, n_draws - start))])
+                      .reshape(-1, h) for start in range(0, n_draws, _CHUNK))
+        subs = []
+        for keep in chunks:  # 0/1 masks keeping h items
+            masks = np.zeros((len(keep), n_items), np.int32)
+            np.put_along_axis(masks, keep, 1, axis=1)
+            subs.append(plan.ap(masks))
         total = sum((np.nansum(sub, axis=0) for sub in subs), np.zeros(len(ap)))
         scored = sum(((~np.isnan(sub)).sum(axis=0) for sub in subs), np.zeros(len(ap)))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -310,14 +304,7 @@ def _permutation_p(observed: float, null: np.ndarray, exact: bool) -> float:
     return count / len(null) if exact else (1 + count) / (1 + len(null))
 
 
-def _recentred_p(differences: np.ndarray, centre: float) -> float:
-    """Two-sided p of the bootstrap differences re-centred on ``centre``: agrees with ``_recentred``."""
-    shifted = differences - np.percentile(differences, 50) + centre
-    k = min(int((shifted <= 0).sum()), int((shifted >= 0).sum()))
-    return float(min(1.0, 2 * (1 + k) / (1 + len(shifted))))
-
-
-def _paired(items_a, items_b, stacked, key: str, n: int, observed: float, *, n_resamples: int,
+def _paired(items_a, items_b, stacked, key: str, n: int, observed: float, estimates: tuple, n_resamples: int,
             n_permutations: int, confidence: float, seed, corrected: float | None = None) -> dict:
     """Paired bootstrap of A - B and, given ``stacked`` items of both, the paired permutation test; with ``corrected``
     (mAP) the re-centred bootstrap's interval and p (docs/statistics.md)."""
@@ -328,15 +315,18 @@ def _paired(items_a, items_b, stacked, key: str, n: int, observed: float, *, n_r
     ci = _covering(observed, diffs, confidence) if corrected is None else _recentred(corrected, diffs, confidence)
     out = {"difference": ci["estimate"], "low": ci["low"], "high": ci["high"], "sample_difference": float(observed),
            "confidence": confidence, "n_items": int(n), "n_resamples": int(n_resamples)}
-    if stacked is None:
-        return {**out, "p_value": _recentred_p(diffs, ci["estimate"]), "test": "paired bootstrap",
-                "n_permutations": 0, "exact": False}
+    tail = {"metric": key, "estimate_a": estimates[0], "estimate_b": estimates[1]}
+    if stacked is None:  # two-sided p of the differences re-centred on the estimate: agrees with ``_recentred``
+        shifted = diffs - np.percentile(diffs, 50) + ci["estimate"]
+        k = min(int((shifted <= 0).sum()), int((shifted >= 0).sum()))
+        return {**out, "p_value": float(min(1.0, 2 * (1 + k) / (1 + len(shifted)))), "test": "paired bootstrap",
+                "n_permutations": 0, "exact": False, **tail}
     exact, chunks = _permutation_masks(n, n_permutations, seed)
     # (P, n) swap masks -> (P, 2n) counts over [A items; B items] picking A' (B where swapped); B' takes the rest
     stacks = (np.hstack([~masks, masks]).astype(np.int32) for masks in chunks)
     null = np.concatenate([stacked.replicates(s, (key,))[key] - stacked.replicates(1 - s, (key,))[key] for s in stacks])
     return {**out, "p_value": _permutation_p(observed, null, exact), "test": "paired permutation",
-            "n_permutations": len(null), "exact": exact}
+            "n_permutations": len(null), "exact": exact, **tail}
 
 
 def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", vad_pred_a=None, vad_pred_b=None,
@@ -362,9 +352,8 @@ def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", vad_pred_a=N
     else:
         vad = () if vad_true is None else (np.vstack([vad_pred_a, vad_pred_b]), np.vstack([vad_true, vad_true]))
         stacked = _EmoticItems(np.vstack([scores_a, scores_b]), np.vstack([labels, labels]), *vad, need_ap=False)
-    out = _paired(items_a, items_b, stacked, metric, ma["n"], observed, n_resamples=n_resamples,
-                  n_permutations=n_permutations, confidence=confidence, seed=seed, corrected=corrected)
-    return {**out, "metric": metric, "estimate_a": estimate_a, "estimate_b": estimate_b}
+    return _paired(items_a, items_b, stacked, metric, ma["n"], observed, (estimate_a, estimate_b), n_resamples,
+                   n_permutations, confidence, seed, corrected)
 
 
 def compare_retrieval(sim_a, sim_b, caption_image, metric: str = "mean_R@1", *, n_resamples: int = 1000,
@@ -381,10 +370,8 @@ def compare_retrieval(sim_a, sim_b, caption_image, metric: str = "mean_R@1", *, 
     m, cap = len(i2t_a), cap.astype(np.int64)
     stacked = _RetrievalItems(np.concatenate([i2t_a, i2t_b]), np.concatenate([t2i_a, t2i_b]),
                               np.concatenate([cap, cap + m]), ks)
-    out = _paired(_RetrievalItems(i2t_a, t2i_a, cap, ks), _RetrievalItems(i2t_b, t2i_b, cap, ks), stacked, key, m,
-                  estimate_a - estimate_b, n_resamples=n_resamples, n_permutations=n_permutations,
-                  confidence=confidence, seed=seed)
-    return {**out, "metric": key, "estimate_a": estimate_a, "estimate_b": estimate_b}
+    return _paired(_RetrievalItems(i2t_a, t2i_a, cap, ks), _RetrievalItems(i2t_b, t2i_b, cap, ks), stacked, key, m,
+                   estimate_a - estimate_b, (estimate_a, estimate_b), n_resamples, n_permutations, confidence, seed)
 
 
 def _outcomes(success_a, success_b) -> tuple[np.ndarray, np.ndarray]:
