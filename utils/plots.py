@@ -37,7 +37,7 @@ def _mark(hit) -> tuple[str, str]:
 
 def training_curves(history, metrics: Sequence[str] | None = None, title=None, path=None) -> Figure:
     """Loss beside validation metrics per epoch; by default the percent ones, which share one axis."""
-    df = history.frame() if hasattr(history, "frame") else pd.DataFrame(history)
+    df = pd.DataFrame(history)
     if df.empty:
         raise ValueError("training_curves: empty history")
     if metrics is None:
@@ -58,16 +58,16 @@ def training_curves(history, metrics: Sequence[str] | None = None, title=None, p
 
 def ap_bars(ap_per_category: Mapping, prevalence=None, title="Average precision per category", path=None) -> Figure:
     """AP per category (%), best on top, NaN skipped; ``prevalence``, a random scorer's AP, as a tick mark."""
-    names, ap = list(ap_per_category), np.array([ap_per_category[n] for n in ap_per_category], dtype=float)
-    keep = ~np.isnan(ap)
-    order = np.argsort(ap[keep])                      # ascending: barh draws bottom-up, so the best lands on top
-    fig, ax = _figure(7, 0.26 * keep.sum() + 1.2)
-    y = np.arange(keep.sum())
-    ax.barh(y, ap[keep][order], color="#4C72B0", label="AP")
+    names, ap = np.array(list(ap_per_category)), np.array(list(ap_per_category.values()), dtype=float)
+    keep = np.flatnonzero(~np.isnan(ap))
+    keep = keep[np.argsort(ap[keep])]                 # ascending: barh draws bottom-up, so the best lands on top
+    fig, ax = _figure(7, 0.26 * len(keep) + 1.2)
+    y = np.arange(len(keep))
+    ax.barh(y, ap[keep], color="#4C72B0", label="AP")
     if prevalence is not None:
-        ax.scatter((100 * np.asarray(prevalence, dtype=float))[keep][order], y, marker="|", s=150, color="#C44E52",
-                   zorder=3, label="chance (prevalence)")
-    ax.set_yticks(y, [[n for n, k in zip(names, keep) if k][i] for i in order], fontsize=8)
+        ax.scatter(100 * np.asarray(prevalence, dtype=float)[keep], y, marker="|", s=150, color="#C44E52", zorder=3,
+                   label="chance (prevalence)")
+    ax.set_yticks(y, names[keep], fontsize=8)
     ax.set(xlabel="average precision (%)", title=title, xlim=(0, 100))
     ax.legend(loc="lower right", fontsize=8)
     return _finish(fig, path)
@@ -311,12 +311,10 @@ def attack_gallery(clean, adversarial, pixels, before, after, own_before=None, o
     """Per attacked image: clean and attacked photo (changed pixels circled) with predictions, and a zoom (one pixel
     is invisible otherwise); green when ``own_*`` is right."""
     n = len(clean)
-    if not (len(adversarial) == len(pixels) == len(before) == len(after) == n):
-        raise ValueError(f"attack_gallery: {n} clean images, {len(adversarial)} adversarial, {len(pixels)} pixel sets, "
-                         f"{len(before)} and {len(after)} predictions; all must match")
     fig, axes = _figure(11, 3.4 * max(n, 1), max(n, 1), 3, width_ratios=[1, 1, 0.8])
-    for i, (ax_c, ax_a, ax_z) in zip(range(n), np.atleast_2d(axes)):
-        img, adv, pix = np.asarray(clean[i]), np.asarray(adversarial[i]), np.asarray(pixels[i]).reshape(-1, 5)
+    shown = enumerate(zip(clean, adversarial, pixels, before, after, strict=True))  # a ValueError unless lengths match
+    for (i, (img, adv, pix, *said)), (ax_c, ax_a, ax_z) in zip(shown, np.atleast_2d(axes)):
+        img, adv, pix = np.asarray(img), np.asarray(adv), np.asarray(pix).reshape(-1, 5)
         ax_c.imshow(img)
         ax_a.imshow(adv)
         radius = max(img.shape[:2]) / 28
@@ -324,22 +322,17 @@ def attack_gallery(clean, adversarial, pixels, before, after, own_before=None, o
             ax_a.add_patch(Circle((x, y), radius, fill=False, lw=1.8, ec="#ffd400"))
             ax_a.add_patch(Circle((x, y), radius * 1.25, fill=False, lw=0.8, ec="black"))
         head = "" if labels is None else textwrap.fill(str(labels[i]), 60) + "\n"
-        for ax, text, own, when in ((ax_c, before[i], own_before, "before"), (ax_a, after[i], own_after, "after")):
+        for ax, text, own, when in zip((ax_c, ax_a), said, (own_before, own_after), ("before", "after")):
             ax.set_title((head if ax is ax_c else "\n" * head.count("\n")) + textwrap.fill(f"{when}: {text}", 40),
                          fontsize=8, color="0.2" if own is None else _mark(own[i])[1])
             ax.set_axis_off()
-        _zoom(ax_z, adv, pix)
+        ax_z.set_axis_off()
+        if not len(pix):
+            ax_z.text(0.5, 0.5, "no pixel changed", ha="center", va="center", transform=ax_z.transAxes)
+            continue
+        (x0, y0), (h, w) = pix[0, :2].astype(int), adv.shape[:2]  # 25 x 25 pixels around the first changed one
+        left, top = min(max(x0 - 12, 0), max(w - 25, 0)), min(max(y0 - 12, 0), max(h - 25, 0))
+        ax_z.imshow(adv[top:top + 25, left:left + 25], interpolation="nearest")
+        ax_z.add_patch(Rectangle((x0 - left - 0.5, y0 - top - 0.5), 1, 1, fill=False, lw=1.5, ec="#ffd400"))
+        ax_z.set_title(f"zoom: ({x0}, {y0}) -> rgb{tuple(int(v) for v in pix[0, 2:])}", fontsize=8)
     return _finish(fig, path, title)
-
-
-def _zoom(ax, adv: np.ndarray, pix: np.ndarray, zoom: int = 12) -> None:
-    if len(pix):
-        x0, y0 = int(pix[0, 0]), int(pix[0, 1])
-        h, w = adv.shape[:2]
-        left, top = min(max(x0 - zoom, 0), max(w - 2 * zoom - 1, 0)), min(max(y0 - zoom, 0), max(h - 2 * zoom - 1, 0))
-        ax.imshow(adv[top:top + 2 * zoom + 1, left:left + 2 * zoom + 1], interpolation="nearest")
-        ax.add_patch(Rectangle((x0 - left - 0.5, y0 - top - 0.5), 1, 1, fill=False, lw=1.5, ec="#ffd400"))
-        ax.set_title(f"zoom: ({x0}, {y0}) -> rgb{tuple(int(v) for v in pix[0, 2:])}", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no pixel changed", ha="center", va="center", transform=ax.transAxes)
-    ax.set_axis_off()
