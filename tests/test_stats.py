@@ -115,21 +115,27 @@ def test_bootstrap_is_seeded():
 
 
 # ------------------------------------------------------------------------------------------- AP
+def plan_ap(labels, scores, counts=None):
+    """AP per column (0..1, NaN without a positive) through the bootstrap's plan; ``counts`` (B, N) re-weights."""
+    ap = S._APPlan(labels, scores).ap(np.ones((1, len(scores)), np.int64) if counts is None else counts)
+    return ap[0] if counts is None else ap
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_vectorised_ap_equals_sklearn(ties):
     rng = np.random.default_rng(2)
     scores, labels = random_emotic(rng, n=80, k=8, ties=ties)
     labels[:, 2] = 0                                     # a column without positives
     labels[:, 3] = 1                                     # a column of positives only
-    got = S.average_precision(labels, scores)
+    got = plan_ap(labels, scores)
     np.testing.assert_allclose(got, sklearn_ap(labels, scores), rtol=0, atol=1e-12)
     assert np.isnan(got[2])
     with pytest.warns(UserWarning):                      # sklearn has no AP either: it warns and returns a number
         average_precision_score(labels[:, 2], scores[:, 2])
-    # a 1-D call and single items
-    assert S.average_precision(labels[:, 0], scores[:, 0]) == pytest.approx(got[0], abs=1e-15)
-    assert S.average_precision(np.array([1]), np.array([0.3])) == average_precision_score([1], [0.3]) == 1.0
-    assert np.isnan(S.average_precision(np.array([0]), np.array([0.3])))
+    # one column and single items
+    assert plan_ap(labels[:, :1], scores[:, :1])[0] == pytest.approx(got[0], abs=1e-15)
+    assert plan_ap(np.array([[1]]), np.array([[0.3]]))[0] == average_precision_score([1], [0.3]) == 1.0
+    assert np.isnan(plan_ap(np.array([[0]]), np.array([[0.3]]))[0])
 
 
 def test_weighted_ap_equals_sklearn_on_repeated_items():
@@ -138,7 +144,7 @@ def test_weighted_ap_equals_sklearn_on_repeated_items():
     scores, labels = random_emotic(rng, n=25, k=5)
     idx = rng.integers(0, 25, (30, 25))
     counts = np.stack([np.bincount(i, minlength=25) for i in idx])
-    got = S.average_precision(labels, scores, counts)
+    got = plan_ap(labels, scores, counts)
     ref = np.stack([sklearn_ap(labels[i], scores[i]) for i in idx])
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
     assert np.isnan(ref).any()                           # some resample lost all positives of a category
@@ -157,13 +163,6 @@ def test_ap_reference_catches_wrong_tie_handling():
     plan.columns = broken
     wrong = plan.ap(np.ones((1, 80), np.int64))[0]
     assert not np.allclose(wrong, sklearn_ap(labels, scores), atol=1e-6)
-
-
-def test_average_precision_rejects_bad_input():
-    with pytest.raises(ValueError, match="0/1"):
-        S.average_precision(np.array([[2.0]]), np.array([[0.1]]))
-    with pytest.raises(ValueError, match="counts"):
-        S.average_precision(np.ones((3, 2)), np.ones((3, 2)), counts=np.ones((2, 4), int))
 
 
 # ------------------------------------------------------------------------------------------ Emotic

@@ -35,13 +35,11 @@ def _mark(hit) -> tuple[str, str]:
     return ("✓", _HIT) if hit else ("✗", _MISS)
 
 
-def training_curves(history, metrics: Sequence[str] | None = None, title=None, path=None) -> Figure:
-    """Loss beside validation metrics per epoch; by default the percent ones, which share one axis."""
+def training_curves(history, metrics: Sequence[str], title=None, path=None) -> Figure:
+    """Loss beside validation metrics per epoch (percent ones, which share one axis)."""
     df = pd.DataFrame(history)
     if df.empty:
         raise ValueError("training_curves: empty history")
-    if metrics is None:
-        metrics = [c[4:] for c in df.columns if c.startswith("val_") and any(s in c for s in ("mAP", "accuracy", "R@"))]
     fig, (ax_loss, ax_metric) = _figure(10, 3.6, 1, 2)
     for col in [c for c in ("train_loss", "val_loss") if c in df]:
         ax_loss.plot(df["epoch"], df[col], "--" if col == "val_loss" else "-", marker="o", ms=3,
@@ -73,18 +71,11 @@ def ap_bars(ap_per_category: Mapping, prevalence=None, title="Average precision 
     return _finish(fig, path)
 
 
-def pr_curves(scores, labels, which: Sequence[str] | int = 4, title="Precision-recall curves", path=None) -> Figure:
-    """Precision-recall curves of named categories or the ``which`` most frequent (most reliable), and prevalence."""
+def pr_curves(scores, labels, which: int = 4, title="Precision-recall curves", path=None) -> Figure:
+    """Precision-recall curves of the ``which`` most frequent categories (the most reliable ones), and prevalence."""
     scores, labels = np.asarray(scores), np.asarray(labels)
-    if isinstance(which, int):
-        idx = [int(i) for i in np.argsort(-labels.sum(0), kind="stable")[:which]]
-    else:
-        unknown = [w for w in which if w not in CATEGORIES]
-        if unknown:
-            raise ValueError(f"pr_curves: unknown categories {unknown}")
-        idx = [CATEGORIES.index(w) for w in which]
     fig, ax = _figure(5.5, 4.5)
-    for i in [i for i in idx if labels[:, i].sum() != 0]:
+    for i in [i for i in np.argsort(-labels.sum(0), kind="stable")[:which] if labels[:, i].sum() != 0]:
         p, r, _ = precision_recall_curve(labels[:, i], scores[:, i])
         line, = ax.step(r, p, where="post", label=CATEGORIES[i])
         ax.axhline(labels[:, i].mean(), ls="--", lw=0.8, color=line.get_color())
@@ -152,7 +143,6 @@ def retrieval_examples(images, captions, similarity, caption_image, queries, k=5
 def text_to_image_examples(images, captions, similarity, caption_image, queries, k=4, title=None, path=None) -> Figure:
     """For each query caption: its text, then its top-``k`` images, the caption's own image framed in green."""
     sim, caption_image = np.asarray(similarity), np.asarray(caption_image)
-    k = min(k, sim.shape[0])
     fig, axes = _figure(2.2 * k + 3.2, 2.3 * len(queries), len(queries), k + 1, width_ratios=[1.5] + [1] * k)
     for row, q in zip(np.atleast_2d(axes), queries):
         row[0].set_axis_off()

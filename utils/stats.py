@@ -115,21 +115,6 @@ class _APPlan:
         return out
 
 
-def average_precision(labels, scores, counts=None) -> np.ndarray:
-    """Per-column AP (0..1) equal to sklearn's, NaN without a positive; ``counts`` (B, N) re-weights items."""
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    if one_d := scores.ndim == 1:
-        labels, scores = labels[:, None], scores[:, None]
-    if labels.shape != scores.shape or scores.ndim != 2 or not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"average_precision: expected 0/1 labels and scores of one shape (N, K), got {labels.shape} "
-                         f"and {scores.shape}")
-    n, weights = scores.shape[0], np.ones((1, scores.shape[0]), np.int64) if counts is None else np.asarray(counts)
-    if weights.ndim != 2 or weights.shape[1] != n or weights.dtype.kind not in "iu" or (weights < 0).any():
-        raise ValueError(f"counts: expected non-negative integers (B, {n}), got {weights.shape} {weights.dtype}")
-    ap = _APPlan(labels, scores).ap(weights)[0 if counts is None else slice(None)]
-    return ap[..., 0] if one_d else ap
-
-
 class _EmoticItems:
     """Per-person quantities the Emotic metrics are built from, computed once on the full test split."""
 
