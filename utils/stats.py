@@ -24,17 +24,14 @@ def _check_settings(n_items: int, n_draws: int, confidence: float, what: str = "
         raise ValueError(f"confidence: must lie strictly between 0 and 1, got {confidence}")
 
 
-def _resample_chunks(n_items: int, n_resamples: int, seed) -> Iterator[np.ndarray]:
-    """Index arrays (chunk, n_items): in chunks, the same stream as one (n_resamples, n_items) draw."""
+def _resample_chunks(n_items: int, n_resamples: int, seed, counts: bool = True) -> Iterator[np.ndarray]:
+    """(chunk, n_items) int32 counts of each item per resample, or the drawn indices: the same stream as one
+    (n_resamples, n_items) draw."""
     rng = np.random.default_rng(seed)
     for start in range(0, n_resamples, _CHUNK):
-        yield rng.integers(0, n_items, (min(_CHUNK, n_resamples - start), n_items))
-
-
-def _counts(idx: np.ndarray, n_items: int) -> np.ndarray:
-    """How often each item appears in each resample: (chunk, n_items) int32 from (chunk, n_items) indices."""
-    flat, rows = (idx + n_items * np.arange(len(idx))[:, None]).ravel(), len(idx)
-    return np.bincount(flat, minlength=rows * n_items).reshape(rows, n_items).astype(np.int32)
+        idx = rng.integers(0, n_items, (min(_CHUNK, n_resamples - start), n_items))
+        flat = (idx + n_items * np.arange(len(idx))[:, None]).ravel()
+        yield np.bincount(flat, minlength=idx.size).reshape(idx.shape).astype(np.int32) if counts else idx
 
 
 def _summary(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
@@ -80,7 +77,7 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n_items: int, *
     """Percentile bootstrap ``{estimate, low, high}`` of ``statistic(item indices)`` over resampled test items."""
     _check_settings(n_items, n_resamples, confidence)
     estimate = float(statistic(np.arange(n_items)))
-    reps = np.array([statistic(i) for c in _resample_chunks(n_items, n_resamples, seed) for i in c], np.float64)
+    reps = np.array([statistic(i) for c in _resample_chunks(n_items, n_resamples, seed, False) for i in c], np.float64)
     return _summary(estimate, reps, confidence)
 
 
@@ -142,8 +139,8 @@ class _EmoticItems:
 
 def _replicates(items, n: int, n_resamples: int, seed, which=None) -> dict:
     reps: dict = {}
-    for idx in _resample_chunks(n, n_resamples, seed):
-        for k, v in items.replicates(_counts(idx, n), which).items():
+    for counts in _resample_chunks(n, n_resamples, seed):
+        for k, v in items.replicates(counts, which).items():
             reps.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in reps.items()}
 
@@ -296,7 +293,7 @@ def _paired(items_a, items_b, stacked, key: str, n: int, observed: float, estima
     _check_settings(n, n_resamples, confidence)
     _check_settings(n, n_permutations, confidence, "n_permutations")
     diffs = np.concatenate([items_a.replicates(c, (key,))[key] - items_b.replicates(c, (key,))[key]
-                            for c in (_counts(idx, n) for idx in _resample_chunks(n, n_resamples, seed))])
+                            for c in _resample_chunks(n, n_resamples, seed)])
     ci = _covering(observed, diffs, confidence) if corrected is None else _recentred(corrected, diffs, confidence)
     out = {"difference": ci["estimate"], "low": ci["low"], "high": ci["high"], "sample_difference": float(observed),
            "confidence": confidence, "n_items": int(n), "n_resamples": int(n_resamples)}
