@@ -75,7 +75,7 @@ def bench_emotic(args) -> None:
     rng = np.random.default_rng(args.seed)
     scores, labels, vad_pred, vad_true = emotic_set(args.population, rng)
     m = emotic_metrics(scores, labels, vad_pred, vad_true)
-    pop = {"mAP": float(np.mean(S._APPlan(labels, scores).ap(np.ones((1, len(labels)), np.int64))[0])) * 100,
+    pop = {"mAP": float(np.mean(S._EmoticItems(scores, labels).ap(np.ones((1, len(labels)), np.int64))[0])) * 100,
            "dominant_accuracy": m["dominant_accuracy"], "vad_mae": m["vad_mae"]["mean"]}
     del scores, labels, vad_pred, vad_true
     rows = []

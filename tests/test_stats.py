@@ -116,8 +116,8 @@ def test_bootstrap_is_seeded():
 
 # ------------------------------------------------------------------------------------------- AP
 def plan_ap(labels, scores, counts=None):
-    """AP per column (0..1, NaN without a positive) through the bootstrap's plan; ``counts`` (B, N) re-weights."""
-    ap = S._APPlan(labels, scores).ap(np.ones((1, len(scores)), np.int64) if counts is None else counts)
+    """AP per column (0..1, NaN without a positive) through the bootstrap's sorted AP plan; ``counts`` (B, N) re-weights."""
+    ap = S._EmoticItems(scores, labels).ap(np.ones((1, len(scores)), np.int64) if counts is None else counts)
     return ap[0] if counts is None else ap
 
 
@@ -154,7 +154,7 @@ def test_ap_reference_catches_wrong_tie_handling():
     """The sklearn comparison is sensitive: crediting each tied item at its own position (ranking ties
     arbitrarily instead of as one threshold) is caught on tied data."""
     scores, labels = random_emotic(np.random.default_rng(2), n=80, k=8, ties=True)
-    plan = S._APPlan(labels, scores)
+    plan = S._EmoticItems(scores, labels)
     broken = []
     for pos_items, order, pos_ends, last in plan.columns:   # pretend every position ends its own group
         y = np.isin(order, pos_items)

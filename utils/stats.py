@@ -34,23 +34,19 @@ def _resample_chunks(n_items: int, n_resamples: int, seed, counts: bool = True) 
         yield np.bincount(flat, minlength=idx.size).reshape(idx.shape).astype(np.int32) if counts else idx
 
 
-def _summary(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
-    reps, alpha = np.asarray(replicates, dtype=np.float64), (1 - confidence) / 2  # two calls, as scipy.stats.bootstrap
-    return {"estimate": float(estimate), "low": float(np.percentile(reps, 100 * alpha)),
-            "high": float(np.percentile(reps, 100 * (1 - alpha)))}
-
-
-def _covering(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
+def _covering(estimate: float, replicates: np.ndarray, confidence: float, widen: bool = True) -> dict:
     """Percentile interval, widened to reach the estimate in the rare case it lies outside."""
-    out = _summary(estimate, replicates, confidence)
-    if np.isfinite(out["estimate"]) and np.isfinite(out["low"]):
-        out["low"], out["high"] = min(out["low"], out["estimate"]), max(out["high"], out["estimate"])
-    return out
+    reps, alpha = np.asarray(replicates, dtype=np.float64), (1 - confidence) / 2  # two calls, as scipy.stats.bootstrap
+    low, high = float(np.percentile(reps, 100 * alpha)), float(np.percentile(reps, 100 * (1 - alpha)))
+    if widen and np.isfinite(estimate) and np.isfinite(low):
+        low, high = min(low, float(estimate)), max(high, float(estimate))
+    return {"estimate": float(estimate), "low": low, "high": high}
 
 
 def _recentred(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
     """The bootstrap spread around its median, placed on a bias-corrected estimate the percentiles would miss."""
-    q, median = _summary(estimate, replicates, confidence), float(np.percentile(np.asarray(replicates, np.float64), 50))
+    q = _covering(estimate, replicates, confidence, widen=False)
+    median = float(np.percentile(np.asarray(replicates, np.float64), 50))
     return {**q, "low": float(estimate - (median - q["low"])), "high": float(estimate + (q["high"] - median))}
 
 
@@ -78,15 +74,20 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n_items: int, *
     _check_settings(n_items, n_resamples, confidence)
     estimate = float(statistic(np.arange(n_items)))
     reps = np.array([statistic(i) for c in _resample_chunks(n_items, n_resamples, seed, False) for i in c], np.float64)
-    return _summary(estimate, reps, confidence)
+    return _covering(estimate, reps, confidence, widen=False)
 
 
-class _APPlan:
-    """Each category's scores sorted once with their tie groups: a resample only re-weights items (bench_stats.py)."""
+class _EmoticItems:
+    """Per-person quantities the Emotic metrics are built from, computed once on the full test split; for AP each
+    category's scores sorted once with their tie groups: a resample only re-weights persons (bench_stats.py)."""
 
-    def __init__(self, labels: np.ndarray, scores: np.ndarray):
+    def __init__(self, scores, labels, vad_pred=None, vad_true=None, need_ap: bool = True):
+        scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+        self.hits = labels[np.arange(len(scores)), scores.argmax(axis=1)].astype(np.float64)
+        self.vad_error = None if vad_pred is None else np.abs(
+            np.asarray(vad_pred, dtype=np.float64) - np.asarray(vad_true, dtype=np.float64)).mean(axis=1)
         self.columns = []
-        for j in range(scores.shape[1]):
+        for j in range(scores.shape[1] if need_ap else 0):
             order = np.argsort(-scores[:, j], kind="stable")
             s, y = scores[order, j], labels[order, j].astype(bool)
             ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])     # last position of each tie group
@@ -111,21 +112,10 @@ class _APPlan:
                 out[:, j] = np.where(tp[-1] > 0, (gain * precision).sum(axis=0) / tp[-1], np.nan)
         return out
 
-
-class _EmoticItems:
-    """Per-person quantities the Emotic metrics are built from, computed once on the full test split."""
-
-    def __init__(self, scores, labels, vad_pred=None, vad_true=None, need_ap: bool = True):
-        scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-        self.plan = _APPlan(labels, scores) if need_ap else None
-        self.hits = labels[np.arange(len(scores)), scores.argmax(axis=1)].astype(np.float64)
-        self.vad_error = None if vad_pred is None else np.abs(
-            np.asarray(vad_pred, dtype=np.float64) - np.asarray(vad_true, dtype=np.float64)).mean(axis=1)
-
     def replicates(self, counts: np.ndarray, which: Sequence[str]) -> dict:
         out = {}
         if "mAP" in which:
-            ap = self.plan.ap(counts)
+            ap = self.ap(counts)
             scored = ~np.isnan(ap)
             with np.errstate(invalid="ignore"):  # a resample with no positive at all has no mAP (NaN)
                 out["mAP"] = 100.0 * np.where(scored, ap, 0).sum(axis=1) / scored.sum(axis=1)
@@ -150,7 +140,7 @@ def _emotic_estimates(m: dict) -> dict:
     return {**est, "vad_mae": m["vad_mae"]["mean"]} if "vad_mae" in m else est
 
 
-def _map_correction(plan: _APPlan, m: dict, n_draws: int, seed) -> tuple[float, np.ndarray]:
+def _map_correction(items: _EmoticItems, m: dict, n_draws: int, seed) -> tuple[float, np.ndarray]:
     """(bias-corrected mAP %, per-category AP bias 0..1) by the delete-half jackknife over every half-size subset of
     the items, or ``n_draws`` random ones (docs/statistics.md)."""
     ap = np.array(list(m["ap_per_category"].values()), dtype=np.float64) / 100
@@ -168,7 +158,7 @@ def _map_correction(plan: _APPlan, m: dict, n_draws: int, seed) -> tuple[float, 
         for keep in chunks:  # 0/1 masks keeping h items
             masks = np.zeros((len(keep), n_items), np.int32)
             np.put_along_axis(masks, keep, 1, axis=1)
-            subs.append(plan.ap(masks))
+            subs.append(items.ap(masks))
         total = sum((np.nansum(sub, axis=0) for sub in subs), np.zeros(len(ap)))
         scored = sum(((~np.isnan(sub)).sum(axis=0) for sub in subs), np.zeros(len(ap)))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -183,8 +173,7 @@ def bias_corrected_map(scores, labels, *, n_subsamples: int = 1000, seed=0) -> d
     """mAP minus its small-sample bias: ``{estimate, sample, bias, ap_bias}`` (percent; ``ap_bias`` 0..1)."""
     m = emotic_metrics(scores, labels)
     _check_settings(m["n"], n_subsamples, 0.5, "n_subsamples")
-    corrected, ap_bias = _map_correction(_APPlan(np.asarray(labels), np.asarray(scores, dtype=np.float64)), m,
-                                         n_subsamples, seed)
+    corrected, ap_bias = _map_correction(_EmoticItems(scores, labels), m, n_subsamples, seed)
     return {"estimate": corrected, "sample": m["mAP"], "bias": m["mAP"] - corrected, "ap_bias": ap_bias}
 
 
@@ -203,7 +192,7 @@ def _emotic_replicates(scores, labels, vad_pred, vad_true, n_resamples: int, see
     _check_settings(m["n"], n_resamples, 0.5)
     estimates, items = _emotic_estimates(m), _EmoticItems(scores, labels, vad_pred, vad_true)
     reps = _replicates(items, m["n"], n_resamples, seed, tuple(estimates))
-    return m, estimates, reps, _map_correction(items.plan, m, n_resamples, seed)[0]
+    return m, estimates, reps, _map_correction(items, m, n_resamples, seed)[0]
 
 
 def split_size_note(kind: str, n_items: int) -> str | None:
@@ -328,8 +317,8 @@ def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", vad_pred_a=N
     items_a, items_b = (_EmoticItems(s, labels, v, vad_true, metric == "mAP")
                         for s, v in ((scores_a, vad_pred_a), (scores_b, vad_pred_b)))
     if metric == "mAP":  # the same subsamples (same seed) for both models: a paired correction
-        estimate_a = _map_correction(items_a.plan, ma, n_resamples, seed)[0]
-        estimate_b = _map_correction(items_b.plan, mb, n_resamples, seed)[0]
+        estimate_a = _map_correction(items_a, ma, n_resamples, seed)[0]
+        estimate_b = _map_correction(items_b, mb, n_resamples, seed)[0]
         corrected = estimate_a - estimate_b
     else:
         vad = () if vad_true is None else (np.vstack([vad_pred_a, vad_pred_b]), np.vstack([vad_true, vad_true]))
