@@ -224,8 +224,7 @@ def metric_curves(histories: Mapping[str, Sequence[Mapping]], key: str = "val_mA
     """One history column of several runs on one axis, best epochs marked: which learns faster or overfits."""
     fig, ax = _figure(6.5, 4)
     mode_max = not any(s in key.lower() for s in ("loss", "mae", "rank", "error"))
-    for name, history in histories.items():
-        rows = getattr(history, "history", history)
+    for name, rows in histories.items():
         epochs, values = [r["epoch"] for r in rows if key in r], [r[key] for r in rows if key in r]
         if not values:
             raise KeyError(f"metric_curves: run {name!r} has no {key!r} in its history")
@@ -240,12 +239,9 @@ def metric_curves(histories: Mapping[str, Sequence[Mapping]], key: str = "val_mA
 def person_examples(images, boxes, descriptions, truths, predictions, title=None, path=None) -> Figure:
     """Per person the scene and box, the description, true categories (list or "a;b") and checked predictions."""
     n = len(descriptions)
-    if not (len(images) == len(boxes) == len(truths) == len(predictions) == n):
-        raise ValueError(f"person_examples: got {len(images)} images, {len(boxes)} boxes, {n} descriptions, "
-                         f"{len(truths)} truths and {len(predictions)} predictions; all must match")
     fig, axes = _figure(11, 2.6 * max(n, 1), max(n, 1), 2, width_ratios=[1, 2.6])
-    for (ax_img, ax_txt), image, box, description, truth, predicted in zip(
-            np.atleast_2d(axes), images, boxes, descriptions, truths, predictions):
+    shown = zip(images, boxes, descriptions, truths, predictions, strict=True)  # a ValueError unless lengths match
+    for (image, box, description, truth, predicted), (ax_img, ax_txt) in zip(shown, np.atleast_2d(axes)):
         ax_img.imshow(np.asarray(image))
         x1, y1, x2, y2 = (float(v) for v in box)
         ax_img.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2, ec="#ffd400"))

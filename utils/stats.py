@@ -9,8 +9,7 @@ from scipy.stats import binomtest
 
 from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
 
-#: per dataset: the smallest split whose 95 % intervals held the population value >= 90 % of the time
-#: (bench_coverage.py), what its items are, and the metric
+#: per dataset: the smallest split whose 95 % intervals held the population value >= 90 % of the time, its items, metric
 MIN_ITEMS_FOR_COVERAGE = {"emotic": (1000, "persons", "mAP"), "flickr8k": (63, "images", "mean R@1")}
 _CHUNK = 128  # resamples (or permutations) evaluated at once: memory stays at _CHUNK x items per array
 
