@@ -116,7 +116,7 @@ def test_bootstrap_is_seeded():
 
 # ------------------------------------------------------------------------------------------- AP
 def plan_ap(labels, scores, counts=None):
-    """AP per column (0..1, NaN without a positive) through the bootstrap's sorted plan; ``counts`` (B, N) re-weights."""
+    """AP per column (0..1, NaN without a positive) by the bootstrap's sorted plan; ``counts`` (B, N) re-weights."""
     ap = S._EmoticItems(scores, labels).ap(np.ones((1, len(scores)), np.int64) if counts is None else counts)
     return ap[0] if counts is None else ap
 
