@@ -47,8 +47,6 @@ class LogitScale(nn.Module):
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0):
         super().__init__()
-        if not 0 < init_temperature <= 1 or max_scale < 1:
-            raise ValueError("LogitScale: need 0 < init_temperature <= 1 and max_scale >= 1")
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.max_log = math.log(max_scale)
 
@@ -129,73 +127,80 @@ def _heads_out(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return raw[:, :N_CAT], VAD_CENTRE + VAD_HALF * raw[:, N_CAT:]
 
 
-class EmoticBaseline(nn.Module):
+class _EmoticModel(nn.Module):
+    """What both Emotic models share: checked inputs, the output dict and the category + VAD loss."""
+
+    def __init__(self, modalities: Sequence[str], allowed: Sequence[str], fusion: str, fusions: Sequence[str],
+                 criterion: EmoticLoss | None):
+        super().__init__()
+        self.modalities, self.fusion = tuple(modalities), fusion
+        if not self.modalities or any(m not in allowed for m in self.modalities):
+            raise ValueError(f"{type(self).__name__}: modalities must be a non-empty subset of {', '.join(allowed)}; "
+                             f"got {modalities!r}")
+        if fusion not in fusions:
+            raise ValueError(f"{type(self).__name__}: fusion must be one of {tuple(fusions)}, got {fusion!r}")
+        self.criterion = criterion or EmoticLoss()  # no parameters: the state_dict keys stay those of the layers
+
+    def forward(self, body=None, context=None, text=None) -> dict[str, torch.Tensor]:
+        feats = {"body": body, "context": context, "text": text}
+        _require(feats, self.inputs, type(self).__name__, self.dims)
+        raw, embedding, extra = self._raw(feats)
+        logits, vad = _heads_out(raw)
+        return {"logits": logits, "scores": torch.sigmoid(logits), "vad": vad, "embedding": embedding, **extra}
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self(**{k: batch.get(k) for k in self.inputs})
+        return self._extra_loss(out, batch, self.criterion(out["logits"], out["vad"], batch["cat"], batch["cont"]))
+
+
+class EmoticBaseline(_EmoticModel):
     """Separate embeddings, late fusion (``"mean"`` or ``"learned"`` weights); the loss also trains each branch."""
 
     def __init__(self, modalities: Sequence[str] = ("body", "context", "text"), dims: Mapping[str, int] | None = None,
                  hidden: int = 256, dropout: float = 0.3, fusion: str = "mean", criterion: EmoticLoss | None = None):
-        super().__init__()
+        super().__init__(modalities, ("body", "context", "text"), fusion, ("mean", "learned"), criterion)
         dims = {**FEATURE_DIMS, **(dims or {})}
-        self.modalities = tuple(modalities)
-        if not self.modalities or any(m not in ("body", "context", "text") for m in self.modalities):
-            raise ValueError(f"EmoticBaseline: modalities must be some of body, context, text, got {modalities!r}")
-        if fusion not in ("mean", "learned"):
-            raise ValueError(f"EmoticBaseline: fusion must be 'mean' or 'learned', got {fusion!r}")
-        self.inputs, self.fusion = self.modalities, fusion
+        self.inputs = self.modalities
         self.dims = {m: int(dims[m]) for m in self.modalities}
         self.embed = nn.ModuleDict({m: nn.Sequential(mlp(dims[m], hidden, hidden, dropout), nn.GELU())
                                     for m in self.modalities})
         self.heads = nn.ModuleDict({m: nn.Linear(hidden, N_CAT + 3) for m in self.modalities})
         self.fusion_logits = nn.Parameter(torch.zeros(len(self.modalities), N_CAT + 3),
                                           requires_grad=fusion == "learned")
-        self.criterion = criterion or EmoticLoss()
 
     def init_prior(self, cat, cont) -> "EmoticBaseline":
         for head in self.heads.values():
             _prior_bias(head, cat, cont)
         return self
 
-    def forward(self, body=None, context=None, text=None) -> dict[str, torch.Tensor]:
-        feats = {"body": body, "context": context, "text": text}
-        _require(feats, self.modalities, type(self).__name__, self.dims)
+    def _raw(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         embs = {m: self.embed[m](feats[m]) for m in self.modalities}
         raws = torch.stack([self.heads[m](embs[m]) for m in self.modalities])      # (M, N, 29)
         fused = (torch.softmax(self.fusion_logits, dim=0)[:, None, :] * raws).sum(dim=0)  # uniform for "mean"
-        logits, vad = _heads_out(fused)
-        out = {"logits": logits, "scores": torch.sigmoid(logits), "vad": vad,
-               "embedding": torch.cat([embs[m] for m in self.modalities], dim=1)}
-        for m, raw in zip(self.modalities, raws):
-            out[f"logits/{m}"], out[f"vad/{m}"] = _heads_out(raw)
-        return out
+        branches = {f"{k}/{m}": v for m, raw in zip(self.modalities, raws) for k, v in zip(("logits", "vad"),
+                                                                                            _heads_out(raw))}
+        return fused, torch.cat([embs[m] for m in self.modalities], dim=1), branches
 
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self(**{m: batch.get(m) for m in self.inputs})
-        parts = self.criterion(out["logits"], out["vad"], batch["cat"], batch["cont"])
+    def _extra_loss(self, out: dict, batch: Mapping[str, torch.Tensor], parts: dict) -> dict[str, torch.Tensor]:
         if len(self.modalities) > 1:
-            branch = torch.stack([self.criterion(out[f"logits/{m}"], out[f"vad/{m}"], batch["cat"],
-                                                 batch["cont"])["loss"] for m in self.modalities]).mean()
-            parts["branch_loss"] = branch
-            parts["loss"] = parts["loss"] + branch
+            parts["branch_loss"] = torch.stack([self.criterion(out[f"logits/{m}"], out[f"vad/{m}"], batch["cat"],
+                                                               batch["cont"])["loss"] for m in self.modalities]).mean()
+            parts["loss"] = parts["loss"] + parts["branch_loss"]
         return parts
 
 
-class EmoticJoint(nn.Module):
+class EmoticJoint(_EmoticModel):
     """Image (body + scene) and text towers into one L2-normalised space, fused into the heads, aligned by InfoNCE."""
 
     def __init__(self, modalities: Sequence[str] = ("image", "text"), dims: Mapping[str, int] | None = None,
                  shared_dim: int = 256, hidden: int = 512, dropout: float = 0.3, fusion: str = "concat",
                  align_weight: float = 0.1, init_temperature: float = 0.07, criterion: EmoticLoss | None = None):
-        super().__init__()
+        super().__init__(modalities, ("image", "text"), fusion, ("concat", "mean"), criterion)
         dims = {**FEATURE_DIMS, **(dims or {})}
-        self.modalities = tuple(modalities)
-        if not self.modalities or any(m not in ("image", "text") for m in self.modalities):
-            raise ValueError(f"EmoticJoint: modalities must be a non-empty subset of image, text; got {modalities!r}")
-        if fusion not in ("concat", "mean"):
-            raise ValueError(f"EmoticJoint: fusion must be 'concat' or 'mean', got {fusion!r}")
         self.image_inputs = ("body", "context") if "image" in self.modalities else ()
         self.inputs = self.image_inputs + (("text",) if "text" in self.modalities else ())
         self.dims = {k: int(dims[k]) for k in self.inputs}
-        self.fusion, self.align_weight = fusion, float(align_weight)
+        self.align_weight = float(align_weight)
         self.towers = nn.ModuleDict()
         if "image" in self.modalities:
             self.towers["image"] = mlp(sum(dims[k] for k in self.image_inputs), hidden, shared_dim, dropout)
@@ -205,30 +210,22 @@ class EmoticJoint(nn.Module):
         self.head = mlp(fused_dim, hidden, N_CAT + 3, dropout)
         # A temperature only where there is something to align (single-modality ablations have none).
         self.logit_scale = LogitScale(init_temperature) if len(self.modalities) == 2 else None
-        self.criterion = criterion or EmoticLoss()
 
     def init_prior(self, cat, cont) -> "EmoticJoint":
         _prior_bias(self.head[-1], cat, cont)
         return self
 
-    def forward(self, body=None, context=None, text=None) -> dict[str, torch.Tensor]:
-        feats = {"body": body, "context": context, "text": text}
-        _require(feats, self.inputs, type(self).__name__, self.dims)
+    def _raw(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         z = {}
         if "image" in self.towers:
             z["image"] = F.normalize(self.towers["image"](torch.cat([feats[k] for k in self.image_inputs], 1)), dim=1)
         if "text" in self.towers:
-            z["text"] = F.normalize(self.towers["text"](text), dim=1)
+            z["text"] = F.normalize(self.towers["text"](feats["text"]), dim=1)
         zs = [z[m] for m in self.modalities]
         fused = torch.cat(zs, dim=1) if self.fusion == "concat" else torch.stack(zs).mean(dim=0)
-        logits, vad = _heads_out(self.head(fused))
-        out = {"logits": logits, "scores": torch.sigmoid(logits), "vad": vad, "embedding": fused}
-        out.update({f"z_{m}": v for m, v in z.items()})
-        return out
+        return self.head(fused), fused, {f"z_{m}": v for m, v in z.items()}
 
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self(**{k: batch.get(k) for k in self.inputs})
-        parts = self.criterion(out["logits"], out["vad"], batch["cat"], batch["cont"])
+    def _extra_loss(self, out: dict, batch: Mapping[str, torch.Tensor], parts: dict) -> dict[str, torch.Tensor]:
         if len(self.modalities) == 2 and self.align_weight:
             parts["align_loss"] = info_nce(out["z_image"], out["z_text"], self.logit_scale())
             parts["loss"] = parts["loss"] + self.align_weight * parts["align_loss"]
@@ -236,8 +233,7 @@ class EmoticJoint(nn.Module):
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    a, b = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (a, b))
     return (a @ b.T).astype(np.float32)
 
 
@@ -286,9 +282,6 @@ class FlickrBaseline:
         img = np.asarray(image_features, dtype=np.float64)
         txt = np.asarray(text_features, dtype=np.float64)
         cap = np.asarray(caption_image, dtype=np.int64)
-        if txt.shape[0] != cap.shape[0] or cap.max(initial=-1) >= img.shape[0] or cap.min(initial=0) < 0:
-            raise ValueError(f"FlickrBaseline.fit: {txt.shape[0]} captions with caption_image of shape {cap.shape} "
-                             f"pointing into {img.shape[0]} images")
         self.img_scaler, self.txt_scaler = StandardScaler().fit(img), StandardScaler().fit(txt)
         x, y = self.img_scaler.transform(img)[cap], self.txt_scaler.transform(txt)
         if self.method in ("image_to_text", "both"):
@@ -381,11 +374,6 @@ class FlickrJoint(nn.Module):
     def encode_text(self, x: torch.Tensor) -> torch.Tensor:
         return self._embed("text", x)
 
-    def forward(self, image=None, text=None) -> dict[str, torch.Tensor]:
-        if image is None and text is None:
-            raise ValueError("FlickrJoint: give image and/or text features")
-        return {f"z_{side}": self._embed(side, x) for side, x in (("image", image), ("text", text)) if x is not None}
-
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         _require(batch, ("image", "text"), type(self).__name__)
         zi, zt, ids = self.encode_image(batch["image"]), self.encode_text(batch["text"]), batch.get("image_id")
@@ -398,9 +386,8 @@ class FlickrJoint(nn.Module):
 
     @torch.no_grad()
     def embed(self, image_features, text_features, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        was_training = self.training
+        was_training, dev = self.training, next(self.parameters()).device
         self.eval()
-        dev = next(self.parameters()).device
 
         def run(fn, arr):
             arr = torch.as_tensor(np.asarray(arr), dtype=torch.float32)
@@ -438,10 +425,9 @@ class WithEncoders(nn.Module):
 
     def param_groups(self, lr: float) -> list[dict]:
         """The model's weights at ``lr``, the encoders' at ``encoder_lr``."""
-        head = [p for p in self.model.parameters() if p.requires_grad]
-        enc = [p for p in self.encoders.parameters() if p.requires_grad]
-        enc_lr = lr if self.encoder_lr is None else self.encoder_lr
-        return [g for g in ({"params": head, "lr": lr}, {"params": enc, "lr": enc_lr}) if g["params"]]
+        groups = [{"params": [p for p in part.parameters() if p.requires_grad], "lr": part_lr} for part, part_lr in
+                  ((self.model, lr), (self.encoders, lr if self.encoder_lr is None else self.encoder_lr))]
+        return [g for g in groups if g["params"]]
 
     def _encode(self, batch: Mapping[str, torch.Tensor]) -> dict:
         return {**batch, **{k: enc(batch[k]) for k, enc in self.encoders.items() if batch.get(k) is not None}}
