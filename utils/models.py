@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from functools import partialmethod
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -31,11 +32,11 @@ def mlp(in_dim: int, hidden: int | None, out_dim: int, dropout: float = 0.0) -> 
 
 
 def _require(inputs: Mapping[str, torch.Tensor | None], names: Sequence[str], model: str,
-             dims: Mapping[str, int] | None = None) -> None:
+             dims: Mapping[str, int]) -> None:
     missing = [n for n in names if inputs.get(n) is None]
     if missing:
         raise ValueError(f"{model}: missing input feature(s) {missing}; this model was built for {list(names)}")
-    for n in names if dims else ():
+    for n in names:
         got = inputs[n].shape[-1]
         if got != dims[n]:
             raise ValueError(f"{model}: {n!r} features are {got}-d but the model was built for {dims[n]}-d; build it "
@@ -114,15 +115,6 @@ class EmoticLoss(nn.Module):
         return {"loss": cat_loss + self.vad_weight * vad_loss, "cat_loss": cat_loss, "vad_loss": vad_loss}
 
 
-@torch.no_grad()
-def _prior_bias(layer: nn.Linear, cat, cont) -> None:
-    """Start a (26 + 3)-output layer at the training prior (log-odds, mean VAD): no epochs spent on base rates."""
-    p = torch.as_tensor(np.asarray(cat, dtype=np.float64).mean(0)).clamp(1e-3, 1 - 1e-3)
-    layer.bias[:N_CAT] = torch.log(p / (1 - p)).to(layer.bias)
-    mean_vad = torch.as_tensor(np.asarray(cont, dtype=np.float64).mean(0))
-    layer.bias[N_CAT:] = ((mean_vad - VAD_CENTRE) / VAD_HALF).to(layer.bias)
-
-
 def _heads_out(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return raw[:, :N_CAT], VAD_CENTRE + VAD_HALF * raw[:, N_CAT:]
 
@@ -140,6 +132,16 @@ class _EmoticModel(nn.Module):
         if fusion not in fusions:
             raise ValueError(f"{type(self).__name__}: fusion must be one of {tuple(fusions)}, got {fusion!r}")
         self.criterion = criterion or EmoticLoss()  # no parameters: the state_dict keys stay those of the layers
+
+    @torch.no_grad()
+    def init_prior(self, cat, cont) -> "_EmoticModel":
+        """Start the (26 + 3)-output layers at the training prior (log-odds, mean VAD): no epochs on base rates."""
+        p = torch.as_tensor(np.asarray(cat, dtype=np.float64).mean(0)).clamp(1e-3, 1 - 1e-3)
+        mean_vad = torch.as_tensor(np.asarray(cont, dtype=np.float64).mean(0))
+        for layer in self.output_layers:
+            layer.bias[:N_CAT] = torch.log(p / (1 - p)).to(layer.bias)
+            layer.bias[N_CAT:] = ((mean_vad - VAD_CENTRE) / VAD_HALF).to(layer.bias)
+        return self
 
     def forward(self, body=None, context=None, text=None) -> dict[str, torch.Tensor]:
         feats = {"body": body, "context": context, "text": text}
@@ -165,13 +167,9 @@ class EmoticBaseline(_EmoticModel):
         self.embed = nn.ModuleDict({m: nn.Sequential(mlp(dims[m], hidden, hidden, dropout), nn.GELU())
                                     for m in self.modalities})
         self.heads = nn.ModuleDict({m: nn.Linear(hidden, N_CAT + 3) for m in self.modalities})
+        self.output_layers = tuple(self.heads.values())
         self.fusion_logits = nn.Parameter(torch.zeros(len(self.modalities), N_CAT + 3),
                                           requires_grad=fusion == "learned")
-
-    def init_prior(self, cat, cont) -> "EmoticBaseline":
-        for head in self.heads.values():
-            _prior_bias(head, cat, cont)
-        return self
 
     def _raw(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         embs = {m: self.embed[m](feats[m]) for m in self.modalities}
@@ -208,12 +206,9 @@ class EmoticJoint(_EmoticModel):
             self.towers["text"] = mlp(dims["text"], hidden, shared_dim, dropout)
         fused_dim = shared_dim * (len(self.modalities) if fusion == "concat" else 1)
         self.head = mlp(fused_dim, hidden, N_CAT + 3, dropout)
+        self.output_layers = (self.head[-1],)
         # A temperature only where there is something to align (single-modality ablations have none).
         self.logit_scale = LogitScale(init_temperature) if len(self.modalities) == 2 else None
-
-    def init_prior(self, cat, cont) -> "EmoticJoint":
-        _prior_bias(self.head[-1], cat, cont)
-        return self
 
     def _raw(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         z = {}
@@ -368,14 +363,9 @@ class FlickrJoint(nn.Module):
         halves = (y, x) if side == "image" else (x, y)
         return torch.cat([F.normalize(h, dim=1) for h in halves], dim=1) / math.sqrt(2)
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return self._embed("image", x)
-
-    def encode_text(self, x: torch.Tensor) -> torch.Tensor:
-        return self._embed("text", x)
+    encode_image, encode_text = partialmethod(_embed, "image"), partialmethod(_embed, "text")
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        _require(batch, ("image", "text"), type(self).__name__)
         zi, zt, ids = self.encode_image(batch["image"]), self.encode_text(batch["text"]), batch.get("image_id")
         parts = {"contrastive_loss": info_nce(zi, zt, self.logit_scale(), ids)}
         parts["loss"] = parts["contrastive_loss"]
