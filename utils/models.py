@@ -120,7 +120,8 @@ def _heads_out(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _EmoticModel(nn.Module):
-    """What both Emotic models share: checked inputs, the output dict and the category + VAD loss."""
+    """What both Emotic models share: checked inputs, the prior, the output dict and the category + VAD loss; each
+    model gives ``_raw(feats)`` -> (raw 26 + 3 outputs, embedding, extra outputs) and ``_extra_loss``."""
 
     def __init__(self, modalities: Sequence[str], allowed: Sequence[str], fusion: str, fusions: Sequence[str],
                  criterion: EmoticLoss | None):
@@ -175,8 +176,9 @@ class EmoticBaseline(_EmoticModel):
         embs = {m: self.embed[m](feats[m]) for m in self.modalities}
         raws = torch.stack([self.heads[m](embs[m]) for m in self.modalities])      # (M, N, 29)
         fused = (torch.softmax(self.fusion_logits, dim=0)[:, None, :] * raws).sum(dim=0)  # uniform for "mean"
-        branches = {f"{k}/{m}": v for m, raw in zip(self.modalities, raws) for k, v in zip(("logits", "vad"),
-                                                                                            _heads_out(raw))}
+        branches = {}
+        for m, raw in zip(self.modalities, raws):
+            branches[f"logits/{m}"], branches[f"vad/{m}"] = _heads_out(raw)
         return fused, torch.cat([embs[m] for m in self.modalities], dim=1), branches
 
     def _extra_loss(self, out: dict, batch: Mapping[str, torch.Tensor], parts: dict) -> dict[str, torch.Tensor]:
@@ -330,9 +332,9 @@ class FlickrJoint(nn.Module):
                  margin: float = 0.2):
         super().__init__()
         dims = {**FEATURE_DIMS, **(dims or {})}
-        self.towers_used = tuple(sorted(set(towers), key=("image", "text").index)) if towers else ()
-        if not self.towers_used or any(t not in ("image", "text") for t in towers):
+        if not towers or any(t not in ("image", "text") for t in towers):
             raise ValueError(f"FlickrJoint: towers must be a non-empty subset of image, text; got {towers!r}")
+        self.towers_used = tuple(t for t in ("image", "text") if t in towers)
         if space not in ("cross", "shared"):
             raise ValueError(f"FlickrJoint: space must be 'cross' or 'shared', got {space!r}")
         self.space = space if len(self.towers_used) == 2 else "cross"
