@@ -19,8 +19,7 @@ SPLITS = ("train", "val", "test")
 
 def slug(label: str) -> str:
     """A file-name-safe key for a row label, e.g. 'fusion (all)' -> 'fusion_all'."""
-    out = "".join(c if c.isalnum() else "_" for c in label.lower())
-    return "_".join(p for p in out.split("_") if p)
+    return "_".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
 
 
 @contextlib.contextmanager

@@ -209,14 +209,11 @@ def predict(model: nn.Module, data, batch_size: int = 512, keys: Sequence[str] |
 
 
 def emotic_eval(model: nn.Module, data, batch_size: int = 512) -> dict:
-    """``emotic_metrics``, a flat ``vad_mae_mean`` and the loss, on features with ``cat`` and ``cont``."""
-    labelled = isinstance(data, Mapping)
-    out = predict(model, data, batch_size, keys=("scores", "vad"), carry=() if labelled else ("cat", "cont"))
-    cat, cont = (data["cat"], data["cont"]) if labelled else (out["cat"], out["cont"])
-    metrics = emotic_metrics(out["scores"], cat, out["vad"], cont)
+    """``emotic_metrics``, a flat ``vad_mae_mean`` and the loss, on features (or items) with ``cat`` and ``cont``."""
+    out = predict(model, data, batch_size, keys=("scores", "vad"), carry=("cat", "cont"))
+    metrics = emotic_metrics(out["scores"], out["cat"], out["vad"], out["cont"])
     metrics["vad_mae_mean"] = metrics["vad_mae"]["mean"]
-    if hasattr(model, "loss"):
-        metrics["loss"] = evaluate_loss(model, data, batch_size)["loss"]
+    metrics["loss"] = evaluate_loss(model, data, batch_size)["loss"]
     return metrics
 
 
