@@ -170,7 +170,8 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
                 row.update({f"val_{k}": float(v) for k, v in metrics.items() if isinstance(
                     v, (int, float, np.floating, np.integer)) and k != "n" and not k.startswith("n_")})
                 if result.monitor not in metrics:
-                    raise KeyError(f"fit: monitor {result.monitor!r} not among the validation metrics {sorted(metrics)}")
+                    raise KeyError(f"fit: monitor {result.monitor!r} not among the validation metrics "
+                                   f"{sorted(metrics)}")
             value = float((row if val_data is None else metrics)[result.monitor])
             row.update(lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - start)
             result.history.append(row)
