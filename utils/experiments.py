@@ -19,8 +19,7 @@ SPLITS = ("train", "val", "test")
 
 def slug(label: str) -> str:
     """A file-name-safe key for a row label, e.g. 'fusion (all)' -> 'fusion_all'."""
-    out = "".join(c if c.isalnum() else "_" for c in label.lower())
-    return "_".join(p for p in out.split("_") if p)
+    return "_".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
 
 
 @contextlib.contextmanager
@@ -103,9 +102,7 @@ def train_or_load(model: nn.Module, label: str, key: dict, train, val, fit_kwarg
     record = ckpt.with_suffix(".json")
     if ckpt.is_file() and record.is_file():
         info = json.loads(record.read_text())
-        store.load_state(ckpt, model)
-        return Trained(label, model.eval(), info["history"], info["best_epoch"], ckpt, True)
-    training.seed_everything(key["seed"])
+        return Trained(label, store.load_state(ckpt, model).eval(), info["history"], info["best_epoch"], ckpt, True)
     result = training.fit(model, train, val, progress=progress, desc=label, seed=key["seed"], **fit_kwargs)
     store.save_state(ckpt, model)  # fit leaves the best epoch's weights in the model
     store.write_json(record, {"label": label, "key": key, "history": result.history, "best_epoch": result.best_epoch})
@@ -200,10 +197,8 @@ def model_arrays(payload: dict, arrays: dict, main: str) -> dict:
 
 
 def _jsonable_table(table: pd.DataFrame) -> dict | list:
-    """Rows keyed by their label, or a list of rows when the index is just a row number."""
-    if isinstance(table.index, pd.RangeIndex):
-        return [{str(c): v for c, v in row.items()} for row in table.to_dict("records")]
-    return {str(k): {str(c): v for c, v in row.items()} for k, row in table.to_dict("index").items()}
+    """Rows by label, or a list of rows when the index is a row number (``store.jsonable`` makes keys strings)."""
+    return table.to_dict("records") if isinstance(table.index, pd.RangeIndex) else table.to_dict("index")
 
 
 def save(name: str, cfg: dict, data: Data, summary: pd.DataFrame, payload: dict, **sections) -> dict:

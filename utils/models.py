@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from functools import partialmethod
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -31,11 +32,11 @@ def mlp(in_dim: int, hidden: int | None, out_dim: int, dropout: float = 0.0) -> 
 
 
 def _require(inputs: Mapping[str, torch.Tensor | None], names: Sequence[str], model: str,
-             dims: Mapping[str, int] | None = None) -> None:
+             dims: Mapping[str, int]) -> None:
     missing = [n for n in names if inputs.get(n) is None]
     if missing:
         raise ValueError(f"{model}: missing input feature(s) {missing}; this model was built for {list(names)}")
-    for n in names if dims else ():
+    for n in names:
         got = inputs[n].shape[-1]
         if got != dims[n]:
             raise ValueError(f"{model}: {n!r} features are {got}-d but the model was built for {dims[n]}-d; build it "
@@ -47,8 +48,6 @@ class LogitScale(nn.Module):
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0):
         super().__init__()
-        if not 0 < init_temperature <= 1 or max_scale < 1:
-            raise ValueError("LogitScale: need 0 < init_temperature <= 1 and max_scale >= 1")
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.max_log = math.log(max_scale)
 
@@ -116,86 +115,92 @@ class EmoticLoss(nn.Module):
         return {"loss": cat_loss + self.vad_weight * vad_loss, "cat_loss": cat_loss, "vad_loss": vad_loss}
 
 
-@torch.no_grad()
-def _prior_bias(layer: nn.Linear, cat, cont) -> None:
-    """Start a (26 + 3)-output layer at the training prior (log-odds, mean VAD): no epochs spent on base rates."""
-    p = torch.as_tensor(np.asarray(cat, dtype=np.float64).mean(0)).clamp(1e-3, 1 - 1e-3)
-    layer.bias[:N_CAT] = torch.log(p / (1 - p)).to(layer.bias)
-    mean_vad = torch.as_tensor(np.asarray(cont, dtype=np.float64).mean(0))
-    layer.bias[N_CAT:] = ((mean_vad - VAD_CENTRE) / VAD_HALF).to(layer.bias)
-
-
 def _heads_out(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return raw[:, :N_CAT], VAD_CENTRE + VAD_HALF * raw[:, N_CAT:]
 
 
-class EmoticBaseline(nn.Module):
-    """Separate embeddings, late fusion (``"mean"`` or ``"learned"`` weights); the loss also trains each branch."""
+class _EmoticModel(nn.Module):
+    """What both Emotic models share: checked inputs, the prior, the output dict and the category + VAD loss; each
+    model gives ``_raw(feats)`` -> (raw 26 + 3 outputs, embedding, extra outputs) and ``_extra_loss``."""
 
-    def __init__(self, modalities: Sequence[str] = ("body", "context", "text"), dims: Mapping[str, int] | None = None,
-                 hidden: int = 256, dropout: float = 0.3, fusion: str = "mean", criterion: EmoticLoss | None = None):
+    def __init__(self, modalities: Sequence[str], allowed: Sequence[str], fusion: str, fusions: Sequence[str],
+                 criterion: EmoticLoss | None):
         super().__init__()
-        dims = {**FEATURE_DIMS, **(dims or {})}
-        self.modalities = tuple(modalities)
-        if not self.modalities or any(m not in ("body", "context", "text") for m in self.modalities):
-            raise ValueError(f"EmoticBaseline: modalities must be some of body, context, text, got {modalities!r}")
-        if fusion not in ("mean", "learned"):
-            raise ValueError(f"EmoticBaseline: fusion must be 'mean' or 'learned', got {fusion!r}")
-        self.inputs, self.fusion = self.modalities, fusion
-        self.dims = {m: int(dims[m]) for m in self.modalities}
-        self.embed = nn.ModuleDict({m: nn.Sequential(mlp(dims[m], hidden, hidden, dropout), nn.GELU())
-                                    for m in self.modalities})
-        self.heads = nn.ModuleDict({m: nn.Linear(hidden, N_CAT + 3) for m in self.modalities})
-        self.fusion_logits = nn.Parameter(torch.zeros(len(self.modalities), N_CAT + 3),
-                                          requires_grad=fusion == "learned")
-        self.criterion = criterion or EmoticLoss()
+        self.modalities, self.fusion = tuple(modalities), fusion
+        if not self.modalities or any(m not in allowed for m in self.modalities):
+            raise ValueError(f"{type(self).__name__}: modalities must be a non-empty subset of {', '.join(allowed)}; "
+                             f"got {modalities!r}")
+        if fusion not in fusions:
+            raise ValueError(f"{type(self).__name__}: fusion must be one of {tuple(fusions)}, got {fusion!r}")
+        self.criterion = criterion or EmoticLoss()  # no parameters: the state_dict keys stay those of the layers
 
-    def init_prior(self, cat, cont) -> "EmoticBaseline":
-        for head in self.heads.values():
-            _prior_bias(head, cat, cont)
+    @torch.no_grad()
+    def init_prior(self, cat, cont) -> "_EmoticModel":
+        """Start the (26 + 3)-output layers at the training prior (log-odds, mean VAD): no epochs on base rates."""
+        p = torch.as_tensor(np.asarray(cat, dtype=np.float64).mean(0)).clamp(1e-3, 1 - 1e-3)
+        mean_vad = torch.as_tensor(np.asarray(cont, dtype=np.float64).mean(0))
+        for layer in self.output_layers:
+            layer.bias[:N_CAT] = torch.log(p / (1 - p)).to(layer.bias)
+            layer.bias[N_CAT:] = ((mean_vad - VAD_CENTRE) / VAD_HALF).to(layer.bias)
         return self
 
     def forward(self, body=None, context=None, text=None) -> dict[str, torch.Tensor]:
         feats = {"body": body, "context": context, "text": text}
-        _require(feats, self.modalities, type(self).__name__, self.dims)
+        _require(feats, self.inputs, type(self).__name__, self.dims)
+        raw, embedding, extra = self._raw(feats)
+        logits, vad = _heads_out(raw)
+        return {"logits": logits, "scores": torch.sigmoid(logits), "vad": vad, "embedding": embedding, **extra}
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self(**{k: batch.get(k) for k in self.inputs})
+        return self._extra_loss(out, batch, self.criterion(out["logits"], out["vad"], batch["cat"], batch["cont"]))
+
+
+class EmoticBaseline(_EmoticModel):
+    """Separate embeddings, late fusion (``"mean"`` or ``"learned"`` weights); the loss also trains each branch."""
+
+    def __init__(self, modalities: Sequence[str] = ("body", "context", "text"), dims: Mapping[str, int] | None = None,
+                 hidden: int = 256, dropout: float = 0.3, fusion: str = "mean", criterion: EmoticLoss | None = None):
+        super().__init__(modalities, ("body", "context", "text"), fusion, ("mean", "learned"), criterion)
+        dims = {**FEATURE_DIMS, **(dims or {})}
+        self.inputs = self.modalities
+        self.dims = {m: int(dims[m]) for m in self.modalities}
+        self.embed = nn.ModuleDict({m: nn.Sequential(mlp(dims[m], hidden, hidden, dropout), nn.GELU())
+                                    for m in self.modalities})
+        self.heads = nn.ModuleDict({m: nn.Linear(hidden, N_CAT + 3) for m in self.modalities})
+        self.output_layers = tuple(self.heads.values())
+        self.fusion_logits = nn.Parameter(torch.zeros(len(self.modalities), N_CAT + 3),
+                                          requires_grad=fusion == "learned")
+
+    def _raw(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         embs = {m: self.embed[m](feats[m]) for m in self.modalities}
         raws = torch.stack([self.heads[m](embs[m]) for m in self.modalities])      # (M, N, 29)
         fused = (torch.softmax(self.fusion_logits, dim=0)[:, None, :] * raws).sum(dim=0)  # uniform for "mean"
-        logits, vad = _heads_out(fused)
-        out = {"logits": logits, "scores": torch.sigmoid(logits), "vad": vad,
-               "embedding": torch.cat([embs[m] for m in self.modalities], dim=1)}
+        branches = {}
         for m, raw in zip(self.modalities, raws):
-            out[f"logits/{m}"], out[f"vad/{m}"] = _heads_out(raw)
-        return out
+            branches[f"logits/{m}"], branches[f"vad/{m}"] = _heads_out(raw)
+        return fused, torch.cat([embs[m] for m in self.modalities], dim=1), branches
 
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self(**{m: batch.get(m) for m in self.inputs})
-        parts = self.criterion(out["logits"], out["vad"], batch["cat"], batch["cont"])
+    def _extra_loss(self, out: dict, batch: Mapping[str, torch.Tensor], parts: dict) -> dict[str, torch.Tensor]:
         if len(self.modalities) > 1:
-            branch = torch.stack([self.criterion(out[f"logits/{m}"], out[f"vad/{m}"], batch["cat"],
-                                                 batch["cont"])["loss"] for m in self.modalities]).mean()
-            parts["branch_loss"] = branch
-            parts["loss"] = parts["loss"] + branch
+            parts["branch_loss"] = torch.stack([self.criterion(out[f"logits/{m}"], out[f"vad/{m}"], batch["cat"],
+                                                               batch["cont"])["loss"] for m in self.modalities]).mean()
+            parts["loss"] = parts["loss"] + parts["branch_loss"]
         return parts
 
 
-class EmoticJoint(nn.Module):
+class EmoticJoint(_EmoticModel):
     """Image (body + scene) and text towers into one L2-normalised space, fused into the heads, aligned by InfoNCE."""
 
     def __init__(self, modalities: Sequence[str] = ("image", "text"), dims: Mapping[str, int] | None = None,
                  shared_dim: int = 256, hidden: int = 512, dropout: float = 0.3, fusion: str = "concat",
                  align_weight: float = 0.1, init_temperature: float = 0.07, criterion: EmoticLoss | None = None):
-        super().__init__()
+        super().__init__(modalities, ("image", "text"), fusion, ("concat", "mean"), criterion)
         dims = {**FEATURE_DIMS, **(dims or {})}
-        self.modalities = tuple(modalities)
-        if not self.modalities or any(m not in ("image", "text") for m in self.modalities):
-            raise ValueError(f"EmoticJoint: modalities must be a non-empty subset of image, text; got {modalities!r}")
-        if fusion not in ("concat", "mean"):
-            raise ValueError(f"EmoticJoint: fusion must be 'concat' or 'mean', got {fusion!r}")
         self.image_inputs = ("body", "context") if "image" in self.modalities else ()
         self.inputs = self.image_inputs + (("text",) if "text" in self.modalities else ())
         self.dims = {k: int(dims[k]) for k in self.inputs}
-        self.fusion, self.align_weight = fusion, float(align_weight)
+        self.align_weight = float(align_weight)
         self.towers = nn.ModuleDict()
         if "image" in self.modalities:
             self.towers["image"] = mlp(sum(dims[k] for k in self.image_inputs), hidden, shared_dim, dropout)
@@ -203,32 +208,21 @@ class EmoticJoint(nn.Module):
             self.towers["text"] = mlp(dims["text"], hidden, shared_dim, dropout)
         fused_dim = shared_dim * (len(self.modalities) if fusion == "concat" else 1)
         self.head = mlp(fused_dim, hidden, N_CAT + 3, dropout)
+        self.output_layers = (self.head[-1],)
         # A temperature only where there is something to align (single-modality ablations have none).
         self.logit_scale = LogitScale(init_temperature) if len(self.modalities) == 2 else None
-        self.criterion = criterion or EmoticLoss()
 
-    def init_prior(self, cat, cont) -> "EmoticJoint":
-        _prior_bias(self.head[-1], cat, cont)
-        return self
-
-    def forward(self, body=None, context=None, text=None) -> dict[str, torch.Tensor]:
-        feats = {"body": body, "context": context, "text": text}
-        _require(feats, self.inputs, type(self).__name__, self.dims)
+    def _raw(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         z = {}
         if "image" in self.towers:
             z["image"] = F.normalize(self.towers["image"](torch.cat([feats[k] for k in self.image_inputs], 1)), dim=1)
         if "text" in self.towers:
-            z["text"] = F.normalize(self.towers["text"](text), dim=1)
+            z["text"] = F.normalize(self.towers["text"](feats["text"]), dim=1)
         zs = [z[m] for m in self.modalities]
         fused = torch.cat(zs, dim=1) if self.fusion == "concat" else torch.stack(zs).mean(dim=0)
-        logits, vad = _heads_out(self.head(fused))
-        out = {"logits": logits, "scores": torch.sigmoid(logits), "vad": vad, "embedding": fused}
-        out.update({f"z_{m}": v for m, v in z.items()})
-        return out
+        return self.head(fused), fused, {f"z_{m}": v for m, v in z.items()}
 
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self(**{k: batch.get(k) for k in self.inputs})
-        parts = self.criterion(out["logits"], out["vad"], batch["cat"], batch["cont"])
+    def _extra_loss(self, out: dict, batch: Mapping[str, torch.Tensor], parts: dict) -> dict[str, torch.Tensor]:
         if len(self.modalities) == 2 and self.align_weight:
             parts["align_loss"] = info_nce(out["z_image"], out["z_text"], self.logit_scale())
             parts["loss"] = parts["loss"] + self.align_weight * parts["align_loss"]
@@ -236,8 +230,7 @@ class EmoticJoint(nn.Module):
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    a, b = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (a, b))
     return (a @ b.T).astype(np.float32)
 
 
@@ -286,9 +279,6 @@ class FlickrBaseline:
         img = np.asarray(image_features, dtype=np.float64)
         txt = np.asarray(text_features, dtype=np.float64)
         cap = np.asarray(caption_image, dtype=np.int64)
-        if txt.shape[0] != cap.shape[0] or cap.max(initial=-1) >= img.shape[0] or cap.min(initial=0) < 0:
-            raise ValueError(f"FlickrBaseline.fit: {txt.shape[0]} captions with caption_image of shape {cap.shape} "
-                             f"pointing into {img.shape[0]} images")
         self.img_scaler, self.txt_scaler = StandardScaler().fit(img), StandardScaler().fit(txt)
         x, y = self.img_scaler.transform(img)[cap], self.txt_scaler.transform(txt)
         if self.method in ("image_to_text", "both"):
@@ -342,9 +332,9 @@ class FlickrJoint(nn.Module):
                  margin: float = 0.2):
         super().__init__()
         dims = {**FEATURE_DIMS, **(dims or {})}
-        self.towers_used = tuple(sorted(set(towers), key=("image", "text").index)) if towers else ()
-        if not self.towers_used or any(t not in ("image", "text") for t in towers):
+        if not towers or any(t not in ("image", "text") for t in towers):
             raise ValueError(f"FlickrJoint: towers must be a non-empty subset of image, text; got {towers!r}")
+        self.towers_used = tuple(t for t in ("image", "text") if t in towers)
         if space not in ("cross", "shared"):
             raise ValueError(f"FlickrJoint: space must be 'cross' or 'shared', got {space!r}")
         self.space = space if len(self.towers_used) == 2 else "cross"
@@ -375,19 +365,9 @@ class FlickrJoint(nn.Module):
         halves = (y, x) if side == "image" else (x, y)
         return torch.cat([F.normalize(h, dim=1) for h in halves], dim=1) / math.sqrt(2)
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return self._embed("image", x)
-
-    def encode_text(self, x: torch.Tensor) -> torch.Tensor:
-        return self._embed("text", x)
-
-    def forward(self, image=None, text=None) -> dict[str, torch.Tensor]:
-        if image is None and text is None:
-            raise ValueError("FlickrJoint: give image and/or text features")
-        return {f"z_{side}": self._embed(side, x) for side, x in (("image", image), ("text", text)) if x is not None}
+    encode_image, encode_text = partialmethod(_embed, "image"), partialmethod(_embed, "text")
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        _require(batch, ("image", "text"), type(self).__name__)
         zi, zt, ids = self.encode_image(batch["image"]), self.encode_text(batch["text"]), batch.get("image_id")
         parts = {"contrastive_loss": info_nce(zi, zt, self.logit_scale(), ids)}
         parts["loss"] = parts["contrastive_loss"]
@@ -398,9 +378,8 @@ class FlickrJoint(nn.Module):
 
     @torch.no_grad()
     def embed(self, image_features, text_features, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        was_training = self.training
+        was_training, dev = self.training, next(self.parameters()).device
         self.eval()
-        dev = next(self.parameters()).device
 
         def run(fn, arr):
             arr = torch.as_tensor(np.asarray(arr), dtype=torch.float32)
@@ -438,10 +417,9 @@ class WithEncoders(nn.Module):
 
     def param_groups(self, lr: float) -> list[dict]:
         """The model's weights at ``lr``, the encoders' at ``encoder_lr``."""
-        head = [p for p in self.model.parameters() if p.requires_grad]
-        enc = [p for p in self.encoders.parameters() if p.requires_grad]
-        enc_lr = lr if self.encoder_lr is None else self.encoder_lr
-        return [g for g in ({"params": head, "lr": lr}, {"params": enc, "lr": enc_lr}) if g["params"]]
+        groups = [{"params": [p for p in part.parameters() if p.requires_grad], "lr": part_lr} for part, part_lr in
+                  ((self.model, lr), (self.encoders, lr if self.encoder_lr is None else self.encoder_lr))]
+        return [g for g in groups if g["params"]]
 
     def _encode(self, batch: Mapping[str, torch.Tensor]) -> dict:
         return {**batch, **{k: enc(batch[k]) for k, enc in self.encoders.items() if batch.get(k) is not None}}

@@ -6,7 +6,6 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -31,8 +30,6 @@ class FeatureDataset(Dataset):
     """Equal-length arrays, indexed a whole batch at a time (one slice per key, no collate: fast on a CPU)."""
 
     def __init__(self, arrays: Mapping[str, object]):
-        if not arrays:
-            raise ValueError("FeatureDataset: no arrays given")
         self.tensors: dict[str, torch.Tensor] = {}
         for k, v in arrays.items():
             if not isinstance(v, torch.Tensor):
@@ -66,9 +63,7 @@ def batches(data, batch_size: int, shuffle: bool = False, seed: int = 0, device=
 
 def flickr_pairs(image_features, text_features, caption_image) -> dict[str, np.ndarray]:
     """Training pairs for ``FlickrJoint``: one row per caption with its image's features and the image id."""
-    cap = np.asarray(caption_image, dtype=np.int64)
-    if len(cap) != len(text_features):
-        raise ValueError(f"flickr_pairs: {len(text_features)} caption features but {len(cap)} caption_image entries")
+    cap = np.asarray(caption_image, dtype=np.int64)  # FeatureDataset says so when the lengths differ
     return {"image": np.asarray(image_features)[cap], "text": np.asarray(text_features), "image_id": cap}
 
 
@@ -86,6 +81,20 @@ class FitResult:
     best_epoch: int = 0
     best_score: float = float("nan")
     stopped_early: bool = False
+    best_state: dict | None = field(default=None, repr=False)  # the best epoch's weights, on the host
+    bad_epochs: int = 0
+
+    def update(self, value: float, epoch: int, model: nn.Module, patience: int | None, checkpoint) -> bool:
+        """Keep the weights if ``value`` is the best so far; True when ``patience`` epochs passed without."""
+        if self.best_state is None or (value > self.best_score if self.mode == "max" else value < self.best_score):
+            self.best_epoch, self.best_score, self.bad_epochs = epoch, value, 0
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if checkpoint:
+                store.save_state(checkpoint, model)
+        else:
+            self.bad_epochs += 1
+        self.stopped_early = patience is not None and self.bad_epochs >= patience
+        return self.stopped_early
 
 
 def _mean_loss(model: nn.Module, loader, device: torch.device, opt=None) -> dict[str, float]:
@@ -113,40 +122,17 @@ def evaluate_loss(model: nn.Module, data, batch_size: int = 512) -> dict[str, fl
     return _mean_loss(model, batches(data, batch_size, device=device), device)
 
 
-def _monitor(val_data, metric_fn, monitor: str | None) -> tuple[str, str]:
-    """The metric that selects the best epoch and whether lower is better (losses, errors, ranks)."""
+def _monitor(val_data, metric_fn, monitor: str | None) -> FitResult:
+    """A result naming the metric that selects the best epoch and whether lower is better (losses, errors, ranks)."""
     if val_data is None and metric_fn is not None:
         raise ValueError("fit: metric_fn given without val_data")
-    if val_data is None:
-        return "train_loss", "min"  # nothing to validate on: keep the epoch with the lowest train loss
+    if val_data is None:  # nothing to validate on: keep the epoch with the lowest train loss
+        return FitResult(monitor="train_loss", mode="min")
     monitor = monitor or ("loss" if metric_fn is None else None)
     if monitor is None:
         raise ValueError("fit: say which metric selects the best epoch, e.g. monitor='mAP'")
-    return monitor, "min" if any(s in monitor.lower() for s in ("loss", "mae", "rank", "error")) else "max"
-
-
-@dataclass
-class _Best:
-    """Early stopping: the best (sign-adjusted, higher is better) score so far and its weights on the host."""
-    result: FitResult
-    checkpoint: Path | None
-    score: float = -math.inf
-    state: dict | None = None
-    bad_epochs: int = 0
-
-    def update(self, score: float, epoch: int, model: nn.Module, patience: int | None) -> bool:
-        """Keep the weights if ``score`` is the best so far; True when ``patience`` epochs passed without."""
-        if score > self.score or self.state is None:
-            self.score, self.bad_epochs = score, 0
-            sign = 1.0 if self.result.mode == "max" else -1.0
-            self.result.best_epoch, self.result.best_score = epoch, sign * score
-            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            if self.checkpoint is not None:
-                store.save_state(self.checkpoint, model)
-        else:
-            self.bad_epochs += 1
-        self.result.stopped_early = patience is not None and self.bad_epochs >= patience
-        return self.result.stopped_early
+    lower = any(s in monitor.lower() for s in ("loss", "mae", "rank", "error"))
+    return FitResult(monitor=monitor, mode="min" if lower else "max")
 
 
 def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | None = None,
@@ -156,16 +142,13 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
     """Train with AdamW, validate every epoch, stop after ``patience`` epochs without improving ``monitor`` and end
     with the best weights (also saved to ``checkpoint_path``); deterministic on a CPU (docs/training.md)."""
     device = devices.resolve(device)
-    monitor, mode = _monitor(val_data, metric_fn, monitor)
-    sign = 1.0 if mode == "max" else -1.0
-    result = FitResult(monitor=monitor, mode=mode)
+    result = _monitor(val_data, metric_fn, monitor)
     seed_everything(seed)
     train_ds = train_data if isinstance(train_data, Dataset) else FeatureDataset(train_data)
     model.to(device)
     params = model.param_groups(lr) if hasattr(model, "param_groups") else [p for p in model.parameters()
                                                                             if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
-    best = _Best(result, Path(checkpoint_path) if checkpoint_path else None)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
@@ -186,20 +169,21 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
                 # scalars only: nested dicts (per-category APs) and counts (n, n_*) stay out of the history
                 row.update({f"val_{k}": float(v) for k, v in metrics.items() if isinstance(
                     v, (int, float, np.floating, np.integer)) and k != "n" and not k.startswith("n_")})
-                if monitor not in metrics:
-                    raise KeyError(f"fit: monitor {monitor!r} not among the validation metrics {sorted(metrics)}")
-            score = sign * float((row if val_data is None else metrics)[monitor])
+                if result.monitor not in metrics:
+                    raise KeyError(f"fit: monitor {result.monitor!r} not among the validation metrics "
+                                   f"{sorted(metrics)}")
+            value = float((row if val_data is None else metrics)[result.monitor])
             row.update(lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - start)
             result.history.append(row)
-            shown = {k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", f"val_{monitor}")}
+            shown = {k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", f"val_{result.monitor}")}
             bar.set_postfix(shown, refresh=False)
-            if best.update(score, epoch, model, patience):
+            if result.update(value, epoch, model, patience, checkpoint_path):
                 break
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         bar.close()
-    if best.state is not None:
-        model.load_state_dict(best.state)
+    if result.best_state is not None:
+        model.load_state_dict(result.best_state)
     model.eval()
     return result
 
@@ -226,14 +210,11 @@ def predict(model: nn.Module, data, batch_size: int = 512, keys: Sequence[str] |
 
 
 def emotic_eval(model: nn.Module, data, batch_size: int = 512) -> dict:
-    """``emotic_metrics``, a flat ``vad_mae_mean`` and the loss, on features with ``cat`` and ``cont``."""
-    labelled = isinstance(data, Mapping)
-    out = predict(model, data, batch_size, keys=("scores", "vad"), carry=() if labelled else ("cat", "cont"))
-    cat, cont = (data["cat"], data["cont"]) if labelled else (out["cat"], out["cont"])
-    metrics = emotic_metrics(out["scores"], cat, out["vad"], cont)
+    """``emotic_metrics``, a flat ``vad_mae_mean`` and the loss, on features (or items) with ``cat`` and ``cont``."""
+    out = predict(model, data, batch_size, keys=("scores", "vad"), carry=("cat", "cont"))
+    metrics = emotic_metrics(out["scores"], out["cat"], out["vad"], out["cont"])
     metrics["vad_mae_mean"] = metrics["vad_mae"]["mean"]
-    if hasattr(model, "loss"):
-        metrics["loss"] = evaluate_loss(model, data, batch_size)["loss"]
+    metrics["loss"] = evaluate_loss(model, data, batch_size)["loss"]
     return metrics
 
 
