@@ -120,14 +120,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], A
 
 def jsonable(obj: Any) -> Any:
     """Plain JSON types; NaN and inf become ``None`` (JSON has no NaN; ``null`` marks an undefined metric)."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        obj = obj.tolist()  # nested lists of Python scalars, or one
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return str(obj) if isinstance(obj, Path) else obj
