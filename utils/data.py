@@ -123,7 +123,6 @@ def load_flickr(split: str, root=None) -> FlickrSplit:
     bad = np.flatnonzero(~np.isfinite(idx) | (idx < 0) | (idx >= len(images)) | (idx != np.round(idx)))
     if bad.size:
         raise ArtefactError(f"{root / files[1]}: line {bad[0] + 2} has image_index "
-                            f"{captions['image_index'].iloc[bad[0]]}, not a row of "
-                            f"{files[0]} (0..{len(images) - 1})")
+                            f"{captions['image_index'].iloc[bad[0]]}, not a row of {files[0]} (0..{len(images) - 1})")
     captions["image_index"] = idx.astype(np.int64)
     return FlickrSplit(split, root, images, captions)
