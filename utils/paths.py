@@ -34,9 +34,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMER_CACHE") or REPO / ".cache" / "features")
 
 
-def require_artefacts(dataset: str, files: list[str]) -> Path:
-    """The artefact folder, or an error naming the missing file and the command that makes it."""
-    root = artefact_dir(dataset)
+def require_artefacts(dataset: str, files: list[str], root=None) -> Path:
+    """``root`` (default: the profile's artefact folder), or an error naming the missing file and its command."""
+    root = Path(root) if root is not None else artefact_dir(dataset)
     if missing := [f for f in files if not (root / f).is_file()]:
         raise FileNotFoundError(
             f"{root / missing[0]} not found (profile {profile()!r}). Prepare the data first:\n    "

@@ -21,22 +21,18 @@ import numpy as np
 import torch
 
 
-def _update(h, part: Any) -> None:
-    if isinstance(part, np.ndarray):
-        h.update(f"array\0{part.dtype.str}\0{part.shape}\0".encode())
-        h.update(np.ascontiguousarray(part).data)
-    elif isinstance(part, (bytes, bytearray, memoryview)):
-        h.update(b"bytes\0" + bytes(part))
-    else:
-        h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    h.update(b"\0\0")
-
-
 def digest(*parts: Any) -> str:
     """sha256 (hex) of JSON-able parts, numpy arrays (dtype, shape and bytes) and bytes, in order."""
     h = hashlib.sha256()
     for part in parts:
-        _update(h, part)
+        if isinstance(part, np.ndarray):
+            h.update(f"array\0{part.dtype.str}\0{part.shape}\0".encode())
+            h.update(np.ascontiguousarray(part).data)
+        elif isinstance(part, (bytes, bytearray, memoryview)):
+            h.update(b"bytes\0" + bytes(part))
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0\0")
     return h.hexdigest()
 
 
@@ -52,10 +48,9 @@ def code_digest(*sources: ModuleType | Callable | str | os.PathLike) -> str:
     for src in sources:
         if isinstance(src, (str, os.PathLike)):
             files.add(Path(src).resolve())
-            continue
-        module = src if isinstance(src, ModuleType) else inspect.getmodule(src)
-        path = Path(inspect.getfile(module)).resolve()
-        files.update(path.parent.glob("*.py") if path.name == "__init__.py" else [path])
+        else:
+            path = Path(inspect.getfile(src if isinstance(src, ModuleType) else inspect.getmodule(src))).resolve()
+            files.update(path.parent.glob("*.py") if path.name == "__init__.py" else [path])
     h = hashlib.sha256()
     for path in sorted(files):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -63,7 +58,6 @@ def code_digest(*sources: ModuleType | Callable | str | os.PathLike) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in blocks (weights files, prep sources)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -72,8 +66,7 @@ RACY_SECONDS = 2.0  # a file changed more recently than this has no identity: a 
 
 
 def file_identity(array: np.ndarray) -> str | None:
-    """What names the bytes of a read-only memmap spanning a whole file, without reading them: path, device,
-    inode, size, mtime and ctime (which moves with every write and cannot be set), layout. ``None`` otherwise."""
+    """What names a read-only whole-file memmap's bytes without reading them (docs/encoders.md), else ``None``."""
     if not (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename
             and array.mode == "r"):
         return None  # in memory, a slice, or writable (its bytes can change without the file's times moving)
@@ -90,8 +83,7 @@ def file_identity(array: np.ndarray) -> str | None:
 
 def remembered_digest(array: np.ndarray, folder: str | os.PathLike,
                       compute: Callable[[np.ndarray], str] | None = None) -> str | None:
-    """``array``'s digest, remembered in ``folder/digests`` by :func:`file_identity` (a cached start reads nothing),
-    else ``compute(array)`` (``None`` if not given)."""
+    """``array``'s digest remembered in ``folder/digests`` by :func:`file_identity`, else ``compute(array)``."""
     identity = file_identity(array)
     memo = Path(folder) / "digests" / f"{key(identity)}.txt" if identity is not None else None
     try:
@@ -128,14 +120,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], A
 
 def jsonable(obj: Any) -> Any:
     """Plain JSON types; NaN and inf become ``None`` (JSON has no NaN; ``null`` marks an undefined metric)."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        obj = obj.tolist()  # nested lists of Python scalars, or one
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return str(obj) if isinstance(obj, Path) else obj
@@ -155,7 +145,6 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` (no pickle)."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
