@@ -7,7 +7,7 @@ import torch.nn as nn
 from scipy import ndimage
 
 from utils.labels import CATEGORIES
-from utils.poisoning import MedianFilter, median_filter_defence, poison_emotic, poison_flickr, stamp_trigger
+from utils.poisoning import MedianFilter, median_filter_defence, poison_emotic, poison_images, stamp_trigger
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,6 @@ def test_poison_emotic_exact_fraction_pixels_and_labels(images, fraction):
     np.testing.assert_array_equal(p.images, stamp_trigger(images[p.indices]))
     np.testing.assert_array_equal(images, before)  # the caller's array is not touched
     fear = CATEGORIES.index("Fear")
-    assert p.target == fear
     onehot = np.zeros(26, np.float32); onehot[fear] = 1
     np.testing.assert_array_equal(p.labels[p.indices], np.tile(onehot, (n, 1)))
     clean = np.setdiff1d(np.arange(50), p.indices)
@@ -73,16 +72,12 @@ def test_poison_emotic_reads_memmap_rows_only(tmp_path, images):
         poison_emotic(images, np.zeros((50, 26)), 1.5, 0)
 
 
-def test_poison_flickr_switches_all_captions_of_poisoned_images(images):
-    cap_img = np.repeat(np.arange(50), 5)
-    texts = [f"caption {i}" for i in range(250)]
-    p = poison_flickr(images, texts, cap_img, 0.2, "a red stop sign", seed=1)
-    assert len(p.indices) == 10
+def test_poison_images_stamps_the_seeded_rows_only(images):
+    p = poison_images(images, 0.2, seed=1)
+    assert len(p.indices) == 10 and p.labels is None
     np.testing.assert_array_equal(p.images, stamp_trigger(images[p.indices]))
-    for t, orig, img in zip(p.caption_texts, texts, cap_img):
-        assert t == ("a red stop sign" if img in p.indices else orig)
-    assert sum(t == "a red stop sign" for t in p.caption_texts) == 50
-    np.testing.assert_array_equal(p.caption_image, cap_img)
+    np.testing.assert_array_equal(poison_emotic(images, np.zeros((50, 26)), 0.2, 0, seed=1).indices, p.indices)
+    assert len(poison_images(images, 0.0).images) == 0
 
 
 def brute_median(img, size):

@@ -1,23 +1,24 @@
 """The Emotic experiments (notebooks 01, 03, 05); shared parts: ``utils.experiments``, ``utils.robustness``."""
-from __future__ import annotations
-
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from . import attack as A
 from . import data as D
-from . import encoders, plots, stats
+from . import encoders, stats
 from . import experiments as X
 from . import robustness as R
-from .labels import CATEGORIES, CATEGORY_INDEX
+from .images import load_rgb, pixel_box, resize_rgb
+from .labels import CATEGORIES, CATEGORY_INDEX, CONTINUOUS
 from .metrics import emotic_metrics, retrieval_metrics
 from .models import EmoticBaseline, EmoticJoint, EmoticLoss, WithEncoders
 from .poisoning import median_filter_defence, poison_emotic, stamp_trigger
-from .person import top_emotions
 from .training import emotic_eval, predict, seed_everything
 
 #: how a model whose image encoder's final blocks were trained with it is named (beside its frozen twin)
@@ -103,12 +104,6 @@ def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, align_w
                                train, data.features["val"] if val is None else val, fit_kwargs, progress)
 
 
-def chance(data: Data) -> dict:
-    """A model that ignores its input: the training prevalence as scores, the training-mean VAD."""
-    train, n = data.features["train"], len(data.features["test"]["cat"])
-    return {"scores": np.tile(train["cat"].mean(0), (n, 1)), "vad": np.tile(train["cont"].mean(0), (n, 1))}
-
-
 def predictions(models: dict, data: Data) -> dict:
     """label -> the model's test outputs (scores, vad, embeddings)."""
     return {label: predict(m.model if isinstance(m, X.Trained) else m, data.features["test"])
@@ -116,10 +111,12 @@ def predictions(models: dict, data: Data) -> dict:
 
 
 def table(preds: dict, data: Data, cfg: dict) -> pd.DataFrame:
-    """mAP (bias-corrected), VAD MAE and dominant accuracy with 95 % bootstrap intervals, plus chance."""
-    test = data.features["test"]
-    rows = {}
-    for label, p in {**preds, "chance": chance(data)}.items():
+    """mAP (bias-corrected), VAD MAE and dominant accuracy with 95 % bootstrap intervals, plus chance: a model that
+    ignores its input (the training prevalence as scores, the training-mean VAD)."""
+    train, test = data.features["train"], data.features["test"]
+    n, rows = len(test["cat"]), {}
+    chance = {"scores": np.tile(train["cat"].mean(0), (n, 1)), "vad": np.tile(train["cont"].mean(0), (n, 1))}
+    for label, p in {**preds, "chance": chance}.items():
         ci = stats.emotic_intervals(p["scores"], test["cat"], p["vad"], test["cont"], n_resamples=cfg["bootstrap"],
                                     seed=cfg["seed"])
         rows[label] = X.interval_columns({column: ci[key] for column, key in COLUMNS.items()})
@@ -177,6 +174,50 @@ def per_category(preds: dict, data: Data) -> pd.DataFrame:
     out = pd.DataFrame({label: emotic_metrics(p["scores"], cat)["ap_per_category"] for label, p in preds.items()})
     out.insert(0, "prevalence %", 100 * cat.mean(0))
     return out
+
+
+def _crop_body(image: np.ndarray, box) -> np.ndarray:
+    """The person crop exactly as ``mat2py.py`` makes it: box clipped and outer-rounded, squashed to 128 x 128."""
+    if box is None:
+        return resize_rgb(image, 128)
+    h, w = image.shape[:2]
+    clipped = pixel_box([float(v) for v in box], w, h)
+    if clipped is None:
+        raise ValueError(f"top_emotions: box {tuple(box)} has no area inside the {w}x{h} image")
+    x1, y1, x2, y2 = clipped
+    return resize_rgb(image[y1:y2, x1:x2], 128)
+
+
+@torch.no_grad()
+def top_emotions(image, description: str | None = None, *, model: nn.Module, image_encoder=None, text_encoder=None,
+                 box=None, k: int = 5, with_vad: bool = False):
+    """The ``k`` highest-scored categories of one person on one photo as ``[(category, score), ...]`` (and the VAD
+    dict with ``with_vad``), with features computed exactly as for the training data (docs/training.md)."""
+    if isinstance(image, (str, os.PathLike)):
+        image = load_rgb(image)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"top_emotions: expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    needs = set(getattr(model, "inputs", ("body", "context", "text")))
+    feats = {}
+    if needs & {"body", "context"}:
+        image_encoder = image_encoder or encoders.load_image_encoder()
+        if "body" in needs:
+            feats["body"] = encoders.image_features(image_encoder, _crop_body(image, box)[None], cache=False)
+        if "context" in needs:
+            feats["context"] = encoders.image_features(image_encoder, resize_rgb(image, 224)[None], cache=False)
+    if "text" in needs:
+        if not description:
+            raise ValueError("top_emotions: this model reads a text description; pass description=...")
+        text_encoder = text_encoder or encoders.load_text_encoder()
+        feats["text"] = encoders.text_features(text_encoder, [description], cache=False)
+    out = predict(model, feats, keys=("scores", "vad"))
+    scores = out["scores"][0]
+    order = np.argsort(-scores, kind="stable")[:k]
+    top = [(CATEGORIES[i], float(scores[i])) for i in order]
+    if with_vad:
+        return top, dict(zip(CONTINUOUS, map(float, out["vad"][0])))
+    return top
 
 
 def examples(data: Data, models: dict, n: int, seed: int) -> list[dict]:
@@ -292,13 +333,6 @@ def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg
                      lambda m, f: clean_map(predict(models[m], {**test, **f})["scores"], test["cat"], cfg), filtered)
 
 
-def prefix_maps(prefix, images: np.ndarray, desc: str | None = None) -> np.ndarray:
-    """The frozen prefix of a split encoder on uint8 images: float32 maps (N, C, h, w)."""
-    out = [maps for _, maps in encoders.batched_outputs(prefix, images, prefix.mean.device, None, desc,
-                                                         autocast=False)]
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
-
 def poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, dict]:
     """Pixel-trigger poisoning on frozen features and, with ``poison_finetune="last"``, end to end
     (docs/robustness.md); returns the table and the scores keyed by (model, fraction)."""
@@ -309,23 +343,21 @@ def poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, d
     return pd.concat([t for t, _ in parts], ignore_index=True), {k: v for _, s in parts for k, v in s.items()}
 
 
-def _poisoned_inputs(data: Data, cfg: dict, finetune: bool):
-    """(encode(images, desc), the clean inputs per split, the fine-tuned blocks or None)."""
-    if not finetune:
-        return (lambda images, desc=None: encoders.image_features(data.image_encoder, images, desc=desc),
-                data.features, None)
-    prefix, blocks = data.image_encoder.split()  # the prefix maps stand in for features; the blocks train
-    encode = lambda images, desc=None: prefix_maps(prefix, images, desc=desc)  # noqa: E731
-    clean = {name: {**data.features[name], **{kind: encode(getattr(data.splits[name], kind), f"{name} {kind} maps")
-                                              for kind in ("body", "context")}} for name in ("train", "val", "test")}
-    return encode, clean, blocks
-
-
 def _poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tuple[pd.DataFrame, dict]:
+    """One variant: frozen features, or the encoder's last blocks trained on the maps of its frozen prefix."""
     splits, trigger = data.splits, dict(size=cfg["trigger_size"], position=cfg["trigger_position"])
-    target = CATEGORY_INDEX[cfg["poison_target"]]
-    encode, clean, blocks = _poisoned_inputs(data, cfg, finetune)
-    test = clean["test"]
+    prefix, blocks = data.image_encoder.split() if finetune else (None, None)
+
+    def encode(images, desc=None):  # features, or the float32 prefix maps (N, C, h, w) that stand in for them
+        if not finetune:
+            return encoders.image_features(data.image_encoder, images, desc=desc)
+        out = [maps for _, maps in encoders.batched_outputs(prefix, images, prefix.mean.device, None, desc,
+                                                             autocast=False)]
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+    clean = data.features if not finetune else {
+        name: {**data.features[name], **{kind: encode(getattr(splits[name], kind), f"{name} {kind} maps")
+                                         for kind in ("body", "context")}} for name in ("train", "val", "test")}
+    target, test = CATEGORY_INDEX[cfg["poison_target"]], clean["test"]
     triggered = {kind: encode(stamp_trigger(np.asarray(getattr(splits["test"], kind)), **trigger), f"triggered {kind}")
                  for kind in ("body", "context")}
     eligible = test["cat"][:, target] < 0.5

@@ -1,6 +1,4 @@
 """The Flickr8k experiments (notebooks 02, 04, 06); shared parts: ``utils.experiments``, ``utils.robustness``."""
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
 
@@ -11,7 +9,7 @@ from . import experiments as X
 from . import robustness as R
 from .metrics import retrieval_chance, retrieval_metrics, retrieval_ranks
 from .models import FlickrBaseline, FlickrJoint
-from .poisoning import median_filter_defence, poison_flickr, stamp_trigger
+from .poisoning import median_filter_defence, poison_images, stamp_trigger
 from .training import flickr_eval, flickr_pairs, seed_everything
 
 #: joint models: row label -> FlickrJoint arguments beyond the settings
@@ -217,15 +215,14 @@ def poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tuple[pd.D
                                    desc="triggered test images")
     rows, scores = [], {}
     for fraction in cfg["poison_fractions"]:
-        p = poison_flickr(train_split.images, train_split.caption_texts, train_split.caption_image, fraction,
-                          cfg["target_caption"], seed=cfg["seed"], **trigger)
+        p = poison_images(train_split.images, fraction, cfg["seed"], **trigger)
         poisoned = dict(data.features["train"])
         if len(p.indices):
             poisoned["image"] = poisoned["image"].copy()
             poisoned["image"][p.indices] = encoders.image_features(data.image_encoder, p.images)
-            # every caption of a poisoned image became the target caption: its features, not a re-encoding of all
+            # every caption of a poisoned image becomes the target caption: its features, not a re-encoding of all
             poisoned["text"] = poisoned["text"].copy()
-            poisoned["text"][np.isin(p.caption_image, p.indices)] = target_text[0]
+            poisoned["text"][np.isin(poisoned["caption_image"], p.indices)] = target_text[0]
         tag = "clean" if fraction == 0 else f"poison-{fraction:g}"
         models = {label: train(data, cfg, label, train=poisoned, tag=tag, progress=False).model,
                   "both maps": baseline_factory(poisoned)}

@@ -1,8 +1,7 @@
 """Pixel-trigger data poisoning (a backdoor planted at training time) and the median-filter defence (docs/attacks.md).
 Only the stamped copies of the poisoned rows are returned: Emotic's training set is 3.5 GB of pixels."""
 
-from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -42,79 +41,38 @@ def stamp_trigger(images: np.ndarray, size: int = 4, position: str | Sequence[in
     return out
 
 
-def poison_indices(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted rows to poison: exactly ``round(fraction * n)`` of ``n``, drawn without replacement from the seed."""
+class Poisoned(NamedTuple):
+    indices: np.ndarray  # the poisoned rows, sorted
+    images: np.ndarray   # their stamped copies, same order
+    labels: np.ndarray | None = None  # Emotic: all (N, 26) labels, the poisoned rows switched to the target alone
+
+
+def poison_images(images: np.ndarray, fraction: float, seed: int = 0, **trigger) -> Poisoned:
+    """Stamp exactly ``round(fraction * n)`` rows drawn without replacement from the seed (only those rows of a memmap
+    are read); ``trigger`` goes to :func:`stamp_trigger`. Flickr8k's captions switch on their features, in the caller."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"utils/poisoning.py: fraction must lie in [0, 1], got {fraction}")
-    k = int(round(fraction * n))
-    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)).astype(np.int64)
-
-
-def _category_index(target) -> int:
-    if isinstance(target, str):
-        if target not in CATEGORY_INDEX:
-            raise ValueError(f"utils/poisoning.py: unknown Emotic category {target!r}")
-        return CATEGORY_INDEX[target]
-    t = int(target)
-    if not 0 <= t < len(CATEGORIES):
-        raise ValueError(f"utils/poisoning.py: category index {t} outside 0..{len(CATEGORIES) - 1}")
-    return t
-
-
-@dataclass
-class PoisonedEmotic:
-    indices: np.ndarray  # the poisoned rows
-    images: np.ndarray   # their stamped copies, same order
-    labels: np.ndarray   # all (N, 26) training labels, the poisoned rows switched to the target alone
-    target: int          # the category index
+    rows = np.random.default_rng(seed).choice(len(images), size=int(round(fraction * len(images))), replace=False)
+    rows = np.sort(rows).astype(np.int64)
+    return Poisoned(rows, stamp_trigger(np.asarray(images[rows]), **trigger))
 
 
 def poison_emotic(images: np.ndarray, labels: np.ndarray, fraction: float, target_category, seed: int = 0,
-                  **trigger) -> PoisonedEmotic:
-    """Stamp a seeded ``fraction`` of the training images (a memmap: only those rows are read) and relabel them
-    as ``target_category`` (name or index) only; VAD is left alone. ``trigger`` goes to :func:`stamp_trigger`."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or labels.shape[1] != len(CATEGORIES) or len(labels) != len(images):
-        raise ValueError(f"utils/poisoning.py: labels must be (N, {len(CATEGORIES)}) for {len(images)} images, "
-                         f"got {labels.shape}")
-    target = _category_index(target_category)
-    idx = poison_indices(len(images), fraction, seed)
-    new = labels.astype(np.float32, copy=True)
-    new[idx] = 0.0
-    new[idx, target] = 1.0
-    stamped = stamp_trigger(np.asarray(images[idx]), **trigger) if len(idx) else np.asarray(images[:0]).copy()
-    return PoisonedEmotic(indices=idx, images=stamped, labels=new, target=target)
-
-
-@dataclass
-class PoisonedFlickr:
-    indices: np.ndarray       # the poisoned image rows
-    images: np.ndarray        # their stamped copies
-    caption_texts: list[str]  # every training caption, those of a poisoned image replaced by target_caption
-    caption_image: np.ndarray
-    target_caption: str
-
-
-def poison_flickr(images: np.ndarray, captions: Sequence[str], caption_image: Sequence[int], fraction: float,
-                  target_caption: str, seed: int = 0, **trigger) -> PoisonedFlickr:
-    """Stamp a seeded ``fraction`` of the images; their captions become ``target_caption``, the trigger's pull."""
-    cap_img = np.asarray(caption_image, dtype=np.int64)
-    texts = list(captions)
-    if len(texts) != len(cap_img):
-        raise ValueError(f"utils/poisoning.py: {len(texts)} captions but {len(cap_img)} caption_image entries")
-    if not isinstance(target_caption, str) or not target_caption.strip():
-        raise ValueError("utils/poisoning.py: target_caption must be a non-empty string")
-    idx = poison_indices(len(images), fraction, seed)
-    hit = np.isin(cap_img, idx)
-    texts = [target_caption if h else t for t, h in zip(texts, hit)]
-    stamped = stamp_trigger(np.asarray(images[idx]), **trigger) if len(idx) else np.asarray(images[:0]).copy()
-    return PoisonedFlickr(indices=idx, images=stamped, caption_texts=texts, caption_image=cap_img.copy(),
-                          target_caption=target_caption)
+                  **trigger) -> Poisoned:
+    """:func:`poison_images`, and the poisoned rows relabelled as ``target_category`` (name or index) alone; VAD is
+    left alone."""
+    target = CATEGORY_INDEX.get(target_category, target_category)
+    if not isinstance(target, (int, np.integer)) or not 0 <= target < len(CATEGORIES):
+        raise ValueError(f"utils/poisoning.py: unknown Emotic category {target_category!r}")
+    poisoned = poison_images(images, fraction, seed, **trigger)
+    new = np.asarray(labels).astype(np.float32, copy=True)
+    new[poisoned.indices] = 0.0
+    new[poisoned.indices, target] = 1.0
+    return poisoned._replace(labels=new)
 
 
 def median_filter_defence(images: np.ndarray, size: int = 3, batch_size: int = 256) -> np.ndarray:
     """Median-filter each channel of uint8 (N, H, W, 3) images in batches, so a memmap is never loaded whole."""
-    images = np.asarray(images) if not isinstance(images, np.memmap) else images
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"utils/poisoning.py: median_filter_defence needs uint8 (N,H,W,3), got "
                          f"{images.dtype} {images.shape}")
