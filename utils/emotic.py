@@ -18,7 +18,7 @@ from .images import load_rgb, pixel_box, resize_rgb
 from .labels import CATEGORIES, CATEGORY_INDEX, CONTINUOUS
 from .metrics import emotic_metrics, retrieval_metrics
 from .models import EmoticBaseline, EmoticJoint, EmoticLoss, WithEncoders
-from .poisoning import median_filter_defence, poison_emotic, stamp_trigger
+from .poisoning import median_filter_defence, poison_images, stamp_trigger
 from .training import emotic_eval, predict, seed_everything
 
 #: how a model whose image encoder's final blocks were trained with it is named (beside its frozen twin)
@@ -80,7 +80,7 @@ def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, align_w
           train: dict | None = None, tag: str = "clean", progress: bool = True, finetune=None,
           val: dict | None = None) -> X.Trained:
     """Train (or load) model ``label``, best epoch by validation mAP; ``train``: other (e.g. poisoned, ``tag``)
-    features; ``finetune``: the encoder's last blocks, trained with the heads on the prefix maps in ``train``/``val``."""
+    features; ``finetune``: the encoder's last blocks, trained with the heads on the prefix maps given."""
     family = MODELS[label][0]
     train = data.features["train"] if train is None else train
     seed = cfg["seed"] if seed is None else seed
@@ -176,18 +176,6 @@ def per_category(preds: dict, data: Data) -> pd.DataFrame:
     return out
 
 
-def _crop_body(image: np.ndarray, box) -> np.ndarray:
-    """The person crop exactly as ``mat2py.py`` makes it: box clipped and outer-rounded, squashed to 128 x 128."""
-    if box is None:
-        return resize_rgb(image, 128)
-    h, w = image.shape[:2]
-    clipped = pixel_box([float(v) for v in box], w, h)
-    if clipped is None:
-        raise ValueError(f"top_emotions: box {tuple(box)} has no area inside the {w}x{h} image")
-    x1, y1, x2, y2 = clipped
-    return resize_rgb(image[y1:y2, x1:x2], 128)
-
-
 @torch.no_grad()
 def top_emotions(image, description: str | None = None, *, model: nn.Module, image_encoder=None, text_encoder=None,
                  box=None, k: int = 5, with_vad: bool = False):
@@ -202,8 +190,14 @@ def top_emotions(image, description: str | None = None, *, model: nn.Module, ima
     feats = {}
     if needs & {"body", "context"}:
         image_encoder = image_encoder or encoders.load_image_encoder()
-        if "body" in needs:
-            feats["body"] = encoders.image_features(image_encoder, _crop_body(image, box)[None], cache=False)
+        if "body" in needs:  # the person crop as mat2py.py makes it: box clipped and outer-rounded, 128 x 128
+            h, w = image.shape[:2]
+            clipped = (0, 0, w, h) if box is None else pixel_box([float(v) for v in box], w, h)
+            if clipped is None:
+                raise ValueError(f"top_emotions: box {tuple(box)} has no area inside the {w}x{h} image")
+            x1, y1, x2, y2 = clipped
+            body = resize_rgb(image[y1:y2, x1:x2], 128)[None]
+            feats["body"] = encoders.image_features(image_encoder, body, cache=False)
         if "context" in needs:
             feats["context"] = encoders.image_features(image_encoder, resize_rgb(image, 224)[None], cache=False)
     if "text" in needs:
@@ -213,18 +207,14 @@ def top_emotions(image, description: str | None = None, *, model: nn.Module, ima
         feats["text"] = encoders.text_features(text_encoder, [description], cache=False)
     out = predict(model, feats, keys=("scores", "vad"))
     scores = out["scores"][0]
-    order = np.argsort(-scores, kind="stable")[:k]
-    top = [(CATEGORIES[i], float(scores[i])) for i in order]
-    if with_vad:
-        return top, dict(zip(CONTINUOUS, map(float, out["vad"][0])))
-    return top
+    top = [(CATEGORIES[i], float(scores[i])) for i in np.argsort(-scores, kind="stable")[:k]]
+    return (top, dict(zip(CONTINUOUS, map(float, out["vad"][0])))) if with_vad else top
 
 
 def examples(data: Data, models: dict, n: int, seed: int) -> list[dict]:
     """``n`` seeded test persons through ``top_emotions``, from the original photo when it is on this machine."""
     split = data.splits["test"]
-    manifest = json.loads((data.root / "manifest.json").read_text())
-    images = Path(manifest.get("source", {}).get("images") or "")
+    images = Path(json.loads((data.root / "manifest.json").read_text()).get("source", {}).get("images") or "")
     out = []
     for i in np.sort(np.random.default_rng(seed).choice(len(split), size=min(n, len(split)), replace=False)):
         row = split.table.iloc[i]
@@ -333,13 +323,21 @@ def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg
                      lambda m, f: clean_map(predict(models[m], {**test, **f})["scores"], test["cat"], cfg), filtered)
 
 
+def relabelled(labels: np.ndarray, rows: np.ndarray, target: int) -> np.ndarray:
+    """A float32 copy of the (N, 26) labels with ``rows`` switched to category ``target`` alone (VAD is left alone)."""
+    new = np.asarray(labels).astype(np.float32, copy=True)
+    new[rows] = 0.0
+    new[rows, target] = 1.0
+    return new
+
+
 def poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, dict]:
     """Pixel-trigger poisoning on frozen features and, with ``poison_finetune="last"``, end to end
     (docs/robustness.md); returns the table and the scores keyed by (model, fraction)."""
     if cfg["poison_finetune"] not in (None, False, "last"):
         raise ValueError(f"poison_finetune must be null (or false) or 'last', got {cfg['poison_finetune']!r}")
-    parts = [_poisoning(data, cfg, labels, finetune) for finetune in ((False, True) if cfg["poison_finetune"] else
-                                                                        (False,))]
+    variants = (False, True) if cfg["poison_finetune"] else (False,)  # frozen, then end to end
+    parts = [_poisoning(data, cfg, labels, finetune) for finetune in variants]
     return pd.concat([t for t, _ in parts], ignore_index=True), {k: v for _, s in parts for k, v in s.items()}
 
 
@@ -363,14 +361,13 @@ def _poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tupl
     eligible = test["cat"][:, target] < 0.5
     rows, scores = [], {}
     for fraction in cfg["poison_fractions"]:
-        p = poison_emotic(splits["train"].context, clean["train"]["cat"], fraction, cfg["poison_target"],
-                          seed=cfg["seed"], **trigger)
-        poisoned = dict(clean["train"], cat=p.labels)
-        if len(p.indices):  # the stamped copies' inputs, computed from their new pixels
-            body = stamp_trigger(np.asarray(splits["train"].body[p.indices]), **trigger)
-            for kind, imgs in (("context", p.images), ("body", body)):
+        chosen, stamped = poison_images(splits["train"].context, fraction, cfg["seed"], **trigger)
+        poisoned = dict(clean["train"], cat=relabelled(clean["train"]["cat"], chosen, target))
+        if len(chosen):  # the stamped copies' inputs, computed from their new pixels
+            body = stamp_trigger(np.asarray(splits["train"].body[chosen]), **trigger)
+            for kind, imgs in (("context", stamped), ("body", body)):
                 poisoned[kind] = poisoned[kind].copy()
-                poisoned[kind][p.indices] = encode(imgs)
+                poisoned[kind][chosen] = encode(imgs)
         for label in labels:
             trained = train(data, cfg, label, train=poisoned, val=clean["val"], finetune=blocks, progress=False,
                             tag="clean" if fraction == 0 else f"poison-{cfg['poison_target']}-{fraction:g}")
@@ -379,7 +376,7 @@ def _poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tupl
             name = f"{label}, {FINETUNED}" if finetune else label
             scores[name, fraction] = s
             rows.append({"model": name, "encoder": FINETUNED if finetune else "frozen", "fraction": fraction,
-                         "poisoned images": len(p.indices),
+                         "poisoned images": len(chosen),
                          **R.backdoor_columns(s["triggered"][eligible].argmax(1) == target,
                                               s["clean"][eligible].argmax(1) == target),
                          "clean mAP": clean_map(s["clean"], test["cat"], cfg), "checkpoint": trained.checkpoint.name})

@@ -1,31 +1,14 @@
 """Pixel-trigger data poisoning (a backdoor planted at training time) and the median-filter defence (docs/attacks.md).
 Only the stamped copies of the poisoned rows are returned: Emotic's training set is 3.5 GB of pixels."""
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from scipy import ndimage
 
-from .labels import CATEGORIES, CATEGORY_INDEX
-
 CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
-
-
-def _origin(shape: tuple[int, int], size: int, position) -> tuple[int, int]:
-    """Top-left (row, col) of the patch for a named corner or an explicit (row, col)."""
-    h, w = shape
-    if isinstance(position, str):
-        if position not in CORNERS:
-            raise ValueError(f"utils/poisoning.py: position {position!r} is not one of {CORNERS} or (row, col)")
-        r = 0 if position.startswith("top") else h - size
-        c = 0 if position.endswith("left") else w - size
-    else:
-        r, c = (int(v) for v in position)
-    if r < 0 or c < 0 or r + size > h or c + size > w:
-        raise ValueError(f"utils/poisoning.py: a {size}x{size} trigger at (row {r}, col {c}) leaves the {h}x{w} image")
-    return r, c
 
 
 def stamp_trigger(images: np.ndarray, size: int = 4, position: str | Sequence[int] = "bottom-right") -> np.ndarray:
@@ -34,41 +17,28 @@ def stamp_trigger(images: np.ndarray, size: int = 4, position: str | Sequence[in
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != 3:
         raise ValueError(f"utils/poisoning.py: stamp_trigger needs uint8 (N,H,W,3) or (H,W,3), got "
                          f"{images.dtype} {images.shape}")
-    r, c = _origin(images.shape[-3:-1], size, position)
+    h, w = images.shape[-3:-1]
+    if isinstance(position, str):
+        if position not in CORNERS:
+            raise ValueError(f"utils/poisoning.py: position {position!r} is not one of {CORNERS} or (row, col)")
+        position = (0 if position.startswith("top") else h - size, 0 if position.endswith("left") else w - size)
+    r, c = (int(v) for v in position)
+    if r < 0 or c < 0 or r + size > h or c + size > w:
+        raise ValueError(f"utils/poisoning.py: a {size}x{size} trigger at (row {r}, col {c}) leaves the {h}x{w} image")
     cells = np.add.outer(np.arange(size), np.arange(size)) % 2 == 0
     out = images.copy()
     out[..., r:r + size, c:c + size, :] = np.repeat(np.where(cells, 255, 0).astype(np.uint8)[..., None], 3, -1)
     return out
 
 
-class Poisoned(NamedTuple):
-    indices: np.ndarray  # the poisoned rows, sorted
-    images: np.ndarray   # their stamped copies, same order
-    labels: np.ndarray | None = None  # Emotic: all (N, 26) labels, the poisoned rows switched to the target alone
-
-
-def poison_images(images: np.ndarray, fraction: float, seed: int = 0, **trigger) -> Poisoned:
-    """Stamp exactly ``round(fraction * n)`` rows drawn without replacement from the seed (only those rows of a memmap
-    are read); ``trigger`` goes to :func:`stamp_trigger`. Flickr8k's captions switch on their features, in the caller."""
+def poison_images(images: np.ndarray, fraction: float, seed: int = 0, **trigger) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, their stamped copies): exactly ``round(fraction * n)`` rows drawn without replacement from the seed,
+    sorted; only those rows of a memmap are read. ``trigger`` goes to :func:`stamp_trigger`."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"utils/poisoning.py: fraction must lie in [0, 1], got {fraction}")
     rows = np.random.default_rng(seed).choice(len(images), size=int(round(fraction * len(images))), replace=False)
     rows = np.sort(rows).astype(np.int64)
-    return Poisoned(rows, stamp_trigger(np.asarray(images[rows]), **trigger))
-
-
-def poison_emotic(images: np.ndarray, labels: np.ndarray, fraction: float, target_category, seed: int = 0,
-                  **trigger) -> Poisoned:
-    """:func:`poison_images`, and the poisoned rows relabelled as ``target_category`` (name or index) alone; VAD is
-    left alone."""
-    target = CATEGORY_INDEX.get(target_category, target_category)
-    if not isinstance(target, (int, np.integer)) or not 0 <= target < len(CATEGORIES):
-        raise ValueError(f"utils/poisoning.py: unknown Emotic category {target_category!r}")
-    poisoned = poison_images(images, fraction, seed, **trigger)
-    new = np.asarray(labels).astype(np.float32, copy=True)
-    new[poisoned.indices] = 0.0
-    new[poisoned.indices, target] = 1.0
-    return poisoned._replace(labels=new)
+    return rows, stamp_trigger(np.asarray(images[rows]), **trigger)
 
 
 def median_filter_defence(images: np.ndarray, size: int = 3, batch_size: int = 256) -> np.ndarray:
