@@ -25,16 +25,11 @@ from .training import emotic_eval, predict, seed_everything
 FINETUNED = "last blocks fine-tuned"
 #: row label -> (family, inputs). Baselines keep one embedding and head per input (late fusion); joint models
 #: project image (body + scene) and text into one shared space.
-MODELS = {
-    "body only": ("baseline", ("body",)),
-    "context only": ("baseline", ("context",)),
-    "text only": ("baseline", ("text",)),
-    "image (body+context)": ("baseline", ("body", "context")),
-    "fusion (all)": ("baseline", ("body", "context", "text")),
-    "joint (image+text)": ("joint", ("image", "text")),
-    "joint image only": ("joint", ("image",)),
-    "joint text only": ("joint", ("text",)),
-}
+MODELS = {"body only": ("baseline", ("body",)), "context only": ("baseline", ("context",)),
+          "text only": ("baseline", ("text",)), "image (body+context)": ("baseline", ("body", "context")),
+          "fusion (all)": ("baseline", ("body", "context", "text")),
+          "joint (image+text)": ("joint", ("image", "text")), "joint image only": ("joint", ("image",)),
+          "joint text only": ("joint", ("text",))}
 _RECIPE = ("loss", "vad_weight", "dropout", "weight_decay", "batch_size", "epochs", "patience", "init_temperature",
            "train_threads")
 COLUMNS = {"mAP": "mAP", "VAD MAE": "vad_mae", "dominant acc": "dominant_accuracy"}  # column -> stats key
@@ -69,9 +64,8 @@ def model(label: str, cfg: dict, dims: dict, align_weight: float | None = None):
     if family == "joint":
         weight = cfg["align_weight"] if align_weight is None else align_weight
         return EmoticJoint(inputs, dims=dims, shared_dim=cfg["joint_shared_dim"], hidden=cfg["joint_hidden"],
-                           dropout=cfg["dropout"], fusion=cfg["joint_fusion"],
-                           align_weight=weight if len(inputs) == 2 else 0.0,
-                           init_temperature=cfg["init_temperature"], criterion=criterion)
+                           dropout=cfg["dropout"], fusion=cfg["joint_fusion"], init_temperature=cfg["init_temperature"],
+                           align_weight=weight if len(inputs) == 2 else 0.0, criterion=criterion)
     return EmoticBaseline(inputs, dims=dims, hidden=cfg["baseline_hidden"], dropout=cfg["dropout"],
                           fusion=cfg["baseline_fusion"], criterion=criterion)
 
@@ -146,14 +140,12 @@ def alignment(preds: dict, trained: dict, cfg: dict) -> pd.DataFrame:
     """The joint models' shared spaces: person retrieval among the test persons, temperature and lambda."""
     rows = {}
     for label, p in preds.items():
-        if "z_image" not in p or "z_text" not in p:
-            continue
-        n = len(p["z_image"])
-        r = retrieval_metrics(p["z_image"] @ p["z_text"].T, np.arange(n))
-        net = trained[label].model
-        rows[label] = {"lambda": float(net.align_weight), "temperature": net.logit_scale.temperature,
-                       "i2t R@1": r["i2t_R@1"], "t2i R@1": r["t2i_R@1"], "mean R@1": r["mean_R@1"],
-                       "chance R@1": 100 / n}
+        if "z_image" in p and "z_text" in p:
+            n, net = len(p["z_image"]), trained[label].model
+            r = retrieval_metrics(p["z_image"] @ p["z_text"].T, np.arange(n))
+            rows[label] = {"lambda": float(net.align_weight), "temperature": net.logit_scale.temperature,
+                           "i2t R@1": r["i2t_R@1"], "t2i R@1": r["t2i_R@1"], "mean R@1": r["mean_R@1"],
+                           "chance R@1": 100 / n}
     return pd.DataFrame(rows).T.sort_values("lambda")
 
 
@@ -181,9 +173,7 @@ def top_emotions(image, description: str | None = None, *, model: nn.Module, ima
                  box=None, k: int = 5, with_vad: bool = False):
     """The ``k`` highest-scored categories of one person on one photo as ``[(category, score), ...]`` (and the VAD
     dict with ``with_vad``), with features computed exactly as for the training data (docs/training.md)."""
-    if isinstance(image, (str, os.PathLike)):
-        image = load_rgb(image)
-    image = np.asarray(image)
+    image = np.asarray(load_rgb(image) if isinstance(image, (str, os.PathLike)) else image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"top_emotions: expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
     needs = set(getattr(model, "inputs", ("body", "context", "text")))
@@ -213,9 +203,8 @@ def top_emotions(image, description: str | None = None, *, model: nn.Module, ima
 
 def examples(data: Data, models: dict, n: int, seed: int) -> list[dict]:
     """``n`` seeded test persons through ``top_emotions``, from the original photo when it is on this machine."""
-    split = data.splits["test"]
+    split, out = data.splits["test"], []
     images = Path(json.loads((data.root / "manifest.json").read_text()).get("source", {}).get("images") or "")
-    out = []
     for i in np.sort(np.random.default_rng(seed).choice(len(split), size=min(n, len(split)), replace=False)):
         row = split.table.iloc[i]
         photo = images / row["folder"] / row["filename"]
@@ -326,14 +315,12 @@ def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg
 def relabelled(labels: np.ndarray, rows: np.ndarray, target: int) -> np.ndarray:
     """A float32 copy of the (N, 26) labels with ``rows`` switched to category ``target`` alone (VAD is left alone)."""
     new = np.asarray(labels).astype(np.float32, copy=True)
-    new[rows] = 0.0
-    new[rows, target] = 1.0
+    new[rows] = np.eye(new.shape[1], dtype=np.float32)[target]
     return new
 
 
 def poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Pixel-trigger poisoning on frozen features and, with ``poison_finetune="last"``, end to end
-    (docs/robustness.md); returns the table and the scores keyed by (model, fraction)."""
+    """Frozen and (``poison_finetune="last"``) end-to-end poisoning: (table, scores keyed by (model, fraction))."""
     if cfg["poison_finetune"] not in (None, False, "last"):
         raise ValueError(f"poison_finetune must be null (or false) or 'last', got {cfg['poison_finetune']!r}")
     variants = (False, True) if cfg["poison_finetune"] else (False,)  # frozen, then end to end

@@ -13,12 +13,9 @@ from .poisoning import median_filter_defence, poison_images, stamp_trigger
 from .training import flickr_eval, flickr_pairs, seed_everything
 
 #: joint models: row label -> FlickrJoint arguments beyond the settings
-JOINT_MODELS = {
-    "joint (both towers)": dict(towers=("image", "text")),
-    "image tower only": dict(towers=("image",)),
-    "text tower only": dict(towers=("text",)),
-    "joint + hard negatives": dict(towers=("image", "text"), hard_negative_weight=None),  # weight from settings
-}
+JOINT_MODELS = {"joint (both towers)": dict(towers=("image", "text")), "image tower only": dict(towers=("image",)),
+                "text tower only": dict(towers=("text",)),  # hard negatives: the weight from the settings
+                "joint + hard negatives": dict(towers=("image", "text"), hard_negative_weight=None)}
 _RECIPE = ("joint_space", "joint_hidden", "joint_dropout", "init_temperature", "margin", "epochs", "batch_size", "lr",
            "weight_decay", "patience", "train_threads")
 COLUMNS = ("i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "mean R@1", "i2t median rank",
@@ -51,24 +48,21 @@ def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, train: 
     train = data.features["train"] if train is None else train
     seed = cfg["seed"] if seed is None else seed
     seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
-    net = FlickrJoint(dims=data.dims, space=cfg["joint_space"], hidden=cfg["joint_hidden"],
-                      dropout=cfg["joint_dropout"], init_temperature=cfg["init_temperature"], margin=cfg["margin"],
-                      **kwargs)
+    net = FlickrJoint(dims=data.dims, space=cfg["joint_space"], hidden=cfg["joint_hidden"], margin=cfg["margin"],
+                      dropout=cfg["joint_dropout"], init_temperature=cfg["init_temperature"], **kwargs)
     key = {**X.train_key(data, "flickr8k", label, seed, tag, train), "model": {k: str(v) for k, v in kwargs.items()},
            **{k: cfg[k] for k in _RECIPE}}
     pairs = flickr_pairs(train["image"], train["text"], train["caption_image"])
     with X.threads(cfg["train_threads"]):
-        return X.train_or_load(net, label, key, pairs, data.features["val"],
-                               dict(metric_fn=flickr_eval, monitor="mean_R@1", epochs=cfg["epochs"],
-                                    patience=cfg["patience"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                                    batch_size=cfg["batch_size"]), progress)
+        fit_kwargs = dict(metric_fn=flickr_eval, monitor="mean_R@1", epochs=cfg["epochs"], patience=cfg["patience"],
+                          lr=cfg["lr"], weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"])
+        return X.train_or_load(net, label, key, pairs, data.features["val"], fit_kwargs, progress)
 
 
 def baselines(data: Data, cfg: dict, train: dict | None = None) -> tuple[dict, dict]:
     """The closed-form baselines (ridge maps, CCA), penalties chosen on validation mean R@1: (models, val grid)."""
     train = data.features["train"] if train is None else train
-    val = data.features["val"]
-    models, grid = {}, {}
+    val, models, grid = data.features["val"], {}, {}
     with X.threads(cfg["train_threads"]):
         for label, method in (("image->text map", "image_to_text"), ("text->image map", "text_to_image")):
             models[label], grid[label] = FlickrBaseline.select(train, val, method, grid=cfg["ridge_alphas"])

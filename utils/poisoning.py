@@ -1,5 +1,4 @@
-"""Pixel-trigger data poisoning (a backdoor planted at training time) and the median-filter defence (docs/attacks.md).
-Only the stamped copies of the poisoned rows are returned: Emotic's training set is 3.5 GB of pixels."""
+"""Pixel-trigger poisoning (a backdoor planted at training time) and the median-filter defence (docs/attacks.md)."""
 
 from typing import Sequence
 
@@ -25,9 +24,8 @@ def stamp_trigger(images: np.ndarray, size: int = 4, position: str | Sequence[in
     r, c = (int(v) for v in position)
     if r < 0 or c < 0 or r + size > h or c + size > w:
         raise ValueError(f"utils/poisoning.py: a {size}x{size} trigger at (row {r}, col {c}) leaves the {h}x{w} image")
-    cells = np.add.outer(np.arange(size), np.arange(size)) % 2 == 0
     out = images.copy()
-    out[..., r:r + size, c:c + size, :] = np.repeat(np.where(cells, 255, 0).astype(np.uint8)[..., None], 3, -1)
+    out[..., r:r + size, c:c + size, :] = 255 * (np.add.outer(np.arange(size), np.arange(size)) % 2 == 0)[..., None]
     return out
 
 
@@ -64,8 +62,6 @@ class MedianFilter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.size // 2
-        if p == 0:
-            return x
         # scipy 'reflect' repeats the edge pixel (d c b a | a b c d | d c b a): concatenate flipped borders
         x = torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], dim=-2)
         x = torch.cat([x[..., :p].flip(-1), x, x[..., -p:].flip(-1)], dim=-1)
