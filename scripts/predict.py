@@ -37,7 +37,6 @@ from utils import device as devices
 from utils import experiments as X
 from utils.images import ImageReadError, load_rgb, pixel_box
 from utils.labels import CATEGORIES, CONTINUOUS
-from utils.person import top_emotions
 from utils.training import predict
 
 
@@ -197,8 +196,8 @@ def describe(image: np.ndarray, boxes: list, source: dict, device) -> tuple[list
 
 def run(loaded: Loaded, image: np.ndarray, box, text: str, image_encoder, text_encoder) -> dict:
     """Probabilities of the 26 categories (canonical order), above-threshold flags and VAD for one person."""
-    top, vad = top_emotions(image, text, model=loaded.model, image_encoder=image_encoder,
-                            text_encoder=text_encoder, box=box, k=len(CATEGORIES), with_vad=True)
+    top, vad = emotic.top_emotions(image, text, model=loaded.model, image_encoder=image_encoder,
+                                   text_encoder=text_encoder, box=box, k=len(CATEGORIES), with_vad=True)
     logits = dict(top)
     prob = expit(np.array([logits[c] for c in CATEGORIES]))
     return {"probabilities": prob, "above": prob >= loaded.thresholds, "vad": vad}

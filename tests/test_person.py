@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from utils.emotic import top_emotions
 from utils.images import resize_rgb
 from utils.labels import CATEGORIES
 from utils.models import EmoticBaseline, EmoticJoint
-from utils.person import top_emotions
 from utils.training import predict
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py

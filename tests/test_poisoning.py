@@ -1,4 +1,4 @@
-"""Poisoning: the trigger lands exactly where and as often as asked, labels/captions switch exactly, stamped
+"""Poisoning: the trigger lands exactly where and as often as asked, Emotic labels switch exactly, stamped
 images never hit the clean feature cache, and the median-filter defence equals scipy and a brute-force reference."""
 import numpy as np
 import pytest
@@ -6,8 +6,9 @@ import torch
 import torch.nn as nn
 from scipy import ndimage
 
+from utils.emotic import relabelled
 from utils.labels import CATEGORIES
-from utils.poisoning import MedianFilter, median_filter_defence, poison_emotic, poison_flickr, stamp_trigger
+from utils.poisoning import MedianFilter, median_filter_defence, poison_images, stamp_trigger
 
 
 @pytest.fixture(scope="module")
@@ -40,49 +41,35 @@ def test_trigger_options_and_errors(images):
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5, 1.0])
-def test_poison_emotic_exact_fraction_pixels_and_labels(images, fraction):
+def test_poison_exact_fraction_pixels_and_labels(images, fraction):
     rng = np.random.default_rng(1)
     labels = (rng.random((50, 26)) < 0.15).astype(np.float32)
     before = images.copy()
-    p = poison_emotic(images, labels, fraction, "Fear", seed=3)
+    rows, stamped = poison_images(images, fraction, seed=3)
     n = round(fraction * 50)
-    assert len(p.indices) == len(np.unique(p.indices)) == n and np.all(np.diff(p.indices) > 0)
-    np.testing.assert_array_equal(p.images, stamp_trigger(images[p.indices]))
+    assert len(rows) == len(np.unique(rows)) == n and np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(stamped, stamp_trigger(images[rows]))
     np.testing.assert_array_equal(images, before)  # the caller's array is not touched
     fear = CATEGORIES.index("Fear")
-    assert p.target == fear
+    new = relabelled(labels, rows, fear)
     onehot = np.zeros(26, np.float32); onehot[fear] = 1
-    np.testing.assert_array_equal(p.labels[p.indices], np.tile(onehot, (n, 1)))
-    clean = np.setdiff1d(np.arange(50), p.indices)
-    np.testing.assert_array_equal(p.labels[clean], labels[clean])
-    again = poison_emotic(images, labels, fraction, fear, seed=3)
-    np.testing.assert_array_equal(again.indices, p.indices)  # deterministic by seed (name or index)
+    np.testing.assert_array_equal(new[rows], np.tile(onehot, (n, 1)))
+    clean = np.setdiff1d(np.arange(50), rows)
+    np.testing.assert_array_equal(new[clean], labels[clean])
+    assert new.dtype == np.float32 and not np.shares_memory(new, labels)
+    np.testing.assert_array_equal(poison_images(images, fraction, seed=3)[0], rows)  # deterministic by seed
     if 0 < n < 50:
-        assert not np.array_equal(poison_emotic(images, labels, fraction, fear, seed=4).indices, p.indices)
+        assert not np.array_equal(poison_images(images, fraction, seed=4)[0], rows)
 
 
-def test_poison_emotic_reads_memmap_rows_only(tmp_path, images):
+def test_poison_reads_memmap_rows_only(tmp_path, images):
     path = tmp_path / "ctx.npy"
     np.save(path, images)
     mm = np.load(path, mmap_mode="r")
-    p = poison_emotic(mm, np.zeros((50, 26), np.float32), 0.2, 0, seed=0)
-    np.testing.assert_array_equal(p.images, stamp_trigger(images[p.indices]))
-    with pytest.raises(ValueError, match="unknown Emotic category"):
-        poison_emotic(images, np.zeros((50, 26)), 0.2, "Joy")
+    rows, stamped = poison_images(mm, 0.2, seed=0)
+    np.testing.assert_array_equal(stamped, stamp_trigger(images[rows]))
     with pytest.raises(ValueError, match="fraction"):
-        poison_emotic(images, np.zeros((50, 26)), 1.5, 0)
-
-
-def test_poison_flickr_switches_all_captions_of_poisoned_images(images):
-    cap_img = np.repeat(np.arange(50), 5)
-    texts = [f"caption {i}" for i in range(250)]
-    p = poison_flickr(images, texts, cap_img, 0.2, "a red stop sign", seed=1)
-    assert len(p.indices) == 10
-    np.testing.assert_array_equal(p.images, stamp_trigger(images[p.indices]))
-    for t, orig, img in zip(p.caption_texts, texts, cap_img):
-        assert t == ("a red stop sign" if img in p.indices else orig)
-    assert sum(t == "a red stop sign" for t in p.caption_texts) == 50
-    np.testing.assert_array_equal(p.caption_image, cap_img)
+        poison_images(images, 1.5)
 
 
 def brute_median(img, size):
@@ -127,11 +114,11 @@ def test_stamped_images_never_hit_the_clean_feature_cache(tmp_path, images):
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     enc = ImageEncoder(backbone, name="tiny", dim=8, fingerprint="tiny-test", mean=[0, 0, 0], std=[1, 1, 1]).eval()
     clean = image_features(enc, images, cache=tmp_path)
-    p = poison_emotic(images, np.zeros((50, 26), np.float32), 0.2, 0, seed=0)
+    rows, stamped = poison_images(images, 0.2, seed=0)
     poisoned = images.copy()
-    poisoned[p.indices] = p.images
+    poisoned[rows] = stamped
     cached = image_features(enc, poisoned, cache=tmp_path)
     fresh = image_features(enc, poisoned, cache=False)
     np.testing.assert_array_equal(cached, fresh)
-    assert not np.allclose(cached[p.indices], clean[p.indices])
+    assert not np.allclose(cached[rows], clean[rows])
     assert len(list(tmp_path.glob("*.npy"))) == 2

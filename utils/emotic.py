@@ -1,39 +1,35 @@
 """The Emotic experiments (notebooks 01, 03, 05); shared parts: ``utils.experiments``, ``utils.robustness``."""
-from __future__ import annotations
-
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from . import attack as A
 from . import data as D
-from . import encoders, plots, stats
+from . import encoders, stats
 from . import experiments as X
 from . import robustness as R
-from .labels import CATEGORIES, CATEGORY_INDEX
+from .images import load_rgb, pixel_box, resize_rgb
+from .labels import CATEGORIES, CATEGORY_INDEX, CONTINUOUS
 from .metrics import emotic_metrics, retrieval_metrics
 from .models import EmoticBaseline, EmoticJoint, EmoticLoss, WithEncoders
-from .poisoning import median_filter_defence, poison_emotic, stamp_trigger
-from .person import top_emotions
+from .poisoning import median_filter_defence, poison_images, stamp_trigger
 from .training import emotic_eval, predict, seed_everything
 
 #: how a model whose image encoder's final blocks were trained with it is named (beside its frozen twin)
 FINETUNED = "last blocks fine-tuned"
 #: row label -> (family, inputs). Baselines keep one embedding and head per input (late fusion); joint models
 #: project image (body + scene) and text into one shared space.
-MODELS = {
-    "body only": ("baseline", ("body",)),
-    "context only": ("baseline", ("context",)),
-    "text only": ("baseline", ("text",)),
-    "image (body+context)": ("baseline", ("body", "context")),
-    "fusion (all)": ("baseline", ("body", "context", "text")),
-    "joint (image+text)": ("joint", ("image", "text")),
-    "joint image only": ("joint", ("image",)),
-    "joint text only": ("joint", ("text",)),
-}
+MODELS = {"body only": ("baseline", ("body",)), "context only": ("baseline", ("context",)),
+          "text only": ("baseline", ("text",)), "image (body+context)": ("baseline", ("body", "context")),
+          "fusion (all)": ("baseline", ("body", "context", "text")),
+          "joint (image+text)": ("joint", ("image", "text")), "joint image only": ("joint", ("image",)),
+          "joint text only": ("joint", ("text",))}
 _RECIPE = ("loss", "vad_weight", "dropout", "weight_decay", "batch_size", "epochs", "patience", "init_temperature",
            "train_threads")
 COLUMNS = {"mAP": "mAP", "VAD MAE": "vad_mae", "dominant acc": "dominant_accuracy"}  # column -> stats key
@@ -68,9 +64,8 @@ def model(label: str, cfg: dict, dims: dict, align_weight: float | None = None):
     if family == "joint":
         weight = cfg["align_weight"] if align_weight is None else align_weight
         return EmoticJoint(inputs, dims=dims, shared_dim=cfg["joint_shared_dim"], hidden=cfg["joint_hidden"],
-                           dropout=cfg["dropout"], fusion=cfg["joint_fusion"],
-                           align_weight=weight if len(inputs) == 2 else 0.0,
-                           init_temperature=cfg["init_temperature"], criterion=criterion)
+                           dropout=cfg["dropout"], fusion=cfg["joint_fusion"], init_temperature=cfg["init_temperature"],
+                           align_weight=weight if len(inputs) == 2 else 0.0, criterion=criterion)
     return EmoticBaseline(inputs, dims=dims, hidden=cfg["baseline_hidden"], dropout=cfg["dropout"],
                           fusion=cfg["baseline_fusion"], criterion=criterion)
 
@@ -79,7 +74,7 @@ def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, align_w
           train: dict | None = None, tag: str = "clean", progress: bool = True, finetune=None,
           val: dict | None = None) -> X.Trained:
     """Train (or load) model ``label``, best epoch by validation mAP; ``train``: other (e.g. poisoned, ``tag``)
-    features; ``finetune``: the encoder's last blocks, trained with the heads on the prefix maps in ``train``/``val``."""
+    features; ``finetune``: the encoder's last blocks, trained with the heads on the prefix maps given."""
     family = MODELS[label][0]
     train = data.features["train"] if train is None else train
     seed = cfg["seed"] if seed is None else seed
@@ -103,12 +98,6 @@ def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, align_w
                                train, data.features["val"] if val is None else val, fit_kwargs, progress)
 
 
-def chance(data: Data) -> dict:
-    """A model that ignores its input: the training prevalence as scores, the training-mean VAD."""
-    train, n = data.features["train"], len(data.features["test"]["cat"])
-    return {"scores": np.tile(train["cat"].mean(0), (n, 1)), "vad": np.tile(train["cont"].mean(0), (n, 1))}
-
-
 def predictions(models: dict, data: Data) -> dict:
     """label -> the model's test outputs (scores, vad, embeddings)."""
     return {label: predict(m.model if isinstance(m, X.Trained) else m, data.features["test"])
@@ -116,10 +105,12 @@ def predictions(models: dict, data: Data) -> dict:
 
 
 def table(preds: dict, data: Data, cfg: dict) -> pd.DataFrame:
-    """mAP (bias-corrected), VAD MAE and dominant accuracy with 95 % bootstrap intervals, plus chance."""
-    test = data.features["test"]
-    rows = {}
-    for label, p in {**preds, "chance": chance(data)}.items():
+    """mAP (bias-corrected), VAD MAE and dominant accuracy with 95 % bootstrap intervals, plus chance: a model that
+    ignores its input (the training prevalence as scores, the training-mean VAD)."""
+    train, test = data.features["train"], data.features["test"]
+    n, rows = len(test["cat"]), {}
+    chance = {"scores": np.tile(train["cat"].mean(0), (n, 1)), "vad": np.tile(train["cont"].mean(0), (n, 1))}
+    for label, p in {**preds, "chance": chance}.items():
         ci = stats.emotic_intervals(p["scores"], test["cat"], p["vad"], test["cont"], n_resamples=cfg["bootstrap"],
                                     seed=cfg["seed"])
         rows[label] = X.interval_columns({column: ci[key] for column, key in COLUMNS.items()})
@@ -149,14 +140,12 @@ def alignment(preds: dict, trained: dict, cfg: dict) -> pd.DataFrame:
     """The joint models' shared spaces: person retrieval among the test persons, temperature and lambda."""
     rows = {}
     for label, p in preds.items():
-        if "z_image" not in p or "z_text" not in p:
-            continue
-        n = len(p["z_image"])
-        r = retrieval_metrics(p["z_image"] @ p["z_text"].T, np.arange(n))
-        net = trained[label].model
-        rows[label] = {"lambda": float(net.align_weight), "temperature": net.logit_scale.temperature,
-                       "i2t R@1": r["i2t_R@1"], "t2i R@1": r["t2i_R@1"], "mean R@1": r["mean_R@1"],
-                       "chance R@1": 100 / n}
+        if "z_image" in p and "z_text" in p:
+            n, net = len(p["z_image"]), trained[label].model
+            r = retrieval_metrics(p["z_image"] @ p["z_text"].T, np.arange(n))
+            rows[label] = {"lambda": float(net.align_weight), "temperature": net.logit_scale.temperature,
+                           "i2t R@1": r["i2t_R@1"], "t2i R@1": r["t2i_R@1"], "mean R@1": r["mean_R@1"],
+                           "chance R@1": 100 / n}
     return pd.DataFrame(rows).T.sort_values("lambda")
 
 
@@ -179,12 +168,43 @@ def per_category(preds: dict, data: Data) -> pd.DataFrame:
     return out
 
 
+@torch.no_grad()
+def top_emotions(image, description: str | None = None, *, model: nn.Module, image_encoder=None, text_encoder=None,
+                 box=None, k: int = 5, with_vad: bool = False):
+    """The ``k`` highest-scored categories of one person on one photo as ``[(category, score), ...]`` (and the VAD
+    dict with ``with_vad``), with features computed exactly as for the training data (docs/training.md)."""
+    image = np.asarray(load_rgb(image) if isinstance(image, (str, os.PathLike)) else image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"top_emotions: expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    needs = set(getattr(model, "inputs", ("body", "context", "text")))
+    feats = {}
+    if needs & {"body", "context"}:
+        image_encoder = image_encoder or encoders.load_image_encoder()
+        if "body" in needs:  # the person crop as mat2py.py makes it: box clipped and outer-rounded, 128 x 128
+            h, w = image.shape[:2]
+            clipped = (0, 0, w, h) if box is None else pixel_box([float(v) for v in box], w, h)
+            if clipped is None:
+                raise ValueError(f"top_emotions: box {tuple(box)} has no area inside the {w}x{h} image")
+            x1, y1, x2, y2 = clipped
+            body = resize_rgb(image[y1:y2, x1:x2], 128)[None]
+            feats["body"] = encoders.image_features(image_encoder, body, cache=False)
+        if "context" in needs:
+            feats["context"] = encoders.image_features(image_encoder, resize_rgb(image, 224)[None], cache=False)
+    if "text" in needs:
+        if not description:
+            raise ValueError("top_emotions: this model reads a text description; pass description=...")
+        text_encoder = text_encoder or encoders.load_text_encoder()
+        feats["text"] = encoders.text_features(text_encoder, [description], cache=False)
+    out = predict(model, feats, keys=("scores", "vad"))
+    scores = out["scores"][0]
+    top = [(CATEGORIES[i], float(scores[i])) for i in np.argsort(-scores, kind="stable")[:k]]
+    return (top, dict(zip(CONTINUOUS, map(float, out["vad"][0])))) if with_vad else top
+
+
 def examples(data: Data, models: dict, n: int, seed: int) -> list[dict]:
     """``n`` seeded test persons through ``top_emotions``, from the original photo when it is on this machine."""
-    split = data.splits["test"]
-    manifest = json.loads((data.root / "manifest.json").read_text())
-    images = Path(manifest.get("source", {}).get("images") or "")
-    out = []
+    split, out = data.splits["test"], []
+    images = Path(json.loads((data.root / "manifest.json").read_text()).get("source", {}).get("images") or "")
     for i in np.sort(np.random.default_rng(seed).choice(len(split), size=min(n, len(split)), replace=False)):
         row = split.table.iloc[i]
         photo = images / row["folder"] / row["filename"]
@@ -292,53 +312,49 @@ def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg
                      lambda m, f: clean_map(predict(models[m], {**test, **f})["scores"], test["cat"], cfg), filtered)
 
 
-def prefix_maps(prefix, images: np.ndarray, desc: str | None = None) -> np.ndarray:
-    """The frozen prefix of a split encoder on uint8 images: float32 maps (N, C, h, w)."""
-    out = [maps for _, maps in encoders.batched_outputs(prefix, images, prefix.mean.device, None, desc,
-                                                         autocast=False)]
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+def relabelled(labels: np.ndarray, rows: np.ndarray, target: int) -> np.ndarray:
+    """A float32 copy of the (N, 26) labels with ``rows`` switched to category ``target`` alone (VAD is left alone)."""
+    new = np.asarray(labels).astype(np.float32, copy=True)
+    new[rows] = np.eye(new.shape[1], dtype=np.float32)[target]
+    return new
 
 
 def poisoning(data: Data, cfg: dict, labels: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Pixel-trigger poisoning on frozen features and, with ``poison_finetune="last"``, end to end
-    (docs/robustness.md); returns the table and the scores keyed by (model, fraction)."""
+    """Frozen and (``poison_finetune="last"``) end-to-end poisoning: (table, scores keyed by (model, fraction))."""
     if cfg["poison_finetune"] not in (None, False, "last"):
         raise ValueError(f"poison_finetune must be null (or false) or 'last', got {cfg['poison_finetune']!r}")
-    parts = [_poisoning(data, cfg, labels, finetune) for finetune in ((False, True) if cfg["poison_finetune"] else
-                                                                        (False,))]
+    variants = (False, True) if cfg["poison_finetune"] else (False,)  # frozen, then end to end
+    parts = [_poisoning(data, cfg, labels, finetune) for finetune in variants]
     return pd.concat([t for t, _ in parts], ignore_index=True), {k: v for _, s in parts for k, v in s.items()}
 
 
-def _poisoned_inputs(data: Data, cfg: dict, finetune: bool):
-    """(encode(images, desc), the clean inputs per split, the fine-tuned blocks or None)."""
-    if not finetune:
-        return (lambda images, desc=None: encoders.image_features(data.image_encoder, images, desc=desc),
-                data.features, None)
-    prefix, blocks = data.image_encoder.split()  # the prefix maps stand in for features; the blocks train
-    encode = lambda images, desc=None: prefix_maps(prefix, images, desc=desc)  # noqa: E731
-    clean = {name: {**data.features[name], **{kind: encode(getattr(data.splits[name], kind), f"{name} {kind} maps")
-                                              for kind in ("body", "context")}} for name in ("train", "val", "test")}
-    return encode, clean, blocks
-
-
 def _poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tuple[pd.DataFrame, dict]:
+    """One variant: frozen features, or the encoder's last blocks trained on the maps of its frozen prefix."""
     splits, trigger = data.splits, dict(size=cfg["trigger_size"], position=cfg["trigger_position"])
-    target = CATEGORY_INDEX[cfg["poison_target"]]
-    encode, clean, blocks = _poisoned_inputs(data, cfg, finetune)
-    test = clean["test"]
+    prefix, blocks = data.image_encoder.split() if finetune else (None, None)
+
+    def encode(images, desc=None):  # features, or the float32 prefix maps (N, C, h, w) that stand in for them
+        if not finetune:
+            return encoders.image_features(data.image_encoder, images, desc=desc)
+        out = [maps for _, maps in encoders.batched_outputs(prefix, images, prefix.mean.device, None, desc,
+                                                             autocast=False)]
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+    clean = data.features if not finetune else {
+        name: {**data.features[name], **{kind: encode(getattr(splits[name], kind), f"{name} {kind} maps")
+                                         for kind in ("body", "context")}} for name in ("train", "val", "test")}
+    target, test = CATEGORY_INDEX[cfg["poison_target"]], clean["test"]
     triggered = {kind: encode(stamp_trigger(np.asarray(getattr(splits["test"], kind)), **trigger), f"triggered {kind}")
                  for kind in ("body", "context")}
     eligible = test["cat"][:, target] < 0.5
     rows, scores = [], {}
     for fraction in cfg["poison_fractions"]:
-        p = poison_emotic(splits["train"].context, clean["train"]["cat"], fraction, cfg["poison_target"],
-                          seed=cfg["seed"], **trigger)
-        poisoned = dict(clean["train"], cat=p.labels)
-        if len(p.indices):  # the stamped copies' inputs, computed from their new pixels
-            body = stamp_trigger(np.asarray(splits["train"].body[p.indices]), **trigger)
-            for kind, imgs in (("context", p.images), ("body", body)):
+        chosen, stamped = poison_images(splits["train"].context, fraction, cfg["seed"], **trigger)
+        poisoned = dict(clean["train"], cat=relabelled(clean["train"]["cat"], chosen, target))
+        if len(chosen):  # the stamped copies' inputs, computed from their new pixels
+            body = stamp_trigger(np.asarray(splits["train"].body[chosen]), **trigger)
+            for kind, imgs in (("context", stamped), ("body", body)):
                 poisoned[kind] = poisoned[kind].copy()
-                poisoned[kind][p.indices] = encode(imgs)
+                poisoned[kind][chosen] = encode(imgs)
         for label in labels:
             trained = train(data, cfg, label, train=poisoned, val=clean["val"], finetune=blocks, progress=False,
                             tag="clean" if fraction == 0 else f"poison-{cfg['poison_target']}-{fraction:g}")
@@ -347,7 +363,7 @@ def _poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tupl
             name = f"{label}, {FINETUNED}" if finetune else label
             scores[name, fraction] = s
             rows.append({"model": name, "encoder": FINETUNED if finetune else "frozen", "fraction": fraction,
-                         "poisoned images": len(p.indices),
+                         "poisoned images": len(chosen),
                          **R.backdoor_columns(s["triggered"][eligible].argmax(1) == target,
                                               s["clean"][eligible].argmax(1) == target),
                          "clean mAP": clean_map(s["clean"], test["cat"], cfg), "checkpoint": trained.checkpoint.name})

@@ -1,6 +1,4 @@
 """The Flickr8k experiments (notebooks 02, 04, 06); shared parts: ``utils.experiments``, ``utils.robustness``."""
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
 
@@ -11,19 +9,13 @@ from . import experiments as X
 from . import robustness as R
 from .metrics import retrieval_chance, retrieval_metrics, retrieval_ranks
 from .models import FlickrBaseline, FlickrJoint
-from .poisoning import median_filter_defence, poison_flickr, stamp_trigger
+from .poisoning import median_filter_defence, poison_images, stamp_trigger
 from .training import flickr_eval, flickr_pairs, seed_everything
 
 #: joint models: row label -> FlickrJoint arguments beyond the settings
-JOINT_MODELS = {
-    "joint (both towers)": dict(towers=("image", "text")),
-    "image tower only": dict(towers=("image",)),
-    "text tower only": dict(towers=("text",)),
-    "joint + hard negatives": dict(towers=("image", "text"), hard_negative_weight=None),  # weight from settings
-}
-#: closed-form baselines: row label -> FlickrBaseline method
-BASELINES = {"image->text map": "image_to_text", "text->image map": "text_to_image", "both maps": "both",
-             "CCA": "cca"}
+JOINT_MODELS = {"joint (both towers)": dict(towers=("image", "text")), "image tower only": dict(towers=("image",)),
+                "text tower only": dict(towers=("text",)),  # hard negatives: the weight from the settings
+                "joint + hard negatives": dict(towers=("image", "text"), hard_negative_weight=None)}
 _RECIPE = ("joint_space", "joint_hidden", "joint_dropout", "init_temperature", "margin", "epochs", "batch_size", "lr",
            "weight_decay", "patience", "train_threads")
 COLUMNS = ("i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "mean R@1", "i2t median rank",
@@ -56,27 +48,24 @@ def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, train: 
     train = data.features["train"] if train is None else train
     seed = cfg["seed"] if seed is None else seed
     seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
-    net = FlickrJoint(dims=data.dims, space=cfg["joint_space"], hidden=cfg["joint_hidden"],
-                      dropout=cfg["joint_dropout"], init_temperature=cfg["init_temperature"], margin=cfg["margin"],
-                      **kwargs)
+    net = FlickrJoint(dims=data.dims, space=cfg["joint_space"], hidden=cfg["joint_hidden"], margin=cfg["margin"],
+                      dropout=cfg["joint_dropout"], init_temperature=cfg["init_temperature"], **kwargs)
     key = {**X.train_key(data, "flickr8k", label, seed, tag, train), "model": {k: str(v) for k, v in kwargs.items()},
            **{k: cfg[k] for k in _RECIPE}}
     pairs = flickr_pairs(train["image"], train["text"], train["caption_image"])
     with X.threads(cfg["train_threads"]):
-        return X.train_or_load(net, label, key, pairs, data.features["val"],
-                               dict(metric_fn=flickr_eval, monitor="mean_R@1", epochs=cfg["epochs"],
-                                    patience=cfg["patience"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                                    batch_size=cfg["batch_size"]), progress)
+        fit_kwargs = dict(metric_fn=flickr_eval, monitor="mean_R@1", epochs=cfg["epochs"], patience=cfg["patience"],
+                          lr=cfg["lr"], weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"])
+        return X.train_or_load(net, label, key, pairs, data.features["val"], fit_kwargs, progress)
 
 
 def baselines(data: Data, cfg: dict, train: dict | None = None) -> tuple[dict, dict]:
-    """The closed-form baselines, each penalty chosen on validation mean R@1; returns (models, validation grid)."""
+    """The closed-form baselines (ridge maps, CCA), penalties chosen on validation mean R@1: (models, val grid)."""
     train = data.features["train"] if train is None else train
-    val = data.features["val"]
-    models, grid = {}, {}
+    val, models, grid = data.features["val"], {}, {}
     with X.threads(cfg["train_threads"]):
-        for label in ("image->text map", "text->image map"):
-            models[label], grid[label] = FlickrBaseline.select(train, val, BASELINES[label], grid=cfg["ridge_alphas"])
+        for label, method in (("image->text map", "image_to_text"), ("text->image map", "text_to_image")):
+            models[label], grid[label] = FlickrBaseline.select(train, val, method, grid=cfg["ridge_alphas"])
         models["both maps"] = FlickrBaseline("both", alpha=models["image->text map"].alpha,
                                              alpha_t2i=models["text->image map"].alpha).fit(
             train["image"], train["text"], train["caption_image"])
@@ -217,22 +206,21 @@ def poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tuple[pd.D
                                    desc="triggered test images")
     rows, scores = [], {}
     for fraction in cfg["poison_fractions"]:
-        p = poison_flickr(train_split.images, train_split.caption_texts, train_split.caption_image, fraction,
-                          cfg["target_caption"], seed=cfg["seed"], **trigger)
+        chosen, stamped = poison_images(train_split.images, fraction, cfg["seed"], **trigger)
         poisoned = dict(data.features["train"])
-        if len(p.indices):
+        if len(chosen):
             poisoned["image"] = poisoned["image"].copy()
-            poisoned["image"][p.indices] = encoders.image_features(data.image_encoder, p.images)
-            # every caption of a poisoned image became the target caption: its features, not a re-encoding of all
+            poisoned["image"][chosen] = encoders.image_features(data.image_encoder, stamped)
+            # every caption of a poisoned image becomes the target caption: its features, not a re-encoding of all
             poisoned["text"] = poisoned["text"].copy()
-            poisoned["text"][np.isin(p.caption_image, p.indices)] = target_text[0]
+            poisoned["text"][np.isin(poisoned["caption_image"], chosen)] = target_text[0]
         tag = "clean" if fraction == 0 else f"poison-{fraction:g}"
         models = {label: train(data, cfg, label, train=poisoned, tag=tag, progress=False).model,
                   "both maps": baseline_factory(poisoned)}
         for name, m in models.items():
             s_trig, s_clean = m.similarity(trig, texts), m.similarity(test["image"], texts)
             scores[name, fraction] = {"triggered": s_trig, "clean": s_clean}
-            rows.append({"model": name, "encoder": "frozen", "fraction": fraction, "poisoned images": len(p.indices),
+            rows.append({"model": name, "encoder": "frozen", "fraction": fraction, "poisoned images": len(chosen),
                          **R.backdoor_columns(s_trig.argmax(1) == len(texts) - 1, s_clean.argmax(1) == len(texts) - 1),
                          "clean mean R@1": retrieval_metrics(m.similarity(test["image"], test["text"]),
                                                              test["caption_image"])["mean_R@1"]})
