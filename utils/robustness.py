@@ -25,7 +25,7 @@ def model_key(model) -> str:
     if isinstance(model, torch.nn.Module):
         state = model.state_dict()
         return store.key(list(state), *(v.detach().cpu().numpy() for v in state.values()))
-    fitted = [getattr(model, name) for name in ("img_scaler", "txt_scaler", "i2t", "t2i", "cca") if hasattr(model, name)]
+    fitted = [getattr(model, a) for a in ("img_scaler", "txt_scaler", "i2t", "t2i", "cca") if hasattr(model, a)]
     return store.key(model.method, *(a for est in fitted for _, a in sorted(vars(est).items())
                                      if isinstance(a, np.ndarray)))
 
@@ -55,8 +55,7 @@ def members(cfg: dict) -> dict:
     for member, method in MEMBERS[cfg["attack_method"]].items():
         kw = dict(method=method, seed=cfg["attack_seed"])
         if method == "sparse-pgd":  # its own (smaller) batch: the backward pass keeps the activations
-            restarts = cfg["attack_restarts"]
-            kw.update(restarts=restarts, queries=STEP_COST * restarts * cfg["attack_steps"])
+            kw.update(restarts=cfg["attack_restarts"], queries=STEP_COST * cfg["attack_restarts"] * cfg["attack_steps"])
         else:
             kw.update(queries=cfg["attack_queries"], batch_size=cfg["attack_batch"], precision=cfg["attack_precision"])
         if method == "de":
@@ -343,12 +342,6 @@ def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> 
     return out
 
 
-def successes(needed: dict) -> list:
-    """Every confirmed success as (model, k, AttackResult), smallest k first."""
-    return [(label, k, r) for label, pn in needed.items() for k, rep in sorted(pn.reports.items())
-            for r in rep.results if r.success]
-
-
 def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray) -> pd.DataFrame:
     """Per model: items fooled without the filter, and how many one of their images still fools through it."""
     rows = {}
@@ -357,7 +350,7 @@ def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray) -> p
                for r in rep.results if r.success]
         still = set()
         if won:
-            adv = A.apply_pixels(images[[r.row for r in won]], _padded([r.pixels for r in won]))
+            adv = np.stack([A.apply_pixels(images[[r.row]], r.pixels[None])[0] for r in won])
             rws = np.array([r.row for r in won])
             fooled = ~A.correct_top1(A.score_images(pipe, adv, rws, batch_size=32), pipe.truth(rws))
             still = set(rws[fooled].tolist())
@@ -373,9 +366,6 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
             if other is not None and other.settings != rep.settings:
                 raise ValueError(f"utils/robustness.py: the adaptive attack on {key} at k={k} ran with "
                                  f"{other.settings}, the attack it is compared with with {rep.settings}")
-    if {key for key in adaptive} != {key for key in runs}:
-        raise ValueError(f"utils/robustness.py: adaptive searches {sorted(adaptive)} are not those of the attack "
-                         f"{sorted(runs)}")
     rows = {}
     for label in defended:
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
@@ -400,7 +390,8 @@ def defence(pipelines: dict, attack: AttackRun, images: np.ndarray, rows: np.nda
 
 def gallery(images, needed: dict, n: int, describe, item: str, title: str, path=None, own=None):
     """The first ``n`` successful attacks: image and ``describe(scores)`` before and after, the changed pixels."""
-    wins = successes(needed)[:n]
+    wins = [(label, k, r) for label, pn in needed.items() for k, rep in sorted(pn.reports.items())
+            for r in rep.results if r.success][:n]  # every confirmed success, smallest k first
     if not wins:
         return None
     kw = {} if own is None else {f"own_{w}": [own(getattr(r, f"scores_{w}"), r.row) for _, _, r in wins]
@@ -421,22 +412,16 @@ def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: 
     return defended, pixels_needed(defended, images, rows, {**cfg, "pixels": [max(cfg["pixels"])]})
 
 
-def _padded(pixel_lists) -> np.ndarray:
-    out = np.full((len(pixel_lists), max(map(len, pixel_lists)), 5), -1, np.int64)
-    for i, p in enumerate(pixel_lists):
-        out[i, :len(p)] = p
-    return out
-
-
 def backdoor_columns(hit: np.ndarray, control: np.ndarray) -> dict:
     """Backdoor success and control with Wilson intervals, the trigger's effect (paired interval), McNemar's p."""
     out = {}
     for column, won in (("backdoor success %", hit), ("target top-1 on clean images %", control)):
         r = stats.success_rate_interval(int(won.sum()), len(won))
         out.update({column: r["estimate"], f"{column} low": r["low"], f"{column} high": r["high"]})
-    d = stats.paired_rate_difference(hit, control) if len(hit) else {"difference": np.nan, "low": np.nan, "high": np.nan}
-    out.update({"trigger effect (points)": d["difference"], "trigger effect low": d["low"],
-                "trigger effect high": d["high"], "trigger adds (McNemar p)": stats.mcnemar_exact(hit, control)["p_value"]})
+    d = stats.paired_rate_difference(hit, control) if len(hit) else dict.fromkeys(("difference", "low", "high"),
+                                                                                    np.nan)
+    out.update({"trigger effect (points)": d["difference"], "trigger effect low": d["low"], "trigger effect high":
+                d["high"], "trigger adds (McNemar p)": stats.mcnemar_exact(hit, control)["p_value"]})
     return out
 
 
@@ -444,9 +429,8 @@ def _rate(r, column: str = "success %") -> str:
     return f"{r[column]:.0f} % (95 % interval {r[f'{column} low']:.0f} to {r[f'{column} high']:.0f} %)"
 
 
-def attack_lines(attacks: AttackRun, cfg: dict, items: str) -> list[str]:
+def attack_lines(attacks: AttackRun, k_max: int, items: str) -> list[str]:
     """Per model: share fooled at the largest k by the attack and each member, median k, budget status."""
-    k_max = max(cfg["pixels"])
     show = lambda v: f"> {k_max}" if np.isinf(v) else f"{v:g}"  # noqa: E731
     members_at_max = attacks.member_curve[attacks.member_curve.pixels == k_max]
     lines = []
@@ -471,15 +455,12 @@ def attack_lines(attacks: AttackRun, cfg: dict, items: str) -> list[str]:
 
 def defence_lines(defence: pd.DataFrame, metric: str, items: str, k_max: int) -> list[str]:
     """Per model: the filter's price in clean accuracy, the transfer and the adaptive attack."""
-    lines = []
-    for m, r in defence.iterrows():
-        rising = "" if r["adaptive settled"] else "; a lower bound: success still rising in the last half of the budget"
-        lines.append(f"median filter, {m}: clean {metric} {r[f'clean {metric}']:.1f} -> "
-                     f"{r[f'clean {metric}, filtered']:.1f}; transfer: {int(r['still fooled behind the filter'])} of the "
-                     f"{int(r['fooled'])} {items} fooled without the filter are still fooled through it; adaptive attack "
-                     f"({r['budget']}, gradients straight through the filter): {_rate(r, 'adaptive %')} of "
-                     f"{int(r['adaptive: attacked'])} {items} fooled with at most {k_max} pixels{rising}")
-    return lines
+    rising = "; a lower bound: success still rising in the last half of the budget"
+    return [f"median filter, {m}: clean {metric} {r[f'clean {metric}']:.1f} -> {r[f'clean {metric}, filtered']:.1f}; "
+            f"transfer: {int(r['still fooled behind the filter'])} of the {int(r['fooled'])} {items} fooled without "
+            f"the filter are still fooled through it; adaptive attack ({r['budget']}, gradients straight through the "
+            f"filter): {_rate(r, 'adaptive %')} of {int(r['adaptive: attacked'])} {items} fooled with at most {k_max} "
+            f"pixels{'' if r['adaptive settled'] else rising}" for m, r in defence.iterrows()]
 
 
 def poisoning_lines(poisoning: pd.DataFrame, cfg: dict, metric: str, items: str) -> list[str]:
@@ -497,8 +478,9 @@ def robustness_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd
     """The sentences of notebooks 05 and 06 (clean metric: mAP for Emotic, mean R@1 for Flickr8k)."""
     metric = "mAP" if "clean mAP" in defence.columns else "mean R@1"
     items = "persons" if metric == "mAP" else "images"
-    at_max = attacks.curve[attacks.curve.pixels == max(cfg["pixels"])].set_index("model")
-    lines = (attack_lines(attacks, cfg, items) + attacks.sentences + defence_lines(defence, metric, items, max(cfg["pixels"]))
+    k_max = max(cfg["pixels"])
+    at_max = attacks.curve[attacks.curve.pixels == k_max].set_index("model")
+    lines = (attack_lines(attacks, k_max, items) + attacks.sentences + defence_lines(defence, metric, items, k_max)
              + poisoning_lines(poisoning, cfg, metric, items))
     targets = {"attacked": {m: int(r["attacked"]) for m, r in at_max.iterrows()},
                "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()},

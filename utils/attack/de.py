@@ -25,27 +25,23 @@ class DEImage:
     found_scores: np.ndarray | None = None  # its fp32 scores
 
 
-def bounds(h: int, w: int, k: int) -> np.ndarray:
-    return np.tile(np.array([w - 1, h - 1, 255, 255, 255], dtype=np.float64), k)
-
-
 def decode(vec: np.ndarray, k: int) -> np.ndarray:
     """Continuous DE vectors (..., 5k), already within bounds -> integer pixels (..., k, 5)."""
     return np.rint(vec).astype(np.int64).reshape(*vec.shape[:-1], k, 5)
 
 
-def initial_population(rng: np.random.Generator, popsize: int, h: int, w: int, k: int,
+def initial_population(rng: np.random.Generator, popsize: int, upper: np.ndarray, k: int,
                        init: np.ndarray | None = None) -> np.ndarray:
-    """Su et al.: positions uniform, colours ~ N(128, 127), clipped; ``init`` (<=k, 5) starts member 0."""
+    """Su et al.: positions uniform, colours ~ N(128, 127), clipped to ``upper``; ``init`` starts member 0."""
     pop = np.empty((popsize, 5 * k))
-    pop[:, 0::5] = rng.uniform(0, w - 1, (popsize, k))
-    pop[:, 1::5] = rng.uniform(0, h - 1, (popsize, k))
+    pop[:, 0::5] = rng.uniform(0, upper[0], (popsize, k))
+    pop[:, 1::5] = rng.uniform(0, upper[1], (popsize, k))
     for c in (2, 3, 4):
         pop[:, c::5] = rng.normal(128, 127, (popsize, k))
     if init is not None:
         init = np.asarray(init)[np.asarray(init)[:, 0] >= 0][:k]
         pop[0, :5 * len(init)] = init.reshape(-1)
-    return np.clip(pop, 0.0, bounds(h, w, k))
+    return np.clip(pop, 0.0, upper)
 
 
 def mutants(rng: np.random.Generator, pop: np.ndarray, f: float, upper: np.ndarray) -> np.ndarray:
@@ -125,12 +121,12 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
         raise ValueError(f"{WHERE}: need popsize >= 4 (DE/rand/1 draws 3 others) and generations >= 0")
     scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
     h, w = scorer.images.shape[1:3]
-    k, upper = pixels, bounds(h, w, pixels)
+    k, upper = pixels, np.tile(np.array([w - 1, h - 1, 255, 255, 255], dtype=np.float64), pixels)
     settings = dict(method="de", pixels=k, popsize=popsize, generations=generations, F=F,
                     batch_size=scorer.batch_size, channels_last=pipeline.channels_last, seed=seed, precision=precision,
                     compile=False, strategy="DE/rand/1, no crossover, child replaces parent if <=")
     states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(scorer.rows[i])])),
-                      pop=initial_population(rng, popsize, h, w, k, None if init is None else init[i]))
+                      pop=initial_population(rng, popsize, upper, k, None if init is None else init[i]))
               for i in np.flatnonzero(scorer.attacked)]
     _evolve(scorer, states, k, generations, F, upper)
     # final pixels: the confirmed success, else the population's best (scored in fp32 by assemble_report)
