@@ -45,6 +45,7 @@ def pipelines(data, models: dict, cls, *side) -> dict:
 #: searches by member name per ``attack_method`` (an ensemble's result is its members' worst case per item)
 MEMBERS = {"ensemble": {"white-box": "sparse-pgd", "black-box": "sparse"}, "sparse": {"black-box": "sparse"},
            "de": {"black-box": "de"}, "sparse-pgd": {"white-box": "sparse-pgd"}}
+PER_ITEM = ("rows", "attacked", "k_needed", "queries")  # a ``PixelsNeeded``'s per-item arrays, as saved
 
 
 def members(cfg: dict) -> dict:
@@ -115,9 +116,8 @@ def needed_from_arrays(arrays, images: np.ndarray | None = None, where: str = "a
             reports = {k: A.from_arrays(arrays, f"{s}_k{k}", None if images is None else
                                         np.asarray(images)[arrays[f"{s}_k{k}_rows"]])
                        for k in schedule if f"{s}_k{k}_rows" in arrays}
-            out[label] = A.PixelsNeeded(rows=arrays[f"{s}_rows"], attacked=arrays[f"{s}_attacked"],
-                                        k_needed=arrays[f"{s}_k_needed"], queries=arrays[f"{s}_queries"],
-                                        schedule=schedule, reports=reports)
+            out[label] = A.PixelsNeeded(**{f: arrays[f"{s}_{f}"] for f in PER_ITEM}, schedule=schedule,
+                                        reports=reports)
         except KeyError as e:
             raise ValueError(f"{where}: the arrays of model {label!r} are incomplete ({e})") from e
     return out
@@ -169,7 +169,7 @@ def merge_needed(parts: list[dict]) -> dict:
                 reports[k] = A.AttackReport(results=[r for rep in reps for r in rep.results], settings=reps[0].settings,
                                             **{f: sum(getattr(r, f) for r in reps) for f in
                                                ("seconds", "model_queries", "search_seconds", "model_seconds")})
-        cat = {f: np.concatenate([getattr(p, f) for p in ps]) for f in ("rows", "attacked", "k_needed", "queries")}
+        cat = {f: np.concatenate([getattr(p, f) for p in ps]) for f in PER_ITEM}
         merged[label] = A.PixelsNeeded(**cat, schedule=ps[0].schedule, reports=reports)
     return merged
 
@@ -227,7 +227,7 @@ def summarise(runs: dict, labels: list, cfg: dict, pairs: list) -> AttackRun:
     sentences = [paired_sentence(paired, a, b, status, budget_statement(cfg)) for a, b in pairs]
     return AttackRun(runs, needed, budget_statement(cfg), status, success_table(needed), member_curve,
                      median_pixels(needed, cfg), paired, list(pairs), sentences,
-                     [pair_verdict(paired, a, b, status) for a, b in pairs])
+                     [pair_verdict(paired, a, b, status)[2] for a, b in pairs])
 
 
 def attack_models(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, pairs: list, title: str,
@@ -294,33 +294,24 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
 NO_VERDICT = "no model is declared more robust"
 
 
-def _pair(tests: pd.DataFrame, a: str, b: str):
-    """The pair's tests by k, or None when no item was attacked by both."""
+def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None) -> tuple:
+    """The pair's tests by k (None when no item was attacked by both), its models whose budget has not settled, and
+    the verdict: declared only when both budgets settled and the Holm-adjusted test at the largest k is significant."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
-    return None if part.empty or part["items"].iloc[0] == 0 else part
-
-
-def _rising(status: pd.DataFrame | None, *models: str) -> list:
-    return [m for m in models if status is not None and not bool(status.loc[m, "settled"])]
-
-
-def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None) -> str:
-    """Declared only when both budgets settled and the Holm-adjusted test at the largest k is significant."""
-    part = _pair(tests, a, b)
-    if part is None:
-        return "no item was attacked by both"
-    row = part.iloc[-1]
-    if _rising(status, a, b) or not row["p (Holm)"] < 0.05:
-        return NO_VERDICT
-    return f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
+    if part.empty or part["items"].iloc[0] == 0:
+        return None, [], "no item was attacked by both"
+    row, rising = part.iloc[-1], [m for m in (a, b) if status is not None and not bool(status.loc[m, "settled"])]
+    if rising or not row["p (Holm)"] < 0.05:
+        return part, rising, NO_VERDICT
+    return part, rising, f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
 
 
 def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = "") -> str:
     """A pair's counts and test at the largest k, why no model is declared more robust if none is, the verdict."""
-    part, verdict = _pair(tests, a, b), pair_verdict(tests, a, b, status)
+    part, rising, verdict = pair_verdict(tests, a, b, status)
     if part is None:
         return f"{a} vs {b}: {verdict}"
-    row, rising = part.iloc[-1], _rising(status, a, b)
+    row = part.iloc[-1]
     reason = (f"; success still rising in the last half of the budget for {' and '.join(rising)}: not settled at "
               f"this budget, the rates are lower bounds" if rising else
               "; no detectable difference" if verdict == NO_VERDICT else "")
@@ -335,8 +326,7 @@ def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> 
     out = {}
     for label, pn in {**runs, **(needed or {})}.items():
         s = slug(prefix + label)
-        out.update({f"{s}_rows": pn.rows, f"{s}_attacked": pn.attacked, f"{s}_k_needed": pn.k_needed,
-                    f"{s}_queries": pn.queries, f"{s}_schedule": np.array(pn.schedule, np.int64)})
+        out.update({**{f"{s}_{f}": getattr(pn, f) for f in PER_ITEM}, f"{s}_schedule": np.array(pn.schedule, np.int64)})
         for k, rep in pn.reports.items():
             out.update(A.to_arrays(rep, f"{s}_k{k}"))
     return out

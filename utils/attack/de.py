@@ -137,21 +137,20 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
 
 
 def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: float, upper: np.ndarray) -> None:
-    """Score the initial populations, then run the generations; a child replaces its parent if at least as good."""
-    decoded = [decode(st.pop, k) for st in states]
-    scored = score_unique(scorer, states, decoded)
-    settle(scorer, states, decoded, scored)
-    for st, d, s in zip(states, decoded, scored):
-        st.fit, st.keys = s[0], [c.tobytes() for c in d]
-    for _ in range(generations):
+    """Score the initial populations (generation 0), then run the generations; a child replaces its parent if at
+    least as good."""
+    for generation in range(generations + 1):
         active = [st for st in states if st.found is None]
         if not active:
             break
-        children = [mutants(st.rng, st.pop, F, upper) for st in active]
+        children = [mutants(st.rng, st.pop, F, upper) if generation else st.pop for st in active]
         decoded = [decode(c, k) for c in children]
         scored = score_unique(scorer, active, decoded)
         settle(scorer, active, decoded, scored)
         for st, child, d, (fit, *_) in zip(active, children, decoded, scored):
+            if not generation:
+                st.fit, st.keys = fit, [c.tobytes() for c in d]
+                continue
             better = fit <= st.fit
             st.pop[better], st.fit[better] = child[better], fit[better]
             st.keys = [d[j].tobytes() if better[j] else st.keys[j] for j in range(len(fit))]

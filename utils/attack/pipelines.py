@@ -19,6 +19,7 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.floa
 
 class PixelPipeline:
     """Maps float images (B,3,H,W) in [0,1] and their rows to scores (B,S) (docs/attacks.md, "Pipelines")."""
+    labels: np.ndarray | None = None  # (rows, S) bool: the true score entries of each row, when known
 
     def __init__(self, *modules: torch.nn.Module, channels_last: bool = True):
         self.modules = tuple(m for m in modules if isinstance(m, torch.nn.Module))
@@ -40,7 +41,9 @@ class PixelPipeline:
 
     def truth(self, rows: np.ndarray) -> np.ndarray:
         """Boolean (len(rows), S): which score entries count as correct for each row."""
-        raise NotImplementedError
+        if self.labels is None:
+            raise ValueError(f"utils/attack/pipelines.py: {type(self).__name__} needs labels= (or pass truth=)")
+        return self.labels[np.asarray(rows)]
 
 
 class ClassifierPixelPipeline(PixelPipeline):
@@ -49,13 +52,10 @@ class ClassifierPixelPipeline(PixelPipeline):
     def __init__(self, model: torch.nn.Module, labels: Sequence[int], n_classes: int, channels_last: bool = True):
         super().__init__(model, channels_last=channels_last)
         self.model, self.n_classes = model, int(n_classes)
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels = np.eye(self.n_classes, dtype=bool)[np.asarray(labels, dtype=np.int64)]
 
     def scores(self, x, rows, changed_xy=None):
         return self.model(x).float()
-
-    def truth(self, rows):
-        return np.eye(self.n_classes, dtype=bool)[self.labels[np.asarray(rows)]]
 
 
 class EmoticPixelPipeline(PixelPipeline):
@@ -113,11 +113,6 @@ class EmoticPixelPipeline(PixelPipeline):
         out = self.head(**feats)  # the project's heads return a dict, others logits or (logits, vad)
         out = out["logits"] if isinstance(out, Mapping) else out[0] if isinstance(out, (tuple, list)) else out
         return out[..., :26].float()
-
-    def truth(self, rows):
-        if self.labels is None:
-            raise ValueError("utils/attack/pipelines.py: EmoticPixelPipeline needs labels= (or pass truth=)")
-        return self.labels[np.asarray(rows)]
 
 
 class FlickrPixelPipeline(PixelPipeline):
