@@ -339,10 +339,7 @@ class MedianDefended(PixelPipeline):
             raise ValueError(f"utils/attack/pipelines.py: median filter size must be odd and positive, got {size}")
         # no super().__init__: the wrapped pipeline has already set its modules' mode and layout
         self.inner, self.size, self.filter = pipeline, int(size), MedianFilter(int(size))
-
-    @property
-    def modules(self):
-        return self.inner.modules
+        self.modules = pipeline.modules
 
     @property
     def channels_last(self) -> bool:  # the wrapped pipeline's, also when a batch-size probe switches the layout

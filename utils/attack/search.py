@@ -3,7 +3,6 @@ k with work reused across k (docs/attacks.md)."""
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -77,7 +76,7 @@ def attack(pipeline: PixelPipeline, images: np.ndarray, rows=None, k: int = 1, m
     return METHODS[method](pipeline, images, rows, pixels=int(k), **budget)
 
 
-@dataclass
+@dataclasses.dataclass
 class PixelsNeeded:
     """Per image, the smallest k of the schedule at which the attack succeeded (-1: none, or not attacked)."""
     rows: np.ndarray  # (N,)
