@@ -264,8 +264,7 @@ def median_pixels(needed: dict, cfg: dict) -> pd.DataFrame:
                                       seed=cfg["seed"])
         shown = {key: np.inf if ci[key] >= over else ci[key] for key in ("estimate", "low", "high")}  # inf: > k_max
         rows[label] = {"attacked": int(len(k)), "median pixels": shown["estimate"], "low": shown["low"],
-                       "high": shown["high"],
-                       "fooled within schedule %": 100 * float((k < over).mean()),
+                       "high": shown["high"], "fooled within schedule %": 100 * float((k < over).mean()),
                        "mean queries per item": float(pn.queries[pn.attacked].mean())}
     return pd.DataFrame(rows).T
 
