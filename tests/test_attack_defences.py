@@ -104,5 +104,5 @@ def test_both_members_attack_the_defended_pipeline_with_the_same_budget(photos):
 def test_bad_size_is_refused():
     pipe = ClassifierPixelPipeline(tiny_net(), [0], 3)
     for size in (0, 2, -3):
-        with pytest.raises(ValueError, match="defences.py: size must be odd and positive"):
+        with pytest.raises(ValueError, match="pipelines.py: median filter size must be odd and positive"):
             median_defended(pipe, size)

@@ -13,7 +13,7 @@ from utils.attack import (METHODS, ClassifierPixelPipeline, EmoticPixelPipeline,
                           score_images, sparse_pgd, to_arrays)
 from utils.attack.sparse_pgd import STEP_COST, project_mask
 
-ensemble_module = importlib.import_module("utils.attack.ensemble")  # the package's name `ensemble` is the function
+search_module = importlib.import_module("utils.attack.search")  # where `ensemble` calls `sparse_rs`
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 BUDGET = dict(steps=30, restarts=2)
 
@@ -160,13 +160,13 @@ def test_ensemble_runs_the_black_box_member_only_on_what_the_white_box_member_le
     labels[[0, 5]] = (labels[[0, 5]] + 1) % 3  # two images not attacked at all
     pipe = ClassifierPixelPipeline(net, labels, 3)
     seen = []
-    real = ensemble_module.sparse_rs
+    real = search_module.sparse_rs
 
     def spy(pipeline, images, rows, truth, **kw):
         seen.append(np.asarray(rows).copy())
         return real(pipeline, images, rows, truth, **kw)
 
-    monkeypatch.setattr(ensemble_module, "sparse_rs", spy)
+    monkeypatch.setattr(search_module, "sparse_rs", spy)
     white = sparse_pgd(pipe, imgs, pixels=2, steps=5, restarts=1).table()
     rep = ensemble(pipe, imgs, pixels=2, queries=300, steps=5, restarts=1)
     t = rep.table()

@@ -207,10 +207,10 @@ def test_a_success_in_the_last_half_of_the_budget_makes_the_difference_not_settl
                                      "budget, the rates are lower bounds): no model is declared more robust")
     assert "b is fooled less often" not in run.sentences[0] and "sparse search, 24 queries per k" in run.sentences[0]
     assert "p = 0.00024" in run.sentences[0] and "Holm-adjusted over 3 k: 0.00073" in run.sentences[0]
-    line = R.attack_lines(run, CFG, "persons")[0]
+    line = R.attack_lines(run, max(CFG["pixels"]), "persons")[0]
     assert line.startswith("a (sparse search, 24 queries per k): 93 % (95 % interval")
     assert "a lower bound: 1 of the 3 persons first fooled at 16 pixels" in line
-    assert "settled: no success came in the last half" in R.attack_lines(run, CFG, "persons")[1]
+    assert "settled: no success came in the last half" in R.attack_lines(run, max(CFG["pixels"]), "persons")[1]
 
 
 def test_an_ensemble_is_late_only_when_every_member_that_fooled_the_item_was_late():

@@ -25,7 +25,7 @@ def model_key(model) -> str:
     if isinstance(model, torch.nn.Module):
         state = model.state_dict()
         return store.key(list(state), *(v.detach().cpu().numpy() for v in state.values()))
-    fitted = [getattr(model, name) for name in ("img_scaler", "txt_scaler", "i2t", "t2i", "cca") if hasattr(model, name)]
+    fitted = [getattr(model, a) for a in ("img_scaler", "txt_scaler", "i2t", "t2i", "cca") if hasattr(model, a)]
     return store.key(model.method, *(a for est in fitted for _, a in sorted(vars(est).items())
                                      if isinstance(a, np.ndarray)))
 
@@ -45,6 +45,7 @@ def pipelines(data, models: dict, cls, *side) -> dict:
 #: searches by member name per ``attack_method`` (an ensemble's result is its members' worst case per item)
 MEMBERS = {"ensemble": {"white-box": "sparse-pgd", "black-box": "sparse"}, "sparse": {"black-box": "sparse"},
            "de": {"black-box": "de"}, "sparse-pgd": {"white-box": "sparse-pgd"}}
+PER_ITEM = ("rows", "attacked", "k_needed", "queries")  # a ``PixelsNeeded``'s per-item arrays, as saved
 
 
 def members(cfg: dict) -> dict:
@@ -55,8 +56,7 @@ def members(cfg: dict) -> dict:
     for member, method in MEMBERS[cfg["attack_method"]].items():
         kw = dict(method=method, seed=cfg["attack_seed"])
         if method == "sparse-pgd":  # its own (smaller) batch: the backward pass keeps the activations
-            restarts = cfg["attack_restarts"]
-            kw.update(restarts=restarts, queries=STEP_COST * restarts * cfg["attack_steps"])
+            kw.update(restarts=cfg["attack_restarts"], queries=STEP_COST * cfg["attack_restarts"] * cfg["attack_steps"])
         else:
             kw.update(queries=cfg["attack_queries"], batch_size=cfg["attack_batch"], precision=cfg["attack_precision"])
         if method == "de":
@@ -116,9 +116,8 @@ def needed_from_arrays(arrays, images: np.ndarray | None = None, where: str = "a
             reports = {k: A.from_arrays(arrays, f"{s}_k{k}", None if images is None else
                                         np.asarray(images)[arrays[f"{s}_k{k}_rows"]])
                        for k in schedule if f"{s}_k{k}_rows" in arrays}
-            out[label] = A.PixelsNeeded(rows=arrays[f"{s}_rows"], attacked=arrays[f"{s}_attacked"],
-                                        k_needed=arrays[f"{s}_k_needed"], queries=arrays[f"{s}_queries"],
-                                        schedule=schedule, reports=reports)
+            out[label] = A.PixelsNeeded(**{f: arrays[f"{s}_{f}"] for f in PER_ITEM}, schedule=schedule,
+                                        reports=reports)
         except KeyError as e:
             raise ValueError(f"{where}: the arrays of model {label!r} are incomplete ({e})") from e
     return out
@@ -170,7 +169,7 @@ def merge_needed(parts: list[dict]) -> dict:
                 reports[k] = A.AttackReport(results=[r for rep in reps for r in rep.results], settings=reps[0].settings,
                                             **{f: sum(getattr(r, f) for r in reps) for f in
                                                ("seconds", "model_queries", "search_seconds", "model_seconds")})
-        cat = {f: np.concatenate([getattr(p, f) for p in ps]) for f in ("rows", "attacked", "k_needed", "queries")}
+        cat = {f: np.concatenate([getattr(p, f) for p in ps]) for f in PER_ITEM}
         merged[label] = A.PixelsNeeded(**cat, schedule=ps[0].schedule, reports=reports)
     return merged
 
@@ -228,7 +227,7 @@ def summarise(runs: dict, labels: list, cfg: dict, pairs: list) -> AttackRun:
     sentences = [paired_sentence(paired, a, b, status, budget_statement(cfg)) for a, b in pairs]
     return AttackRun(runs, needed, budget_statement(cfg), status, success_table(needed), member_curve,
                      median_pixels(needed, cfg), paired, list(pairs), sentences,
-                     [pair_verdict(paired, a, b, status) for a, b in pairs])
+                     [pair_verdict(paired, a, b, status)[2] for a, b in pairs])
 
 
 def attack_models(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, pairs: list, title: str,
@@ -265,8 +264,7 @@ def median_pixels(needed: dict, cfg: dict) -> pd.DataFrame:
                                       seed=cfg["seed"])
         shown = {key: np.inf if ci[key] >= over else ci[key] for key in ("estimate", "low", "high")}  # inf: > k_max
         rows[label] = {"attacked": int(len(k)), "median pixels": shown["estimate"], "low": shown["low"],
-                       "high": shown["high"],
-                       "fooled within schedule %": 100 * float((k < over).mean()),
+                       "high": shown["high"], "fooled within schedule %": 100 * float((k < over).mean()),
                        "mean queries per item": float(pn.queries[pn.attacked].mean())}
     return pd.DataFrame(rows).T
 
@@ -295,33 +293,24 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
 NO_VERDICT = "no model is declared more robust"
 
 
-def _pair(tests: pd.DataFrame, a: str, b: str):
-    """The pair's tests by k, or None when no item was attacked by both."""
+def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None) -> tuple:
+    """The pair's tests by k (None when no item was attacked by both), its models whose budget has not settled, and
+    the verdict: declared only when both budgets settled and the Holm-adjusted test at the largest k is significant."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
-    return None if part.empty or part["items"].iloc[0] == 0 else part
-
-
-def _rising(status: pd.DataFrame | None, *models: str) -> list:
-    return [m for m in models if status is not None and not bool(status.loc[m, "settled"])]
-
-
-def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None) -> str:
-    """Declared only when both budgets settled and the Holm-adjusted test at the largest k is significant."""
-    part = _pair(tests, a, b)
-    if part is None:
-        return "no item was attacked by both"
-    row = part.iloc[-1]
-    if _rising(status, a, b) or not row["p (Holm)"] < 0.05:
-        return NO_VERDICT
-    return f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
+    if part.empty or part["items"].iloc[0] == 0:
+        return None, [], "no item was attacked by both"
+    row, rising = part.iloc[-1], [m for m in (a, b) if status is not None and not bool(status.loc[m, "settled"])]
+    if rising or not row["p (Holm)"] < 0.05:
+        return part, rising, NO_VERDICT
+    return part, rising, f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
 
 
 def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = "") -> str:
     """A pair's counts and test at the largest k, why no model is declared more robust if none is, the verdict."""
-    part, verdict = _pair(tests, a, b), pair_verdict(tests, a, b, status)
+    part, rising, verdict = pair_verdict(tests, a, b, status)
     if part is None:
         return f"{a} vs {b}: {verdict}"
-    row, rising = part.iloc[-1], _rising(status, a, b)
+    row = part.iloc[-1]
     reason = (f"; success still rising in the last half of the budget for {' and '.join(rising)}: not settled at "
               f"this budget, the rates are lower bounds" if rising else
               "; no detectable difference" if verdict == NO_VERDICT else "")
@@ -336,17 +325,10 @@ def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> 
     out = {}
     for label, pn in {**runs, **(needed or {})}.items():
         s = slug(prefix + label)
-        out.update({f"{s}_rows": pn.rows, f"{s}_attacked": pn.attacked, f"{s}_k_needed": pn.k_needed,
-                    f"{s}_queries": pn.queries, f"{s}_schedule": np.array(pn.schedule, np.int64)})
+        out.update({**{f"{s}_{f}": getattr(pn, f) for f in PER_ITEM}, f"{s}_schedule": np.array(pn.schedule, np.int64)})
         for k, rep in pn.reports.items():
             out.update(A.to_arrays(rep, f"{s}_k{k}"))
     return out
-
-
-def successes(needed: dict) -> list:
-    """Every confirmed success as (model, k, AttackResult), smallest k first."""
-    return [(label, k, r) for label, pn in needed.items() for k, rep in sorted(pn.reports.items())
-            for r in rep.results if r.success]
 
 
 def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray) -> pd.DataFrame:
@@ -357,7 +339,7 @@ def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray) -> p
                for r in rep.results if r.success]
         still = set()
         if won:
-            adv = A.apply_pixels(images[[r.row for r in won]], _padded([r.pixels for r in won]))
+            adv = np.stack([A.apply_pixels(images[[r.row]], r.pixels[None])[0] for r in won])
             rws = np.array([r.row for r in won])
             fooled = ~A.correct_top1(A.score_images(pipe, adv, rws, batch_size=32), pipe.truth(rws))
             still = set(rws[fooled].tolist())
@@ -373,9 +355,6 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
             if other is not None and other.settings != rep.settings:
                 raise ValueError(f"utils/robustness.py: the adaptive attack on {key} at k={k} ran with "
                                  f"{other.settings}, the attack it is compared with with {rep.settings}")
-    if {key for key in adaptive} != {key for key in runs}:
-        raise ValueError(f"utils/robustness.py: adaptive searches {sorted(adaptive)} are not those of the attack "
-                         f"{sorted(runs)}")
     rows = {}
     for label in defended:
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
@@ -400,7 +379,8 @@ def defence(pipelines: dict, attack: AttackRun, images: np.ndarray, rows: np.nda
 
 def gallery(images, needed: dict, n: int, describe, item: str, title: str, path=None, own=None):
     """The first ``n`` successful attacks: image and ``describe(scores)`` before and after, the changed pixels."""
-    wins = successes(needed)[:n]
+    wins = [(label, k, r) for label, pn in needed.items() for k, rep in sorted(pn.reports.items())
+            for r in rep.results if r.success][:n]  # every confirmed success, smallest k first
     if not wins:
         return None
     kw = {} if own is None else {f"own_{w}": [own(getattr(r, f"scores_{w}"), r.row) for _, _, r in wins]
@@ -421,22 +401,16 @@ def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: 
     return defended, pixels_needed(defended, images, rows, {**cfg, "pixels": [max(cfg["pixels"])]})
 
 
-def _padded(pixel_lists) -> np.ndarray:
-    out = np.full((len(pixel_lists), max(map(len, pixel_lists)), 5), -1, np.int64)
-    for i, p in enumerate(pixel_lists):
-        out[i, :len(p)] = p
-    return out
-
-
 def backdoor_columns(hit: np.ndarray, control: np.ndarray) -> dict:
     """Backdoor success and control with Wilson intervals, the trigger's effect (paired interval), McNemar's p."""
     out = {}
     for column, won in (("backdoor success %", hit), ("target top-1 on clean images %", control)):
         r = stats.success_rate_interval(int(won.sum()), len(won))
         out.update({column: r["estimate"], f"{column} low": r["low"], f"{column} high": r["high"]})
-    d = stats.paired_rate_difference(hit, control) if len(hit) else {"difference": np.nan, "low": np.nan, "high": np.nan}
-    out.update({"trigger effect (points)": d["difference"], "trigger effect low": d["low"],
-                "trigger effect high": d["high"], "trigger adds (McNemar p)": stats.mcnemar_exact(hit, control)["p_value"]})
+    d = stats.paired_rate_difference(hit, control) if len(hit) else dict.fromkeys(("difference", "low", "high"),
+                                                                                    np.nan)
+    out.update({"trigger effect (points)": d["difference"], "trigger effect low": d["low"], "trigger effect high":
+                d["high"], "trigger adds (McNemar p)": stats.mcnemar_exact(hit, control)["p_value"]})
     return out
 
 
@@ -444,9 +418,8 @@ def _rate(r, column: str = "success %") -> str:
     return f"{r[column]:.0f} % (95 % interval {r[f'{column} low']:.0f} to {r[f'{column} high']:.0f} %)"
 
 
-def attack_lines(attacks: AttackRun, cfg: dict, items: str) -> list[str]:
+def attack_lines(attacks: AttackRun, k_max: int, items: str) -> list[str]:
     """Per model: share fooled at the largest k by the attack and each member, median k, budget status."""
-    k_max = max(cfg["pixels"])
     show = lambda v: f"> {k_max}" if np.isinf(v) else f"{v:g}"  # noqa: E731
     members_at_max = attacks.member_curve[attacks.member_curve.pixels == k_max]
     lines = []
@@ -471,15 +444,12 @@ def attack_lines(attacks: AttackRun, cfg: dict, items: str) -> list[str]:
 
 def defence_lines(defence: pd.DataFrame, metric: str, items: str, k_max: int) -> list[str]:
     """Per model: the filter's price in clean accuracy, the transfer and the adaptive attack."""
-    lines = []
-    for m, r in defence.iterrows():
-        rising = "" if r["adaptive settled"] else "; a lower bound: success still rising in the last half of the budget"
-        lines.append(f"median filter, {m}: clean {metric} {r[f'clean {metric}']:.1f} -> "
-                     f"{r[f'clean {metric}, filtered']:.1f}; transfer: {int(r['still fooled behind the filter'])} of the "
-                     f"{int(r['fooled'])} {items} fooled without the filter are still fooled through it; adaptive attack "
-                     f"({r['budget']}, gradients straight through the filter): {_rate(r, 'adaptive %')} of "
-                     f"{int(r['adaptive: attacked'])} {items} fooled with at most {k_max} pixels{rising}")
-    return lines
+    rising = "; a lower bound: success still rising in the last half of the budget"
+    return [f"median filter, {m}: clean {metric} {r[f'clean {metric}']:.1f} -> {r[f'clean {metric}, filtered']:.1f}; "
+            f"transfer: {int(r['still fooled behind the filter'])} of the {int(r['fooled'])} {items} fooled without "
+            f"the filter are still fooled through it; adaptive attack ({r['budget']}, gradients straight through the "
+            f"filter): {_rate(r, 'adaptive %')} of {int(r['adaptive: attacked'])} {items} fooled with at most {k_max} "
+            f"pixels{'' if r['adaptive settled'] else rising}" for m, r in defence.iterrows()]
 
 
 def poisoning_lines(poisoning: pd.DataFrame, cfg: dict, metric: str, items: str) -> list[str]:
@@ -497,8 +467,9 @@ def robustness_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd
     """The sentences of notebooks 05 and 06 (clean metric: mAP for Emotic, mean R@1 for Flickr8k)."""
     metric = "mAP" if "clean mAP" in defence.columns else "mean R@1"
     items = "persons" if metric == "mAP" else "images"
-    at_max = attacks.curve[attacks.curve.pixels == max(cfg["pixels"])].set_index("model")
-    lines = (attack_lines(attacks, cfg, items) + attacks.sentences + defence_lines(defence, metric, items, max(cfg["pixels"]))
+    k_max = max(cfg["pixels"])
+    at_max = attacks.curve[attacks.curve.pixels == k_max].set_index("model")
+    lines = (attack_lines(attacks, k_max, items) + attacks.sentences + defence_lines(defence, metric, items, k_max)
              + poisoning_lines(poisoning, cfg, metric, items))
     targets = {"attacked": {m: int(r["attacked"]) for m, r in at_max.iterrows()},
                "success_at_max_k_%": {m: float(r["success %"]) for m, r in at_max.iterrows()},

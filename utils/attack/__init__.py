@@ -3,11 +3,8 @@
 
 from .de import differential_evolution
 from .pipelines import (ClassifierPixelPipeline, EmoticPixelPipeline, FlickrPixelPipeline, PixelPipeline,
-                        apply_pixels, correct_top1, score_images)
-from .pixels import PixelsNeeded, pixels_needed
+                        apply_pixels, correct_top1, median_defended, score_images)
 from .results import AttackReport, AttackResult, from_arrays, to_arrays
 from .sparse import sparse_rs
 from .sparse_pgd import sparse_pgd
-from .ensemble import ensemble
-from .defences import median_defended
-from .search import METHODS, attack
+from .search import METHODS, PixelsNeeded, attack, ensemble, pixels_needed

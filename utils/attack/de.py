@@ -25,27 +25,23 @@ class DEImage:
     found_scores: np.ndarray | None = None  # its fp32 scores
 
 
-def bounds(h: int, w: int, k: int) -> np.ndarray:
-    return np.tile(np.array([w - 1, h - 1, 255, 255, 255], dtype=np.float64), k)
-
-
 def decode(vec: np.ndarray, k: int) -> np.ndarray:
     """Continuous DE vectors (..., 5k), already within bounds -> integer pixels (..., k, 5)."""
     return np.rint(vec).astype(np.int64).reshape(*vec.shape[:-1], k, 5)
 
 
-def initial_population(rng: np.random.Generator, popsize: int, h: int, w: int, k: int,
+def initial_population(rng: np.random.Generator, popsize: int, upper: np.ndarray, k: int,
                        init: np.ndarray | None = None) -> np.ndarray:
-    """Su et al.: positions uniform, colours ~ N(128, 127), clipped; ``init`` (<=k, 5) starts member 0."""
+    """Su et al.: positions uniform, colours ~ N(128, 127), clipped to ``upper``; ``init`` starts member 0."""
     pop = np.empty((popsize, 5 * k))
-    pop[:, 0::5] = rng.uniform(0, w - 1, (popsize, k))
-    pop[:, 1::5] = rng.uniform(0, h - 1, (popsize, k))
+    pop[:, 0::5] = rng.uniform(0, upper[0], (popsize, k))
+    pop[:, 1::5] = rng.uniform(0, upper[1], (popsize, k))
     for c in (2, 3, 4):
         pop[:, c::5] = rng.normal(128, 127, (popsize, k))
     if init is not None:
         init = np.asarray(init)[np.asarray(init)[:, 0] >= 0][:k]
         pop[0, :5 * len(init)] = init.reshape(-1)
-    return np.clip(pop, 0.0, bounds(h, w, k))
+    return np.clip(pop, 0.0, upper)
 
 
 def mutants(rng: np.random.Generator, pop: np.ndarray, f: float, upper: np.ndarray) -> np.ndarray:
@@ -125,12 +121,12 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
         raise ValueError(f"{WHERE}: need popsize >= 4 (DE/rand/1 draws 3 others) and generations >= 0")
     scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
     h, w = scorer.images.shape[1:3]
-    k, upper = pixels, bounds(h, w, pixels)
+    k, upper = pixels, np.tile(np.array([w - 1, h - 1, 255, 255, 255], dtype=np.float64), pixels)
     settings = dict(method="de", pixels=k, popsize=popsize, generations=generations, F=F,
                     batch_size=scorer.batch_size, channels_last=pipeline.channels_last, seed=seed, precision=precision,
                     compile=False, strategy="DE/rand/1, no crossover, child replaces parent if <=")
     states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(scorer.rows[i])])),
-                      pop=initial_population(rng, popsize, h, w, k, None if init is None else init[i]))
+                      pop=initial_population(rng, popsize, upper, k, None if init is None else init[i]))
               for i in np.flatnonzero(scorer.attacked)]
     _evolve(scorer, states, k, generations, F, upper)
     # final pixels: the confirmed success, else the population's best (scored in fp32 by assemble_report)
@@ -141,21 +137,20 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
 
 
 def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: float, upper: np.ndarray) -> None:
-    """Score the initial populations, then run the generations; a child replaces its parent if at least as good."""
-    decoded = [decode(st.pop, k) for st in states]
-    scored = score_unique(scorer, states, decoded)
-    settle(scorer, states, decoded, scored)
-    for st, d, s in zip(states, decoded, scored):
-        st.fit, st.keys = s[0], [c.tobytes() for c in d]
-    for _ in range(generations):
+    """Score the initial populations (generation 0), then run the generations; a child replaces its parent if at
+    least as good."""
+    for generation in range(generations + 1):
         active = [st for st in states if st.found is None]
         if not active:
             break
-        children = [mutants(st.rng, st.pop, F, upper) for st in active]
+        children = [mutants(st.rng, st.pop, F, upper) if generation else st.pop for st in active]
         decoded = [decode(c, k) for c in children]
         scored = score_unique(scorer, active, decoded)
         settle(scorer, active, decoded, scored)
         for st, child, d, (fit, *_) in zip(active, children, decoded, scored):
+            if not generation:
+                st.fit, st.keys = fit, [c.tobytes() for c in d]
+                continue
             better = fit <= st.fit
             st.pop[better], st.fit[better] = child[better], fit[better]
             st.keys = [d[j].tobytes() if better[j] else st.keys[j] for j in range(len(fit))]

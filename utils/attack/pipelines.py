@@ -1,5 +1,5 @@
-"""What the attack attacks: the whole path from raw uint8 pixels to the scores (logits) that decide success, and
-the batched scoring every search shares (docs/attacks.md explains the success rule and the confirmation)."""
+"""What the attack attacks: the whole path from raw uint8 pixels to the scores (logits) that decide success, the
+median-filter defence inside it, and the batched scoring every search shares (docs/attacks.md)."""
 
 import contextlib
 import time
@@ -12,17 +12,18 @@ import torch.nn.functional as F_nn
 from torchvision.ops import roi_align
 
 from .. import batching
+from ..poisoning import MedianFilter
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class PixelPipeline:
-    """Maps float images (B,3,H,W) in [0,1] and their rows to scores (B,S); ``changed_xy`` (B,k,2), the changed
-    pixels, lets a pipeline reuse cached work. The image encoder goes to channels_last, much faster on CPU."""
+    """Maps float images (B,3,H,W) in [0,1] and their rows to scores (B,S) (docs/attacks.md, "Pipelines")."""
+    labels: np.ndarray | None = None  # (rows, S) bool: the true score entries of each row, when known
 
     def __init__(self, *modules: torch.nn.Module, channels_last: bool = True):
         self.modules = tuple(m for m in modules if isinstance(m, torch.nn.Module))
-        self.channels_last = channels_last
+        self.encoder, self.channels_last = modules[0] if modules else None, channels_last
         for m in self.modules:
             m.eval()
         if channels_last and modules and isinstance(modules[0], torch.nn.Module):
@@ -40,7 +41,9 @@ class PixelPipeline:
 
     def truth(self, rows: np.ndarray) -> np.ndarray:
         """Boolean (len(rows), S): which score entries count as correct for each row."""
-        raise NotImplementedError
+        if self.labels is None:
+            raise ValueError(f"utils/attack/pipelines.py: {type(self).__name__} needs labels= (or pass truth=)")
+        return self.labels[np.asarray(rows)]
 
 
 class ClassifierPixelPipeline(PixelPipeline):
@@ -49,13 +52,10 @@ class ClassifierPixelPipeline(PixelPipeline):
     def __init__(self, model: torch.nn.Module, labels: Sequence[int], n_classes: int, channels_last: bool = True):
         super().__init__(model, channels_last=channels_last)
         self.model, self.n_classes = model, int(n_classes)
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels = np.eye(self.n_classes, dtype=bool)[np.asarray(labels, dtype=np.int64)]
 
     def scores(self, x, rows, changed_xy=None):
         return self.model(x).float()
-
-    def truth(self, rows):
-        return np.eye(self.n_classes, dtype=bool)[self.labels[np.asarray(rows)]]
 
 
 class EmoticPixelPipeline(PixelPipeline):
@@ -65,12 +65,11 @@ class EmoticPixelPipeline(PixelPipeline):
     def __init__(self, image_encoder, head_model, text_features, boxes_224, labels=None, body_size: int = 128,
                  channels_last: bool = True):
         super().__init__(image_encoder, head_model, channels_last=channels_last)
-        self.encoder, self.head, self.body_size = image_encoder, head_model, body_size
+        self.head, self.body_size = head_model, body_size
         boxes = np.asarray(boxes_224, dtype=np.float32)
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"utils/attack/pipelines.py: boxes_224 must be (N, 4), got {boxes.shape}")
-        if np.any(boxes[:, 2] <= boxes[:, 0]) or np.any(boxes[:, 3] <= boxes[:, 1]):
-            raise ValueError("utils/attack/pipelines.py: boxes_224 has a box with x2 <= x1 or y2 <= y1")
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or np.any(boxes[:, 2:] <= boxes[:, :2]):
+            raise ValueError(f"utils/attack/pipelines.py: boxes_224 must be (N, 4) boxes with x1 < x2 and y1 < y2, "
+                             f"got {boxes.tolist() if boxes.size < 20 else boxes.shape}")
         self.boxes = torch.from_numpy(boxes)
         self.text = None if text_features is None else torch.as_tensor(np.asarray(text_features, np.float32))
         self.labels = None if labels is None else np.asarray(labels) > 0.5
@@ -115,20 +114,13 @@ class EmoticPixelPipeline(PixelPipeline):
         out = out["logits"] if isinstance(out, Mapping) else out[0] if isinstance(out, (tuple, list)) else out
         return out[..., :26].float()
 
-    def truth(self, rows):
-        if self.labels is None:
-            raise ValueError("utils/attack/pipelines.py: EmoticPixelPipeline needs labels= (or pass truth=)")
-        return self.labels[np.asarray(rows)]
-
 
 class FlickrPixelPipeline(PixelPipeline):
-    """Photo -> image features -> similarities to every clean test caption (``caption_image``: each one's image).
-    ``head_model``: ``encode_image``/``encode_text``, ``similarity`` (the baseline) or a pair (image_fn, text_fn)."""
+    """Photo -> image features -> similarities to every clean test caption (``caption_image``: each one's image)."""
 
     def __init__(self, image_encoder, head_model, caption_features, caption_image, channels_last: bool = True):
         super().__init__(image_encoder, *(m for m in (head_model,) if isinstance(m, torch.nn.Module)),
                          channels_last=channels_last)
-        self.encoder = image_encoder
         captions = np.asarray(caption_features, np.float32)
         self.caption_image = np.asarray(caption_image, dtype=np.int64)
         if len(self.caption_image) != len(captions):
@@ -156,8 +148,7 @@ class FlickrPixelPipeline(PixelPipeline):
 
 
 def _baseline_similarity(model, captions: np.ndarray, device):
-    """``FlickrBaseline.similarity`` in float64 torch, so gradients reach the pixels: each term is the cosine of an
-    affine map of the image features (read off by probing with zero and unit vectors) with fixed caption vectors."""
+    """``FlickrBaseline.similarity`` in float64 torch, so gradients reach the pixels (docs/attacks.md)."""
     dim = len(model.img_scaler.mean_)
     probe = np.vstack([np.zeros(dim), np.eye(dim)])
     sides = [(lambda f: model.embed(f, captions[:1])[0], model.embed(probe[:1], captions)[1])]
@@ -210,8 +201,7 @@ def margin_and_success(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarra
 
 
 def score_chunks(pipeline, images, rows, batch_size, precision="float32", changed_xy=None):
-    """Yield (start, float32 scores, model seconds) per batch; batches are balanced (no small, slow tail batch).
-    ``images``: uint8 (B,H,W,3) or a function ``(start, stop) -> float input batch``."""
+    """(start, float32 scores, model seconds) per balanced batch of uint8 ``images`` or ``images(start, stop)``."""
     dev = pipeline.device
     n = len(rows)
     if n > batch_size:
@@ -236,10 +226,10 @@ def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_s
     """fp32 scores of uint8 images through the whole pipeline (``batch_size=None``: the device's fastest)."""
     images = np.asarray(images)
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
-    if batch_size is None and len(images):
-        batch_size = best_batch(pipeline, images.shape[1:3], rows)
     if len(images) == 0:
         return np.zeros((0, 0), np.float32)
+    if batch_size is None:
+        batch_size = best_batch(pipeline, images.shape[1:3], rows)
     return np.concatenate([sc for _, sc, _ in score_chunks(pipeline, images, rows, batch_size or 1)])
 
 
@@ -326,3 +316,51 @@ class Scorer:
         sc = score_images(self.pipeline, apply_pixels(self.images[idx], cands), self.rows[idx], self.batch_size)
         margin, ok = margin_and_success(sc, self.truth[idx])
         return margin, ok, sc
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``fn(x)``; backward: the incoming gradient unchanged (as if ``fn`` were the identity)."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class MedianDefended(PixelPipeline):
+    """``pipeline`` with a ``size`` x ``size`` median filter (:mod:`utils.poisoning`'s) on the photo inside
+    :meth:`scores`. ``changed_xy`` is not passed on: the filter spreads a changed pixel to its neighbours."""
+
+    def __init__(self, pipeline: PixelPipeline, size: int = 3):
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"utils/attack/pipelines.py: median filter size must be odd and positive, got {size}")
+        # no super().__init__: the wrapped pipeline has already set its modules' mode and layout
+        self.inner, self.size, self.filter = pipeline, int(size), MedianFilter(int(size))
+        self.modules = pipeline.modules
+
+    @property
+    def channels_last(self) -> bool:  # the wrapped pipeline's, also when a batch-size probe switches the layout
+        return self.inner.channels_last
+
+    @channels_last.setter
+    def channels_last(self, value: bool) -> None:
+        self.inner.channels_last = value
+
+    def filtered(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return _StraightThrough.apply(x, lambda v: self.filter(v).contiguous(memory_format=fmt))
+
+    def prepare(self, clean, rows):
+        self.inner.prepare(self.filtered(clean), rows)
+
+    def scores(self, x, rows, changed_xy=None):
+        return self.inner.scores(self.filtered(x), rows)
+
+    def truth(self, rows) -> np.ndarray:
+        return self.inner.truth(rows)
+
+
+median_defended = MedianDefended  # the name the robustness experiments call

@@ -67,24 +67,18 @@ class AttackReport:
         att = t[t.attacked.astype(bool)]
         won = att[att.success.astype(bool)]
         nan = float("nan")
-        out = {
-            "method": self.settings.get("method", "de"),
-            "pixels": self.settings["pixels"],
-            "images": len(t),
-            "attacked": len(att),  # correct before the attack
-            "successes": len(won),
-            "success_rate": float(len(won) / len(att)) if len(att) else nan,
-            "queries_per_success": float(won.queries.mean()) if len(won) else nan,
-            "median_queries_per_success": float(won.queries.median()) if len(won) else nan,
-            "mean_true_score_drop": float(att.true_score_drop.mean()) if len(att) else nan,
-            "mean_rank_shift": float((att.rank_after - att.rank_before).mean()) if len(att) else nan,
-            "seconds": self.seconds,
-            "queries_per_second": self.model_queries / self.search_seconds if self.search_seconds else nan,
-        }
+        out = {"method": self.settings.get("method", "de"), "pixels": self.settings["pixels"], "images": len(t),
+               "attacked": len(att), "successes": len(won),  # attacked: correct before the attack
+               "success_rate": float(len(won) / len(att)) if len(att) else nan,
+               "queries_per_success": float(won.queries.mean()) if len(won) else nan,
+               "median_queries_per_success": float(won.queries.median()) if len(won) else nan,
+               "mean_true_score_drop": float(att.true_score_drop.mean()) if len(att) else nan,
+               "mean_rank_shift": float((att.rank_after - att.rank_before).mean()) if len(att) else nan,
+               "seconds": self.seconds,
+               "queries_per_second": self.model_queries / self.search_seconds if self.search_seconds else nan}
         if self.members:
-            out.update(white_box_successes=int(att.white_box_success.sum()),
-                       black_box_attacked=int(att.black_box_ran.sum()),
-                       black_box_successes=int(att.black_box_success.sum()))
+            out.update(white_box_successes=int(att.white_box_success.sum()), black_box_attacked=int(
+                att.black_box_ran.sum()), black_box_successes=int(att.black_box_success.sum()))
         return out
 
     @property
@@ -151,11 +145,10 @@ def from_arrays(arrays, prefix: str, images: np.ndarray | None = None) -> Attack
         if images.shape[0] != n:
             raise ValueError(f"utils/attack/results.py: {len(images)} images for {n} results of {prefix!r}")
         adv = apply_pixels(images, a["pixels"])
-    results = [AttackResult(
-        row=int(a["rows"][i]), attacked=bool(a["attacked"][i]), success=bool(a["success"][i]),
-        queries=int(a["queries"][i]), generations=int(a["generations"][i]), pixels=px[px[:, 0] >= 0],
-        scores_before=a["scores_before"][i], scores_after=a["scores_after"][i], truth=a["truth"][i],
-        adversarial=None if images is None else adv[i]) for i, px in enumerate(a["pixels"])]
+    results = [AttackResult(**{attr: a[name][i].item() for name, (attr, _) in _PER_RESULT.items()},
+                            **{name: a[name][i] for name in ("scores_before", "scores_after", "truth")},
+                            pixels=px[px[:, 0] >= 0], adversarial=None if images is None else adv[i])
+               for i, px in enumerate(a["pixels"])]
     seconds, model_queries, search_seconds, model_seconds = a["cost"].tolist()
     return AttackReport(results=results, settings=json.loads(str(a["settings"])), seconds=seconds,
                         model_queries=int(model_queries), search_seconds=search_seconds, model_seconds=model_seconds)

@@ -1,5 +1,4 @@
-"""Batched sparse random search for few-pixel attacks, as Sparse-RS does it (Croce et al., AAAI 2022, L0 version).
-Counter-based random numbers make the speculative proposals equal the one-at-a-time search (docs/attacks.md)."""
+"""Sparse-RS (Croce et al., AAAI 2022, L0) batched across images, with speculative proposals (docs/attacks.md)."""
 
 import numpy as np
 

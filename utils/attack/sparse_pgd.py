@@ -1,5 +1,4 @@
-"""White-box Sparse-PGD (Zhong & Liu 2024, arXiv 2405.05075) on the whole pipeline from the photo's pixels to its
-scores: a magnitude times a mask projected onto k pixels, each forward pass on a uint8 image (docs/attacks.md)."""
+"""White-box Sparse-PGD (Zhong & Liu 2024, arXiv 2405.05075) from the photo's uint8 pixels (docs/attacks.md)."""
 
 import time
 
