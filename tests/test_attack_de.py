@@ -1,6 +1,8 @@
 """Few-pixel attack: budgets respected, successes real (re-checked with independent code), early stop, batching
 invariance, the Emotic body crop derived from the scene, and a reference check against scipy's own DE."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -252,7 +254,8 @@ def test_flickr_success_means_no_own_caption_ranked_first():
     proj = rng.normal(size=(16, 8)).astype(np.float32)
     caption_image = np.repeat(np.arange(5), 3)
     captions = (feats @ proj)[caption_image] + rng.normal(scale=0.05, size=(15, 8)).astype(np.float32)
-    head = (lambda f: f @ torch.tensor(proj), None)  # a closed-form map image -> text space
+    head = SimpleNamespace(encode_image=lambda f: f @ torch.tensor(proj),  # a closed-form map image -> text space
+                           encode_text=lambda c: c)  # the captions are already in the shared space
     pipe = FlickrPixelPipeline(enc, head, captions, caption_image)
     rep = de_attack(pipe, images, pixels=3, **BUDGET)
 

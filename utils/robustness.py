@@ -331,8 +331,15 @@ def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> 
     return out
 
 
-def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray) -> pd.DataFrame:
-    """Per model: items fooled without the filter, and how many one of their images still fools through it."""
+def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray, cfg: dict) -> pd.DataFrame:
+    """Per model: items fooled without the filter and how many one of their images still fools through it (the
+    transfer), beside the adaptive attack (same searches and budget, refused otherwise) at the largest k."""
+    for key, pn in runs.items():
+        for k, rep in pn.reports.items():
+            other = adaptive[key].reports.get(k) if key in adaptive else None
+            if other is not None and other.settings != rep.settings:
+                raise ValueError(f"utils/robustness.py: the adaptive attack on {key} at k={k} ran with "
+                                 f"{other.settings}, the attack it is compared with with {rep.settings}")
     rows = {}
     for label, pipe in defended.items():
         won = [r for key, pn in runs.items() if key.startswith(f"{label} [") for rep in pn.reports.values()
@@ -343,28 +350,15 @@ def transfer_through_filter(runs: dict, defended: dict, images: np.ndarray) -> p
             rws = np.array([r.row for r in won])
             fooled = ~A.correct_top1(A.score_images(pipe, adv, rws, batch_size=32), pipe.truth(rws))
             still = set(rws[fooled].tolist())
-        rows[label] = {"fooled": len({r.row for r in won}), "still fooled behind the filter": len(still)}
-    return pd.DataFrame(rows).T
-
-
-def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray, cfg: dict) -> pd.DataFrame:
-    """The transfer beside the adaptive attack (same searches and budget, refused otherwise) at the largest k."""
-    for key, pn in runs.items():
-        for k, rep in pn.reports.items():
-            other = adaptive[key].reports.get(k) if key in adaptive else None
-            if other is not None and other.settings != rep.settings:
-                raise ValueError(f"utils/robustness.py: the adaptive attack on {key} at k={k} ran with "
-                                 f"{other.settings}, the attack it is compared with with {rep.settings}")
-    rows = {}
-    for label in defended:
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
         pn = ensemble_needed(mine)
-        n, won = int(pn.attacked.sum()), int(((pn.k_needed > 0) & pn.attacked).sum())
-        r = stats.success_rate_interval(won, n)
-        rows[label] = {"adaptive: attacked": n, "adaptive: fooled": won, "adaptive %": r["estimate"],
+        n, fooled_n = int(pn.attacked.sum()), int(((pn.k_needed > 0) & pn.attacked).sum())
+        r = stats.success_rate_interval(fooled_n, n)
+        rows[label] = {"fooled": len({r.row for r in won}), "still fooled behind the filter": len(still),
+                       "adaptive: attacked": n, "adaptive: fooled": fooled_n, "adaptive %": r["estimate"],
                        "adaptive % low": r["low"], "adaptive % high": r["high"],
                        "adaptive settled": budget_status(mine)["settled"], "budget": budget_statement(cfg)}
-    return transfer_through_filter(runs, defended, images).join(pd.DataFrame(rows).T.infer_objects())
+    return pd.DataFrame(rows).T.infer_objects()
 
 
 def defence(pipelines: dict, attack: AttackRun, images: np.ndarray, rows: np.ndarray, cfg: dict, metric: str, clean,

@@ -119,26 +119,17 @@ class FlickrPixelPipeline(PixelPipeline):
     """Photo -> image features -> similarities to every clean test caption (``caption_image``: each one's image)."""
 
     def __init__(self, image_encoder, head_model, caption_features, caption_image, channels_last: bool = True):
-        super().__init__(image_encoder, *(m for m in (head_model,) if isinstance(m, torch.nn.Module)),
-                         channels_last=channels_last)
+        super().__init__(image_encoder, head_model, channels_last=channels_last)
         captions = np.asarray(caption_features, np.float32)
         self.caption_image = np.asarray(caption_image, dtype=np.int64)
         if len(self.caption_image) != len(captions):
             raise ValueError(f"utils/attack/pipelines.py: {len(captions)} captions, {len(caption_image)} images")
-        if isinstance(head_model, (tuple, list)):
-            image_fn, text_fn = head_model
-        elif hasattr(head_model, "encode_image"):
-            image_fn, text_fn = head_model.encode_image, head_model.encode_text
-        elif hasattr(head_model, "similarity"):
+        if not hasattr(head_model, "encode_image"):  # FlickrBaseline
             self._similarity = _baseline_similarity(head_model, captions, self.device)
             return
-        else:
-            raise TypeError("utils/attack/pipelines.py: head_model needs encode_image/encode_text, similarity(), "
-                            "or must be a pair (image_fn, text_fn)")
         with torch.no_grad():  # not inference_mode: the captions take part in the image side's backward pass
-            cap = torch.from_numpy(captions).to(self.device)
-            cap = F_nn.normalize((cap if text_fn is None else text_fn(cap)).float(), dim=1)
-        self._similarity = lambda f: F_nn.normalize(image_fn(f).float(), dim=1) @ cap.T
+            cap = F_nn.normalize(head_model.encode_text(torch.from_numpy(captions).to(self.device)).float(), dim=1)
+        self._similarity = lambda f: F_nn.normalize(head_model.encode_image(f).float(), dim=1) @ cap.T
 
     def scores(self, x, rows, changed_xy=None):
         return self._similarity(self.encoder(x).float())
@@ -291,19 +282,16 @@ class Scorer:
     def exact(self) -> bool:  # an eager fp32 search already is the confirming pass
         return PRECISIONS[self.precision] is None
 
-    def _builder(self, idx: np.ndarray, cands: np.ndarray):
-        """``(start, stop) -> float input batch`` of the candidates written into their clean images."""
-        dev, cl = self.pipeline.device, self.pipeline.channels_last
-        return lambda s, e: to_input(apply_pixels(self.images[idx[s:e]], cands[s:e]), dev, cl)
-
     def search(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """Margins and successes of candidates (M,k,5) on images ``idx`` (M,), and the successful ones' scores."""
         m = len(idx)
         margin, success, hits = np.empty(m), np.zeros(m, bool), {}
         if not m:
             return margin, success, hits
-        for s0, sc, secs in score_chunks(self.pipeline, self._builder(idx, cands), self.rows[idx],
-                                         self.batch_size, self.precision, cands[..., :2]):
+        dev, cl = self.pipeline.device, self.pipeline.channels_last
+        build = lambda s, e: to_input(apply_pixels(self.images[idx[s:e]], cands[s:e]), dev, cl)  # noqa: E731
+        for s0, sc, secs in score_chunks(self.pipeline, build, self.rows[idx], self.batch_size, self.precision,
+                                         cands[..., :2]):
             f, ok = margin_and_success(sc, self.truth[idx[s0:s0 + len(sc)]])
             margin[s0:s0 + len(sc)], success[s0:s0 + len(sc)] = f, ok
             hits.update({s0 + j: sc[j] for j in np.flatnonzero(ok)})
