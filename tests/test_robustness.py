@@ -64,7 +64,7 @@ def test_paired_attack_tests_match_a_brute_force_mcnemar():
     p = min(1.0, 2 * sum(comb(n, i) for i in range(0, min(only_a, only_b) + 1)) / 2 ** n)
     assert (tests.loc[1, "only a fooled"], tests.loc[1, "only b fooled"]) == (only_a, only_b) == (4, 1)
     assert tests.loc[1, "p_value"] == pytest.approx(p)
-    sentence = R.paired_sentence(tests.reset_index(), "a", "b")
+    sentence = R.paired_sentence(tests.reset_index(), "a", "b")[0]
     # decided at the largest k (16): fooled a = items 0, 1, 2, 4, 5, 6; b = 1, 5, 7 -> 4 vs 1 discordant, p = 0.375
     assert tests.loc[16, "only a fooled"] == 4 and tests.loc[16, "only b fooled"] == 1
     assert "at 16 pixels" in sentence and sentence.endswith("; no detectable difference): no model is declared more robust")
@@ -74,8 +74,9 @@ def test_paired_sentence_names_the_model_fooled_less_often():
     a = needed([1] * 12 + [-1] * 2)
     b = needed([-1] * 12 + [-1] * 2)
     tests = R.paired_attack_tests({"a": a, "b": b}, [("a", "b")])
-    assert R.paired_sentence(tests, "a", "b").endswith("b is fooled less often")
-    assert R.paired_sentence(R.paired_attack_tests({"a": b, "b": a}, [("a", "b")]), "a", "b").endswith(
+    sentence, verdict = R.paired_sentence(tests, "a", "b")
+    assert sentence.endswith("b is fooled less often") and verdict == "b is fooled less often"
+    assert R.paired_sentence(R.paired_attack_tests({"a": b, "b": a}, [("a", "b")]), "a", "b")[0].endswith(
         "a is fooled less often")
 
 

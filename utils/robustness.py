@@ -128,8 +128,8 @@ def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: di
     """``run_label(model, member)`` -> ``PixelsNeeded`` over ``cfg['pixels']``, same rows for every model;
     loaded when ``scripts/robustness.py`` merged the result of this :func:`attack_key`."""
     key = attack_key(pipelines, images, rows, cfg) if precomputed else None
-    if key is not None and attack_results_path(cfg, key).is_file():
-        path = attack_results_path(cfg, key)
+    path = None if key is None else attack_results_path(cfg, key)
+    if path is not None and path.is_file():
         print(f"attack results loaded from {path} (precomputed by scripts/robustness.py)")
         return needed_from_arrays(store.read_npz(path), images, where=str(path))
     return attack_items(pipelines, images, rows, cfg)
@@ -224,10 +224,9 @@ def summarise(runs: dict, labels: list, cfg: dict, pairs: list) -> AttackRun:
     member_curve = pd.concat([success_table({label: pn}).assign(member=m, settled=budget_status({m: pn})["settled"])
                               for label, r in by_model.items() for m, pn in r.items()], ignore_index=True)
     paired = paired_attack_tests(needed, pairs)
-    sentences = [paired_sentence(paired, a, b, status, budget_statement(cfg)) for a, b in pairs]
+    said = [paired_sentence(paired, a, b, status, budget_statement(cfg)) for a, b in pairs]
     return AttackRun(runs, needed, budget_statement(cfg), status, success_table(needed), member_curve,
-                     median_pixels(needed, cfg), paired, list(pairs), sentences,
-                     [pair_verdict(paired, a, b, status)[2] for a, b in pairs])
+                     median_pixels(needed, cfg), paired, list(pairs), [s for s, _ in said], [v for _, v in said])
 
 
 def attack_models(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, pairs: list, title: str,
@@ -293,31 +292,24 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
 NO_VERDICT = "no model is declared more robust"
 
 
-def pair_verdict(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None) -> tuple:
-    """The pair's tests by k (None when no item was attacked by both), its models whose budget has not settled, and
-    the verdict: declared only when both budgets settled and the Holm-adjusted test at the largest k is significant."""
+def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = ""
+                    ) -> tuple[str, str]:
+    """A pair's counts and test at the largest k, why no model is declared more robust if none is, and the verdict:
+    declared only when both budgets settled and the Holm-adjusted test at the largest k is significant."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
-        return None, [], "no item was attacked by both"
+        return f"{a} vs {b}: no item was attacked by both", "no item was attacked by both"
     row, rising = part.iloc[-1], [m for m in (a, b) if status is not None and not bool(status.loc[m, "settled"])]
-    if rising or not row["p (Holm)"] < 0.05:
-        return part, rising, NO_VERDICT
-    return part, rising, f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often"
-
-
-def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = "") -> str:
-    """A pair's counts and test at the largest k, why no model is declared more robust if none is, the verdict."""
-    part, rising, verdict = pair_verdict(tests, a, b, status)
-    if part is None:
-        return f"{a} vs {b}: {verdict}"
-    row = part.iloc[-1]
+    verdict = (NO_VERDICT if rising or not row["p (Holm)"] < 0.05 else
+               f"{b if row['only a fooled'] > row['only b fooled'] else a} is fooled less often")
     reason = (f"; success still rising in the last half of the budget for {' and '.join(rising)}: not settled at "
               f"this budget, the rates are lower bounds" if rising else
               "; no detectable difference" if verdict == NO_VERDICT else "")
     return (f"{a} vs {b} at {int(row['pixels'])} pixels (the largest k, fixed in advance), {int(row['items'])} items"
             f"{f', {budget}' if budget else ''}: fooled {row['a fooled %']:.0f} % vs {row['b fooled %']:.0f} % "
             f"(only {a}: {int(row['only a fooled'])}, only {b}: {int(row['only b fooled'])}; McNemar p = "
-            f"{row['p_value']:.2g}, Holm-adjusted over {len(part)} k: {row['p (Holm)']:.2g}{reason}): {verdict}")
+            f"{row['p_value']:.2g}, Holm-adjusted over {len(part)} k: {row['p (Holm)']:.2g}{reason}): {verdict}",
+            verdict)
 
 
 def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> dict:

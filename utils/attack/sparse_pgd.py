@@ -1,6 +1,7 @@
 """White-box Sparse-PGD (Zhong & Liu 2024, arXiv 2405.05075) from the photo's uint8 pixels (docs/attacks.md)."""
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -53,16 +54,6 @@ def _warm(p: np.ndarray, mask: np.ndarray, clean: np.ndarray, init: np.ndarray) 
     p[:, y, x] = (init[:, 2:5].T - clean[y, x].T.astype(np.float32)) / 255
 
 
-class _Books:
-    """Per attacked image (position in the batch): RNG, cost, steps, best margin and pixels, confirmed scores."""
-
-    def __init__(self, todo: np.ndarray, rows: np.ndarray, seed: int):
-        self.rngs = {int(i): np.random.default_rng([seed, int(rows[i])]) for i in todo}
-        self.spent, self.taken, self.best = ({int(i): v for i in todo} for v in (0, 0, np.inf))
-        self.final: dict[int, np.ndarray] = {}  # pixels by position in the batch
-        self.found: dict[int, np.ndarray] = {}
-
-
 def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
                pixels: int = 1, steps: int = 100, restarts: int = 2, queries: int | None = None, seed: int = 0,
                batch_size: int = 16, init: np.ndarray | None = None) -> AttackReport:
@@ -81,7 +72,10 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
                     colours="rounded to uint8 in every forward pass", batch_size=batch_size, seed=seed,
                     precision="float32")
     todo = np.flatnonzero(scorer.attacked)
-    books = _Books(todo, scorer.rows, seed)
+    books = SimpleNamespace(  # per attacked image (position in the batch): RNG, cost, steps, best margin and pixels
+        rngs={int(i): np.random.default_rng([seed, int(scorer.rows[i])]) for i in todo},
+        spent=dict.fromkeys(todo.tolist(), 0), taken=dict.fromkeys(todo.tolist(), 0),
+        best=dict.fromkeys(todo.tolist(), np.inf), final={}, found={})  # final, found: pixels and confirmed scores
     truth_all = torch.as_tensor(scorer.truth, device=pipeline.device)
     for r in range(restarts):
         left = [int(i) for i in todo if int(i) not in books.found]
@@ -91,7 +85,8 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
     return assemble_report(scorer, books.final, books.found, books.spent, books.taken, settings)
 
 
-def _run(scorer: Scorer, books: _Books, idx: list[int], variant: str, steps: int, k: int, init, truth_all) -> None:
+def _run(scorer: Scorer, books: SimpleNamespace, idx: list[int], variant: str, steps: int, k: int, init,
+         truth_all) -> None:
     """One restart on images ``idx`` (positions in the attacked batch): each leaves when its success holds in fp32."""
     pipeline, dev = scorer.pipeline, scorer.pipeline.device
     draws = [_draw(books.rngs[i], scorer.images[i]) for i in idx]
@@ -142,7 +137,7 @@ def _run(scorer: Scorer, books: _Books, idx: list[int], variant: str, steps: int
                 clean, p, mask, rows = clean[kt], p[kt], mask[kt], rows[kt]
 
 
-def _record(scorer: Scorer, books: _Books, ids: np.ndarray, cands: np.ndarray, margin: np.ndarray,
+def _record(scorer: Scorer, books: SimpleNamespace, ids: np.ndarray, cands: np.ndarray, margin: np.ndarray,
             hit: np.ndarray) -> np.ndarray:
     """Book one step's cost and best candidates; confirm its successes in fp32; which images are done."""
     for j, i in enumerate(ids.tolist()):
