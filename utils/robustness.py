@@ -1,6 +1,5 @@
 """Part 3 for both datasets: few-pixel attacks (searches: ``utils.attack``), their tables, verdicts and sentences,
 the median-filter defence and the poisoning rates. The rules behind every sentence: docs/robustness.md."""
-from __future__ import annotations
 
 from dataclasses import dataclass
 
@@ -76,10 +75,8 @@ def budget_statement(cfg: dict) -> str:
 
 def _late(result, settings: dict) -> bool:
     """A success found in the last half of its search's budget."""
-    if settings["method"] == "sparse-pgd":
-        budget = settings["step_cost"] * settings["restarts"] * settings["steps"]
-    else:
-        budget = settings.get("queries") or settings["popsize"] * (settings["generations"] + 1)
+    budget = (settings["step_cost"] * settings["restarts"] * settings["steps"] if settings["method"] == "sparse-pgd"
+              else settings.get("queries") or settings["popsize"] * (settings["generations"] + 1))
     return result.queries > budget / 2
 
 

@@ -36,9 +36,6 @@ class PixelPipeline:
     def prepare(self, clean: torch.Tensor, rows: torch.Tensor) -> None:
         """Called once with the clean images before a search; cache what does not depend on the perturbation."""
 
-    def scores(self, x: torch.Tensor, rows: torch.Tensor, changed_xy: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
     def truth(self, rows: np.ndarray) -> np.ndarray:
         """Boolean (len(rows), S): which score entries count as correct for each row."""
         if self.labels is None:

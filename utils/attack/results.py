@@ -12,10 +12,9 @@ from .pipelines import Scorer, apply_pixels, margin_and_success, score_images
 
 COLUMNS = ("row", "attacked", "success", "queries", "generations", "n_pixels", "top_before", "top_after",
            "rank_before", "rank_after", "true_score_drop", "margin_before", "margin_after")
-FIELDS = ("rows", "attacked", "success", "queries", "generations", "pixels", "scores_before", "scores_after",
-          "truth", "settings", "cost")
 _PER_RESULT = {"rows": ("row", np.int64), "attacked": ("attacked", bool), "success": ("success", bool),
                "queries": ("queries", np.int64), "generations": ("generations", np.int64)}
+FIELDS = (*_PER_RESULT, "pixels", "scores_before", "scores_after", "truth", "settings", "cost")
 
 
 @dataclass
@@ -67,19 +66,15 @@ class AttackReport:
         att = t[t.attacked.astype(bool)]
         won = att[att.success.astype(bool)]
         nan = float("nan")
-        out = {"method": self.settings.get("method", "de"), "pixels": self.settings["pixels"], "images": len(t),
-               "attacked": len(att), "successes": len(won),  # attacked: correct before the attack
-               "success_rate": float(len(won) / len(att)) if len(att) else nan,
-               "queries_per_success": float(won.queries.mean()) if len(won) else nan,
-               "median_queries_per_success": float(won.queries.median()) if len(won) else nan,
-               "mean_true_score_drop": float(att.true_score_drop.mean()) if len(att) else nan,
-               "mean_rank_shift": float((att.rank_after - att.rank_before).mean()) if len(att) else nan,
-               "seconds": self.seconds,
-               "queries_per_second": self.model_queries / self.search_seconds if self.search_seconds else nan}
-        if self.members:
-            out.update(white_box_successes=int(att.white_box_success.sum()), black_box_attacked=int(
-                att.black_box_ran.sum()), black_box_successes=int(att.black_box_success.sum()))
-        return out
+        return {"method": self.settings.get("method", "de"), "pixels": self.settings["pixels"], "images": len(t),
+                "attacked": len(att), "successes": len(won),  # attacked: correct before the attack
+                "success_rate": float(len(won) / len(att)) if len(att) else nan,
+                "queries_per_success": float(won.queries.mean()) if len(won) else nan,
+                "median_queries_per_success": float(won.queries.median()) if len(won) else nan,
+                "mean_true_score_drop": float(att.true_score_drop.mean()) if len(att) else nan,
+                "mean_rank_shift": float((att.rank_after - att.rank_before).mean()) if len(att) else nan,
+                "seconds": self.seconds,
+                "queries_per_second": self.model_queries / self.search_seconds if self.search_seconds else nan}
 
     @property
     def adversarial(self) -> np.ndarray:
