@@ -220,14 +220,22 @@ def test_a_true_logit_leading_by_30_is_still_attackable(method, budget):
     np.testing.assert_allclose(rep.table().margin_after, after, atol=1e-5)  # the saved margin is on the logits
 
 
-def test_candidate_batches_equal_the_uint8_images_bit_for_bit(near_boundary):
+def test_candidate_batches_equal_the_uint8_images_bit_for_bit(near_boundary, monkeypatch):
     """Each batch the search builds must equal the uint8 image with the pixels written (apply_pixels) converted as
     usual, also with repeated positions (later pixels win), padding rows, and calls larger than one batch."""
+    from utils.attack import pipelines
     from utils.attack.pipelines import prepare_attack, to_input
 
     net, imgs, labels = near_boundary
     pipe = ClassifierPixelPipeline(net, labels, 3)
     scorer = prepare_attack(pipe, imgs, None, None, 3, 4, "test")
+    builders, real = [], pipelines.score_chunks  # the batch builder Scorer.search hands to score_chunks
+
+    def spy(pipeline, images, *args):
+        builders.append(images)
+        return real(pipeline, images, *args)
+
+    monkeypatch.setattr(pipelines, "score_chunks", spy)
     rng = np.random.default_rng(0)
     for call in range(6):
         m = int(rng.integers(1, 12))
@@ -236,7 +244,8 @@ def test_candidate_batches_equal_the_uint8_images_bit_for_bit(near_boundary):
         cands = np.concatenate([rng.integers(0, 12, (m, 3, 2)), rng.integers(0, 256, (m, 3, 3))], -1)
         cands[:, 2, :2] = cands[:, 0, :2]  # a repeated position: the later pixel wins
         cands[0, 1] = -1  # padding
-        build = scorer._builder(idx, cands)
+        scorer.search(idx, cands)
+        build = builders[-1]
         want = to_input(apply_pixels(imgs[idx], cands), pipe.device, pipe.channels_last)
         for s in range(0, m, 4):
             assert torch.equal(build(s, min(s + 4, m)), want[s:s + 4]), (call, s)
