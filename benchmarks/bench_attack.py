@@ -86,7 +86,6 @@ from sklearn.datasets import load_sample_images  # noqa: E402
 
 from utils import batching  # noqa: E402
 from utils.attack import ClassifierPixelPipeline, differential_evolution, sparse_rs  # noqa: E402
-from utils.attack.pipelines import best_batch  # noqa: E402
 from utils.encoders import load_image_encoder, packaged_mobilenet_file  # noqa: E402
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -302,7 +301,7 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
                                   (3, *images.shape[1:3]), pipe.device, layout)
             layout(best.channels_last)
             best_rate = sustained_rate(pipe, best.batch, images.shape[1:3])
-            batch = args.batch_size or best_batch(pipe, images.shape[1:3], rows)  # back to the cached choice
+            batch = args.batch_size or batching.for_pipeline(pipe, (3, *images.shape[1:3]), rows).batch  # cached choice
             t = time.perf_counter()
             rep = sparse_rs(pipe, images, pixels=k, queries=budget, batch_size=batch, seed=args.seed)
             wall = time.perf_counter() - t
@@ -369,7 +368,7 @@ def main():
     images, labels = pool[pick], probs.argmax(1).numpy()[pick]
     print(f"images: the {args.images} least confident of {len(pool)} crops: {[names[i] for i in pick]}")
     pipe = ClassifierPixelPipeline(ours_model, labels, n_classes=1000)
-    choice = best_batch(pipe, images.shape[1:3], np.arange(len(images)))
+    choice = batching.for_pipeline(pipe, (3, *images.shape[1:3]), np.arange(len(images))).batch
     print(f"model batch: {args.batch_size or choice} ({'given' if args.batch_size else 'utils.batching'}; the "
           f"machine's fastest: {choice} in {'channels_last' if pipe.channels_last else 'the default layout'})")
     args.batch_size = args.batch_size or choice

@@ -12,7 +12,7 @@ from scipy.optimize import differential_evolution
 from torchvision.ops import roi_align
 
 from utils.attack import (ClassifierPixelPipeline, EmoticPixelPipeline, FlickrPixelPipeline, apply_pixels, attack,
-                           correct_top1, score_images)
+                           margin_and_success, score_images)
 from utils.attack import differential_evolution as de_attack  # scipy's differential_evolution is imported too
 
 BUDGET = dict(popsize=40, generations=10)
@@ -328,13 +328,13 @@ def test_pipelines_accept_the_project_models(emotic_setup):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_score_images_and_correct_top1_match_independent_forward(near_boundary):
+def test_score_images_and_success_match_independent_forward(near_boundary):
     net, imgs, labels = near_boundary
     pipe = ClassifierPixelPipeline(net, labels, 3)
     lo = logits_of(net, imgs)
     sc = score_images(pipe, imgs, batch_size=3)
     np.testing.assert_allclose(sc, lo, atol=1e-6)  # logits, not probabilities
-    np.testing.assert_array_equal(correct_top1(sc, pipe.truth(np.arange(10))), lo.argmax(1) == labels)
+    np.testing.assert_array_equal(margin_and_success(sc, pipe.truth(np.arange(10)))[1], lo.argmax(1) != labels)
 
 
 def test_mutation_is_rand1_with_three_distinct_others():
@@ -351,7 +351,6 @@ def test_mutation_is_rand1_with_three_distinct_others():
 def test_every_pipeline_is_differentiable_from_the_pixels(emotic_setup):
     """A white-box attack needs d(margin)/d(pixels): the gradient through each pipeline's scores matches a finite
     difference of the same scores (float64 would be exact; float32 agrees to a few per cent)."""
-    from utils.attack.pipelines import margin_and_success
     from utils.models import EmoticJoint, FlickrBaseline, FlickrJoint
 
     scenes, boxes, text = emotic_setup

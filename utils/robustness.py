@@ -238,11 +238,13 @@ def success_table(needed: dict) -> pd.DataFrame:
     """One row per (model, k): attacked, fooled with at most k pixels, the rate and its Wilson 95 % interval."""
     rows = []
     for label, pn in needed.items():
-        for _, r in pn.curve().iterrows():
-            lo, hi = stats.wilson_interval(int(r["successes"]), int(r["attacked"]))
-            rows.append({"model": label, "pixels": int(r["pixels"]), "attacked": int(r["attacked"]),
-                         "successes": int(r["successes"]), "success %": 100 * r["success_rate"],
-                         "success % low": 100 * lo, "success % high": 100 * hi})
+        n = int(pn.attacked.sum())
+        for k in pn.schedule:
+            won = int(((pn.k_needed > 0) & (pn.k_needed <= k) & pn.attacked).sum())
+            lo, hi = stats.wilson_interval(won, n)
+            rows.append({"model": label, "pixels": int(k), "attacked": n, "successes": won,
+                         "success %": 100 * (won / n if n else np.nan), "success % low": 100 * lo,
+                         "success % high": 100 * hi})
     return pd.DataFrame(rows)
 
 
@@ -251,8 +253,7 @@ def median_pixels(needed: dict, cfg: dict) -> pd.DataFrame:
     over = 2 * max(cfg["pixels"])  # stands for "not fooled within the schedule"; shown as "> k_max"
     rows = {}
     for label, pn in needed.items():
-        k = pn.k_or_inf[pn.attacked]
-        k = np.where(np.isinf(k), over, k)
+        k = np.where(pn.k_needed > 0, pn.k_needed, over)[pn.attacked].astype(float)
         if not len(k):
             rows[label] = {"attacked": 0}
             continue
@@ -337,7 +338,7 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
         if won:
             adv = np.stack([A.apply_pixels(images[[r.row]], r.pixels[None])[0] for r in won])
             rws = np.array([r.row for r in won])
-            fooled = ~A.correct_top1(A.score_images(pipe, adv, rws, batch_size=32), pipe.truth(rws))
+            fooled = A.margin_and_success(A.score_images(pipe, adv, rws, batch_size=32), pipe.truth(rws))[1]
             still = set(rws[fooled].tolist())
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
         pn = ensemble_needed(mine)

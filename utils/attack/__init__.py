@@ -3,7 +3,7 @@
 
 from .de import differential_evolution
 from .pipelines import (ClassifierPixelPipeline, EmoticPixelPipeline, FlickrPixelPipeline, PixelPipeline,
-                        apply_pixels, correct_top1, median_defended, score_images)
+                        apply_pixels, margin_and_success, median_defended, score_images)
 from .results import AttackReport, AttackResult, from_arrays, to_arrays
 from .sparse import sparse_rs
 from .sparse_pgd import sparse_pgd

@@ -94,7 +94,7 @@ def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], score
     for st, cand, (fit, ok, hits, order) in zip(states, cands, scored):
         if ok.any():
             j = int(np.flatnonzero(ok)[np.argmin(order[ok])])
-            if scorer.exact:
+            if scorer.precision == "float32":  # an eager fp32 search already is the confirming pass
                 st.found, st.found_scores = cand[j], hits[j]
                 st.queries -= int(order.max() - order[j])
             else:

@@ -173,13 +173,6 @@ def to_input(images: np.ndarray, device, channels_last: bool) -> torch.Tensor:
     return x if channels_last else x.contiguous()
 
 
-def _precision_ctx(precision: str, device: torch.device):
-    if precision not in PRECISIONS:
-        raise ValueError(f"utils/attack/pipelines.py: precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
 def margin_and_success(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Margin to minimise (max true - max other) and success (the argmax is not a true entry)."""
     true_best = np.where(truth, scores, -np.inf).max(1)
@@ -190,11 +183,10 @@ def margin_and_success(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarra
 
 def score_chunks(pipeline, images, rows, batch_size, precision="float32", changed_xy=None):
     """(start, float32 scores, model seconds) per balanced batch of uint8 ``images`` or ``images(start, stop)``."""
-    dev = pipeline.device
-    n = len(rows)
+    dev, dtype, n = pipeline.device, PRECISIONS[precision], len(rows)
     if n > batch_size:
         batch_size = -(-n // -(-n // batch_size))
-    with torch.inference_mode(), _precision_ctx(precision, dev):
+    with torch.inference_mode(), contextlib.nullcontext() if dtype is None else torch.autocast(dev.type, dtype=dtype):
         for s in range(0, n, batch_size):
             x = (images(s, min(s + batch_size, n)) if callable(images)
                  else to_input(images[s:s + batch_size], dev, pipeline.channels_last))
@@ -205,32 +197,23 @@ def score_chunks(pipeline, images, rows, batch_size, precision="float32", change
             yield s, sc, time.perf_counter() - t0
 
 
-def best_batch(pipeline: PixelPipeline, size: tuple[int, int], rows) -> int:
-    """The batch size this device runs the pipeline fastest at (``utils.batching``, cached; sets the layout)."""
-    return batching.for_pipeline(pipeline, (3, *size), rows if len(rows) else [0]).batch
-
-
 def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_size: int | None = None) -> np.ndarray:
     """fp32 scores of uint8 images through the whole pipeline (``batch_size=None``: the device's fastest)."""
     images = np.asarray(images)
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
     if len(images) == 0:
         return np.zeros((0, 0), np.float32)
-    if batch_size is None:
-        batch_size = best_batch(pipeline, images.shape[1:3], rows)
+    if batch_size is None:  # the device's fastest (``utils.batching``, cached; sets the layout)
+        batch_size = batching.for_pipeline(pipeline, (3, *images.shape[1:3]), rows).batch
     return np.concatenate([sc for _, sc, _ in score_chunks(pipeline, images, rows, batch_size or 1)])
-
-
-def correct_top1(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per image: is the top-scored entry a true one (the attack's success is its negation)."""
-    return ~margin_and_success(np.asarray(scores), np.asarray(truth, bool))[1]
 
 
 def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None, where: str,
                    precision: str = "float32") -> "Scorer":
     """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache."""
     started = time.perf_counter()
-    _precision_ctx(precision, torch.device("cpu"))  # reject an unknown precision early
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where}: precision must be one of {list(PRECISIONS)}, got {precision!r}")
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{where}: images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
@@ -241,7 +224,7 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         raise ValueError(f"{where}: batch_size must be >= 1, got {batch_size}")
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     if batch_size is None:
-        batch_size = best_batch(pipeline, images.shape[1:3], rows)
+        batch_size = batching.for_pipeline(pipeline, (3, *images.shape[1:3]), rows if len(rows) else [0]).batch
     truth = pipeline.truth(rows) if truth is None else np.asarray(truth)
     truth = truth if truth.dtype == bool else truth > 0.5  # multi-hot float labels are accepted too
     if len(rows) != n or len(truth) != n:
@@ -274,10 +257,6 @@ class Scorer:
     ready: float = field(default_factory=time.perf_counter)  # ... and at the start of the search
     queries: int = 0  # images sent through the model by the search (confirmations not included)
     model_seconds: float = 0.0  # time inside the pipeline's forward pass during the search
-
-    @property
-    def exact(self) -> bool:  # an eager fp32 search already is the confirming pass
-        return PRECISIONS[self.precision] is None
 
     def search(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """Margins and successes of candidates (M,k,5) on images ``idx`` (M,), and the successful ones' scores."""

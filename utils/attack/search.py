@@ -6,7 +6,6 @@ import time
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 from .de import differential_evolution
 from .pipelines import PixelPipeline
@@ -85,20 +84,6 @@ class PixelsNeeded:
     queries: np.ndarray  # (N,) queries spent on the image over all k it was attacked at
     schedule: tuple[int, ...]
     reports: dict[int, AttackReport]  # by k; each holds only the images still unsolved at that k
-
-    @property
-    def k_or_inf(self) -> np.ndarray:
-        """``k_needed`` as float with inf for "not within the schedule" (NaN for images not attacked)."""
-        out = np.where(self.k_needed > 0, self.k_needed, np.inf).astype(float)
-        out[~self.attacked] = np.nan
-        return out
-
-    def curve(self) -> pd.DataFrame:
-        """Success against k: share of the attacked images fooled with at most k pixels."""
-        n = int(self.attacked.sum())
-        won = [int(((self.k_needed > 0) & (self.k_needed <= k) & self.attacked).sum()) for k in self.schedule]
-        return pd.DataFrame(dict(pixels=list(self.schedule), attacked=n, successes=won,
-                                 success_rate=[w / n if n else float("nan") for w in won]))
 
 
 def pixels_needed(pipeline, images: np.ndarray, rows=None, truth=None, *,

@@ -170,7 +170,7 @@ def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candi
         used[act] += np.where(hit, j + 1, sizes)
         at = starts[hit] + j[hit]  # the kept (or successful) proposal of each image that has one
         imgs, win = act[hit], ok[at]
-        if win.any() and not scorer.exact:  # a success of the cheap precision must hold in fp32
+        if win.any() and scorer.precision != "float32":  # a success of a cheaper precision must hold in fp32
             f32, ok32, sc32 = scorer.confirm(idx[imgs[win]], cand[at[win]])
             used[imgs[win]] += 1
             f[at[win]], confirmed = f32, np.flatnonzero(win)[ok32]
