@@ -472,7 +472,7 @@ def whitebox_rows():
         return
     from scipy import ndimage
 
-    from utils.attack import ensemble, median_defended
+    from utils.attack import MedianDefended, ensemble
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=8)
@@ -553,7 +553,7 @@ def whitebox_rows():
           flush=True)
     if os.environ.get("BENCH_WHITEBOX_ADAPTIVE", "on") != "off":
         print("  adaptive (same budget, the filter inside the model, BPDA gradient for the white-box member):")
-        rows_for(k, median_defended(pipe, 3), True)
+        rows_for(k, MedianDefended(pipe, 3), True)
 
 
 if __name__ == "__main__":

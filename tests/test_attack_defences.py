@@ -8,8 +8,7 @@ import torch.nn as nn
 from scipy import ndimage
 
 from test_attack_de import logits_of, tiny_net
-from utils.attack import (ClassifierPixelPipeline, EmoticPixelPipeline, attack, ensemble, median_defended,
-                          score_images)
+from utils.attack import ClassifierPixelPipeline, EmoticPixelPipeline, MedianDefended, attack, ensemble, score_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
@@ -30,7 +29,7 @@ def test_forward_is_filter_then_pipeline_value_by_value(photos, size):
     net = tiny_net(seed=1)
     labels = logits_of(net, photos).argmax(1)
     pipe = ClassifierPixelPipeline(net, labels, 3)
-    defended = median_defended(pipe, size)
+    defended = MedianDefended(pipe, size)
     np.testing.assert_array_equal(score_images(defended, photos), score_images(pipe, scipy_median(photos, size)))
     np.testing.assert_array_equal(defended.truth(np.arange(4)), pipe.truth(np.arange(4)))
     assert not np.array_equal(score_images(defended, photos), score_images(pipe, photos))  # the filter acts
@@ -54,7 +53,7 @@ def test_emotic_pipeline_defended_filters_the_scene_and_the_body_crop(photos):
     pipe = EmoticPixelPipeline(enc, Head(), None, boxes, body_size=6)
     # one fixed batch for both sides: a probed batch size follows the machine's load, and the last float bits with it
     n = len(photos)
-    np.testing.assert_array_equal(score_images(median_defended(pipe, 3), photos, batch_size=n),
+    np.testing.assert_array_equal(score_images(MedianDefended(pipe, 3), photos, batch_size=n),
                                   score_images(pipe, scipy_median(photos, 3), batch_size=n))
 
 
@@ -63,7 +62,7 @@ def test_gradient_passes_straight_through_the_filter(photos):
     net = tiny_net(seed=2)
     labels = logits_of(net, photos).argmax(1)
     pipe = ClassifierPixelPipeline(net, labels, 3, channels_last=False)
-    defended = median_defended(pipe, 3)
+    defended = MedianDefended(pipe, 3)
     rows = torch.arange(len(photos))
     w = torch.randn(len(photos), 3, generator=torch.Generator().manual_seed(0))
     x = (torch.from_numpy(photos).permute(0, 3, 1, 2).float() / 255).requires_grad_(True)
@@ -83,7 +82,7 @@ def test_both_members_attack_the_defended_pipeline_with_the_same_budget(photos):
     top2 = np.sort(lo, 1)[:, -2:]
     order = np.argsort(top2[:, 1] - top2[:, 0])[::15][:16]
     imgs, labels = imgs[order], lo.argmax(1)[order]
-    defended = median_defended(ClassifierPixelPipeline(net, labels, 3), 3)
+    defended = MedianDefended(ClassifierPixelPipeline(net, labels, 3), 3)
     budget = dict(queries=300, steps=20, restarts=2)
     rep = ensemble(defended, imgs, pixels=6, **budget)
     t = rep.table()
@@ -105,4 +104,4 @@ def test_bad_size_is_refused():
     pipe = ClassifierPixelPipeline(tiny_net(), [0], 3)
     for size in (0, 2, -3):
         with pytest.raises(ValueError, match="pipelines.py: median filter size must be odd and positive"):
-            median_defended(pipe, size)
+            MedianDefended(pipe, size)

@@ -91,8 +91,7 @@ def attack_key(pipelines: dict, images: np.ndarray, rows, cfg: dict) -> str | No
     if any(getattr(p, "key", None) is None for p in pipelines.values()):
         return None
     rows = np.asarray(rows, np.int64)
-    settings = {"experiment": cfg["experiment"], "schedule": [int(k) for k in cfg["pixels"]],
-                "members": members(cfg)}
+    settings = {"experiment": cfg["experiment"], "schedule": [int(k) for k in cfg["pixels"]], "members": members(cfg)}
     photos = store.digest(*(np.asarray(images[r]) for r in rows))  # one photo at a time: a memmap stays on disk
     return store.key(settings, [[label, p.key] for label, p in pipelines.items()], rows, photos,
                      store.code_digest(A, models, encoders, attack_items))
@@ -380,7 +379,7 @@ def gallery(images, needed: dict, n: int, describe, item: str, title: str, path=
 def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> tuple[dict, dict]:
     """Every model behind the median filter, attacked by the same searches at the largest k only."""
     size = cfg["median_size"]
-    defended = {label: keyed(A.median_defended(p, size), "median", size, getattr(p, "key", None))
+    defended = {label: keyed(A.MedianDefended(p, size), "median", size, getattr(p, "key", None))
                 for label, p in pipelines.items()}
     return defended, pixels_needed(defended, images, rows, {**cfg, "pixels": [max(cfg["pixels"])]})
 
@@ -391,8 +390,7 @@ def backdoor_columns(hit: np.ndarray, control: np.ndarray) -> dict:
     for column, won in (("backdoor success %", hit), ("target top-1 on clean images %", control)):
         r = stats.success_rate_interval(int(won.sum()), len(won))
         out.update({column: r["estimate"], f"{column} low": r["low"], f"{column} high": r["high"]})
-    d = stats.paired_rate_difference(hit, control) if len(hit) else dict.fromkeys(("difference", "low", "high"),
-                                                                                    np.nan)
+    d = stats.paired_rate_difference(hit, control) if len(hit) else dict.fromkeys(("difference", "low", "high"), np.nan)
     out.update({"trigger effect (points)": d["difference"], "trigger effect low": d["low"], "trigger effect high":
                 d["high"], "trigger adds (McNemar p)": stats.mcnemar_exact(hit, control)["p_value"]})
     return out

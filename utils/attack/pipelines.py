@@ -325,6 +325,3 @@ class MedianDefended(PixelPipeline):
 
     def truth(self, rows) -> np.ndarray:
         return self.inner.truth(rows)
-
-
-median_defended = MedianDefended  # the name the robustness experiments call

@@ -49,9 +49,8 @@ def ensemble(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.n
                     member=member, white_box_success=w_ok.tolist(), black_box_ran=ran.tolist(),
                     black_box_success=(b_ok & ran).tolist(), white_box=white.settings, black_box=black.settings)
     return AttackReport(results=results, settings=settings, seconds=time.perf_counter() - t_start,
-                        model_queries=white.model_queries + black.model_queries,
-                        search_seconds=white.search_seconds + black.search_seconds,
-                        model_seconds=white.model_seconds + black.model_seconds,
+                        **{f: getattr(white, f) + getattr(black, f) for f in ("model_queries", "search_seconds",
+                                                                               "model_seconds")},
                         members={"white-box": white, "black-box": black})
 
 
