@@ -2,9 +2,9 @@
 :class:`AttackReport` (docs/attacks.md describes the searches and the modules)."""
 
 from .de import differential_evolution
-from .pipelines import (ClassifierPixelPipeline, EmoticPixelPipeline, FlickrPixelPipeline, MedianDefended,
-                        PixelPipeline, apply_pixels, margin_and_success, score_images)
-from .results import AttackReport, AttackResult, from_arrays, to_arrays
+from .pipelines import (AttackReport, AttackResult, ClassifierPixelPipeline, EmoticPixelPipeline, FlickrPixelPipeline,
+                        MedianDefended, PixelPipeline, apply_pixels, from_arrays, margin_and_success, score_images,
+                        to_arrays)
 from .sparse import sparse_rs
 from .sparse_pgd import sparse_pgd
 from .search import METHODS, PixelsNeeded, attack, ensemble, pixels_needed

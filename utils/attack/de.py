@@ -5,8 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .pipelines import PixelPipeline, Scorer, prepare_attack
-from .results import AttackReport, assemble_report
+from .pipelines import AttackReport, PixelPipeline, Scorer, assemble_report, prepare_attack
 
 WHERE = "utils/attack/de.py"
 

@@ -8,8 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from .de import differential_evolution
-from .pipelines import PixelPipeline
-from .results import AttackReport
+from .pipelines import AttackReport, PixelPipeline
 from .sparse import sparse_rs
 from .sparse_pgd import sparse_pgd
 

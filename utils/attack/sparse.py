@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from .pipelines import PixelPipeline, Scorer, prepare_attack
-from .results import AttackReport, assemble_report
+from .pipelines import AttackReport, PixelPipeline, Scorer, assemble_report, prepare_attack
 
 WHERE = "utils/attack/sparse.py"
 

@@ -6,8 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .pipelines import PixelPipeline, Scorer, prepare_attack, to_input
-from .results import AttackReport, assemble_report
+from .pipelines import AttackReport, PixelPipeline, Scorer, assemble_report, prepare_attack, to_input
 
 WHERE = "utils/attack/sparse_pgd.py"
 VARIANTS = ("unprojected", "projected")
