@@ -253,11 +253,11 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
                       attack_threads=1, median_size=3)
     pipes = {"toy": A.ClassifierPixelPipeline(_Brightness(), np.zeros(8, np.int64), 2)}
     rows = np.arange(8)
-    runs = R.pixels_needed(pipes, images, rows, cfg, precomputed=False)
+    runs = R.pixels_needed(pipes, images, rows, cfg)  # unkeyed pipelines: always computed
     defended, adaptive = R.adaptive_attack(pipes, images, rows, cfg)
     assert sorted(adaptive) == sorted(runs) == ["toy [black-box]", "toy [white-box]"]
     assert all(set(pn.reports) == {8} for pn in adaptive.values()), "the adaptive attack runs at the largest k"
-    single = R.pixels_needed(pipes, images, rows, {**cfg, "pixels": [8]}, precomputed=False)
+    single = R.pixels_needed(pipes, images, rows, {**cfg, "pixels": [8]})
     compared = 0
     for key, pn in [*runs.items(), *single.items()]:  # the adaptive attack ran with the attack's very settings
         for k in set(pn.reports) & set(adaptive[key].reports):

@@ -119,11 +119,10 @@ def needed_from_arrays(arrays, images: np.ndarray | None = None, where: str = "a
     return out
 
 
-def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, *,
-                  precomputed: bool = True) -> dict:
+def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> dict:
     """``run_label(model, member)`` -> ``PixelsNeeded`` over ``cfg['pixels']``, same rows for every model;
     loaded when ``scripts/robustness.py`` merged the result of this :func:`attack_key`."""
-    key = attack_key(pipelines, images, rows, cfg) if precomputed else None
+    key = attack_key(pipelines, images, rows, cfg)
     path = None if key is None else attack_results_path(cfg, key)
     if path is not None and path.is_file():
         print(f"attack results loaded from {path} (precomputed by scripts/robustness.py)")

@@ -1,5 +1,4 @@
-"""Few-pixel attacks on the whole pipeline from raw uint8 pixels to scores; every search returns the same
-:class:`AttackReport` (docs/attacks.md describes the searches and the modules)."""
+"""Few-pixel attacks from raw uint8 pixels to scores; each search returns an ``AttackReport`` (docs/attacks.md)."""
 
 from .de import differential_evolution
 from .pipelines import (AttackReport, AttackResult, ClassifierPixelPipeline, EmoticPixelPipeline, FlickrPixelPipeline,

@@ -1,5 +1,4 @@
-"""Few-pixel attack by differential evolution (Su, Vargas & Sakurai 2019), batched across images: every active
-image's children go through the model together, each image with its own RNG (docs/attacks.md)."""
+"""Differential evolution (Su, Vargas & Sakurai 2019), every image's children scored together (docs/attacks.md)."""
 
 from dataclasses import dataclass, field
 

@@ -1,5 +1,4 @@
-"""The searches by name, the white-box-then-black-box ensemble, and the pixels each image needs over a schedule of
-k with work reused across k (docs/attacks.md)."""
+"""The searches by name, the white-box-then-black-box ensemble, and the pixels each image needs (docs/attacks.md)."""
 
 import dataclasses
 import time
@@ -96,9 +95,7 @@ def pixels_needed(pipeline, images: np.ndarray, rows=None, truth=None, *,
     n = len(images)
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     truth = None if truth is None else np.asarray(truth)
-    k_needed = np.full(n, -1, np.int64)
-    spent = np.zeros(n, np.int64)
-    attacked = np.zeros(n, bool)
+    k_needed, spent, attacked = np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, bool)
     best = np.full((n, max(schedule), 5), -1, np.int64)  # each image's best pixels so far (-1 = padding)
     todo = np.arange(n)
     reports = {}

@@ -146,10 +146,8 @@ def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candi
             seed: int):
     """Update ``px`` in place; return queries used, proposals accepted and confirmed successes' fp32 scores."""
     n, k = len(idx), px.shape[1]
-    margin = np.full(n, np.inf)
     used = np.zeros(n, np.int64)  # queries per image (the starting pixels are the first, as in Sparse-RS)
-    accepted = np.zeros(n, np.int64)
-    done = np.zeros(n, bool)
+    margin, accepted, done = np.full(n, np.inf), np.zeros(n, np.int64), np.zeros(n, bool)
     found: dict[int, np.ndarray] = {}
     first = True
     while len(act := np.flatnonzero(~done & (used < queries))):
