@@ -287,7 +287,7 @@ def test_summary_per_pixel_budget(near_boundary):
 def test_bad_input_is_named():
     net = tiny_net()
     pipe = ClassifierPixelPipeline(net, [0, 1], 3)
-    with pytest.raises(ValueError, match="utils/attack/de.py: images must be uint8"):
+    with pytest.raises(ValueError, match="utils/attack/search.py: images must be uint8"):
         de_attack(pipe, np.zeros((2, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="boxes_224"):
         EmoticPixelPipeline(TinyEncoder(), TinyHead(), None, np.array([[5, 5, 5, 9]], np.float32))
@@ -339,7 +339,7 @@ def test_score_images_and_success_match_independent_forward(near_boundary):
 
 def test_mutation_is_rand1_with_three_distinct_others():
     """With population 10 + identity and F = 1, a child 10 + e_a + e_b - e_c reveals the members it was drawn from."""
-    from utils.attack.de import mutants as _mutants
+    from utils.attack.search import mutants as _mutants
 
     p = 7
     children = _mutants(np.random.default_rng(0), 10 + np.eye(p), 1.0, np.full(p, 100.0))

@@ -11,7 +11,7 @@ import torch.nn as nn
 from test_attack_de import logits_of, near_boundary, tiny_net  # noqa: F401 (fixture)
 from utils.attack import (METHODS, ClassifierPixelPipeline, EmoticPixelPipeline, attack, ensemble, from_arrays,
                           score_images, sparse_pgd, to_arrays)
-from utils.attack.sparse_pgd import STEP_COST, project_mask
+from utils.attack.sparse import STEP_COST, project_mask
 
 search_module = importlib.import_module("utils.attack.search")  # where `ensemble` calls `sparse_rs`
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
@@ -109,7 +109,7 @@ def test_queries_keyword_sets_steps_and_attack_dispatches(spread):
 def test_bad_inputs_raise_clear_errors(spread):
     net, imgs, labels = spread
     pipe = ClassifierPixelPipeline(net, labels, 3)
-    with pytest.raises(ValueError, match="sparse_pgd.py: need steps >= 1"):
+    with pytest.raises(ValueError, match="sparse.py: need steps >= 1"):
         sparse_pgd(pipe, imgs, pixels=1, steps=0)
     with pytest.raises(ValueError, match="pixels must be between"):
         sparse_pgd(pipe, imgs, pixels=0)

@@ -9,7 +9,7 @@ import torch
 
 from . import attack as A
 from . import encoders, models, paths, plots, stats, store
-from .attack.sparse_pgd import STEP_COST
+from .attack.sparse import STEP_COST
 from .experiments import Findings, slug, threads
 
 
@@ -406,10 +406,8 @@ def attack_lines(attacks: AttackRun, k_max: int, items: str) -> list[str]:
     lines = []
     for m, r in attacks.curve[attacks.curve.pixels == k_max].set_index("model").iterrows():
         med = attacks.median.loc[m] if m in attacks.median.index else {}
-        if "median pixels" in med and not np.isnan(med["median pixels"]):
-            needed = f"median pixels needed {show(med['median pixels'])} [{show(med['low'])}, {show(med['high'])}]"
-        else:
-            needed = "no item attacked"
+        needed = (f"median pixels needed {show(med['median pixels'])} [{show(med['low'])}, {show(med['high'])}]"
+                  if "median pixels" in med and not np.isnan(med["median pixels"]) else "no item attacked")
         mine = members_at_max[members_at_max.model == m]
         split = "".join(f"; {row['member']} member{' (the realistic attacker)' if row['member'] == 'black-box' else ''}"
                         f" {_rate(row)}{'' if row['settled'] else ', a lower bound'}" for _, row in mine.iterrows()
