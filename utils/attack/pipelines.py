@@ -246,8 +246,7 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
 
 @dataclass
 class Scorer:
-    """One run's checked inputs and clean fp32 scores; scores candidate pixels of many images in shared batches in
-    the search's precision, counting the cost. ``confirm`` is the eager fp32 pass every success must pass."""
+    """One run's checked inputs and clean fp32 scores; batches in the search's precision, eager fp32 ``confirm``."""
     pipeline: PixelPipeline
     images: np.ndarray  # (N,H,W,3) uint8
     rows: np.ndarray  # (N,) pipeline rows
