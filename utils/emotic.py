@@ -242,12 +242,11 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame
              + f"; every single input clearly (>= {CLEAR_FACTOR} x) above chance: "
                f"**{targets['every_single_clearly_above_chance']}**",
              f"{main} against the best single input: {first['finding']}"]
-    lines += [f"{row['a']} against {row['b']}: {row['finding']}" for _, row in comparisons.iloc[1:].iterrows()]
-    lines += X.seed_lines(seeds, "mAP")
-    lines.append(f"VAD: best MAE {targets['best_VAD_MAE']:.3f} ({best_vad}; 95 % interval up to "
-                 f"{table.loc[best_vad, 'VAD MAE high']:.3f}) against {ch['VAD MAE']:.3f} for the training-mean "
-                 f"constant: better than the constant beyond noise: **{targets['vad_beats_constant']}**")
-    return X.Findings(lines + X.caution("emotic", table), targets)
+    vad = (f"VAD: best MAE {targets['best_VAD_MAE']:.3f} ({best_vad}; 95 % interval up to "
+           f"{table.loc[best_vad, 'VAD MAE high']:.3f}) against {ch['VAD MAE']:.3f} for the training-mean "
+           f"constant: better than the constant beyond noise: **{targets['vad_beats_constant']}**")
+    return X.findings("emotic", table, lines, targets, [row for _, row in comparisons.iloc[1:].iterrows()], seeds,
+                      "mAP", (vad,))
 
 
 def joint_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame, alignment: pd.DataFrame,
@@ -264,12 +263,10 @@ def joint_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.Dat
              f"{table.loc[main, 'mAP high']:.1f}] (chance {ch:.1f})",
              f"against the part-1 baseline ({baseline}): {vs_baseline['finding']}",
              f"adding the text tower to the image tower: {vs_image['finding']}"]
-    lines += [f"{row['a']} against {row['b']}: {row['finding']}" for key, row in by_pair.items()
-              if key not in ((main, baseline), (main, "joint image only"))]
-    lines += X.seed_lines(seeds, "mAP")
-    lines.append(f"alignment (lambda = {al['lambda']:g}): person retrieval mean R@1 {al['mean R@1']:.1f} % against "
-                 f"chance {al['chance R@1']:.1f} %, learned temperature {al['temperature']:.3f}")
-    return X.Findings(lines + X.caution("emotic", table), targets)
+    rest = [row for key, row in by_pair.items() if key not in ((main, baseline), (main, "joint image only"))]
+    aligned = (f"alignment (lambda = {al['lambda']:g}): person retrieval mean R@1 {al['mean R@1']:.1f} % against "
+               f"chance {al['chance R@1']:.1f} %, learned temperature {al['temperature']:.3f}")
+    return X.findings("emotic", table, lines, targets, rest, seeds, "mAP", (aligned,))
 
 
 def payload(preds: dict, data: Data, main: str) -> dict:

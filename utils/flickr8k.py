@@ -154,11 +154,9 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, main: str, seeds: p
     targets = {"chance_mean_R@1": ch, "main_mean_R@1": table.loc[main, "mean R@1"],
                "above_chance": {label: bool(table.loc[label, "mean R@1 low"] > ch)
                                 for label in table.index if label != "chance"}}
-    for _, row in comparisons.iterrows():
-        lines.append(f"{row['a']} against {row['b']}: {row['finding']}")
-        targets[f"{row['a']} beats {row['b']}"] = bool(row["low"] > 0)
-    lines += X.seed_lines(pd.DataFrame() if seeds is None else seeds, "mean R@1")
-    return X.Findings(lines + X.caution("flickr8k", table), targets)
+    rows = [row for _, row in comparisons.iterrows()]
+    targets.update({f"{row['a']} beats {row['b']}": bool(row["low"] > 0) for row in rows})
+    return X.findings("flickr8k", table, lines, targets, rows, pd.DataFrame() if seeds is None else seeds, "mean R@1")
 
 
 def payload(sims: dict, data: Data, main: str) -> dict:
