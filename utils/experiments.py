@@ -1,5 +1,4 @@
-"""What both datasets' experiments share: frozen features, train-or-load through the store (so notebooks 05-06
-load the very models 01-04 trained), tables, findings, saving. Per dataset: ``utils.emotic``, ``utils.flickr8k``."""
+"""What both datasets' experiments share: features, train-or-load through the store, tables, findings, saving."""
 from __future__ import annotations
 
 import contextlib
@@ -68,12 +67,6 @@ def features_digest(features: dict) -> str:
     return store.key(*(features[k] for k in sorted(features)))
 
 
-def load_splits(name: str, files: list, load) -> tuple:
-    """(root, split -> ``load(split, root)``); a missing artefact stops with the prep command."""
-    root = paths.require_artefacts(name, files)
-    return root, {s: load(s, root) for s in SPLITS}
-
-
 def with_features(cls, name: str, cfg: dict, root: Path, splits: dict, featurise) -> Data:
     """``cls`` over ``splits`` with the features ``featurise(split_name, split, image_encoder, text_encoder)``."""
     image_encoder, text_encoder = frozen_encoders(cfg)
@@ -98,8 +91,7 @@ def training_code() -> str:
 
 
 def train_or_load(model: nn.Module, label: str, key: dict, train, val, fit_kwargs: dict, progress: bool) -> Trained:
-    """Load the checkpoint named by ``key`` (settings, input digests) and the training code, or train and save
-    it; the record is written last, so a run killed mid-training is never reused."""
+    """Load the checkpoint of ``key`` and the training code, or train and save it (record last)."""
     key = {**key, "code": training_code()}
     ckpt = paths.output_dir() / "checkpoints" / f"{key['experiment']}_{slug(label)}_{store.key(key)}.pt"
     record = ckpt.with_suffix(".json")
@@ -166,8 +158,7 @@ def compare(pairs: list[tuple[str, str]], metric: str, paired) -> pd.DataFrame:
 
 
 def seed_table(cfg: dict, labels: list[str], metric: str, score) -> pd.DataFrame:
-    """The headline models trained with ``cfg['seeds']`` seeds (``score(label, seed)``: the test metric), mean and
-    sample sd (NaN for one seed)."""
+    """The headline models over ``cfg['seeds']`` seeds (``score(label, seed)``), mean and sample sd."""
     rows = {}
     for label in labels:
         values = [score(label, seed) for seed in range(cfg["seed"], cfg["seed"] + cfg["seeds"])]
@@ -192,8 +183,7 @@ class Findings:
 
 def findings(name: str, table: pd.DataFrame, lines: list, targets: dict, compared, seeds: pd.DataFrame,
              metric: str, after: tuple = ()) -> Findings:
-    """``lines``, a sentence per compared row, one per seed-table row, ``after``, then a caution when the test split
-    is below ``MIN_ITEMS_FOR_COVERAGE`` (too small for its intervals)."""
+    """``lines``, the compared rows, seed rows, ``after``, and a caution when the test split is too small."""
     lines = lines + [f"{row['a']} against {row['b']}: {row['finding']}" for row in compared]
     n = len([c for c in seeds.columns if c.startswith("seed ")])
     lines += [f"over {n} training seed(s), {label}: {metric} {row[f'{metric} mean']:.1f} +/- "

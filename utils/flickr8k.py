@@ -4,7 +4,7 @@ import pandas as pd
 
 from . import attack as A
 from . import data as D
-from . import encoders, plots, stats
+from . import encoders, paths, plots, stats
 from . import experiments as X
 from . import robustness as R
 from .metrics import retrieval_chance, retrieval_metrics, retrieval_ranks
@@ -28,8 +28,8 @@ class Data(X.Data):
 
 
 def load_splits() -> tuple:
-    return X.load_splits("flickr8k", [f"{s}_{f}" for s in X.SPLITS for f in ("images.npy", "captions.csv")],
-                         D.load_flickr)
+    root = paths.require_artefacts("flickr8k", [f"{s}_{f}" for s in X.SPLITS for f in ("images.npy", "captions.csv")])
+    return root, {s: D.load_flickr(s, root) for s in X.SPLITS}
 
 
 def data(cfg: dict) -> Data:
@@ -194,8 +194,7 @@ def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg
 
 
 def poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tuple[pd.DataFrame, dict]:
-    """Stamped training images paired with the attacker's caption; the joint model ``label`` and the baseline
-    (``baseline_factory(train)``) refitted; backdoor success = the target caption ranked first (docs/robustness.md)."""
+    """Stamped images paired with the attacker's caption; ``label``, ``baseline_factory(train)`` refitted."""
     split, train_split, test = data.splits["test"], data.splits["train"], data.features["test"]
     trigger = dict(size=cfg["trigger_size"], position=cfg["trigger_position"])
     target_text = encoders.text_features(data.text_encoder, [cfg["target_caption"]], cache=False)

@@ -21,8 +21,7 @@ def _check_settings(n_items: int, n_draws: int, what: str = "n_resamples") -> No
 
 
 def _resample_chunks(n_items: int, n_resamples: int, seed, counts: bool = True) -> Iterator[np.ndarray]:
-    """(chunk, n_items) int32 counts of each item per resample, or the drawn indices: the same stream as one
-    (n_resamples, n_items) draw."""
+    """Per chunk, each item's count per resample (or the drawn indices): one (n_resamples, n_items) stream."""
     rng = np.random.default_rng(seed)
     for start in range(0, n_resamples, _CHUNK):
         idx = rng.integers(0, n_items, (min(_CHUNK, n_resamples - start), n_items))
@@ -73,8 +72,7 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n_items: int, *
 
 
 class _EmoticItems:
-    """Per-person quantities the Emotic metrics are built from, computed once on the full test split; for AP each
-    category's scores sorted once with their tie groups: a resample only re-weights persons (bench_stats.py)."""
+    """Per-person quantities behind the Emotic metrics, AP sorted once: a resample only re-weights persons."""
 
     def __init__(self, scores, labels, vad_pred=None, vad_true=None):
         scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
@@ -131,8 +129,7 @@ def _replicates(items, n: int, n_resamples: int, seed, which=None) -> dict:
 
 
 def _map_correction(items: _EmoticItems, m: dict, n_draws: int, seed) -> tuple[float, np.ndarray]:
-    """(bias-corrected mAP %, per-category AP bias 0..1) by the delete-half jackknife over every half-size subset of
-    the items, or ``n_draws`` random ones (docs/statistics.md)."""
+    """(bias-corrected mAP %, per-category AP bias 0..1): the delete-half jackknife (docs/statistics.md)."""
     ap = np.array(list(m["ap_per_category"].values()), dtype=np.float64) / 100
     n_items, h = m["n"], m["n"] // 2
     bias = np.zeros_like(ap)
@@ -252,8 +249,7 @@ def _permutation_p(observed: float, null: np.ndarray, exact: bool) -> float:
 
 def _paired(items_a, items_b, stacked, key: str, n: int, observed: float, estimates: tuple, n_resamples: int,
             n_permutations: int, seed, corrected: float | None = None) -> dict:
-    """Paired bootstrap of A - B and, given ``stacked`` items of both, the paired permutation test; with ``corrected``
-    (mAP) the re-centred bootstrap's interval and p (docs/statistics.md)."""
+    """Paired bootstrap of A - B; with ``stacked`` the permutation test, with ``corrected`` re-centred."""
     _check_settings(n, n_resamples)
     diffs = np.concatenate([items_a.replicates(c, (key,))[key] - items_b.replicates(c, (key,))[key]
                             for c in _resample_chunks(n, n_resamples, seed)])
@@ -276,8 +272,7 @@ def _paired(items_a, items_b, stacked, key: str, n: int, observed: float, estima
 
 
 def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", *, n_resamples: int = 1000, seed=0) -> dict:
-    """Model A minus model B in bias-corrected mAP on the same persons: ``{difference, low, high, p_value, ...}``;
-    the p comes from the bootstrap: swapping scores between differently calibrated models tests no "equal mAP"."""
+    """Model A minus model B in bias-corrected mAP on the same persons, p from the bootstrap."""
     if metric != "mAP":
         raise ValueError(f"metric: compare_emotic compares mAP only, got {metric!r}")
     ma, mb = emotic_metrics(scores_a, labels), emotic_metrics(scores_b, labels)
