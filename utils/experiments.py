@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
