@@ -162,10 +162,11 @@ def seed_table(cfg: dict, labels: list[str], metric: str, score) -> pd.DataFrame
     rows = {}
     for label in labels:
         values = [score(label, seed) for seed in range(cfg["seed"], cfg["seed"] + cfg["seeds"])]
-        v = np.asarray(values, dtype=np.float64).ravel()
-        if v.size == 0 or not np.isfinite(v).all():
-            raise ValueError(f"seed_table: no values, or NaN or infinity among them: {v}")
-        summary = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "n": int(v.size)}
+        sample = np.asarray(values, dtype=np.float64).ravel()
+        if sample.size == 0 or not np.isfinite(sample).all():
+            raise ValueError(f"seed_table: no values, or NaN or infinity among them: {sample}")
+        summary = {"mean": float(sample.mean()),
+                   "sd": float(sample.std(ddof=1)) if sample.size > 1 else float("nan"), "n": int(sample.size)}
         rows[label] = {**{f"seed {cfg['seed'] + i}": v for i, v in enumerate(values)},
                        **{f"{metric} {k}": v for k, v in summary.items()}}
     return pd.DataFrame(rows).T
