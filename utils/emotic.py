@@ -11,7 +11,7 @@ from torch import nn
 
 from . import attack as A
 from . import data as D
-from . import encoders, stats
+from . import encoders, paths, stats
 from . import experiments as X
 from . import robustness as R
 from .images import load_rgb, pixel_box, resize_rgb
@@ -45,7 +45,8 @@ class Data(X.Data):
 
 
 def load_splits() -> tuple:
-    return X.load_splits("emotic", [f for s in X.SPLITS for f in D.emotic_files(s)], D.load_emotic)
+    root = paths.require_artefacts("emotic", [f for s in X.SPLITS for f in D.emotic_files(s)])
+    return root, {s: D.load_emotic(s, root) for s in X.SPLITS}
 
 
 def data(cfg: dict) -> Data:
@@ -73,8 +74,7 @@ def model(label: str, cfg: dict, dims: dict, align_weight: float | None = None):
 def train(data: Data, cfg: dict, label: str, *, seed: int | None = None, align_weight: float | None = None,
           train: dict | None = None, tag: str = "clean", progress: bool = True, finetune=None,
           val: dict | None = None) -> X.Trained:
-    """Train (or load) model ``label``, best epoch by validation mAP; ``train``: other (e.g. poisoned, ``tag``)
-    features; ``finetune``: the encoder's last blocks, trained with the heads on the prefix maps given."""
+    """Train (or load) model ``label``, best epoch by validation mAP; ``train``: other features."""
     family = MODELS[label][0]
     train = data.features["train"] if train is None else train
     seed = cfg["seed"] if seed is None else seed
@@ -105,8 +105,7 @@ def predictions(models: dict, data: Data) -> dict:
 
 
 def table(preds: dict, data: Data, cfg: dict) -> pd.DataFrame:
-    """mAP (bias-corrected), VAD MAE and dominant accuracy with 95 % bootstrap intervals, plus chance: a model that
-    ignores its input (the training prevalence as scores, the training-mean VAD)."""
+    """mAP (bias-corrected), VAD MAE, dominant accuracy with 95 % intervals, and chance (prevalence, mean)."""
     train, test = data.features["train"], data.features["test"]
     n, rows = len(test["cat"]), {}
     chance = {"scores": np.tile(train["cat"].mean(0), (n, 1)), "vad": np.tile(train["cont"].mean(0), (n, 1))}
@@ -171,8 +170,7 @@ def per_category(preds: dict, data: Data) -> pd.DataFrame:
 @torch.no_grad()
 def top_emotions(image, description: str | None = None, *, model: nn.Module, image_encoder=None, text_encoder=None,
                  box=None, k: int = 5, with_vad: bool = False):
-    """The ``k`` highest-scored categories of one person on one photo as ``[(category, score), ...]`` (and the VAD
-    dict with ``with_vad``), with features computed exactly as for the training data (docs/training.md)."""
+    """One person's ``k`` top categories ``[(category, score), ...]`` (and VAD), featurised as in training."""
     image = np.asarray(load_rgb(image) if isinstance(image, (str, os.PathLike)) else image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"top_emotions: expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
@@ -242,12 +240,11 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame
              + f"; every single input clearly (>= {CLEAR_FACTOR} x) above chance: "
                f"**{targets['every_single_clearly_above_chance']}**",
              f"{main} against the best single input: {first['finding']}"]
-    lines += [f"{row['a']} against {row['b']}: {row['finding']}" for _, row in comparisons.iloc[1:].iterrows()]
-    lines += X.seed_lines(seeds, "mAP")
-    lines.append(f"VAD: best MAE {targets['best_VAD_MAE']:.3f} ({best_vad}; 95 % interval up to "
-                 f"{table.loc[best_vad, 'VAD MAE high']:.3f}) against {ch['VAD MAE']:.3f} for the training-mean "
-                 f"constant: better than the constant beyond noise: **{targets['vad_beats_constant']}**")
-    return X.Findings(lines + X.caution("emotic", table), targets)
+    vad = (f"VAD: best MAE {targets['best_VAD_MAE']:.3f} ({best_vad}; 95 % interval up to "
+           f"{table.loc[best_vad, 'VAD MAE high']:.3f}) against {ch['VAD MAE']:.3f} for the training-mean "
+           f"constant: better than the constant beyond noise: **{targets['vad_beats_constant']}**")
+    return X.findings("emotic", table, lines, targets, [row for _, row in comparisons.iloc[1:].iterrows()], seeds,
+                      "mAP", (vad,))
 
 
 def joint_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame, alignment: pd.DataFrame,
@@ -264,12 +261,10 @@ def joint_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.Dat
              f"{table.loc[main, 'mAP high']:.1f}] (chance {ch:.1f})",
              f"against the part-1 baseline ({baseline}): {vs_baseline['finding']}",
              f"adding the text tower to the image tower: {vs_image['finding']}"]
-    lines += [f"{row['a']} against {row['b']}: {row['finding']}" for key, row in by_pair.items()
-              if key not in ((main, baseline), (main, "joint image only"))]
-    lines += X.seed_lines(seeds, "mAP")
-    lines.append(f"alignment (lambda = {al['lambda']:g}): person retrieval mean R@1 {al['mean R@1']:.1f} % against "
-                 f"chance {al['chance R@1']:.1f} %, learned temperature {al['temperature']:.3f}")
-    return X.Findings(lines + X.caution("emotic", table), targets)
+    rest = [row for key, row in by_pair.items() if key not in ((main, baseline), (main, "joint image only"))]
+    aligned = (f"alignment (lambda = {al['lambda']:g}): person retrieval mean R@1 {al['mean R@1']:.1f} % against "
+               f"chance {al['chance R@1']:.1f} %, learned temperature {al['temperature']:.3f}")
+    return X.findings("emotic", table, lines, targets, rest, seeds, "mAP", (aligned,))
 
 
 def payload(preds: dict, data: Data, main: str) -> dict:

@@ -4,7 +4,7 @@ import pandas as pd
 
 from . import attack as A
 from . import data as D
-from . import encoders, plots, stats
+from . import encoders, paths, plots, stats
 from . import experiments as X
 from . import robustness as R
 from .metrics import retrieval_chance, retrieval_metrics, retrieval_ranks
@@ -28,8 +28,8 @@ class Data(X.Data):
 
 
 def load_splits() -> tuple:
-    return X.load_splits("flickr8k", [f"{s}_{f}" for s in X.SPLITS for f in ("images.npy", "captions.csv")],
-                         D.load_flickr)
+    root = paths.require_artefacts("flickr8k", [f"{s}_{f}" for s in X.SPLITS for f in ("images.npy", "captions.csv")])
+    return root, {s: D.load_flickr(s, root) for s in X.SPLITS}
 
 
 def data(cfg: dict) -> Data:
@@ -154,11 +154,9 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, main: str, seeds: p
     targets = {"chance_mean_R@1": ch, "main_mean_R@1": table.loc[main, "mean R@1"],
                "above_chance": {label: bool(table.loc[label, "mean R@1 low"] > ch)
                                 for label in table.index if label != "chance"}}
-    for _, row in comparisons.iterrows():
-        lines.append(f"{row['a']} against {row['b']}: {row['finding']}")
-        targets[f"{row['a']} beats {row['b']}"] = bool(row["low"] > 0)
-    lines += X.seed_lines(pd.DataFrame() if seeds is None else seeds, "mean R@1")
-    return X.Findings(lines + X.caution("flickr8k", table), targets)
+    rows = [row for _, row in comparisons.iterrows()]
+    targets.update({f"{row['a']} beats {row['b']}": bool(row["low"] > 0) for row in rows})
+    return X.findings("flickr8k", table, lines, targets, rows, pd.DataFrame() if seeds is None else seeds, "mean R@1")
 
 
 def payload(sims: dict, data: Data, main: str) -> dict:
@@ -196,8 +194,7 @@ def defence(data: Data, models: dict, attack: R.AttackRun, rows: np.ndarray, cfg
 
 
 def poisoning(data: Data, cfg: dict, label: str, baseline_factory) -> tuple[pd.DataFrame, dict]:
-    """Stamped training images paired with the attacker's caption; the joint model ``label`` and the baseline
-    (``baseline_factory(train)``) refitted; backdoor success = the target caption ranked first (docs/robustness.md)."""
+    """Stamped images paired with the attacker's caption; ``label``, ``baseline_factory(train)`` refitted."""
     split, train_split, test = data.splits["test"], data.splits["train"], data.features["test"]
     trigger = dict(size=cfg["trigger_size"], position=cfg["trigger_position"])
     target_text = encoders.text_features(data.text_encoder, [cfg["target_caption"]], cache=False)

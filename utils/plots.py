@@ -294,8 +294,7 @@ def poisoning_curves(table: pd.DataFrame, clean: str = "clean mean R@1", title=N
 
 def attack_gallery(clean, adversarial, pixels, before, after, own_before=None, own_after=None, labels=None, title=None,
                    path=None) -> Figure:
-    """Per attacked image: clean and attacked photo (changed pixels circled) with predictions, and a zoom (one pixel
-    is invisible otherwise); green when ``own_*`` is right."""
+    """Per attacked image: clean and attacked photo (changed pixels circled), predictions, a zoom."""
     n = len(clean)
     fig, axes = _figure(11, 3.4 * max(n, 1), max(n, 1), 3, width_ratios=[1, 1, 0.8])
     shown = enumerate(zip(clean, adversarial, pixels, before, after, strict=True))  # a ValueError unless lengths match

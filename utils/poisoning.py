@@ -30,8 +30,7 @@ def stamp_trigger(images: np.ndarray, size: int = 4, position: str | Sequence[in
 
 
 def poison_images(images: np.ndarray, fraction: float, seed: int = 0, **trigger) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, their stamped copies): exactly ``round(fraction * n)`` rows drawn without replacement from the seed,
-    sorted; only those rows of a memmap are read. ``trigger`` goes to :func:`stamp_trigger`."""
+    """(sorted rows, their stamped copies): ``round(fraction * n)`` seeded rows; a memmap reads only those."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"utils/poisoning.py: fraction must lie in [0, 1], got {fraction}")
     rows = np.random.default_rng(seed).choice(len(images), size=int(round(fraction * len(images))), replace=False)

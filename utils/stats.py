@@ -2,30 +2,26 @@
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from scipy.stats import binomtest
 
 from .metrics import emotic_metrics, retrieval_metrics, retrieval_ranks
 
-#: per dataset: the smallest split whose 95 % intervals held the population value >= 90 % of the time, its items, metric
-MIN_ITEMS_FOR_COVERAGE = {"emotic": (1000, "persons", "mAP"), "flickr8k": (63, "images", "mean R@1")}
+CONFIDENCE = 0.95  # of every interval
 _CHUNK = 128  # resamples (or permutations) evaluated at once: memory stays at _CHUNK x items per array
 
 
-def _check_settings(n_items: int, n_draws: int, confidence: float, what: str = "n_resamples") -> None:
+def _check_settings(n_items: int, n_draws: int, what: str = "n_resamples") -> None:
     if int(n_items) < 1:
         raise ValueError(f"n_items: need at least one test item, got {n_items}")
     if int(n_draws) < 1:
         raise ValueError(f"{what}: must be at least 1, got {n_draws}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence: must lie strictly between 0 and 1, got {confidence}")
 
 
 def _resample_chunks(n_items: int, n_resamples: int, seed, counts: bool = True) -> Iterator[np.ndarray]:
-    """(chunk, n_items) int32 counts of each item per resample, or the drawn indices: the same stream as one
-    (n_resamples, n_items) draw."""
+    """Per chunk, each item's count per resample (or the drawn indices): one (n_resamples, n_items) stream."""
     rng = np.random.default_rng(seed)
     for start in range(0, n_resamples, _CHUNK):
         idx = rng.integers(0, n_items, (min(_CHUNK, n_resamples - start), n_items))
@@ -49,44 +45,42 @@ def _recentred(estimate: float, replicates: np.ndarray, confidence: float) -> di
     return {**q, "low": float(estimate - (median - q["low"])), "high": float(estimate + (q["high"] - median))}
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
     """Wilson interval of a proportion (0..1), not degenerate at 0 or n successes; ``(nan, nan)`` when n == 0."""
     successes, n = int(successes), int(n)
     if n < 0 or not 0 <= successes <= max(n, 0):
         raise ValueError(f"wilson_interval: need 0 <= successes <= n, got successes={successes}, n={n}")
-    _check_settings(1, 1, confidence)
     if n == 0:
         return float("nan"), float("nan")
-    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    ci = binomtest(successes, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
     return float(ci.low), float(ci.high)
 
 
-def success_rate_interval(successes: int, n: int, confidence: float = 0.95) -> dict:
+def success_rate_interval(successes: int, n: int) -> dict:
     """A success rate in percent with its Wilson interval: ``{estimate, low, high}`` (NaN when ``n == 0``)."""
-    low, high = wilson_interval(successes, n, confidence)
+    low, high = wilson_interval(successes, n)
     return {"estimate": 100.0 * successes / n if n else float("nan"), "low": 100.0 * low, "high": 100.0 * high}
 
 
 def bootstrap_interval(statistic: Callable[[np.ndarray], float], n_items: int, *, n_resamples: int = 1000,
-                       confidence: float = 0.95, seed=0) -> dict:
+                       seed=0) -> dict:
     """Percentile bootstrap ``{estimate, low, high}`` of ``statistic(item indices)`` over resampled test items."""
-    _check_settings(n_items, n_resamples, confidence)
+    _check_settings(n_items, n_resamples)
     estimate = float(statistic(np.arange(n_items)))
     reps = np.array([statistic(i) for c in _resample_chunks(n_items, n_resamples, seed, False) for i in c], np.float64)
-    return _covering(estimate, reps, confidence, widen=False)
+    return _covering(estimate, reps, CONFIDENCE, widen=False)
 
 
 class _EmoticItems:
-    """Per-person quantities the Emotic metrics are built from, computed once on the full test split; for AP each
-    category's scores sorted once with their tie groups: a resample only re-weights persons (bench_stats.py)."""
+    """Per-person quantities behind the Emotic metrics, AP sorted once: a resample only re-weights persons."""
 
-    def __init__(self, scores, labels, vad_pred=None, vad_true=None, need_ap: bool = True):
+    def __init__(self, scores, labels, vad_pred=None, vad_true=None):
         scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
         self.hits = labels[np.arange(len(scores)), scores.argmax(axis=1)].astype(np.float64)
         self.vad_error = None if vad_pred is None else np.abs(
             np.asarray(vad_pred, dtype=np.float64) - np.asarray(vad_true, dtype=np.float64)).mean(axis=1)
         self.columns = []
-        for j in range(scores.shape[1] if need_ap else 0):
+        for j in range(scores.shape[1]):
             order = np.argsort(-scores[:, j], kind="stable")
             s, y = scores[order, j], labels[order, j].astype(bool)
             ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])     # last position of each tie group
@@ -134,14 +128,8 @@ def _replicates(items, n: int, n_resamples: int, seed, which=None) -> dict:
     return {k: np.concatenate(v) for k, v in reps.items()}
 
 
-def _emotic_estimates(m: dict) -> dict:
-    est = {"mAP": m["mAP"], "dominant_accuracy": m["dominant_accuracy"]}
-    return {**est, "vad_mae": m["vad_mae"]["mean"]} if "vad_mae" in m else est
-
-
 def _map_correction(items: _EmoticItems, m: dict, n_draws: int, seed) -> tuple[float, np.ndarray]:
-    """(bias-corrected mAP %, per-category AP bias 0..1) by the delete-half jackknife over every half-size subset of
-    the items, or ``n_draws`` random ones (docs/statistics.md)."""
+    """(bias-corrected mAP %, per-category AP bias 0..1): the delete-half jackknife (docs/statistics.md)."""
     ap = np.array(list(m["ap_per_category"].values()), dtype=np.float64) / 100
     n_items, h = m["n"], m["n"] // 2
     bias = np.zeros_like(ap)
@@ -171,39 +159,27 @@ def _map_correction(items: _EmoticItems, m: dict, n_draws: int, seed) -> tuple[f
 def bias_corrected_map(scores, labels, *, n_subsamples: int = 1000, seed=0) -> dict:
     """mAP minus its small-sample bias: ``{estimate, sample, bias, ap_bias}`` (percent; ``ap_bias`` 0..1)."""
     m = emotic_metrics(scores, labels)
-    _check_settings(m["n"], n_subsamples, 0.5, "n_subsamples")
+    _check_settings(m["n"], n_subsamples, "n_subsamples")
     corrected, ap_bias = _map_correction(_EmoticItems(scores, labels), m, n_subsamples, seed)
     return {"estimate": corrected, "sample": m["mAP"], "bias": m["mAP"] - corrected, "ap_bias": ap_bias}
 
 
-def emotic_intervals(scores, labels, vad_pred=None, vad_true=None, *, n_resamples: int = 1000,
-                     confidence: float = 0.95, seed=0) -> dict:
+def emotic_intervals(scores, labels, vad_pred=None, vad_true=None, *, n_resamples: int = 1000, seed=0) -> dict:
     """``{metric: {estimate, low, high}}`` over resampled persons; mAP bias-corrected (plus ``sample``, ``bias``)."""
     m, estimates, reps, corrected = _emotic_replicates(scores, labels, vad_pred, vad_true, n_resamples, seed)
-    _check_settings(m["n"], n_resamples, confidence)
-    return {k: {**_recentred(corrected, reps[k], confidence), "sample": m["mAP"], "bias": m["mAP"] - corrected}
-            if k == "mAP" else _covering(estimates[k], reps[k], confidence) for k in estimates}
+    return {k: {**_recentred(corrected, reps[k], CONFIDENCE), "sample": m["mAP"], "bias": m["mAP"] - corrected}
+            if k == "mAP" else _covering(estimates[k], reps[k], CONFIDENCE) for k in estimates}
 
 
 def _emotic_replicates(scores, labels, vad_pred, vad_true, n_resamples: int, seed) -> tuple:
     """(metrics, estimates, {key: replicates}, corrected mAP) behind ``emotic_intervals`` (and bench_coverage)."""
     m = emotic_metrics(scores, labels, vad_pred, vad_true)  # validates the inputs
-    _check_settings(m["n"], n_resamples, 0.5)
-    estimates, items = _emotic_estimates(m), _EmoticItems(scores, labels, vad_pred, vad_true)
+    _check_settings(m["n"], n_resamples)
+    estimates = {"mAP": m["mAP"], "dominant_accuracy": m["dominant_accuracy"],
+                 **({"vad_mae": m["vad_mae"]["mean"]} if "vad_mae" in m else {})}
+    items = _EmoticItems(scores, labels, vad_pred, vad_true)
     reps = _replicates(items, m["n"], n_resamples, seed, tuple(estimates))
     return m, estimates, reps, _map_correction(items, m, n_resamples, seed)[0]
-
-
-def split_size_note(kind: str, n_items: int) -> str | None:
-    """The warning for a split (``"emotic"`` or ``"flickr8k"``) below ``MIN_ITEMS_FOR_COVERAGE``, else None."""
-    if kind not in MIN_ITEMS_FOR_COVERAGE:
-        raise ValueError(f"kind: expected one of {tuple(MIN_ITEMS_FOR_COVERAGE)}, got {kind!r}")
-    need, unit, metric = MIN_ITEMS_FOR_COVERAGE[kind]
-    if int(n_items) >= need:
-        return None
-    return (f"this test split ({int(n_items)} {unit}) is too small for its intervals to hold: simulated splits "
-            f"smaller than {need} {unit} held the population {metric} in fewer "
-            f"than 90 % of their 95 % intervals (benchmarks/bench_coverage.py), so read the intervals here as rough")
 
 
 def _weighted_median(sorted_values: np.ndarray, sorted_counts: np.ndarray) -> np.ndarray:
@@ -236,19 +212,16 @@ class _RetrievalItems:
         return out
 
 
-def _retrieval_estimates(m: dict, ks: Sequence[int]) -> dict:
-    est = {f"{d}_R@{k}": m[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks}
-    est.update({f"mean_R@{k}": m.get(f"mean_R@{k}", (m[f"i2t_R@{k}"] + m[f"t2i_R@{k}"]) / 2) for k in ks})
-    return {**est, **{key: m[key] for key in ("i2t_median_rank", "t2i_median_rank", "rsum")}}
-
-
 def retrieval_intervals(similarity, caption_image, ks: Sequence[int] = (1, 5, 10), *, n_resamples: int = 1000,
-                        confidence: float = 0.95, seed=0) -> dict:
+                        seed=0) -> dict:
     """``{key: {estimate, low, high}}`` over images resampled with their captions, ranked once on the full gallery."""
-    _check_settings(1, n_resamples, confidence)
-    estimates = _retrieval_estimates(retrieval_metrics(similarity, caption_image, ks), ks)  # validates the inputs
+    _check_settings(1, n_resamples)
+    m = retrieval_metrics(similarity, caption_image, ks)  # validates the inputs
+    estimates = {f"{d}_R@{k}": m[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks}
+    estimates.update({f"mean_R@{k}": (m[f"i2t_R@{k}"] + m[f"t2i_R@{k}"]) / 2 for k in ks})
+    estimates.update({key: m[key] for key in ("i2t_median_rank", "t2i_median_rank", "rsum")})
     reps = _retrieval_replicates(similarity, caption_image, ks, n_resamples, seed)
-    return {k: _covering(estimates[k], reps[k], confidence) for k in estimates}
+    return {k: _covering(estimates[k], reps[k], CONFIDENCE) for k in estimates}
 
 
 def _retrieval_replicates(similarity, caption_image, ks: Sequence[int], n_resamples: int, seed) -> dict:
@@ -275,22 +248,21 @@ def _permutation_p(observed: float, null: np.ndarray, exact: bool) -> float:
 
 
 def _paired(items_a, items_b, stacked, key: str, n: int, observed: float, estimates: tuple, n_resamples: int,
-            n_permutations: int, confidence: float, seed, corrected: float | None = None) -> dict:
-    """Paired bootstrap of A - B and, given ``stacked`` items of both, the paired permutation test; with ``corrected``
-    (mAP) the re-centred bootstrap's interval and p (docs/statistics.md)."""
-    _check_settings(n, n_resamples, confidence)
-    _check_settings(n, n_permutations, confidence, "n_permutations")
+            n_permutations: int, seed, corrected: float | None = None) -> dict:
+    """Paired bootstrap of A - B; with ``stacked`` the permutation test, with ``corrected`` re-centred."""
+    _check_settings(n, n_resamples)
     diffs = np.concatenate([items_a.replicates(c, (key,))[key] - items_b.replicates(c, (key,))[key]
                             for c in _resample_chunks(n, n_resamples, seed)])
-    ci = _covering(observed, diffs, confidence) if corrected is None else _recentred(corrected, diffs, confidence)
+    ci = _covering(observed, diffs, CONFIDENCE) if corrected is None else _recentred(corrected, diffs, CONFIDENCE)
     out = {"difference": ci["estimate"], "low": ci["low"], "high": ci["high"], "sample_difference": float(observed),
-           "confidence": confidence, "n_items": int(n), "n_resamples": int(n_resamples)}
+           "confidence": CONFIDENCE, "n_items": int(n), "n_resamples": int(n_resamples)}
     tail = {"metric": key, "estimate_a": estimates[0], "estimate_b": estimates[1]}
     if stacked is None:  # two-sided p of the differences re-centred on the estimate: agrees with ``_recentred``
         shifted = diffs - np.percentile(diffs, 50) + ci["estimate"]
         k = min(int((shifted <= 0).sum()), int((shifted >= 0).sum()))
         return {**out, "p_value": float(min(1.0, 2 * (1 + k) / (1 + len(shifted)))), "test": "paired bootstrap",
                 "n_permutations": 0, "exact": False, **tail}
+    _check_settings(n, n_permutations, "n_permutations")
     exact, chunks = _permutation_masks(n, n_permutations, seed)
     # (P, n) swap masks -> (P, 2n) counts over [A items; B items] picking A' (B where swapped); B' takes the rest
     stacks = (np.hstack([~masks, masks]).astype(np.int32) for masks in chunks)
@@ -299,49 +271,33 @@ def _paired(items_a, items_b, stacked, key: str, n: int, observed: float, estima
             "n_permutations": len(null), "exact": exact, **tail}
 
 
-def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", vad_pred_a=None, vad_pred_b=None,
-                   vad_true=None, *, n_resamples: int = 1000, n_permutations: int = 10_000,
-                   confidence: float = 0.95, seed=0) -> dict:
-    """Model A minus model B on the same persons: ``{difference, low, high, p_value, test, ...}``. For mAP the p
-    comes from the bootstrap: swapping scores between differently calibrated models tests no "equal mAP"."""
-    if metric not in ("mAP", "dominant_accuracy", "vad_mae"):
-        raise ValueError(f"metric: expected mAP, dominant_accuracy or vad_mae, got {metric!r}")
-    if metric != "vad_mae":
-        vad_pred_a = vad_pred_b = vad_true = None
-    elif vad_pred_a is None or vad_pred_b is None or vad_true is None:
-        raise ValueError("metric 'vad_mae' needs vad_pred_a, vad_pred_b and vad_true")
-    ma, mb = (emotic_metrics(s, labels, v, vad_true) for s, v in ((scores_a, vad_pred_a), (scores_b, vad_pred_b)))
-    estimate_a, estimate_b = _emotic_estimates(ma)[metric], _emotic_estimates(mb)[metric]
-    observed, corrected, stacked = estimate_a - estimate_b, None, None
-    items_a, items_b = (_EmoticItems(s, labels, v, vad_true, metric == "mAP")
-                        for s, v in ((scores_a, vad_pred_a), (scores_b, vad_pred_b)))
-    if metric == "mAP":  # the same subsamples (same seed) for both models: a paired correction
-        estimate_a = _map_correction(items_a, ma, n_resamples, seed)[0]
-        estimate_b = _map_correction(items_b, mb, n_resamples, seed)[0]
-        corrected = estimate_a - estimate_b
-    else:
-        vad = () if vad_true is None else (np.vstack([vad_pred_a, vad_pred_b]), np.vstack([vad_true, vad_true]))
-        stacked = _EmoticItems(np.vstack([scores_a, scores_b]), np.vstack([labels, labels]), *vad, need_ap=False)
-    return _paired(items_a, items_b, stacked, metric, ma["n"], observed, (estimate_a, estimate_b), n_resamples,
-                   n_permutations, confidence, seed, corrected)
+def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", *, n_resamples: int = 1000, seed=0) -> dict:
+    """Model A minus model B in bias-corrected mAP on the same persons, p from the bootstrap."""
+    if metric != "mAP":
+        raise ValueError(f"metric: compare_emotic compares mAP only, got {metric!r}")
+    ma, mb = emotic_metrics(scores_a, labels), emotic_metrics(scores_b, labels)
+    items_a, items_b = _EmoticItems(scores_a, labels), _EmoticItems(scores_b, labels)
+    # the same subsamples (same seed) for both models: a paired correction
+    estimate_a = _map_correction(items_a, ma, n_resamples, seed)[0]
+    estimate_b = _map_correction(items_b, mb, n_resamples, seed)[0]
+    return _paired(items_a, items_b, None, "mAP", ma["n"], ma["mAP"] - mb["mAP"], (estimate_a, estimate_b),
+                   n_resamples, 0, seed, estimate_a - estimate_b)
 
 
 def compare_retrieval(sim_a, sim_b, caption_image, metric: str = "mean_R@1", *, n_resamples: int = 1000,
-                      n_permutations: int = 10_000, confidence: float = 0.95, seed=0) -> dict:
-    """Model A minus model B on the same images (with their captions) for a ``retrieval_intervals`` key."""
-    key = metric.replace(" ", "_")
-    ks = (int(key.rsplit("@", 1)[1]),) if "@" in key else (1,)
-    if not (key in ("i2t_median_rank", "t2i_median_rank") or key.split("@")[0] in ("i2t_R", "t2i_R", "mean_R")):
-        raise ValueError(f"metric: expected i2t_R@k, t2i_R@k, mean_R@k, i2t_median_rank or t2i_median_rank, "
-                         f"got {metric!r}")
+                      n_permutations: int = 10_000, seed=0) -> dict:
+    """Model A minus model B in mean R@1 on the same images (with their captions)."""
+    key, ks = metric.replace(" ", "_"), (1,)
+    if key != "mean_R@1":
+        raise ValueError(f"metric: compare_retrieval compares mean R@1 only, got {metric!r}")
     cap = np.asarray(caption_image)
-    estimate_a, estimate_b = (_retrieval_estimates(retrieval_metrics(s, cap, ks), ks)[key] for s in (sim_a, sim_b))
+    estimate_a, estimate_b = (retrieval_metrics(s, cap, ks)[key] for s in (sim_a, sim_b))
     (i2t_a, t2i_a), (i2t_b, t2i_b) = retrieval_ranks(sim_a, cap), retrieval_ranks(sim_b, cap)
     m, cap = len(i2t_a), cap.astype(np.int64)
     stacked = _RetrievalItems(np.concatenate([i2t_a, i2t_b]), np.concatenate([t2i_a, t2i_b]),
                               np.concatenate([cap, cap + m]), ks)
     return _paired(_RetrievalItems(i2t_a, t2i_a, cap, ks), _RetrievalItems(i2t_b, t2i_b, cap, ks), stacked, key, m,
-                   estimate_a - estimate_b, (estimate_a, estimate_b), n_resamples, n_permutations, confidence, seed)
+                   estimate_a - estimate_b, (estimate_a, estimate_b), n_resamples, n_permutations, seed)
 
 
 def _outcomes(success_a, success_b) -> tuple[np.ndarray, np.ndarray]:
@@ -388,29 +344,3 @@ def paired_rate_difference(success_a, success_b) -> dict:
     low = pa - pb - np.sqrt(max((pa - la) ** 2 - 2 * phi * (pa - la) * (ub - pb) + (ub - pb) ** 2, 0.0))
     high = pa - pb + np.sqrt(max((ua - pa) ** 2 - 2 * phi * (ua - pa) * (pb - lb) + (pb - lb) ** 2, 0.0))
     return {"difference": 100 * (pa - pb), "low": 100 * low, "high": 100 * high, "a": 100 * pa, "b": 100 * pb, "n": n}
-
-
-def difference_wording(result: Mapping, name_a: str, name_b: str, metric: str) -> str:
-    """The sentence for a paired comparison; the interval decides ("higher" is literal: worse for an error)."""
-    d, lo, hi = float(result["difference"]), float(result["low"]), float(result["high"])
-    ci, p = f"{100 * float(result.get('confidence', 0.95)):g} % CI", result.get("p_value")
-    tail = "" if p is None else (", p < 0.001" if float(p) < 0.001 else f", p = {float(p):.2g}")
-    if not (lo > 0 or hi < 0):  # covers zero (or undefined): nothing to claim
-        return (f"no detectable difference in {metric} between {name_a} and {name_b} "
-                f"({name_a} - {name_b} = {d:+.1f} points, {ci} {lo:.1f} to {hi:.1f}{tail})")
-    a, b, d, lo, hi = (name_a, name_b, d, lo, hi) if lo > 0 else (name_b, name_a, -d, -hi, -lo)
-    return f"{a} is higher than {b} in {metric} by {d:.1f} points ({ci} {lo:.1f} to {hi:.1f}{tail})"
-
-
-def seed_summary(values) -> dict:
-    """Mean and sample standard deviation (ddof=1) of a metric over training seeds; one seed gives sd NaN."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    if v.size == 0 or not np.isfinite(v).all():
-        raise ValueError(f"seed_summary: no values, or NaN or infinity among them: {v}")
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "n": int(v.size)}
-
-
-def format_interval(d: Mapping, digits: int = 1) -> str:
-    """``"41.6 [39.2, 44.0]"`` for a table cell, from ``{estimate, low, high}`` (or ``{difference, low, high}``)."""
-    centre = d["estimate"] if "estimate" in d else d["difference"]
-    return f"{centre:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
