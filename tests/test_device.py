@@ -71,16 +71,6 @@ def test_to_numpy_detaches_copies_and_widens_half_precision():
     assert half.dtype == np.float32 and half.tolist() == [1.5, 2.25]
 
 
-def test_host_tensor_shares_memory_and_copies_read_only_rows(tmp_path):
-    arr = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    t = D.host_tensor(arr, "cpu")
-    assert not t.is_pinned() and t.data_ptr() == arr.ctypes.data  # no copy for a plain array on CPU
-    np.save(tmp_path / "a.npy", arr)
-    mm = np.load(tmp_path / "a.npy", mmap_mode="r", allow_pickle=False)
-    np.testing.assert_array_equal(D.host_tensor(mm[1:]).numpy(), arr[1:])
-    assert D.to_device(t, "meta").device.type == "meta"
-
-
 # ------------------------------------------------------------------ no `.numpy()` on a tensor that may be on a GPU
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Where tensors live: the one place that picks the device, mixed precision and host <-> device copies, so that
+"""Where tensors live: the one place that picks the device, mixed precision and device -> host copies, so that
 encoders, training and attacks agree, and no ``.numpy()`` of a CUDA tensor slips past CPU-only test runs."""
 from __future__ import annotations
 
@@ -41,17 +41,6 @@ def autocast(dev: str | torch.device, enabled: bool = True):
     """bf16 autocast on CUDA where supported; a no-op elsewhere (CPU results stay float32 and reproducible)."""
     dtype = autocast_dtype(dev) if enabled else None
     return contextlib.nullcontext() if dtype is None else torch.autocast(torch.device(dev).type, dtype=dtype)
-
-
-def host_tensor(array, dev: str | torch.device | None = None) -> torch.Tensor:
-    """A CPU tensor sharing the array's memory (read-only rows are copied), page-locked for a GPU so copies overlap."""
-    arr = np.ascontiguousarray(array)
-    t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-    return t.pin_memory() if dev is not None and torch.device(dev).type == "cuda" else t
-
-
-def to_device(t: torch.Tensor, dev: str | torch.device) -> torch.Tensor:
-    return t.to(dev, non_blocking=True)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
