@@ -29,7 +29,7 @@ def test_device_default_follows_cuda_availability(monkeypatch, cuda):
     assert D.device() == torch.device("cpu")
     cuda(1)
     assert D.device() == torch.device("cuda")
-    assert D.resolve("cpu") == torch.device("cpu") and D.resolve(None) == torch.device("cuda")
+    assert D.device("cpu") == torch.device("cpu") and D.device(None) == torch.device("cuda")
 
 
 def test_device_honours_the_environment(monkeypatch, cuda):

@@ -1,6 +1,5 @@
 """Where tensors live: the one place that picks the device, mixed precision and device -> host copies, so that
 encoders, training and attacks agree, and no ``.numpy()`` of a CUDA tensor slips past CPU-only test runs."""
-from __future__ import annotations
 
 import contextlib
 import os
@@ -12,8 +11,10 @@ import torch
 ENV_VAR = "MMER_DEVICE"
 
 
-def device() -> torch.device:
-    """``$MMER_DEVICE`` (cpu | cuda | cuda:N), else CUDA when present, else CPU; asking for absent CUDA is an error."""
+def device(dev: str | torch.device | None = None) -> torch.device:
+    """``dev``, else ``$MMER_DEVICE`` (cpu | cuda | cuda:N), else CUDA when present, else CPU (absent CUDA: error)."""
+    if dev is not None:
+        return torch.device(dev)
     value = os.environ.get(ENV_VAR, "").strip().lower()
     if not value:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -26,10 +27,6 @@ def device() -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise RuntimeError(f"{ENV_VAR}={value!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return dev
-
-
-def resolve(dev: str | torch.device | None = None) -> torch.device:
-    return device() if dev is None else torch.device(dev)
 
 
 def autocast_dtype(dev: str | torch.device) -> torch.dtype | None:

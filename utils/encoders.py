@@ -1,6 +1,5 @@
 """Frozen image and text encoders by name, and their features computed in batches once, then read from a cache keyed
 by weights, precision, input bytes and this module's source: the slow part of every notebook (docs/encoders.md)."""
-from __future__ import annotations
 
 import copy
 import hashlib
@@ -220,7 +219,7 @@ def _clip_image_encoder(name: str, model: nn.Module, _tokenizer, optional_json, 
 
 def load_image_encoder(name: str = "mobilenet_v2", device: str | torch.device | None = None) -> ImageEncoder:
     """A frozen image encoder by name (docs/encoders.md)."""
-    dev = devices.resolve(device)
+    dev = devices.device(device)
     if name in TORCHVISION_ARCHS:
         return _torchvision_encoder(name, dev)
     stripped = str(name).removeprefix(CLIP_PREFIX)
@@ -291,7 +290,7 @@ def packaged_minilm_dir() -> Path:
 
 def load_text_encoder(name: str = MINILM_NAME, device: str | torch.device | None = None) -> TextEncoder:
     """A frozen sentence encoder by name or local folder (docs/encoders.md)."""
-    return _text_encoder(*_hf_model(name, "text"), devices.resolve(device))
+    return _text_encoder(*_hf_model(name, "text"), devices.device(device))
 
 
 def _text_encoder(name: str, model: nn.Module, tokenizer, optional_json, dev: torch.device) -> TextEncoder:
@@ -311,7 +310,7 @@ def _text_encoder(name: str, model: nn.Module, tokenizer, optional_json, dev: to
 def load_encoders(name_or_folder: str, device: str | torch.device | None = None
                   ) -> tuple[ImageEncoder, TextEncoder]:
     """Both towers of one CLIP model, loaded once: :func:`clip_zero_shot_similarity` is CLIP's own score."""
-    dev, loaded = devices.resolve(device), _hf_model(name_or_folder, "both")
+    dev, loaded = devices.device(device), _hf_model(name_or_folder, "both")
     return _clip_image_encoder(*loaded, dev), _text_encoder(*loaded, dev)
 
 

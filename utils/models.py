@@ -1,5 +1,4 @@
 """The Emotic and Flickr8k models on encoder features, their losses, and ``WithEncoders``: docs/models.md."""
-from __future__ import annotations
 
 import math
 from functools import partialmethod

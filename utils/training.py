@@ -128,7 +128,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
         desc: str | None = None) -> FitResult:
     """Train with AdamW, validate every epoch, stop after ``patience`` epochs without improving ``monitor`` and end
     with the best weights; deterministic on a CPU (docs/training.md)."""
-    device = devices.resolve(device)
+    device = devices.device(device)
     result = _monitor(val_data, metric_fn, monitor)
     seed_everything(seed)
     train_ds = train_data if isinstance(train_data, FeatureDataset) else FeatureDataset(train_data)
