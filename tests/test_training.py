@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from utils import store
 from utils.metrics import emotic_metrics
@@ -40,8 +39,9 @@ def run(seed, tmp_path=None, epochs=3, model_cls=EmoticJoint, lr=3e-3, batch_siz
     seed_everything(seed)
     model = model_cls(**SMALL)
     res = fit(model, train, val, metric_fn=emotic_eval, monitor="mAP", epochs=epochs, lr=lr, batch_size=batch_size,
-              patience=None, seed=seed, progress=False,
-              checkpoint_path=None if tmp_path is None else tmp_path / "best.pt")
+              patience=None, seed=seed, progress=False)
+    if tmp_path is not None:
+        store.save_state(tmp_path / "best.pt", model)
     return model, res, val
 
 
@@ -71,7 +71,7 @@ def test_training_learns_and_checkpoint_round_trips(tmp_path):
         *res.history)
 
 
-def test_early_stopping_triggers_and_restores_the_best_epoch(tmp_path):
+def test_early_stopping_triggers_and_restores_the_best_epoch():
     train, val = emotic_data()
     seed_everything(0)
     model = EmoticBaseline(**SMALL)
@@ -82,13 +82,11 @@ def test_early_stopping_triggers_and_restores_the_best_epoch(tmp_path):
         snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
         return {"score": next(fake)}
 
-    res = fit(model, train, val, metric_fn=metric, monitor="score", epochs=7, patience=3, progress=False,
-              checkpoint_path=tmp_path / "ckpt.pt")
+    res = fit(model, train, val, metric_fn=metric, monitor="score", epochs=7, patience=3, progress=False)
     assert res.stopped_early and len(res.history) == 5
     assert (res.best_epoch, res.best_score) == (2, 0.9)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, snapshots[1][k], rtol=0, atol=0)
-        torch.testing.assert_close(torch.load(tmp_path / "ckpt.pt", weights_only=True)[k], snapshots[1][k])
 
 
 def test_default_monitor_is_validation_loss_minimised():
@@ -155,73 +153,24 @@ def tiny_emotic_split(n=36, size=64, seed=0):
     return EmoticSplit("train", Path("memory"), img, img[:, 8:56, 8:56], cat, cont, table)
 
 
-class EmoticImageDataset(Dataset):
-    """Raw Emotic persons as dict items, what end-to-end fine-tuning reads: images float (3, H, W) in [0, 1],
-    labels, the description and, given ``text_features``, its cached embedding; rows read from the memmap on access."""
-
-    def __init__(self, split, text_features=None):
-        self.split = split
-        self._descriptions = split.descriptions
-        self.text = None
-        if text_features is not None:
-            text = np.asarray(text_features, dtype=np.float32)
-            if text.ndim != 2 or len(text) != len(split):
-                raise ValueError(f"EmoticImageDataset: text_features of shape {text.shape} do not match the "
-                                 f"{len(split)} persons of split {split.split!r} in {split.root}")
-            self.text = torch.from_numpy(text)
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> dict:
-        s = self.split
-        item = {"context": _chw(s.context[i]), "body": _chw(s.body[i]), "cat": torch.from_numpy(np.array(s.cat[i])),
-                "cont": torch.from_numpy(np.array(s.cont[i])), "description": self._descriptions[i]}
-        if self.text is not None:
-            item["text"] = self.text[i]
-        return item
+def image_arrays(split, text_features) -> dict[str, np.ndarray]:
+    """What end-to-end fine-tuning reads: images float (N, 3, H, W) in [0, 1], labels and text features."""
+    chw = {k: np.asarray(getattr(split, k), np.float32).transpose(0, 3, 1, 2) / 255.0 for k in ("context", "body")}
+    return {**chw, "cat": np.asarray(split.cat), "cont": np.asarray(split.cont), "text": text_features}
 
 
-def _chw(img: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float (3, H, W) in [0, 1], the input the image encoders take."""
-    return torch.from_numpy(np.array(img, dtype=np.float32, copy=True)).permute(2, 0, 1).div_(255.0)
-
-
-def test_emotic_image_dataset():
-    split = tiny_emotic_split()
-    ds = EmoticImageDataset(split)
-    item = ds[2]
-    assert item["context"].shape == (3, 64, 64) and item["body"].shape == (3, 48, 48)
-    torch.testing.assert_close(item["context"], torch.from_numpy(split.context[2]).permute(2, 0, 1) / 255.0)
-    assert item["description"] == "person 2" and item["cont"].tolist() == [5, 5, 5]
-    batch = next(iter(DataLoader(ds, batch_size=3)))
-    assert batch["body"].shape == (3, 3, 48, 48) and batch["cat"].shape == (3, 26)
-    assert batch["description"][1] == "person 1"
-
-
-def test_batches_reads_item_datasets_one_index_at_a_time():
+def test_batches_slice_arrays_a_batch_at_a_time():
     from utils.training import batches
-
-    class Items(Dataset):  # __getitem__ takes one int, as EmoticImageDataset's does
-        def __len__(self):
-            return 10
-
-        def __getitem__(self, i):
-            assert isinstance(i, int)
-            return {"x": torch.tensor([float(i)]), "name": f"item {i}"}
-
-    order = [b["x"][:, 0].long().tolist() for b in batches(Items(), 4, shuffle=True, seed=3)]
+    order = [b["x"].long().tolist() for b in batches({"x": np.arange(10.0)}, 4, shuffle=True, seed=3)]
     assert [len(o) for o in order] == [4, 4, 2] and sorted(sum(order, [])) == list(range(10))
-    assert order == [b["x"][:, 0].long().tolist() for b in batches(Items(), 4, shuffle=True, seed=3)]
-    assert order != [b["x"][:, 0].long().tolist() for b in batches(Items(), 4, shuffle=True, seed=4)]
-    first = next(iter(batches(Items(), 3)))
-    assert first["name"] == ["item 0", "item 1", "item 2"]
+    assert order == [b["x"].long().tolist() for b in batches({"x": np.arange(10.0)}, 4, shuffle=True, seed=3)]
+    assert order != [b["x"].long().tolist() for b in batches({"x": np.arange(10.0)}, 4, shuffle=True, seed=4)]
     feats = next(iter(batches({"a": np.arange(5.0)}, 2)))            # dict of arrays: sliced a batch at a time
     assert feats["a"].tolist() == [0.0, 1.0]
 
 
 def test_finetuning_mobilenet_end_to_end_on_images(tmp_path):
-    """EmoticImageDataset -> WithEncoders(MobileNetV2) -> fit / predict / checkpoint: the loss falls,
+    """Image arrays -> WithEncoders(MobileNetV2) -> fit / predict / checkpoint: the loss falls,
     the backbone's weights move, its BatchNorm running statistics do not."""
     from utils.encoders import load_image_encoder
     from utils.models import WithEncoders
@@ -232,14 +181,14 @@ def test_finetuning_mobilenet_end_to_end_on_images(tmp_path):
         pytest.skip(f"offline MobileNetV2 unavailable: {e}")
     split = tiny_emotic_split()
     text = np.random.default_rng(1).normal(size=(len(split), 16)).astype(np.float32)
-    data = EmoticImageDataset(split, text_features=text)
+    data = image_arrays(split, text)
     seed_everything(0)
     head = EmoticBaseline(("body", "context", "text"), dims={"body": enc.dim, "context": enc.dim, "text": 16},
                           hidden=32).init_prior(split.cat, split.cont)
     model = WithEncoders(head, {"body": enc, "context": enc})
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    res = fit(model, data, epochs=4, lr=1e-3, batch_size=12, patience=None, progress=False, device="cpu",
-              checkpoint_path=tmp_path / "ft.pt")
+    res = fit(model, data, epochs=4, lr=1e-3, batch_size=12, patience=None, progress=False, device="cpu")
+    store.save_state(tmp_path / "ft.pt", model)  # fit leaves the best epoch's weights in the model
     losses = [row["train_loss"] for row in res.history]
     assert losses[-1] < 0.8 * losses[0], losses
     after = enc.state_dict()

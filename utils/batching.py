@@ -1,6 +1,5 @@
 """The batch size and layout a model runs fastest at, measured once per device, model and input shape, not assumed:
 a 2-core CPU wants batch 4-8 in channels_last (docs/encoders.md, "Batch size and layout")."""
-from __future__ import annotations
 
 import json
 import os

@@ -1,5 +1,4 @@
 """The prepared artefacts, memory-mapped and checked on opening: a stale or partial prep folder fails here."""
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path

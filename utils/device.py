@@ -1,6 +1,5 @@
-"""Where tensors live: the one place that picks the device, mixed precision and host <-> device copies, so that
+"""Where tensors live: the one place that picks the device, mixed precision and device -> host copies, so that
 encoders, training and attacks agree, and no ``.numpy()`` of a CUDA tensor slips past CPU-only test runs."""
-from __future__ import annotations
 
 import contextlib
 import os
@@ -12,8 +11,10 @@ import torch
 ENV_VAR = "MMER_DEVICE"
 
 
-def device() -> torch.device:
-    """``$MMER_DEVICE`` (cpu | cuda | cuda:N), else CUDA when present, else CPU; asking for absent CUDA is an error."""
+def device(dev: str | torch.device | None = None) -> torch.device:
+    """``dev``, else ``$MMER_DEVICE`` (cpu | cuda | cuda:N), else CUDA when present, else CPU (absent CUDA: error)."""
+    if dev is not None:
+        return torch.device(dev)
     value = os.environ.get(ENV_VAR, "").strip().lower()
     if not value:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -28,10 +29,6 @@ def device() -> torch.device:
     return dev
 
 
-def resolve(dev: str | torch.device | None = None) -> torch.device:
-    return device() if dev is None else torch.device(dev)
-
-
 def autocast_dtype(dev: str | torch.device) -> torch.dtype | None:
     """bfloat16 on a CUDA device that has it (float32's exponent range: no loss scaling), else None (float32)."""
     return torch.bfloat16 if torch.device(dev).type == "cuda" and torch.cuda.is_bf16_supported() else None
@@ -41,17 +38,6 @@ def autocast(dev: str | torch.device, enabled: bool = True):
     """bf16 autocast on CUDA where supported; a no-op elsewhere (CPU results stay float32 and reproducible)."""
     dtype = autocast_dtype(dev) if enabled else None
     return contextlib.nullcontext() if dtype is None else torch.autocast(torch.device(dev).type, dtype=dtype)
-
-
-def host_tensor(array, dev: str | torch.device | None = None) -> torch.Tensor:
-    """A CPU tensor sharing the array's memory (read-only rows are copied), page-locked for a GPU so copies overlap."""
-    arr = np.ascontiguousarray(array)
-    t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-    return t.pin_memory() if dev is not None and torch.device(dev).type == "cuda" else t
-
-
-def to_device(t: torch.Tensor, dev: str | torch.device) -> torch.Tensor:
-    return t.to(dev, non_blocking=True)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

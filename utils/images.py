@@ -1,6 +1,5 @@
 """Image decoding and the Emotic crop, shared by the prep scripts and the library (below both, so ``utils`` never
 imports ``prep``): a new photo is cropped and squashed exactly as the training data were."""
-from __future__ import annotations
 
 import math
 

@@ -1,5 +1,4 @@
 """The Emotic and Flickr8k models on encoder features, their losses, and ``WithEncoders``: docs/models.md."""
-from __future__ import annotations
 
 import math
 from functools import partialmethod
@@ -123,13 +122,9 @@ class _EmoticModel(nn.Module):
     """What both Emotic models share: checked inputs, the prior, the output dict and the category + VAD loss; each
     model gives ``_raw(feats)`` -> (raw 26 + 3 outputs, embedding, extra outputs) and ``_extra_loss``."""
 
-    def __init__(self, modalities: Sequence[str], allowed: Sequence[str], fusion: str, fusions: Sequence[str],
-                 criterion: EmoticLoss | None):
+    def __init__(self, modalities: Sequence[str], fusion: str, fusions: Sequence[str], criterion: EmoticLoss | None):
         super().__init__()
         self.modalities, self.fusion = tuple(modalities), fusion
-        if not self.modalities or any(m not in allowed for m in self.modalities):
-            raise ValueError(f"{type(self).__name__}: modalities must be a non-empty subset of {', '.join(allowed)}; "
-                             f"got {modalities!r}")
         if fusion not in fusions:
             raise ValueError(f"{type(self).__name__}: fusion must be one of {tuple(fusions)}, got {fusion!r}")
         self.criterion = criterion or EmoticLoss()  # no parameters: the state_dict keys stay those of the layers
@@ -161,7 +156,7 @@ class EmoticBaseline(_EmoticModel):
 
     def __init__(self, modalities: Sequence[str] = ("body", "context", "text"), dims: Mapping[str, int] | None = None,
                  hidden: int = 256, dropout: float = 0.3, fusion: str = "mean", criterion: EmoticLoss | None = None):
-        super().__init__(modalities, ("body", "context", "text"), fusion, ("mean", "learned"), criterion)
+        super().__init__(modalities, fusion, ("mean", "learned"), criterion)
         dims = {**FEATURE_DIMS, **(dims or {})}
         self.inputs = self.modalities
         self.dims = {m: int(dims[m]) for m in self.modalities}
@@ -195,7 +190,7 @@ class EmoticJoint(_EmoticModel):
     def __init__(self, modalities: Sequence[str] = ("image", "text"), dims: Mapping[str, int] | None = None,
                  shared_dim: int = 256, hidden: int = 512, dropout: float = 0.3, fusion: str = "concat",
                  align_weight: float = 0.1, init_temperature: float = 0.07, criterion: EmoticLoss | None = None):
-        super().__init__(modalities, ("image", "text"), fusion, ("concat", "mean"), criterion)
+        super().__init__(modalities, fusion, ("concat", "mean"), criterion)
         dims = {**FEATURE_DIMS, **(dims or {})}
         self.image_inputs = ("body", "context") if "image" in self.modalities else ()
         self.inputs = self.image_inputs + (("text",) if "text" in self.modalities else ())
@@ -269,8 +264,6 @@ class FlickrBaseline:
 
     def __init__(self, method: str = "both", alpha: float = 100.0, n_components: int = 64, reg: float = 0.1,
                  alpha_t2i: float | None = None):
-        if method not in self.METHODS:
-            raise ValueError(f"FlickrBaseline: method must be one of {self.METHODS}, got {method!r}")
         self.method, self.alpha, self.n_components, self.reg = method, alpha, n_components, reg
         # ``both`` works best when each map keeps the penalty chosen for it alone on validation
         self.alpha_t2i = alpha if alpha_t2i is None else alpha_t2i
@@ -332,18 +325,15 @@ class FlickrJoint(nn.Module):
                  margin: float = 0.2):
         super().__init__()
         dims = {**FEATURE_DIMS, **(dims or {})}
-        if not towers or any(t not in ("image", "text") for t in towers):
-            raise ValueError(f"FlickrJoint: towers must be a non-empty subset of image, text; got {towers!r}")
         self.towers_used = tuple(t for t in ("image", "text") if t in towers)
         if space not in ("cross", "shared"):
             raise ValueError(f"FlickrJoint: space must be 'cross' or 'shared', got {space!r}")
         self.space = space if len(self.towers_used) == 2 else "cross"
         self.inputs = ("image", "text")
         self.dims = {k: int(dims[k]) for k in self.inputs}
-        if self.space == "cross":  # each tower maps into the other modality's feature space
-            out = {"image": dims["text"], "text": dims["image"]}
-        else:
-            out = dict.fromkeys(self.towers_used, shared_dim or dims["text"])
+        # cross: each tower maps into the other modality's feature space
+        out = ({"image": dims["text"], "text": dims["image"]} if self.space == "cross"
+               else dict.fromkeys(self.towers_used, shared_dim or dims["text"]))
         self.towers = nn.ModuleDict({t: mlp(dims[t], hidden, out[t], dropout) for t in self.towers_used})
         self.residual = {t: self.space == "shared" and dims[t] == out[t] for t in self.towers_used}
         for t in (t for t, res in self.residual.items() if res):  # the adapter starts as the identity map
@@ -383,7 +373,7 @@ class FlickrJoint(nn.Module):
 
         def run(fn, arr):
             arr = torch.as_tensor(np.asarray(arr), dtype=torch.float32)
-            return np.concatenate([devices.to_numpy(fn(devices.to_device(arr[i:i + batch_size], dev)))
+            return np.concatenate([devices.to_numpy(fn(arr[i:i + batch_size].to(dev, non_blocking=True)))
                                    for i in range(0, len(arr), batch_size)] or [np.zeros((0, 1), np.float32)])
         try:
             return run(self.encode_image, image_features), run(self.encode_text, text_features)

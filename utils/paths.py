@@ -1,5 +1,4 @@
 """The size profile and the folders of artefacts, outputs and the feature cache, from the environment (README.md)."""
-from __future__ import annotations
 
 import os
 from pathlib import Path

@@ -1,7 +1,6 @@
 """Everything the project writes goes through here: files that appear whole or not at all (:func:`atomic_write`),
 named by :func:`key` over settings, input digests and :func:`code_digest` of the source that computes them, so
 editing that source names a new file and a stale result is never loaded (no version constant to bump by hand)."""
-from __future__ import annotations
 
 import hashlib
 import inspect
@@ -22,14 +21,12 @@ import torch
 
 
 def digest(*parts: Any) -> str:
-    """sha256 (hex) of JSON-able parts, numpy arrays (dtype, shape and bytes) and bytes, in order."""
+    """sha256 (hex) of JSON-able parts and numpy arrays (dtype, shape and bytes), in order."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, np.ndarray):
             h.update(f"array\0{part.dtype.str}\0{part.shape}\0".encode())
             h.update(np.ascontiguousarray(part).data)
-        elif isinstance(part, (bytes, bytearray, memoryview)):
-            h.update(b"bytes\0" + bytes(part))
         else:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
         h.update(b"\0\0")

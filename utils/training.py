@@ -15,7 +15,6 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from tqdm.auto import tqdm
 
 from . import device as devices
-from . import store
 from .metrics import emotic_metrics, retrieval_metrics
 
 
@@ -50,26 +49,16 @@ class FeatureDataset(Dataset):
 
 def batches(data, batch_size: int, shuffle: bool = False, seed: int = 0, device=None) -> DataLoader:
     """Dict batches over ``data``, shuffled by a generator seeded with ``seed`` only (docs/training.md)."""
-    ds = data if isinstance(data, Dataset) else FeatureDataset(data)
-    generator = torch.Generator().manual_seed(seed)
-    pin = device is not None and torch.device(device).type == "cuda"
-    if isinstance(ds, FeatureDataset):
-        sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
-        return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
-                          pin_memory=pin)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator if shuffle else None,
-                      pin_memory=pin)
+    ds = data if isinstance(data, FeatureDataset) else FeatureDataset(data)
+    sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(ds)
+    return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
+                      pin_memory=device is not None and torch.device(device).type == "cuda")
 
 
 def flickr_pairs(image_features, text_features, caption_image) -> dict[str, np.ndarray]:
     """Training pairs for ``FlickrJoint``: one row per caption with its image's features and the image id."""
     cap = np.asarray(caption_image, dtype=np.int64)  # FeatureDataset says so when the lengths differ
     return {"image": np.asarray(image_features)[cap], "text": np.asarray(text_features), "image_id": cap}
-
-
-def _to(batch: Mapping[str, object], device) -> dict[str, object]:
-    """Tensors of a batch onto ``device`` (non-blocking from pinned memory); strings and lists stay as they are."""
-    return {k: devices.to_device(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @dataclass
@@ -84,13 +73,11 @@ class FitResult:
     best_state: dict | None = field(default=None, repr=False)  # the best epoch's weights, on the host
     bad_epochs: int = 0
 
-    def update(self, value: float, epoch: int, model: nn.Module, patience: int | None, checkpoint) -> bool:
+    def update(self, value: float, epoch: int, model: nn.Module, patience: int | None) -> bool:
         """Keep the weights if ``value`` is the best so far; True when ``patience`` epochs passed without."""
         if self.best_state is None or (value > self.best_score if self.mode == "max" else value < self.best_score):
             self.best_epoch, self.best_score, self.bad_epochs = epoch, value, 0
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            if checkpoint:
-                store.save_state(checkpoint, model)
         else:
             self.bad_epochs += 1
         self.stopped_early = patience is not None and self.bad_epochs >= patience
@@ -102,12 +89,12 @@ def _mean_loss(model: nn.Module, loader, device: torch.device, opt=None) -> dict
     sums, n = {}, 0
     for batch in loader:
         with devices.autocast(device):
-            parts = model.loss(_to(batch, device))
+            parts = model.loss({k: v.to(device, non_blocking=True) for k, v in batch.items()})
         if opt is not None:
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
-        size = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+        size = len(next(iter(batch.values())))
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float() * size
         n += size
@@ -137,14 +124,14 @@ def _monitor(val_data, metric_fn, monitor: str | None) -> FitResult:
 
 def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | None = None,
         monitor: str | None = None, epochs: int = 30, lr: float = 1e-3, weight_decay: float = 1e-4,
-        batch_size: int = 64, patience: int | None = 5, seed: int = 0, checkpoint_path=None, device=None,
-        progress: bool = True, desc: str | None = None) -> FitResult:
+        batch_size: int = 64, patience: int | None = 5, seed: int = 0, device=None, progress: bool = True,
+        desc: str | None = None) -> FitResult:
     """Train with AdamW, validate every epoch, stop after ``patience`` epochs without improving ``monitor`` and end
-    with the best weights (also saved to ``checkpoint_path``); deterministic on a CPU (docs/training.md)."""
-    device = devices.resolve(device)
+    with the best weights; deterministic on a CPU (docs/training.md)."""
+    device = devices.device(device)
     result = _monitor(val_data, metric_fn, monitor)
     seed_everything(seed)
-    train_ds = train_data if isinstance(train_data, Dataset) else FeatureDataset(train_data)
+    train_ds = train_data if isinstance(train_data, FeatureDataset) else FeatureDataset(train_data)
     model.to(device)
     params = model.param_groups(lr) if hasattr(model, "param_groups") else [p for p in model.parameters()
                                                                             if p.requires_grad]
@@ -177,7 +164,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
             result.history.append(row)
             shown = {k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", f"val_{result.monitor}")}
             bar.set_postfix(shown, refresh=False)
-            if result.update(value, epoch, model, patience, checkpoint_path):
+            if result.update(value, epoch, model, patience):
                 break
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
@@ -197,7 +184,7 @@ def predict(model: nn.Module, data, batch_size: int = 512, keys: Sequence[str] |
     model.eval()
     chunks: dict[str, list] = {}
     for batch in batches(data, batch_size, device=device):
-        batch = _to(batch, device)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         feed = {k: v for k, v in batch.items() if inputs is None or k in inputs}
         with devices.autocast(device):
             out = model(**feed)
@@ -210,7 +197,7 @@ def predict(model: nn.Module, data, batch_size: int = 512, keys: Sequence[str] |
 
 
 def emotic_eval(model: nn.Module, data, batch_size: int = 512) -> dict:
-    """``emotic_metrics``, a flat ``vad_mae_mean`` and the loss, on features (or items) with ``cat`` and ``cont``."""
+    """``emotic_metrics``, a flat ``vad_mae_mean`` and the loss, on features with ``cat`` and ``cont``."""
     out = predict(model, data, batch_size, keys=("scores", "vad"), carry=("cat", "cont"))
     metrics = emotic_metrics(out["scores"], out["cat"], out["vad"], out["cont"])
     metrics["vad_mae_mean"] = metrics["vad_mae"]["mean"]
