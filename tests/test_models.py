@@ -441,3 +441,9 @@ def test_encoder_weights_train_at_their_own_learning_rate_in_fit():
     assert any(not torch.equal(v, model.model.state_dict()[k]) for k, v in head.items())
     model.encoder_lr = None                               # default: one learning rate for everything
     assert [g["lr"] for g in model.param_groups(1e-3)] == [1e-3, 1e-3]
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.1, 1.5])
+def test_logit_scale_rejects_a_temperature_outside_0_1(temperature):
+    with pytest.raises(ValueError, match="init_temperature"):
+        LogitScale(init_temperature=temperature)

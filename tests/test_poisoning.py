@@ -83,7 +83,7 @@ def brute_median(img, size):
     return out
 
 
-@pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.parametrize("size", [1, 3, 5])
 def test_median_filter_defence_matches_references(images, size):
     got = median_filter_defence(images[:4], size=size, batch_size=3)
     for img, g in zip(images[:4], got):

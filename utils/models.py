@@ -47,6 +47,8 @@ class LogitScale(nn.Module):
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0):
         super().__init__()
+        if not 0 < init_temperature <= 1 or max_scale < 1:  # a knob (init_temperature): say which, not "math domain"
+            raise ValueError(f"LogitScale: need 0 < init_temperature <= 1 and max_scale >= 1, got {init_temperature}")
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.max_log = math.log(max_scale)
 

@@ -61,6 +61,8 @@ class MedianFilter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.size // 2
+        if p == 0:  # size 1 is the identity (and x[..., -0:] would be all of x, not nothing)
+            return x
         # scipy 'reflect' repeats the edge pixel (d c b a | a b c d | d c b a): concatenate flipped borders
         x = torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], dim=-2)
         x = torch.cat([x[..., :p].flip(-1), x, x[..., -p:].flip(-1)], dim=-1)
