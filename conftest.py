@@ -49,6 +49,9 @@ def pytest_configure(config):
     # Always the throw-away folder (never a user's MMER_OUTPUT): the notebook run empties it.
     os.environ["MMER_OUTPUT"] = str(REPO / "outputs" / f"test-{profile}")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # one fixed inference batch instead of utils.batching's probe of sizes up to 512 per model and input shape (tens
+    # of CPU seconds in a fresh clone, and again in every fresh cache a test makes); tests/test_batching.py probes
+    os.environ.setdefault("MMER_INFERENCE_BATCH", "16")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     if "torch" in sys.modules:  # set before torch starts its thread pool, but a plugin may have imported it
