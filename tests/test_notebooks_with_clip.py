@@ -29,10 +29,7 @@ def clip_runner(tmp_path_factory, request):
     output = REPO / "outputs" / f"test-{KERNEL_ENV['MMER_PROFILE']}-clip"
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
-    # smaller inputs than the smoke profile's (what is checked here is the encoders' path, not the numbers): one
-    # epoch, 20 bootstrap resamples
-    env = {**KERNEL_ENV, "MMER_ENCODERS": str(folder), "MMER_OUTPUT": str(output), "MMER_EPOCHS": "1",
-           "MMER_BOOTSTRAP": "20"}
+    env = {**KERNEL_ENV, "MMER_ENCODERS": str(folder), "MMER_OUTPUT": str(output)}
     return NotebookRunner(output, request.config.getoption("--notebook-cell-timeout"), env=env), folder
 
 
