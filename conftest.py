@@ -16,6 +16,7 @@ other (a MobileNet call then costs ten times as long).
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import shutil
@@ -49,12 +50,31 @@ def pytest_configure(config):
     # Always the throw-away folder (never a user's MMER_OUTPUT): the notebook run empties it.
     os.environ["MMER_OUTPUT"] = str(REPO / "outputs" / f"test-{profile}")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # one fixed inference batch instead of utils.batching's probe of sizes up to 512 per model and input shape (tens
+    # of CPU seconds in a fresh clone, and again in every fresh cache a test makes); tests/test_batching.py probes
+    os.environ.setdefault("MMER_INFERENCE_BATCH", "16")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
+    _keep_freed_memory()
     if "torch" in sys.modules:  # set before torch starts its thread pool, but a plugin may have imported it
         sys.modules["torch"].set_num_threads(1)
     KERNEL_ENV.clear()
     KERNEL_ENV.update(os.environ)
+
+
+def _keep_freed_memory() -> None:
+    """glibc hands a large tensor (a MobileNet activation: tens of MB) its own fresh pages and returns them on free,
+    so every batch page-faults them in again: on this CPU more system than model time. Malloc keeps freed memory
+    instead (up to 1 GiB per block) in this process (mallopt) and in every process started from it (the xdist
+    workers, notebook kernels, scripts, torchrun ranks: GLIBC_TUNABLES). No number changes; elsewhere a no-op."""
+    limit = 1 << 30
+    os.environ.setdefault("GLIBC_TUNABLES", f"glibc.malloc.mmap_threshold={limit}:glibc.malloc.trim_threshold={limit}")
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, limit)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, limit)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _is_notebook(item) -> bool:

@@ -142,19 +142,29 @@ def _json_documents(text: str) -> list:
     return docs
 
 
-def test_cli_prints_both_experiments_for_the_environment_profile():
-    result = _cli(MMER_PROFILE="smoke", MMER_EPOCHS="2")
-    assert result.returncode == 0, result.stderr
-    docs = _json_documents(result.stdout)
+def _cli_in(monkeypatch, capsys, *args, **env) -> tuple[int, str]:
+    """``python -m utils.config`` in-process (``_cli`` runs it as a command): exit status and printout."""
+    for var in [k for k in os.environ if k.startswith("MMER_")]:
+        monkeypatch.delenv(var)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    capsys.readouterr()
+    return config.main(list(args)), capsys.readouterr().out
+
+
+def test_cli_prints_both_experiments_for_the_environment_profile(monkeypatch, capsys):
+    code, out = _cli_in(monkeypatch, capsys, MMER_PROFILE="smoke", MMER_EPOCHS="2")
+    assert code == 0
+    docs = _json_documents(out)
     assert [d["experiment"] for d in docs] == list(config.EXPERIMENTS)
     for doc in docs:
         assert doc == json.loads(json.dumps(config.load(doc["experiment"], "smoke", environ={"MMER_EPOCHS": "2"})))
 
 
-def test_cli_prints_one_experiment_for_a_given_profile():
-    result = _cli("flickr8k", "--profile", "full")
-    assert result.returncode == 0, result.stderr
-    (doc,) = _json_documents(result.stdout)
+def test_cli_prints_one_experiment_for_a_given_profile(monkeypatch, capsys):
+    code, out = _cli_in(monkeypatch, capsys, "flickr8k", "--profile", "full")
+    assert code == 0
+    (doc,) = _json_documents(out)
     assert doc["experiment"] == "flickr8k" and doc["profile"] == "full" and doc["train_threads"] is None
 
 

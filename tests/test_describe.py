@@ -7,6 +7,8 @@ time, the persons to describe taken from what ``mat2py.py`` keeps.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -25,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import describe as describe_script  # noqa: E402
 import mat2py  # noqa: E402
 from utils.labels import CATEGORIES  # noqa: E402
 from utils.prep import vlm  # noqa: E402
@@ -63,11 +67,28 @@ def _run(args, torchrun: int = 0, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+def _run_in(args) -> SimpleNamespace:
+    """``describe.main(args)`` in this process (the command's process boundary: ``_run``): status and printouts."""
+    saved = dict(os.environ)
+    os.environ["MMER_DEVICE"] = "cpu"
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            # without torch's @record (its fault handler wants a real stderr file; it only serves torchrun)
+            code = describe_script.main.__wrapped__(list(map(str, args)))
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def single(setup):
     """The reference: one process, a fresh cache."""
     out = setup["root"] / "single" / "vlm.csv"
-    proc = _run(_args(setup, out, setup["root"] / "single" / "cache"))
+    proc = _run_in(_args(setup, out, setup["root"] / "single" / "cache"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"out": out, "log": proc.stdout, "table": pd.read_csv(out, keep_default_na=False)}
 
@@ -178,9 +199,10 @@ def test_two_gloo_processes_write_the_same_file(setup, single):
 def test_killed_run_resumes_without_redoing_finished_persons(setup, single):
     cache = setup["root"] / "killed" / "cache"
     out = setup["root"] / "killed" / "vlm.csv"
-    args = _args(setup, out, cache, "--batch-size", "2", "--max-new-tokens", "64")  # slower: time to kill it
+    # slower answers (time to kill it) for the first 20 persons (two shards)
+    args = _args(setup, out, cache, "--batch-size", "2", "--max-new-tokens", "64", "--limit", "20")
     ref_args = _args(setup, setup["root"] / "killed" / "ref.csv", setup["root"] / "killed" / "refcache",
-                     "--batch-size", "2", "--max-new-tokens", "64")
+                     "--batch-size", "2", "--max-new-tokens", "64", "--limit", "20")
     first = subprocess.Popen([sys.executable, SCRIPT, *args], env=_env(), cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -195,9 +217,9 @@ def test_killed_run_resumes_without_redoing_finished_persons(setup, single):
     done = len(vlm.read_cache(files[0].parent))
     with open(files[0], "a", encoding="utf-8") as f:  # as if killed in the middle of a write
         f.write('{"key": "cut sho')
-    second = _run(args)
+    second = _run_in(args)
     assert second.returncode == 0, second.stdout + second.stderr
-    reference = _run(ref_args)
+    reference = _run_in(ref_args)
     assert reference.returncode == 0, reference.stdout + reference.stderr
     total = int(reference.stdout.split("generated ")[1].split()[0])
     assert f"generated {total - done} answer(s)" in second.stdout, (done, total, second.stdout)
@@ -210,7 +232,7 @@ def test_cache_follows_image_content_and_settings(setup, single, tmp_path):
     cache = setup["root"] / "single" / "cache"  # the reference run's cache
     args = _args(setup, tmp_path / "a.csv", cache)
     args[1] = str(raw)
-    again = _run(args)
+    again = _run_in(args)
     assert again.returncode == 0 and "generated 0 answer(s)" in again.stdout, again.stdout + again.stderr
     assert (tmp_path / "a.csv").read_bytes() == single["out"].read_bytes()
 
@@ -221,13 +243,13 @@ def test_cache_follows_image_content_and_settings(setup, single, tmp_path):
     arr[0, 0] ^= 255
     Image.fromarray(arr).save(path, format="PNG")
     n = int(((single["table"]["folder"] == r["folder"]) & (single["table"]["filename"] == r["filename"])).sum())
-    changed = _run(args)
+    changed = _run_in(args)
     assert changed.returncode == 0 and f"generated {n} answer(s)" in changed.stdout, changed.stdout + changed.stderr
 
     # another prompt (from a file) is another cache entry for every person
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Which of {categories} fit the person in the red box?\n", encoding="utf-8")
-    other = _run(args + ["--prompt-file", str(prompt), "--limit", "5"])
+    other = _run_in(args + ["--prompt-file", str(prompt), "--limit", "5"])
     assert other.returncode == 0 and "generated 5 answer(s)" in other.stdout, other.stdout + other.stderr
     info = json.loads((tmp_path / "a.json").read_text())
     assert info["prompt"] == f"Which of {', '.join(CATEGORIES)} fit the person in the red box?"
@@ -236,11 +258,11 @@ def test_cache_follows_image_content_and_settings(setup, single, tmp_path):
 def test_bad_inputs_stop_with_the_file_named(setup, tmp_path):
     bogus = tmp_path / "not_a_model"
     bogus.mkdir()
-    proc = _run(["--data-dir", str(setup["raw"]), "--model", str(bogus), "--out", str(tmp_path / "o.csv"),
+    proc = _run_in(["--data-dir", str(setup["raw"]), "--model", str(bogus), "--out", str(tmp_path / "o.csv"),
                  "--cache", str(tmp_path / "c"), "--limit", "2"])
     assert proc.returncode == 2 and str(bogus) in proc.stderr and "cannot load" in proc.stderr, proc.stderr
     assert not (tmp_path / "o.csv").exists()
-    proc = _run(["--data-dir", str(tmp_path), "--model", str(setup["model"]), "--out", str(tmp_path / "o.csv")])
+    proc = _run_in(["--data-dir", str(tmp_path), "--model", str(setup["model"]), "--out", str(tmp_path / "o.csv")])
     assert proc.returncode == 2 and "Annotations.mat: annotations file not found" in proc.stderr, proc.stderr
 
 

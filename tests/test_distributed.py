@@ -160,6 +160,8 @@ def test_sharded_features_match_one_extraction(smoke):
     """Two ranks extract alternate shards of every split into a fresh cache; rank 0's assembled entry is what one
     extraction computes, and the data loader reads it."""
     cache = smoke["root"] / "feature-cache"
+    cache.mkdir()  # fresh, but for the batch probe the reference run made (same machine and batch): no rank re-times
+    shutil.copy(smoke["root"] / "cache" / "batch_probe.json", cache / "batch_probe.json")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SCRIPT, "emotic",
                            "--features-only", "--feature-shard-size", "32"],
                           env=_env(smoke["root"] / "features", cache), cwd=REPO, capture_output=True, text=True,

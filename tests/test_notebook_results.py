@@ -60,11 +60,12 @@ def by_content(fn):
 
 
 def category_ap(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """AP (percent) per category with sklearn; NaN for a category without a positive."""
+    """AP (percent) per category with sklearn; NaN for a category without a positive. (One sklearn call for the
+    categories that have one: sklearn scores each column alone, the same numbers as a call per category.)"""
     out = np.full(labels.shape[1], np.nan)
-    for j in range(labels.shape[1]):
-        if labels[:, j].sum() >= 1:
-            out[j] = 100 * average_precision_score(labels[:, j], scores[:, j])
+    held = labels.sum(0) >= 1
+    if held.any():
+        out[held] = 100 * np.atleast_1d(average_precision_score(labels[:, held], scores[:, held], average=None))
     return out
 
 
@@ -187,6 +188,15 @@ def retrieval_bootstrap(sim, caption_image) -> dict:
     def statistic(rows):
         return retrieval_from_ranks(i2t[rows], t2i[np.concatenate([captions_of[i] for i in rows])])
     return percentile_bootstrap(statistic, sim.shape[0])
+
+
+@by_content
+def emotic_paired_bootstrap(labels, scores_a, scores_b, difference: float) -> tuple[float, float]:
+    """The paired bootstrap of the mAP difference (persons resampled together), re-centred on ``difference``."""
+    reps = bootstrap_replicates(lambda r: {"d": float(np.nanmean(category_ap(labels[r], scores_a[r]))
+                                                      - np.nanmean(category_ap(labels[r], scores_b[r])))},
+                                len(labels))["d"]
+    return recentred(difference, reps)
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -329,10 +339,8 @@ def check_emotic_notebook(out: Path, name: str) -> dict:
             s.close(f"per_category {category!r}, {label}", row[label], None if np.isnan(ap) else float(ap))
 
     def paired(a, b):
-        sa, sb = p[f"{s.slugs[a]}_scores"], p[f"{s.slugs[b]}_scores"]
-        reps = bootstrap_replicates(lambda r: {"d": float(np.nanmean(category_ap(labels[r], sa[r]))
-                                                          - np.nanmean(category_ap(labels[r], sb[r])))}, n)["d"]
-        return recentred(corrected[a] - corrected[b], reps)
+        return emotic_paired_bootstrap(labels, p[f"{s.slugs[a]}_scores"], p[f"{s.slugs[b]}_scores"],
+                                       corrected[a] - corrected[b])
     check_comparisons(s, {k: {"mAP": v} for k, v in corrected.items()}, "mAP", paired)
     check_seeds(s, {label: {"mAP": s.summary[label]["mAP"]} for label in s.labels}, "mAP")
     check_history(s, [label for label in s.labels if label in s.doc["history"]])

@@ -7,11 +7,14 @@ the features by the encoders, the head by the checkpoint's state dict, the thres
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import describe as describe_script  # noqa: E402
 import mat2py  # noqa: E402
 import predict as P  # noqa: E402  (scripts/predict.py: pyproject puts scripts/ on pytest's path)
 from utils.labels import CATEGORIES  # noqa: E402
@@ -84,16 +88,13 @@ def trained(tmp_path_factory):
     llava = make_tiny_llava(root / "llava")
     env = {"MMER_PROFILE": "smoke", "EMOTIC_ARTEFACTS": str(root / "art"), "MMER_OUTPUT": str(root / "out"),
            "MMER_CACHE": str(root / "cache"), "MMER_DEVICE": "cpu"}
-    describe = subprocess.run([sys.executable, str(REPO / "scripts" / "describe.py"), "--data-dir",
-                               str(root / "raw"), "--model", str(llava), "--out", str(root / "vlm.csv"),
-                               "--max-new-tokens", "8"], env={**_clean_env(), **env}, cwd=REPO,
-                              capture_output=True, text=True)
-    assert describe.returncode == 0, describe.stdout + describe.stderr
-    assert mat2py.main(["--data-dir", str(root / "raw"), "--out", str(root / "art"), "--workers", "1",
-                        "--descriptions", "file", "--descriptions-file", str(root / "vlm.csv")]) == 0
     saved = dict(os.environ)
     os.environ.update(env)
-    try:
+    try:  # describe.py in-process (tests/test_describe.py runs it as a command)
+        assert describe_script.main(["--data-dir", str(root / "raw"), "--model", str(llava), "--out",
+                                     str(root / "vlm.csv"), "--max-new-tokens", "8"]) == 0
+        assert mat2py.main(["--data-dir", str(root / "raw"), "--out", str(root / "art"), "--workers", "1",
+                            "--descriptions", "file", "--descriptions-file", str(root / "vlm.csv")]) == 0
         cfg = config.load("emotic")
         data = emotic.data(cfg)
         models = {label: emotic.train(data, cfg, label, progress=False)
@@ -110,9 +111,26 @@ def _clean_env() -> dict:
 
 
 def _predict(trained, *args, **extra) -> subprocess.CompletedProcess:
+    """scripts/predict.py as a command (one test: the process boundary, exit status and printout)."""
     env = {**_clean_env(), **trained["env"], **extra}
     return subprocess.run([sys.executable, SCRIPT, *map(str, args)], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=600)
+
+
+def _predict_in(trained, *args, **extra) -> SimpleNamespace:
+    """``predict.main(argv)`` in this process, with the command's environment: its status and printouts."""
+    saved = dict(os.environ)
+    os.environ.update({**trained["env"], **extra})
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = P.main(list(map(str, args)))
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +201,7 @@ def test_boxes_described_by_the_training_vlm(trained, photo):
     from utils.prep import vlm
 
     boxes = [(40, 30, 120, 220), (200, 60, 290, 230)]
-    proc = _predict(trained, photo, *[a for b in boxes for a in ("--box", ",".join(map(str, b)))])
+    proc = _predict_in(trained, photo, *[a for b in boxes for a in ("--box", ",".join(map(str, b)))])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "the probability of highest F1 on the validation split" in proc.stdout
     persons = _persons(proc.stdout)
@@ -224,14 +242,14 @@ def test_a_photo_is_turned_upright_by_its_exif_orientation(trained, photo, tmp_p
     sideways.save(path, quality=95, exif=exif)
     stored = tmp_path / "upright.png"
     Image.open(path).transpose(Image.Transpose.ROTATE_270).save(stored)  # the decoded pixels, turned by hand
-    proc = _predict(trained, path, "--model", "image (body+context)", "--box", "40,30,120,220")
+    proc = _predict_in(trained, path, "--model", "image (body+context)", "--box", "40,30,120,220")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [person] = _persons(proc.stdout)
     _check(person, *_reference(trained, "image (body+context)", stored, (40, 30, 120, 220), None))
 
 
 def test_an_image_only_model_needs_no_description(trained, photo):
-    proc = _predict(trained, photo, "--model", "image (body+context)", "--box=-20,30,120,500")  # clipped
+    proc = _predict_in(trained, photo, "--model", "image (body+context)", "--box=-20,30,120,500")  # clipped
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [person] = _persons(proc.stdout)
     assert person["where"] == "1 (box 0,30,120,240)" and person["description"] is None
@@ -241,27 +259,27 @@ def test_an_image_only_model_needs_no_description(trained, photo):
 def test_bad_inputs_name_the_file(trained, photo, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image at all")
-    proc = _predict(trained, broken)
+    proc = _predict_in(trained, broken)
     assert proc.returncode == 2 and f"{broken}: cannot decode image" in proc.stderr, proc.stderr
-    proc = _predict(trained, tmp_path / "absent.png")
+    proc = _predict_in(trained, tmp_path / "absent.png")
     assert proc.returncode == 2 and f"{tmp_path / 'absent.png'}: image file not found" in proc.stderr, proc.stderr
-    proc = _predict(trained, photo, "--box", "400,300,500,400")
+    proc = _predict_in(trained, photo, "--box", "400,300,500,400")
     assert proc.returncode == 2 and f"{photo}: box 400,300,500,400 lies outside the 320x240 photo" in proc.stderr
-    proc = _predict(trained, photo, "--box", "1,2,3")
+    proc = _predict_in(trained, photo, "--box", "1,2,3")
     assert proc.returncode == 2 and "a box is four numbers" in proc.stderr
-    proc = _predict(trained, photo, "--model", "no such model")
+    proc = _predict_in(trained, photo, "--model", "no such model")
     assert proc.returncode == 2 and "unknown model 'no such model'" in proc.stderr
 
     # the same settings with other encoders (a tiny CLIP's towers) find only checkpoints of the default encoders
     from tests.tiny_models import make_tiny_clip
 
     clip = make_tiny_clip(tmp_path / "clip")
-    proc = _predict(trained, photo, MMER_ENCODERS=str(clip))
+    proc = _predict_in(trained, photo, MMER_ENCODERS=str(clip))
     ckpt = trained["models"]["fusion (all)"].checkpoint
     assert proc.returncode == 2 and f"{ckpt}: trained with other encoders" in proc.stderr, proc.stderr
 
     # other data (metadata descriptions instead of the VLM's): the checkpoint is not taken for them
     assert mat2py.main(["--data-dir", str(trained["root"] / "raw"), "--out", str(tmp_path / "meta"),
                         "--workers", "1"]) == 0
-    proc = _predict(trained, photo, EMOTIC_ARTEFACTS=str(tmp_path / "meta"))
+    proc = _predict_in(trained, photo, EMOTIC_ARTEFACTS=str(tmp_path / "meta"))
     assert proc.returncode == 2 and f"{ckpt}: trained with other data or settings" in proc.stderr, proc.stderr

@@ -479,13 +479,16 @@ def test_rerun_gives_identical_bytes_whatever_the_worker_count(tmp_path, capsys)
                                                         for k in ("images.npy", "captions.csv")])
 
 
-def test_cli_subprocess(tmp_path):
-    """The script as a user runs it, from another working directory, with the underscore flag and a custom size."""
+def test_cli_subprocess(tmp_path, capsys, monkeypatch):
+    """The script as a user runs it, from another working directory, with the underscore flag and a custom size
+    (its help and a failure in-process: one subprocess shows the command works)."""
     make_kaggle(tmp_path / "raw", n_rgb=4)
     script = str(REPO / "prepare_flickr8k.py")
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    help_ = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd=tmp_path)
-    assert help_.returncode == 0 and "--data-dir" in help_.stdout and "--data_dir" in help_.stdout
+    with pytest.raises(SystemExit) as help_:
+        prep.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert help_.value.code == 0 and "--data-dir" in help_text and "--data_dir" in help_text
     done = subprocess.run([sys.executable, script, "--data_dir", "raw", "--out", "out", "--image-size", "32",
                            "--seed", "1"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
@@ -493,10 +496,9 @@ def test_cli_subprocess(tmp_path):
     assert m["image_size"] == 32 and m["seed"] == 1
     for s in flickr.SPLITS:
         assert np.load(tmp_path / "out" / f"{s}_images.npy").shape == (m["splits"][s]["images"], 32, 32, 3)
-    failed = subprocess.run([sys.executable, script, "--data-dir", "nowhere", "--out", "out2"],
-                            capture_output=True, text=True, cwd=tmp_path)
-    assert failed.returncode == 2
-    assert failed.stderr == f"error: {(tmp_path / 'nowhere').resolve()}: data folder not found\n"
+    monkeypatch.chdir(tmp_path)
+    assert prep.main(["--data-dir", "nowhere", "--out", "out2"]) == 2
+    assert capsys.readouterr().err == f"error: {(tmp_path / 'nowhere').resolve()}: data folder not found\n"
 
 
 def test_layout_choice_and_repeated_entries(tmp_path, capsys):

@@ -150,21 +150,27 @@ def refeed_emotic(out: Path, doc: dict, p: dict) -> int:
     return confirmed
 
 
+_FLICKR_MODELS: dict = {}  # (profile, checkpoint) -> (data, models) of notebook 06
+
+
 def refeed_flickr(out: Path, doc: dict, p: dict) -> int:
     """Re-feed every success (and one failure per run) of notebook 06's saved arrays; returns successes confirmed."""
     from utils import config, experiments, flickr8k, paths
     from utils.models import FlickrJoint
 
     cfg = config.load("flickr8k", doc["profile"])
-    ds = flickr8k.data(cfg)
+    (label, ckpt), = doc["checkpoints"].items()
+    key = (doc["profile"], str(out / "checkpoints" / ckpt))
+    if key not in _FLICKR_MODELS:  # the data and the refitted baseline once per session (two tests re-feed 06)
+        ds = flickr8k.data(cfg)
+        joint = FlickrJoint(dims=ds.dims, space=cfg["joint_space"], hidden=cfg["joint_hidden"],
+                            dropout=cfg["joint_dropout"], init_temperature=cfg["init_temperature"],
+                            margin=cfg["margin"], towers=("image", "text"))
+        joint.load_state_dict(torch.load(out / "checkpoints" / ckpt, weights_only=True))
+        _FLICKR_MODELS[key] = ds, {label: joint.eval(), "both maps": flickr8k.baselines(ds, cfg)[0]["both maps"]}
+    ds, models = _FLICKR_MODELS[key]
     images = np.load(paths.artefact_dir("flickr8k") / "test_images.npy", mmap_mode="r", allow_pickle=False)
     owner = ds.features["test"]["caption_image"]
-    joint = FlickrJoint(dims=ds.dims, space=cfg["joint_space"], hidden=cfg["joint_hidden"],
-                        dropout=cfg["joint_dropout"], init_temperature=cfg["init_temperature"], margin=cfg["margin"],
-                        towers=("image", "text"))
-    (label, ckpt), = doc["checkpoints"].items()
-    joint.load_state_dict(torch.load(out / "checkpoints" / ckpt, weights_only=True))
-    models = {label: joint.eval(), "both maps": flickr8k.baselines(ds, cfg)[0]["both maps"]}
     captions, encoder = ds.features["test"]["text"], ds.image_encoder.eval()
     slugs = {m: experiments.slug(m) for m in models}
     successes = _check_rates(doc, p, slugs)
