@@ -50,7 +50,7 @@ PROFILES = {
         "smoke": dict(epochs=3, patience=None, baseline_hidden=64, joint_hidden=64, joint_shared_dim=32,
                       joint_lr=3e-3, bootstrap=200, projection="pca", pr_categories=3, n_examples=2,
                       attack_persons=3, pixels=[4, 256], attack_queries=12, attack_steps=3, attack_restarts=1,
-                      popsize=6, generations=1, attack_threads=1,
+                      attack_batch=4, popsize=6, generations=1, attack_threads=1,
                       poison_fractions=[0.0, 0.3], poison_finetune="last", finetune_epochs=1, gallery=2),
         # demo: k from 4 up to 256, a budget per k sized so that 4 models x 24 persons fit in minutes on a CPU (on
         # a GPU, DEVICE_PROFILES gives it the paper's budget)
@@ -65,7 +65,7 @@ PROFILES = {
         "smoke": dict(ridge_alphas=[10.0, 1000.0], cca_regs=[0.1], cca_components=8, epochs=3, batch_size=32,
                       patience=2, bootstrap=200, n_examples=2, n_linked=3, top_k=4,
                       attack_images=3, pixels=[4, 256], attack_queries=12, attack_steps=3, attack_restarts=1,
-                      popsize=6, generations=1, attack_threads=1,
+                      attack_batch=4, popsize=6, generations=1, attack_threads=1,
                       poison_fractions=[0.0, 0.2], gallery=2),
         "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24, attack_steps=10),
         "full": dict(seeds=3, cca_components=128, epochs=40, batch_size=256, train_threads=None, n_linked=8,
