@@ -105,7 +105,8 @@ def for_pipeline(pipeline, shape: tuple, rows, autocast: torch.dtype | None = No
     def run(x):
         with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
             return pipeline.scores(x, rows[:len(x)])
-    return _choose(f"{dev}|{type(pipeline).__name__}|{'|'.join(_name(m) for m in pipeline.modules)}|{tuple(shape)}"
+    # keyed by the encoder, not the heads behind it (a few matrix products): the models of a notebook share a probe
+    return _choose(f"{dev}|{type(pipeline).__name__}|{_name(pipeline.modules[0])}|{tuple(shape)}"
                    + (f"|{autocast}" if autocast is not None else ""), run, shape, dev,
                    lambda cl: (setattr(pipeline, "channels_last", cl), set_layout(pipeline.modules[0], cl)))
 
