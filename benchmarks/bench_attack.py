@@ -315,8 +315,8 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
             best = batching.probe(scores, (3, *images.shape[1:3]), pipe.device, layout)
             layout(best.channels_last)
             best_rate = sustained_rate(pipe, best.batch, images.shape[1:3], autocast=autocast)
-            batch = args.batch_size or batching.for_pipeline(pipe, (3, *images.shape[1:3]), rows,
-                                                             autocast).batch  # the cached choice
+            batch = args.batch_given or batching.for_pipeline(pipe, (3, *images.shape[1:3]), rows,
+                                                              autocast).batch  # the library's (cached) choice
             t = time.perf_counter()
             rep = sparse_rs(pipe, images, pixels=k, queries=budget, batch_size=batch, seed=args.seed,
                             precision=args.precision)
@@ -391,7 +391,7 @@ def main():
     choice = batching.for_pipeline(pipe, (3, *images.shape[1:3]), np.arange(len(images))).batch
     print(f"model batch: {args.batch_size or choice} ({'given' if args.batch_size else 'utils.batching'}; the "
           f"machine's fastest: {choice} in {'channels_last' if pipe.channels_last else 'the default layout'})")
-    args.batch_size = args.batch_size or choice
+    args.batch_given, args.batch_size = args.batch_size, args.batch_size or choice
     if not args.skip_part3:
         part_reference(args, pipe, ours_model, peer_model, images, labels)
 
