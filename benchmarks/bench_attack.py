@@ -86,6 +86,7 @@ from sklearn.datasets import load_sample_images  # noqa: E402
 
 from utils import batching  # noqa: E402
 from utils.attack import ClassifierPixelPipeline, differential_evolution, sparse_rs  # noqa: E402
+from utils.attack.pipelines import PRECISIONS  # noqa: E402
 from utils.encoders import load_image_encoder, packaged_mobilenet_file  # noqa: E402
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -259,13 +260,22 @@ def run_reference(rsattack, model, reference, images, labels, k, queries, seed):
     return dict(wall=wall, images=counted.count, success=int(ok.sum()), per_image=per_image, won=ok)
 
 
-def sustained_rate(pipe, batch: int, size, seconds: float = 5.0) -> float:
+def attacked_crops(probs: torch.Tensor, n: int, how: str, seed: int) -> np.ndarray:
+    """Sorted indices of the crops to attack: the ``n`` least confident (top-1 minus top-2 probability) or a seeded
+    random draw of ``n``."""
+    if how == "random":
+        return np.sort(np.random.default_rng(seed).choice(len(probs), size=n, replace=False))
+    top2 = probs.topk(2).values
+    return torch.argsort(top2[:, 0] - top2[:, 1])[:n].sort().values.numpy()
+
+
+def sustained_rate(pipe, batch: int, size, seconds: float = 5.0, autocast=None) -> float:
     """Images/s of the pipeline's model alone at one batch size, over several seconds (the probe's figure is the
     best of a few calls; on a loaded machine that flatters it)."""
     x = torch.rand((batch, 3, *size))
     x = x.contiguous(memory_format=torch.channels_last) if pipe.channels_last else x
     rows = torch.zeros(batch, dtype=torch.int64)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
         pipe.scores(x, rows)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
@@ -287,8 +297,10 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
     print(f"  reference: {Path(path).resolve()}; RSAttack(norm='L0', eps=k, n_queries=Q, p_init=0.3, n_restarts=1, "
           f"loss='margin', seed={args.seed}): one proposal per unfooled image per call, strict acceptance, colours "
           "at cube corners; gets the same model object as ours")
+    autocast = PRECISIONS[args.precision]
     print(f"  ours: sparse_rs(pixels=k, queries=Q, p_init=0.3, candidates adaptive, batch_size="
-          f"{args.batch_size or 'the probe choice'}, fp32, seed={args.seed})")
+          f"{args.batch_size or 'the probe choice'}, precision={args.precision} (successes confirmed in fp32), "
+          f"seed={args.seed})")
     print(f"  {'k':>3s} {'Q':>6s} | {'ours s':>7s} {'img/s':>6s} {'q/s':>6s} {'succ':>5s} {'med q':>6s} | "
           f"{'ref s':>7s} {'img/s':>6s} {'succ':>5s} {'med q':>6s} | {'best img/s':>10s} {'ours/best':>9s} "
           f"{'wall ours/ref':>13s}")
@@ -297,13 +309,17 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
         for k in args.ks:
             # the model alone at its best batch and layout, measured now (same load as the two runs around it)
             layout = lambda cl: (setattr(pipe, "channels_last", cl), batching.set_layout(ours_model, cl))  # noqa: E731
-            best = batching.probe(lambda x: pipe.scores(x, torch.as_tensor(rows[:1]).expand(len(x))),
-                                  (3, *images.shape[1:3]), pipe.device, layout)
+            def scores(x):  # in the search's precision: its best rate is the one to reach
+                with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+                    return pipe.scores(x, torch.as_tensor(rows[:1]).expand(len(x)))
+            best = batching.probe(scores, (3, *images.shape[1:3]), pipe.device, layout)
             layout(best.channels_last)
-            best_rate = sustained_rate(pipe, best.batch, images.shape[1:3])
-            batch = args.batch_size or batching.for_pipeline(pipe, (3, *images.shape[1:3]), rows).batch  # cached choice
+            best_rate = sustained_rate(pipe, best.batch, images.shape[1:3], autocast=autocast)
+            batch = args.batch_given or batching.for_pipeline(pipe, (3, *images.shape[1:3]), rows,
+                                                              autocast).batch  # the library's (cached) choice
             t = time.perf_counter()
-            rep = sparse_rs(pipe, images, pixels=k, queries=budget, batch_size=batch, seed=args.seed)
+            rep = sparse_rs(pipe, images, pixels=k, queries=budget, batch_size=batch, seed=args.seed,
+                            precision=args.precision)
             wall = time.perf_counter() - t
             tab = rep.table()
             ok = recheck("ours", reference, images, rep.adversarial, labels, k)
@@ -338,6 +354,11 @@ def main():
     ap.add_argument("--rs-budgets", type=int, nargs="+", default=[500, 2000],
                     help="part 3 queries per image (add 10000 for the paper's budget: long on a CPU)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pick", choices=["least-confident", "random"], default="least-confident",
+                    help="which crops are attacked: the least confident (fragile: fooled within a few queries) or a "
+                         "seeded random draw (mostly confident, as unseen photos are; most resist k = 1)")
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+                    help="part 3: the precision our search scores in (successes are always confirmed in fp32)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; on a machine other "
                     "jobs load, 1 thread avoids OpenMP spin-waits and can be several times faster)")
     ap.add_argument("--skip-peers", action="store_true", help="part 1 without torchattacks and ART")
@@ -363,15 +384,14 @@ def main():
     pool, names = photo_pool()
     with torch.inference_mode():
         probs = peer_model(torch.from_numpy(pool).permute(0, 3, 1, 2).float().div(255)).softmax(1)
-    top2 = probs.topk(2).values
-    pick = torch.argsort(top2[:, 0] - top2[:, 1])[:args.images].sort().values.numpy()
+    pick = attacked_crops(probs, args.images, args.pick, args.seed)
     images, labels = pool[pick], probs.argmax(1).numpy()[pick]
-    print(f"images: the {args.images} least confident of {len(pool)} crops: {[names[i] for i in pick]}")
+    print(f"images: {args.images} of {len(pool)} crops ({args.pick}): {[names[i] for i in pick]}")
     pipe = ClassifierPixelPipeline(ours_model, labels, n_classes=1000)
     choice = batching.for_pipeline(pipe, (3, *images.shape[1:3]), np.arange(len(images))).batch
     print(f"model batch: {args.batch_size or choice} ({'given' if args.batch_size else 'utils.batching'}; the "
           f"machine's fastest: {choice} in {'channels_last' if pipe.channels_last else 'the default layout'})")
-    args.batch_size = args.batch_size or choice
+    args.batch_given, args.batch_size = args.batch_size, args.batch_size or choice
     if not args.skip_part3:
         part_reference(args, pipe, ours_model, peer_model, images, labels)
 
@@ -478,6 +498,7 @@ def whitebox_rows():
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pick", choices=["least-confident", "random"], default="least-confident")
     ap.add_argument("--quick", action="store_true")
     args, _ = ap.parse_known_args()
     steps = int(os.environ.get("BENCH_WHITEBOX_STEPS", 5 if args.quick else 20))
@@ -488,10 +509,9 @@ def whitebox_rows():
     pipe_model = nn.Sequential(enc, enc.head).eval()
     peer_model = default_layout_model()
     pool, names = photo_pool()
-    with torch.inference_mode():  # the same least confident crops as the other parts
+    with torch.inference_mode():  # the same crops as the other parts
         probs = peer_model(torch.from_numpy(pool).permute(0, 3, 1, 2).float().div(255)).softmax(1)
-    top2 = probs.topk(2).values
-    pick = torch.argsort(top2[:, 0] - top2[:, 1])[:n_images].sort().values.numpy()
+    pick = attacked_crops(probs, n_images, args.pick, args.seed)
     images, labels = pool[pick], probs.argmax(1).numpy()[pick]
     pipe = ClassifierPixelPipeline(pipe_model, labels, n_classes=1000)
     load = os.getloadavg()

@@ -241,3 +241,30 @@ def test_fit_uses_the_configured_device(monkeypatch):
     monkeypatch.setenv("MMER_DEVICE", "tpu")
     with pytest.raises(ValueError, match="MMER_DEVICE"):
         fit(model, train, epochs=1, progress=False)
+
+
+def test_eval_batch_is_the_probes_for_image_encoders_and_fixed_for_features(monkeypatch, tmp_path):
+    """Eval passes of a model with image encoders in front run at the device's measured batch (here pinned to 7 by
+    MMER_INFERENCE_BATCH, as a user would), not at a size assumed to fit; heads on features keep 512."""
+    from torch import nn
+
+    from utils import training
+    from utils.models import WithEncoders
+
+    monkeypatch.setenv("MMER_CACHE", str(tmp_path))
+    monkeypatch.setenv("MMER_INFERENCE_BATCH", "7")
+    split = tiny_emotic_split(n=20, size=16)
+    data = image_arrays(split, np.zeros((20, 16), np.float32))
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    head = EmoticBaseline(("body", "context"), dims={"body": 8, "context": 8}, hidden=8)
+    model = WithEncoders(head, {"body": encoder, "context": encoder})
+    assert training.eval_batch(model, data) == 7
+    assert training.eval_batch(head, {"body": np.zeros((20, 8), np.float32)}) == 512
+    assert training.eval_batch(head, {"body": np.zeros((20, 8), np.float32)}, at_least=600) == 600
+    seen = []
+    real = training.batches
+    monkeypatch.setattr(training, "batches", lambda d, b, **kw: (seen.append(b), real(d, b, **kw))[1])
+    out = predict(model, data)
+    assert seen == [7]
+    np.testing.assert_allclose(out["scores"], predict(model, data, batch_size=20)["scores"], rtol=1e-5, atol=1e-6)

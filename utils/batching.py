@@ -96,12 +96,18 @@ def for_module(module: torch.nn.Module, shape: tuple, name: str | None = None) -
                    lambda cl: set_layout(module, cl))
 
 
-def for_pipeline(pipeline, shape: tuple, rows) -> Choice:
-    """Batch and layout for an attack pipeline's scores on images (b, *shape) of ``rows`` (any valid rows)."""
+def for_pipeline(pipeline, shape: tuple, rows, autocast: torch.dtype | None = None) -> Choice:
+    """Batch and layout for an attack pipeline's scores on images (b, *shape) of ``rows`` (any valid rows), timed
+    under ``autocast`` when the search scores in a lower precision (bf16 kernels prefer other batches)."""
     dev = pipeline.device
     rows = torch.as_tensor(np.resize(np.asarray(rows), SIZES[-1]), device=dev)
-    return _choose(f"{dev}|{type(pipeline).__name__}|{'|'.join(_name(m) for m in pipeline.modules)}|{tuple(shape)}",
-                   lambda x: pipeline.scores(x, rows[:len(x)]), shape, dev,
+
+    def run(x):
+        with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+            return pipeline.scores(x, rows[:len(x)])
+    # keyed by the encoder, not the heads behind it (a few matrix products): the models of a notebook share a probe
+    return _choose(f"{dev}|{type(pipeline).__name__}|{_name(pipeline.modules[0])}|{tuple(shape)}"
+                   + (f"|{autocast}" if autocast is not None else ""), run, shape, dev,
                    lambda cl: (setattr(pipeline, "channels_last", cl), set_layout(pipeline.modules[0], cl)))
 
 

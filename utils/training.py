@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
+from . import batching
 from . import device as devices
 from .metrics import emotic_metrics, retrieval_metrics
 
@@ -101,12 +102,27 @@ def _mean_loss(model: nn.Module, loader, device: torch.device, opt=None) -> dict
     return {k: float(devices.to_numpy(v)) / n for k, v in sums.items()}
 
 
+#: the eval batch of heads on precomputed features: a few MB at any size, so only the number of calls matters
+FEATURE_BATCH = 512
+
+
+def eval_batch(model: nn.Module, data, at_least: int = 1) -> int:
+    """The batch an eval pass runs at: with image encoders in front (``WithEncoders``) the device's fastest for them
+    (``utils.batching``, probed on a copy: the probe switches layouts), else ``max(at_least, FEATURE_BATCH)``."""
+    encs = getattr(model, "encoders", None)
+    arrays = data.tensors if isinstance(data, FeatureDataset) else data
+    shapes = {k: tuple(np.shape(arrays[k])[1:]) for k in (encs or {}) if k in arrays and np.ndim(arrays[k]) == 4}
+    if not shapes:
+        return max(at_least, FEATURE_BATCH)
+    return min(batching.for_module(copy.deepcopy(encs[k]), shape).batch for k, shape in shapes.items())
+
+
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, data, batch_size: int = 512) -> dict[str, float]:
+def evaluate_loss(model: nn.Module, data, batch_size: int | None = None) -> dict[str, float]:
     """Mean of each loss part over ``data`` in eval mode (batches weighted by size)."""
     device = next(model.parameters()).device
     model.eval()
-    return _mean_loss(model, batches(data, batch_size, device=device), device)
+    return _mean_loss(model, batches(data, batch_size or eval_batch(model, data), device=device), device)
 
 
 def _monitor(val_data, metric_fn, monitor: str | None) -> FitResult:
@@ -152,7 +168,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
                 model.eval()
                 with torch.no_grad():
                     metrics = (metric_fn(model, val_data) if metric_fn is not None
-                               else evaluate_loss(model, val_data, batch_size=max(batch_size, 512)))
+                               else evaluate_loss(model, val_data, batch_size=eval_batch(model, val_data, batch_size)))
                 # scalars only: nested dicts (per-category APs) and counts (n, n_*) stay out of the history
                 row.update({f"val_{k}": float(v) for k, v in metrics.items() if isinstance(
                     v, (int, float, np.floating, np.integer)) and k != "n" and not k.startswith("n_")})
@@ -176,14 +192,14 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data, batch_size: int = 512, keys: Sequence[str] | None = None,
+def predict(model: nn.Module, data, batch_size: int | None = None, keys: Sequence[str] | None = None,
             carry: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Outputs over ``data`` in eval mode as numpy (floats as float32); ``carry`` copies batch entries along."""
     device = next(model.parameters()).device
     inputs = getattr(model, "inputs", None)
     model.eval()
     chunks: dict[str, list] = {}
-    for batch in batches(data, batch_size, device=device):
+    for batch in batches(data, batch_size or eval_batch(model, data), device=device):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         feed = {k: v for k, v in batch.items() if inputs is None or k in inputs}
         with devices.autocast(device):
@@ -196,7 +212,7 @@ def predict(model: nn.Module, data, batch_size: int = 512, keys: Sequence[str] |
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
-def emotic_eval(model: nn.Module, data, batch_size: int = 512) -> dict:
+def emotic_eval(model: nn.Module, data, batch_size: int | None = None) -> dict:
     """``emotic_metrics``, a flat ``vad_mae_mean`` and the loss, on features with ``cat`` and ``cont``."""
     out = predict(model, data, batch_size, keys=("scores", "vad"), carry=("cat", "cont"))
     metrics = emotic_metrics(out["scores"], out["cat"], out["vad"], out["cont"])

@@ -227,7 +227,8 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         raise ValueError(f"{where}: batch_size must be >= 1, got {batch_size}")
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     if batch_size is None:
-        batch_size = batching.for_pipeline(pipeline, (3, *images.shape[1:3]), rows if len(rows) else [0]).batch
+        batch_size = batching.for_pipeline(pipeline, (3, *images.shape[1:3]), rows if len(rows) else [0],
+                                           PRECISIONS[precision]).batch
     truth = pipeline.truth(rows) if truth is None else np.asarray(truth)
     truth = truth if truth.dtype == bool else truth > 0.5  # multi-hot float labels are accepted too
     if len(rows) != n or len(truth) != n:
