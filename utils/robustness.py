@@ -130,15 +130,9 @@ def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: di
     return attack_items(pipelines, images, rows, cfg)
 
 
-#: items attacked together when the model batch is the probe's (``attack_batch`` None): a fixed number, so a
-#: notebook and a sharded run chunk alike on any machine; the search fills each model call from all of them
-CHUNK = 32
-
-
 def attack_chunk(cfg: dict) -> int:
-    """Items attacked together (the sparse search's proposals of them share model calls); the script's default
-    shard."""
-    return CHUNK if cfg["attack_batch"] is None else max(1, int(cfg["attack_batch"]) // 4)
+    """Items attacked together (one model batch of the sparse search); also the script's default shard."""
+    return max(1, int(cfg["attack_batch"]) // 4)
 
 
 def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, chunk: int | None = None) -> dict:
@@ -342,8 +336,7 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
         if won:
             adv = np.stack([A.apply_pixels(images[[r.row]], r.pixels[None])[0] for r in won])
             rws = np.array([r.row for r in won])
-            scores = A.score_images(pipe, adv, rws, batch_size=cfg["attack_batch"])  # None: the probe's batch
-            fooled = A.margin_and_success(scores, pipe.truth(rws))[1]
+            fooled = A.margin_and_success(A.score_images(pipe, adv, rws, batch_size=32), pipe.truth(rws))[1]
             still = set(rws[fooled].tolist())
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
         pn = ensemble_needed(mine)
