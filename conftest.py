@@ -16,13 +16,16 @@ other (a MobileNet call then costs ten times as long).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
+import io
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -188,3 +191,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def run_main(main, args, env: dict) -> SimpleNamespace:
+    """A command's ``main(argv)`` in this process with ``env`` added to the environment (restored after): its exit
+    status (argparse's usage errors included) and printouts, shaped like a finished subprocess."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(map(str, args)))
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())

@@ -7,8 +7,6 @@ time, the persons to describe taken from what ``mat2py.py`` keeps.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -28,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from conftest import run_main  # noqa: E402
 import describe as describe_script  # noqa: E402
 import mat2py  # noqa: E402
 from utils.labels import CATEGORIES  # noqa: E402
@@ -68,20 +67,9 @@ def _run(args, torchrun: int = 0, **kw) -> subprocess.CompletedProcess:
 
 
 def _run_in(args) -> SimpleNamespace:
-    """``describe.main(args)`` in this process (the command's process boundary: ``_run``): status and printouts."""
-    saved = dict(os.environ)
-    os.environ["MMER_DEVICE"] = "cpu"
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            # without torch's @record (its fault handler wants a real stderr file; it only serves torchrun)
-            code = describe_script.main.__wrapped__(list(map(str, args)))
-    except SystemExit as e:  # argparse's usage errors
-        code = e.code
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    """``describe.main(args)`` in this process (the command's process boundary: ``_run``): status and printouts;
+    without torch's @record (its fault handler wants a real stderr file; it only serves torchrun)."""
+    return run_main(describe_script.main.__wrapped__, args, {"MMER_DEVICE": "cpu"})
 
 
 @pytest.fixture(scope="module")

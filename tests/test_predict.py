@@ -7,8 +7,6 @@ the features by the encoders, the head by the checkpoint's state dict, the thres
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import subprocess
@@ -29,6 +27,7 @@ import describe as describe_script  # noqa: E402
 import mat2py  # noqa: E402
 import predict as P  # noqa: E402  (scripts/predict.py: pyproject puts scripts/ on pytest's path)
 from utils.labels import CATEGORIES  # noqa: E402
+from conftest import run_main  # noqa: E402
 
 SCRIPT = str(REPO / "scripts" / "predict.py")
 LINE = re.compile(r"^  ([* ]) (\S+)\s+([\d.]+)   threshold (\S+)")
@@ -119,18 +118,7 @@ def _predict(trained, *args, **extra) -> subprocess.CompletedProcess:
 
 def _predict_in(trained, *args, **extra) -> SimpleNamespace:
     """``predict.main(argv)`` in this process, with the command's environment: its status and printouts."""
-    saved = dict(os.environ)
-    os.environ.update({**trained["env"], **extra})
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = P.main(list(map(str, args)))
-    except SystemExit as e:  # argparse's usage errors
-        code = e.code
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    return run_main(P.main, args, {**trained["env"], **extra})
 
 
 @pytest.fixture(scope="module")
