@@ -156,6 +156,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     bar = tqdm(range(1, epochs + 1), desc=desc or type(model).__name__, disable=not progress, unit="epoch")
+    val_batch = None if val_data is None else eval_batch(model, val_data, batch_size)  # once, not every epoch
     try:
         for epoch in bar:
             start = time.perf_counter()
@@ -168,7 +169,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
                 model.eval()
                 with torch.no_grad():
                     metrics = (metric_fn(model, val_data) if metric_fn is not None
-                               else evaluate_loss(model, val_data, batch_size=eval_batch(model, val_data, batch_size)))
+                               else evaluate_loss(model, val_data, batch_size=val_batch))
                 # scalars only: nested dicts (per-category APs) and counts (n, n_*) stay out of the history
                 row.update({f"val_{k}": float(v) for k, v in metrics.items() if isinstance(
                     v, (int, float, np.floating, np.integer)) and k != "n" and not k.startswith("n_")})
@@ -214,6 +215,7 @@ def predict(model: nn.Module, data, batch_size: int | None = None, keys: Sequenc
 
 def emotic_eval(model: nn.Module, data, batch_size: int | None = None) -> dict:
     """``emotic_metrics``, a flat ``vad_mae_mean`` and the loss, on features with ``cat`` and ``cont``."""
+    batch_size = batch_size or eval_batch(model, data)  # one choice for both passes
     out = predict(model, data, batch_size, keys=("scores", "vad"), carry=("cat", "cont"))
     metrics = emotic_metrics(out["scores"], out["cat"], out["vad"], out["cont"])
     metrics["vad_mae_mean"] = metrics["vad_mae"]["mean"]
