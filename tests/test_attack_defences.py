@@ -103,5 +103,5 @@ def test_both_members_attack_the_defended_pipeline_with_the_same_budget(photos):
 def test_bad_size_is_refused():
     pipe = ClassifierPixelPipeline(tiny_net(), [0], 3)
     for size in (0, 2, -3):
-        with pytest.raises(ValueError, match="pipelines.py: median filter size must be odd and positive"):
+        with pytest.raises(ValueError, match="poisoning.py: MedianFilter size must be odd and positive"):
             MedianDefended(pipe, size)

@@ -1,6 +1,5 @@
-"""What the attack attacks: the whole path from raw uint8 pixels to the scores (logits) that decide success, the
-median-filter defence inside it, the batched scoring every search shares and the report every search returns, with
-its round trip through a ``.npz`` file's flat arrays (no pickle; docs/attacks.md)."""
+"""What the attack attacks: raw uint8 pixels to the scores (logits) that decide success, the median-filter defence
+inside it, the batched scoring all searches share and the report they return, as flat arrays (docs/attacks.md)."""
 
 import contextlib
 import json
@@ -51,11 +50,10 @@ class ClassifierPixelPipeline(PixelPipeline):
 
     def __init__(self, model: torch.nn.Module, labels: Sequence[int], n_classes: int, channels_last: bool = True):
         super().__init__(model, channels_last=channels_last)
-        self.model, self.n_classes = model, int(n_classes)
-        self.labels = np.eye(self.n_classes, dtype=bool)[np.asarray(labels, dtype=np.int64)]
+        self.labels = np.eye(int(n_classes), dtype=bool)[np.asarray(labels, dtype=np.int64)]
 
     def scores(self, x, rows, changed_xy=None):
-        return self.model(x).float()
+        return self.encoder(x).float()
 
 
 class EmoticPixelPipeline(PixelPipeline):
@@ -96,8 +94,7 @@ class EmoticPixelPipeline(PixelPipeline):
             return self.encoder(self.body_crops(x, rows)).float()
         body = torch.stack(cached)  # only candidates with a pixel inside the box need a new body crop
         reach = self._reach[rows.cpu()][:, None, :].to(changed_xy.device)  # (B,1,4)
-        xs, ys = changed_xy[..., 0], changed_xy[..., 1]
-        need = ((xs >= reach[..., 0]) & (ys >= reach[..., 1]) & (xs <= reach[..., 2]) & (ys <= reach[..., 3])).any(1)
+        need = ((changed_xy >= reach[..., :2]) & (changed_xy <= reach[..., 2:])).all(-1).any(1)
         if need.any():
             body[need] = self.encoder(self.body_crops(x[need], rows[need])).float()
         return body
@@ -237,11 +234,10 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         raise ValueError(f"{where}: every image needs at least one true score entry")
     before = score_images(pipeline, images, rows, batch_size) if n else np.zeros((0, truth.shape[1]), np.float32)
     attacked = ~margin_and_success(before, truth)[1] if n else np.zeros(0, bool)
-    dev = pipeline.device
     with torch.inference_mode():
         for s in range(0, n, batch_size):
-            pipeline.prepare(to_input(images[s:s + batch_size], dev, pipeline.channels_last),
-                             torch.as_tensor(rows[s:s + batch_size], device=dev))
+            pipeline.prepare(to_input(images[s:s + batch_size], pipeline.device, pipeline.channels_last),
+                             torch.as_tensor(rows[s:s + batch_size], device=pipeline.device))
     return Scorer(pipeline, images, rows, truth, before, attacked, batch_size, precision, started)
 
 
@@ -265,8 +261,6 @@ class Scorer:
         """Margins and successes of candidates (M,k,5) on images ``idx`` (M,), and the successful ones' scores."""
         m = len(idx)
         margin, success, hits = np.empty(m), np.zeros(m, bool), {}
-        if not m:
-            return margin, success, hits
         dev, cl = self.pipeline.device, self.pipeline.channels_last
         build = lambda s, e: to_input(apply_pixels(self.images[idx[s:e]], cands[s:e]), dev, cl)  # noqa: E731
         for s0, sc, secs in score_chunks(self.pipeline, build, self.rows[idx], self.batch_size, self.precision,
@@ -302,11 +296,9 @@ class MedianDefended(PixelPipeline):
     :meth:`scores`. ``changed_xy`` is not passed on: the filter spreads a changed pixel to its neighbours."""
 
     def __init__(self, pipeline: PixelPipeline, size: int = 3):
-        if size < 1 or size % 2 == 0:
-            raise ValueError(f"utils/attack/pipelines.py: median filter size must be odd and positive, got {size}")
         # no super().__init__: the wrapped pipeline has already set its modules' mode and layout
-        self.inner, self.size, self.filter = pipeline, int(size), MedianFilter(int(size))
-        self.modules = pipeline.modules
+        self.inner, self.filter = pipeline, MedianFilter(int(size))  # which checks the size
+        self.modules, self.truth = pipeline.modules, pipeline.truth  # the wrapped pipeline's truth
 
     @property
     def channels_last(self) -> bool:  # the wrapped pipeline's, also when a batch-size probe switches the layout
@@ -325,9 +317,6 @@ class MedianDefended(PixelPipeline):
 
     def scores(self, x, rows, changed_xy=None):
         return self.inner.scores(self.filtered(x), rows)
-
-    def truth(self, rows) -> np.ndarray:
-        return self.inner.truth(rows)
 
 
 COLUMNS = ("row", "attacked", "success", "queries", "generations", "n_pixels", "top_before", "top_after",
@@ -441,7 +430,6 @@ def to_arrays(report: AttackReport, prefix: str) -> dict[str, np.ndarray]:
         out["pixels"][i, :len(r.pixels)] = r.pixels
     for name, empty in (("scores_before", np.float32), ("scores_after", np.float32), ("truth", bool)):
         out[name] = np.stack([getattr(r, name) for r in res]) if res else np.zeros((0, 0), empty)
-    out["truth"] = out["truth"].astype(bool)
     out["settings"] = np.array(json.dumps(report.settings, sort_keys=True))
     out["cost"] = np.array([report.seconds, report.model_queries, report.search_seconds, report.model_seconds],
                            np.float64)
@@ -456,8 +444,7 @@ def from_arrays(arrays, prefix: str, images: np.ndarray | None = None) -> Attack
     a = {f: np.asarray(arrays[f"{prefix}_{f}"]) for f in FIELDS}
     n = len(a["rows"])
     if images is not None:
-        images = np.asarray(images)
-        if images.shape[0] != n:
+        if len(images) != n:
             raise ValueError(f"utils/attack/pipelines.py: {len(images)} images for {n} results of {prefix!r}")
         adv = apply_pixels(images, a["pixels"])
     results = [AttackResult(**{attr: a[name][i].item() for name, (attr, _) in _PER_RESULT.items()},

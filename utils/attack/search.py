@@ -19,7 +19,7 @@ class DEImage:
     index: int  # position in the attacked batch
     rng: np.random.Generator
     pop: np.ndarray  # (P, 5k) float
-    fit: np.ndarray | None = None  # (P,) margins of the population (lower is better; < 0 is a success)
+    fit: np.ndarray  # (P,) margins of the population (lower is better; < 0 is a success), inf before scoring
     keys: list[bytes] = dataclasses.field(default_factory=list)  # decoded population, for duplicate detection
     queries: int = 0
     generations: int = 0
@@ -49,9 +49,7 @@ def initial_population(rng: np.random.Generator, popsize: int, upper: np.ndarray
 def mutants(rng: np.random.Generator, pop: np.ndarray, f: float, upper: np.ndarray) -> np.ndarray:
     """DE/rand/1 without crossover: x_r1 + F (x_r2 - x_r3), r1, r2, r3 distinct and different from the parent."""
     p = len(pop)
-    a = rng.integers(0, p - 1, p)
-    b = rng.integers(0, p - 2, p)
-    c = rng.integers(0, p - 3, p)
+    a, b, c = (rng.integers(0, p - d, p) for d in (1, 2, 3))
     b = b + (b >= a)  # three distinct draws from {0..p-2} by skipping the ones already taken
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     c = c + (c >= lo)
@@ -67,7 +65,7 @@ def score_unique(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray])
     jobs_i, jobs_c, plans = [], [], []
     for st, cand in zip(states, cands):
         base = len(jobs_i)
-        known = dict(zip(st.keys, st.fit)) if st.fit is not None else {}
+        known = dict(zip(st.keys, st.fit))
         keys = [c.tobytes() for c in cand]
         slot: dict[bytes, int] = {}
         for j, key in enumerate(keys):
@@ -128,20 +126,9 @@ def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=Non
                     batch_size=scorer.batch_size, channels_last=pipeline.channels_last, seed=seed, precision=precision,
                     compile=False, strategy="DE/rand/1, no crossover, child replaces parent if <=")
     states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(scorer.rows[i])])),
-                      pop=initial_population(rng, popsize, upper, k, None if init is None else init[i]))
-              for i in np.flatnonzero(scorer.attacked)]
-    _evolve(scorer, states, k, generations, F, upper)
-    # final pixels: the confirmed success, else the population's best (scored in fp32 by assemble_report)
-    final = {st.index: st.found if st.found is not None else decode(st.pop[np.argmin(st.fit)], k) for st in states}
-    found = {st.index: st.found_scores for st in states if st.found is not None}
-    return assemble_report(scorer, final, found, {st.index: st.queries for st in states},
-                           {st.index: st.generations for st in states}, settings)
-
-
-def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: float, upper: np.ndarray) -> None:
-    """Score the initial populations (generation 0), then run the generations; a child replaces its parent if at
-    least as good."""
-    for generation in range(generations + 1):
+                      pop=initial_population(rng, popsize, upper, k, None if init is None else init[i]),
+                      fit=np.full(popsize, np.inf)) for i in np.flatnonzero(scorer.attacked)]
+    for generation in range(generations + 1):  # generation 0 scores the initial populations
         active = [st for st in states if st.found is None]
         if not active:
             break
@@ -150,13 +137,15 @@ def _evolve(scorer: Scorer, states: list[DEImage], k: int, generations: int, F: 
         scored = score_unique(scorer, active, decoded)
         settle(scorer, active, decoded, scored)
         for st, child, d, (fit, *_) in zip(active, children, decoded, scored):
-            if not generation:
-                st.fit, st.keys = fit, [c.tobytes() for c in d]
-                continue
-            better = fit <= st.fit
+            better = fit <= st.fit if generation else np.ones(len(fit), bool)  # a child replaces its parent if as good
             st.pop[better], st.fit[better] = child[better], fit[better]
             st.keys = [d[j].tobytes() if better[j] else st.keys[j] for j in range(len(fit))]
-            st.generations += 1
+            st.generations = generation
+    # final pixels: the confirmed success, else the population's best (scored in fp32 by assemble_report)
+    final = {st.index: st.found if st.found is not None else decode(st.pop[np.argmin(st.fit)], k) for st in states}
+    found = {st.index: st.found_scores for st in states if st.found is not None}
+    return assemble_report(scorer, final, found, {st.index: st.queries for st in states},
+                           {st.index: st.generations for st in states}, settings)
 
 
 def ensemble(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
@@ -170,8 +159,7 @@ def ensemble(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.n
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
     white = sparse_pgd(pipeline, images, rows, truth, pixels=pixels, steps=steps, restarts=restarts, seed=seed,
                        init=init)
-    attacked = np.array([r.attacked for r in white.results], bool)
-    w_ok = np.array([r.success for r in white.results], bool)
+    attacked, w_ok = np.array([(r.attacked, r.success) for r in white.results], bool).reshape(-1, 2).T
     ran = attacked if black_box_all else attacked & ~w_ok
     idx = np.flatnonzero(ran)
     black = sparse_rs(pipeline, images[idx], rows[idx], None if truth is None else np.asarray(truth)[idx],
@@ -182,10 +170,9 @@ def ensemble(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.n
     for i, rb in zip(idx, black.results):
         b_ok[i] = rb.success
         rw = white.results[i]
-        if rb.success and not rw.success:  # the black-box member's image, after the white-box member's spend
-            results[i] = dataclasses.replace(rb, attacked=rw.attacked, queries=rw.queries + rb.queries)
-        elif not rw.success:
-            results[i] = dataclasses.replace(rw, queries=rw.queries + rb.queries)
+        if not rw.success:  # the black-box member's success, else the white-box member's image; both spends
+            kept = rb if rb.success else rw
+            results[i] = dataclasses.replace(kept, attacked=rw.attacked, queries=rw.queries + rb.queries)
     member = ["white-box" if w else "black-box" if b and a else "" for w, b, a in zip(w_ok, b_ok, attacked)]
     settings = dict(method="ensemble", pixels=int(pixels), queries=int(queries), steps=int(steps),
                     restarts=int(restarts), seed=int(seed), black_box_all=bool(black_box_all),
@@ -253,8 +240,7 @@ def pixels_needed(pipeline, images: np.ndarray, rows=None, truth=None, *,
                      truth=None if truth is None else truth[todo], init=init, **budget)
         reports[k] = rep
         for i, r in zip(todo, rep.results):
-            if j == 0:
-                attacked[i] = r.attacked
+            attacked[i] |= r.attacked  # set at the first k: later ones attack only images attacked there
             spent[i] += r.queries
             best[i] = -1
             best[i, :len(r.pixels)] = r.pixels

@@ -12,9 +12,8 @@ from .pipelines import AttackReport, PixelPipeline, Scorer, assemble_report, pre
 WHERE = "utils/attack/sparse.py"
 
 #: Sparse-RS's L0 schedule: alpha = p_init / divisor once more than ``breakpoint`` of 10,000 queries are used
-_L0_SCHEDULE = ((0, 2), (50, 4), (200, 5), (500, 6), (1000, 8), (2000, 10), (4000, 12), (6000, 15), (8000, 20))
-_BREAKS = np.array([b for b, _ in _L0_SCHEDULE])
-_DIVISORS = np.array([1] + [d for _, d in _L0_SCHEDULE], dtype=np.float64)
+_BREAKS = np.array([0, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
+_DIVISORS = np.array([1, 2, 4, 5, 6, 8, 10, 12, 15, 20], dtype=np.float64)
 _SLOTS, _POSITIONS, _COLOURS = 1, 2, 3  # purposes of the random numbers of one query
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
@@ -22,8 +21,7 @@ _GOLD = np.uint64(0x9E3779B97F4A7C15)
 def alpha_schedule(used, budget: int, p_init: float = 0.3):
     """Fraction of the k pixels to resample after ``used`` (scalar or array) of ``budget`` queries."""
     it = (np.asarray(used) / budget * 10000).astype(np.int64)
-    out = p_init / _DIVISORS[np.searchsorted(_BREAKS, it, side="left")]
-    return float(out) if out.ndim == 0 else out
+    return p_init / _DIVISORS[np.searchsorted(_BREAKS, it, side="left")]
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -45,8 +43,6 @@ def _fresh_positions(bits_of, taken: np.ndarray, m: np.ndarray, hw: int) -> np.n
     """(P, max m) flat positions in [0, hw), distinct within a row and outside its ``taken`` (P, k), from the row's
     own random numbers ``bits_of(n, rows)``: rejection sampling from 2 m + 8 draws, else the exact free set."""
     p, big = len(taken), int(m.max(initial=0))
-    if big == 0:
-        return np.zeros((p, 0), np.int64)
     n = 2 * big + 8
     draw = (bits_of(n, np.arange(p)) % np.uint64(hw)).astype(np.int64)  # (P, n)
     ok = ~(draw[:, :, None] == taken[:, None, :]).any(2) & (np.arange(n)[None] < 2 * m[:, None] + 8)
@@ -87,12 +83,10 @@ def initial_pixels(image: np.ndarray, k: int, row: int = 0, seed: int = 0, init:
                    ) -> np.ndarray:
     """``init``'s pixels (x < 0 = padding), then fresh ones from query 0's randoms of ``row``, k in all."""
     h, w = image.shape[:2]
-    keep = np.zeros((0, 5), np.int64)
-    if init is not None:
-        init = np.asarray(init, np.int64)
-        init = init[init[:, 0] >= 0]
-        _, first = np.unique(init[:, 1] * w + init[:, 0], return_index=True)
-        keep = init[np.sort(first)][:k]
+    init = np.zeros((0, 5), np.int64) if init is None else np.asarray(init, np.int64)
+    init = init[init[:, 0] >= 0]
+    _, first = np.unique(init[:, 1] * w + init[:, 0], return_index=True)
+    keep = init[np.sort(first)][:k]
     taken = (keep[:, 1] * w + keep[:, 0])[None]
     flat = _fresh_positions(lambda n, _: random_bits(seed, [row], [0], _POSITIONS, n), taken,
                             np.array([k - len(keep)]), h * w)
@@ -174,10 +168,9 @@ def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candi
         if win.any() and scorer.precision != "float32":  # a success of a cheaper precision must hold in fp32
             f32, ok32, sc32 = scorer.confirm(idx[imgs[win]], cand[at[win]])
             used[imgs[win]] += 1
-            f[at[win]], confirmed = f32, np.flatnonzero(win)[ok32]
+            f[at[win]] = f32
             hits = {int(a): s for a, s, good in zip(at[win], sc32, ok32) if good}
-            win = np.zeros_like(win)
-            win[confirmed] = True
+            win[win] = ok32  # only the confirmed ones
         found.update({int(idx[i]): hits[int(a)] for a, i in zip(at[win], imgs[win])})
         done[imgs[win]] = True
         better = ~win & (f[at] < margin[imgs])  # unconfirmed successes still count by their fp32 margin
@@ -201,8 +194,8 @@ def project_mask(mask: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class _Compose(torch.autograd.Function):
-    """Forward: the masked pixels set to their rounded colours (a uint8 image). Backward: straight through the
-    rounding, to p through ``p_route``'s mask, to the continuous mask through the projection."""
+    """Forward: the masked pixels set to their rounded colours; backward: straight through the rounding and the
+    projection, to p through ``p_route``'s mask."""
 
     @staticmethod
     def forward(ctx, clean, p, soft, hard, p_route):
@@ -216,20 +209,19 @@ class _Compose(torch.autograd.Function):
         return None, grad * route, (grad * delta).sum(1, keepdim=True), None, None
 
 
-def _draw(rng: np.random.Generator, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The paper's fresh start: magnitude uniform in [-1, 1] clipped to the image's range, a standard normal mask."""
+def _draw(rng: np.random.Generator, clean: np.ndarray, init: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's fresh start: magnitude uniform in [-1, 1] clipped to the image's range, a standard normal mask;
+    given pixels ``init`` (<=k,5; negative x = padding) come first in the mask, their colours as the magnitude."""
     x = clean.transpose(2, 0, 1).astype(np.float32) / 255
     p = np.clip(rng.uniform(-1, 1, x.shape).astype(np.float32), -x, 1 - x)
-    return p, rng.standard_normal((1, *x.shape[1:])).astype(np.float32)
-
-
-def _warm(p: np.ndarray, mask: np.ndarray, clean: np.ndarray, init: np.ndarray) -> None:
-    """Start from given pixels (<=k,5; negative x = padding): their mask entries first, their colours as p."""
-    init = np.asarray(init, np.int64)
-    init = init[init[:, 0] >= 0]
-    x, y = init[:, 0], init[:, 1]
-    mask[0, y, x] = 10.0  # above any standard normal draw the other pixels get
-    p[:, y, x] = (init[:, 2:5].T - clean[y, x].T.astype(np.float32)) / 255
+    mask = rng.standard_normal((1, *x.shape[1:])).astype(np.float32)
+    if init is not None:
+        init = np.asarray(init, np.int64)
+        init = init[init[:, 0] >= 0]
+        xs, ys = init[:, 0], init[:, 1]
+        mask[0, ys, xs] = 10.0  # above any standard normal draw the other pixels get
+        p[:, ys, xs] = (init[:, 2:5].T - clean[ys, xs].T.astype(np.float32)) / 255
+    return p, mask
 
 
 def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
@@ -249,31 +241,26 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
                     colours="rounded to uint8 in every forward pass", batch_size=batch_size, seed=seed,
                     precision="float32")
     todo = np.flatnonzero(scorer.attacked)
-    books = SimpleNamespace(  # per attacked image (position in the batch): RNG, cost, steps, best margin and pixels
+    n = len(scorer.images)
+    books = SimpleNamespace(  # per image (position in the batch): RNG, cost, steps, best margin and pixels
         rngs={int(i): np.random.default_rng([seed, int(scorer.rows[i])]) for i in todo},
-        spent=dict.fromkeys(todo.tolist(), 0), taken=dict.fromkeys(todo.tolist(), 0),
-        best=dict.fromkeys(todo.tolist(), np.inf), final={}, found={})  # final, found: pixels and confirmed scores
-    truth_all = torch.as_tensor(scorer.truth, device=pipeline.device)
+        spent=np.zeros(n, np.int64), taken=np.zeros(n, np.int64), best=np.full(n, np.inf),
+        final={}, found={})  # final, found: pixels and confirmed scores of the attacked images
     for r in range(restarts):
         left = [int(i) for i in todo if int(i) not in books.found]
         for s in range(0, len(left), batch_size):
-            _run(scorer, books, left[s:s + batch_size], VARIANTS[r % 2], steps, pixels,
-                 None if init is None or r else init, truth_all)
-    return assemble_report(scorer, books.final, books.found, books.spent, books.taken, settings)
+            _run(scorer, books, left[s:s + batch_size], VARIANTS[r % 2], steps, pixels, init if r == 0 else None)
+    return assemble_report(scorer, books.final, books.found, {int(i): int(books.spent[i]) for i in todo},
+                           {int(i): int(books.taken[i]) for i in todo}, settings)
 
 
-def _run(scorer: Scorer, books: SimpleNamespace, idx: list[int], variant: str, steps: int, k: int, init,
-         truth_all) -> None:
+def _run(scorer: Scorer, books: SimpleNamespace, idx: list[int], variant: str, steps: int, k: int, init) -> None:
     """One restart on images ``idx`` (positions in the attacked batch): each leaves when its success holds in fp32."""
     pipeline, dev = scorer.pipeline, scorer.pipeline.device
-    draws = [_draw(books.rngs[i], scorer.images[i]) for i in idx]
-    if init is not None:
-        for (p, m), i in zip(draws, idx):
-            _warm(p, m, scorer.images[i], init[i])
+    draws = [_draw(books.rngs[i], scorer.images[i], None if init is None else init[i]) for i in idx]
     clean = to_input(scorer.images[idx], dev, pipeline.channels_last)
-    p = torch.stack([torch.from_numpy(d[0]) for d in draws]).to(dev)
+    p, mask = (torch.from_numpy(np.stack(a)).to(dev) for a in zip(*draws))
     p = p.contiguous(memory_format=torch.channels_last) if pipeline.channels_last else p  # the clean image's layout
-    mask = torch.stack([torch.from_numpy(d[1]) for d in draws]).to(dev)
     rows = torch.as_tensor(scorer.rows[idx], device=dev)
     ids = np.array(idx)
     still = np.zeros(len(ids), np.int64)  # steps for which the projected mask has not changed
@@ -285,7 +272,7 @@ def _run(scorer: Scorer, books: SimpleNamespace, idx: list[int], variant: str, s
             soft = torch.sigmoid(mask)
             hard = project_mask(mask.detach(), k)  # the order of sigmoid(m~), without its float32 ties at 1.0
             x = _Compose.apply(clean, p, soft, hard, variant)
-            truth = truth_all[torch.as_tensor(ids, device=dev)]
+            truth = torch.as_tensor(scorer.truth[ids], device=dev)
             t0 = time.perf_counter()
             scores, margin, g_p, g_m = _margin_gradients(pipeline, x, rows, truth, p, mask)
             scorer.model_seconds += time.perf_counter() - t0
@@ -317,21 +304,19 @@ def _run(scorer: Scorer, books: SimpleNamespace, idx: list[int], variant: str, s
 def _record(scorer: Scorer, books: SimpleNamespace, ids: np.ndarray, cands: np.ndarray, margin: np.ndarray,
             hit: np.ndarray) -> np.ndarray:
     """Book one step's cost and best candidates; confirm its successes in fp32; which images are done."""
-    for j, i in enumerate(ids.tolist()):
-        books.spent[i] += STEP_COST
-        books.taken[i] += 1
-        if margin[j] < books.best[i]:
-            books.best[i], books.final[i] = float(margin[j]), cands[j]
+    books.spent[ids] += STEP_COST
+    books.taken[ids] += 1
+    better = margin < books.best[ids]
+    books.best[ids[better]] = margin[better]
+    books.final.update(zip(ids[better].tolist(), cands[better]))
     done = np.zeros(len(ids), bool)
     if hit.any():
         j_hit = np.flatnonzero(hit)
         _, ok, sc = scorer.confirm(ids[j_hit], cands[j_hit])
-        for j, good, scores_j in zip(j_hit, ok, sc):
-            i = int(ids[j])
-            books.spent[i] += 1
-            if good:
-                books.final[i], books.found[i] = cands[j], scores_j
-                done[j] = True
+        books.spent[ids[j_hit]] += 1
+        done[j_hit[ok]] = True
+        books.final.update(zip(ids[j_hit[ok]].tolist(), cands[j_hit[ok]]))
+        books.found.update(zip(ids[j_hit[ok]].tolist(), sc[ok]))
     return done
 
 
