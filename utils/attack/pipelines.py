@@ -72,8 +72,7 @@ class EmoticPixelPipeline(PixelPipeline):
         self.text = None if text_features is None else torch.as_tensor(np.asarray(text_features, np.float32))
         self.labels = None if labels is None else np.asarray(labels) > 0.5
         # a changed pixel reaches the body crop only inside the box plus roi_align's one-pixel bilinear support
-        self._reach = torch.stack([self.boxes[:, 0].floor() - 1, self.boxes[:, 1].floor() - 1,
-                                   self.boxes[:, 2].ceil(), self.boxes[:, 3].ceil()], 1)
+        self._reach = torch.cat([self.boxes[:, :2].floor() - 1, self.boxes[:, 2:].ceil()], 1)
         self._clean_body: dict[int, torch.Tensor] = {}
         self.reads = tuple(getattr(head_model, "inputs", ("body", "context", "text")))  # inputs worth computing
 
@@ -400,8 +399,8 @@ def assemble_report(scorer: Scorer, final: dict[int, np.ndarray], found: dict[in
     n = len(scorer.images)
     adv = scorer.images.copy()
     idx = np.array(sorted(final), dtype=np.int64)
-    if len(idx):
-        adv[idx] = apply_pixels(scorer.images[idx], np.stack([final[i] for i in idx]))
+    for i in idx:
+        adv[i] = apply_pixels(scorer.images[i:i + 1], final[i][None])[0]
     after = scorer.before.copy()
     for i, sc in found.items():
         after[i] = sc

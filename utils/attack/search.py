@@ -36,10 +36,8 @@ def initial_population(rng: np.random.Generator, popsize: int, upper: np.ndarray
                        init: np.ndarray | None = None) -> np.ndarray:
     """Su et al.: positions uniform, colours ~ N(128, 127), clipped to ``upper``; ``init`` starts member 0."""
     pop = np.empty((popsize, 5 * k))
-    pop[:, 0::5] = rng.uniform(0, upper[0], (popsize, k))
-    pop[:, 1::5] = rng.uniform(0, upper[1], (popsize, k))
-    for c in (2, 3, 4):
-        pop[:, c::5] = rng.normal(128, 127, (popsize, k))
+    for c in range(5):  # x, y, then r, g, b
+        pop[:, c::5] = rng.uniform(0, upper[c], (popsize, k)) if c < 2 else rng.normal(128, 127, (popsize, k))
     if init is not None:
         init = np.asarray(init)[np.asarray(init)[:, 0] >= 0][:k]
         pop[0, :5 * len(init)] = init.reshape(-1)
@@ -180,9 +178,8 @@ def ensemble(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.n
                           + ("every attacked image" if black_box_all else "the images it left unfooled"),
                     member=member, white_box_success=w_ok.tolist(), black_box_ran=ran.tolist(),
                     black_box_success=(b_ok & ran).tolist(), white_box=white.settings, black_box=black.settings)
-    return AttackReport(results=results, settings=settings, seconds=time.perf_counter() - t_start,
-                        **{f: getattr(white, f) + getattr(black, f) for f in ("model_queries", "search_seconds",
-                                                                               "model_seconds")},
+    costs = {f: getattr(white, f) + getattr(black, f) for f in ("model_queries", "search_seconds", "model_seconds")}
+    return AttackReport(results=results, settings=settings, seconds=time.perf_counter() - t_start, **costs,
                         members={"white-box": white, "black-box": black})
 
 

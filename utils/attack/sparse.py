@@ -111,12 +111,6 @@ def propose(images: np.ndarray, owner: np.ndarray, pixels: np.ndarray, rows: np.
     return out
 
 
-def _first_event(event: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Per contiguous group (one image's proposals), the index within the group of the first True (size if none)."""
-    within = np.arange(len(event)) - np.repeat(starts, sizes)
-    return np.minimum.reduceat(np.where(event, within, np.iinfo(np.int64).max), starts).clip(max=sizes)
-
-
 def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
               pixels: int = 1, queries: int = 1000, candidates: int | None = None, p_init: float = 0.3,
               batch_size: int | None = None, seed: int = 0, precision: str = "float32",
@@ -153,14 +147,16 @@ def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candi
         sizes = np.minimum(per, queries - used[act])
         owner = np.repeat(act, sizes)
         starts = np.cumsum(sizes) - sizes
+        within = np.arange(len(owner)) - np.repeat(starts, sizes)  # each proposal's place among its image's
         if first:  # query 1: the starting pixels themselves
             cand, first = px[act], False
         else:
-            t = used[owner] + np.arange(len(owner)) - np.repeat(starts, sizes)  # queries used before each proposal
+            t = used[owner] + within  # queries used before each proposal
             m = np.maximum((alpha_schedule(t, queries, p_init) * k).astype(np.int64), 1)
             cand = propose(scorer.images, idx[owner], px[owner], scorer.rows[idx[owner]], t, m, seed)
         f, ok, hits = scorer.search(idx[owner], cand)
-        j = _first_event(ok | (f < margin[owner]), starts, sizes)  # strict: equal margins are rejected
+        event = np.where(ok | (f < margin[owner]), within, np.iinfo(np.int64).max)  # strict: equal margins rejected
+        j = np.minimum.reduceat(event, starts).clip(max=sizes)  # each image's first kept proposal (sizes: none)
         hit = j < sizes
         used[act] += np.where(hit, j + 1, sizes)
         at = starts[hit] + j[hit]  # the kept (or successful) proposal of each image that has one
@@ -194,8 +190,7 @@ def project_mask(mask: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class _Compose(torch.autograd.Function):
-    """Forward: the masked pixels set to their rounded colours; backward: straight through the rounding and the
-    projection, to p through ``p_route``'s mask."""
+    """Forward: the masked pixels at their rounded colours; backward: straight through rounding and projection."""
 
     @staticmethod
     def forward(ctx, clean, p, soft, hard, p_route):
