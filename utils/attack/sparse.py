@@ -242,22 +242,21 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
         spent=np.zeros(n, np.int64), taken=np.zeros(n, np.int64), best=np.full(n, np.inf),
         final={}, found={})  # final, found: pixels and confirmed scores of the attacked images
     for r in range(restarts):
-        left = [int(i) for i in todo if int(i) not in books.found]
+        left = np.setdiff1d(todo, list(books.found))  # not fooled yet
         for s in range(0, len(left), batch_size):
             _run(scorer, books, left[s:s + batch_size], VARIANTS[r % 2], steps, pixels, init if r == 0 else None)
     return assemble_report(scorer, books.final, books.found, {int(i): int(books.spent[i]) for i in todo},
                            {int(i): int(books.taken[i]) for i in todo}, settings)
 
 
-def _run(scorer: Scorer, books: SimpleNamespace, idx: list[int], variant: str, steps: int, k: int, init) -> None:
-    """One restart on images ``idx`` (positions in the attacked batch): each leaves when its success holds in fp32."""
+def _run(scorer: Scorer, books: SimpleNamespace, ids: np.ndarray, variant: str, steps: int, k: int, init) -> None:
+    """One restart on images ``ids`` (positions in the attacked batch): each leaves when its success holds in fp32."""
     pipeline, dev = scorer.pipeline, scorer.pipeline.device
-    draws = [_draw(books.rngs[i], scorer.images[i], None if init is None else init[i]) for i in idx]
-    clean = to_input(scorer.images[idx], dev, pipeline.channels_last)
+    draws = [_draw(books.rngs[int(i)], scorer.images[i], None if init is None else init[i]) for i in ids]
+    clean = to_input(scorer.images[ids], dev, pipeline.channels_last)
     p, mask = (torch.from_numpy(np.stack(a)).to(dev) for a in zip(*draws))
     p = p.contiguous(memory_format=torch.channels_last) if pipeline.channels_last else p  # the clean image's layout
-    rows = torch.as_tensor(scorer.rows[idx], device=dev)
-    ids = np.array(idx)
+    rows = torch.as_tensor(scorer.rows[ids], device=dev)
     still = np.zeros(len(ids), np.int64)  # steps for which the projected mask has not changed
     h, w = scorer.images.shape[1:3]
     for _ in range(steps):
