@@ -1,5 +1,4 @@
 """What both datasets' experiments share: features, train-or-load through the store, tables, findings, saving."""
-from __future__ import annotations
 
 import contextlib
 import json
@@ -117,9 +116,8 @@ def training_summary(trained: dict) -> pd.DataFrame:
 
 def with_intervals(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     """A table for reading: each metric as ``"41.6 [39.2, 44.0]"`` (estimate and 95 % interval) in one cell."""
-    metrics = [c for c in table.columns if not c.endswith((" low", " high"))]
     out = pd.DataFrame(index=table.index)
-    for c in metrics:
+    for c in [c for c in table.columns if not c.endswith((" low", " high"))]:
         if f"{c} low" in table.columns:
             out[c] = [f"{e:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(lo) else f"{e:.{digits}f}"
                       for e, lo, hi in zip(table[c], table[f"{c} low"], table[f"{c} high"])]
@@ -165,10 +163,9 @@ def seed_table(cfg: dict, labels: list[str], metric: str, score) -> pd.DataFrame
         sample = np.asarray(values, dtype=np.float64).ravel()
         if sample.size == 0 or not np.isfinite(sample).all():
             raise ValueError(f"seed_table: no values, or NaN or infinity among them: {sample}")
-        summary = {"mean": float(sample.mean()),
-                   "sd": float(sample.std(ddof=1)) if sample.size > 1 else float("nan"), "n": int(sample.size)}
+        sd = float(sample.std(ddof=1)) if sample.size > 1 else float("nan")
         rows[label] = {**{f"seed {cfg['seed'] + i}": v for i, v in enumerate(values)},
-                       **{f"{metric} {k}": v for k, v in summary.items()}}
+                       f"{metric} mean": float(sample.mean()), f"{metric} sd": sd, f"{metric} n": int(sample.size)}
     return pd.DataFrame(rows).T
 
 
@@ -204,29 +201,25 @@ def figure(name: str, what: str) -> Path:
 
 def model_arrays(payload: dict, arrays: dict, main: str) -> dict:
     """``payload`` with the model index (slugs, labels, main) and ``<slug>_<what>`` arrays per model."""
-    out = {**payload, "models": np.array([slug(k) for k in arrays]), "model_labels": np.array(list(arrays)),
-           "main": np.array(slug(main))}
-    for label, named in arrays.items():
-        out.update({f"{slug(label)}_{what}": a for what, a in named.items()})
-    return out
+    per_model = {f"{slug(label)}_{what}": a for label, named in arrays.items() for what, a in named.items()}
+    return {**payload, "models": np.array([slug(k) for k in arrays]), "model_labels": np.array(list(arrays)),
+            "main": np.array(slug(main)), **per_model}
 
 
-def _jsonable_table(table: pd.DataFrame) -> dict | list:
-    """Rows by label, or a list of rows when the index is a row number (``store.jsonable`` makes keys strings)."""
-    return table.to_dict("records") if isinstance(table.index, pd.RangeIndex) else table.to_dict("index")
+def _jsonable(value):
+    """A table as rows by label (a list of rows when the index is a row number), findings as lines and targets."""
+    if isinstance(value, Findings):
+        return {"lines": value.lines, "targets": value.targets}
+    if isinstance(value, pd.DataFrame):  # ``store.jsonable`` makes the keys strings
+        return value.to_dict("records") if isinstance(value.index, pd.RangeIndex) else value.to_dict("index")
+    return value
 
 
 def save(name: str, cfg: dict, data: Data, summary: pd.DataFrame, payload: dict, **sections) -> dict:
     """Write ``<output>/metrics/<name>.json`` (the summary table, then every section) and the predictions ``.npz``."""
     out = paths.output_dir()
     doc = {"notebook": name, "profile": cfg["profile"], "config": cfg, "encoders": data.encoders,
-           "summary": _jsonable_table(summary)}
-    for key, value in sections.items():
-        if isinstance(value, pd.DataFrame):
-            value = _jsonable_table(value)
-        elif isinstance(value, Findings):
-            value = {"lines": value.lines, "targets": value.targets}
-        doc[key] = value
+           "summary": _jsonable(summary), **{key: _jsonable(value) for key, value in sections.items()}}
     predictions = store.write_npz(out / "predictions" / f"{name}.npz", payload)
     doc["predictions"] = predictions.name
     return {"metrics": store.write_json(out / "metrics" / f"{name}.json", doc), "predictions": predictions}

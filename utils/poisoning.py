@@ -1,18 +1,14 @@
 """Pixel-trigger poisoning (a backdoor planted at training time) and the median-filter defence (docs/attacks.md)."""
 
-from typing import Sequence
-
 import numpy as np
 import torch
-import torch.nn as nn
 from scipy import ndimage
 
 CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
 
 
-def stamp_trigger(images: np.ndarray, size: int = 4, position: str | Sequence[int] = "bottom-right") -> np.ndarray:
+def stamp_trigger(images: np.ndarray, size: int = 4, position: str | tuple[int, int] = "bottom-right") -> np.ndarray:
     """Copy of uint8 ``images`` with a ``size`` checkerboard (white top-left) at a corner or at (row, col)."""
-    images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != 3:
         raise ValueError(f"utils/poisoning.py: stamp_trigger needs uint8 (N,H,W,3) or (H,W,3), got "
                          f"{images.dtype} {images.shape}")
@@ -40,9 +36,6 @@ def poison_images(images: np.ndarray, fraction: float, seed: int = 0, **trigger)
 
 def median_filter_defence(images: np.ndarray, size: int = 3, batch_size: int = 256) -> np.ndarray:
     """Median-filter each channel of uint8 (N, H, W, 3) images in batches, so a memmap is never loaded whole."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"utils/poisoning.py: median_filter_defence needs uint8 (N,H,W,3), got "
-                         f"{images.dtype} {images.shape}")
     out = np.empty(images.shape, np.uint8)
     for s in range(0, len(images), batch_size):
         out[s:s + batch_size] = ndimage.median_filter(np.asarray(images[s:s + batch_size]), size=(1, size, size, 1),
@@ -50,21 +43,15 @@ def median_filter_defence(images: np.ndarray, size: int = 3, batch_size: int = 2
     return out
 
 
-class MedianFilter(nn.Module):
+class MedianFilter(torch.nn.Module):
     """The same filter on float (N, C, H, W) tensors, so a defended encoder can sit inside an attack pipeline."""
 
     def __init__(self, size: int = 3):
         super().__init__()
-        if size < 1 or size % 2 == 0:
-            raise ValueError(f"utils/poisoning.py: MedianFilter size must be odd and positive, got {size}")
-        self.size = size
+        self.size = size  # odd and positive: checked by its caller, ``utils.attack.MedianDefended``
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.size // 2
-        if p == 0:  # size 1 is the identity (and x[..., -0:] would be all of x, not nothing)
-            return x
-        # scipy 'reflect' repeats the edge pixel (d c b a | a b c d | d c b a): concatenate flipped borders
-        x = torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], dim=-2)
-        x = torch.cat([x[..., :p].flip(-1), x, x[..., -p:].flip(-1)], dim=-1)
-        windows = x.unfold(-2, self.size, 1).unfold(-2, self.size, 1)  # (N, C, H, W, size, size)
+        # scipy 'reflect' is numpy 'symmetric', it repeats the edge pixel (d c b a | a b c d | d c b a)
+        rows, cols = (np.pad(np.arange(n), self.size // 2, mode="symmetric") for n in x.shape[-2:])
+        windows = x[..., rows, :][..., cols].unfold(-2, self.size, 1).unfold(-2, self.size, 1)  # (N, C, H, W, s, s)
         return windows.flatten(-2).median(dim=-1).values

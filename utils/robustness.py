@@ -1,5 +1,4 @@
-"""Part 3 for both datasets: few-pixel attacks (searches: ``utils.attack``), their tables, verdicts and sentences,
-the median-filter defence and the poisoning rates. The rules behind every sentence: docs/robustness.md."""
+"""Part 3: few-pixel attacks (tables, verdicts, sentences), the median filter, poisoning rates (docs/robustness.md)."""
 
 from dataclasses import dataclass
 
@@ -10,7 +9,7 @@ import torch
 from . import attack as A
 from . import encoders, models, paths, plots, stats, store
 from .attack.sparse import STEP_COST
-from .experiments import Findings, slug, threads
+from .experiments import Findings, interval_columns, slug, threads
 
 
 def attacked_rows(right: dict, n: int, seed: int) -> np.ndarray:
@@ -86,8 +85,7 @@ def run_label(label: str, member: str) -> str:
 
 
 def attack_key(pipelines: dict, images: np.ndarray, rows, cfg: dict) -> str | None:
-    """The key of an attack's result: searches and settings, schedule, attack code, each pipeline's key, rows and
-    photos (not device, threads or processes: none changes a result); None when a pipeline has no key."""
+    """The key of an attack's result (what it holds: docs/robustness.md); None when a pipeline has no key."""
     if any(getattr(p, "key", None) is None for p in pipelines.values()):
         return None
     rows = np.asarray(rows, np.int64)
@@ -112,19 +110,16 @@ def needed_from_arrays(arrays, images: np.ndarray | None = None, where: str = "a
             reports = {k: A.from_arrays(arrays, f"{s}_k{k}", None if images is None else
                                         np.asarray(images)[arrays[f"{s}_k{k}_rows"]])
                        for k in schedule if f"{s}_k{k}_rows" in arrays}
-            out[label] = A.PixelsNeeded(**{f: arrays[f"{s}_{f}"] for f in PER_ITEM}, schedule=schedule,
-                                        reports=reports)
+            out[label] = A.PixelsNeeded(**{f: arrays[f"{s}_{f}"] for f in PER_ITEM}, schedule=schedule, reports=reports)
         except KeyError as e:
             raise ValueError(f"{where}: the arrays of model {label!r} are incomplete ({e})") from e
     return out
 
 
 def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> dict:
-    """``run_label(model, member)`` -> ``PixelsNeeded`` over ``cfg['pixels']``, same rows for every model;
-    loaded when ``scripts/robustness.py`` merged the result of this :func:`attack_key`."""
+    """``run_label(model, member)`` -> ``PixelsNeeded``, same rows for every model; loaded when precomputed."""
     key = attack_key(pipelines, images, rows, cfg)
-    path = None if key is None else attack_results_path(cfg, key)
-    if path is not None and path.is_file():
+    if key is not None and (path := attack_results_path(cfg, key)).is_file():
         print(f"attack results loaded from {path} (precomputed by scripts/robustness.py)")
         return needed_from_arrays(store.read_npz(path), images, where=str(path))
     return attack_items(pipelines, images, rows, cfg)
@@ -144,9 +139,8 @@ def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dic
     with threads(cfg["attack_threads"]):
         for a in range(0, len(rows), chunk):
             part = rows[a:a + chunk]
-            parts.append({run_label(label, member): A.pixels_needed(pipe, images[part], part, schedule=cfg["pixels"],
-                                                                    **kw)
-                          for label, pipe in pipelines.items() for member, kw in searches.items()})
+            parts.append({run_label(label, m): A.pixels_needed(pipe, images[part], part, schedule=cfg["pixels"], **kw)
+                          for label, pipe in pipelines.items() for m, kw in searches.items()})
     if not parts:
         raise ValueError("utils/robustness.py: no rows to attack")
     return merge_needed(parts)
@@ -159,8 +153,7 @@ def merge_needed(parts: list[dict]) -> dict:
         ps = [p[label] for p in parts]
         reports = {}
         for k in ps[0].schedule:
-            reps = [p.reports[k] for p in ps if k in p.reports]
-            if reps:
+            if reps := [p.reports[k] for p in ps if k in p.reports]:
                 reports[k] = A.AttackReport(results=[r for rep in reps for r in rep.results], settings=reps[0].settings,
                                             **{f: sum(getattr(r, f) for r in reps) for f in
                                                ("seconds", "model_queries", "search_seconds", "model_seconds")})
@@ -189,9 +182,8 @@ def budget_status(runs: dict) -> dict:
     k_max = max(ens.schedule)
     at_max = set(ens.rows[(ens.k_needed == k_max) & ens.attacked].tolist())
     late = set(at_max)
-    for pn in runs.values():
-        rep = pn.reports.get(k_max)
-        late -= {r.row for r in rep.results if r.success and not _late(r, rep.settings)} if rep else set()
+    for rep in (pn.reports[k_max] for pn in runs.values() if k_max in pn.reports):
+        late -= {r.row for r in rep.results if r.success and not _late(r, rep.settings)}
     return {"fooled at largest k": len(at_max), "fooled late": len(late), "settled": not late}
 
 
@@ -272,8 +264,7 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
         both = pa.attacked & pb.attacked
         family = []
         for k in pa.schedule:
-            sa = (pa.k_needed > 0) & (pa.k_needed <= k)
-            sb = (pb.k_needed > 0) & (pb.k_needed <= k)
+            sa, sb = ((p.k_needed > 0) & (p.k_needed <= k) for p in (pa, pb))
             t = stats.mcnemar_exact(sa[both], sb[both])
             family.append({"a": a, "b": b, "pixels": k, "items": int(both.sum()), "a fooled %": 100 * sa[both].mean()
                            if both.any() else np.nan, "b fooled %": 100 * sb[both].mean() if both.any() else np.nan,
@@ -284,14 +275,12 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-#: the verdict whatever the reason (stated in the sentence), so it reads the same on every machine and seed
 NO_VERDICT = "no model is declared more robust"
 
 
 def paired_sentence(tests: pd.DataFrame, a: str, b: str, status: pd.DataFrame | None = None, budget: str = ""
                     ) -> tuple[str, str]:
-    """A pair's counts and test at the largest k, why no model is declared more robust if none is, and the verdict:
-    declared only when both budgets settled and the Holm-adjusted test at the largest k is significant."""
+    """A pair's counts and test at the largest k, and its verdict (the rule stated in it: docs/robustness.md)."""
     part = tests[(tests.a == a) & (tests.b == b)].sort_values("pixels")
     if part.empty or part["items"].iloc[0] == 0:
         return f"{a} vs {b}: no item was attacked by both", "no item was attacked by both"
@@ -320,8 +309,7 @@ def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> 
 
 
 def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray, cfg: dict) -> pd.DataFrame:
-    """Per model: items fooled without the filter and how many one of their images still fools through it (the
-    transfer), beside the adaptive attack (same searches and budget, refused otherwise) at the largest k."""
+    """Per model: the transfer of the attack's images through the filter, beside the adaptive attack at largest k."""
     for key, pn in runs.items():
         for k, rep in pn.reports.items():
             other = adaptive[key].reports.get(k) if key in adaptive else None
@@ -341,10 +329,9 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
         pn = ensemble_needed(mine)
         n, fooled_n = int(pn.attacked.sum()), int(((pn.k_needed > 0) & pn.attacked).sum())
-        r = stats.success_rate_interval(fooled_n, n)
         rows[label] = {"fooled": len({r.row for r in won}), "still fooled behind the filter": len(still),
-                       "adaptive: attacked": n, "adaptive: fooled": fooled_n, "adaptive %": r["estimate"],
-                       "adaptive % low": r["low"], "adaptive % high": r["high"],
+                       "adaptive: attacked": n, "adaptive: fooled": fooled_n,
+                       **interval_columns({"adaptive %": stats.success_rate_interval(fooled_n, n)}),
                        "adaptive settled": budget_status(mine)["settled"], "budget": budget_statement(cfg)}
     return pd.DataFrame(rows).T.infer_objects()
 
@@ -377,18 +364,15 @@ def gallery(images, needed: dict, n: int, describe, item: str, title: str, path=
 
 def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> tuple[dict, dict]:
     """Every model behind the median filter, attacked by the same searches at the largest k only."""
-    size = cfg["median_size"]
-    defended = {label: keyed(A.MedianDefended(p, size), "median", size, getattr(p, "key", None))
-                for label, p in pipelines.items()}
+    defended = {label: keyed(A.MedianDefended(p, cfg["median_size"]), "median", cfg["median_size"],
+                             getattr(p, "key", None)) for label, p in pipelines.items()}
     return defended, pixels_needed(defended, images, rows, {**cfg, "pixels": [max(cfg["pixels"])]})
 
 
 def backdoor_columns(hit: np.ndarray, control: np.ndarray) -> dict:
     """Backdoor success and control with Wilson intervals, the trigger's effect (paired interval), McNemar's p."""
-    out = {}
-    for column, won in (("backdoor success %", hit), ("target top-1 on clean images %", control)):
-        r = stats.success_rate_interval(int(won.sum()), len(won))
-        out.update({column: r["estimate"], f"{column} low": r["low"], f"{column} high": r["high"]})
+    rates = (("backdoor success %", hit), ("target top-1 on clean images %", control))
+    out = interval_columns({column: stats.success_rate_interval(int(won.sum()), len(won)) for column, won in rates})
     d = stats.paired_rate_difference(hit, control) if len(hit) else dict.fromkeys(("difference", "low", "high"), np.nan)
     out.update({"trigger effect (points)": d["difference"], "trigger effect low": d["low"], "trigger effect high":
                 d["high"], "trigger adds (McNemar p)": stats.mcnemar_exact(hit, control)["p_value"]})
@@ -444,8 +428,7 @@ def poisoning_lines(poisoning: pd.DataFrame, cfg: dict, metric: str, items: str)
 
 def robustness_findings(attacks: AttackRun, defence: pd.DataFrame, poisoning: pd.DataFrame, cfg: dict) -> Findings:
     """The sentences of notebooks 05 and 06 (clean metric: mAP for Emotic, mean R@1 for Flickr8k)."""
-    metric = "mAP" if "clean mAP" in defence.columns else "mean R@1"
-    items = "persons" if metric == "mAP" else "images"
+    metric, items = ("mAP", "persons") if "clean mAP" in defence.columns else ("mean R@1", "images")
     k_max = max(cfg["pixels"])
     at_max = attacks.curve[attacks.curve.pixels == k_max].set_index("model")
     lines = (attack_lines(attacks, k_max, items) + attacks.sentences + defence_lines(defence, metric, items, k_max)
