@@ -1,3 +1,3 @@
-"""Shared code of the emotion recognition notebooks: one module per concern, imported downwards (docs/imports.md)."""
+"""Shared code of the notebooks, one module per concern (README.md: where each lives; docs/imports.md: the layers)."""
 
 __version__ = "0.2.0"

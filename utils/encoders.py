@@ -73,7 +73,7 @@ class ImageEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{self.name}: expected float (N, 3, H, W) images in [0, 1], got shape {tuple(x.shape)}")
-        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):  # a ViT's grid
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):  # ViT: fixed grid
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         if self.channels_last:

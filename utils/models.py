@@ -190,8 +190,8 @@ class EmoticJoint(_EmoticModel):
         self.logit_scale = LogitScale(init_temperature) if len(self.modalities) == 2 else None  # nothing to align
 
     def _raw(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        z = {m: F.normalize(tower(torch.cat([feats[k] for k in self.image_inputs], 1) if m == "image" else feats[m]),
-                            dim=1) for m, tower in self.towers.items()}
+        x = {m: torch.cat([feats[k] for k in self.image_inputs], 1) if m == "image" else feats[m] for m in self.towers}
+        z = {m: F.normalize(self.towers[m](x[m]), dim=1) for m in self.towers}
         zs = [z[m] for m in self.modalities]
         fused = torch.cat(zs, dim=1) if self.fusion == "concat" else torch.stack(zs).mean(dim=0)
         return self.head(fused), fused, {f"z_{m}": v for m, v in z.items()}
