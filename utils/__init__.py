@@ -1,4 +1,3 @@
-"""Shared code of the multi-modal emotion recognition notebooks: one module per concern, imported downwards only
-(docs/imports.md); README.md, "How the code is organised", says where each thing lives."""
+"""Shared code of the notebooks, one module per concern (README.md: where each lives; docs/imports.md: the layers)."""
 
 __version__ = "0.2.0"

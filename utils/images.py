@@ -1,5 +1,4 @@
-"""Image decoding and the Emotic crop, shared by the prep scripts and the library (below both, so ``utils`` never
-imports ``prep``): a new photo is cropped and squashed exactly as the training data were."""
+"""Image decoding and the Emotic crop below both prep and library: a new photo is cropped as the training data were."""
 
 import math
 
@@ -16,8 +15,7 @@ class ImageReadError(PrepError):
 
 
 def load_rgb(path) -> np.ndarray:
-    """Any image PIL reads (format sniffed from the bytes) as (H, W, 3) uint8 RGB. EXIF orientation is not applied:
-    Emotic's boxes are given in the stored pixel grid."""
+    """Any image PIL reads as (H, W, 3) uint8 RGB, without EXIF rotation: Emotic's boxes use the stored pixel grid."""
     try:
         with Image.open(path) as im:
             im.load()

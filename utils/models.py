@@ -15,11 +15,9 @@ from . import device as devices
 from .labels import CATEGORIES
 from .metrics import retrieval_metrics
 
-#: Feature sizes of the offline default encoders; pass ``dims=`` (``Data.dims``) for other encoders.
-FEATURE_DIMS = {"body": 1280, "context": 1280, "image": 1280, "text": 384}
+FEATURE_DIMS = {"body": 1280, "context": 1280, "image": 1280, "text": 384}  # default encoders; else dims=Data.dims
 N_CAT = len(CATEGORIES)
-#: VAD lives on 1..10; heads predict in units of the half-range around the centre, so a zero output means 5.5.
-VAD_CENTRE, VAD_HALF = 5.5, 4.5
+VAD_CENTRE, VAD_HALF = 5.5, 4.5  # heads predict VAD (1..10) in half-ranges around the centre: 0 means 5.5
 
 
 def mlp(in_dim: int, hidden: int | None, out_dim: int, dropout: float = 0.0) -> nn.Sequential:
@@ -30,16 +28,14 @@ def mlp(in_dim: int, hidden: int | None, out_dim: int, dropout: float = 0.0) -> 
                          nn.Linear(hidden, out_dim))
 
 
-def _require(inputs: Mapping[str, torch.Tensor | None], names: Sequence[str], model: str,
-             dims: Mapping[str, int]) -> None:
-    missing = [n for n in names if inputs.get(n) is None]
-    if missing:
-        raise ValueError(f"{model}: missing input feature(s) {missing}; this model was built for {list(names)}")
-    for n in names:
-        got = inputs[n].shape[-1]
-        if got != dims[n]:
-            raise ValueError(f"{model}: {n!r} features are {got}-d but the model was built for {dims[n]}-d; build it "
-                             f"for your encoder with dims=Data.dims")
+def _require(model: nn.Module, inputs: Mapping[str, torch.Tensor | None]) -> None:
+    name, dims = type(model).__name__, model.dims
+    if missing := [n for n, x in inputs.items() if x is None]:
+        raise ValueError(f"{name}: missing input feature(s) {missing}; this model was built for {list(inputs)}")
+    for n, x in inputs.items():
+        if x.shape[-1] != dims[n]:
+            raise ValueError(f"{name}: {n!r} features are {x.shape[-1]}-d but the model was built for {dims[n]}-d; "
+                             "build it for your encoder with dims=Data.dims")
 
 
 class LogitScale(nn.Module):
@@ -60,18 +56,13 @@ class LogitScale(nn.Module):
         return float(1.0 / self().detach())
 
 
-def _same_id_mask(ids: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
-    """True at (i, j), i != j, when rows share an id (two captions of one image): not negatives."""
-    return None if ids is None else (ids[:, None] == ids[None, :]) & ~torch.eye(n, dtype=torch.bool, device=device)
-
-
 def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float,
              ids: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP loss) of L2-normalised (B, D) pairs; rows sharing an ``ids`` entry are no negatives."""
     logits = logit_scale * a @ b.T
-    mask = _same_id_mask(ids, a.shape[0], a.device)
-    if mask is not None:
-        logits = logits.masked_fill(mask, float("-inf"))
+    if ids is not None:  # True at (i, j), i != j, when rows share an id (two captions of one image)
+        same = (ids[:, None] == ids[None, :]) & ~torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
+        logits = logits.masked_fill(same, float("-inf"))
     target = torch.arange(a.shape[0], device=a.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
@@ -81,10 +72,7 @@ def max_violation(a: torch.Tensor, b: torch.Tensor, margin: float = 0.2,
     """VSE++ hinge on the hardest in-batch negative, both directions (Faghri et al., 2018), averaged over rows."""
     sim = a @ b.T
     pos = sim.diagonal()
-    negatives = ~torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
-    same = _same_id_mask(ids, a.shape[0], a.device)
-    if same is not None:
-        negatives &= ~same
+    negatives = ~torch.eye(len(a), dtype=torch.bool, device=a.device) if ids is None else ids[:, None] != ids[None, :]
     cost_a = (margin + sim - pos[:, None]).clamp(min=0).masked_fill(~negatives, 0)  # anchor a_i vs negatives b_j
     cost_b = (margin + sim - pos[None, :]).clamp(min=0).masked_fill(~negatives, 0)  # anchor b_j vs negatives a_i
     return (cost_a.max(dim=1).values + cost_b.max(dim=0).values).mean()
@@ -110,8 +98,7 @@ class EmoticLoss(nn.Module):
         if self.discrete == "bce":
             cat_loss = F.binary_cross_entropy_with_logits(logits, cat)
         else:
-            err = (torch.sigmoid(logits) - cat) ** 2
-            cat_loss = (err * dynamic_weights(cat)).sum(dim=1).mean()
+            cat_loss = ((torch.sigmoid(logits) - cat) ** 2 * dynamic_weights(cat)).sum(dim=1).mean()
         vad_loss = F.smooth_l1_loss(vad / VAD_HALF, cont / VAD_HALF, beta=0.1)
         return {"loss": cat_loss + self.vad_weight * vad_loss, "cat_loss": cat_loss, "vad_loss": vad_loss}
 
@@ -121,14 +108,15 @@ def _heads_out(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _EmoticModel(nn.Module):
-    """What both Emotic models share: checked inputs, the prior, the output dict and the category + VAD loss; each
-    model gives ``_raw(feats)`` -> (raw 26 + 3 outputs, embedding, extra outputs) and ``_extra_loss``."""
+    """What both Emotic models share (docs/models.md); each gives ``_raw(feats)`` and ``_extra_loss``."""
 
-    def __init__(self, modalities: Sequence[str], fusion: str, fusions: Sequence[str], criterion: EmoticLoss | None):
+    def __init__(self, modalities: Sequence[str], inputs: Sequence[str], dims: Mapping[str, int] | None, fusion: str,
+                 fusions: Sequence[str], criterion: EmoticLoss | None):
         super().__init__()
-        self.modalities, self.fusion = tuple(modalities), fusion
+        self.modalities, self.inputs, self.fusion = tuple(modalities), tuple(inputs), fusion
         if fusion not in fusions:
             raise ValueError(f"{type(self).__name__}: fusion must be one of {tuple(fusions)}, got {fusion!r}")
+        self.dims = {k: int({**FEATURE_DIMS, **(dims or {})}[k]) for k in self.inputs}
         self.criterion = criterion or EmoticLoss()  # no parameters: the state_dict keys stay those of the layers
 
     @torch.no_grad()
@@ -143,7 +131,7 @@ class _EmoticModel(nn.Module):
 
     def forward(self, body=None, context=None, text=None) -> dict[str, torch.Tensor]:
         feats = {"body": body, "context": context, "text": text}
-        _require(feats, self.inputs, type(self).__name__, self.dims)
+        _require(self, {n: feats[n] for n in self.inputs})
         raw, embedding, extra = self._raw(feats)
         logits, vad = _heads_out(raw)
         return {"logits": logits, "scores": torch.sigmoid(logits), "vad": vad, "embedding": embedding, **extra}
@@ -158,24 +146,19 @@ class EmoticBaseline(_EmoticModel):
 
     def __init__(self, modalities: Sequence[str] = ("body", "context", "text"), dims: Mapping[str, int] | None = None,
                  hidden: int = 256, dropout: float = 0.3, fusion: str = "mean", criterion: EmoticLoss | None = None):
-        super().__init__(modalities, fusion, ("mean", "learned"), criterion)
-        dims = {**FEATURE_DIMS, **(dims or {})}
-        self.inputs = self.modalities
-        self.dims = {m: int(dims[m]) for m in self.modalities}
-        self.embed = nn.ModuleDict({m: nn.Sequential(mlp(dims[m], hidden, hidden, dropout), nn.GELU())
+        super().__init__(modalities, modalities, dims, fusion, ("mean", "learned"), criterion)
+        self.embed = nn.ModuleDict({m: nn.Sequential(mlp(self.dims[m], hidden, hidden, dropout), nn.GELU())
                                     for m in self.modalities})
         self.heads = nn.ModuleDict({m: nn.Linear(hidden, N_CAT + 3) for m in self.modalities})
         self.output_layers = tuple(self.heads.values())
-        self.fusion_logits = nn.Parameter(torch.zeros(len(self.modalities), N_CAT + 3),
-                                          requires_grad=fusion == "learned")
+        self.fusion_logits = nn.Parameter(torch.zeros(len(modalities), N_CAT + 3), requires_grad=fusion == "learned")
 
     def _raw(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         embs = {m: self.embed[m](feats[m]) for m in self.modalities}
         raws = torch.stack([self.heads[m](embs[m]) for m in self.modalities])      # (M, N, 29)
         fused = (torch.softmax(self.fusion_logits, dim=0)[:, None, :] * raws).sum(dim=0)  # uniform for "mean"
-        branches = {}
-        for m, raw in zip(self.modalities, raws):
-            branches[f"logits/{m}"], branches[f"vad/{m}"] = _heads_out(raw)
+        branches = {f"{k}/{m}": v for m, raw in zip(self.modalities, raws)
+                    for k, v in zip(("logits", "vad"), _heads_out(raw))}
         return fused, torch.cat([embs[m] for m in self.modalities], dim=1), branches
 
     def _extra_loss(self, out: dict, batch: Mapping[str, torch.Tensor], parts: dict) -> dict[str, torch.Tensor]:
@@ -192,29 +175,23 @@ class EmoticJoint(_EmoticModel):
     def __init__(self, modalities: Sequence[str] = ("image", "text"), dims: Mapping[str, int] | None = None,
                  shared_dim: int = 256, hidden: int = 512, dropout: float = 0.3, fusion: str = "concat",
                  align_weight: float = 0.1, init_temperature: float = 0.07, criterion: EmoticLoss | None = None):
-        super().__init__(modalities, fusion, ("concat", "mean"), criterion)
-        dims = {**FEATURE_DIMS, **(dims or {})}
-        self.image_inputs = ("body", "context") if "image" in self.modalities else ()
-        self.inputs = self.image_inputs + (("text",) if "text" in self.modalities else ())
-        self.dims = {k: int(dims[k]) for k in self.inputs}
-        self.align_weight = float(align_weight)
+        image_inputs = ("body", "context") if "image" in modalities else ()
+        inputs = image_inputs + (("text",) if "text" in modalities else ())
+        super().__init__(modalities, inputs, dims, fusion, ("concat", "mean"), criterion)
+        self.image_inputs, self.align_weight = image_inputs, float(align_weight)
         self.towers = nn.ModuleDict()
         if "image" in self.modalities:
-            self.towers["image"] = mlp(sum(dims[k] for k in self.image_inputs), hidden, shared_dim, dropout)
+            self.towers["image"] = mlp(sum(self.dims[k] for k in self.image_inputs), hidden, shared_dim, dropout)
         if "text" in self.modalities:
-            self.towers["text"] = mlp(dims["text"], hidden, shared_dim, dropout)
+            self.towers["text"] = mlp(self.dims["text"], hidden, shared_dim, dropout)
         fused_dim = shared_dim * (len(self.modalities) if fusion == "concat" else 1)
         self.head = mlp(fused_dim, hidden, N_CAT + 3, dropout)
         self.output_layers = (self.head[-1],)
-        # A temperature only where there is something to align (single-modality ablations have none).
-        self.logit_scale = LogitScale(init_temperature) if len(self.modalities) == 2 else None
+        self.logit_scale = LogitScale(init_temperature) if len(self.modalities) == 2 else None  # nothing to align
 
     def _raw(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        z = {}
-        if "image" in self.towers:
-            z["image"] = F.normalize(self.towers["image"](torch.cat([feats[k] for k in self.image_inputs], 1)), dim=1)
-        if "text" in self.towers:
-            z["text"] = F.normalize(self.towers["text"](feats["text"]), dim=1)
+        x = {m: torch.cat([feats[k] for k in self.image_inputs], 1) if m == "image" else feats[m] for m in self.towers}
+        z = {m: F.normalize(self.towers[m](x[m]), dim=1) for m in self.towers}
         zs = [z[m] for m in self.modalities]
         fused = torch.cat(zs, dim=1) if self.fusion == "concat" else torch.stack(zs).mean(dim=0)
         return self.head(fused), fused, {f"z_{m}": v for m, v in z.items()}
@@ -239,8 +216,7 @@ def _inv_sqrt(cov: np.ndarray, reg: float) -> np.ndarray:
 
 
 class CanonicalCorrelation:
-    """Regularised CCA in closed form (one SVD of the whitened cross-covariance): sklearn's iterative CCA is
-    hundreds of times slower."""
+    """Regularised CCA in closed form, one SVD of the whitened cross-covariance (docs/models.md: why not sklearn's)."""
 
     def __init__(self, n_components: int = 64, reg: float = 1e-3):
         self.n_components, self.reg = n_components, reg
@@ -267,15 +243,12 @@ class FlickrBaseline:
     def __init__(self, method: str = "both", alpha: float = 100.0, n_components: int = 64, reg: float = 0.1,
                  alpha_t2i: float | None = None):
         self.method, self.alpha, self.n_components, self.reg = method, alpha, n_components, reg
-        # ``both`` works best when each map keeps the penalty chosen for it alone on validation
-        self.alpha_t2i = alpha if alpha_t2i is None else alpha_t2i
+        self.alpha_t2i = alpha if alpha_t2i is None else alpha_t2i  # each map's own penalty (docs/models.md)
 
     def fit(self, image_features, text_features, caption_image) -> "FlickrBaseline":
-        img = np.asarray(image_features, dtype=np.float64)
-        txt = np.asarray(text_features, dtype=np.float64)
-        cap = np.asarray(caption_image, dtype=np.int64)
+        img, txt = (np.asarray(f, dtype=np.float64) for f in (image_features, text_features))
         self.img_scaler, self.txt_scaler = StandardScaler().fit(img), StandardScaler().fit(txt)
-        x, y = self.img_scaler.transform(img)[cap], self.txt_scaler.transform(txt)
+        x, y = self.img_scaler.transform(img)[np.asarray(caption_image, dtype=np.int64)], self.txt_scaler.transform(txt)
         if self.method in ("image_to_text", "both"):
             self.i2t = Ridge(alpha=self.alpha).fit(x, y)
         if self.method in ("text_to_image", "both"):
@@ -288,15 +261,13 @@ class FlickrBaseline:
     def select(cls, train: Mapping, val: Mapping, method: str, grid: Sequence[float],
                **kwargs) -> tuple["FlickrBaseline", dict[float, float]]:
         """The best model by validation mean R@1 over ``grid`` (``alpha``, or CCA's ``reg``), and every score."""
-        key = "reg" if method == "cca" else "alpha"
-        scores, best = {}, None
+        key, fitted, scores = "reg" if method == "cca" else "alpha", {}, {}
         for value in grid:
-            model = cls(method, **{**kwargs, key: value}).fit(train["image"], train["text"], train["caption_image"])
+            model = fitted[value] = cls(method, **{**kwargs, key: value}).fit(train["image"], train["text"],
+                                                                               train["caption_image"])
             scores[value] = retrieval_metrics(model.similarity(val["image"], val["text"]),
                                               val["caption_image"])["mean_R@1"]
-            if best is None or scores[value] > scores[best[0]]:
-                best = (value, model)
-        return best[1], scores
+        return fitted[max(scores, key=scores.get)], scores
 
     def _standardise(self, image_features, text_features) -> tuple[np.ndarray, np.ndarray]:
         return (self.img_scaler.transform(np.asarray(image_features, dtype=np.float64)),
@@ -322,19 +293,16 @@ class FlickrJoint(nn.Module):
     """Two towers into one L2-normalised space trained by InfoNCE (+ VSE++ hinge); ``space``: docs/models.md."""
 
     def __init__(self, dims: Mapping[str, int] | None = None, towers: Sequence[str] = ("image", "text"),
-                 space: str = "cross", shared_dim: int | None = None, hidden: int | None = None,
-                 dropout: float = 0.1, init_temperature: float = 0.07, hard_negative_weight: float = 0.0,
-                 margin: float = 0.2):
+                 space: str = "cross", shared_dim: int | None = None, hidden: int | None = None, dropout: float = 0.1,
+                 init_temperature: float = 0.07, hard_negative_weight: float = 0.0, margin: float = 0.2):
         super().__init__()
-        dims = {**FEATURE_DIMS, **(dims or {})}
         self.towers_used = tuple(t for t in ("image", "text") if t in towers)
         if space not in ("cross", "shared"):
             raise ValueError(f"FlickrJoint: space must be 'cross' or 'shared', got {space!r}")
         self.space = space if len(self.towers_used) == 2 else "cross"
         self.inputs = ("image", "text")
-        self.dims = {k: int(dims[k]) for k in self.inputs}
-        # cross: each tower maps into the other modality's feature space
-        out = ({"image": dims["text"], "text": dims["image"]} if self.space == "cross"
+        self.dims = dims = {k: int({**FEATURE_DIMS, **(dims or {})}[k]) for k in self.inputs}
+        out = ({"image": dims["text"], "text": dims["image"]} if self.space == "cross"  # into the other's space
                else dict.fromkeys(self.towers_used, shared_dim or dims["text"]))
         self.towers = nn.ModuleDict({t: mlp(dims[t], hidden, out[t], dropout) for t in self.towers_used})
         self.residual = {t: self.space == "shared" and dims[t] == out[t] for t in self.towers_used}
@@ -345,7 +313,7 @@ class FlickrJoint(nn.Module):
         self.hard_negative_weight, self.margin = float(hard_negative_weight), margin
 
     def _embed(self, side: str, x: torch.Tensor) -> torch.Tensor:
-        _require({side: x}, (side,), type(self).__name__, self.dims)
+        _require(self, {side: x})
         if side not in self.towers:                     # frozen side of a single-tower model
             return F.normalize(x, dim=1)
         y = self.towers[side](x)
@@ -353,8 +321,7 @@ class FlickrJoint(nn.Module):
             return F.normalize(x + y if self.residual[side] else y, dim=1)
         if len(self.towers_used) == 1:
             return F.normalize(y, dim=1)
-        # cross space: [text-space half, image-space half], each unit norm, the whole scaled to unit norm
-        halves = (y, x) if side == "image" else (x, y)
+        halves = (y, x) if side == "image" else (x, y)  # [text-space half, image-space half], each unit norm
         return torch.cat([F.normalize(h, dim=1) for h in halves], dim=1) / math.sqrt(2)
 
     encode_image, encode_text = partialmethod(_embed, "image"), partialmethod(_embed, "text")
@@ -395,10 +362,9 @@ class WithEncoders(nn.Module):
         self.model, self.encoders, self.encoder_lr = model, nn.ModuleDict(dict(encoders)), encoder_lr
         self.inputs = getattr(model, "inputs", tuple(encoders))
         self.encoders.requires_grad_(True)
-        for enc in self.encoders.values():
-            head = getattr(enc, "head", None)  # an ImageNet classifier kept for checks: never part of training
-            if isinstance(head, nn.Module):
-                head.requires_grad_(False)
+        for enc in self.encoders.values():  # an ImageNet classifier kept for checks is never part of training
+            if isinstance(getattr(enc, "head", None), nn.Module):
+                enc.head.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)

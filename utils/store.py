@@ -1,10 +1,8 @@
-"""Everything the project writes goes through here: files that appear whole or not at all (:func:`atomic_write`),
-named by :func:`key` over settings, input digests and :func:`code_digest` of the source that computes them, so
-editing that source names a new file and a stale result is never loaded (no version constant to bump by hand)."""
+"""Everything the project writes goes through here: whole-or-nothing files (:func:`atomic_write`) named by :func:`key`
+over settings, input digests and :func:`code_digest` of their source, so an edit never loads a stale result."""
 
 import hashlib
 import inspect
-import io
 import json
 import math
 import mmap
@@ -14,10 +12,12 @@ import time
 import uuid
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 import torch
+
+RACY_SECONDS = 2.0  # a file changed more recently than this has no identity: a write in the same tick would not show
 
 
 def digest(*parts: Any) -> str:
@@ -39,8 +39,7 @@ def key(*parts: Any) -> str:
 
 
 def code_digest(*sources: ModuleType | Callable | str | os.PathLike) -> str:
-    """Digest of the source files behind a result (a package: every ``.py`` beside it; a function: its whole module,
-    so an edit anywhere can only cost a recomputation, never load another version's result), or file paths."""
+    """Digest of the source behind a result: file paths, a module, a function's whole module, a package's ``.py``."""
     files: set[Path] = set()
     for src in sources:
         if isinstance(src, (str, os.PathLike)):
@@ -57,9 +56,6 @@ def code_digest(*sources: ModuleType | Callable | str | os.PathLike) -> str:
 def file_sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-RACY_SECONDS = 2.0  # a file changed more recently than this has no identity: a write in the same tick would not show
 
 
 def file_identity(array: np.ndarray) -> str | None:
@@ -94,7 +90,7 @@ def remembered_digest(array: np.ndarray, folder: str | os.PathLike,
     return text
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], Any] | bytes | str) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any] | bytes | str) -> Path:
     """Write ``path`` whole or not at all (``write``: bytes/text, or a function given the open file); a temporary per
     process and call, so ranks writing one file at once never share one: the last rename wins."""
     path = Path(path)
