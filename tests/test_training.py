@@ -1,8 +1,6 @@
 """The training loop: seeded determinism, early stopping, checkpoints, prediction."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -150,7 +148,7 @@ def tiny_emotic_split(n=36, size=64, seed=0):
     cat[np.arange(n), label] = 1
     cont = np.full((n, 3), 5.0, np.float32)
     table = pd.DataFrame({"description": [f"person {i}" for i in range(n)]})
-    return EmoticSplit("train", Path("memory"), img, img[:, 8:56, 8:56], cat, cont, table)
+    return EmoticSplit(img, img[:, 8:56, 8:56], cat, cont, table)
 
 
 def image_arrays(split, text_features) -> dict[str, np.ndarray]:

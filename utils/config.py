@@ -1,8 +1,4 @@
-"""Every experiment's settings, defined once per size profile (smoke / demo / full), so notebooks 01-06 read one
-set of values and a checkpoint saved by 01 is the very model 05 attacks. Overrides, strongest last: the profile,
-its device-dependent values, ``MMER_<KNOB>`` variables, keyword arguments of :func:`load` (docs/configuration.md)."""
-from __future__ import annotations
-
+"""Every experiment's settings, defined once per size profile so notebooks share models (docs/configuration.md)."""
 import argparse
 import copy
 import json
@@ -16,8 +12,7 @@ RESERVED = {"MMER_PROFILE", "MMER_OUTPUT", "MMER_CACHE", "MMER_DEVICE", "MMER_SL
 
 _ENCODERS = dict(image_encoder="mobilenet_v2", text_encoder="all-MiniLM-L6-v2", encoders=None)  # encoders: one CLIP
 
-#: the base values of each experiment (docs/configuration.md says what each means)
-BASE = {
+BASE = {  #: the base values of each experiment (docs/configuration.md says what each means)
     "emotic": dict(
         _ENCODERS, seed=0, seeds=1,
         loss="bce", vad_weight=1.0, dropout=0.3, weight_decay=1e-4, batch_size=32, epochs=60, patience=10,
@@ -52,8 +47,7 @@ PROFILES = {
                       attack_persons=3, pixels=[4, 256], attack_queries=12, attack_steps=3, attack_restarts=1,
                       attack_batch=4, popsize=6, generations=1, attack_threads=1,
                       poison_fractions=[0.0, 0.3], poison_finetune="last", finetune_epochs=1, gallery=2),
-        # demo: k from 4 up to 256, a budget per k sized so that 4 models x 24 persons fit in minutes on a CPU (on
-        # a GPU, DEVICE_PROFILES gives it the paper's budget)
+        # demo: k from 4 up to 256, a budget per k that fits 4 models x 24 persons in minutes on a CPU
         "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24, attack_steps=10),
         "full": dict(seeds=3, epochs=40, patience=6, batch_size=256, baseline_hidden=512, baseline_lr=1e-3,
                      align_sweep=[0.0, 0.3, 1.0], train_threads=None, pr_categories=6, n_examples=6,
@@ -111,8 +105,7 @@ def _environment_overrides(experiment: str, environ) -> dict:
 
 
 def load(experiment: str, profile: str | None = None, environ=None, **overrides) -> dict:
-    """The settings of ``experiment`` for ``profile`` (default: ``MMER_PROFILE``), overrides applied, as a plain
-    dict (saved beside every result) with ``experiment`` and ``profile`` added."""
+    """The settings of ``experiment`` for ``profile`` (default: ``MMER_PROFILE``), overrides applied, as a dict."""
     if experiment not in BASE:
         raise KeyError(f"unknown experiment {experiment!r}; expected one of {', '.join(EXPERIMENTS)}")
     profile = profile or paths.profile()

@@ -1,5 +1,4 @@
 """The prepared artefacts, memory-mapped and checked on opening: a stale or partial prep folder fails here."""
-
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +52,6 @@ def _table(path: Path, text_columns: tuple, required: tuple) -> pd.DataFrame:
 @dataclass(eq=False)
 class EmoticSplit:
     """One Emotic split: memory-mapped arrays plus the per-person table, row i everywhere is the same person."""
-    split: str
-    root: Path
     context: np.ndarray  # (N, 224, 224, 3) uint8, whole image squashed to a square
     body: np.ndarray     # (N, 128, 128, 3) uint8, crop of the clipped body box
     cat: np.ndarray      # (N, 26) float32 multi-hot, labels.CATEGORIES order
@@ -79,8 +76,6 @@ class EmoticSplit:
 @dataclass(eq=False)
 class FlickrSplit:
     """One Flickr8k split: one image row per image, several caption rows per image."""
-    split: str
-    root: Path
     images: np.ndarray        # (M, 224, 224, 3) uint8
     captions: pd.DataFrame = field(repr=False)
 
@@ -96,20 +91,16 @@ class FlickrSplit:
         return self.captions["image_index"].to_numpy(np.int64)
 
 
-def emotic_files(split: str) -> list[str]:
-    return [f"{split}_{k}_arr.npy" for k in ("context", "body", "cat", "cont")] + [f"{split}.csv"]
-
-
 def load_emotic(split: str, root=None) -> EmoticSplit:
     """Open one prepared Emotic split (``root`` defaults to ``paths.artefact_dir('emotic')``)."""
-    files = emotic_files(split)
+    files = [f"{split}_{k}_arr.npy" for k in ("context", "body", "cat", "cont")] + [f"{split}.csv"]
     root = _require("emotic", split, files, root)
     table = _table(root / files[4], ("folder", "filename", "categories", "gender", "age", "description"),
                    ("image_width", "image_height", "x1", "y1", "x2", "y2", "description"))
     n, csv = len(table), root / files[4]
     images = [_array(root / f, np.uint8, (None, None, 3), n, csv) for f in files[:2]]
     labels = [_array(root / f, np.float32, (len(c),), n, csv) for f, c in zip(files[2:4], (CATEGORIES, CONTINUOUS))]
-    return EmoticSplit(split, root, *images, *labels, table)
+    return EmoticSplit(*images, *labels, table)
 
 
 def load_flickr(split: str, root=None) -> FlickrSplit:
@@ -124,4 +115,4 @@ def load_flickr(split: str, root=None) -> FlickrSplit:
         raise ArtefactError(f"{root / files[1]}: line {bad[0] + 2} has image_index "
                             f"{captions['image_index'].iloc[bad[0]]}, not a row of {files[0]} (0..{len(images) - 1})")
     captions["image_index"] = idx.astype(np.int64)
-    return FlickrSplit(split, root, images, captions)
+    return FlickrSplit(images, captions)

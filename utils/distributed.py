@@ -1,6 +1,4 @@
-"""Work spread over the processes ``torchrun`` starts: joining the group, shards whose bounds do not depend on the
-number of processes, and files a rank can trust (docs/distributed.md)."""
-
+"""Work over the processes ``torchrun`` starts: the group, shards, files a rank can trust (docs/distributed.md)."""
 import contextlib
 import datetime
 import os
@@ -21,7 +19,6 @@ class ShardError(RuntimeError):
 @dataclass(frozen=True)
 class Launch:
     """Where this process stands in the group started by ``torchrun`` (a group of one without it)."""
-
     rank: int
     world: int
     local_rank: int
@@ -37,8 +34,7 @@ class Launch:
 
 
 def launch(timeout_hours: float = 72.0) -> Launch:
-    """Join the group ``torchrun`` started (a group of one without it) on ``cuda:LOCAL_RANK`` (also exported as
-    ``MMER_DEVICE``) or the CPU. ``timeout_hours`` bounds every collective: a long attack needs a long one."""
+    """Join the group ``torchrun`` started, on ``cuda:LOCAL_RANK`` or the CPU; ``timeout_hours`` bounds collectives."""
     env = {k: os.environ.get(k) or d for k, d in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"))}
     if not all(v.isdigit() for v in env.values()):
         raise ValueError(f"{env}: WORLD_SIZE, RANK and LOCAL_RANK (set by torchrun) must be integers")
@@ -114,8 +110,7 @@ def read_npz(path: Path, what: str = "file") -> dict[str, np.ndarray]:
 
 
 def sharded_features(run: Launch, encoder, items, shard_size: int, kind: str = "image"):
-    """Features of ``items`` (photos, or texts for ``kind="text"``), each rank extracting and caching its shards
-    (whole batches), rank 0 assembling the whole input's cache entry and returning it (docs/distributed.md)."""
+    """Features of ``items`` (photos or texts), each rank caching its shards, rank 0 assembling and returning them."""
     extract, batch = {"image": (encoders.image_features, 32), "text": (encoders.text_features, 64)}[kind]
     items = items if kind == "image" else list(items)
     path = encoders.feature_cache_path(encoder, items)

@@ -21,15 +21,12 @@ from .models import EmoticBaseline, EmoticJoint, EmoticLoss, WithEncoders
 from .poisoning import median_filter_defence, poison_images, stamp_trigger
 from .training import emotic_eval, predict, seed_everything
 
-#: how a model whose image encoder's final blocks were trained with it is named (beside its frozen twin)
-FINETUNED = "last blocks fine-tuned"
-#: row label -> (family, inputs). Baselines keep one embedding and head per input (late fusion); joint models
-#: project image (body + scene) and text into one shared space.
+FINETUNED = "last blocks fine-tuned"  #: names a model whose image encoder's final blocks trained with it
+#: row label -> (family, inputs): late fusion of one embedding per input, or one shared space (docs/models.md)
 MODELS = {"body only": ("baseline", ("body",)), "context only": ("baseline", ("context",)),
           "text only": ("baseline", ("text",)), "image (body+context)": ("baseline", ("body", "context")),
-          "fusion (all)": ("baseline", ("body", "context", "text")),
-          "joint (image+text)": ("joint", ("image", "text")), "joint image only": ("joint", ("image",)),
-          "joint text only": ("joint", ("text",))}
+          "fusion (all)": ("baseline", ("body", "context", "text")), "joint (image+text)": ("joint", ("image", "text")),
+          "joint image only": ("joint", ("image",)), "joint text only": ("joint", ("text",))}
 _RECIPE = ("loss", "vad_weight", "dropout", "weight_decay", "batch_size", "epochs", "patience", "init_temperature",
            "train_threads")
 COLUMNS = {"mAP": "mAP", "VAD MAE": "vad_mae", "dominant acc": "dominant_accuracy"}  # column -> stats key
@@ -45,8 +42,7 @@ class Data(X.Data):
 
 
 def load_splits() -> tuple:
-    root = paths.require_artefacts("emotic", [f for s in X.SPLITS for f in D.emotic_files(s)])
-    return root, {s: D.load_emotic(s, root) for s in X.SPLITS}
+    return paths.artefact_dir("emotic"), {s: D.load_emotic(s) for s in X.SPLITS}
 
 
 def data(cfg: dict) -> Data:
@@ -151,9 +147,8 @@ def alignment(preds: dict, trained: dict, cfg: dict) -> pd.DataFrame:
 def branches(pred: dict, data: Data) -> pd.DataFrame:
     """Each branch of a late-fusion model scored on its own, beside the fused output (point estimates)."""
     test = data.features["test"]
-    names = sorted(k.split("/", 1)[1] for k in pred if k.startswith("logits/"))
     rows = {f"{m} branch": emotic_metrics(pred[f"logits/{m}"], test["cat"], pred[f"vad/{m}"], test["cont"])
-            for m in names}
+            for m in sorted(k.split("/", 1)[1] for k in pred if k.startswith("logits/"))}
     rows["fused"] = emotic_metrics(pred["scores"], test["cat"], pred["vad"], test["cont"])
     return pd.DataFrame({k: {"mAP": m["mAP"], "VAD MAE": m["vad_mae"]["mean"], "dominant acc": m["dominant_accuracy"]}
                          for k, m in rows.items()}).T
@@ -280,9 +275,8 @@ def payload(preds: dict, data: Data, main: str) -> dict:
 def recompute(p: dict, s: str, cfg: dict) -> dict:
     """A model's summary row from its saved predictions, for ``experiments.check_saved``."""
     m = emotic_metrics(p[f"{s}_scores"], p["labels"], p[f"{s}_vad_pred"], p["vad_true"])
-    corrected = stats.bias_corrected_map(p[f"{s}_scores"], p["labels"], seed=cfg["seed"],
-                                         n_subsamples=cfg["bootstrap"])["estimate"]
-    return {"mAP": corrected, "VAD MAE": m["vad_mae"]["mean"], "dominant acc": m["dominant_accuracy"]}
+    return {"mAP": clean_map(p[f"{s}_scores"], p["labels"], cfg), "VAD MAE": m["vad_mae"]["mean"],
+            "dominant acc": m["dominant_accuracy"]}
 
 
 def right(preds: dict, data: Data) -> dict:

@@ -28,8 +28,7 @@ class Data(X.Data):
 
 
 def load_splits() -> tuple:
-    root = paths.require_artefacts("flickr8k", [f"{s}_{f}" for s in X.SPLITS for f in ("images.npy", "captions.csv")])
-    return root, {s: D.load_flickr(s, root) for s in X.SPLITS}
+    return paths.artefact_dir("flickr8k"), {s: D.load_flickr(s) for s in X.SPLITS}
 
 
 def data(cfg: dict) -> Data:
@@ -96,8 +95,7 @@ def clip_zero_shot(data: Data) -> dict:
 
 def table(sims: dict, data: Data, cfg: dict) -> pd.DataFrame:
     """Recall@1/5/10 both ways, mean R@1 and median ranks with 95 % bootstrap intervals over images, plus chance."""
-    owner = data.features["test"]["caption_image"]
-    rows = {}
+    owner, rows = data.features["test"]["caption_image"], {}
     for label, sim in sims.items():
         ci = stats.retrieval_intervals(sim, owner, n_resamples=cfg["bootstrap"], seed=cfg["seed"])
         rows[label] = X.interval_columns({column: ci[column.replace(" ", "_")] for column in COLUMNS})
@@ -133,8 +131,7 @@ def figures(name: str, data: Data, sims: dict, table: pd.DataFrame, model, cfg: 
     plots.text_to_image_examples(split.images, split.caption_texts, sims[main], test["caption_image"], captions,
                                  k=min(cfg["top_k"], len(split)), title=f"text -> image, {main}",
                                  path=X.figure(name, "t2i_examples"))
-    z_image, z_text = model.embed(test["image"], test["text"])
-    plots.paired_projection(z_image, z_text, test["caption_image"], linked=linked,
+    plots.paired_projection(*model.embed(test["image"], test["text"]), test["caption_image"], linked=linked,
                             title=f"{main}: images and captions (PCA, each modality centred)",
                             path=X.figure(name, "projection"))
     ranks = {label: retrieval_ranks(s, test["caption_image"]) for label, s in sims.items()}

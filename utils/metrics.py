@@ -1,5 +1,4 @@
 """Emotic and Flickr8k evaluation metrics in percent (VAD errors and ranks aside); conventions: docs/statistics.md."""
-
 from typing import Sequence
 
 import numpy as np
@@ -35,13 +34,9 @@ def emotic_metrics(scores, labels, vad_pred=None, vad_true=None) -> dict:
         if labels[:, j].any():  # AP is undefined without a positive (sklearn warns and returns a meaningless 0)
             ap[j] = 100.0 * average_precision_score(labels[:, j], scores[:, j])
     scored = ~np.isnan(ap)
-    out = {
-        "mAP": float(ap[scored].mean()) if scored.any() else float("nan"),
-        "ap_per_category": {name: float(v) for name, v in zip(categories, ap)},
-        "n_categories_scored": int(scored.sum()),
-        "dominant_accuracy": float(100.0 * labels[np.arange(n), scores.argmax(axis=1)].mean()),
-        "n": int(n),
-    }
+    out = {"mAP": float(ap[scored].mean()) if scored.any() else float("nan"),
+           "ap_per_category": dict(zip(categories, map(float, ap))), "n_categories_scored": int(scored.sum()),
+           "dominant_accuracy": float(100.0 * labels[np.arange(n), scores.argmax(axis=1)].mean()), "n": int(n)}
     if (vad_pred is None) != (vad_true is None):
         raise ValueError("vad_pred and vad_true must be given together")
     if vad_pred is not None:

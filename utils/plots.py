@@ -1,5 +1,4 @@
 """The notebooks' figures: ``matplotlib.figure.Figure`` objects (no pyplot state leaks), saved as PNG given ``path``."""
-
 import textwrap
 from typing import Mapping, Sequence
 
@@ -105,13 +104,12 @@ def embedding_projection(embedding, color_by, method: str = "pca", seed: int = 0
         2, perplexity=min(30.0, max(2.0, (len(emb) - 1) / 3)), init="pca", random_state=seed)).fit_transform(emb)
     names, counts = np.unique(color_by, return_counts=True)
     shown = list(names[np.argsort(-counts, kind="stable")][:8])
-    palette = dict(zip(shown, sns.color_palette("tab10", len(shown))))
     fig, ax = _figure(6.5, 5)
     other = ~np.isin(color_by, shown)
     if other.any():
         ax.scatter(*xy[other].T, s=6, color="0.8", label="other")
-    for name in shown:
-        ax.scatter(*xy[color_by == name].T, s=8, color=palette[name], label=name)
+    for name, colour in zip(shown, sns.color_palette("tab10", len(shown))):
+        ax.scatter(*xy[color_by == name].T, s=8, color=colour, label=name)
     ax.set(title=title or f"{method.upper()} of the embedding", xticks=[], yticks=[])
     ax.legend(fontsize=7, markerscale=2, loc="best")
     return _finish(fig, path)
@@ -119,9 +117,8 @@ def embedding_projection(embedding, color_by, method: str = "pca", seed: int = 0
 
 def shared_space(z_image, z_text, method: str = "pca", seed: int = 0, title=None, path=None) -> Figure:
     """Image and text embeddings in one projection: a well-aligned space mixes the two colours."""
-    z = np.concatenate([np.asarray(z_image), np.asarray(z_text)])
-    return embedding_projection(z, np.repeat(["image", "text"], [len(z_image), len(z_text)]), method=method,
-                                seed=seed, title=title, path=path)
+    return embedding_projection(np.concatenate([np.asarray(z_image), np.asarray(z_text)]),
+                                np.repeat(["image", "text"], [len(z_image), len(z_text)]), method, seed, title, path)
 
 
 def retrieval_examples(images, captions, similarity, caption_image, queries, k=5, title=None, path=None) -> Figure:
@@ -151,8 +148,7 @@ def text_to_image_examples(images, captions, similarity, caption_image, queries,
             ax, hit = row[rank + 1], caption_image[q] == m
             ax.imshow(np.asarray(images[m]))
             ax.set(xticks=[], yticks=[])
-            for spine in ax.spines.values():
-                spine.set(edgecolor=_HIT if hit else "0.7", linewidth=4 if hit else 1)
+            ax.spines[:].set(edgecolor=_HIT if hit else "0.7", linewidth=4 if hit else 1)
             ax.set_title(f"{_mark(hit)[0]} {rank + 1}. image {m}", fontsize=9, color=_mark(hit)[1])
     return _finish(fig, path, title)
 
@@ -161,8 +157,6 @@ def paired_projection(image_embedding, text_embedding, caption_image, linked=(),
     """Images and captions in one PCA map, each modality centred so the "modality gap" does not take the first axis."""
     img, txt = np.asarray(image_embedding, dtype=np.float64), np.asarray(text_embedding, dtype=np.float64)
     cap = np.asarray(caption_image)
-    if img.shape[1] != txt.shape[1] or len(txt) != len(cap):
-        raise ValueError(f"paired_projection: embeddings {img.shape}, {txt.shape} and caption_image {cap.shape} differ")
     img, txt = (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12) for z in (img, txt))
     img, txt = img - img.mean(0), txt - txt.mean(0)
     xy = PCA(2, random_state=0).fit_transform(np.vstack([img, txt]))
@@ -238,8 +232,7 @@ def metric_curves(histories: Mapping[str, Sequence[Mapping]], key: str = "val_mA
 
 def person_examples(images, boxes, descriptions, truths, predictions, title=None, path=None) -> Figure:
     """Per person the scene and box, the description, true categories (list or "a;b") and checked predictions."""
-    n = len(descriptions)
-    fig, axes = _figure(11, 2.6 * max(n, 1), max(n, 1), 2, width_ratios=[1, 2.6])
+    fig, axes = _figure(11, 2.6 * max(len(descriptions), 1), max(len(descriptions), 1), 2, width_ratios=[1, 2.6])
     shown = zip(images, boxes, descriptions, truths, predictions, strict=True)  # a ValueError unless lengths match
     for (image, box, description, truth, predicted), (ax_img, ax_txt) in zip(shown, np.atleast_2d(axes)):
         ax_img.imshow(np.asarray(image))
@@ -295,8 +288,7 @@ def poisoning_curves(table: pd.DataFrame, clean: str = "clean mean R@1", title=N
 def attack_gallery(clean, adversarial, pixels, before, after, own_before=None, own_after=None, labels=None, title=None,
                    path=None) -> Figure:
     """Per attacked image: clean and attacked photo (changed pixels circled), predictions, a zoom."""
-    n = len(clean)
-    fig, axes = _figure(11, 3.4 * max(n, 1), max(n, 1), 3, width_ratios=[1, 1, 0.8])
+    fig, axes = _figure(11, 3.4 * max(len(clean), 1), max(len(clean), 1), 3, width_ratios=[1, 1, 0.8])
     shown = enumerate(zip(clean, adversarial, pixels, before, after, strict=True))  # a ValueError unless lengths match
     for (i, (img, adv, pix, *said)), (ax_c, ax_a, ax_z) in zip(shown, np.atleast_2d(axes)):
         img, adv, pix = np.asarray(img), np.asarray(adv), np.asarray(pix).reshape(-1, 5)

@@ -1,5 +1,4 @@
 """Intervals and paired tests for numbers measured on small test splits (methods, coverage: docs/statistics.md)."""
-
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -73,7 +72,6 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n_items: int, *
 
 class _EmoticItems:
     """Per-person quantities behind the Emotic metrics, AP sorted once: a resample only re-weights persons."""
-
     def __init__(self, scores, labels, vad_pred=None, vad_true=None):
         scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
         self.hits = labels[np.arange(len(scores)), scores.argmax(axis=1)].astype(np.float64)
@@ -121,11 +119,8 @@ class _EmoticItems:
 
 
 def _replicates(items, n: int, n_resamples: int, seed, which=None) -> dict:
-    reps: dict = {}
-    for counts in _resample_chunks(n, n_resamples, seed):
-        for k, v in items.replicates(counts, which).items():
-            reps.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in reps.items()}
+    chunks = [items.replicates(counts, which) for counts in _resample_chunks(n, n_resamples, seed)]
+    return {k: np.concatenate([chunk[k] for chunk in chunks]) for k in chunks[0]}
 
 
 def _map_correction(items: _EmoticItems, m: dict, n_draws: int, seed) -> tuple[float, np.ndarray]:
@@ -152,8 +147,7 @@ def _map_correction(items: _EmoticItems, m: dict, n_draws: int, seed) -> tuple[f
             bias = (total / scored - ap) * h / (n_items - h)
         bias = np.where(np.isfinite(bias), bias, 0.0)
     scored = ~np.isnan(ap)
-    corrected = float(100 * np.mean(ap[scored] - bias[scored])) if scored.any() else float("nan")
-    return corrected, bias
+    return (float(100 * np.mean(ap[scored] - bias[scored])) if scored.any() else float("nan")), bias
 
 
 def bias_corrected_map(scores, labels, *, n_subsamples: int = 1000, seed=0) -> dict:
@@ -193,7 +187,6 @@ def _weighted_median(sorted_values: np.ndarray, sorted_counts: np.ndarray) -> np
 
 class _RetrievalItems:
     """Per-image outcomes on the full gallery: each image's rank (image->text) and its captions' ranks."""
-
     def __init__(self, i2t: np.ndarray, t2i: np.ndarray, caption_image: np.ndarray, ks: Sequence[int]):
         self.i2t, self.t2i, self.caption_image, self.ks = i2t, t2i, caption_image, tuple(ks)
         self.i2t_order, self.t2i_order = np.argsort(i2t, kind="stable"), np.argsort(t2i, kind="stable")
@@ -227,8 +220,7 @@ def retrieval_intervals(similarity, caption_image, ks: Sequence[int] = (1, 5, 10
 def _retrieval_replicates(similarity, caption_image, ks: Sequence[int], n_resamples: int, seed) -> dict:
     """{key: bootstrap replicates} behind ``retrieval_intervals`` (also read by benchmarks/bench_coverage.py)."""
     i2t, t2i = retrieval_ranks(similarity, caption_image)
-    return _replicates(_RetrievalItems(i2t, t2i, np.asarray(caption_image, dtype=np.int64), ks), len(i2t),
-                       n_resamples, seed)
+    return _replicates(_RetrievalItems(i2t, t2i, np.asarray(caption_image, np.int64), ks), len(i2t), n_resamples, seed)
 
 
 def _permutation_masks(n_items: int, n_permutations: int, seed) -> tuple[bool, Iterator[np.ndarray]]:
@@ -272,14 +264,12 @@ def _paired(items_a, items_b, stacked, key: str, n: int, observed: float, estima
 
 
 def compare_emotic(scores_a, scores_b, labels, metric: str = "mAP", *, n_resamples: int = 1000, seed=0) -> dict:
-    """Model A minus model B in bias-corrected mAP on the same persons, p from the bootstrap."""
+    """Model A minus model B in bias-corrected mAP on the same persons (same subsamples: paired), p by bootstrap."""
     if metric != "mAP":
         raise ValueError(f"metric: compare_emotic compares mAP only, got {metric!r}")
     ma, mb = emotic_metrics(scores_a, labels), emotic_metrics(scores_b, labels)
     items_a, items_b = _EmoticItems(scores_a, labels), _EmoticItems(scores_b, labels)
-    # the same subsamples (same seed) for both models: a paired correction
-    estimate_a = _map_correction(items_a, ma, n_resamples, seed)[0]
-    estimate_b = _map_correction(items_b, mb, n_resamples, seed)[0]
+    estimate_a, estimate_b = (_map_correction(i, m, n_resamples, seed)[0] for i, m in ((items_a, ma), (items_b, mb)))
     return _paired(items_a, items_b, None, "mAP", ma["n"], ma["mAP"] - mb["mAP"], (estimate_a, estimate_b),
                    n_resamples, 0, seed, estimate_a - estimate_b)
 

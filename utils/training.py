@@ -1,6 +1,4 @@
-"""The one training loop (AdamW, early stopping, best weights kept) and batch prediction; models name their inputs
-(``model.inputs``) and compute their own loss (``model.loss(batch)``). See docs/training.md."""
-
+"""The one training loop (AdamW, early stopping, best weights kept) and batch prediction (docs/training.md)."""
 import copy
 import math
 import random
@@ -28,7 +26,6 @@ def seed_everything(seed: int) -> None:
 
 class FeatureDataset(Dataset):
     """Equal-length arrays, indexed a whole batch at a time (one slice per key, no collate: fast on a CPU)."""
-
     def __init__(self, arrays: Mapping[str, object]):
         self.tensors: dict[str, torch.Tensor] = {}
         for k, v in arrays.items():
@@ -39,10 +36,9 @@ class FeatureDataset(Dataset):
         lengths = {k: len(t) for k, t in self.tensors.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"FeatureDataset: arrays differ in length: {lengths}")
-        self.n = next(iter(lengths.values()))
 
     def __len__(self) -> int:
-        return self.n
+        return len(next(iter(self.tensors.values())))
 
     def __getitem__(self, idx) -> dict[str, torch.Tensor]:
         return {k: t[idx] for k, t in self.tensors.items()}
@@ -102,13 +98,11 @@ def _mean_loss(model: nn.Module, loader, device: torch.device, opt=None) -> dict
     return {k: float(devices.to_numpy(v)) / n for k, v in sums.items()}
 
 
-#: the eval batch of heads on precomputed features: a few MB at any size, so only the number of calls matters
-FEATURE_BATCH = 512
+FEATURE_BATCH = 512  #: the eval batch of heads on features: a few MB at any size, so only the number of calls matters
 
 
 def eval_batch(model: nn.Module, data, at_least: int = 1) -> int:
-    """The batch an eval pass runs at: with image encoders in front (``WithEncoders``) the device's fastest for them
-    (``utils.batching``, probed on a copy: the probe switches layouts), else ``max(at_least, FEATURE_BATCH)``."""
+    """The eval batch: the device's fastest for image encoders in front (probed on a copy), else FEATURE_BATCH."""
     encs = getattr(model, "encoders", None)
     arrays = data.tensors if isinstance(data, FeatureDataset) else data
     shapes = {k: tuple(np.shape(arrays[k])[1:]) for k in (encs or {}) if k in arrays and np.ndim(arrays[k]) == 4}
@@ -142,8 +136,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
         monitor: str | None = None, epochs: int = 30, lr: float = 1e-3, weight_decay: float = 1e-4,
         batch_size: int = 64, patience: int | None = 5, seed: int = 0, device=None, progress: bool = True,
         desc: str | None = None) -> FitResult:
-    """Train with AdamW, validate every epoch, stop after ``patience`` epochs without improving ``monitor`` and end
-    with the best weights; deterministic on a CPU (docs/training.md)."""
+    """AdamW, early stopping on ``monitor``, the best weights restored; deterministic on a CPU (docs/training.md)."""
     device = devices.device(device)
     result = _monitor(val_data, metric_fn, monitor)
     seed_everything(seed)
@@ -202,9 +195,8 @@ def predict(model: nn.Module, data, batch_size: int | None = None, keys: Sequenc
     chunks: dict[str, list] = {}
     for batch in batches(data, batch_size or eval_batch(model, data), device=device):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        feed = {k: v for k, v in batch.items() if inputs is None or k in inputs}
         with devices.autocast(device):
-            out = model(**feed)
+            out = model(**{k: v for k, v in batch.items() if inputs is None or k in inputs})
         for k, v in out.items():
             if keys is None or k in keys:
                 chunks.setdefault(k, []).append(devices.to_numpy(v.float() if v.is_floating_point() else v))
@@ -217,10 +209,8 @@ def emotic_eval(model: nn.Module, data, batch_size: int | None = None) -> dict:
     """``emotic_metrics``, a flat ``vad_mae_mean`` and the loss, on features with ``cat`` and ``cont``."""
     batch_size = batch_size or eval_batch(model, data)  # one choice for both passes
     out = predict(model, data, batch_size, keys=("scores", "vad"), carry=("cat", "cont"))
-    metrics = emotic_metrics(out["scores"], out["cat"], out["vad"], out["cont"])
-    metrics["vad_mae_mean"] = metrics["vad_mae"]["mean"]
-    metrics["loss"] = evaluate_loss(model, data, batch_size)["loss"]
-    return metrics
+    m = emotic_metrics(out["scores"], out["cat"], out["vad"], out["cont"])
+    return {**m, "vad_mae_mean": m["vad_mae"]["mean"], "loss": evaluate_loss(model, data, batch_size)["loss"]}
 
 
 def flickr_eval(model, data) -> dict:
