@@ -48,7 +48,9 @@ class MedianFilter(torch.nn.Module):
 
     def __init__(self, size: int = 3):
         super().__init__()
-        self.size = size  # odd and positive: checked by its caller, ``utils.attack.MedianDefended``
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"utils/poisoning.py: MedianFilter size must be odd and positive, got {size}")
+        self.size = size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # scipy 'reflect' is numpy 'symmetric', it repeats the edge pixel (d c b a | a b c d | d c b a)
