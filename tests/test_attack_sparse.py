@@ -159,8 +159,9 @@ def test_acceptance_is_strict():
 
 
 def test_proposals_adapt_to_the_active_images(near_boundary, monkeypatch):
-    """One proposal per unfooled image while at least batch_size are active; batch_size // active each (within
-    the image's budget) once fewer remain; and the result equals the one-proposal-per-call search exactly."""
+    """After the starting pixels (one each), every call fills whole batches: ceil(active / batch_size) batches,
+    spread evenly over the active images in order (within each image's budget); the result equals the
+    one-proposal-per-call search exactly."""
     from utils.attack.pipelines import Scorer
 
     net, imgs, labels = near_boundary
@@ -177,18 +178,17 @@ def test_proposals_adapt_to_the_active_images(near_boundary, monkeypatch):
     per_call, calls = calls, []
     one = sparse_rs(pipe, imgs, pixels=2, queries=60, batch_size=5, candidates=1)
     assert all(c.max() == 1 for c in calls)
-    spent = np.zeros(len(imgs), int)
-    saw_full = saw_few = False
-    for c in per_call:
-        active = int((c > 0).sum())
-        if active >= 5:
-            saw_full = True
-            assert set(c[c > 0]) == {1}
-        else:
-            saw_few = True
-            assert (c[c > 0] == np.minimum(5 // active, 60 - spent[c > 0])).all()
+    assert set(per_call[0][per_call[0] > 0]) == {1}  # query 1: the starting pixels
+    spent = per_call[0].copy()
+    saw_uneven = False
+    for c in per_call[1:]:
+        on = np.flatnonzero(c)
+        total = -(-len(on) // 5) * 5
+        want = total // len(on) + (np.arange(len(on)) < total % len(on))  # e.g. 7 active: 2 2 2 1 1 1 1
+        assert (c[on] == np.minimum(want, 60 - spent[on])).all()
+        saw_uneven |= len(set(want)) > 1
         spent += c  # an upper bound on what each image used: a discarded proposal is not a query
-    assert saw_full and saw_few
+    assert saw_uneven and any(c.sum() % 5 == 0 and c.max() > 1 for c in per_call)
     # speculative proposals reproduce the one-at-a-time search: same pixels, successes, and queries (a success's
     # query is the one that fooled it; discarded proposals are not counted)
     assert adaptive.table().equals(one.table()) and adaptive.model_queries > one.model_queries

@@ -124,8 +124,8 @@ def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.
                     schedule="Sparse-RS L0, rescaled to the budget", batch_size=scorer.batch_size,
                     channels_last=pipeline.channels_last, seed=seed, precision=precision, compile=False,
                     colours="RGB cube corners", acceptance="strict: kept only if the margin decreases (Sparse-RS)",
-                    proposals="one per active image per call; batch_size // active speculative ones when fewer "
-                              "than batch_size are active (same trajectory as one at a time)")
+                    proposals="whole batches per call: one per active image, speculative ones spread evenly to "
+                              "fill the last batch (same trajectory as one at a time)")
     idx = np.flatnonzero(scorer.attacked)  # attacked images, by position in the batch
     px = np.stack([initial_pixels(scorer.images[i], k, int(scorer.rows[i]), seed, None if init is None else init[i])
                    for i in idx]) if len(idx) else np.zeros((0, k, 5), np.int64)
@@ -143,7 +143,11 @@ def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candi
     margin, accepted, done = np.full(n, np.inf), np.zeros(n, np.int64), np.zeros(n, bool)
     found, first = {}, True  # confirmed successes' fp32 scores; query 1 is the starting pixels
     while len(act := np.flatnonzero(~done & (used < queries))):
-        per = 1 if first else max(1, scorer.batch_size // len(act)) if candidates is None else candidates
+        if first or candidates is not None:
+            per = 1 if first else candidates
+        else:  # whole model batches, spread evenly: a call of 3 or a 3 + 2 split runs slower per image than 4 + 4
+            total = -(-len(act) // scorer.batch_size) * scorer.batch_size
+            per = total // len(act) + (np.arange(len(act)) < total % len(act))
         sizes = np.minimum(per, queries - used[act])
         owner = np.repeat(act, sizes)
         starts = np.cumsum(sizes) - sizes
