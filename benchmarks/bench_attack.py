@@ -14,7 +14,8 @@ Part 3, our sparse search against the reference Sparse-RS, ``RSAttack(norm="L0",
 imported unchanged from a checkout of https://github.com/fra31/sparse-rs (``--sparse-rs PATH`` or
 ``MMER_SPARSE_RS``; the part is skipped with a message when neither is given), at equal queries per image for
 k = 1, 4, 16, beside the model's best rate over batch sizes and layouts measured in the same run
-(``utils.batching.probe``). Both get the same model object; every success is re-checked on the uint8 image.
+(``utils.batching.probe``) and our DE's rate (population 400, one generation) at the same k. Both searches get the
+same model object; every success is re-checked on the uint8 image.
 
 The peers live in their own venv, ``.cache/venv-peers`` (never in requirements.txt), created here when missing:
 ``python -m venv --system-site-packages`` plus a .pth file that shows it the project's packages, then
@@ -303,7 +304,7 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
           f"seed={args.seed})")
     print(f"  {'k':>3s} {'Q':>6s} | {'ours s':>7s} {'img/s':>6s} {'q/s':>6s} {'succ':>5s} {'med q':>6s} | "
           f"{'ref s':>7s} {'img/s':>6s} {'succ':>5s} {'med q':>6s} | {'best img/s':>10s} {'ours/best':>9s} "
-          f"{'wall ours/ref':>13s}")
+          f"{'wall ours/ref':>13s} | {'DE i/s':>6s} {'DE/best':>7s}")
     med = lambda r, q: float(np.median(q[r["won"]])) if r["won"].any() else float("nan")  # noqa: E731
     for budget in args.rs_budgets:
         for k in args.ks:
@@ -326,17 +327,23 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
             ours = dict(wall=wall, won=ok, per_image=tab.queries.to_numpy())
             ref = run_reference(rsattack, ours_model, reference, images, labels, k, budget, args.seed)
             q_ours = int(tab.queries.sum())
+            t = time.perf_counter()  # our DE at the paper's population, one generation: its rate, not its success
+            de = differential_evolution(pipe, images, pixels=k, popsize=400, generations=1, batch_size=batch,
+                                        seed=args.seed, precision=args.precision)
+            de_rate = de.model_queries / (time.perf_counter() - t)
             print(f"  {k:3d} {budget:6d} | {wall:7.1f} {rep.model_queries / wall:6.1f} {q_ours / wall:6.1f} "
                   f"{int(ok.sum()):3d}/{n:<1d} {med(ours, ours['per_image']):6.0f} | {ref['wall']:7.1f} "
                   f"{ref['images'] / ref['wall']:6.1f} {ref['success']:3d}/{n:<1d} {med(ref, ref['per_image']):6.0f} | "
-                  f"{best_rate:10.1f} {rep.model_queries / wall / best_rate:9.2f} {wall / ref['wall']:13.2f}  "
+                  f"{best_rate:10.1f} {rep.model_queries / wall / best_rate:9.2f} {wall / ref['wall']:13.2f} | "
+                  f"{de_rate:6.1f} {de_rate / best_rate:7.2f}  "
                   f"(batch {batch}; best {best.batch} {'channels_last' if best.channels_last else 'default'}, "
                   f"peak of the probe {best.rate:.1f}; "
                   f"load {os.getloadavg()[0]:.1f})", flush=True)
     print("  img/s: images through the model per wall second (ours: discarded speculative proposals included); "
           "q/s: queries as the budget counts them; med q: median queries per success; best img/s: the model alone "
-          "at the batch and layout the probe found fastest, sustained over 5 s; targets: ours/best >= 0.9, "
-          "wall ours/ref <= 0.5, success >= the reference's")
+          "at the batch and layout the probe found fastest, sustained over 5 s; DE: our differential_evolution, "
+          "popsize 400, 1 generation (800 queries per image), same batch and precision; targets: ours/best and "
+          "DE/best >= 0.9, wall ours/ref <= 0.5, success >= the reference's")
 
 
 def main():
