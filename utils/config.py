@@ -1,4 +1,5 @@
 """Every experiment's settings, defined once per size profile so notebooks share models (docs/configuration.md)."""
+
 import argparse
 import copy
 import json

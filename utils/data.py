@@ -1,4 +1,5 @@
 """The prepared artefacts, memory-mapped and checked on opening: a stale or partial prep folder fails here."""
+
 from dataclasses import dataclass, field
 from pathlib import Path
 

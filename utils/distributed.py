@@ -1,4 +1,5 @@
 """Work over the processes ``torchrun`` starts: the group, shards, files a rank can trust (docs/distributed.md)."""
+
 import contextlib
 import datetime
 import os
@@ -19,6 +20,7 @@ class ShardError(RuntimeError):
 @dataclass(frozen=True)
 class Launch:
     """Where this process stands in the group started by ``torchrun`` (a group of one without it)."""
+
     rank: int
     world: int
     local_rank: int

@@ -1,4 +1,5 @@
 """Emotic and Flickr8k evaluation metrics in percent (VAD errors and ranks aside); conventions: docs/statistics.md."""
+
 from typing import Sequence
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The notebooks' figures: ``matplotlib.figure.Figure`` objects (no pyplot state leaks), saved as PNG given ``path``."""
+
 import textwrap
 from typing import Mapping, Sequence
 
@@ -232,7 +233,8 @@ def metric_curves(histories: Mapping[str, Sequence[Mapping]], key: str = "val_mA
 
 def person_examples(images, boxes, descriptions, truths, predictions, title=None, path=None) -> Figure:
     """Per person the scene and box, the description, true categories (list or "a;b") and checked predictions."""
-    fig, axes = _figure(11, 2.6 * max(len(descriptions), 1), max(len(descriptions), 1), 2, width_ratios=[1, 2.6])
+    rows = max(len(descriptions), 1)
+    fig, axes = _figure(11, 2.6 * rows, rows, 2, width_ratios=[1, 2.6])
     shown = zip(images, boxes, descriptions, truths, predictions, strict=True)  # a ValueError unless lengths match
     for (image, box, description, truth, predicted), (ax_img, ax_txt) in zip(shown, np.atleast_2d(axes)):
         ax_img.imshow(np.asarray(image))
@@ -288,7 +290,8 @@ def poisoning_curves(table: pd.DataFrame, clean: str = "clean mean R@1", title=N
 def attack_gallery(clean, adversarial, pixels, before, after, own_before=None, own_after=None, labels=None, title=None,
                    path=None) -> Figure:
     """Per attacked image: clean and attacked photo (changed pixels circled), predictions, a zoom."""
-    fig, axes = _figure(11, 3.4 * max(len(clean), 1), max(len(clean), 1), 3, width_ratios=[1, 1, 0.8])
+    rows = max(len(clean), 1)
+    fig, axes = _figure(11, 3.4 * rows, rows, 3, width_ratios=[1, 1, 0.8])
     shown = enumerate(zip(clean, adversarial, pixels, before, after, strict=True))  # a ValueError unless lengths match
     for (i, (img, adv, pix, *said)), (ax_c, ax_a, ax_z) in zip(shown, np.atleast_2d(axes)):
         img, adv, pix = np.asarray(img), np.asarray(adv), np.asarray(pix).reshape(-1, 5)

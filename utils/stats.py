@@ -1,4 +1,5 @@
 """Intervals and paired tests for numbers measured on small test splits (methods, coverage: docs/statistics.md)."""
+
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +73,7 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n_items: int, *
 
 class _EmoticItems:
     """Per-person quantities behind the Emotic metrics, AP sorted once: a resample only re-weights persons."""
+
     def __init__(self, scores, labels, vad_pred=None, vad_true=None):
         scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
         self.hits = labels[np.arange(len(scores)), scores.argmax(axis=1)].astype(np.float64)
@@ -187,6 +189,7 @@ def _weighted_median(sorted_values: np.ndarray, sorted_counts: np.ndarray) -> np
 
 class _RetrievalItems:
     """Per-image outcomes on the full gallery: each image's rank (image->text) and its captions' ranks."""
+
     def __init__(self, i2t: np.ndarray, t2i: np.ndarray, caption_image: np.ndarray, ks: Sequence[int]):
         self.i2t, self.t2i, self.caption_image, self.ks = i2t, t2i, caption_image, tuple(ks)
         self.i2t_order, self.t2i_order = np.argsort(i2t, kind="stable"), np.argsort(t2i, kind="stable")

@@ -1,4 +1,5 @@
 """The one training loop (AdamW, early stopping, best weights kept) and batch prediction (docs/training.md)."""
+
 import copy
 import math
 import random
@@ -26,6 +27,7 @@ def seed_everything(seed: int) -> None:
 
 class FeatureDataset(Dataset):
     """Equal-length arrays, indexed a whole batch at a time (one slice per key, no collate: fast on a CPU)."""
+
     def __init__(self, arrays: Mapping[str, object]):
         self.tensors: dict[str, torch.Tensor] = {}
         for k, v in arrays.items():

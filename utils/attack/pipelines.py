@@ -399,8 +399,8 @@ def assemble_report(scorer: Scorer, final: dict[int, np.ndarray], found: dict[in
     n = len(scorer.images)
     adv = scorer.images.copy()
     idx = np.array(sorted(final), dtype=np.int64)
-    for i in idx:
-        adv[i] = apply_pixels(scorer.images[i:i + 1], final[i][None])[0]
+    if len(idx):  # one call for all attacked images
+        adv[idx] = apply_pixels(scorer.images[idx], np.stack([final[i] for i in idx]))
     after = scorer.before.copy()
     for i, sc in found.items():
         after[i] = sc
