@@ -77,7 +77,9 @@ def test_probe_keeps_the_fastest_batch_and_layout_and_caches_it(clock):
         layout, b = key.split("/")
         want = expected_rate(int(b), layout == "channels_last")
         assert 0.6 * want < rate <= 1.02 * want, key
-    assert max(int(k.split("/")[1]) for k in choice.rates) < 512  # stopped once past the best
+    # stopped at the second size in a row below 0.75 of the best (32: 0.63, 64: 0.37), in each layout
+    for layout in ("channels_last", "default"):
+        assert max(int(k.split("/")[1]) for k in choice.rates if k.startswith(layout)) == 64, layout
     # cached: in memory (no call at all), then on disk for a new process (memory cleared)
     calls = model.calls
     assert batching.for_module(model, (3, 4, 4), name="timed") is choice and model.calls == calls

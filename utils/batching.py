@@ -13,6 +13,9 @@ from . import paths, store
 
 ENV = "MMER_INFERENCE_BATCH"
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# the climb stops after two sizes in a row below this share of the best: on a CPU the rate falls after batch 4-8
+# and never recovers (issue table: 0.35-0.67 of the best at 16-32), and larger batches only cost probe time and memory
+STOP_BELOW = 0.75
 _MEMORY: dict[str, "Choice"] = {}
 
 
@@ -50,7 +53,7 @@ def probe(run, shape: tuple, dev: torch.device, layout, fixed: int | None = None
                 break
             seconds = min(times[1:])
             rate = rates[f"{'channels_last' if cl else 'default'}/{b}"] = b / seconds
-            slow, best = slow + 1 if rate < best / 2 else 0, max(best, rate)
+            slow, best = slow + 1 if rate < STOP_BELOW * best else 0, max(best, rate)
             if slow == 2 or seconds > 1.0:
                 break
     if not rates:
