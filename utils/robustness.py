@@ -324,7 +324,8 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
         if won:
             adv = np.stack([A.apply_pixels(images[[r.row]], r.pixels[None])[0] for r in won])
             rws = np.array([r.row for r in won])
-            fooled = A.margin_and_success(A.score_images(pipe, adv, rws, batch_size=32), pipe.truth(rws))[1]
+            scores = A.score_images(pipe, adv, rws, batch_size=cfg["attack_batch"])  # as the attack scored them
+            fooled = A.margin_and_success(scores, pipe.truth(rws))[1]
             still = set(rws[fooled].tolist())
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
         pn = ensemble_needed(mine)
