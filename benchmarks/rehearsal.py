@@ -94,12 +94,13 @@ def child_features(dataset: str) -> dict:
     from utils import config, emotic, encoders, flickr8k
 
     calls, samples, used = [], {}, {}  # samples: input side -> best rates measured during the stage
-    reference = [0.0]  # seconds spent measuring the best rates: the benchmark's, not the researcher's
+    reference_s = 0.0  # seconds spent measuring the best rates: the benchmark's, not the researcher's
 
     def reference_rate(encoder, side):
+        nonlocal reference_s
         t0 = time.perf_counter()
         rate, used[side] = _best_rate(encoder, side)
-        reference[0] += time.perf_counter() - t0
+        reference_s += time.perf_counter() - t0
         samples.setdefault(side, []).append(rate)
         return rate
 
@@ -135,7 +136,7 @@ def child_features(dataset: str) -> dict:
             "image_rate": sum(c["n"] for c in img) / image_s, "batched_rate": rate, "batch": used,
             "share": ideal / image_s, "texts": sum(c["n"] for c in txt), "text_s": sum(c["s"] for c in txt),
             "encoder": enc.name, "threads": __import__("torch").get_num_threads(), "wall_inner": wall,
-            "reference_s": reference[0]}
+            "reference_s": reference_s}
 
 
 def child_notebook(prefix: str, out: Path, timeout: int) -> dict:

@@ -13,8 +13,9 @@ from . import paths, store
 
 ENV = "MMER_INFERENCE_BATCH"
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-# the climb stops after two sizes in a row below this share of the best: on a CPU the rate falls after batch 4-8
-# and never recovers (issue table: 0.35-0.67 of the best at 16-32), and larger batches only cost probe time and memory
+# the climb stops after two sizes in a row below this share of the best: on a CPU the rate falls after batch 4-16
+# and never recovers (0.35-0.67 of the best at 16-32 on an Intel Xeon and an AMD EPYC), and larger batches only cost
+# probe time and memory
 STOP_BELOW = 0.75
 _MEMORY: dict[str, "Choice"] = {}
 
