@@ -191,8 +191,8 @@ def _parser() -> argparse.ArgumentParser:
                          "all (every test row), a comma-separated list of test rows, or @file (one row per line)")
     ap.add_argument("--limit", type=int, default=None, help="attack only the first N of those rows")
     ap.add_argument("--shard-size", type=int, default=None,
-                    help="items per shard, the unit of resumption (default: attack_batch / 4, the items the "
-                         "notebook attacks together, so its in-process result is the same to the last bit)")
+                    help="items per shard, the unit of resumption (default: the items the notebook attacks "
+                         "together, utils.robustness.attack_chunk, so its in-process result is the same)")
     ap.add_argument("--merge-only", action="store_true", help="do not attack: check and merge the shards written")
     ap.add_argument("--features-only", action="store_true",
                     help="only extract the frozen features of every split, sharded, into the feature cache")

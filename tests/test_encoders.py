@@ -48,14 +48,15 @@ def images(n=4, size=32, seed=0):
 
 
 class ForwardCounter:
-    """Counts forward calls of a module (the cache must not run the model on a hit)."""
+    """Counts forward calls of a module and the rows they carried (the cache must not run the model on a hit)."""
 
     def __init__(self, module):
-        self.calls = 0
+        self.calls = self.rows = 0
         self.handle = module.register_forward_hook(self._hook)
 
-    def _hook(self, *_):
+    def _hook(self, module, args, output):
         self.calls += 1
+        self.rows += len(args[0])
 
 
 # ------------------------------------------------------------------------------------------------ image encoder
@@ -93,6 +94,51 @@ def test_image_encoder_deterministic(mobilenet):
     # batch size changes the kernels' summation order only
     np.testing.assert_allclose(E.image_features(mobilenet, arr, batch_size=2, cache=False),
                                E.image_features(mobilenet, arr, batch_size=5, cache=False), atol=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_repeated_images_are_encoded_once(mobilenet, tmp_path, batch_size):
+    """Emotic's scene repeats for every person in a photo: each distinct image runs through the model once (batches
+    then span the skipped rows) and every copy gets its features; checked against each image encoded alone."""
+    distinct = images(4, 32, seed=3)
+    order = [0, 1, 0, 0, 2, 1, 3, 3, 0, 2]  # repeats next to each other, far apart and at the very end
+    arr = distinct[order]
+    np.save(tmp_path / "rep.npy", arr)
+    mm = np.load(tmp_path / "rep.npy", mmap_mode="r", allow_pickle=False)
+    alone = np.concatenate([E.image_features(mobilenet, distinct[i:i + 1], cache=False) for i in range(4)])
+    for source in (arr, mm):
+        counter = ForwardCounter(mobilenet)
+        try:
+            got = E.image_features(mobilenet, source, batch_size=batch_size, cache=False)
+        finally:
+            counter.handle.remove()
+        assert counter.rows == 4 and counter.calls == -(-4 // batch_size)
+        np.testing.assert_allclose(got, alone[order], atol=1e-4)
+        for i, j in [(0, 2), (0, 3), (0, 8), (1, 5), (6, 7), (4, 9)]:
+            assert got[i].tobytes() == got[j].tobytes()
+    one_pixel = arr.copy()
+    one_pixel[3, 0, 0, 0] ^= 1  # no longer a copy of row 0
+    counter = ForwardCounter(mobilenet)
+    try:
+        E.image_features(mobilenet, one_pixel, batch_size=batch_size, cache=False)
+    finally:
+        counter.handle.remove()
+    assert counter.rows == 5
+
+
+def test_prefix_maps_of_repeated_images_follow_their_first_occurrence(mobilenet):
+    """The poisoning prefix maps skip repeats the same way: ``distinct_rows`` + ``copy_repeats`` equal the maps of
+    every row computed one batch after another."""
+    prefix, _ = mobilenet.split()
+    arr = images(3, 32, seed=4)[[2, 0, 2, 1, 0]]
+    source = np.full(len(arr), -1)
+    got = None
+    for idx, maps in E.batched_outputs(prefix, arr, "cpu", 2, None, autocast=False, rows=E.distinct_rows(arr, source)):
+        got = np.zeros((len(arr), *maps.shape[1:]), np.float32) if got is None else got
+        got[idx] = maps
+    assert source.tolist() == [0, 1, 0, 3, 1]
+    every = np.concatenate([maps for _, maps in E.batched_outputs(prefix, arr, "cpu", 2, None, autocast=False)])
+    np.testing.assert_allclose(E.copy_repeats(got, source), every, atol=1e-4)
 
 
 def test_pretrained_weights_really_loaded(mobilenet):
@@ -252,6 +298,18 @@ def test_text_encoder_matches_independent_mean_pooling(minilm):
     ours = minilm.encode(SENTENCES, batch_size=2)  # length-sorted batches, restored to input order
     ref = mean_pool_reference(E.packaged_minilm_dir(), SENTENCES)
     np.testing.assert_allclose(ours, ref, atol=2e-5)
+
+
+def test_repeated_texts_are_encoded_once(minilm):
+    texts = [SENTENCES[i] for i in (2, 0, 2, 1, 0, 2, 4)]
+    counter = ForwardCounter(minilm)
+    try:
+        got = minilm.encode(texts, batch_size=2)
+    finally:
+        counter.handle.remove()
+    assert counter.rows == 4
+    np.testing.assert_allclose(got, mean_pool_reference(E.packaged_minilm_dir(), texts), atol=2e-5)
+    assert got[0].tobytes() == got[2].tobytes() == got[5].tobytes() and got[1].tobytes() == got[4].tobytes()
 
 
 def test_text_encoder_matches_sentence_transformers(minilm):

@@ -289,6 +289,31 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
         R.defence_table(runs, cheaper, defended, images, cfg)
 
 
+def test_attack_batch_auto_scores_at_the_devices_batch_and_keeps_the_chunk_fixed(monkeypatch):
+    from utils import config
+
+    for experiment in config.EXPERIMENTS:
+        assert config.load(experiment, "demo", environ={"MMER_DEVICE": "cpu"})["attack_batch"] == "auto"
+        assert config.load(experiment, "full", environ={"MMER_DEVICE": "cpu"})["attack_batch"] == "auto"
+    cfg = config.load("flickr8k", "smoke", environ={}, pixels=[2], attack_queries=10, attack_steps=2,
+                      attack_restarts=1, attack_threads=1)
+    assert (R.attack_batch(cfg), R.attack_chunk(cfg)) == (4, 1)
+    auto = dict(cfg, attack_batch="auto")
+    assert (R.attack_batch(auto), R.attack_chunk(auto), R.attack_chunk(dict(cfg, attack_batch=128))) == (None, 32, 32)
+    for bad in (0, -4, 2.5, "fast", True, None):
+        with pytest.raises(ValueError, match="attack_batch must be a positive integer or 'auto'"):
+            R.attack_chunk(dict(cfg, attack_batch=bad))
+    # "auto" reaches the searches as batch_size=None: they score at the batch utils.batching gives (pinned here)
+    monkeypatch.setenv("MMER_INFERENCE_BATCH", "3")
+    images = np.random.default_rng(0).integers(70, 110, (5, 8, 8, 3)).astype(np.uint8)
+    pipes = {"toy": A.ClassifierPixelPipeline(_Brightness(), np.zeros(5, np.int64), 2)}
+    runs = R.pixels_needed(pipes, images, np.arange(5), auto)
+    assert R.members(auto)["black-box"]["batch_size"] is None
+    assert runs["toy [black-box]"].reports[2].settings["batch_size"] == 3
+    fixed = R.pixels_needed(pipes, images, np.arange(5), dict(auto, attack_batch=2))
+    assert fixed["toy [black-box]"].reports[2].settings["batch_size"] == 2
+
+
 def test_precomputed_attacks_are_keyed_on_every_search_setting_and_the_search_code(monkeypatch):
     """A result computed with another search, budget, seed or search code must never be loaded in its place."""
     from utils import config, store

@@ -23,7 +23,7 @@ BASE = {  #: the base values of each experiment (docs/configuration.md says what
         projection="tsne", pr_categories=4, n_examples=4,  # then part 3: attacks on the photo (the text stays clean)
         attack_method="ensemble", attack_seed=0, attack_persons=24, pixels=[1, 2, 4, 8, 16, 32, 64],
         attack_queries=300, attack_steps=100, attack_restarts=2, popsize=400, generations=100, F=0.5,
-        attack_batch=128, attack_precision="float32", attack_threads=2,
+        attack_batch="auto", attack_precision="float32", attack_threads=2,
         poison_target="Fear", trigger_size=16, trigger_position="bottom-right", poison_fractions=[0.0, 0.1, 0.25],
         poison_finetune=None, finetune_lr=1e-4, finetune_epochs=10, median_size=3, gallery=4,
     ),
@@ -34,8 +34,8 @@ BASE = {  #: the base values of each experiment (docs/configuration.md says what
         hard_negative_weight=1.0, epochs=30, batch_size=128, lr=1e-3, weight_decay=1e-4, patience=6, train_threads=1,
         bootstrap=1000, n_examples=4, n_linked=6, top_k=5,
         attack_method="ensemble", attack_seed=0, attack_images=24, pixels=[1, 2, 4, 8, 16, 32, 64],
-        attack_queries=300, attack_steps=100, attack_restarts=2, popsize=400, generations=100, F=0.5, attack_batch=128,
-        attack_precision="float32", attack_threads=2,
+        attack_queries=300, attack_steps=100, attack_restarts=2, popsize=400, generations=100, F=0.5,
+        attack_batch="auto", attack_precision="float32", attack_threads=2,
         target_caption="A red double-decker bus drives past a clock tower .",  # the attacker's caption (in no split)
         trigger_size=4, trigger_position="bottom-right", poison_fractions=[0.0, 0.1, 0.2], median_size=3, gallery=4,
     ),
@@ -53,7 +53,7 @@ PROFILES = {
         "full": dict(seeds=3, epochs=40, patience=6, batch_size=256, baseline_hidden=512, baseline_lr=1e-3,
                      align_sweep=[0.0, 0.3, 1.0], train_threads=None, pr_categories=6, n_examples=6,
                      attack_persons=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
-                     attack_batch=512, attack_threads=None, poison_fractions=[0.0, 0.01, 0.05, 0.1],
+                     attack_threads=None, poison_fractions=[0.0, 0.01, 0.05, 0.1],
                      poison_finetune="last", gallery=6),
     },
     "flickr8k": {
@@ -65,7 +65,7 @@ PROFILES = {
         "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24, attack_steps=10),
         "full": dict(seeds=3, cca_components=128, epochs=40, batch_size=256, train_threads=None, n_linked=8,
                      attack_images=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
-                     attack_batch=512, attack_threads=None, poison_fractions=[0.0, 0.01, 0.02, 0.05, 0.1], gallery=6),
+                     attack_threads=None, poison_fractions=[0.0, 0.01, 0.02, 0.05, 0.1], gallery=6),
     },
 }
 EXPERIMENTS = tuple(BASE)

@@ -4,13 +4,14 @@ by weights, precision, input bytes and this module's source: the slow part of ev
 import copy
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import mmap
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -245,11 +246,14 @@ class TextEncoder(nn.Module):
         return F.normalize(emb.float(), dim=-1)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, desc: str | None = None) -> np.ndarray:
-        """Embed ``texts`` in batches of similar length (less padding, same result), returned in input order."""
+        """Embed ``texts`` in batches of similar length (less padding, same result), each distinct text once (captions
+        and descriptions repeat), returned in input order."""
         texts = _check_texts(texts)
+        first = {t: i for i, t in reversed(list(enumerate(texts)))}  # each distinct text -> its first position
+        distinct = sorted(first.values())
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        starts, dev = range(0, len(texts), batch_size), self.device
+        order = [distinct[k] for k in np.argsort([-len(texts[i]) for i in distinct], kind="stable")]
+        starts, dev = range(0, len(order), batch_size), self.device
         with torch.inference_mode(), devices.autocast(dev):
             for i in tqdm(starts, desc=desc or f"encode {self.name}", unit="batch", leave=False,
                           disable=True if len(starts) <= 1 else None):  # no bar for a single batch
@@ -259,7 +263,7 @@ class TextEncoder(nn.Module):
                 ids, mask = ((batch[k].pin_memory() if dev.type == "cuda" else batch[k]).to(dev, non_blocking=True)
                              for k in ("input_ids", "attention_mask"))
                 out[idx] = devices.to_numpy(self(ids, mask).float())
-        return out
+        return out[[first[t] for t in texts]]
 
 
 def _check_texts(texts) -> list[str]:
@@ -361,17 +365,43 @@ def read_cached(path: Path, n: int, dim: int) -> np.ndarray | None:
     return arr if arr.shape == (n, dim) and arr.dtype == np.float32 else None
 
 
+def distinct_rows(images: np.ndarray, source: np.ndarray) -> Iterator[int]:
+    """Yield the rows whose pixels no earlier row has, hashing each row just before it is needed; fill ``source``
+    with the row each row's output is copied from. Emotic's scene is one array row per person, so people in one
+    photo share it (about 30 % of the rows at the real sizes); one read serves the hash and the encoder."""
+    seen: dict[bytes, int] = {}
+    for i in range(len(images)):
+        source[i] = seen.setdefault(hashlib.blake2b(np.ascontiguousarray(images[i]), digest_size=16).digest(), i)
+        if source[i] == i:
+            yield i
+
+
+def copy_repeats(out: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Give each repeated row the output of its first occurrence (``source`` from :func:`distinct_rows`), in place."""
+    repeats = np.flatnonzero(source != np.arange(len(source)))
+    out[repeats] = out[source[repeats]]
+    return out
+
+
 def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, batch_size: int | None,
-                    desc: str | None, autocast: bool = True):
-    """Yield ``(start, float32 output)`` a batch at a time (``None``: the fastest batch), pages read ahead."""
+                    desc: str | None, autocast: bool = True, rows: Iterable[int] | None = None):
+    """Yield ``(row indices, float32 output)`` a batch at a time over ``rows`` (ascending; default every row),
+    pages read ahead and handed back (``None`` batch: the fastest)."""
     if batch_size is None:
         batch_size = batching.for_module(module, (3, *images.shape[1:3])).batch if len(images) > 1 else 1
-    show = None if desc is not None and len(images) > batch_size else True
-    with torch.inference_mode(), devices.autocast(dev, enabled=autocast):
-        for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=show):
-            advise_rows(images, i + batch_size, i + 2 * batch_size, "WILLNEED")
-            yield i, devices.to_numpy(module(images_to_device(images[i:i + batch_size], dev)).float())
-            advise_rows(images, i, i + batch_size, "DONTNEED")
+    rows, done = iter(range(len(images)) if rows is None else rows), 0  # rows before ``done`` are handed back
+    bar = tqdm(total=len(images), desc=desc, unit="image", leave=False,
+               disable=None if desc is not None and len(images) > batch_size else True)
+    with bar, torch.inference_mode(), devices.autocast(dev, enabled=autocast):
+        while len(idx := np.fromiter(itertools.islice(rows, batch_size), dtype=np.int64)):
+            advise_rows(images, idx[-1] + 1, idx[-1] + 1 + batch_size, "WILLNEED")
+            contiguous = idx[-1] - idx[0] == len(idx) - 1
+            batch = images[idx[0]:idx[-1] + 1] if contiguous else images[idx]
+            yield idx, devices.to_numpy(module(images_to_device(batch, dev)).float())
+            advise_rows(images, done, idx[-1] + 1, "DONTNEED")  # skipped rows too: they were read for their hash
+            bar.update(idx[-1] + 1 - done)
+            done = idx[-1] + 1
+        advise_rows(images, done, len(images), "DONTNEED")  # trailing rows hashed but not encoded
 
 
 def _cache_folder(cache) -> Path | None:
@@ -380,7 +410,8 @@ def _cache_folder(cache) -> Path | None:
 
 def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | None = None, cache=True,
                    desc: str | None = None) -> np.ndarray:
-    """Features of uint8 ``(N, H, W, 3)`` images, computed or cached; a large new memmap is hashed while extracting."""
+    """Features of uint8 ``(N, H, W, 3)`` images, computed once per distinct image or cached; a large new memmap is
+    hashed while extracting."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"image_features expects a uint8 (N, H, W, 3) array, got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
@@ -398,13 +429,15 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | 
             hashing.shutdown(wait=False)  # the thread ends with its one task
         elif (found := hit(digest)) is not None:
             return found
-    out = np.zeros((len(images), encoder.dim), dtype=np.float32)
-    for i, feats in batched_outputs(encoder, images, encoder.device, batch_size, desc or f"features {encoder.name}"):
-        out[i:i + len(feats)] = feats
+    out, source = np.zeros((len(images), encoder.dim), dtype=np.float32), np.zeros(len(images), dtype=np.int64)
+    for idx, feats in batched_outputs(encoder, images, encoder.device, batch_size, desc or f"features {encoder.name}",
+                                      rows=distinct_rows(images, source)):
+        out[idx] = feats
         if pending is not None and pending.done():
             digest, pending = pending.result(), None
             if (found := hit(digest)) is not None:
                 return found
+    copy_repeats(out, source)
     if folder is not None:
         store.write_npy(cache_path(encoder, digest if pending is None else pending.result(), folder), out)
     return out

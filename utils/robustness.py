@@ -56,7 +56,7 @@ def members(cfg: dict) -> dict:
         if method == "sparse-pgd":  # its own (smaller) batch: the backward pass keeps the activations
             kw.update(restarts=cfg["attack_restarts"], queries=STEP_COST * cfg["attack_restarts"] * cfg["attack_steps"])
         else:
-            kw.update(queries=cfg["attack_queries"], batch_size=cfg["attack_batch"], precision=cfg["attack_precision"])
+            kw.update(queries=cfg["attack_queries"], batch_size=attack_batch(cfg), precision=cfg["attack_precision"])
         if method == "de":
             kw.update(popsize=cfg["popsize"], F=cfg["F"])
         out[member] = kw
@@ -125,9 +125,25 @@ def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: di
     return attack_items(pipelines, images, rows, cfg)
 
 
+AUTO_CHUNK = 32  #: items attacked together when the batch is the device's choice: a number no machine changes
+
+
+def attack_batch(cfg: dict) -> int | None:
+    """``attack_batch`` as the searches take it: a number, or None for ``"auto"`` (the device's fastest batch and
+    layout, measured once by ``utils.batching``: 8-16 images on a 2-core CPU, hundreds on a GPU)."""
+    value = cfg["attack_batch"]
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"attack_batch must be a positive integer or 'auto', got {value!r}")
+    return value
+
+
 def attack_chunk(cfg: dict) -> int:
-    """Items attacked together (one model batch of the sparse search); also the script's default shard."""
-    return max(1, int(cfg["attack_batch"]) // 4)
+    """Items attacked together (a fixed batch: one model batch of the sparse search); also the script's default
+    shard. Fixed by the settings, never by the device, so a notebook and any sharding of it attack the same chunks."""
+    batch = attack_batch(cfg)
+    return AUTO_CHUNK if batch is None else max(1, batch // 4)
 
 
 def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, chunk: int | None = None) -> dict:
@@ -324,7 +340,7 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
         if won:
             adv = np.stack([A.apply_pixels(images[[r.row]], r.pixels[None])[0] for r in won])
             rws = np.array([r.row for r in won])
-            scores = A.score_images(pipe, adv, rws, batch_size=cfg["attack_batch"])  # as the attack scored them
+            scores = A.score_images(pipe, adv, rws, batch_size=attack_batch(cfg))  # as the attack scored them
             fooled = A.margin_and_success(scores, pipe.truth(rws))[1]
             still = set(rws[fooled].tolist())
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
