@@ -395,9 +395,8 @@ def test_image_cache_from_memmap_and_chunked_hash(mobilenet, cache, tmp_path):
     arr = images(5, 32)
     np.save(tmp_path / "imgs.npy", arr)
     mm = np.load(tmp_path / "imgs.npy", mmap_mode="r", allow_pickle=False)
-    # chunked digest == one-shot sha256 over the same header + bytes, whatever the chunk size
-    one_shot = hashlib.sha256(f"images\0|u1\0{arr.shape}\0".encode() + arr.tobytes()).hexdigest()
-    assert E._images_digest(mm, chunk_bytes=1000) == E._images_digest(arr) == one_shot
+    # chunked digest == the reference over the same header and rows, whatever the chunk size
+    assert E._images_digest(mm, chunk_bytes=1000) == E._images_digest(arr) == _digest_of(arr)
     first = E.image_features(mobilenet, arr)
     counter = ForwardCounter(mobilenet)
     try:
@@ -632,8 +631,9 @@ def _saved_memmap(path, arr):
 
 
 def _digest_of(arr) -> str:
-    """Independent reference for the cache's content digest: one sha256 over the header and every pixel byte."""
-    return hashlib.sha256(f"images\0|u1\0{arr.shape}\0".encode() + arr.tobytes()).hexdigest()
+    """Independent reference for the cache's content digest: sha256 over the header and each row's sha256."""
+    rows = b"".join(hashlib.sha256(row.tobytes()).digest() for row in arr)
+    return hashlib.sha256(f"images\0|u1\0{arr.shape}\0".encode() + rows).hexdigest()
 
 
 def test_a_memmapped_file_is_remembered_and_a_changed_file_hashed_again(mobilenet, cache, tmp_path, monkeypatch):
@@ -645,7 +645,7 @@ def test_a_memmapped_file_is_remembered_and_a_changed_file_hashed_again(mobilene
     counter = ForwardCounter(mobilenet)
     try:
         with monkeypatch.context() as m:  # seen before: not one byte is hashed, the features come from the cache
-            m.setattr(E, "_images_digest", lambda *a, **k: pytest.fail("a remembered file was hashed again"))
+            m.setattr(E, "_digest_rows", lambda *a, **k: pytest.fail("a remembered file was hashed again"))
             np.testing.assert_array_equal(E.image_features(mobilenet, np.load(path, mmap_mode="r")), first)
         assert counter.calls == 0
         changed = arr.copy()
@@ -696,6 +696,18 @@ def test_a_large_memmap_is_hashed_while_extracting_and_stops_on_a_hit(mobilenet,
     assert again.tobytes() == plain.tobytes()
     assert 1 <= counter.calls <= 2, f"{counter.calls} of 6 batches computed before the cache hit was noticed"
     assert len(list((cache / "digests").glob("*.txt"))) == 2
+
+
+def test_a_read_error_while_hashing_reaches_the_caller(mobilenet, cache, monkeypatch):
+    """The rows are hashed on a helper thread: its failure (a disk error under a memmap) is raised where the
+    extraction waits for a digest, never swallowed into a result with rows missing."""
+    def failing(images, chunk_bytes=0):
+        yield [hashlib.sha256(images[0].tobytes()).digest()]
+        raise OSError("read error at row 1")
+    monkeypatch.setattr(E, "_digest_rows", failing)
+    with pytest.raises(OSError, match="read error at row 1"):
+        E.image_features(mobilenet, images(3, 32), batch_size=2)
+    assert not list(cache.glob("*.npy"))
 
 
 def test_prefetch_and_release_leave_the_values_alone(tmp_path):

@@ -283,7 +283,11 @@ def test_adaptive_and_transfer_numbers_come_from_the_same_searches_and_budget(tm
     line, = R.defence_lines(table.assign(**{"clean mAP": 1.0, "clean mAP, filtered": 1.0}), "mAP", "items", 8)
     assert "of 8 items fooled with at most 8 pixels" in line
     assert f"adaptive attack ({R.budget_statement(cfg)}, gradients straight through the filter)" in line
-    # an adaptive attack with another budget is refused, not shown beside the transfer
+    # run at another batch (as "auto" gives the filtered pipeline its own), the same search is still compared ...
+    _, other_batch = R.adaptive_attack(pipes, images, rows, dict(cfg, attack_batch=3))
+    assert other_batch["toy [black-box]"].reports[8].settings["batch_size"] == 3 != cfg["attack_batch"]
+    assert R.defence_table(runs, other_batch, defended, images, cfg).loc["toy", "budget"] == row["budget"]
+    # ... but an adaptive attack with another budget is refused, not shown beside the transfer
     _, cheaper = R.adaptive_attack(pipes, images, rows, dict(cfg, attack_queries=20))
     with pytest.raises(ValueError, match="adaptive attack on toy"):
         R.defence_table(runs, cheaper, defended, images, cfg)

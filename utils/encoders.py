@@ -9,7 +9,7 @@ import json
 import mmap
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -30,7 +30,7 @@ MINILM_NAME = "all-MiniLM-L6-v2"
 TORCHVISION_ARCHS = {"mobilenet_v2": "classifier", "resnet18": "fc", "resnet50": "fc"}
 # The final blocks that emotic's end-to-end poisoning trains; ImageEncoder.split() cuts before the first.
 LAST_BLOCKS = {"mobilenet_v2": ("features.17", "features.18"), "resnet18": ("layer4",), "resnet50": ("layer4",)}
-HASH_FIRST_BYTES = 64 << 20  # a memmap up to this size is hashed before extracting, a larger one while extracting
+HASH_FIRST_BYTES = 64 << 20  # a new memmap up to this size is hashed before extracting, a larger one while extracting
 
 
 class WeightsError(RuntimeError):
@@ -330,14 +330,64 @@ def advise_rows(images: np.ndarray, start: int, stop: int, advice: str) -> None:
         mm.madvise(flag, lo, hi - lo)
 
 
-def _images_digest(images: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
-    """sha256 of dtype, shape and pixel bytes, a chunk of rows at a time so a memmap is never resident whole."""
-    h = hashlib.sha256(f"images\0{images.dtype.str}\0{images.shape}\0".encode())
+def _digest_rows(images: np.ndarray, chunk_bytes: int = 64 << 20) -> Iterator[list[bytes]]:
+    """sha256 of each row's pixels, a chunk of rows at a time, each chunk's memmap pages handed back after it."""
     step = max(1, chunk_bytes // max(1, int(np.prod(images.shape[1:])) * images.dtype.itemsize))
     for i in range(0, len(images), step):
-        h.update(np.ascontiguousarray(images[i:i + step]))
+        yield [hashlib.sha256(np.ascontiguousarray(row)).digest() for row in images[i:i + step]]
         advise_rows(images, i, i + step, "DONTNEED")
-    return h.hexdigest()
+
+
+def _whole_digest(images: np.ndarray, row_digests: Sequence[bytes]) -> str:
+    """The cache's content key: sha256 over dtype, shape and every row's sha256 (rows in order)."""
+    return hashlib.sha256(f"images\0{images.dtype.str}\0{images.shape}\0".encode() + b"".join(row_digests)).hexdigest()
+
+
+def _images_digest(images: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
+    """The content key of ``images``, a chunk of rows at a time so a memmap is never resident whole."""
+    return _whole_digest(images, [d for part in _digest_rows(images, chunk_bytes) for d in part])
+
+
+class RowDigests:
+    """Each row's sha256, computed in order on a helper thread (hashlib releases the GIL) ahead of the encoder: one
+    read and one hash of the pixels give both the cache key and the repeated rows (``distinct_rows``)."""
+
+    def __init__(self, images: np.ndarray):
+        self.images, self.rows, self.error, self.stopped = images, [], None, False
+        self._ready = threading.Condition()
+        threading.Thread(target=self._run, name="row-digests", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for part in _digest_rows(self.images):
+                with self._ready:
+                    if self.stopped:
+                        return
+                    self.rows.extend(part)
+                    self._ready.notify_all()
+        except BaseException as e:  # raised where a digest is awaited
+            with self._ready:
+                self.error = e
+                self._ready.notify_all()
+
+    def row(self, i: int) -> bytes:
+        with self._ready:
+            self._ready.wait_for(lambda: len(self.rows) > i or self.error is not None)
+            if len(self.rows) <= i:
+                raise self.error
+            return self.rows[i]
+
+    def whole(self, wait: bool = False) -> str | None:
+        """The content key once every row is hashed; None before that unless ``wait``."""
+        if wait and len(self.images):
+            self.row(len(self.images) - 1)
+        with self._ready:
+            return _whole_digest(self.images, self.rows) if len(self.rows) == len(self.images) else None
+
+    def stop(self) -> None:
+        """Stop hashing (the features were found in the cache)."""
+        with self._ready:
+            self.stopped = True
 
 
 def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = None) -> Path:
@@ -365,13 +415,17 @@ def read_cached(path: Path, n: int, dim: int) -> np.ndarray | None:
     return arr if arr.shape == (n, dim) and arr.dtype == np.float32 else None
 
 
-def distinct_rows(images: np.ndarray, source: np.ndarray) -> Iterator[int]:
-    """Yield the rows whose pixels no earlier row has, hashing each row just before it is needed; fill ``source``
-    with the row each row's output is copied from. Emotic's scene is one array row per person, so people in one
-    photo share it (about 30 % of the rows at the real sizes); one read serves the hash and the encoder."""
+def distinct_rows(images: np.ndarray, source: np.ndarray,
+                  digest: Callable[[int], bytes] | None = None) -> Iterator[int]:
+    """Yield the rows whose pixels no earlier row has and fill ``source`` with the row each row's output is copied
+    from; ``digest(i)`` is row i's hash (default: sha256 on the spot). Emotic's scene is one array row per person, so
+    people in one photo share it (about 30 % of the rows at the real sizes)."""
+    if digest is None:
+        def digest(i: int) -> bytes:
+            return hashlib.sha256(np.ascontiguousarray(images[i])).digest()
     seen: dict[bytes, int] = {}
     for i in range(len(images)):
-        source[i] = seen.setdefault(hashlib.blake2b(np.ascontiguousarray(images[i]), digest_size=16).digest(), i)
+        source[i] = seen.setdefault(digest(i), i)
         if source[i] == i:
             yield i
 
@@ -415,32 +469,36 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | 
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"image_features expects a uint8 (N, H, W, 3) array, got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
-    folder, digest, pending = _cache_folder(cache), None, None
+    folder, digest = _cache_folder(cache), None
 
     def hit(digest: str) -> np.ndarray | None:
         return read_cached(cache_path(encoder, digest, folder), len(images), encoder.dim)
 
-    if folder is not None:
-        large = isinstance(images, np.memmap) and images.nbytes > HASH_FIRST_BYTES
-        digest = store.remembered_digest(images, folder, None if large else _images_digest)
-        if digest is None:  # hashlib releases the GIL: hashing overlaps the encoder
-            hashing = ThreadPoolExecutor(1, thread_name_prefix="image-digest")
-            pending = hashing.submit(store.remembered_digest, images, folder, _images_digest)
-            hashing.shutdown(wait=False)  # the thread ends with its one task
-        elif (found := hit(digest)) is not None:
+    def remember(rows: RowDigests) -> str:
+        return store.remembered_digest(images, folder, lambda _: rows.whole(wait=True))
+
+    if folder is not None and (digest := store.remembered_digest(images, folder)) is not None:
+        if (found := hit(digest)) is not None:  # a file seen before: not a pixel read
             return found
-    out, source = np.zeros((len(images), encoder.dim), dtype=np.float32), np.zeros(len(images), dtype=np.int64)
-    for idx, feats in batched_outputs(encoder, images, encoder.device, batch_size, desc or f"features {encoder.name}",
-                                      rows=distinct_rows(images, source)):
-        out[idx] = feats
-        if pending is not None and pending.done():
-            digest, pending = pending.result(), None
-            if (found := hit(digest)) is not None:
-                return found
-    copy_repeats(out, source)
-    if folder is not None:
-        store.write_npy(cache_path(encoder, digest if pending is None else pending.result(), folder), out)
-    return out
+    rows = RowDigests(images)
+    try:
+        large = isinstance(images, np.memmap) and images.nbytes > HASH_FIRST_BYTES
+        if folder is not None and digest is None and not large and (found := hit(digest := remember(rows))) is not None:
+            return found
+        out, source = np.zeros((len(images), encoder.dim), dtype=np.float32), np.zeros(len(images), dtype=np.int64)
+        desc = desc or f"features {encoder.name}"
+        for idx, feats in batched_outputs(encoder, images, encoder.device, batch_size, desc,
+                                          rows=distinct_rows(images, source, rows.row)):
+            out[idx] = feats
+            if folder is not None and digest is None and rows.whole() is not None:  # the same bytes may be cached
+                if (found := hit(digest := remember(rows))) is not None:
+                    return found
+        copy_repeats(out, source)
+        if folder is not None:
+            store.write_npy(cache_path(encoder, digest or remember(rows), folder), out)
+        return out
+    finally:
+        rows.stop()
 
 
 def text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 64, cache=True,

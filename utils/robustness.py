@@ -324,12 +324,22 @@ def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> 
     return out
 
 
+#: report settings that say how the model ran, not what was searched: ``attack_batch: "auto"`` lets each pipeline
+#: (the filtered one too) run at its device's fastest batch and layout, which moves only float rounding
+EXECUTION = ("batch_size", "channels_last")
+
+
+def search_settings(report) -> dict:
+    """A report's settings without :data:`EXECUTION`: what two attacks must share to be compared."""
+    return {k: v for k, v in report.settings.items() if k not in EXECUTION}
+
+
 def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray, cfg: dict) -> pd.DataFrame:
     """Per model: the transfer of the attack's images through the filter, beside the adaptive attack at largest k."""
     for key, pn in runs.items():
         for k, rep in pn.reports.items():
             other = adaptive[key].reports.get(k) if key in adaptive else None
-            if other is not None and other.settings != rep.settings:
+            if other is not None and search_settings(other) != search_settings(rep):
                 raise ValueError(f"utils/robustness.py: the adaptive attack on {key} at k={k} ran with "
                                  f"{other.settings}, the attack it is compared with with {rep.settings}")
     rows = {}
