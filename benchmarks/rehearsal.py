@@ -16,8 +16,8 @@ drop). At the real sizes those arrays are about 6.7 GB for Emotic and 1.2 GB for
 every row (extraction, and the feature-cache key, which hashes every row) holds them in its RSS until it ends.
 The feature stages also measure the image encoder's best rate over batch sizes and layouts (``utils.batching.probe``)
 at each input size, right before and right after each extraction call (so both see the same load), and print what
-share of that best rate the whole extraction reaches on the distinct images it encodes (reading memmaps, hashing
-for the cache and for repeated images, copies included);
+share of that best rate the whole extraction reaches on the distinct images it encodes (reading memmaps, the row
+hashes that give the cache key and the repeated images, copies included);
 extraction itself runs at the batch size and layout ``utils.batching`` chose for the machine. Those measurements
 are the benchmark's, not the researcher's: their seconds are printed and left out of a second total.
 Targets for the real sizes on a 2-core CPU: whole rehearsal within 75 minutes, peak memory under 6 GB per stage,

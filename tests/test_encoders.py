@@ -127,18 +127,17 @@ def test_repeated_images_are_encoded_once(mobilenet, tmp_path, batch_size):
 
 
 def test_prefix_maps_of_repeated_images_follow_their_first_occurrence(mobilenet):
-    """The poisoning prefix maps skip repeats the same way: ``distinct_rows`` + ``copy_repeats`` equal the maps of
-    every row computed one batch after another."""
+    """The poisoning prefix maps skip repeats the same way: ``RowDigests.distinct`` + ``copy_repeats`` equal the maps
+    of every row computed one batch after another."""
     prefix, _ = mobilenet.split()
     arr = images(3, 32, seed=4)[[2, 0, 2, 1, 0]]
-    source = np.full(len(arr), -1)
-    got = None
-    for idx, maps in E.batched_outputs(prefix, arr, "cpu", 2, None, autocast=False, rows=E.distinct_rows(arr, source)):
+    rows, got = E.RowDigests(arr), None
+    for idx, maps in E.batched_outputs(prefix, arr, "cpu", 2, None, autocast=False, rows=rows.distinct()):
         got = np.zeros((len(arr), *maps.shape[1:]), np.float32) if got is None else got
         got[idx] = maps
-    assert source.tolist() == [0, 1, 0, 3, 1]
+    assert rows.source.tolist() == [0, 1, 0, 3, 1]
     every = np.concatenate([maps for _, maps in E.batched_outputs(prefix, arr, "cpu", 2, None, autocast=False)])
-    np.testing.assert_allclose(E.copy_repeats(got, source), every, atol=1e-4)
+    np.testing.assert_allclose(rows.copy_repeats(got), every, atol=1e-4)
 
 
 def test_pretrained_weights_really_loaded(mobilenet):
@@ -645,7 +644,7 @@ def test_a_memmapped_file_is_remembered_and_a_changed_file_hashed_again(mobilene
     counter = ForwardCounter(mobilenet)
     try:
         with monkeypatch.context() as m:  # seen before: not one byte is hashed, the features come from the cache
-            m.setattr(E, "_digest_rows", lambda *a, **k: pytest.fail("a remembered file was hashed again"))
+            m.setattr(E, "_hash_rows", lambda *a, **k: pytest.fail("a remembered file was hashed again"))
             np.testing.assert_array_equal(E.image_features(mobilenet, np.load(path, mmap_mode="r")), first)
         assert counter.calls == 0
         changed = arr.copy()
@@ -701,10 +700,9 @@ def test_a_large_memmap_is_hashed_while_extracting_and_stops_on_a_hit(mobilenet,
 def test_a_read_error_while_hashing_reaches_the_caller(mobilenet, cache, monkeypatch):
     """The rows are hashed on a helper thread: its failure (a disk error under a memmap) is raised where the
     extraction waits for a digest, never swallowed into a result with rows missing."""
-    def failing(images, chunk_bytes=0):
-        yield [hashlib.sha256(images[0].tobytes()).digest()]
-        raise OSError("read error at row 1")
-    monkeypatch.setattr(E, "_digest_rows", failing)
+    def failing(images, start, stop):
+        raise OSError(f"read error at row {start + 1}")
+    monkeypatch.setattr(E, "_hash_rows", failing)
     with pytest.raises(OSError, match="read error at row 1"):
         E.image_features(mobilenet, images(3, 32), batch_size=2)
     assert not list(cache.glob("*.npy"))

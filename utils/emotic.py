@@ -325,12 +325,12 @@ def _poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tupl
     def encode(images, desc=None):  # features, or the float32 prefix maps (N, C, h, w) that stand in for them
         if not finetune:
             return encoders.image_features(data.image_encoder, images, desc=desc)
-        out, source = None, np.zeros(len(images), np.int64)  # a scene shared by several persons is encoded once
+        out, rows = None, encoders.RowDigests(images)  # a scene shared by several persons is encoded once
         for idx, maps in encoders.batched_outputs(prefix, images, prefix.mean.device, None, desc, autocast=False,
-                                                  rows=encoders.distinct_rows(images, source)):
+                                                  rows=rows.distinct()):
             out = np.empty((len(images), *maps.shape[1:]), np.float32) if out is None else out
             out[idx] = maps
-        return np.zeros((0,), np.float32) if out is None else encoders.copy_repeats(out, source)
+        return np.zeros((0,), np.float32) if out is None else rows.copy_repeats(out)
     clean = data.features if not finetune else {
         name: {**data.features[name], **{kind: encode(getattr(splits[name], kind), f"{name} {kind} maps")
                                          for kind in ("body", "context")}} for name in ("train", "val", "test")}

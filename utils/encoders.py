@@ -9,7 +9,7 @@ import json
 import mmap
 import os
 import re
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -330,64 +330,56 @@ def advise_rows(images: np.ndarray, start: int, stop: int, advice: str) -> None:
         mm.madvise(flag, lo, hi - lo)
 
 
-def _digest_rows(images: np.ndarray, chunk_bytes: int = 64 << 20) -> Iterator[list[bytes]]:
-    """sha256 of each row's pixels, a chunk of rows at a time, each chunk's memmap pages handed back after it."""
-    step = max(1, chunk_bytes // max(1, int(np.prod(images.shape[1:])) * images.dtype.itemsize))
-    for i in range(0, len(images), step):
-        yield [hashlib.sha256(np.ascontiguousarray(row)).digest() for row in images[i:i + step]]
-        advise_rows(images, i, i + step, "DONTNEED")
+def _hash_rows(images: np.ndarray, start: int, stop: int) -> list[bytes]:
+    """sha256 of each of rows ``start:stop``, their memmap pages handed back after."""
+    out = [hashlib.sha256(np.ascontiguousarray(row)).digest() for row in images[start:stop]]
+    advise_rows(images, start, stop, "DONTNEED")
+    return out
 
 
-def _whole_digest(images: np.ndarray, row_digests: Sequence[bytes]) -> str:
-    """The cache's content key: sha256 over dtype, shape and every row's sha256 (rows in order)."""
-    return hashlib.sha256(f"images\0{images.dtype.str}\0{images.shape}\0".encode() + b"".join(row_digests)).hexdigest()
+class RowDigests:
+    """Each row's sha256, a chunk of rows at a time on a helper thread (hashlib releases the GIL) ahead of the
+    encoder: one read and one hash give both the cache key and the repeated rows. Emotic's scene is one row per
+    person, so the people of a photo share it (about 30 % of the rows at the real sizes)."""
+
+    def __init__(self, images: np.ndarray, chunk_bytes: int = 64 << 20):
+        self.images, self.step = images, max(1, chunk_bytes // max(1, images[:1].nbytes))
+        self.source = np.arange(len(images))  # the row whose output each row takes
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="row-digests")
+        self._chunks = [self._pool.submit(_hash_rows, images, i, i + self.step)
+                        for i in range(0, len(images), self.step)]
+
+    def row(self, i: int) -> bytes:
+        return self._chunks[i // self.step].result()[i % self.step]  # a failed read is raised here
+
+    def whole(self, wait: bool = False) -> str | None:
+        """The content key: sha256 over dtype, shape and the rows' sha256 (None until all are in, unless ``wait``)."""
+        if not wait and not all(c.done() for c in self._chunks):
+            return None
+        rows = b"".join(d for c in self._chunks for d in c.result())
+        return hashlib.sha256(f"images\0{self.images.dtype.str}\0{self.images.shape}\0".encode() + rows).hexdigest()
+
+    def distinct(self) -> Iterator[int]:
+        """Yield the rows whose pixels no earlier row has; ``source`` says which row every other one repeats."""
+        seen: dict[bytes, int] = {}
+        for i in range(len(self.images)):
+            if (first := seen.setdefault(self.row(i), i)) == i:
+                yield i
+            self.source[i] = first
+
+    def copy_repeats(self, out: np.ndarray) -> np.ndarray:
+        """Give each repeated row the output of its first occurrence, in place (after ``distinct`` ran out)."""
+        repeats = np.flatnonzero(self.source != np.arange(len(self.source)))
+        out[repeats] = out[self.source[repeats]]
+        return out
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _images_digest(images: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
     """The content key of ``images``, a chunk of rows at a time so a memmap is never resident whole."""
-    return _whole_digest(images, [d for part in _digest_rows(images, chunk_bytes) for d in part])
-
-
-class RowDigests:
-    """Each row's sha256, computed in order on a helper thread (hashlib releases the GIL) ahead of the encoder: one
-    read and one hash of the pixels give both the cache key and the repeated rows (``distinct_rows``)."""
-
-    def __init__(self, images: np.ndarray):
-        self.images, self.rows, self.error, self.stopped = images, [], None, False
-        self._ready = threading.Condition()
-        threading.Thread(target=self._run, name="row-digests", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            for part in _digest_rows(self.images):
-                with self._ready:
-                    if self.stopped:
-                        return
-                    self.rows.extend(part)
-                    self._ready.notify_all()
-        except BaseException as e:  # raised where a digest is awaited
-            with self._ready:
-                self.error = e
-                self._ready.notify_all()
-
-    def row(self, i: int) -> bytes:
-        with self._ready:
-            self._ready.wait_for(lambda: len(self.rows) > i or self.error is not None)
-            if len(self.rows) <= i:
-                raise self.error
-            return self.rows[i]
-
-    def whole(self, wait: bool = False) -> str | None:
-        """The content key once every row is hashed; None before that unless ``wait``."""
-        if wait and len(self.images):
-            self.row(len(self.images) - 1)
-        with self._ready:
-            return _whole_digest(self.images, self.rows) if len(self.rows) == len(self.images) else None
-
-    def stop(self) -> None:
-        """Stop hashing (the features were found in the cache)."""
-        with self._ready:
-            self.stopped = True
+    return RowDigests(images, chunk_bytes).whole(wait=True)
 
 
 def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = None) -> Path:
@@ -413,28 +405,6 @@ def read_cached(path: Path, n: int, dim: int) -> np.ndarray | None:
     except (ValueError, OSError, EOFError):
         return None
     return arr if arr.shape == (n, dim) and arr.dtype == np.float32 else None
-
-
-def distinct_rows(images: np.ndarray, source: np.ndarray,
-                  digest: Callable[[int], bytes] | None = None) -> Iterator[int]:
-    """Yield the rows whose pixels no earlier row has and fill ``source`` with the row each row's output is copied
-    from; ``digest(i)`` is row i's hash (default: sha256 on the spot). Emotic's scene is one array row per person, so
-    people in one photo share it (about 30 % of the rows at the real sizes)."""
-    if digest is None:
-        def digest(i: int) -> bytes:
-            return hashlib.sha256(np.ascontiguousarray(images[i])).digest()
-    seen: dict[bytes, int] = {}
-    for i in range(len(images)):
-        source[i] = seen.setdefault(digest(i), i)
-        if source[i] == i:
-            yield i
-
-
-def copy_repeats(out: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """Give each repeated row the output of its first occurrence (``source`` from :func:`distinct_rows`), in place."""
-    repeats = np.flatnonzero(source != np.arange(len(source)))
-    out[repeats] = out[source[repeats]]
-    return out
 
 
 def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, batch_size: int | None,
@@ -485,15 +455,13 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | 
         large = isinstance(images, np.memmap) and images.nbytes > HASH_FIRST_BYTES
         if folder is not None and digest is None and not large and (found := hit(digest := remember(rows))) is not None:
             return found
-        out, source = np.zeros((len(images), encoder.dim), dtype=np.float32), np.zeros(len(images), dtype=np.int64)
-        desc = desc or f"features {encoder.name}"
-        for idx, feats in batched_outputs(encoder, images, encoder.device, batch_size, desc,
-                                          rows=distinct_rows(images, source, rows.row)):
+        out, desc = np.zeros((len(images), encoder.dim), dtype=np.float32), desc or f"features {encoder.name}"
+        for idx, feats in batched_outputs(encoder, images, encoder.device, batch_size, desc, rows=rows.distinct()):
             out[idx] = feats
             if folder is not None and digest is None and rows.whole() is not None:  # the same bytes may be cached
                 if (found := hit(digest := remember(rows))) is not None:
                     return found
-        copy_repeats(out, source)
+        rows.copy_repeats(out)
         if folder is not None:
             store.write_npy(cache_path(encoder, digest or remember(rows), folder), out)
         return out

@@ -125,25 +125,17 @@ def pixels_needed(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: di
     return attack_items(pipelines, images, rows, cfg)
 
 
-AUTO_CHUNK = 32  #: items attacked together when the batch is the device's choice: a number no machine changes
-
-
 def attack_batch(cfg: dict) -> int | None:
-    """``attack_batch`` as the searches take it: a number, or None for ``"auto"`` (the device's fastest batch and
-    layout, measured once by ``utils.batching``: 8-16 images on a 2-core CPU, hundreds on a GPU)."""
-    value = cfg["attack_batch"]
-    if value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"attack_batch must be a positive integer or 'auto', got {value!r}")
-    return value
+    """``attack_batch`` for the searches: None for ``"auto"``, the device's fastest batch (``utils.batching``)."""
+    if (batch := cfg["attack_batch"]) != "auto" and (type(batch) is not int or batch < 1):  # True is not a size
+        raise ValueError(f"attack_batch must be a positive integer or 'auto', got {batch!r}")
+    return None if batch == "auto" else batch
 
 
 def attack_chunk(cfg: dict) -> int:
-    """Items attacked together (a fixed batch: one model batch of the sparse search); also the script's default
-    shard. Fixed by the settings, never by the device, so a notebook and any sharding of it attack the same chunks."""
-    batch = attack_batch(cfg)
-    return AUTO_CHUNK if batch is None else max(1, batch // 4)
+    """Items attacked together, also the script's default shard: fixed by the settings, never by the device (32
+    under ``"auto"``), so a notebook and any sharding of it attack the same chunks."""
+    return 32 if attack_batch(cfg) is None else max(1, cfg["attack_batch"] // 4)
 
 
 def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, chunk: int | None = None) -> dict:
@@ -324,22 +316,13 @@ def attack_payload(runs: dict, needed: dict | None = None, prefix: str = "") -> 
     return out
 
 
-#: report settings that say how the model ran, not what was searched: ``attack_batch: "auto"`` lets each pipeline
-#: (the filtered one too) run at its device's fastest batch and layout, which moves only float rounding
-EXECUTION = ("batch_size", "channels_last")
-
-
-def search_settings(report) -> dict:
-    """A report's settings without :data:`EXECUTION`: what two attacks must share to be compared."""
-    return {k: v for k, v in report.settings.items() if k not in EXECUTION}
-
-
 def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray, cfg: dict) -> pd.DataFrame:
     """Per model: the transfer of the attack's images through the filter, beside the adaptive attack at largest k."""
+    ran = dict.fromkeys(("batch_size", "channels_last"))  # how the model ran ("auto": each pipeline's), not the search
     for key, pn in runs.items():
         for k, rep in pn.reports.items():
             other = adaptive[key].reports.get(k) if key in adaptive else None
-            if other is not None and search_settings(other) != search_settings(rep):
+            if other is not None and {**other.settings, **ran} != {**rep.settings, **ran}:
                 raise ValueError(f"utils/robustness.py: the adaptive attack on {key} at k={k} ran with "
                                  f"{other.settings}, the attack it is compared with with {rep.settings}")
     rows = {}
