@@ -395,7 +395,7 @@ def test_image_cache_from_memmap_and_chunked_hash(mobilenet, cache, tmp_path):
     np.save(tmp_path / "imgs.npy", arr)
     mm = np.load(tmp_path / "imgs.npy", mmap_mode="r", allow_pickle=False)
     # chunked digest == the reference over the same header and rows, whatever the chunk size
-    assert E._images_digest(mm, chunk_bytes=1000) == E._images_digest(arr) == _digest_of(arr)
+    assert E.RowDigests(mm, chunk_bytes=1000).whole(wait=True) == E.RowDigests(arr).whole(wait=True) == _digest_of(arr)
     first = E.image_features(mobilenet, arr)
     counter = ForwardCounter(mobilenet)
     try:
@@ -506,7 +506,7 @@ def test_clip_one_model_or_one_tower_gives_one_fingerprint_and_cache_key(tiny_cl
     assert txt_enc.fingerprint == alone_txt.fingerprint and txt_enc.fingerprint.startswith("clip:24:")
     other_img, other_txt = E.load_encoders(make_tiny_clip(tmp_path / "other", seed=1), device="cpu")
     assert other_img.fingerprint != img_enc.fingerprint and other_txt.fingerprint != txt_enc.fingerprint
-    digest = E._images_digest(images(2, 32))
+    digest = E.RowDigests(images(2, 32)).whole(wait=True)
     assert E.cache_path(img_enc, digest) == E.cache_path(alone_img, digest) != E.cache_path(other_img, digest)
     cpu_path = E.cache_path(img_enc, digest)
     with monkeypatch.context() as m:  # bf16 autocast (a GPU) names another entry
@@ -732,9 +732,9 @@ def test_hashing_a_memmap_does_not_keep_its_pages_resident(tmp_path):
     del arr
     mm = np.load(path, mmap_mode="r")
     before = _resident_bytes()
-    digest = E._images_digest(mm, chunk_bytes=8 << 20)
+    digest = E.RowDigests(mm, chunk_bytes=8 << 20).whole(wait=True)
     released = _resident_bytes() - before
-    assert digest == E._images_digest(np.load(path), chunk_bytes=8 << 20)  # same bytes hashed
+    assert digest == E.RowDigests(np.load(path), chunk_bytes=8 << 20).whole(wait=True)  # same bytes hashed
     reference = np.load(path, mmap_mode="r")
     before = _resident_bytes()
     for i in range(0, len(reference), 64):

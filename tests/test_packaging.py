@@ -12,8 +12,8 @@ from pathlib import Path
 import import_graph as ig  # scripts/import_graph.py (pyproject puts scripts/ on pytest's path)
 
 REPO = Path(__file__).resolve().parent.parent
-# Lines of utils/ without prep/ and synthetic/, docstrings and blank lines included: a thin package stays under 5,000
-# (4,979 today, from 8,672 before the redesign).
+# Lines of utils/ without prep/ and synthetic/, docstrings and blank lines included: a thin package has at most 5,000
+# (5,000 today, from 8,672 before the redesign).
 UTILS_BUDGET = 5000
 
 #: who may import utils.prep (and utils.prep itself): the prep scripts, the VLM describer and the synthetic generator;

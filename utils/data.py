@@ -111,8 +111,7 @@ def load_flickr(split: str, root=None) -> FlickrSplit:
     captions = _table(root / files[1], ("image", "caption"), ("image_index", "image", "caption_number", "caption"))
     images = _array(root / files[0], np.uint8, (None, None, 3))
     idx = pd.to_numeric(captions["image_index"], errors="coerce").to_numpy()
-    bad = np.flatnonzero(~np.isfinite(idx) | (idx < 0) | (idx >= len(images)) | (idx != np.round(idx)))
-    if bad.size:
+    if (bad := np.flatnonzero(~np.isfinite(idx) | (idx < 0) | (idx >= len(images)) | (idx != np.round(idx)))).size:
         raise ArtefactError(f"{root / files[1]}: line {bad[0] + 2} has image_index "
                             f"{captions['image_index'].iloc[bad[0]]}, not a row of {files[0]} (0..{len(images) - 1})")
     captions["image_index"] = idx.astype(np.int64)

@@ -20,7 +20,6 @@ class ShardError(RuntimeError):
 @dataclass(frozen=True)
 class Launch:
     """Where this process stands in the group started by ``torchrun`` (a group of one without it)."""
-
     rank: int
     world: int
     local_rank: int
@@ -112,20 +111,23 @@ def read_npz(path: Path, what: str = "file") -> dict[str, np.ndarray]:
 
 
 def sharded_features(run: Launch, encoder, items, shard_size: int, kind: str = "image"):
-    """Features of ``items`` (photos or texts), each rank caching its shards, rank 0 assembling and returning them."""
+    """Features of ``items`` (photos or texts), each rank caching its shards of the distinct photos (batched as one
+    extraction batches them: a repeated photo is encoded once), rank 0 assembling and returning them."""
     extract, batch = {"image": (encoders.image_features, 32), "text": (encoders.text_features, 64)}[kind]
-    items = items if kind == "image" else list(items)
+    items = items if kind == "image" else np.array(list(items), dtype=object)
     path = encoders.feature_cache_path(encoder, items)
     if (whole := encoders.read_cached(path, len(items), encoder.dim)) is not None:
         return whole if run.main else None
-    bounds = shard_bounds(len(items), -(-shard_size // batch) * batch)
+    rows = encoders.RowDigests(items) if kind == "image" else None
+    keep = np.arange(len(items)) if rows is None else np.fromiter(rows.distinct(), np.int64)
+    bounds = shard_bounds(len(keep), -(-shard_size // batch) * batch)
     for i in shards_of(run, len(bounds)):
-        extract(encoder, items[bounds[i][0]:bounds[i][1]], batch_size=batch)
+        extract(encoder, items[keep[bounds[i][0]:bounds[i][1]]], batch_size=batch)
     barrier(run)
-    whole = None
     if run.main:  # every slice is a cache hit now
-        whole = np.concatenate([extract(encoder, items[a:b], batch_size=batch) for a, b in bounds]
-                               or [np.zeros((0, encoder.dim), np.float32)])
-        store.write_npy(path, whole)
+        whole = np.zeros((len(items), encoder.dim), np.float32)
+        for a, b in bounds:
+            whole[keep[a:b]] = extract(encoder, items[keep[a:b]], batch_size=batch)
+        store.write_npy(path, whole if rows is None else rows.copy_repeats(whole))
     barrier(run)
     return whole

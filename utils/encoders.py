@@ -250,9 +250,8 @@ class TextEncoder(nn.Module):
         and descriptions repeat), returned in input order."""
         texts = _check_texts(texts)
         first = {t: i for i, t in reversed(list(enumerate(texts)))}  # each distinct text -> its first position
-        distinct = sorted(first.values())
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = [distinct[k] for k in np.argsort([-len(texts[i]) for i in distinct], kind="stable")]
+        order = sorted(sorted(first.values()), key=lambda i: -len(texts[i]))  # longest first, stable
         starts, dev = range(0, len(order), batch_size), self.device
         with torch.inference_mode(), devices.autocast(dev):
             for i in tqdm(starts, desc=desc or f"encode {self.name}", unit="batch", leave=False,
@@ -338,9 +337,8 @@ def _hash_rows(images: np.ndarray, start: int, stop: int) -> list[bytes]:
 
 
 class RowDigests:
-    """Each row's sha256, a chunk of rows at a time on a helper thread (hashlib releases the GIL) ahead of the
-    encoder: one read and one hash give both the cache key and the repeated rows. Emotic's scene is one row per
-    person, so the people of a photo share it (about 30 % of the rows at the real sizes)."""
+    """Each row's sha256, on a helper thread (hashlib releases the GIL) ahead of the encoder: the cache key and the
+    repeated rows (Emotic's scene is one row per person: the people of a photo share it, 30 % of the rows)."""
 
     def __init__(self, images: np.ndarray, chunk_bytes: int = 64 << 20):
         self.images, self.step = images, max(1, chunk_bytes // max(1, images[:1].nbytes))
@@ -354,10 +352,9 @@ class RowDigests:
 
     def whole(self, wait: bool = False) -> str | None:
         """The content key: sha256 over dtype, shape and the rows' sha256 (None until all are in, unless ``wait``)."""
-        if not wait and not all(c.done() for c in self._chunks):
-            return None
-        rows = b"".join(d for c in self._chunks for d in c.result())
-        return hashlib.sha256(f"images\0{self.images.dtype.str}\0{self.images.shape}\0".encode() + rows).hexdigest()
+        if wait or all(c.done() for c in self._chunks):
+            rows = b"".join(d for c in self._chunks for d in c.result())
+            return hashlib.sha256(f"images\0{self.images.dtype.str}\0{self.images.shape}\0".encode() + rows).hexdigest()
 
     def distinct(self) -> Iterator[int]:
         """Yield the rows whose pixels no earlier row has; ``source`` says which row every other one repeats."""
@@ -373,14 +370,6 @@ class RowDigests:
         out[repeats] = out[self.source[repeats]]
         return out
 
-    def stop(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _images_digest(images: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
-    """The content key of ``images``, a chunk of rows at a time so a memmap is never resident whole."""
-    return RowDigests(images, chunk_bytes).whole(wait=True)
-
 
 def cache_path(encoder, content_digest: str, folder: str | os.PathLike | None = None) -> Path:
     """``<folder>/<encoder>-<key>.npy``; the key holds the precision: bf16 under GPU autocast, else float32."""
@@ -395,7 +384,7 @@ def feature_cache_path(encoder, items, folder: str | os.PathLike | None = None) 
     folder = Path(folder) if folder is not None else paths.cache_dir()
     if isinstance(encoder, TextEncoder):
         return cache_path(encoder, store.digest(_check_texts(items)), folder)
-    return cache_path(encoder, store.remembered_digest(items, folder, _images_digest), folder)
+    return cache_path(encoder, store.remembered_digest(items, folder, lambda a: RowDigests(a).whole(wait=True)), folder)
 
 
 def read_cached(path: Path, n: int, dim: int) -> np.ndarray | None:
@@ -419,8 +408,7 @@ def batched_outputs(module: nn.Module, images: np.ndarray, dev: torch.device, ba
     with bar, torch.inference_mode(), devices.autocast(dev, enabled=autocast):
         while len(idx := np.fromiter(itertools.islice(rows, batch_size), dtype=np.int64)):
             advise_rows(images, idx[-1] + 1, idx[-1] + 1 + batch_size, "WILLNEED")
-            contiguous = idx[-1] - idx[0] == len(idx) - 1
-            batch = images[idx[0]:idx[-1] + 1] if contiguous else images[idx]
+            batch = images[idx[0]:idx[-1] + 1] if idx[-1] - idx[0] == len(idx) - 1 else images[idx]  # a slice if it can
             yield idx, devices.to_numpy(module(images_to_device(batch, dev)).float())
             advise_rows(images, done, idx[-1] + 1, "DONTNEED")  # skipped rows too: they were read for their hash
             bar.update(idx[-1] + 1 - done)
@@ -465,8 +453,8 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | 
         if folder is not None:
             store.write_npy(cache_path(encoder, digest or remember(rows), folder), out)
         return out
-    finally:
-        rows.stop()
+    finally:  # a cache hit leaves rows unhashed: not needed
+        rows._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 64, cache=True,

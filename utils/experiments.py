@@ -68,10 +68,9 @@ def features_digest(features: dict) -> str:
 
 def with_features(cls, name: str, cfg: dict, root: Path, splits: dict, featurise) -> Data:
     """``cls`` over ``splits`` with the features ``featurise(split_name, split, image_encoder, text_encoder)``."""
-    image_encoder, text_encoder = frozen_encoders(cfg)
-    features = {s: featurise(s, d, image_encoder, text_encoder) for s, d in splits.items()}
-    return cls(name, splits, features, image_encoder, text_encoder, root,
-               {s: features_digest(f) for s, f in features.items()})
+    image_enc, text_enc = frozen_encoders(cfg)
+    features = {s: featurise(s, d, image_enc, text_enc) for s, d in splits.items()}
+    return cls(name, splits, features, image_enc, text_enc, root, {s: features_digest(f) for s, f in features.items()})
 
 
 @dataclass

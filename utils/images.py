@@ -40,4 +40,3 @@ def pixel_box(bbox, width: int, height: int) -> tuple[int, int, int, int] | None
     x1, y1 = min(max(math.floor(bbox[0]), 0), width), min(max(math.floor(bbox[1]), 0), height)
     x2, y2 = min(max(math.ceil(bbox[2]), 0), width), min(max(math.ceil(bbox[3]), 0), height)
     return None if x2 <= x1 or y2 <= y1 else (x1, y1, x2, y2)
-

@@ -58,8 +58,7 @@ def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
                          f"similarity matrix), got {caption_image.shape} {caption_image.dtype}")
     if c and (caption_image.min() < 0 or caption_image.max() >= m):
         raise ValueError(f"caption_image: values must lie in [0, {m}) (rows of the similarity matrix)")
-    orphans = np.setdiff1d(np.arange(m), caption_image)
-    if orphans.size:
+    if (orphans := np.setdiff1d(np.arange(m), caption_image)).size:
         raise ValueError(f"caption_image: image row {orphans[0]} has no caption ({orphans.size} such images); "
                          "image->text recall is undefined for it")
     sim, caption_image = sim.astype(np.float64), caption_image.astype(np.int64)

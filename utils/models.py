@@ -95,10 +95,8 @@ class EmoticLoss(nn.Module):
         self.discrete, self.vad_weight = discrete, float(vad_weight)
 
     def forward(self, logits, vad, cat, cont) -> dict[str, torch.Tensor]:
-        if self.discrete == "bce":
-            cat_loss = F.binary_cross_entropy_with_logits(logits, cat)
-        else:
-            cat_loss = ((torch.sigmoid(logits) - cat) ** 2 * dynamic_weights(cat)).sum(dim=1).mean()
+        cat_loss = (F.binary_cross_entropy_with_logits(logits, cat) if self.discrete == "bce"
+                    else ((torch.sigmoid(logits) - cat) ** 2 * dynamic_weights(cat)).sum(dim=1).mean())
         vad_loss = F.smooth_l1_loss(vad / VAD_HALF, cont / VAD_HALF, beta=0.1)
         return {"loss": cat_loss + self.vad_weight * vad_loss, "cat_loss": cat_loss, "vad_loss": vad_loss}
 
@@ -179,13 +177,10 @@ class EmoticJoint(_EmoticModel):
         inputs = image_inputs + (("text",) if "text" in modalities else ())
         super().__init__(modalities, inputs, dims, fusion, ("concat", "mean"), criterion)
         self.image_inputs, self.align_weight = image_inputs, float(align_weight)
-        self.towers = nn.ModuleDict()
-        if "image" in self.modalities:
-            self.towers["image"] = mlp(sum(self.dims[k] for k in self.image_inputs), hidden, shared_dim, dropout)
-        if "text" in self.modalities:
-            self.towers["text"] = mlp(self.dims["text"], hidden, shared_dim, dropout)
-        fused_dim = shared_dim * (len(self.modalities) if fusion == "concat" else 1)
-        self.head = mlp(fused_dim, hidden, N_CAT + 3, dropout)
+        in_dims = {"image": sum(self.dims[k] for k in self.image_inputs), "text": self.dims.get("text")}
+        self.towers = nn.ModuleDict({m: mlp(d, hidden, shared_dim, dropout) for m, d in in_dims.items()
+                                     if m in self.modalities})
+        self.head = mlp(shared_dim * (len(self.modalities) if fusion == "concat" else 1), hidden, N_CAT + 3, dropout)
         self.output_layers = (self.head[-1],)
         self.logit_scale = LogitScale(init_temperature) if len(self.modalities) == 2 else None  # nothing to align
 
@@ -211,8 +206,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _inv_sqrt(cov: np.ndarray, reg: float) -> np.ndarray:
     """(C + reg * mean eigenvalue * I)^(-1/2) of a symmetric PSD matrix; the ridge keeps it well conditioned."""
     vals, vecs = np.linalg.eigh(cov)
-    vals = np.maximum(vals, 0) + reg * max(vals.mean(), 1e-12)
-    return (vecs / np.sqrt(vals)) @ vecs.T
+    return (vecs / np.sqrt(np.maximum(vals, 0) + reg * max(vals.mean(), 1e-12))) @ vecs.T
 
 
 class CanonicalCorrelation:
@@ -263,10 +257,9 @@ class FlickrBaseline:
         """The best model by validation mean R@1 over ``grid`` (``alpha``, or CCA's ``reg``), and every score."""
         key, fitted, scores = "reg" if method == "cca" else "alpha", {}, {}
         for value in grid:
-            model = fitted[value] = cls(method, **{**kwargs, key: value}).fit(train["image"], train["text"],
-                                                                               train["caption_image"])
-            scores[value] = retrieval_metrics(model.similarity(val["image"], val["text"]),
-                                              val["caption_image"])["mean_R@1"]
+            m = fitted[value] = cls(method, **{**kwargs, key: value}).fit(train["image"], train["text"],
+                                                                           train["caption_image"])
+            scores[value] = retrieval_metrics(m.similarity(val["image"], val["text"]), val["caption_image"])["mean_R@1"]
         return fitted[max(scores, key=scores.get)], scores
 
     def _standardise(self, image_features, text_features) -> tuple[np.ndarray, np.ndarray]:

@@ -41,9 +41,8 @@ def training_curves(history, metrics: Sequence[str], title=None, path=None) -> F
     if df.empty:
         raise ValueError("training_curves: empty history")
     fig, (ax_loss, ax_metric) = _figure(10, 3.6, 1, 2)
-    for col in [c for c in ("train_loss", "val_loss") if c in df]:
-        ax_loss.plot(df["epoch"], df[col], "--" if col == "val_loss" else "-", marker="o", ms=3,
-                     label=col.replace("_", " "))
+    for col, style in [(c, s) for c, s in (("train_loss", "-"), ("val_loss", "--")) if c in df]:
+        ax_loss.plot(df["epoch"], df[col], style, marker="o", ms=3, label=col.replace("_", " "))
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_loss.legend()
     for m in [m for m in metrics if f"val_{m}" in df]:
@@ -106,8 +105,7 @@ def embedding_projection(embedding, color_by, method: str = "pca", seed: int = 0
     names, counts = np.unique(color_by, return_counts=True)
     shown = list(names[np.argsort(-counts, kind="stable")][:8])
     fig, ax = _figure(6.5, 5)
-    other = ~np.isin(color_by, shown)
-    if other.any():
+    if (other := ~np.isin(color_by, shown)).any():
         ax.scatter(*xy[other].T, s=6, color="0.8", label="other")
     for name, colour in zip(shown, sns.color_palette("tab10", len(shown))):
         ax.scatter(*xy[color_by == name].T, s=8, color=colour, label=name)
@@ -159,8 +157,7 @@ def paired_projection(image_embedding, text_embedding, caption_image, linked=(),
     img, txt = np.asarray(image_embedding, dtype=np.float64), np.asarray(text_embedding, dtype=np.float64)
     cap = np.asarray(caption_image)
     img, txt = (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12) for z in (img, txt))
-    img, txt = img - img.mean(0), txt - txt.mean(0)
-    xy = PCA(2, random_state=0).fit_transform(np.vstack([img, txt]))
+    xy = PCA(2, random_state=0).fit_transform(np.vstack([img - img.mean(0), txt - txt.mean(0)]))
     xy_img, xy_txt = xy[:len(img)], xy[len(img):]
     linked = [int(i) for i in linked]
     rest = np.flatnonzero(~np.isin(cap, linked))

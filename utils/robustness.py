@@ -133,8 +133,7 @@ def attack_batch(cfg: dict) -> int | None:
 
 
 def attack_chunk(cfg: dict) -> int:
-    """Items attacked together, also the script's default shard: fixed by the settings, never by the device (32
-    under ``"auto"``), so a notebook and any sharding of it attack the same chunks."""
+    """Items attacked together, the script's default shard: set by the settings (32 under "auto"), not the device."""
     return 32 if attack_batch(cfg) is None else max(1, cfg["attack_batch"] // 4)
 
 

@@ -121,26 +121,19 @@ def evaluate_loss(model: nn.Module, data, batch_size: int | None = None) -> dict
     return _mean_loss(model, batches(data, batch_size or eval_batch(model, data), device=device), device)
 
 
-def _monitor(val_data, metric_fn, monitor: str | None) -> FitResult:
-    """A result naming the metric that selects the best epoch and whether lower is better (losses, errors, ranks)."""
+def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | None = None, monitor: str | None = None,
+        epochs: int = 30, lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 64, patience: int | None = 5,
+        seed: int = 0, device=None, progress: bool = True, desc: str | None = None) -> FitResult:
+    """AdamW, early stopping on ``monitor``, the best weights restored; deterministic on a CPU (docs/training.md)."""
+    device = devices.device(device)
     if val_data is None and metric_fn is not None:
         raise ValueError("fit: metric_fn given without val_data")
-    if val_data is None:  # nothing to validate on: keep the epoch with the lowest train loss
-        return FitResult(monitor="train_loss", mode="min")
-    monitor = monitor or ("loss" if metric_fn is None else None)
+    # the metric picking the best epoch (the train loss without val_data); lower is better: losses, errors, ranks
+    monitor = "train_loss" if val_data is None else (monitor or ("loss" if metric_fn is None else None))
     if monitor is None:
         raise ValueError("fit: say which metric selects the best epoch, e.g. monitor='mAP'")
     lower = any(s in monitor.lower() for s in ("loss", "mae", "rank", "error"))
-    return FitResult(monitor=monitor, mode="min" if lower else "max")
-
-
-def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | None = None,
-        monitor: str | None = None, epochs: int = 30, lr: float = 1e-3, weight_decay: float = 1e-4,
-        batch_size: int = 64, patience: int | None = 5, seed: int = 0, device=None, progress: bool = True,
-        desc: str | None = None) -> FitResult:
-    """AdamW, early stopping on ``monitor``, the best weights restored; deterministic on a CPU (docs/training.md)."""
-    device = devices.device(device)
-    result = _monitor(val_data, metric_fn, monitor)
+    result = FitResult(monitor=monitor, mode="min" if lower else "max")
     seed_everything(seed)
     train_ds = train_data if isinstance(train_data, FeatureDataset) else FeatureDataset(train_data)
     model.to(device)
@@ -168,13 +161,12 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
                 # scalars only: nested dicts (per-category APs) and counts (n, n_*) stay out of the history
                 row.update({f"val_{k}": float(v) for k, v in metrics.items() if isinstance(
                     v, (int, float, np.floating, np.integer)) and k != "n" and not k.startswith("n_")})
-                if result.monitor not in metrics:
-                    raise KeyError(f"fit: monitor {result.monitor!r} not among the validation metrics "
-                                   f"{sorted(metrics)}")
-            value = float((row if val_data is None else metrics)[result.monitor])
+                if monitor not in metrics:
+                    raise KeyError(f"fit: monitor {monitor!r} not among the validation metrics {sorted(metrics)}")
+            value = float((row if val_data is None else metrics)[monitor])
             row.update(lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - start)
             result.history.append(row)
-            shown = {k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", f"val_{result.monitor}")}
+            shown = {k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", f"val_{monitor}")}
             bar.set_postfix(shown, refresh=False)
             if result.update(value, epoch, model, patience):
                 break

@@ -174,10 +174,8 @@ def to_input(images: np.ndarray, device, channels_last: bool) -> torch.Tensor:
 
 def margin_and_success(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Margin to minimise (max true - max other) and success (the argmax is not a true entry)."""
-    true_best = np.where(truth, scores, -np.inf).max(1)
-    other_best = np.where(truth, -np.inf, scores).max(1)
-    success = ~truth[np.arange(len(scores)), scores.argmax(1)]
-    return true_best - other_best, success
+    margin = np.where(truth, scores, -np.inf).max(1) - np.where(truth, -np.inf, scores).max(1)
+    return margin, ~truth[np.arange(len(scores)), scores.argmax(1)]
 
 
 def score_chunks(pipeline, images, rows, batch_size, precision="float32", changed_xy=None):
@@ -192,8 +190,7 @@ def score_chunks(pipeline, images, rows, batch_size, precision="float32", change
             r = torch.as_tensor(rows[s:s + batch_size], device=dev)
             cxy = None if changed_xy is None else torch.as_tensor(changed_xy[s:s + batch_size], device=dev)
             t0 = time.perf_counter()
-            sc = pipeline.scores(x, r, cxy).float().cpu().numpy()
-            yield s, sc, time.perf_counter() - t0
+            yield s, pipeline.scores(x, r, cxy).float().cpu().numpy(), time.perf_counter() - t0
 
 
 def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_size: int | None = None) -> np.ndarray:
@@ -258,8 +255,7 @@ class Scorer:
 
     def search(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """Margins and successes of candidates (M,k,5) on images ``idx`` (M,), and the successful ones' scores."""
-        m = len(idx)
-        margin, success, hits = np.empty(m), np.zeros(m, bool), {}
+        margin, success, hits = np.empty(len(idx)), np.zeros(len(idx), bool), {}
         dev, cl = self.pipeline.device, self.pipeline.channels_last
         build = lambda s, e: to_input(apply_pixels(self.images[idx[s:e]], cands[s:e]), dev, cl)  # noqa: E731
         for s0, sc, secs in score_chunks(self.pipeline, build, self.rows[idx], self.batch_size, self.precision,
@@ -268,14 +264,13 @@ class Scorer:
             margin[s0:s0 + len(sc)], success[s0:s0 + len(sc)] = f, ok
             hits.update({s0 + j: sc[j] for j in np.flatnonzero(ok)})
             self.model_seconds += secs
-        self.queries += m
+        self.queries += len(idx)
         return margin, success, hits
 
     def confirm(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Eager fp32 margins, successes and scores of candidates on their uint8 images."""
         sc = score_images(self.pipeline, apply_pixels(self.images[idx], cands), self.rows[idx], self.batch_size)
-        margin, ok = margin_and_success(sc, self.truth[idx])
-        return margin, ok, sc
+        return (*margin_and_success(sc, self.truth[idx]), sc)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -404,8 +399,7 @@ def assemble_report(scorer: Scorer, final: dict[int, np.ndarray], found: dict[in
     after = scorer.before.copy()
     for i, sc in found.items():
         after[i] = sc
-    rescore = np.array([i for i in idx if i not in found], dtype=np.int64)
-    if len(rescore):
+    if len(rescore := np.array([i for i in idx if i not in found], dtype=np.int64)):
         after[rescore] = score_images(scorer.pipeline, adv[rescore], scorer.rows[rescore], scorer.batch_size)
     success = margin_and_success(after, scorer.truth)[1] if n else np.zeros(0, bool)
     results = []
@@ -430,15 +424,13 @@ def to_arrays(report: AttackReport, prefix: str) -> dict[str, np.ndarray]:
     for name, empty in (("scores_before", np.float32), ("scores_after", np.float32), ("truth", bool)):
         out[name] = np.stack([getattr(r, name) for r in res]) if res else np.zeros((0, 0), empty)
     out["settings"] = np.array(json.dumps(report.settings, sort_keys=True))
-    out["cost"] = np.array([report.seconds, report.model_queries, report.search_seconds, report.model_seconds],
-                           np.float64)
+    out["cost"] = np.array([report.seconds, report.model_queries, report.search_seconds, report.model_seconds], float)
     return {f"{prefix}_{name}": value for name, value in out.items()}
 
 
 def from_arrays(arrays, prefix: str, images: np.ndarray | None = None) -> AttackReport:
     """Inverse of :func:`to_arrays` (a dict or an open ``np.load``); the clean ``images`` rebuild the adversarial."""
-    missing = [f"{prefix}_{f}" for f in FIELDS if f"{prefix}_{f}" not in arrays]
-    if missing:
+    if missing := [f"{prefix}_{f}" for f in FIELDS if f"{prefix}_{f}" not in arrays]:
         raise KeyError(f"utils/attack/pipelines.py: arrays lack {', '.join(missing)}")
     a = {f: np.asarray(arrays[f"{prefix}_{f}"]) for f in FIELDS}
     n = len(a["rows"])

@@ -52,8 +52,7 @@ def mutants(rng: np.random.Generator, pop: np.ndarray, f: float, upper: np.ndarr
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     c = c + (c >= lo)
     c = c + (c >= hi)
-    me = np.arange(p)
-    a, b, c = (r + (r >= me) for r in (a, b, c))  # ... then skip the parent itself
+    a, b, c = (r + (r >= np.arange(p)) for r in (a, b, c))  # ... then skip the parent itself
     return np.clip(pop[a] + f * (pop[b] - pop[c]), 0.0, upper)
 
 
@@ -233,9 +232,8 @@ def pixels_needed(pipeline, images: np.ndarray, rows=None, truth=None, *,
         if not len(todo):
             break
         init = best[todo, :k] if warm_start and j else None
-        rep = attack(pipeline, images[todo], rows[todo], k, method=method, queries=queries,
-                     truth=None if truth is None else truth[todo], init=init, **budget)
-        reports[k] = rep
+        rep = reports[k] = attack(pipeline, images[todo], rows[todo], k, method=method, queries=queries,
+                                  truth=None if truth is None else truth[todo], init=init, **budget)
         for i, r in zip(todo, rep.results):
             attacked[i] |= r.attacked  # set at the first k: later ones attack only images attacked there
             spent[i] += r.queries
@@ -244,5 +242,4 @@ def pixels_needed(pipeline, images: np.ndarray, rows=None, truth=None, *,
             if r.success:
                 k_needed[i] = k
         todo = np.array([i for i, r in zip(todo, rep.results) if r.attacked and not r.success], dtype=np.int64)
-    return PixelsNeeded(rows=rows, attacked=attacked, k_needed=k_needed, queries=spent, schedule=schedule,
-                        reports=reports)
+    return PixelsNeeded(rows, attacked, k_needed, spent, schedule, reports)

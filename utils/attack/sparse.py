@@ -55,8 +55,7 @@ def _fresh_positions(bits_of, taken: np.ndarray, m: np.ndarray, hw: int) -> np.n
     out = np.take_along_axis(draw, pick, 1)
     short = np.flatnonzero(ok.sum(1) < m)
     for r, key in zip(short, bits_of(hw, short) if len(short) else ()):
-        free = np.setdiff1d(np.arange(hw), taken[r])
-        if len(free) < m[r]:
+        if len(free := np.setdiff1d(np.arange(hw), taken[r])) < m[r]:
             raise ValueError(f"{WHERE}: cannot place {m[r]} new pixels, only {len(free)} positions are free")
         out[r, :m[r]] = free[np.argsort(key[free], kind="stable")[:m[r]]]
     return out
@@ -73,8 +72,7 @@ def _corners(bits: np.ndarray, original: np.ndarray) -> np.ndarray:
 
 def _pixels_at(images: np.ndarray, which: np.ndarray, flat: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """Pixels (P, m, 5) at flat positions (P, m) of images ``images[which]`` with new corner colours."""
-    w = images.shape[2]
-    y, x = flat // w, flat % w
+    y, x = np.divmod(flat, images.shape[2])
     original = images[which[:, None], y, x].astype(np.int64)
     return np.concatenate([x[..., None], y[..., None], _corners(bits, original)], -1)
 
@@ -98,8 +96,7 @@ def propose(images: np.ndarray, owner: np.ndarray, pixels: np.ndarray, rows: np.
             m: np.ndarray, seed: int) -> np.ndarray:
     """Proposals (P, k, 5): proposal p moves ``m[p]`` of ``pixels[p]`` (on ``images[owner[p]]``) to new unused
     positions with new corner colours, drawing the random numbers of query ``t[p]`` of ``rows[p]``."""
-    n_prop, k = pixels.shape[:2]
-    h, w = images.shape[1:3]
+    k, (h, w) = pixels.shape[1], images.shape[1:3]
     big = int(m.max(initial=0))
     slots = np.argsort(random_bits(seed, rows, t, _SLOTS, k), axis=1)[:, :big]  # which pixels leave
     taken = pixels[..., 1] * w + pixels[..., 0]
@@ -189,8 +186,7 @@ ALPHA, BETA, PATIENCE = 0.25, 0.25, 3  # magnitude step, mask step (times sqrt(H
 def project_mask(mask: torch.Tensor, k: int) -> torch.Tensor:
     """0/1 mask (B,1,H,W) with ones at the k largest entries of ``mask`` (B,1,H,W) per image."""
     flat = mask.flatten(1)
-    out = torch.zeros_like(flat).scatter_(1, flat.topk(k, dim=1).indices, 1.0)
-    return out.view_as(mask)
+    return torch.zeros_like(flat).scatter_(1, flat.topk(k, dim=1).indices, 1.0).view_as(mask)
 
 
 class _Compose(torch.autograd.Function):
@@ -282,10 +278,8 @@ def _run(scorer: Scorer, books: SimpleNamespace, ids: np.ndarray, variant: str, 
                            hit.cpu().numpy())
             # descend the margin: signed step for the magnitude, normalised step for the continuous mask
             p = torch.minimum(torch.maximum(p - ALPHA * g_p.sign(), -clean), 1 - clean)
-            norm = g_m.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
-            mask = mask - BETA * np.sqrt(h * w) * g_m / norm
-            same = (project_mask(mask, k) == hard).flatten(1).all(1).cpu().numpy()
-            still = np.where(same, still + 1, 0)
+            mask = mask - BETA * np.sqrt(h * w) * g_m / g_m.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+            still = np.where((project_mask(mask, k) == hard).flatten(1).all(1).cpu().numpy(), still + 1, 0)
             for j in np.flatnonzero((still >= PATIENCE) & ~done):  # the paper's random re-initialisation
                 fresh = books.rngs[int(ids[j])].standard_normal((1, h, w)).astype(np.float32)
                 mask[j] = torch.from_numpy(fresh).to(dev)
