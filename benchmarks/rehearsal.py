@@ -135,13 +135,12 @@ def child_features(dataset: str) -> dict:
     rate = {side: sum(r) / len(r) for side, r in sorted(samples.items())}
     img = [c for c in calls if c["kind"] == "image"]
     txt = [c for c in calls if c["kind"] == "text"]
-    ideal = sum(c["encoded"] / c["ref"] for c in img)  # the seconds the model alone needs for the same rows
-    image_s = sum(c["s"] for c in img)
-    n_items = sum(len(d) for d in data.splits.values())
 
     def count(part: list[dict], key: str):
         return sum(c[key] for c in part)
 
+    ideal = sum(c["encoded"] / c["ref"] for c in img)  # the seconds the model alone needs for the same rows
+    image_s, n_items = count(img, "s"), sum(len(d) for d in data.splits.values())
     return {"items": n_items, "unit": "persons" if dataset == "emotic" else "images",
             "image_rows": count(img, "n"), "image_encoded": count(img, "encoded"), "image_s": image_s,
             "image_rate": count(img, "n") / image_s, "batched_rate": rate, "batch": used, "share": ideal / image_s,

@@ -134,7 +134,7 @@ def attack_batch(cfg: dict) -> int | None:
 
 def attack_chunk(cfg: dict) -> int:
     """Items attacked together, the script's default shard: set by the settings (32 under "auto"), not the device."""
-    return 32 if attack_batch(cfg) is None else max(1, cfg["attack_batch"] // 4)
+    return 32 if (batch := attack_batch(cfg)) is None else max(1, batch // 4)
 
 
 def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict, chunk: int | None = None) -> dict:
