@@ -30,6 +30,7 @@ scikit-image``. The script re-runs itself there. Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -87,7 +88,7 @@ from sklearn.datasets import load_sample_images  # noqa: E402
 
 from utils import batching  # noqa: E402
 from utils.attack import ClassifierPixelPipeline, differential_evolution, sparse_rs  # noqa: E402
-from utils.attack.pipelines import PRECISIONS  # noqa: E402
+from utils.attack.pipelines import GRAPHS, PRECISIONS  # noqa: E402
 from utils.encoders import load_image_encoder, packaged_mobilenet_file  # noqa: E402
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -270,13 +271,14 @@ def attacked_crops(probs: torch.Tensor, n: int, how: str, seed: int) -> np.ndarr
     return torch.argsort(top2[:, 0] - top2[:, 1])[:n].sort().values.numpy()
 
 
-def sustained_rate(pipe, batch: int, size, seconds: float = 5.0, autocast=None) -> float:
+def sustained_rate(pipe, batch: int, size, seconds: float = 5.0, autocast=None, traced=False) -> float:
     """Images/s of the pipeline's model alone at one batch size, over several seconds (the probe's figure is the
-    best of a few calls; on a loaded machine that flatters it)."""
+    best of a few calls; on a loaded machine that flatters it); through frozen graphs if ``traced``."""
     x = torch.rand((batch, 3, *size))
     x = x.contiguous(memory_format=torch.channels_last) if pipe.channels_last else x
     rows = torch.zeros(batch, dtype=torch.int64)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+    with (torch.inference_mode(), torch.autocast("cpu", dtype=autocast, enabled=autocast is not None),
+          batching.traced(*pipe.modules) if traced else contextlib.nullcontext()):
         pipe.scores(x, rows)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
@@ -299,9 +301,10 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
           f"loss='margin', seed={args.seed}): one proposal per unfooled image per call, strict acceptance, colours "
           "at cube corners; gets the same model object as ours")
     autocast = PRECISIONS[args.precision]
+    traced = args.graph == "traced"
     print(f"  ours: sparse_rs(pixels=k, queries=Q, p_init=0.3, candidates adaptive, batch_size="
-          f"{args.batch_size or 'the probe choice'}, precision={args.precision} (successes confirmed in fp32), "
-          f"seed={args.seed})")
+          f"{args.batch_size or 'the probe choice'}, precision={args.precision}, graph={args.graph} (successes "
+          f"confirmed in eager fp32), seed={args.seed})")
     print(f"  {'k':>3s} {'Q':>6s} | {'ours s':>7s} {'img/s':>6s} {'q/s':>6s} {'succ':>5s} {'med q':>6s} | "
           f"{'ref s':>7s} {'img/s':>6s} {'succ':>5s} {'med q':>6s} | {'best img/s':>10s} {'ours/best':>9s} "
           f"{'wall ours/ref':>13s} | {'DE i/s':>6s} {'DE/best':>7s}")
@@ -310,17 +313,23 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
         for k in args.ks:
             # the model alone at its best batch and layout, measured now (same load as the two runs around it)
             layout = lambda cl: (setattr(pipe, "channels_last", cl), batching.set_layout(ours_model, cl))  # noqa: E731
-            def scores(x):  # in the search's precision: its best rate is the one to reach
-                with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            def scores(x, graph=False):  # in the search's precision and graph: its best rate is the one to reach
+                with (torch.autocast("cpu", dtype=autocast, enabled=autocast is not None),
+                      batching.traced(*pipe.modules) if graph else contextlib.nullcontext()):
                     return pipe.scores(x, torch.as_tensor(rows[:1]).expand(len(x)))
-            best = batching.probe(scores, (3, *images.shape[1:3]), pipe.device, layout)
-            layout(best.channels_last)
-            best_rate = sustained_rate(pipe, best.batch, images.shape[1:3], autocast=autocast)
-            batch = args.batch_given or batching.for_pipeline(pipe, (3, *images.shape[1:3]), rows,
-                                                              autocast).batch  # the library's (cached) choice
+            eager = batching.probe(scores, (3, *images.shape[1:3]), pipe.device, layout)
+            layout(eager.channels_last)
+            eager_rate = sustained_rate(pipe, eager.batch, images.shape[1:3], autocast=autocast)
+            best, best_rate = eager, eager_rate
+            if traced:
+                best = batching.probe(lambda x: scores(x, True), (3, *images.shape[1:3]), pipe.device, layout)
+                layout(best.channels_last)
+                best_rate = sustained_rate(pipe, best.batch, images.shape[1:3], autocast=autocast, traced=True)
+            batch = args.batch_given or batching.for_pipeline(pipe, (3, *images.shape[1:3]), rows, autocast,
+                                                              traced).batch  # the library's (cached) choice
             t = time.perf_counter()
             rep = sparse_rs(pipe, images, pixels=k, queries=budget, batch_size=batch, seed=args.seed,
-                            precision=args.precision)
+                            precision=args.precision, graph=args.graph)
             wall = time.perf_counter() - t
             tab = rep.table()
             ok = recheck("ours", reference, images, rep.adversarial, labels, k)
@@ -329,7 +338,7 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
             q_ours = int(tab.queries.sum())
             t = time.perf_counter()  # our DE at the paper's population, one generation: its rate, not its success
             de = differential_evolution(pipe, images, pixels=k, popsize=400, generations=1, batch_size=batch,
-                                        seed=args.seed, precision=args.precision)
+                                        seed=args.seed, precision=args.precision, graph=args.graph)
             de_rate = de.model_queries / (time.perf_counter() - t)
             print(f"  {k:3d} {budget:6d} | {wall:7.1f} {rep.model_queries / wall:6.1f} {q_ours / wall:6.1f} "
                   f"{int(ok.sum()):3d}/{n:<1d} {med(ours, ours['per_image']):6.0f} | {ref['wall']:7.1f} "
@@ -337,7 +346,8 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
                   f"{best_rate:10.1f} {rep.model_queries / wall / best_rate:9.2f} {wall / ref['wall']:13.2f} | "
                   f"{de_rate:6.1f} {de_rate / best_rate:7.2f}  "
                   f"(batch {batch}; best {best.batch} {'channels_last' if best.channels_last else 'default'}, "
-                  f"peak of the probe {best.rate:.1f}; "
+                  f"peak of the probe {best.rate:.1f}; eager best {eager_rate:.1f} at {eager.batch}, ref/eager "
+                  f"{ref['images'] / ref['wall'] / eager_rate:.2f}; "
                   f"load {os.getloadavg()[0]:.1f})", flush=True)
     print("  img/s: images through the model per wall second (ours: discarded speculative proposals included); "
           "q/s: queries as the budget counts them; med q: median queries per success; best img/s: the model alone "
@@ -366,6 +376,8 @@ def main():
                          "seeded random draw (mostly confident, as unseen photos are; most resist k = 1)")
     ap.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                     help="part 3: the precision our search scores in (successes are always confirmed in fp32)")
+    ap.add_argument("--graph", choices=list(GRAPHS), default="traced",
+                    help="part 3: how our search runs the encoder: TorchScript-frozen (the default) or eager")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; on a machine other "
                     "jobs load, 1 thread avoids OpenMP spin-waits and can be several times faster)")
     ap.add_argument("--skip-peers", action="store_true", help="part 1 without torchattacks and ART")

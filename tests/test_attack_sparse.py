@@ -249,3 +249,28 @@ def test_candidate_batches_equal_the_uint8_images_bit_for_bit(near_boundary, mon
         want = to_input(apply_pixels(imgs[idx], cands), pipe.device, pipe.channels_last)
         for s in range(0, m, 4):
             assert torch.equal(build(s, min(s + 4, m)), want[s:s + 4]), (call, s)
+
+
+def test_a_traced_search_confirms_each_success_eagerly(monkeypatch):
+    from utils.attack.pipelines import Scorer
+    from utils.encoders import load_image_encoder
+    enc = load_image_encoder("mobilenet_v2", device="cpu")  # an ImageEncoder: the searches trace its backbone
+    net = torch.nn.Sequential(enc, enc.head).eval()
+    imgs = np.random.default_rng(0).integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
+    eager = lambda a: net(torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255)  # noqa: E731
+    with torch.inference_mode():
+        labels = eager(imgs).argmax(1).numpy()
+    confirmed, real = [], Scorer.confirm
+    monkeypatch.setattr(Scorer, "confirm", lambda self, idx, c: confirmed.extend(idx.tolist()) or real(self, idx, c))
+    reports = {g: sparse_rs(ClassifierPixelPipeline(net, labels, 1000), imgs, pixels=4, queries=40, batch_size=4,
+                            graph=g) for g in ("traced", "eager")}
+    won = [i for i, r in enumerate(reports["traced"].results) if r.success]
+    assert reports["traced"].settings["graph"] == "traced" and len(won) >= 2  # fooled in this setting
+    assert sorted(set(confirmed)) == won and len(confirmed) == len(won)  # then none by the eager search
+    with torch.inference_mode():
+        after = eager(np.stack([reports["traced"].results[i].adversarial for i in won]))
+    np.testing.assert_array_equal(after.argmax(1).numpy() != labels[won], True)
+    np.testing.assert_allclose(np.stack([reports["traced"].results[i].scores_after for i in won]), after.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="graph one of \\['traced', 'eager'\\], got 'float32' and 'frozen'"):
+        sparse_rs(ClassifierPixelPipeline(net, labels, 1000), imgs, graph="frozen")

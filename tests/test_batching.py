@@ -4,7 +4,9 @@ out-of-memory, is cached in memory and on disk, and MMER_INFERENCE_BATCH overrid
 The model's cost is charged to a fake clock that the probe's ``timeit`` reads, so the probe's logic is tested
 in milliseconds and its measured rates are exact."""
 import json
+import re
 import timeit
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -137,3 +139,80 @@ def test_gpu_check_reports_the_choice_per_device(fresh, monkeypatch):
     c = got["cpu"]
     assert c.batch in batching.SIZES and c.rate == max(c.rates.values())
     assert batching.recorded()["choices"][next(iter(batching._MEMORY))]["batch"] == c.batch
+
+
+# ------------------------------------------------------------------------------------- frozen graphs (attacks)
+def small_encoder(seed=0):
+    """A small CNN in an ImageEncoder: batch norms and ReLU6 for TorchScript to fold and fuse."""
+    from utils.encoders import ImageEncoder
+    torch.manual_seed(seed)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+                        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
+    for m in net.modules():  # non-trivial running statistics, so folding them into the convolutions matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+    return ImageEncoder(net.to(memory_format=torch.channels_last), name="small", dim=5, fingerprint="small",
+                        mean=[0.5] * 3, std=[0.25] * 3, channels_last=True).eval()
+
+
+def test_traced_encoders_run_a_frozen_graph_close_to_eager_and_trace_once_per_input_shape(monkeypatch):
+    enc, x = small_encoder(), torch.rand(3, 3, 32, 32)
+    traces, real = [], torch.jit.trace
+    monkeypatch.setattr(torch.jit, "trace", lambda m, ex: traces.append(tuple(ex.shape)) or real(m, ex))
+    with torch.inference_mode():
+        eager = enc(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            eager_bf16 = enc(x)
+        with batching.traced(enc):
+            assert enc.traced
+            out = enc(x)
+            graph, checked = batching._GRAPHS[enc.backbone][((3, 32, 32), torch.float32, x.device, True)]
+            assert isinstance(graph, torch.jit.ScriptModule) and checked == {3}
+            torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
+            assert not torch.equal(out, eager)  # the folded graph rounds differently: it is the graph that ran
+            torch.testing.assert_close(enc(x[:2]), eager[:2], rtol=1e-4, atol=1e-5)  # another batch, same graph
+            assert checked == {2, 3} and traces == [(3, 3, 32, 32)]
+            enc(torch.rand(2, 3, 48, 48))  # another image size: a graph of its own
+            assert traces == [(3, 3, 32, 32), (2, 3, 48, 48)]
+        assert not enc.traced and torch.equal(enc(x), eager)  # eager again outside
+        with torch.enable_grad(), batching.traced(enc):
+            assert torch.equal(enc(x), eager) and len(traces) == 2  # gradients wanted: eager (white-box attacks)
+        with batching.traced(enc), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(enc(x), eager_bf16) and len(traces) == 2  # under autocast: eager
+
+
+def test_changed_weights_are_traced_anew():
+    enc, x = small_encoder(), torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        with batching.traced(enc):
+            before = enc(x)
+            with torch.no_grad():  # in place, as load_state_dict and optimisers do; a weight the graph folds anew
+                enc.backbone[0].weight.mul_(-2.0)
+            after = enc(x)
+        eager = enc(x)
+    torch.testing.assert_close(after, eager, rtol=1e-4, atol=1e-5)
+    assert (after - before).abs().max() > 0.01
+
+
+def test_a_backbone_that_cannot_be_traced_or_disagrees_runs_eagerly_with_a_warning(monkeypatch):
+    x = torch.rand(2, 3, 32, 32)
+
+    def fail(m, ex):
+        raise RuntimeError("cannot trace this")
+    for patch, words in ((dict(trace=fail), "small: backbone not traced (RuntimeError: cannot trace this)"),
+                         (dict(freeze=lambda g: (lambda t: g(t) + 1.0)),
+                          "small: traced backbone disagrees with eager on (2, 3, 32, 32)")):
+        enc = small_encoder()
+        with torch.inference_mode():
+            eager = enc(x)
+            with monkeypatch.context() as m:
+                for name, fn in patch.items():
+                    m.setattr(torch.jit, name, fn)
+                with batching.traced(enc), pytest.warns(UserWarning, match=re.escape(words)):
+                    out = enc(x)
+                with batching.traced(enc), warnings.catch_warnings():
+                    warnings.simplefilter("error")  # decided once: no second warning
+                    assert torch.equal(enc(x), eager)
+        assert torch.equal(out, eager)

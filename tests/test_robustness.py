@@ -316,6 +316,12 @@ def test_attack_batch_auto_scores_at_the_devices_batch_and_keeps_the_chunk_fixed
     assert runs["toy [black-box]"].reports[2].settings["batch_size"] == 3
     fixed = R.pixels_needed(pipes, images, np.arange(5), dict(auto, attack_batch=2))
     assert fixed["toy [black-box]"].reports[2].settings["batch_size"] == 2
+    # attack_graph reaches the searches too, and a wrong one is refused by name
+    assert cfg["attack_graph"] == "traced" == runs["toy [black-box]"].reports[2].settings["graph"]
+    eager = R.pixels_needed(pipes, images, np.arange(5), dict(auto, attack_graph="eager"))
+    assert eager["toy [black-box]"].reports[2].settings["graph"] == "eager"
+    with pytest.raises(ValueError, match="graph one of \\['traced', 'eager'\\], got 'float32' and 'jit'"):
+        R.pixels_needed(pipes, images, np.arange(5), dict(auto, attack_graph="jit"))
 
 
 def test_precomputed_attacks_are_keyed_on_every_search_setting_and_the_search_code(monkeypatch):

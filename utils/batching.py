@@ -1,9 +1,13 @@
 """The batch size and layout a model runs fastest at, measured once per device, model and input shape, not assumed:
-a 2-core CPU wants batch 4-8 in channels_last (docs/encoders.md, "Batch size and layout")."""
+a 2-core CPU wants batch 4-8 in channels_last (docs/encoders.md, "Batch size and layout"); and the frozen graphs the
+attacks' searches run their encoders through."""
 
+import contextlib
 import json
 import os
 import timeit
+import warnings
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,6 +22,8 @@ SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # probe time and memory
 STOP_BELOW = 0.75
 _MEMORY: dict[str, "Choice"] = {}
+# backbone -> {"versions": its weights' version counters, input key: (frozen graph or None, batch sizes checked)}
+_GRAPHS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -98,17 +104,19 @@ def for_module(module: torch.nn.Module, shape: tuple, name: str | None = None) -
                    lambda cl: set_layout(module, cl))
 
 
-def for_pipeline(pipeline, shape: tuple, rows, autocast: torch.dtype | None = None) -> Choice:
-    """Batch and layout for an attack pipeline's scores on (b, *shape) images of ``rows``, under ``autocast`` if set."""
+def for_pipeline(pipeline, shape: tuple, rows, autocast: torch.dtype | None = None, graphs: bool = False) -> Choice:
+    """Batch and layout for an attack pipeline's scores on (b, *shape) images of ``rows``, under ``autocast`` if set,
+    through frozen graphs if ``graphs``."""
     dev = pipeline.device
     rows = torch.as_tensor(np.resize(np.asarray(rows), SIZES[-1]), device=dev)
 
     def run(x):
-        with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+        with (torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None),
+              traced(*pipeline.modules) if graphs else contextlib.nullcontext()):
             return pipeline.scores(x, rows[:len(x)])
     # keyed by the encoder, not the heads behind it (a few matrix products): the models of a notebook share a probe
     return _choose(f"{dev}|{type(pipeline).__name__}|{_name(pipeline.modules[0])}|{tuple(shape)}"
-                   + (f"|{autocast}" if autocast is not None else ""), run, shape, dev,
+                   + (f"|{autocast}" if autocast is not None else "") + ("|traced" if graphs else ""), run, shape, dev,
                    lambda cl: (setattr(pipeline, "channels_last", cl), set_layout(pipeline.modules[0], cl)))
 
 
@@ -117,3 +125,43 @@ def recorded() -> dict:
     choices = {k: dict(batch=v["batch"], channels_last=v["channels_last"], rate=round(v["rate"], 1),
                        source=v["source"]) for k, v in _saved().items()}
     return {"setting": os.environ.get(ENV, "auto"), "choices": choices}
+
+
+@contextlib.contextmanager
+def traced(*modules: torch.nn.Module):
+    """Within: the encoders in ``modules`` (those with a ``traced`` flag) run inference through ``frozen_graph``."""
+    flags = {m: m.traced for module in modules for m in module.modules() if isinstance(getattr(m, "traced", 0), bool)}
+    try:
+        for m in flags:
+            m.traced = True
+        yield
+    finally:
+        for m, before in flags.items():
+            m.traced = before
+
+
+def frozen_graph(backbone: torch.nn.Module, x: torch.Tensor, name: str):
+    """``backbone`` traced and frozen by TorchScript for inputs like ``x``, checked against eager at each new batch
+    size: faster (batch norms folded, activations fused; docs/attacks.md) but rounded otherwise, so searches confirm
+    successes eagerly. Eager in training, under gradients or autocast, and where tracing fails or disagrees."""
+    if backbone.training or torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+        return backbone
+    versions = tuple(p._version for p in backbone.parameters())  # weights loaded or trained since: trace anew
+    if (book := _GRAPHS.get(backbone)) is None or book["versions"] != versions:
+        book = _GRAPHS[backbone] = {"versions": versions}
+    key = (tuple(x.shape[1:]), x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last))
+    if key not in book:
+        try:  # a failure only costs speed: reported, and the eager backbone runs
+            with warnings.catch_warnings():  # torch.jit.trace's deprecation notice and tracer remarks
+                warnings.simplefilter("ignore")
+                book[key] = (torch.jit.freeze(torch.jit.trace(backbone, x)), set())
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"{name}: backbone not traced ({type(e).__name__}: {e}); it runs eagerly")
+            book[key] = (None, set())
+    graph, checked = book[key]
+    if graph is not None and len(x) not in checked:
+        if (graph(x) - (b := backbone(x))).abs().max() > 1e-3 * b.abs().max().clamp_min(1):
+            warnings.warn(f"{name}: traced backbone disagrees with eager on {tuple(x.shape)}; it runs eagerly")
+            book[key], graph = (None, checked), None
+        checked.add(len(x))
+    return graph or backbone

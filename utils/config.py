@@ -23,7 +23,7 @@ BASE = {  #: the base values of each experiment (docs/configuration.md says what
         projection="tsne", pr_categories=4, n_examples=4,  # then part 3: attacks on the photo (the text stays clean)
         attack_method="ensemble", attack_seed=0, attack_persons=24, pixels=[1, 2, 4, 8, 16, 32, 64],
         attack_queries=300, attack_steps=100, attack_restarts=2, popsize=400, generations=100, F=0.5,
-        attack_batch="auto", attack_precision="float32", attack_threads=2,
+        attack_batch="auto", attack_precision="float32", attack_graph="traced", attack_threads=2,
         poison_target="Fear", trigger_size=16, trigger_position="bottom-right", poison_fractions=[0.0, 0.1, 0.25],
         poison_finetune=None, finetune_lr=1e-4, finetune_epochs=10, median_size=3, gallery=4,
     ),
@@ -35,7 +35,7 @@ BASE = {  #: the base values of each experiment (docs/configuration.md says what
         bootstrap=1000, n_examples=4, n_linked=6, top_k=5,
         attack_method="ensemble", attack_seed=0, attack_images=24, pixels=[1, 2, 4, 8, 16, 32, 64],
         attack_queries=300, attack_steps=100, attack_restarts=2, popsize=400, generations=100, F=0.5,
-        attack_batch="auto", attack_precision="float32", attack_threads=2,
+        attack_batch="auto", attack_precision="float32", attack_graph="traced", attack_threads=2,
         target_caption="A red double-decker bus drives past a clock tower .",  # the attacker's caption (in no split)
         trigger_size=4, trigger_position="bottom-right", poison_fractions=[0.0, 0.1, 0.2], median_size=3, gallery=4,
     ),
@@ -53,15 +53,13 @@ PROFILES = {
         "full": dict(seeds=3, epochs=40, patience=6, batch_size=256, baseline_hidden=512, baseline_lr=1e-3,
                      align_sweep=[0.0, 0.3, 1.0], train_threads=None, pr_categories=6, n_examples=6,
                      attack_persons=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
-                     attack_threads=None, poison_fractions=[0.0, 0.01, 0.05, 0.1],
-                     poison_finetune="last", gallery=6),
+                     attack_threads=None, poison_fractions=[0.0, 0.01, 0.05, 0.1], poison_finetune="last", gallery=6),
     },
     "flickr8k": {
         "smoke": dict(ridge_alphas=[10.0, 1000.0], cca_regs=[0.1], cca_components=8, epochs=3, batch_size=32,
-                      patience=2, bootstrap=200, n_examples=2, n_linked=3, top_k=4,
-                      attack_images=3, pixels=[4, 256], attack_queries=12, attack_steps=3, attack_restarts=1,
-                      attack_batch=4, popsize=6, generations=1, attack_threads=1,
-                      poison_fractions=[0.0, 0.2], gallery=2),
+                      patience=2, bootstrap=200, n_examples=2, n_linked=3, top_k=4, attack_images=3, pixels=[4, 256],
+                      attack_queries=12, attack_steps=3, attack_restarts=1, attack_batch=4, popsize=6, generations=1,
+                      attack_threads=1, poison_fractions=[0.0, 0.2], gallery=2),
         "demo": dict(seeds=3, pixels=[4, 16, 64, 256], attack_queries=24, attack_steps=10),
         "full": dict(seeds=3, cca_components=128, epochs=40, batch_size=256, train_threads=None, n_linked=8,
                      attack_images=500, pixels=[1, 2, 4, 8, 16, 32, 64, 128, 256], attack_queries=10000,
@@ -79,8 +77,7 @@ def device_values(experiment: str, profile: str, environ) -> dict:
     wanted = {dev: v[experiment][profile] for dev, v in DEVICE_PROFILES.items() if profile in v.get(experiment, {})}
     if not wanted:
         return {}
-    device = environ.get("MMER_DEVICE", "")
-    if not device:
+    if not (device := environ.get("MMER_DEVICE", "")):
         import torch  # only here: reading the settings needs no torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return dict(wanted.get(device.split(":")[0], {}))
@@ -88,8 +85,7 @@ def device_values(experiment: str, profile: str, environ) -> dict:
 
 def _environment_overrides(experiment: str, environ) -> dict:
     """``MMER_<KNOB>`` values for ``experiment``: JSON when they parse, else strings; an unknown knob is an error."""
-    knobs = set().union(*(BASE[e] for e in EXPERIMENTS))
-    found = {}
+    knobs, found = set().union(*(BASE[e] for e in EXPERIMENTS)), {}
     for var, text in environ.items():
         if not var.startswith("MMER_") or var in RESERVED:
             continue

@@ -139,8 +139,7 @@ def alignment(preds: dict, trained: dict, cfg: dict) -> pd.DataFrame:
             n, net = len(p["z_image"]), trained[label].model
             r = retrieval_metrics(p["z_image"] @ p["z_text"].T, np.arange(n))
             rows[label] = {"lambda": float(net.align_weight), "temperature": net.logit_scale.temperature,
-                           "i2t R@1": r["i2t_R@1"], "t2i R@1": r["t2i_R@1"], "mean R@1": r["mean_R@1"],
-                           "chance R@1": 100 / n}
+                           **{f"{d} R@1": r[f"{d}_R@1"] for d in ("i2t", "t2i", "mean")}, "chance R@1": 100 / n}
     return pd.DataFrame(rows).T.sort_values("lambda")
 
 
@@ -169,8 +168,7 @@ def top_emotions(image, description: str | None = None, *, model: nn.Module, ima
     image = np.asarray(load_rgb(image) if isinstance(image, (str, os.PathLike)) else image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"top_emotions: expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
-    needs = set(getattr(model, "inputs", ("body", "context", "text")))
-    feats = {}
+    needs, feats = set(getattr(model, "inputs", ("body", "context", "text"))), {}
     if needs & {"body", "context"}:
         image_encoder = image_encoder or encoders.load_image_encoder()
         if "body" in needs:  # the person crop as mat2py.py makes it: box clipped and outer-rounded, 128 x 128
@@ -201,10 +199,8 @@ def examples(data: Data, models: dict, n: int, seed: int) -> list[dict]:
     for i in np.sort(np.random.default_rng(seed).choice(len(split), size=min(n, len(split)), replace=False)):
         row = split.table.iloc[i]
         photo = images / row["folder"] / row["filename"]
-        if photo.is_file():
-            image, box = photo, tuple(row[["x1", "y1", "x2", "y2"]].astype(float))
-        else:
-            image, box = np.asarray(split.context[i]), tuple(split.boxes_224[i])
+        image, box = ((photo, tuple(row[["x1", "y1", "x2", "y2"]].astype(float))) if photo.is_file()
+                      else (np.asarray(split.context[i]), tuple(split.boxes_224[i])))
         top = {label: top_emotions(image, split.descriptions[i], model=m, image_encoder=data.image_encoder,
                                    text_encoder=data.text_encoder, box=box, k=3) for label, m in models.items()}
         out.append({"row": int(i), "from_photo": photo.is_file(), "top": top})
@@ -221,23 +217,20 @@ def example_panels(data: Data, examples: list[dict], label: str) -> tuple:
 def findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame, singles: list[str],
              main: str) -> X.Findings:
     """Notebook 01: each single input against chance, the fusion against the best single input, VAD."""
-    ch = table.loc["chance"]
+    ch, first = table.loc["chance"], comparisons.iloc[0]
     above = {s: bool(table.loc[s, "mAP"] >= CLEAR_FACTOR * ch["mAP"]) for s in singles}
-    best_vad = table.drop(index="chance")["VAD MAE"].idxmin()
-    first = comparisons.iloc[0]
+    best = table.loc[table.drop(index="chance")["VAD MAE"].idxmin()]  # the row with the lowest VAD MAE
     targets = {"chance_mAP": ch["mAP"], "singles_clearly_above_chance": above,
                "every_single_clearly_above_chance": all(above.values()), "best_single": first["b"],
                "fusion_minus_best_single": first["difference"], "fusion_vs_best_single_p": first["p_value"],
-               "fusion_beats_best_single": bool(first["low"] > 0),
-               "best_VAD_MAE": table.loc[best_vad, "VAD MAE"], "VAD_MAE_constant": ch["VAD MAE"],
-               "vad_beats_constant": bool(table.loc[best_vad, "VAD MAE high"] < ch["VAD MAE"])}
+               "fusion_beats_best_single": bool(first["low"] > 0), "best_VAD_MAE": best["VAD MAE"],
+               "VAD_MAE_constant": ch["VAD MAE"], "vad_beats_constant": bool(best["VAD MAE high"] < ch["VAD MAE"])}
     lines = [f"chance mAP {ch['mAP']:.1f}; " + ", ".join(f"{s} {table.loc[s, 'mAP']:.1f}" for s in singles)
-             + f"; every single input clearly (>= {CLEAR_FACTOR} x) above chance: "
-               f"**{targets['every_single_clearly_above_chance']}**",
+             + f"; every single input clearly (>= {CLEAR_FACTOR} x) above chance: **{all(above.values())}**",
              f"{main} against the best single input: {first['finding']}"]
-    vad = (f"VAD: best MAE {targets['best_VAD_MAE']:.3f} ({best_vad}; 95 % interval up to "
-           f"{table.loc[best_vad, 'VAD MAE high']:.3f}) against {ch['VAD MAE']:.3f} for the training-mean "
-           f"constant: better than the constant beyond noise: **{targets['vad_beats_constant']}**")
+    vad = (f"VAD: best MAE {best['VAD MAE']:.3f} ({best.name}; 95 % interval up to {best['VAD MAE high']:.3f}) "
+           f"against {ch['VAD MAE']:.3f} for the training-mean constant: better than the constant beyond noise: "
+           f"**{targets['vad_beats_constant']}**")
     return X.findings("emotic", table, lines, targets, [row for _, row in comparisons.iloc[1:].iterrows()], seeds,
                       "mAP", (vad,))
 
@@ -245,18 +238,17 @@ def findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame
 def joint_findings(table: pd.DataFrame, comparisons: pd.DataFrame, seeds: pd.DataFrame, alignment: pd.DataFrame,
                    main: str, baseline: str) -> X.Findings:
     """Notebook 03: the joint model against the part-1 baseline and its own image tower, and the alignment."""
-    by_pair = {(row["a"], row["b"]): row for _, row in comparisons.iterrows()}
+    by_pair = {(r["a"], r["b"]): r for _, r in comparisons.iterrows()}
     vs_baseline, vs_image = by_pair[(main, baseline)], by_pair[(main, "joint image only")]
-    ch, al = table.loc["chance", "mAP"], alignment.loc[main]
+    ch, al, row = table.loc["chance", "mAP"], alignment.loc[main], table.loc[main]
     targets = {"chance_mAP": ch, "joint_minus_baseline_mAP": vs_baseline["difference"],
                "joint_vs_baseline_p": vs_baseline["p_value"], "joint_beats_baseline": bool(vs_baseline["low"] > 0),
                "text_adds_to_image": bool(vs_image["low"] > 0),
                "alignment_mean_R@1": al["mean R@1"], "alignment_chance_R@1": al["chance R@1"]}
-    lines = [f"{main} {table.loc[main, 'mAP']:.1f} mAP [{table.loc[main, 'mAP low']:.1f}, "
-             f"{table.loc[main, 'mAP high']:.1f}] (chance {ch:.1f})",
+    lines = [f"{main} {row['mAP']:.1f} mAP [{row['mAP low']:.1f}, {row['mAP high']:.1f}] (chance {ch:.1f})",
              f"against the part-1 baseline ({baseline}): {vs_baseline['finding']}",
              f"adding the text tower to the image tower: {vs_image['finding']}"]
-    rest = [row for key, row in by_pair.items() if key not in ((main, baseline), (main, "joint image only"))]
+    rest = [r for key, r in by_pair.items() if key not in ((main, baseline), (main, "joint image only"))]
     aligned = (f"alignment (lambda = {al['lambda']:g}): person retrieval mean R@1 {al['mean R@1']:.1f} % against "
                f"chance {al['chance R@1']:.1f} %, learned temperature {al['temperature']:.3f}")
     return X.findings("emotic", table, lines, targets, rest, seeds, "mAP", (aligned,))
@@ -337,8 +329,7 @@ def _poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tupl
     target, test = CATEGORY_INDEX[cfg["poison_target"]], clean["test"]
     triggered = {kind: encode(stamp_trigger(np.asarray(getattr(splits["test"], kind)), **trigger), f"triggered {kind}")
                  for kind in ("body", "context")}
-    eligible = test["cat"][:, target] < 0.5
-    rows, scores = [], {}
+    eligible, rows, scores = test["cat"][:, target] < 0.5, [], {}
     for fraction in cfg["poison_fractions"]:
         chosen, stamped = poison_images(splits["train"].context, fraction, cfg["seed"], **trigger)
         poisoned = dict(clean["train"], cat=relabelled(clean["train"]["cat"], chosen, target))
@@ -350,10 +341,9 @@ def _poisoning(data: Data, cfg: dict, labels: list[str], finetune: bool) -> tupl
         for label in labels:
             trained = train(data, cfg, label, train=poisoned, val=clean["val"], finetune=blocks, progress=False,
                             tag="clean" if fraction == 0 else f"poison-{cfg['poison_target']}-{fraction:g}")
-            s = {"clean": predict(trained.model, test)["scores"],
-                 "triggered": predict(trained.model, {**test, **triggered})["scores"]}
             name = f"{label}, {FINETUNED}" if finetune else label
-            scores[name, fraction] = s
+            s = scores[name, fraction] = {"clean": predict(trained.model, test)["scores"],
+                                          "triggered": predict(trained.model, {**test, **triggered})["scores"]}
             rows.append({"model": name, "encoder": FINETUNED if finetune else "frozen", "fraction": fraction,
                          "poisoned images": len(chosen),
                          **R.backdoor_columns(s["triggered"][eligible].argmax(1) == target,

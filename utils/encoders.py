@@ -77,10 +77,11 @@ class ImageEncoder(nn.Module):
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):  # ViT: fixed grid
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = self.backbone(x).float()
+        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        out = (batching.frozen_graph(self.backbone, x, self.name) if self.traced else self.backbone)(x).float()
         return F.normalize(out, dim=-1) if self.normalize else out
+
+    traced = False  # set by utils.batching.traced()
 
     def split(self) -> tuple[nn.Module, nn.Module]:
         """``(frozen prefix, trainable copy of LAST_BLOCKS + pooling)``, ``suffix(prefix(x)) == self(x)``."""
@@ -230,9 +231,8 @@ class TextEncoder(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, *, name: str, dim: int, fingerprint: str, pooling: str,
                  max_length: int):
         super().__init__()
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer, self.pooling, self.max_length = model, tokenizer, pooling, int(max_length)
         self.name, self.dim, self.fingerprint = name, int(dim), fingerprint
-        self.pooling, self.max_length = pooling, int(max_length)
 
     @property
     def device(self) -> torch.device:
@@ -428,12 +428,8 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | 
         raise ValueError(f"image_features expects a uint8 (N, H, W, 3) array, got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
     folder, digest = _cache_folder(cache), None
-
-    def hit(digest: str) -> np.ndarray | None:
-        return read_cached(cache_path(encoder, digest, folder), len(images), encoder.dim)
-
-    def remember(rows: RowDigests) -> str:
-        return store.remembered_digest(images, folder, lambda _: rows.whole(wait=True))
+    hit = lambda digest: read_cached(cache_path(encoder, digest, folder), len(images), encoder.dim)  # noqa: E731
+    remember = lambda rows: store.remembered_digest(images, folder, lambda _: rows.whole(wait=True))  # noqa: E731
 
     if folder is not None and (digest := store.remembered_digest(images, folder)) is not None:
         if (found := hit(digest)) is not None:  # a file seen before: not a pixel read

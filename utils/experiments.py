@@ -57,9 +57,8 @@ class Data:
 def frozen_encoders(cfg):
     """The two towers of one CLIP model when ``encoders`` names one, else the image and text encoders by name."""
     torch.manual_seed(cfg["seed"])
-    if cfg.get("encoders"):
-        return encoders.load_encoders(cfg["encoders"])
-    return encoders.load_image_encoder(cfg["image_encoder"]), encoders.load_text_encoder(cfg["text_encoder"])
+    return (encoders.load_encoders(cfg["encoders"]) if cfg.get("encoders")
+            else (encoders.load_image_encoder(cfg["image_encoder"]), encoders.load_text_encoder(cfg["text_encoder"])))
 
 
 def features_digest(features: dict) -> str:
@@ -145,13 +144,10 @@ def difference_wording(result: Mapping, name_a: str, name_b: str, metric: str) -
 
 def compare(pairs: list[tuple[str, str]], metric: str, paired) -> pd.DataFrame:
     """Paired comparisons (``paired(a, b)``: a ``stats.compare_*`` result) with the sentence a notebook prints."""
-    rows = {}
-    for a, b in pairs:
-        r = paired(a, b)
-        rows[f"{a} vs {b}"] = {"a": a, "b": b, "metric": metric,
-                               **{k: r[k] for k in ("difference", "low", "high", "p_value")},
-                               "finding": difference_wording(r, a, b, metric)}
-    return pd.DataFrame(rows).T
+    results = [(a, b, paired(a, b)) for a, b in pairs]
+    return pd.DataFrame({f"{a} vs {b}": {"a": a, "b": b, "metric": metric,
+                                         **{k: r[k] for k in ("difference", "low", "high", "p_value")},
+                                         "finding": difference_wording(r, a, b, metric)} for a, b, r in results}).T
 
 
 def seed_table(cfg: dict, labels: list[str], metric: str, score) -> pd.DataFrame:

@@ -121,8 +121,7 @@ def seed_table(data: Data, cfg: dict, labels: list[str], metric: str = "mean R@1
 
 def figures(name: str, data: Data, sims: dict, table: pd.DataFrame, model, cfg: dict, main: str, title: str) -> None:
     """The retrieval figures of notebooks 02 and 04: seeded examples both ways, projection, ranks, comparison."""
-    split, test = data.splits["test"], data.features["test"]
-    rng = np.random.default_rng(cfg["seed"])
+    split, test, rng = data.splits["test"], data.features["test"], np.random.default_rng(cfg["seed"])
     images = sorted(rng.choice(len(split), min(cfg["n_examples"], len(split)), replace=False).tolist())
     captions = sorted(rng.choice(len(split.captions), cfg["n_examples"], replace=False).tolist())
     linked = rng.choice(len(split), min(cfg["n_linked"], len(split)), replace=False)
@@ -144,13 +143,11 @@ def figures(name: str, data: Data, sims: dict, table: pd.DataFrame, model, cfg: 
 def findings(table: pd.DataFrame, comparisons: pd.DataFrame, main: str, seeds: pd.DataFrame | None = None
              ) -> X.Findings:
     """Each stated comparison worded from its paired interval (``seeds``: None for closed-form models)."""
-    ch = table.loc["chance", "mean R@1"]
-    lines = [f"{main}: mean R@1 {table.loc[main, 'mean R@1']:.1f} [{table.loc[main, 'mean R@1 low']:.1f}, "
-             f"{table.loc[main, 'mean R@1 high']:.1f}], i2t R@5 {table.loc[main, 'i2t R@5']:.1f}, t2i R@5 "
-             f"{table.loc[main, 't2i R@5']:.1f} (chance mean R@1 {ch:.1f})"]
-    targets = {"chance_mean_R@1": ch, "main_mean_R@1": table.loc[main, "mean R@1"],
-               "above_chance": {label: bool(table.loc[label, "mean R@1 low"] > ch)
-                                for label in table.index if label != "chance"}}
+    ch, m = table.loc["chance", "mean R@1"], table.loc[main]
+    lines = [f"{main}: mean R@1 {m['mean R@1']:.1f} [{m['mean R@1 low']:.1f}, {m['mean R@1 high']:.1f}], "
+             f"i2t R@5 {m['i2t R@5']:.1f}, t2i R@5 {m['t2i R@5']:.1f} (chance mean R@1 {ch:.1f})"]
+    targets = {"chance_mean_R@1": ch, "main_mean_R@1": m["mean R@1"],
+               "above_chance": {k: bool(low > ch) for k, low in table.drop(index="chance")["mean R@1 low"].items()}}
     rows = [row for _, row in comparisons.iterrows()]
     targets.update({f"{row['a']} beats {row['b']}": bool(row["low"] > 0) for row in rows})
     return X.findings("flickr8k", table, lines, targets, rows, pd.DataFrame() if seeds is None else seeds, "mean R@1")

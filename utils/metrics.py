@@ -29,8 +29,7 @@ def emotic_metrics(scores, labels, vad_pred=None, vad_true=None) -> dict:
         raise ValueError("scores: no rows to evaluate")
     n, k = scores.shape
     categories = CATEGORIES if k == len(CATEGORIES) else tuple(f"category_{j}" for j in range(k))
-    labels = labels.astype(np.int64)
-    ap = np.full(k, np.nan)
+    labels, ap = labels.astype(np.int64), np.full(k, np.nan)
     for j in range(k):
         if labels[:, j].any():  # AP is undefined without a positive (sklearn warns and returns a meaningless 0)
             ap[j] = 100.0 * average_precision_score(labels[:, j], scores[:, j])
@@ -50,8 +49,7 @@ def emotic_metrics(scores, labels, vad_pred=None, vad_true=None) -> dict:
 
 def retrieval_ranks(sim, caption_image) -> tuple[np.ndarray, np.ndarray]:
     """1-based ranks, pessimistic on ties: each image's best own caption (M,), each caption's image (C,)."""
-    sim = as_2d("similarity", sim)
-    caption_image = np.asarray(caption_image)
+    sim, caption_image = as_2d("similarity", sim), np.asarray(caption_image)
     m, c = sim.shape
     if caption_image.shape != (c,) or caption_image.dtype.kind not in "iu":
         raise ValueError(f"caption_image: expected integer image rows of shape ({c},) (one per caption column of the "

@@ -81,8 +81,7 @@ def max_violation(a: torch.Tensor, b: torch.Tensor, margin: float = 0.2,
 def dynamic_weights(target: torch.Tensor, c: float = 1.2, absent: float = 1e-4) -> torch.Tensor:
     """Kosti et al.'s per-batch category weights ``1 / ln(c + n_i)``; ``absent`` without positives, as in their code."""
     counts = target.sum(dim=0)
-    w = 1.0 / torch.log(c + counts)
-    return torch.where(counts > 0, w, torch.full_like(w, absent))
+    return torch.where(counts > 0, 1.0 / torch.log(c + counts), absent)
 
 
 class EmoticLoss(nn.Module):
@@ -217,8 +216,7 @@ class CanonicalCorrelation:
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "CanonicalCorrelation":
         self.x_mean, self.y_mean = x.mean(0), y.mean(0)
-        xc, yc = x - self.x_mean, y - self.y_mean
-        n = len(x) - 1
+        xc, yc, n = x - self.x_mean, y - self.y_mean, len(x) - 1
         wx, wy = _inv_sqrt(xc.T @ xc / n, self.reg), _inv_sqrt(yc.T @ yc / n, self.reg)
         u, corr, vt = np.linalg.svd(wx @ (xc.T @ yc / n) @ wy, full_matrices=False)
         k = min(self.n_components, len(corr))

@@ -37,8 +37,7 @@ def require_artefacts(dataset: str, files: list[str], root=None) -> Path:
     """``root`` (default: the profile's artefact folder), or an error naming the missing file and its command."""
     root = Path(root) if root is not None else artefact_dir(dataset)
     if missing := [f for f in files if not (root / f).is_file()]:
-        raise FileNotFoundError(
-            f"{root / missing[0]} not found (profile {profile()!r}). Prepare the data first:\n    "
-            f"{PREP_COMMANDS[dataset].format(out=root)}\nor run `make run` to build the bundled synthetic data, "
-            f"or point {ARTEFACT_VARS[dataset]} at a prepared folder.")
+        raise FileNotFoundError(f"{root / missing[0]} not found (profile {profile()!r}). Prepare the data first:\n    "
+                                f"{PREP_COMMANDS[dataset].format(out=root)}\nor run `make run` to build the bundled "
+                                f"synthetic data, or point {ARTEFACT_VARS[dataset]} at a prepared folder.")
     return root

@@ -158,8 +158,7 @@ def paired_projection(image_embedding, text_embedding, caption_image, linked=(),
     cap = np.asarray(caption_image)
     img, txt = (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12) for z in (img, txt))
     xy = PCA(2, random_state=0).fit_transform(np.vstack([img - img.mean(0), txt - txt.mean(0)]))
-    xy_img, xy_txt = xy[:len(img)], xy[len(img):]
-    linked = [int(i) for i in linked]
+    xy_img, xy_txt, linked = xy[:len(img)], xy[len(img):], [int(i) for i in linked]
     rest = np.flatnonzero(~np.isin(cap, linked))
     if len(rest) > 3000:  # the other captions, drawn faintly
         rest = np.sort(np.random.default_rng(0).choice(rest, 3000, replace=False))
@@ -183,13 +182,12 @@ def rank_histogram(i2t: Mapping[str, np.ndarray], t2i: Mapping[str, np.ndarray],
     for ax, ranks, name in ((axes[0], i2t, "image -> text"), (axes[1], t2i, "text -> image")):
         top = max(int(np.max(r)) for r in ranks.values())
         starts = [s for s in (1, 2, 6, 11, 21, 51, 101, 201, 501, 1001, 2001) if s <= top]
-        labels = [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(starts, starts[1:] + [top + 1])]
         width, x = 0.8 / len(ranks), np.arange(len(starts))
         for j, ((label, r), colour) in enumerate(zip(ranks.items(), sns.color_palette("tab10", len(ranks)))):
             share = 100 * np.histogram(r, bins=np.array(starts + [top + 1]))[0] / len(r)
             ax.bar(x + (j - (len(ranks) - 1) / 2) * width, share, width, color=colour,
                    label=f"{label} (median {np.median(r):g})")
-        ax.set_xticks(x, labels)
+        ax.set_xticks(x, [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(starts, starts[1:] + [top + 1])])
         ax.set(xlabel="rank of the first right answer", ylabel="% of queries", title=name)
         ax.legend(fontsize=7)
     return _finish(fig, path, title)

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from . import attack as A
-from . import encoders, models, paths, plots, stats, store
+from . import batching, encoders, models, paths, plots, stats, store
 from .attack.sparse import STEP_COST
 from .experiments import Findings, interval_columns, slug, threads
 
@@ -56,7 +56,8 @@ def members(cfg: dict) -> dict:
         if method == "sparse-pgd":  # its own (smaller) batch: the backward pass keeps the activations
             kw.update(restarts=cfg["attack_restarts"], queries=STEP_COST * cfg["attack_restarts"] * cfg["attack_steps"])
         else:
-            kw.update(queries=cfg["attack_queries"], batch_size=attack_batch(cfg), precision=cfg["attack_precision"])
+            kw.update(queries=cfg["attack_queries"], batch_size=attack_batch(cfg), precision=cfg["attack_precision"],
+                      graph=cfg["attack_graph"])
         if method == "de":
             kw.update(popsize=cfg["popsize"], F=cfg["F"])
         out[member] = kw
@@ -72,13 +73,6 @@ def budget_statement(cfg: dict) -> str:
     return ("ensemble: " if len(parts) > 1 else "") + ", and ".join(parts) + " per k"
 
 
-def _late(result, settings: dict) -> bool:
-    """A success found in the last half of its search's budget."""
-    budget = (settings["step_cost"] * settings["restarts"] * settings["steps"] if settings["method"] == "sparse-pgd"
-              else settings.get("queries") or settings["popsize"] * (settings["generations"] + 1))
-    return result.queries > budget / 2
-
-
 def run_label(label: str, member: str) -> str:
     """The key of one member's search of one model in ``AttackRun.runs`` and the saved arrays."""
     return f"{label} [{member}]"
@@ -92,7 +86,7 @@ def attack_key(pipelines: dict, images: np.ndarray, rows, cfg: dict) -> str | No
     settings = {"experiment": cfg["experiment"], "schedule": [int(k) for k in cfg["pixels"]], "members": members(cfg)}
     photos = store.digest(*(np.asarray(images[r]) for r in rows))  # one photo at a time: a memmap stays on disk
     return store.key(settings, [[label, p.key] for label, p in pipelines.items()], rows, photos,
-                     store.code_digest(A, models, encoders, attack_items))
+                     store.code_digest(A, models, encoders, batching, attack_items))
 
 
 def attack_results_path(cfg: dict, key: str):
@@ -141,8 +135,7 @@ def attack_items(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dic
     """The searches, ``chunk`` items at a time: fixed chunks round alike in one process or many."""
     rows = np.asarray(rows, np.int64)
     chunk = attack_chunk(cfg) if chunk is None else int(chunk)
-    searches = members(cfg)
-    parts = []
+    searches, parts = members(cfg), []
     with threads(cfg["attack_threads"]):
         for a in range(0, len(rows), chunk):
             part = rows[a:a + chunk]
@@ -157,8 +150,7 @@ def merge_needed(parts: list[dict]) -> dict:
     """Concatenate the results of consecutive parts of the rows, in order; costs are summed."""
     merged = {}
     for label in parts[0]:
-        ps = [p[label] for p in parts]
-        reports = {}
+        ps, reports = [p[label] for p in parts], {}
         for k in ps[0].schedule:
             if reps := [p.reports[k] for p in ps if k in p.reports]:
                 reports[k] = A.AttackReport(results=[r for rep in reps for r in rep.results], settings=reps[0].settings,
@@ -190,7 +182,10 @@ def budget_status(runs: dict) -> dict:
     at_max = set(ens.rows[(ens.k_needed == k_max) & ens.attacked].tolist())
     late = set(at_max)
     for rep in (pn.reports[k_max] for pn in runs.values() if k_max in pn.reports):
-        late -= {r.row for r in rep.results if r.success and not _late(r, rep.settings)}
+        s = rep.settings  # a success in the first half of its search's budget is not late
+        budget = (s["step_cost"] * s["restarts"] * s["steps"] if s["method"] == "sparse-pgd"
+                  else s.get("queries") or s["popsize"] * (s["generations"] + 1))
+        late -= {r.row for r in rep.results if r.success and r.queries <= budget / 2}
     return {"fooled at largest k": len(at_max), "fooled late": len(late), "settled": not late}
 
 
@@ -247,8 +242,7 @@ def success_table(needed: dict) -> pd.DataFrame:
 
 def median_pixels(needed: dict, cfg: dict) -> pd.DataFrame:
     """Per model: the median pixels needed with a bootstrap interval (not fooled: more than the largest k)."""
-    over = 2 * max(cfg["pixels"])  # stands for "not fooled within the schedule"; shown as "> k_max"
-    rows = {}
+    over, rows = 2 * max(cfg["pixels"]), {}  # over: stands for "not fooled within the schedule", shown as "> k_max"
     for label, pn in needed.items():
         k = np.where(pn.k_needed > 0, pn.k_needed, over)[pn.attacked].astype(float)
         if not len(k):
@@ -268,8 +262,7 @@ def paired_attack_tests(needed: dict, pairs: list[tuple[str, str]]) -> pd.DataFr
     rows = []
     for a, b in pairs:
         pa, pb = needed[a], needed[b]
-        both = pa.attacked & pb.attacked
-        family = []
+        both, family = pa.attacked & pb.attacked, []
         for k in pa.schedule:
             sa, sb = ((p.k_needed > 0) & (p.k_needed <= k) for p in (pa, pb))
             t = stats.mcnemar_exact(sa[both], sb[both])
@@ -333,8 +326,7 @@ def defence_table(runs: dict, adaptive: dict, defended: dict, images: np.ndarray
             adv = np.stack([A.apply_pixels(images[[r.row]], r.pixels[None])[0] for r in won])
             rws = np.array([r.row for r in won])
             scores = A.score_images(pipe, adv, rws, batch_size=attack_batch(cfg))  # as the attack scored them
-            fooled = A.margin_and_success(scores, pipe.truth(rws))[1]
-            still = set(rws[fooled].tolist())
+            still = set(rws[A.margin_and_success(scores, pipe.truth(rws))[1]].tolist())
         mine = {m: adaptive[run_label(label, m)] for m in MEMBERS[cfg["attack_method"]]}
         pn = ensemble_needed(mine)
         n, fooled_n = int(pn.attacked.sum()), int(((pn.k_needed > 0) & pn.attacked).sum())
@@ -366,9 +358,8 @@ def gallery(images, needed: dict, n: int, describe, item: str, title: str, path=
     return plots.attack_gallery([images[r.row] for _, _, r in wins],
                                 [A.apply_pixels(images[[r.row]], r.pixels[None])[0] for _, _, r in wins],
                                 [r.pixels for _, _, r in wins], [describe(r.scores_before) for _, _, r in wins],
-                                [describe(r.scores_after) for _, _, r in wins], **kw,
-                                labels=[f"{label}, {k} px, {item} {r.row}" for label, k, r in wins], title=title,
-                                path=path)
+                                [describe(r.scores_after) for _, _, r in wins], **kw, title=title, path=path,
+                                labels=[f"{label}, {k} px, {item} {r.row}" for label, k, r in wins])
 
 
 def adaptive_attack(pipelines: dict, images: np.ndarray, rows: np.ndarray, cfg: dict) -> tuple[dict, dict]:

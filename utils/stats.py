@@ -128,8 +128,7 @@ def _replicates(items, n: int, n_resamples: int, seed, which=None) -> dict:
 def _map_correction(items: _EmoticItems, m: dict, n_draws: int, seed) -> tuple[float, np.ndarray]:
     """(bias-corrected mAP %, per-category AP bias 0..1): the delete-half jackknife (docs/statistics.md)."""
     ap = np.array(list(m["ap_per_category"].values()), dtype=np.float64) / 100
-    n_items, h = m["n"], m["n"] // 2
-    bias = np.zeros_like(ap)
+    n_items, h, bias = m["n"], m["n"] // 2, np.zeros_like(ap)
     if h >= 1:
         if n_items < 64 and math.comb(n_items, h) <= n_draws:
             keep = np.array(list(itertools.combinations(range(n_items), h)), dtype=np.int64).reshape(-1, h)
@@ -326,8 +325,7 @@ def paired_rate_difference(success_a, success_b) -> dict:
     if not (n := len(a)):
         raise ValueError("success_a / success_b: expected two non-empty 1-D arrays of equal length")
     both, only_a, only_b = int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum())
-    neither = n - both - only_a - only_b
-    pa, pb = (both + only_a) / n, (both + only_b) / n
+    neither, pa, pb = n - both - only_a - only_b, (both + only_a) / n, (both + only_b) / n
     (la, ua), (lb, ub) = wilson_interval(both + only_a, n), wilson_interval(both + only_b, n)
     denominator = (both + only_a) * (neither + only_b) * (both + only_b) * (neither + only_a)
     # the correlation of the paired outcomes, continuity-corrected towards 0 as Newcombe specifies

@@ -148,8 +148,7 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
 
 def save_state(path: str | os.PathLike, module: torch.nn.Module) -> Path:
     """A plain state_dict on the host: tensors only, loadable with ``torch.load(weights_only=True)``."""
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    return atomic_write(path, lambda f: torch.save(state, f))
+    return atomic_write(path, lambda f: torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, f))
 
 
 def load_state(path: str | os.PathLike, module: torch.nn.Module, device=None) -> torch.nn.Module:

@@ -105,8 +105,7 @@ FEATURE_BATCH = 512  #: the eval batch of heads on features: a few MB at any siz
 
 def eval_batch(model: nn.Module, data, at_least: int = 1) -> int:
     """The eval batch: the device's fastest for image encoders in front (probed on a copy), else FEATURE_BATCH."""
-    encs = getattr(model, "encoders", None)
-    arrays = data.tensors if isinstance(data, FeatureDataset) else data
+    encs, arrays = getattr(model, "encoders", None), data.tensors if isinstance(data, FeatureDataset) else data
     shapes = {k: tuple(np.shape(arrays[k])[1:]) for k in (encs or {}) if k in arrays and np.ndim(arrays[k]) == 4}
     if not shapes:
         return max(at_least, FEATURE_BATCH)
@@ -163,12 +162,11 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
                     v, (int, float, np.floating, np.integer)) and k != "n" and not k.startswith("n_")})
                 if monitor not in metrics:
                     raise KeyError(f"fit: monitor {monitor!r} not among the validation metrics {sorted(metrics)}")
-            value = float((row if val_data is None else metrics)[monitor])
             row.update(lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - start)
             result.history.append(row)
             shown = {k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", f"val_{monitor}")}
             bar.set_postfix(shown, refresh=False)
-            if result.update(value, epoch, model, patience):
+            if result.update(float((row if val_data is None else metrics)[monitor]), epoch, model, patience):
                 break
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
@@ -183,8 +181,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, metric_fn: Callable | No
 def predict(model: nn.Module, data, batch_size: int | None = None, keys: Sequence[str] | None = None,
             carry: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Outputs over ``data`` in eval mode as numpy (floats as float32); ``carry`` copies batch entries along."""
-    device = next(model.parameters()).device
-    inputs = getattr(model, "inputs", None)
+    device, inputs = next(model.parameters()).device, getattr(model, "inputs", None)
     model.eval()
     chunks: dict[str, list] = {}
     for batch in batches(data, batch_size or eval_batch(model, data), device=device):

@@ -17,6 +17,7 @@ from .. import batching
 from ..poisoning import MedianFilter
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GRAPHS = ("traced", "eager")  # how a search runs the image encoders (``utils.batching.traced``)
 
 
 class PixelPipeline:
@@ -24,10 +25,8 @@ class PixelPipeline:
     labels: np.ndarray | None = None  # (rows, S) bool: the true score entries of each row, when known
 
     def __init__(self, *modules: torch.nn.Module, channels_last: bool = True):
-        self.modules = tuple(m for m in modules if isinstance(m, torch.nn.Module))
+        self.modules = tuple(m.eval() for m in modules if isinstance(m, torch.nn.Module))
         self.encoder, self.channels_last = modules[0] if modules else None, channels_last
-        for m in self.modules:
-            m.eval()
         if channels_last and modules and isinstance(modules[0], torch.nn.Module):
             modules[0].to(memory_format=torch.channels_last)
 
@@ -156,9 +155,7 @@ def _baseline_similarity(model, captions: np.ndarray, device):
 def apply_pixels(images: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Copy of ``images`` (B,H,W,3) with pixels (B,k,5: x, y, r, g, b) written in; later pixels win, x < 0 skipped."""
     out = np.array(images, dtype=np.uint8, copy=True)
-    candidates = np.asarray(candidates)
-    for j in range(candidates.shape[1]):
-        c = candidates[:, j]
+    for c in np.asarray(candidates).swapaxes(0, 1):  # the j-th pixel of every image at once
         b = np.flatnonzero(c[:, 0] >= 0)
         out[b, c[b, 1], c[b, 0]] = c[b, 2:5]
     return out
@@ -178,12 +175,13 @@ def margin_and_success(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarra
     return margin, ~truth[np.arange(len(scores)), scores.argmax(1)]
 
 
-def score_chunks(pipeline, images, rows, batch_size, precision="float32", changed_xy=None):
+def score_chunks(pipeline, images, rows, batch_size, precision="float32", changed_xy=None, graph="eager"):
     """(start, float32 scores, model seconds) per balanced batch of uint8 ``images`` or ``images(start, stop)``."""
     dev, dtype, n = pipeline.device, PRECISIONS[precision], len(rows)
     if n > batch_size:
         batch_size = -(-n // -(-n // batch_size))
-    with torch.inference_mode(), contextlib.nullcontext() if dtype is None else torch.autocast(dev.type, dtype=dtype):
+    with (torch.inference_mode(), contextlib.nullcontext() if dtype is None else torch.autocast(dev.type, dtype=dtype),
+          batching.traced(*pipeline.modules) if graph == "traced" else contextlib.nullcontext()):
         for s in range(0, n, batch_size):
             x = (images(s, min(s + batch_size, n)) if callable(images)
                  else to_input(images[s:s + batch_size], dev, pipeline.channels_last))
@@ -205,11 +203,12 @@ def score_images(pipeline: PixelPipeline, images: np.ndarray, rows=None, batch_s
 
 
 def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, batch_size: int | None, where: str,
-                   precision: str = "float32") -> "Scorer":
+                   precision: str = "float32", graph: str = "eager") -> "Scorer":
     """Validate the inputs (errors name ``where``), score the clean images in fp32 and let the pipeline cache."""
     started = time.perf_counter()
-    if precision not in PRECISIONS:
-        raise ValueError(f"{where}: precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision not in PRECISIONS or graph not in GRAPHS:
+        raise ValueError(f"{where}: precision must be one of {list(PRECISIONS)} and graph one of {list(GRAPHS)}, "
+                         f"got {precision!r} and {graph!r}")
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{where}: images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
@@ -221,7 +220,7 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     if batch_size is None:
         batch_size = batching.for_pipeline(pipeline, (3, *images.shape[1:3]), rows if len(rows) else [0],
-                                           PRECISIONS[precision]).batch
+                                           PRECISIONS[precision], graph == "traced").batch
     truth = pipeline.truth(rows) if truth is None else np.asarray(truth)
     truth = truth if truth.dtype == bool else truth > 0.5  # multi-hot float labels are accepted too
     if len(rows) != n or len(truth) != n:
@@ -234,7 +233,7 @@ def prepare_attack(pipeline: PixelPipeline, images, rows, truth, pixels: int, ba
         for s in range(0, n, batch_size):
             pipeline.prepare(to_input(images[s:s + batch_size], pipeline.device, pipeline.channels_last),
                              torch.as_tensor(rows[s:s + batch_size], device=pipeline.device))
-    return Scorer(pipeline, images, rows, truth, before, attacked, batch_size, precision, started)
+    return Scorer(pipeline, images, rows, truth, before, attacked, batch_size, precision, graph, started)
 
 
 @dataclass
@@ -248,6 +247,7 @@ class Scorer:
     attacked: np.ndarray  # (N,) bool: correct before the attack
     batch_size: int  # as given, else the device's fastest
     precision: str = "float32"
+    graph: str = "eager"  # "traced": the search's scores differ from eager fp32 by rounding, so successes are confirmed
     started: float = 0.0  # perf_counter at the start of the run
     ready: float = field(default_factory=time.perf_counter)  # ... and at the start of the search
     queries: int = 0  # images sent through the model by the search (confirmations not included)
@@ -259,13 +259,18 @@ class Scorer:
         dev, cl = self.pipeline.device, self.pipeline.channels_last
         build = lambda s, e: to_input(apply_pixels(self.images[idx[s:e]], cands[s:e]), dev, cl)  # noqa: E731
         for s0, sc, secs in score_chunks(self.pipeline, build, self.rows[idx], self.batch_size, self.precision,
-                                         cands[..., :2]):
+                                         cands[..., :2], self.graph):
             f, ok = margin_and_success(sc, self.truth[idx[s0:s0 + len(sc)]])
             margin[s0:s0 + len(sc)], success[s0:s0 + len(sc)] = f, ok
             hits.update({s0 + j: sc[j] for j in np.flatnonzero(ok)})
             self.model_seconds += secs
         self.queries += len(idx)
         return margin, success, hits
+
+    @property
+    def exact(self) -> bool:
+        """Whether ``search`` already scores as ``confirm`` does (eager fp32)."""
+        return self.precision == "float32" and self.graph == "eager"
 
     def confirm(self, idx: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Eager fp32 margins, successes and scores of candidates on their uint8 images."""
@@ -367,8 +372,7 @@ class AttackReport:
     def summary(self) -> dict:
         t = self.table()
         att = t[t.attacked.astype(bool)]
-        won = att[att.success.astype(bool)]
-        nan = float("nan")
+        won, nan = att[att.success.astype(bool)], float("nan")
         return {"method": self.settings.get("method", "de"), "pixels": self.settings["pixels"], "images": len(t),
                 "attacked": len(att), "successes": len(won),  # attacked: correct before the attack
                 "success_rate": float(len(won) / len(att)) if len(att) else nan,
@@ -390,9 +394,7 @@ class AttackReport:
 def assemble_report(scorer: Scorer, final: dict[int, np.ndarray], found: dict[int, np.ndarray],
                     queries: dict[int, int], iterations: dict[int, int], settings: dict) -> AttackReport:
     """The report from the attacked images' ``final`` pixels; those not ``found`` (confirmed) are rescored in fp32."""
-    end = time.perf_counter()
-    n = len(scorer.images)
-    adv = scorer.images.copy()
+    end, n, adv = time.perf_counter(), len(scorer.images), scorer.images.copy()
     idx = np.array(sorted(final), dtype=np.int64)
     if len(idx):  # one call for all attacked images
         adv[idx] = apply_pixels(scorer.images[idx], np.stack([final[i] for i in idx]))

@@ -61,9 +61,7 @@ def score_unique(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray])
     candidates (P,k,5), scored in shared batches; a candidate known to the image is sent once."""
     jobs_i, jobs_c, plans = [], [], []
     for st, cand in zip(states, cands):
-        base = len(jobs_i)
-        known = dict(zip(st.keys, st.fit))
-        keys = [c.tobytes() for c in cand]
+        base, known, keys = len(jobs_i), dict(zip(st.keys, st.fit)), [c.tobytes() for c in cand]
         slot: dict[bytes, int] = {}
         for j, key in enumerate(keys):
             if key not in known and key not in slot:
@@ -91,7 +89,7 @@ def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], score
     for st, cand, (fit, ok, hits, order) in zip(states, cands, scored):
         if ok.any():
             j = int(np.flatnonzero(ok)[np.argmin(order[ok])])
-            if scorer.precision == "float32":  # an eager fp32 search already is the confirming pass
+            if scorer.exact:  # an eager fp32 search already is the confirming pass
                 st.found, st.found_scores = cand[j], hits[j]
                 st.queries -= int(order.max() - order[j])
             else:
@@ -111,23 +109,22 @@ def settle(scorer: Scorer, states: list[DEImage], cands: list[np.ndarray], score
 def differential_evolution(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None,
                            *, pixels: int = 1, popsize: int = 400, generations: int = 100, F: float = 0.5,
                            batch_size: int | None = None, seed: int = 0, precision: str = "float32",
-                           init: np.ndarray | None = None) -> AttackReport:
+                           graph: str = "traced", init: np.ndarray | None = None) -> AttackReport:
     """Fool each correctly scored image changing at most ``pixels`` pixels with at most ``popsize`` (``generations``
-    + 1) queries; a success of a cheaper ``precision`` is confirmed in eager fp32."""
+    + 1) queries; a success of a cheaper ``precision`` or a traced ``graph`` is confirmed in eager fp32."""
     if popsize < 4 or generations < 0:
         raise ValueError(f"{WHERE}: need popsize >= 4 (DE/rand/1 draws 3 others) and generations >= 0")
-    scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
+    scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision, graph)
     h, w = scorer.images.shape[1:3]
     k, upper = pixels, np.tile(np.array([w - 1, h - 1, 255, 255, 255], dtype=np.float64), pixels)
     settings = dict(method="de", pixels=k, popsize=popsize, generations=generations, F=F,
                     batch_size=scorer.batch_size, channels_last=pipeline.channels_last, seed=seed, precision=precision,
-                    compile=False, strategy="DE/rand/1, no crossover, child replaces parent if <=")
+                    graph=graph, strategy="DE/rand/1, no crossover, child replaces parent if <=")
     states = [DEImage(index=int(i), rng=(rng := np.random.default_rng([seed, int(scorer.rows[i])])),
                       pop=initial_population(rng, popsize, upper, k, None if init is None else init[i]),
                       fit=np.full(popsize, np.inf)) for i in np.flatnonzero(scorer.attacked)]
     for generation in range(generations + 1):  # generation 0 scores the initial populations
-        active = [st for st in states if st.found is None]
-        if not active:
+        if not (active := [st for st in states if st.found is None]):
             break
         children = [mutants(st.rng, st.pop, F, upper) if generation else st.pop for st in active]
         decoded = [decode(c, k) for c in children]
@@ -162,11 +159,9 @@ def ensemble(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.n
     black = sparse_rs(pipeline, images[idx], rows[idx], None if truth is None else np.asarray(truth)[idx],
                       pixels=pixels, queries=queries, batch_size=batch_size, seed=seed,
                       init=None if init is None else np.asarray(init)[idx], **search)
-    b_ok = np.zeros(len(images), bool)
-    results = list(white.results)
+    b_ok, results = np.zeros(len(images), bool), list(white.results)
     for i, rb in zip(idx, black.results):
-        b_ok[i] = rb.success
-        rw = white.results[i]
+        b_ok[i], rw = rb.success, white.results[i]
         if not rw.success:  # the black-box member's success, else the white-box member's image; both spends
             kept = rb if rb.success else rw
             results[i] = dataclasses.replace(kept, attacked=rw.attacked, queries=rw.queries + rb.queries)
@@ -193,8 +188,7 @@ def attack(pipeline: PixelPipeline, images: np.ndarray, rows=None, k: int = 1, m
         raise ValueError(f"utils/attack: method must be one of {sorted(METHODS)}, got {method!r}")
     queries = budget.pop("queries", None)
     if queries is not None and method == "de":
-        popsize = budget.get("popsize", 400)
-        if queries < popsize:
+        if queries < (popsize := budget.get("popsize", 400)):
             raise ValueError(f"utils/attack: queries={queries} is less than one DE population ({popsize})")
         budget["generations"] = int(queries) // popsize - 1
     elif queries is not None:
@@ -221,10 +215,9 @@ def pixels_needed(pipeline, images: np.ndarray, rows=None, truth=None, *,
     schedule = tuple(int(k) for k in schedule)
     if not schedule or any(k < 1 for k in schedule) or any(b <= a for a, b in zip(schedule, schedule[1:])):
         raise ValueError(f"{WHERE}: schedule must be increasing positive integers, got {schedule}")
-    images = np.asarray(images)
+    images, truth = np.asarray(images), None if truth is None else np.asarray(truth)
     n = len(images)
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
-    truth = None if truth is None else np.asarray(truth)
     k_needed, spent, attacked = np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, bool)
     best = np.full((n, max(schedule), 5), -1, np.int64)  # each image's best pixels so far (-1 = padding)
     todo, reports = np.arange(n), {}

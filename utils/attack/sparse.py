@@ -96,30 +96,29 @@ def propose(images: np.ndarray, owner: np.ndarray, pixels: np.ndarray, rows: np.
             m: np.ndarray, seed: int) -> np.ndarray:
     """Proposals (P, k, 5): proposal p moves ``m[p]`` of ``pixels[p]`` (on ``images[owner[p]]``) to new unused
     positions with new corner colours, drawing the random numbers of query ``t[p]`` of ``rows[p]``."""
-    k, (h, w) = pixels.shape[1], images.shape[1:3]
-    big = int(m.max(initial=0))
+    k, (h, w), big = pixels.shape[1], images.shape[1:3], int(m.max(initial=0))
     slots = np.argsort(random_bits(seed, rows, t, _SLOTS, k), axis=1)[:, :big]  # which pixels leave
     taken = pixels[..., 1] * w + pixels[..., 0]
     flat = _fresh_positions(lambda n, sel: random_bits(seed, rows[sel], t[sel], _POSITIONS, n), taken, m, h * w)
     new = _pixels_at(images, owner, flat, random_bits(seed, rows, t, _COLOURS, big))
-    out = pixels.copy()
-    use = np.arange(big)[None] < m[:, None]
+    out, use = pixels.copy(), np.arange(big)[None] < m[:, None]
     out[np.nonzero(use)[0], slots[use]] = new[use]
     return out
 
 
 def sparse_rs(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np.ndarray | None = None, *,
               pixels: int = 1, queries: int = 1000, candidates: int | None = None, p_init: float = 0.3,
-              batch_size: int | None = None, seed: int = 0, precision: str = "float32",
+              batch_size: int | None = None, seed: int = 0, precision: str = "float32", graph: str = "traced",
               init: np.ndarray | None = None) -> AttackReport:
-    """Sparse-RS changing at most ``pixels`` pixels, ``queries`` per image; ``candidates`` caps proposals per call."""
+    """Sparse-RS changing at most ``pixels`` pixels, ``queries`` per image; ``candidates`` caps proposals per call;
+    proposals scored in ``precision`` through ``graph`` ("traced": frozen graphs), successes confirmed eagerly."""
     if queries < 1 or (candidates is not None and candidates < 1) or not 0 < p_init <= 1:
         raise ValueError(f"{WHERE}: need queries >= 1, candidates >= 1 and 0 < p_init <= 1")
-    scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision)
+    scorer = prepare_attack(pipeline, images, rows, truth, pixels, batch_size, WHERE, precision, graph)
     k = pixels
     settings = dict(method="sparse", pixels=k, queries=queries, candidates=candidates or "adaptive", p_init=p_init,
                     schedule="Sparse-RS L0, rescaled to the budget", batch_size=scorer.batch_size,
-                    channels_last=pipeline.channels_last, seed=seed, precision=precision, compile=False,
+                    channels_last=pipeline.channels_last, seed=seed, precision=precision, graph=graph,
                     colours="RGB cube corners", acceptance="strict: kept only if the margin decreases (Sparse-RS)",
                     proposals="whole batches per call: one per active image, speculative ones spread evenly to "
                               "fill the last batch (same trajectory as one at a time)")
@@ -146,8 +145,7 @@ def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candi
             total = -(-len(act) // scorer.batch_size) * scorer.batch_size
             per = total // len(act) + (np.arange(len(act)) < total % len(act))
         sizes = np.minimum(per, queries - used[act])
-        owner = np.repeat(act, sizes)
-        starts = np.cumsum(sizes) - sizes
+        owner, starts = np.repeat(act, sizes), np.cumsum(sizes) - sizes
         within = np.arange(len(owner)) - np.repeat(starts, sizes)  # each proposal's place among its image's
         if first:  # query 1: the starting pixels themselves
             cand, first = px[act], False
@@ -162,7 +160,7 @@ def _search(scorer: Scorer, idx: np.ndarray, px: np.ndarray, queries: int, candi
         used[act] += np.where(hit, j + 1, sizes)
         at = starts[hit] + j[hit]  # the kept (or successful) proposal of each image that has one
         imgs, win = act[hit], ok[at]
-        if win.any() and scorer.precision != "float32":  # a success of a cheaper precision must hold in fp32
+        if win.any() and not scorer.exact:  # a success of a cheaper precision or a traced graph must hold eagerly
             f32, ok32, sc32 = scorer.confirm(idx[imgs[win]], cand[at[win]])
             used[imgs[win]] += 1
             f[at[win]] = f32
@@ -235,8 +233,7 @@ def sparse_pgd(pipeline: PixelPipeline, images: np.ndarray, rows=None, truth: np
                     queries_counted=f"{STEP_COST} per step (forward + backward), 1 per fp32 confirmation",
                     colours="rounded to uint8 in every forward pass", batch_size=batch_size, seed=seed,
                     precision="float32")
-    todo = np.flatnonzero(scorer.attacked)
-    n = len(scorer.images)
+    todo, n = np.flatnonzero(scorer.attacked), len(scorer.images)
     books = SimpleNamespace(  # per image (position in the batch): RNG, cost, steps, best margin and pixels
         rngs={int(i): np.random.default_rng([seed, int(scorer.rows[i])]) for i in todo},
         spent=np.zeros(n, np.int64), taken=np.zeros(n, np.int64), best=np.full(n, np.inf),
@@ -273,9 +270,8 @@ def _run(scorer: Scorer, books: SimpleNamespace, ids: np.ndarray, variant: str, 
         scorer.queries += STEP_COST * len(ids)
         with torch.no_grad():
             p, mask = p.detach(), mask.detach()
-            hit = ~truth.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
             done = _record(scorer, books, ids, _candidates(x, hard, k), margin.detach().cpu().numpy(),
-                           hit.cpu().numpy())
+                           (~truth.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)).cpu().numpy())  # hit
             # descend the margin: signed step for the magnitude, normalised step for the continuous mask
             p = torch.minimum(torch.maximum(p - ALPHA * g_p.sign(), -clean), 1 - clean)
             mask = mask - BETA * np.sqrt(h * w) * g_m / g_m.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
@@ -284,8 +280,7 @@ def _run(scorer: Scorer, books: SimpleNamespace, ids: np.ndarray, variant: str, 
                 fresh = books.rngs[int(ids[j])].standard_normal((1, h, w)).astype(np.float32)
                 mask[j] = torch.from_numpy(fresh).to(dev)
                 still[j] = 0
-            keep = np.flatnonzero(~done)
-            if not len(keep):
+            if not len(keep := np.flatnonzero(~done)):
                 return
             if len(keep) < len(ids):
                 kt = torch.as_tensor(keep, device=dev)
@@ -302,8 +297,7 @@ def _record(scorer: Scorer, books: SimpleNamespace, ids: np.ndarray, cands: np.n
     books.best[ids[better]] = margin[better]
     books.final.update(zip(ids[better].tolist(), cands[better]))
     done = np.zeros(len(ids), bool)
-    if hit.any():
-        j_hit = np.flatnonzero(hit)
+    if len(j_hit := np.flatnonzero(hit)):
         _, ok, sc = scorer.confirm(ids[j_hit], cands[j_hit])
         books.spent[ids[j_hit]] += 1
         done[j_hit[ok]] = True
