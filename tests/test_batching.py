@@ -216,3 +216,18 @@ def test_a_backbone_that_cannot_be_traced_or_disagrees_runs_eagerly_with_a_warni
                     warnings.simplefilter("error")  # decided once: no second warning
                     assert torch.equal(enc(x), eager)
         assert torch.equal(out, eager)
+
+
+def test_a_graph_that_kept_the_traced_batch_size_runs_eagerly_for_other_sizes():
+    class FixedBatch(torch.nn.Module):  # the batch size read as a number: the trace keeps it as a constant
+        def forward(self, x):
+            return x.reshape(int(x.shape[0]), -1).sum(1, keepdim=True)
+
+    from utils.encoders import ImageEncoder
+    enc = ImageEncoder(FixedBatch(), name="fixed", dim=1, fingerprint="fixed", mean=[0.0] * 3, std=[1.0] * 3).eval()
+    x = torch.rand(3, 3, 8, 8)
+    with torch.inference_mode(), batching.traced(enc):
+        torch.testing.assert_close(enc(x), x.reshape(3, -1).sum(1, keepdim=True))
+        with pytest.warns(UserWarning, match=re.escape("fixed: traced backbone disagrees with eager on (2, 3, 8, 8)")):
+            out = enc(x[:2])  # the graph gives 3 rows for 2 images: caught, and the eager backbone answers
+    torch.testing.assert_close(out, x[:2].reshape(2, -1).sum(1, keepdim=True))
