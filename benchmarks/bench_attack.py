@@ -30,7 +30,6 @@ scikit-image``. The script re-runs itself there. Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import subprocess
 import sys
@@ -278,7 +277,7 @@ def sustained_rate(pipe, batch: int, size, seconds: float = 5.0, autocast=None, 
     x = x.contiguous(memory_format=torch.channels_last) if pipe.channels_last else x
     rows = torch.zeros(batch, dtype=torch.int64)
     with (torch.inference_mode(), torch.autocast("cpu", dtype=autocast, enabled=autocast is not None),
-          batching.traced(*pipe.modules) if traced else contextlib.nullcontext()):
+          batching.traced(*pipe.modules, enabled=traced)):
         pipe.scores(x, rows)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
@@ -315,7 +314,7 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
             layout = lambda cl: (setattr(pipe, "channels_last", cl), batching.set_layout(ours_model, cl))  # noqa: E731
             def scores(x, graph=False):  # in the search's precision and graph: its best rate is the one to reach
                 with (torch.autocast("cpu", dtype=autocast, enabled=autocast is not None),
-                      batching.traced(*pipe.modules) if graph else contextlib.nullcontext()):
+                      batching.traced(*pipe.modules, enabled=graph)):
                     return pipe.scores(x, torch.as_tensor(rows[:1]).expand(len(x)))
             eager = batching.probe(scores, (3, *images.shape[1:3]), pipe.device, layout)
             layout(eager.channels_last)

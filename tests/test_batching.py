@@ -231,3 +231,12 @@ def test_a_graph_that_kept_the_traced_batch_size_runs_eagerly_for_other_sizes():
         with pytest.warns(UserWarning, match=re.escape("fixed: traced backbone disagrees with eager on (2, 3, 8, 8)")):
             out = enc(x[:2])  # the graph gives 3 rows for 2 images: caught, and the eager backbone answers
     torch.testing.assert_close(out, x[:2].reshape(2, -1).sum(1, keepdim=True))
+
+
+def test_traced_changes_nothing_unless_enabled():
+    enc = small_encoder()
+    with batching.traced(enc, enabled=False):
+        assert not enc.traced
+    with batching.traced(enc, enabled=True):
+        assert enc.traced
+    assert not enc.traced

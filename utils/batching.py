@@ -112,7 +112,7 @@ def for_pipeline(pipeline, shape: tuple, rows, autocast: torch.dtype | None = No
 
     def run(x):
         with (torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None),
-              traced(*pipeline.modules) if graphs else contextlib.nullcontext()):
+              traced(*pipeline.modules, enabled=graphs)):
             return pipeline.scores(x, rows[:len(x)])
     # keyed by the encoder, not the heads behind it (a few matrix products): the models of a notebook share a probe
     return _choose(f"{dev}|{type(pipeline).__name__}|{_name(pipeline.modules[0])}|{tuple(shape)}"
@@ -128,9 +128,11 @@ def recorded() -> dict:
 
 
 @contextlib.contextmanager
-def traced(*modules: torch.nn.Module):
-    """Within: the encoders in ``modules`` (those with a ``traced`` flag) run inference through ``frozen_graph``."""
-    flags = {m: m.traced for module in modules for m in module.modules() if isinstance(getattr(m, "traced", 0), bool)}
+def traced(*modules: torch.nn.Module, enabled: bool = True):
+    """Within: the encoders in ``modules`` (those with a ``traced`` flag) run inference through ``frozen_graph``
+    (nothing changes unless ``enabled``, as with ``torch.autocast``)."""
+    flags = {m: m.traced for module in modules for m in module.modules()
+             if enabled and isinstance(getattr(m, "traced", 0), bool)}
     try:
         for m in flags:
             m.traced = True

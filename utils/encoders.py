@@ -56,6 +56,7 @@ def _state_digest(module: nn.Module) -> str:
 
 class ImageEncoder(nn.Module):
     """Frozen backbone: float RGB in [0, 1] -> ``(N, dim)`` float32, normalised inside (an attack works on pixels)."""
+    traced = False  # set by utils.batching.traced(): inference through the backbone's frozen graph
 
     def __init__(self, backbone: nn.Module, *, name: str, dim: int, fingerprint: str, mean: Sequence[float],
                  std: Sequence[float], input_size: int | None = None, channels_last: bool = False,
@@ -80,8 +81,6 @@ class ImageEncoder(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
         out = (batching.frozen_graph(self.backbone, x, self.name) if self.traced else self.backbone)(x).float()
         return F.normalize(out, dim=-1) if self.normalize else out
-
-    traced = False  # set by utils.batching.traced()
 
     def split(self) -> tuple[nn.Module, nn.Module]:
         """``(frozen prefix, trainable copy of LAST_BLOCKS + pooling)``, ``suffix(prefix(x)) == self(x)``."""
@@ -364,6 +363,10 @@ class RowDigests:
                 yield i
             self.source[i] = first
 
+    def close(self) -> None:
+        """Stop hashing (a cache hit needs no more rows); the helper thread ends."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def copy_repeats(self, out: np.ndarray) -> np.ndarray:
         """Give each repeated row the output of its first occurrence, in place (after ``distinct`` ran out)."""
         repeats = np.flatnonzero(self.source != np.arange(len(self.source)))
@@ -450,7 +453,7 @@ def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int | 
             store.write_npy(cache_path(encoder, digest or remember(rows), folder), out)
         return out
     finally:  # a cache hit leaves rows unhashed: not needed
-        rows._pool.shutdown(wait=False, cancel_futures=True)
+        rows.close()
 
 
 def text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 64, cache=True,

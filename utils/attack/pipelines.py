@@ -181,7 +181,7 @@ def score_chunks(pipeline, images, rows, batch_size, precision="float32", change
     if n > batch_size:
         batch_size = -(-n // -(-n // batch_size))
     with (torch.inference_mode(), contextlib.nullcontext() if dtype is None else torch.autocast(dev.type, dtype=dtype),
-          batching.traced(*pipeline.modules) if graph == "traced" else contextlib.nullcontext()):
+          batching.traced(*pipeline.modules, enabled=graph == "traced")):
         for s in range(0, n, batch_size):
             x = (images(s, min(s + batch_size, n)) if callable(images)
                  else to_input(images[s:s + batch_size], dev, pipeline.channels_last))
