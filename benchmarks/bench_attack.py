@@ -308,22 +308,23 @@ def part_reference(args, pipe, ours_model, reference, images, labels):
           f"{'ref s':>7s} {'img/s':>6s} {'succ':>5s} {'med q':>6s} | {'best img/s':>10s} {'ours/best':>9s} "
           f"{'wall ours/ref':>13s} | {'DE i/s':>6s} {'DE/best':>7s}")
     med = lambda r, q: float(np.median(q[r["won"]])) if r["won"].any() else float("nan")  # noqa: E731
+    layout = lambda cl: (setattr(pipe, "channels_last", cl), batching.set_layout(ours_model, cl))  # noqa: E731
+
+    def scores(x, graph: bool):  # in the search's precision and graph: its best rate is the one to reach
+        with (torch.autocast("cpu", dtype=autocast, enabled=autocast is not None),
+              batching.traced(*pipe.modules, enabled=graph)):
+            return pipe.scores(x, torch.as_tensor(rows[:1]).expand(len(x)))
+
+    def model_best(graph: bool):  # the probe's fastest batch and layout, then that rate sustained over seconds
+        choice = batching.probe(lambda x: scores(x, graph), (3, *images.shape[1:3]), pipe.device, layout)
+        layout(choice.channels_last)
+        return choice, sustained_rate(pipe, choice.batch, images.shape[1:3], autocast=autocast, traced=graph)
+
     for budget in args.rs_budgets:
         for k in args.ks:
             # the model alone at its best batch and layout, measured now (same load as the two runs around it)
-            layout = lambda cl: (setattr(pipe, "channels_last", cl), batching.set_layout(ours_model, cl))  # noqa: E731
-            def scores(x, graph=False):  # in the search's precision and graph: its best rate is the one to reach
-                with (torch.autocast("cpu", dtype=autocast, enabled=autocast is not None),
-                      batching.traced(*pipe.modules, enabled=graph)):
-                    return pipe.scores(x, torch.as_tensor(rows[:1]).expand(len(x)))
-            eager = batching.probe(scores, (3, *images.shape[1:3]), pipe.device, layout)
-            layout(eager.channels_last)
-            eager_rate = sustained_rate(pipe, eager.batch, images.shape[1:3], autocast=autocast)
-            best, best_rate = eager, eager_rate
-            if traced:
-                best = batching.probe(lambda x: scores(x, True), (3, *images.shape[1:3]), pipe.device, layout)
-                layout(best.channels_last)
-                best_rate = sustained_rate(pipe, best.batch, images.shape[1:3], autocast=autocast, traced=True)
+            eager, eager_rate = model_best(False)
+            best, best_rate = model_best(True) if traced else (eager, eager_rate)
             batch = args.batch_given or batching.for_pipeline(pipe, (3, *images.shape[1:3]), rows, autocast,
                                                               traced).batch  # the library's (cached) choice
             t = time.perf_counter()

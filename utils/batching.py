@@ -170,4 +170,4 @@ def frozen_graph(backbone: torch.nn.Module, x: torch.Tensor, name: str):
             warnings.warn(f"{name}: traced backbone disagrees with eager on {tuple(x.shape)}; it runs eagerly")
             book[key], graph = (None, checked), None
         checked.add(len(x))
-    return graph or backbone
+    return graph if graph is not None else backbone

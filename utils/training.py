@@ -105,7 +105,8 @@ FEATURE_BATCH = 512  #: the eval batch of heads on features: a few MB at any siz
 
 def eval_batch(model: nn.Module, data, at_least: int = 1) -> int:
     """The eval batch: the device's fastest for image encoders in front (probed on a copy), else FEATURE_BATCH."""
-    encs, arrays = getattr(model, "encoders", None), data.tensors if isinstance(data, FeatureDataset) else data
+    encs = getattr(model, "encoders", None)
+    arrays = data.tensors if isinstance(data, FeatureDataset) else data
     shapes = {k: tuple(np.shape(arrays[k])[1:]) for k in (encs or {}) if k in arrays and np.ndim(arrays[k]) == 4}
     if not shapes:
         return max(at_least, FEATURE_BATCH)

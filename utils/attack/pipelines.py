@@ -1,7 +1,6 @@
 """What the attack attacks: raw uint8 pixels to the scores (logits) that decide success, the median-filter defence
 inside it, the batched scoring all searches share and the report they return, as flat arrays (docs/attacks.md)."""
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -180,7 +179,7 @@ def score_chunks(pipeline, images, rows, batch_size, precision="float32", change
     dev, dtype, n = pipeline.device, PRECISIONS[precision], len(rows)
     if n > batch_size:
         batch_size = -(-n // -(-n // batch_size))
-    with (torch.inference_mode(), contextlib.nullcontext() if dtype is None else torch.autocast(dev.type, dtype=dtype),
+    with (torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None),
           batching.traced(*pipeline.modules, enabled=graph == "traced")):
         for s in range(0, n, batch_size):
             x = (images(s, min(s + batch_size, n)) if callable(images)

@@ -235,4 +235,5 @@ def pixels_needed(pipeline, images: np.ndarray, rows=None, truth=None, *,
             if r.success:
                 k_needed[i] = k
         todo = np.array([i for i, r in zip(todo, rep.results) if r.attacked and not r.success], dtype=np.int64)
-    return PixelsNeeded(rows, attacked, k_needed, spent, schedule, reports)
+    return PixelsNeeded(rows=rows, attacked=attacked, k_needed=k_needed, queries=spent, schedule=schedule,
+                        reports=reports)

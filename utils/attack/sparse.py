@@ -270,8 +270,8 @@ def _run(scorer: Scorer, books: SimpleNamespace, ids: np.ndarray, variant: str, 
         scorer.queries += STEP_COST * len(ids)
         with torch.no_grad():
             p, mask = p.detach(), mask.detach()
-            done = _record(scorer, books, ids, _candidates(x, hard, k), margin.detach().cpu().numpy(),
-                           (~truth.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)).cpu().numpy())  # hit
+            hit = (~truth.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)).cpu().numpy()  # not a true entry
+            done = _record(scorer, books, ids, _candidates(x, hard, k), margin.detach().cpu().numpy(), hit)
             # descend the margin: signed step for the magnitude, normalised step for the continuous mask
             p = torch.minimum(torch.maximum(p - ALPHA * g_p.sign(), -clean), 1 - clean)
             mask = mask - BETA * np.sqrt(h * w) * g_m / g_m.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
